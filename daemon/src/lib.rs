@@ -1,0 +1,26 @@
+//! Plumbing that every Grove daemon shares, and nothing else.
+//!
+//! A daemon reads a strict TOML config ([`config`]), logs through `tracing`
+//! ([`log`]), serves HTTP/1.1 + JSON on a Unix socket with the standard
+//! `/live`, `/ready` and `/v1/info` routes ([`server`]), is reached through a
+//! typed client ([`client`]), and stops on SIGTERM within a grace period
+//! ([`shutdown`]); [`cli`] ties these together for a binary's `main`.
+//! Daemon logic lives in each daemon's own crate.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod log;
+pub mod server;
+pub mod shutdown;
+
+/// Exit code for a configuration the daemon refuses (sysexits `EX_USAGE`).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Directory that holds every daemon's socket on a node.
+pub const RUN_DIR: &str = "/run/grove";
+
+/// The socket path of daemon `name` under [`RUN_DIR`].
+pub fn socket_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(RUN_DIR).join(format!("{name}.sock"))
+}

@@ -1,0 +1,18 @@
+//! The `netd` binary: flags in, exit code out; everything else is the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Node networking: uplink bring-up, the regional WireGuard mesh `mesh0`, tenant networks and their firewall.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    daemon: grove_daemon::cli::DaemonArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    grove_daemon::cli::run(netd::NAME, &cli.daemon, netd::run)
+}

@@ -1,0 +1,52 @@
+//! `storaged`: Node storage: disk discovery, one btrfs pool per disk, the system cache, volumes and vdisks.
+//!
+//! The library holds all of the daemon's logic; `main.rs` only parses flags
+//! and calls [`run`]. It serves its API on `/run/grove/storaged.sock`, and
+//! [`client::StoragedClient`] is how `agent` and the other daemons reach it.
+
+pub mod client;
+
+use std::path::PathBuf;
+
+use axum::Router;
+use grove_daemon::cli::Failure;
+use grove_daemon::server::{Identity, Readiness, ServerError};
+use grove_daemon::shutdown::Shutdown;
+use serde::Deserialize;
+
+/// The daemon's name: its socket, its log field, its service name in `agent`.
+pub const NAME: &str = "storaged";
+
+/// `/etc/grove/storaged.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The API socket.
+    pub socket: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: grove_daemon::socket_path(NAME),
+        }
+    }
+}
+
+/// Why `storaged` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StoragedError {
+    #[error(transparent)]
+    Serve(#[from] ServerError),
+}
+
+impl Failure for StoragedError {}
+
+/// Runs the daemon until `shutdown` trips.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StoragedError> {
+    let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
+    let readiness = Readiness::default();
+    let api = Router::new();
+    grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown).await?;
+    Ok(())
+}
