@@ -24,6 +24,7 @@ pub fn init(filter: Option<&str>) {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_span_list(false)
             .try_init()
     };
     if let Err(e) = result {
