@@ -5,6 +5,7 @@
 //! [`client::StoragedClient`] is how `agent` and the other daemons reach it.
 
 pub mod client;
+pub mod disk;
 pub mod types;
 
 use std::path::PathBuf;

@@ -92,3 +92,163 @@ mod tests {
         assert!("x".repeat(129).parse::<DiskSerial>().is_err());
     }
 }
+
+/// Why a value is not a valid pool label or resource name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("pool label {0:?} is not grove- followed by 1 to 32 lowercase letters or digits")]
+    BadLabel(String),
+    #[error("name is empty")]
+    Empty,
+    #[error("name {0:?} is longer than 64 characters")]
+    TooLong(String),
+    #[error("name {0:?} contains '/' or is '.' or '..'")]
+    PathLike(String),
+    #[error("name {0:?} may only hold letters, digits and . _ -")]
+    BadChar(String),
+}
+
+/// A Grove pool's btrfs label: `grove-` and 1 to 32 of `[a-z0-9]`. Only a
+/// filesystem with such a label is ever treated as Grove's own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PoolLabel(String);
+
+impl PoolLabel {
+    pub const PREFIX: &'static str = "grove-";
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for PoolLabel {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        let ok = s.strip_prefix(Self::PREFIX).is_some_and(|rest| {
+            (1..=32).contains(&rest.len())
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::BadLabel(s.to_owned()))
+        }
+    }
+}
+
+impl TryFrom<String> for PoolLabel {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        s.parse()
+    }
+}
+
+impl From<PoolLabel> for String {
+    fn from(l: PoolLabel) -> String {
+        l.0
+    }
+}
+
+impl fmt::Display for PoolLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a volume or vdisk: 1 to 64 of `[A-Za-z0-9._-]`, never `.` or
+/// `..`, so it is always a single path component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResourceName(String);
+
+impl ResourceName {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ResourceName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(NameError::TooLong(s.to_owned()));
+        }
+        if s.contains('/') || s == "." || s == ".." {
+            return Err(NameError::PathLike(s.to_owned()));
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(NameError::BadChar(s.to_owned()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for ResourceName {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        s.parse()
+    }
+}
+
+impl From<ResourceName> for String {
+    fn from(n: ResourceName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn pool_labels() {
+        for (s, ok) in [
+            ("grove-a1b2c3d4", true),
+            ("grove-", false),
+            ("grove-ABC", false),
+            ("other-abc", false),
+            ("grove-a/b", false),
+        ] {
+            assert_eq!(s.parse::<PoolLabel>().is_ok(), ok, "{s}");
+        }
+    }
+
+    #[test]
+    fn resource_names() {
+        for (s, ok) in [
+            ("db-data", true),
+            ("v1.2_x", true),
+            ("", false),
+            ("..", false),
+            (".", false),
+            ("a/b", false),
+            ("../etc", false),
+            ("a b", false),
+            ("ü", false),
+        ] {
+            assert_eq!(s.parse::<ResourceName>().is_ok(), ok, "{s:?}");
+        }
+        assert!("a".repeat(65).parse::<ResourceName>().is_err());
+        assert!(
+            "..x".parse::<ResourceName>().is_ok(),
+            "dots inside a name are fine"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Disks: discovery from sysfs, signature probing, classification.
+
+pub mod classify;
+pub mod discover;
+pub mod probe;
