@@ -72,8 +72,9 @@ mod tests {
 
     #[test]
     fn unknown_and_bad_keys_are_named() {
-        let e = grove_daemon::config::parse::<Config>("[api]\nlisten = \"0.0.0.0:80\"\nlsten = 1\n")
-            .expect_err("unknown key");
+        let e =
+            grove_daemon::config::parse::<Config>("[api]\nlisten = \"0.0.0.0:80\"\nlsten = 1\n")
+                .expect_err("unknown key");
         assert!(e.contains("lsten"), "{e}");
         let e = grove_daemon::config::parse::<Config>("[api]\nlisten = \"nowhere\"\n")
             .expect_err("bad address");

@@ -59,7 +59,10 @@ fn parse_cpuinfo(text: &str) -> Cpu {
         (k.trim() == key).then(|| v.trim().to_owned())
     };
     Cpu {
-        count: text.lines().filter(|l| field(l, "processor").is_some()).count(),
+        count: text
+            .lines()
+            .filter(|l| field(l, "processor").is_some())
+            .count(),
         model: text
             .lines()
             .find_map(|l| field(l, "model name"))

@@ -96,7 +96,10 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
         forward_logs: config.supervisor.forward_logs,
         ..Policy::default()
     };
-    let specs = Supervisor::standard_specs(&bin_dir, &config.supervisor.config_dir);
+    let params = cmdline.params.clone();
+    let specs = Supervisor::standard_specs(&bin_dir, &config.supervisor.config_dir, |name| {
+        daemon_flags(name, &params)
+    });
     let supervisor = Arc::new(Supervisor::new(specs, policy));
 
     let listen = config.api.listen;
@@ -145,7 +148,12 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     for result in [tcp, unix] {
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(AgentError::Serve { addr: listen, source }),
+            Ok(Err(source)) => {
+                return Err(AgentError::Serve {
+                    addr: listen,
+                    source,
+                });
+            }
             Err(e) => tracing::error!(error = %e, "API task failed"),
         }
     }
@@ -165,6 +173,18 @@ async fn track_readiness(supervisor: Arc<Supervisor>, readiness: Readiness) {
         if changes.changed().await.is_err() {
             break;
         }
+    }
+}
+
+/// What each daemon learns from the boot parameters, as flags.
+fn daemon_flags(name: &str, params: &boot::BootParams) -> Vec<String> {
+    match name {
+        storaged::NAME => params
+            .wipe
+            .iter()
+            .flat_map(|s| ["--wipe".to_owned(), s.to_string()])
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

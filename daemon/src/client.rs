@@ -145,13 +145,13 @@ impl SocketClient {
         uri: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let body = body
-            .map(serde_json::to_vec)
-            .transpose()
-            .map_err(|source| ClientError::Encode {
-                path: self.path.clone(),
-                source,
-            })?;
+        let body =
+            body.map(serde_json::to_vec)
+                .transpose()
+                .map_err(|source| ClientError::Encode {
+                    path: self.path.clone(),
+                    source,
+                })?;
         let (status, bytes) = self.raw(method, uri, body).await?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fsutil;
 pub mod log;
 pub mod server;
 pub mod shutdown;

@@ -133,7 +133,10 @@ impl Readiness {
 /// `/live`, `/ready` and `/v1/info`.
 pub fn standard_routes(identity: Arc<Identity>, readiness: Readiness) -> Router {
     Router::new()
-        .route("/live", get(|| async { Json(serde_json::json!({ "live": true })) }))
+        .route(
+            "/live",
+            get(|| async { Json(serde_json::json!({ "live": true })) }),
+        )
         .route(
             "/ready",
             get(move || {

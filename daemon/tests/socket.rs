@@ -75,7 +75,9 @@ async fn stale_socket_is_replaced() {
     let path = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
-    let listener = server::bind_unix(&path).await.expect("stale socket replaced");
+    let listener = server::bind_unix(&path)
+        .await
+        .expect("stale socket replaced");
     drop(listener);
 }
 

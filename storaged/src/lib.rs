@@ -4,17 +4,28 @@
 //! and calls [`run`]. It serves its API on `/run/grove/storaged.sock`, and
 //! [`client::StoragedClient`] is how `agent` and the other daemons reach it.
 
+pub mod api;
+pub mod cache;
 pub mod client;
+pub mod cmd;
 pub mod disk;
+pub mod mounts;
+pub mod pool;
+pub mod storage;
 pub mod types;
+pub mod volume;
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use axum::Router;
 use grove_daemon::cli::Failure;
 use grove_daemon::server::{Identity, Readiness, ServerError};
 use grove_daemon::shutdown::Shutdown;
 use serde::Deserialize;
+
+use crate::storage::{Layout, Storage};
+use crate::types::DiskSerial;
 
 /// The daemon's name: its socket, its log field, its service name in `agent`.
 pub const NAME: &str = "storaged";
@@ -25,12 +36,23 @@ pub const NAME: &str = "storaged";
 pub struct Config {
     /// The API socket.
     pub socket: PathBuf,
+    /// Only these disks (the testbed gives each node its own); every disk
+    /// when absent.
+    pub disks: Option<Vec<PathBuf>>,
+    pub pools_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// How often pools are checked for a vanished disk.
+    pub health_interval_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             socket: grove_daemon::socket_path(NAME),
+            disks: None,
+            pools_dir: PathBuf::from("/mnt/pools"),
+            cache_dir: PathBuf::from("/var/cache/grove"),
+            health_interval_ms: 1000,
         }
     }
 }
@@ -44,11 +66,88 @@ pub enum StoragedError {
 
 impl Failure for StoragedError {}
 
-/// Runs the daemon until `shutdown` trips.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StoragedError> {
+/// Runs the daemon until `shutdown` trips. `wipe` lists the foreign disks
+/// the farmer asked to turn into pools (`grove.wipe=` on the kernel command
+/// line, passed on by `agent`).
+pub async fn run(
+    config: Config,
+    wipe: Vec<DiskSerial>,
+    shutdown: Shutdown,
+) -> Result<(), StoragedError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
-    let readiness = Readiness::default();
-    let api = Router::new();
-    grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown).await?;
+    let readiness = Readiness::waiting("disks");
+    let shared: api::Shared = Arc::new(OnceLock::new());
+    let layout = Layout {
+        sys: PathBuf::from("/sys"),
+        dev: PathBuf::from("/dev"),
+        devices: config.disks.clone(),
+        pools_dir: config.pools_dir.clone(),
+        cache_dir: config.cache_dir.clone(),
+    };
+    let worker = tokio::spawn(bring_up(
+        layout,
+        wipe,
+        shared.clone(),
+        readiness.clone(),
+        Duration::from_millis(config.health_interval_ms.max(100)),
+        shutdown.clone(),
+    ));
+    let api = api::routes(shared);
+    let served =
+        grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown)
+            .await;
+    worker.abort();
+    served?;
     Ok(())
+}
+
+/// Boots the storage (retrying while it fails), then watches pool health.
+async fn bring_up(
+    layout: Layout,
+    wipe: Vec<DiskSerial>,
+    shared: api::Shared,
+    readiness: Readiness,
+    health_every: Duration,
+    shutdown: Shutdown,
+) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let (layout, wipe) = (layout.clone(), wipe.clone());
+        match tokio::task::spawn_blocking(move || Storage::boot(layout, &wipe)).await {
+            Ok(Ok(storage)) => {
+                let cache = storage.cache();
+                tracing::info!(pools = storage.pools().len(), cache_pool = ?cache.pool, degraded = ?cache.degraded, "storage ready");
+                // Only this task sets it, once.
+                let _already = shared.set(storage);
+                readiness.set_ready();
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "storage boot failed");
+                readiness.set_waiting(&format!("disks: {e}"));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage boot task failed");
+                readiness.set_waiting("disks: boot task failed");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.wait() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    let mut tick = tokio::time::interval(health_every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.wait() => return,
+        }
+        let shared = shared.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || shared.get().map(Storage::check_health)).await;
+        if let Err(e) = checked {
+            tracing::error!(error = %e, "health check task failed");
+        }
+    }
 }

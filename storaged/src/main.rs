@@ -10,9 +10,15 @@ use clap::Parser;
 struct Cli {
     #[command(flatten)]
     daemon: grove_daemon::cli::DaemonArgs,
+    /// Wipe this foreign disk (by serial) and make it a pool. Repeatable.
+    #[arg(long = "wipe", value_name = "SERIAL")]
+    wipe: Vec<storaged::types::DiskSerial>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    grove_daemon::cli::run(storaged::NAME, &cli.daemon, storaged::run)
+    let wipe = cli.wipe;
+    grove_daemon::cli::run(storaged::NAME, &cli.daemon, move |config, shutdown| {
+        storaged::run(config, wipe, shutdown)
+    })
 }

@@ -215,12 +215,16 @@ impl Parser {
                 }
             }
             "grove.vlan" | "vlan:priv" => {
-                if let Some(id) = self.parse_with(key, v, |s| s.parse::<VlanId>().map_err(|e| e.to_string())) {
+                if let Some(id) =
+                    self.parse_with(key, v, |s| s.parse::<VlanId>().map_err(|e| e.to_string()))
+                {
                     self.set_once("vlan", key, v, |p| &mut p.network.vlan, id);
                 }
             }
             "vlan:pub" => {
-                if let Some(id) = self.parse_with(key, v, |s| s.parse::<VlanId>().map_err(|e| e.to_string())) {
+                if let Some(id) =
+                    self.parse_with(key, v, |s| s.parse::<VlanId>().map_err(|e| e.to_string()))
+                {
                     self.set_once("public vlan", key, v, |p| &mut p.network.public_vlan, id);
                 }
             }
@@ -334,9 +338,9 @@ fn parse_run_mode(s: &str) -> Result<RunMode, String> {
 }
 
 fn parse_url(s: &str) -> Result<String, String> {
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or_else(|| "chain URL needs a scheme (ws://, wss://, http:// or https://)".to_owned())?;
+    let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+        "chain URL needs a scheme (ws://, wss://, http:// or https://)".to_owned()
+    })?;
     if !matches!(scheme, "ws" | "wss" | "http" | "https") {
         return Err(format!("unsupported URL scheme {scheme:?}"));
     }

@@ -22,8 +22,14 @@ fn grove_spellings() {
     let p = &c.params;
     assert_eq!(p.farm_id, Some(7));
     assert_eq!(p.chain.url.as_deref(), Some("ws://127.0.0.1:8000"));
-    assert_eq!(p.network.uplink.as_ref().map(InterfaceName::as_str), Some("eth1"));
-    assert_eq!(p.network.address.map(|a| a.to_string()).as_deref(), Some("10.0.0.5/24"));
+    assert_eq!(
+        p.network.uplink.as_ref().map(InterfaceName::as_str),
+        Some("eth1")
+    );
+    assert_eq!(
+        p.network.address.map(|a| a.to_string()).as_deref(),
+        Some("10.0.0.5/24")
+    );
     assert_eq!(p.network.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
     assert_eq!(p.network.dns.len(), 2);
     assert_eq!(p.network.vlan.map(VlanId::get), Some(12));
@@ -86,7 +92,11 @@ fn conflicting_spellings_keep_the_first_and_report_the_second() {
     assert_eq!(c.params.farm_id, Some(3));
     assert_eq!(c.errors.len(), 1);
     assert_eq!(c.errors[0].param, "grove.farm");
-    assert!(c.errors[0].reason.contains("farmer_id"), "{}", c.errors[0].reason);
+    assert!(
+        c.errors[0].reason.contains("farmer_id"),
+        "{}",
+        c.errors[0].reason
+    );
     let same = Cmdline::parse("farmer_id=3 grove.farm=3");
     assert!(same.errors.is_empty());
 }

@@ -48,7 +48,9 @@ mod tests {
 
     #[test]
     fn splits_quotes_and_stops_at_double_dash() {
-        let t = tokens("  quiet farmer_id=12 grove.dns=\"1.1.1.1,9.9.9.9\" \"a=b c\" -- grove.farm=9\n");
+        let t = tokens(
+            "  quiet farmer_id=12 grove.dns=\"1.1.1.1,9.9.9.9\" \"a=b c\" -- grove.farm=9\n",
+        );
         assert_eq!(
             t,
             vec![

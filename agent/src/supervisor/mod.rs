@@ -50,17 +50,23 @@ impl Supervisor {
     }
 
     /// Specs for the standard daemons: binaries in `bin_dir`, each given
-    /// `--config <config_dir>/<name>.toml` when that file exists.
-    pub fn standard_specs(bin_dir: &Path, config_dir: &Path) -> Vec<ServiceSpec> {
+    /// `--config <config_dir>/<name>.toml` when that file exists, then the
+    /// flags `extra` gives for it.
+    pub fn standard_specs(
+        bin_dir: &Path,
+        config_dir: &Path,
+        extra: impl Fn(&str) -> Vec<String>,
+    ) -> Vec<ServiceSpec> {
         BOOT_ORDER
             .iter()
             .map(|name| {
                 let config = config_dir.join(format!("{name}.toml"));
-                let args = if config.exists() {
+                let mut args = if config.exists() {
                     vec!["--config".to_owned(), config.display().to_string()]
                 } else {
                     Vec::new()
                 };
+                args.extend(extra(name));
                 ServiceSpec {
                     name: (*name).to_owned(),
                     program: bin_dir.join(name),

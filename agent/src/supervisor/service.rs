@@ -66,7 +66,9 @@ impl Policy {
     /// Delay before restart number `failures` (1-based) in a row.
     pub fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(16);
-        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
     }
 }
 
@@ -148,7 +150,10 @@ impl Service {
     }
 
     pub fn status(&self) -> ServiceStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn logs(&self, n: usize) -> Vec<LogLine> {
@@ -208,7 +213,11 @@ impl Service {
             if stop.is_triggered() || draining.is_triggered() {
                 break;
             }
-            failures = if ran >= policy.stable_after { 1 } else { failures + 1 };
+            failures = if ran >= policy.stable_after {
+                1
+            } else {
+                failures + 1
+            };
             let delay = policy.backoff(failures);
             tracing::warn!(
                 service = self.name(),
@@ -259,10 +268,15 @@ impl Service {
             s.pid = Some(pid);
             s.started_at_ms = Some(unix_ms());
         });
-        for (fd, stream) in [(spawned.stdout, Stream::Stdout), (spawned.stderr, Stream::Stderr)] {
+        for (fd, stream) in [
+            (spawned.stdout, Stream::Stdout),
+            (spawned.stderr, Stream::Stderr),
+        ] {
             if let Some(fd) = fd {
                 let span = tracing::info_span!("logs", service = self.name());
-                pumps.spawn(pump(fd, stream, self.logs.clone(), policy.forward_logs).instrument(span));
+                pumps.spawn(
+                    pump(fd, stream, self.logs.clone(), policy.forward_logs).instrument(span),
+                );
             }
         }
         let mut exit = spawned.exit;
@@ -289,11 +303,19 @@ impl Service {
             if matches!(client.ready().await, Ok(r) if r.ready) {
                 break;
             }
-            let poll = if started.elapsed() < Duration::from_secs(1) { 5 } else { 50 };
+            let poll = if started.elapsed() < Duration::from_secs(1) {
+                5
+            } else {
+                50
+            };
             tokio::time::sleep(Duration::from_millis(poll)).await;
         }
         let after = started.elapsed();
-        tracing::info!(service = self.name(), ready_after_ms = after.as_millis() as u64, "ready");
+        tracing::info!(
+            service = self.name(),
+            ready_after_ms = after.as_millis() as u64,
+            "ready"
+        );
         self.update(|s| {
             s.state = ServiceState::Ready;
             s.ready_after_ms = Some(after.as_millis() as u64);
@@ -304,7 +326,11 @@ impl Service {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let ok = matches!(client.ready().await, Ok(r) if r.ready);
             misses = if ok { 0 } else { misses + 1 };
-            let state = if misses >= 2 { ServiceState::Unready } else { ServiceState::Ready };
+            let state = if misses >= 2 {
+                ServiceState::Unready
+            } else {
+                ServiceState::Ready
+            };
             self.update(|s| s.state = state);
         }
     }
@@ -324,7 +350,11 @@ async fn terminate(
     if let Ok(Ok(status)) = tokio::time::timeout(grace, &mut exit).await {
         return status;
     }
-    tracing::warn!(service = name, pid, "did not stop within the grace period, killing");
+    tracing::warn!(
+        service = name,
+        pid,
+        "did not stop within the grace period, killing"
+    );
     if let Err(e) = kill(pid_t, Signal::SIGKILL) {
         tracing::warn!(service = name, pid, error = %e, "cannot send SIGKILL");
     }
