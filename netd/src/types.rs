@@ -51,8 +51,7 @@ impl FromStr for InterfaceName {
         if s.len() > Self::MAX_LEN {
             return Err(TypeError::NameTooLong(s.to_owned()));
         }
-        if s
-            .chars()
+        if s.chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
         {
             return Err(TypeError::NameBadChar(s.to_owned()));
@@ -97,9 +96,9 @@ impl FromStr for Ipv4Cidr {
         let (addr, prefix) = s
             .split_once('/')
             .ok_or_else(|| TypeError::BadCidr(s.to_owned()))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_not_ip: std::net::AddrParseError| {
-            TypeError::BadCidr(s.to_owned())
-        })?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_not_ip: std::net::AddrParseError| TypeError::BadCidr(s.to_owned()))?;
         let prefix: u8 = prefix
             .parse()
             .map_err(|_not_num: std::num::ParseIntError| TypeError::BadCidr(s.to_owned()))?;
