@@ -85,7 +85,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     for e in &cmdline.errors {
         tracing::warn!(param = %e.param, value = %e.value, reason = %e.reason, "refused boot parameter");
     }
-    let reaper = Reaper::start()?;
+    let reaper = Reaper::global()?;
     let bin_dir = match &config.supervisor.bin_dir {
         Some(dir) => dir.clone(),
         None => own_dir().map_err(AgentError::BinDir)?,

@@ -1,39 +1,39 @@
 //! The one place that waits on child processes.
 //!
 //! As PID 1 the agent must reap every orphan the kernel hands it; elsewhere it
-//! makes itself a child subreaper so its daemons' orphans come to it too. A
-//! single SIGCHLD-driven loop calls `waitpid(-1)` and routes each status to
-//! whoever spawned that pid. Spawning happens under the routing table's lock,
-//! so a child that dies at once is never mistaken for an orphan. Because this
-//! loop reaps every child, nothing else in the agent may wait on children
-//! (no `tokio::process`): all of them are spawned through [`Reaper::spawn`].
+//! makes itself a child subreaper so its daemons' orphans come to it too. One
+//! process-wide thread blocks in `waitpid(-1)` and routes each status to
+//! whoever spawned that pid; with no children left it sleeps until the next
+//! spawn. Spawning happens under the routing table's lock, so a child that
+//! dies at once is never mistaken for an orphan. Because this thread reaps
+//! every child, nothing else in the process may wait on children (no
+//! `tokio::process`): all of them are spawned through [`Reaper::spawn`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 /// Why the reaper could not start or spawn.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReaperError {
-    #[error("cannot listen for SIGCHLD: {0}")]
-    Signal(#[source] std::io::Error),
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(#[source] Errno),
+    #[error("cannot start the reaper thread: {0}")]
+    Thread(String),
     #[error("cannot start {program}: {source}")]
     Spawn {
         program: String,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 }
 
@@ -63,34 +63,38 @@ pub struct Spawned {
     pub stderr: Option<OwnedFd>,
 }
 
+#[derive(Debug, Default)]
+struct Table {
+    waiting: HashMap<i32, oneshot::Sender<Exit>>,
+    /// Bumped at every spawn, to wake a reaper that had no children.
+    spawns: u64,
+}
+
 /// Routes child exits to their spawners; reaps orphans.
 #[derive(Debug, Default)]
 pub struct Reaper {
-    waiting: Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
+    table: Mutex<Table>,
+    spawned: Condvar,
 }
 
+static GLOBAL: OnceLock<Result<Arc<Reaper>, ReaperError>> = OnceLock::new();
+
 impl Reaper {
-    /// Starts the SIGCHLD loop. Must be called inside the tokio runtime,
-    /// before any child is spawned.
-    pub fn start() -> Result<Arc<Self>, ReaperError> {
+    /// The process's reaper, started on first use.
+    pub fn global() -> Result<Arc<Self>, ReaperError> {
+        GLOBAL.get_or_init(Self::start).clone()
+    }
+
+    fn start() -> Result<Arc<Self>, ReaperError> {
         if std::process::id() != 1 {
             nix::sys::prctl::set_child_subreaper(true).map_err(ReaperError::Subreaper)?;
         }
-        let mut sigchld = signal(SignalKind::child()).map_err(ReaperError::Signal)?;
         let reaper = Arc::new(Self::default());
-        let this = Arc::downgrade(&reaper);
-        tokio::spawn(async move {
-            // Reap once at start too: children may have died before the
-            // handler was installed.
-            loop {
-                let Some(reaper) = this.upgrade() else { break };
-                reaper.reap_all();
-                drop(reaper);
-                if sigchld.recv().await.is_none() {
-                    break;
-                }
-            }
-        });
+        let this = reaper.clone();
+        std::thread::Builder::new()
+            .name("reaper".to_owned())
+            .spawn(move || this.reap_forever())
+            .map_err(|e| ReaperError::Thread(e.to_string()))?;
         Ok(reaper)
     }
 
@@ -102,14 +106,16 @@ impl Reaper {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let (tx, rx) = oneshot::channel();
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = command.spawn().map_err(|source| ReaperError::Spawn {
             program: command.get_program().to_string_lossy().into_owned(),
-            source,
+            source: Arc::new(source),
         })?;
         let pid = child.id();
-        waiting.insert(pid as i32, tx);
-        drop(waiting);
+        table.waiting.insert(pid as i32, tx);
+        table.spawns += 1;
+        drop(table);
+        self.spawned.notify_all();
         Ok(Spawned {
             pid,
             exit: rx,
@@ -118,9 +124,12 @@ impl Reaper {
         })
     }
 
-    fn reap_all(&self) {
+    fn reap_forever(&self) {
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            // Read before waiting: a spawn after this point either gives
+            // waitpid a child or changes the count, so no wake-up is lost.
+            let seen = self.table.lock().unwrap_or_else(|e| e.into_inner()).spawns;
+            match waitpid(Pid::from_raw(-1), None) {
                 Ok(WaitStatus::Exited(pid, code)) => self.route(pid, Exit::Code { code }),
                 Ok(WaitStatus::Signaled(pid, sig, _core)) => self.route(
                     pid,
@@ -128,22 +137,31 @@ impl Reaper {
                         signal: signal_name(sig),
                     },
                 ),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_stopped_or_continued) => continue,
-                Err(Errno::EINTR) => continue,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(Errno::ECHILD) => {
+                    // No children: sleep until the next spawn.
+                    let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+                    let _woken = self
+                        .spawned
+                        .wait_while(table, |t| t.spawns == seen)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "waitpid failed");
-                    break;
+                    tracing::error!(error = %e, "waitpid failed; retrying in 1 s");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                 }
             }
         }
     }
 
     fn route(&self, pid: Pid, exit: Exit) {
+        // Taking the lock waits out a spawn in progress, so its pid is in
+        // the table before the status is routed.
         let tx = self
-            .waiting
+            .table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .waiting
             .remove(&pid.as_raw());
         match tx {
             // The spawner may have gone away; then nobody needs the status.
@@ -170,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes_exit_codes_and_signals() {
-        let reaper = Reaper::start().expect("reaper");
+        let reaper = Reaper::global().expect("reaper");
         let quick = spawn(&reaper, "exit 3").await;
         let killed = spawn(&reaper, "kill -9 $$").await;
         let code = tokio::time::timeout(Duration::from_secs(5), quick.exit)
@@ -191,9 +209,48 @@ mod tests {
         assert_eq!(sig.to_string(), "killed by SIGKILL");
     }
 
+    /// Zombies whose parent is this process, from /proc.
+    fn zombie_children() -> Vec<String> {
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+            .filter(|stat| {
+                // pid (comm) state ppid ...: comm may hold spaces, so split
+                // after its closing parenthesis.
+                let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+                let mut fields = rest.split(' ');
+                fields.next() == Some("Z") && fields.next() == Some(me.as_str())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn orphans_are_reaped() {
+        let reaper = Reaper::global().expect("reaper");
+        // The shell exits at once; its background child becomes an orphan,
+        // re-parented to us (the subreaper), and dies 100 ms later.
+        let parent = spawn(&reaper, "sleep 0.1 & exit 0").await;
+        tokio::time::timeout(Duration::from_secs(5), parent.exit)
+            .await
+            .expect("parent exit in time")
+            .expect("routed");
+        let clean = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if zombie_children().is_empty() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), clean)
+            .await
+            .unwrap_or_else(|_| panic!("zombies left: {:?}", zombie_children()));
+    }
+
     #[tokio::test]
     async fn missing_program_is_a_named_error() {
-        let reaper = Reaper::start().expect("reaper");
+        let reaper = Reaper::global().expect("reaper");
         let err = reaper
             .spawn(&mut Command::new("/nonexistent/netd"))
             .expect_err("no such program");
