@@ -40,7 +40,7 @@ pub enum RequestError {
     #[error("storage is still starting")]
     Starting,
     #[error("bad request body: {0}")]
-    Body(#[source] serde_json::Error),
+    Body(#[source] serde_path_to_error::Error<serde_json::Error>),
     #[error("bad name: {0}")]
     Name(#[source] crate::types::NameError),
     #[error("bad disk serial: {0}")]
@@ -127,7 +127,9 @@ async fn wipe(
 }
 
 fn parse_create(body: &Bytes) -> Result<(ResourceName, u64, Option<DiskKind>), RequestError> {
-    let req: CreateRequest = serde_json::from_slice(body).map_err(RequestError::Body)?;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let req: CreateRequest =
+        serde_path_to_error::deserialize(&mut de).map_err(RequestError::Body)?;
     let name = req.name.parse().map_err(RequestError::Name)?;
     Ok((name, req.size_bytes, req.disk_kind))
 }

@@ -6,9 +6,33 @@
 use std::ffi::OsStr;
 use std::process::Command;
 
-/// A tool that could not be run or failed.
+/// A tool that could not be run or failed. Boxed: it travels inside many
+/// error types and should not make each of them large.
 #[derive(Debug, thiserror::Error)]
-pub enum CmdError {
+#[error(transparent)]
+pub struct CmdError(Box<CmdFailure>);
+
+impl CmdError {
+    pub fn spawn(command: String, source: std::io::Error) -> Self {
+        Self(Box::new(CmdFailure::Spawn { command, source }))
+    }
+
+    pub fn failed(command: String, status: String, stderr: String) -> Self {
+        Self(Box::new(CmdFailure::Failed {
+            command,
+            status,
+            stderr,
+        }))
+    }
+
+    pub fn failure(&self) -> &CmdFailure {
+        &self.0
+    }
+}
+
+/// What went wrong with a tool.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdFailure {
     #[error("cannot run `{command}`: {source}")]
     Spawn {
         command: String,
@@ -35,16 +59,15 @@ where
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    let out = cmd.output().map_err(|source| CmdError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    let out = cmd
+        .output()
+        .map_err(|source| CmdError::spawn(command.clone(), source))?;
     if !out.status.success() {
-        return Err(CmdError::Failed {
+        return Err(CmdError::failed(
             command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
+            out.status.to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -60,9 +83,7 @@ mod tests {
         assert!(text.contains("sh -c"), "{text}");
         assert!(text.contains("oops"), "{text}");
         assert_eq!(run("sh", ["-c", "echo hi"]).expect("runs"), "hi\n");
-        assert!(matches!(
-            run("/nonexistent/tool", ["x"]),
-            Err(CmdError::Spawn { .. })
-        ));
+        let missing = run("/nonexistent/tool", ["x"]).expect_err("no such tool");
+        assert!(matches!(missing.failure(), CmdFailure::Spawn { .. }));
     }
 }

@@ -190,7 +190,7 @@ impl Storage {
             pools.extend(pool);
         }
         let inner = Inner {
-            cache: cache::ensure(&pools, &layout.cache_dir, |p| free_bytes(p))?,
+            cache: cache::ensure(&pools, &layout.cache_dir, free_bytes)?,
             disks,
             pools,
         };
@@ -314,7 +314,7 @@ impl Storage {
             other => {
                 return Err(StorageError::NoSpace {
                     requested: size_bytes,
-                    largest: other.map(|p| free_bytes(p)).unwrap_or(0),
+                    largest: other.map(free_bytes).unwrap_or(0),
                     on: other
                         .map(|p| format!(" on pool {}", p.label()))
                         .unwrap_or_default(),
@@ -378,7 +378,7 @@ impl Storage {
             inner.pools.push(pool);
             if inner.cache.pool.is_none() || inner.cache.degraded.is_some() {
                 let (pools, dir) = (&inner.pools, &self.layout.cache_dir);
-                let status = cache::ensure(pools, dir, |p| free_bytes(p))?;
+                let status = cache::ensure(pools, dir, free_bytes)?;
                 inner.cache = status;
             }
         }
@@ -556,10 +556,7 @@ fn wipe_device(path: &Path, size_bytes: u64) -> Result<(), StorageError> {
     })?;
     let io = |source: std::io::Error| StorageError::Wipe {
         device: path.to_owned(),
-        source: CmdError::Spawn {
-            command: "zero the disk's first and last MiB".to_owned(),
-            source,
-        },
+        source: CmdError::spawn("zero the disk's first and last MiB".to_owned(), source),
     };
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new()

@@ -38,6 +38,12 @@ pub enum PoolError {
         #[source]
         source: CmdError,
     },
+    #[error("cannot probe {device} after mkfs: {source}")]
+    Probe {
+        device: PathBuf,
+        #[source]
+        source: crate::disk::probe::ProbeError,
+    },
     #[error("{device} did not read back as pool {label} after mkfs")]
     NotCreated { device: PathBuf, label: PoolLabel },
     #[error(transparent)]
@@ -131,13 +137,9 @@ pub fn create(disk: &BlockDevice, pools_dir: &Path) -> Result<Pool, PoolError> {
         device: disk.path.clone(),
         source,
     })?;
-    let sig = crate::disk::probe::probe(&disk.path).map_err(|e| PoolError::Mkfs {
+    let sig = crate::disk::probe::probe(&disk.path).map_err(|source| PoolError::Probe {
         device: disk.path.clone(),
-        source: CmdError::Failed {
-            command: "blkid".to_owned(),
-            status: "probe".to_owned(),
-            stderr: e.to_string(),
-        },
+        source,
     })?;
     let uuid = match (sig.label.as_deref(), sig.uuid) {
         (Some(l), Some(uuid)) if l == label.as_str() => uuid,

@@ -1,0 +1,149 @@
+//! `sandbox`: a farm of Grove nodes on this host to try things by hand.
+//!
+//! Starts `--nodes N` nodes (3 unless told), waits until each node's
+//! operator API answers, prints where everything is, then waits for Ctrl-C
+//! or SIGTERM and tears the farm down. Limits: needs root and the workspace
+//! binaries (`cargo build --workspace --bins`); one farm LAN with DHCP.
+#![allow(clippy::print_stdout, reason = "this binary's output is its interface")]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use grove_testbed::{Farm, FarmSpec, Node, http_get, report, wait_until};
+use nix::sys::signal::{SigSet, Signal};
+
+const USAGE: &str = "usage: sandbox [--nodes N]";
+/// How long a node's API may take to answer after its agent starts.
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let nodes = match parse(std::env::args().skip(1)) {
+        Ok(Some(nodes)) => nodes,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("sandbox: {message}\n{USAGE}");
+            return ExitCode::from(64);
+        }
+    };
+    // Blocked before any thread exists, so every thread inherits the mask
+    // and the signals wait for `sigwait` below.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("sandbox: cannot block SIGINT/SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("starting a farm of {nodes} node(s)...");
+    let farm = match Farm::start(FarmSpec::nodes(nodes)) {
+        Ok(farm) => farm,
+        Err(e) => {
+            eprintln!("sandbox: {}", report(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    for node in farm.nodes() {
+        if let Err(message) = wait_for_api(node) {
+            eprintln!("sandbox: {message}\n{}", farm.logs(40));
+            return teardown(farm, ExitCode::FAILURE);
+        }
+    }
+    println!(
+        "farm {} on LAN {} (host {}), run directory {}",
+        farm.run_id(),
+        farm.lan_subnet(),
+        farm.host_ip(),
+        farm.dir().display()
+    );
+    for node in farm.nodes() {
+        let url = node.api_url().unwrap_or_default();
+        println!(
+            "  {:<4} netns {}  ip {}  api {}  log {}",
+            node.name(),
+            node.netns(),
+            node.lan_ip().map(|ip| ip.to_string()).unwrap_or_default(),
+            url,
+            node.agent_log().display()
+        );
+    }
+    println!("Ctrl-C or SIGTERM tears the farm down.");
+    match signals.wait() {
+        Ok(signal) => println!("{signal}: tearing down..."),
+        Err(e) => eprintln!("sandbox: waiting for a signal failed ({e}); tearing down..."),
+    }
+    teardown(farm, ExitCode::SUCCESS)
+}
+
+/// `Ok(None)` for `--help`.
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<usize>, String> {
+    let mut nodes = 3;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nodes" | "-n" => {
+                let value = args.next().ok_or("--nodes needs a number")?;
+                nodes = value.parse().map_err(|e| format!("--nodes {value}: {e}"))?;
+            }
+            "--help" | "-h" => return Ok(None),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(Some(nodes))
+}
+
+fn wait_for_api(node: &Node) -> Result<(), String> {
+    let url = format!("{}/v1/node", node.api_url().map_err(|e| report(&e))?);
+    let mut answer = None;
+    let up = wait_until(API_TIMEOUT, Duration::from_millis(250), || {
+        if node.agent_exit().is_some() {
+            return true;
+        }
+        answer = http_get(&url).ok();
+        answer.is_some()
+    });
+    if let Some(status) = node.agent_exit() {
+        return Err(format!("the agent of {} exited ({status})", node.name()));
+    }
+    match answer {
+        Some((status, _)) if up => {
+            println!("  {} answers {url} with {status}", node.name());
+            Ok(())
+        }
+        _ => Err(format!("{url} did not answer within {API_TIMEOUT:?}")),
+    }
+}
+
+fn teardown(mut farm: Farm, code: ExitCode) -> ExitCode {
+    match farm.teardown() {
+        Ok(()) => {
+            println!("farm {} torn down; nothing left behind.", farm.run_id());
+            code
+        }
+        Err(e) => {
+            eprintln!("sandbox: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Option<usize>, String> {
+        parse(list.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!(args(&[]), Ok(Some(3)));
+        assert_eq!(args(&["--nodes", "5"]), Ok(Some(5)));
+        assert_eq!(args(&["-n", "1"]), Ok(Some(1)));
+        assert_eq!(args(&["--help"]), Ok(None));
+        assert!(args(&["--nodes"]).is_err());
+        assert!(args(&["--nodes", "x"]).is_err());
+        assert!(args(&["--bogus"]).is_err());
+    }
+}

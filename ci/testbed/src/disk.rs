@@ -1,0 +1,326 @@
+//! A node's disk: a sparse image file on a loop device, with the
+//! rotational flag the spec asked for, plus helpers that put known content
+//! on it from the host.
+//!
+//! The image lives in the node's run directory and is attached with
+//! `losetup`; the rotational flag is written to sysfs and read back, since
+//! storaged classifies disks by it, and content is written through a mount
+//! in a private mount namespace that no node can see. Limits: a detached
+//! disk cannot be re-attached (a busy one is emptied to show no media), and
+//! the content helpers overwrite the whole disk.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+use crate::cmd::{self, CmdError};
+use crate::loopdev::{self, Detached, LoopError};
+use crate::spec::DiskSpec;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A disk operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("could not create image {file}")]
+    Image {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loop device for {file}")]
+    Loop {
+        file: PathBuf,
+        #[source]
+        source: LoopError,
+    },
+    #[error("could not set {path}")]
+    SetRotational {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} reads `{got}` after writing `{wanted}`: the kernel ignored the rotational flag"
+    )]
+    RotationalIgnored {
+        path: PathBuf,
+        wanted: &'static str,
+        got: String,
+    },
+    #[error("`{name}` is not a relative path inside the filesystem")]
+    BadName { name: String },
+    #[error("{device} is detached")]
+    Detached { device: PathBuf },
+    #[error("could not make a filesystem on {device}")]
+    Mkfs {
+        device: PathBuf,
+        #[source]
+        source: CmdError,
+    },
+    #[error("could not write a partition table on {device}")]
+    Partition {
+        device: PathBuf,
+        #[source]
+        source: CmdError,
+    },
+    #[error("could not mount {device} on {dir}")]
+    Mount {
+        device: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("could not write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not enter a private mount namespace")]
+    PrivateMounts(#[source] Errno),
+    #[error("could not unmount {dir}")]
+    Unmount {
+        dir: PathBuf,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// One attached disk.
+#[derive(Debug)]
+pub struct Disk {
+    device: PathBuf,
+    file: PathBuf,
+    rotational: bool,
+    size_bytes: u64,
+    attached: AtomicBool,
+}
+
+impl Disk {
+    /// Creates the sparse image `file`, attaches it and sets its rotational
+    /// flag.
+    pub fn create(file: PathBuf, spec: DiskSpec) -> Result<Disk, DiskError> {
+        let size_bytes = spec.size_mb * MIB;
+        let image = |source| DiskError::Image {
+            file: file.clone(),
+            source,
+        };
+        File::create(&file)
+            .and_then(|f| f.set_len(size_bytes))
+            .map_err(image)?;
+        let device = loopdev::attach(&file).map_err(|source| DiskError::Loop {
+            file: file.clone(),
+            source,
+        })?;
+        let disk = Disk {
+            device,
+            file,
+            rotational: spec.rotational,
+            size_bytes,
+            attached: AtomicBool::new(true),
+        };
+        disk.set_rotational()?;
+        Ok(disk)
+    }
+
+    fn set_rotational(&self) -> Result<(), DiskError> {
+        let path = loopdev::sys_dir(&self.device).join("queue/rotational");
+        let wanted = if self.rotational { "1" } else { "0" };
+        std::fs::write(&path, wanted).map_err(|source| DiskError::SetRotational {
+            path: path.clone(),
+            source,
+        })?;
+        let got = std::fs::read_to_string(&path).map_err(|source| DiskError::SetRotational {
+            path: path.clone(),
+            source,
+        })?;
+        if got.trim() != wanted {
+            return Err(DiskError::RotationalIgnored {
+                path,
+                wanted,
+                got: got.trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The block device, `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        &self.device
+    }
+
+    /// The image file on the host.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub fn rotational(&self) -> bool {
+        self.rotational
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// False once [`Disk::detach`] has run.
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::SeqCst)
+    }
+
+    /// Pulls the disk: detaches the loop device, so the node sees it
+    /// vanish. A device still in use (a pool mounted inside the node) cannot
+    /// leave at once: its image is then emptied so it reports no media, and
+    /// the kernel frees it when the last user lets go. Either way the disk
+    /// stays gone; its contents may be lost.
+    pub fn detach(&self) -> Result<Detached, DiskError> {
+        let loop_error = |source| DiskError::Loop {
+            file: self.file.clone(),
+            source,
+        };
+        let outcome = loopdev::detach_once(&self.device, &self.file).map_err(loop_error)?;
+        self.attached.store(false, Ordering::SeqCst);
+        if outcome == Detached::Autoclear {
+            OpenOptions::new()
+                .write(true)
+                .open(&self.file)
+                .and_then(|f| f.set_len(0))
+                .map_err(|source| DiskError::Image {
+                    file: self.file.clone(),
+                    source,
+                })?;
+            loopdev::set_capacity(&self.device).map_err(loop_error)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Makes an ext4 filesystem holding one file `name` (relative, may hold
+    /// directories) with `contents`.
+    pub fn format_ext4_with_file(&self, name: &str, contents: &[u8]) -> Result<(), DiskError> {
+        let inside = Path::new(name);
+        if name.is_empty()
+            || !inside
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(DiskError::BadName {
+                name: name.to_owned(),
+            });
+        }
+        self.ensure_attached()?;
+        cmd::run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), self.device.as_os_str()],
+        )
+        .map_err(|source| DiskError::Mkfs {
+            device: self.device.clone(),
+            source,
+        })?;
+        let dir = self.file.with_extension("mnt");
+        std::fs::create_dir_all(&dir).map_err(|source| DiskError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        in_private_mounts(|| {
+            mount(
+                Some(self.device.as_path()),
+                &dir,
+                Some("ext4"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .map_err(|source| DiskError::Mount {
+                device: self.device.clone(),
+                dir: dir.clone(),
+                source,
+            })?;
+            let written = write_synced(&dir.join(inside), contents);
+            let unmounted = umount2(&dir, MntFlags::empty()).map_err(|source| DiskError::Unmount {
+                dir: dir.clone(),
+                source,
+            });
+            written.and(unmounted)
+        })?;
+        std::fs::remove_dir(&dir).map_err(|source| DiskError::Write { path: dir, source })
+    }
+
+    /// Writes an empty GPT partition table (no partitions) with `sfdisk`.
+    pub fn write_empty_gpt(&self) -> Result<(), DiskError> {
+        self.ensure_attached()?;
+        cmd::run_with_input(
+            "sfdisk",
+            &[
+                "--quiet".as_ref(),
+                "--wipe=always".as_ref(),
+                self.device.as_os_str(),
+            ],
+            b"label: gpt\n",
+        )
+        .map(drop)
+        .map_err(|source| DiskError::Partition {
+            device: self.device.clone(),
+            source,
+        })
+    }
+
+    fn ensure_attached(&self) -> Result<(), DiskError> {
+        if self.is_attached() {
+            Ok(())
+        } else {
+            Err(DiskError::Detached {
+                device: self.device.clone(),
+            })
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own in a private mount namespace, so a
+/// temporary mount is seen by nobody else: no node namespace created
+/// meanwhile copies it, and no peer keeps it busy.
+fn in_private_mounts<F>(f: F) -> Result<(), DiskError>
+where
+    F: FnOnce() -> Result<(), DiskError> + Send,
+{
+    let joined = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNS).map_err(DiskError::PrivateMounts)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(DiskError::PrivateMounts)?;
+                f()
+            })
+            .join()
+    });
+    match joined {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn write_synced(path: &Path, contents: &[u8]) -> Result<(), DiskError> {
+    let fail = |source| DiskError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(fail)?;
+    std::io::Write::write_all(&mut file, contents).map_err(fail)?;
+    file.sync_all().map_err(fail)
+}

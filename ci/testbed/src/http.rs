@@ -1,0 +1,303 @@
+//! A minimal blocking HTTP/1.1 GET for asking a node's operator API
+//! whether it is up, without an HTTP client dependency.
+//!
+//! One request per connection with `Connection: close`; the body is
+//! delimited by `Content-Length`, chunked encoding, or the end of the
+//! stream. Limits: `http://` only, no redirects, no keep-alive, bodies must
+//! be UTF-8 and are held in memory.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// How long a request may take unless the caller says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A GET that did not produce a response.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("`{url}` is not an http://host:port/path URL")]
+    BadUrl { url: String },
+    #[error("cannot resolve the host of {url}")]
+    Resolve {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("exchange with {url} broke off")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed response from {url}")]
+    BadResponse {
+        url: String,
+        #[source]
+        source: ResponseError,
+    },
+    #[error("response body from {url} is not UTF-8")]
+    NotUtf8 {
+        url: String,
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+}
+
+/// What is wrong with a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    #[error("it ends inside the {0}")]
+    Truncated(&'static str),
+    #[error("its headers are not text")]
+    HeadNotText(#[source] std::str::Utf8Error),
+    #[error("bad status line `{0}`")]
+    StatusLine(String),
+    #[error("header line without a colon: `{0}`")]
+    Header(String),
+    #[error("bad Content-Length `{value}`")]
+    Length {
+        value: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("bad chunk size line `{line}`")]
+    ChunkSize {
+        line: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
+/// GETs `url`, returning the status code and body.
+pub fn http_get(url: &str) -> Result<(u16, String), HttpError> {
+    http_get_timeout(url, DEFAULT_TIMEOUT)
+}
+
+/// GETs `url` with connect, read and write each bounded by `timeout`.
+pub fn http_get_timeout(url: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
+    let (authority, path) = split_url(url).ok_or_else(|| HttpError::BadUrl {
+        url: url.to_owned(),
+    })?;
+    let addr: SocketAddr = authority
+        .to_socket_addrs()
+        .map_err(|source| HttpError::Resolve {
+            url: url.to_owned(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| HttpError::BadUrl {
+            url: url.to_owned(),
+        })?;
+    let io = |source| HttpError::Io {
+        url: url.to_owned(),
+        source,
+    };
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|source| HttpError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    let (status, body) = parse_response(&raw).map_err(|source| HttpError::BadResponse {
+        url: url.to_owned(),
+        source,
+    })?;
+    let body = String::from_utf8(body).map_err(|source| HttpError::NotUtf8 {
+        url: url.to_owned(),
+        source,
+    })?;
+    Ok((status, body))
+}
+
+/// `http://host:port/path?q` into (`host:port`, `/path?q`).
+fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.contains(']'))
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    Some((authority, path.to_owned()))
+}
+
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ResponseError> {
+    let end = find(raw, b"\r\n\r\n").ok_or(ResponseError::Truncated("headers"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(ResponseError::HeadNotText)?;
+    let body = &raw[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut words = status_line.split_whitespace();
+    if !words.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err(ResponseError::StatusLine(status_line.to_owned()));
+    }
+    let status: u16 = words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ResponseError::StatusLine(status_line.to_owned()))?;
+    let mut chunked = false;
+    let mut length: Option<usize> = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(ResponseError::Header(line.to_owned()));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse().map_err(|source| ResponseError::Length {
+                value: value.to_owned(),
+                source,
+            })?);
+        }
+    }
+    if chunked {
+        return dechunk(body).map(|b| (status, b));
+    }
+    match length {
+        Some(n) if n > body.len() => Err(ResponseError::Truncated("body")),
+        Some(n) => Ok((status, body[..n].to_vec())),
+        None => Ok((status, body.to_vec())),
+    }
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, ResponseError> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(rest, b"\r\n").ok_or(ResponseError::Truncated("chunk size"))?;
+        let line = String::from_utf8_lossy(&rest[..eol]).into_owned();
+        let digits = line.split(';').next().unwrap_or_default().trim();
+        let size =
+            usize::from_str_radix(digits, 16).map_err(|source| ResponseError::ChunkSize {
+                line: line.clone(),
+                source,
+            })?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            return Err(ResponseError::Truncated("chunk"));
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn serve_once(response: &'static [u8]) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let mut request = Vec::new();
+            while find(&request, b"\r\n\r\n").is_none() {
+                let n = conn.read(&mut buf).expect("read");
+                assert!(n > 0, "client closed early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(response).expect("write");
+            String::from_utf8(request).expect("utf8 request")
+        });
+        (format!("http://{addr}/v1/node"), handle)
+    }
+
+    #[test]
+    fn content_length_body() {
+        let (url, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(http_get(&url).expect("get"), (200, "hello".to_owned()));
+        let request = server.join().expect("server");
+        assert!(
+            request.starts_with("GET /v1/node HTTP/1.1\r\n"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn chunked_body() {
+        let (url, server) = serve_once(
+            b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        );
+        assert_eq!(http_get(&url).expect("get"), (404, "abcde".to_owned()));
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn refused_connection_names_the_url() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("addr"));
+        drop(listener);
+        let err = http_get(&url).expect_err("nobody listens");
+        assert!(matches!(err, HttpError::Connect { .. }), "{err:?}");
+        assert!(err.to_string().contains(&url));
+    }
+
+    #[test]
+    fn urls() {
+        let cases: &[(&str, Option<(&str, &str)>)] = &[
+            (
+                "http://10.77.0.10:8080/v1/node",
+                Some(("10.77.0.10:8080", "/v1/node")),
+            ),
+            ("http://10.77.0.10:8080", Some(("10.77.0.10:8080", "/"))),
+            ("http://example/x?y=1", Some(("example:80", "/x?y=1"))),
+            ("https://10.0.0.1/", None),
+            ("http:///x", None),
+            ("http://u@h/", None),
+        ];
+        for (url, want) in cases {
+            let got = split_url(url);
+            let want = want.map(|(a, p)| (a.to_owned(), p.to_owned()));
+            assert_eq!(got, want, "{url}");
+        }
+    }
+
+    #[test]
+    fn malformed_responses() {
+        for raw in [
+            &b"garbage"[..],
+            b"SMTP 220 hi\r\n\r\n",
+            b"HTTP/1.1 abc OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            assert!(
+                parse_response(raw).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The foundation, end to end: a real node in the testbed runs `agent`,
+//! which runs `storaged`, `netd` and `provisiond` for real, and answers on
+//! the farm LAN.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent::api::NodeReport;
+use agent::supervisor::{ServiceState, ServiceStatus};
+use grove_testbed::{Daemon, Farm, FarmSpec, Node, NodeSpec, http_get, wait_until};
+use serde::de::DeserializeOwned;
+
+fn start(spec: FarmSpec) -> Farm {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
+    );
+    Farm::start(spec)
+        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+}
+
+fn url(node: &Node, path: &str) -> String {
+    format!("{}{path}", node.api_url().expect("node has a LAN address"))
+}
+
+fn get<T: DeserializeOwned>(node: &Node, path: &str) -> T {
+    let (status, body) = http_get(&url(node, path)).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+fn wait_ready(farm: &Farm, node: &Node, within: Duration) {
+    let ready = wait_until(within, Duration::from_millis(20), || {
+        matches!(http_get(&url(node, "/ready")), Ok((200, _)))
+    });
+    assert!(
+        ready,
+        "node {} not ready within {within:?}\n{}",
+        node.name(),
+        farm.logs(60)
+    );
+}
+
+fn service(node: &Node, name: &str) -> ServiceStatus {
+    get(node, &format!("/v1/services/{name}"))
+}
+
+#[test]
+fn every_daemon_answers_in_its_node_and_the_operator_api_answers_on_the_lan() {
+    let farm = start(FarmSpec::nodes(1));
+    let node = farm.node(0);
+    wait_ready(&farm, node, Duration::from_secs(20));
+
+    // Inside the node, at the production paths, as an operator would ask.
+    for daemon in Daemon::ALL {
+        let sock = format!("/run/grove/{}.sock", daemon.name());
+        let out = node
+            .exec(&[
+                "curl",
+                "-s",
+                "--unix-socket",
+                &sock,
+                "http://localhost/ready",
+            ])
+            .expect("curl runs in the node");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{daemon}: {out:?}");
+        assert_eq!(body, r#"{"ready":true}"#, "{daemon}");
+        let out = node
+            .exec(&[
+                "curl",
+                "-s",
+                "--unix-socket",
+                &sock,
+                "http://localhost/v1/info",
+            ])
+            .expect("curl runs in the node");
+        let info: grove_daemon::server::Info =
+            serde_json::from_slice(&out.stdout).expect("info decodes");
+        assert_eq!(info.name, daemon.name());
+        if daemon != Daemon::Agent {
+            assert_eq!(Some(info.pid), service(node, daemon.name()).pid, "{daemon}");
+        }
+    }
+
+    // From the host, over the farm LAN.
+    let report: NodeReport = get(node, "/v1/node");
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(report.host.kernel, host_kernel.trim());
+    assert!(!report.host.hostname.is_empty());
+    assert_eq!(
+        report.host.cpu.count,
+        std::thread::available_parallelism().expect("cpus").get()
+    );
+    assert!(report.host.memory.total_bytes > report.host.memory.available_bytes);
+    assert!(report.host.uptime_secs > 0.0);
+    assert_eq!(report.boot.params.farm_id, Some(1));
+    assert!(report.boot.errors.is_empty(), "{:?}", report.boot.errors);
+
+    let services: Vec<ServiceStatus> = get(node, "/v1/services");
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["storaged", "netd", "provisiond"]);
+    for s in &services {
+        assert_eq!(s.state, ServiceState::Ready, "{s:?}");
+        assert_eq!(s.restarts, 0, "{s:?}");
+        assert!(s.pid.is_some());
+    }
+    let (status, body) = http_get(&url(node, "/v1/services/nosuchd")).expect("GET");
+    assert_eq!(status, 404);
+    assert!(body.contains("nosuchd"), "{body}");
+}
+
+#[test]
+fn a_killed_netd_is_restarted_within_two_seconds() {
+    let farm = start(FarmSpec::nodes(1));
+    let node = farm.node(0);
+    wait_ready(&farm, node, Duration::from_secs(20));
+    let before = service(node, "netd");
+    let pid = before.pid.expect("netd runs");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 netd");
+    let killed = Instant::now();
+    let back = wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
+        let s = service(node, "netd");
+        s.state == ServiceState::Ready && s.pid.is_some_and(|p| p != pid)
+    });
+    let took = killed.elapsed();
+    assert!(back, "netd not back within 2 s\n{}", farm.logs(40));
+    eprintln!(
+        "netd restarted and ready {} ms after kill -9",
+        took.as_millis()
+    );
+
+    let after = service(node, "netd");
+    assert_eq!(after.restarts, 1, "{after:?}");
+    let exit = after.last_exit.expect("the kill is recorded");
+    assert_eq!(exit.reason, "killed by SIGKILL");
+    // The other daemons were left alone.
+    assert_eq!(service(node, "storaged").restarts, 0);
+    assert_eq!(service(node, "provisiond").restarts, 0);
+    // Both runs' output is in the log ring.
+    let logs: agent::api::ServiceLogs = get(node, "/v1/services/netd/logs?lines=100");
+    let serving = logs
+        .lines
+        .iter()
+        .filter(|l| l.text.contains("serving"))
+        .count();
+    assert!(
+        serving >= 2,
+        "expected a 'serving' line per run: {:?}",
+        logs.lines
+    );
+}
+
+#[test]
+fn bad_boot_parameters_are_reported_by_name_and_the_node_keeps_running() {
+    let spec =
+        NodeSpec::default().cmdline("quiet farmer_id=abc vlan:foo=5 grove.debug grove.wipe=a/b");
+    let farm = start(FarmSpec::with_nodes(vec![spec]));
+    let node = farm.node(0);
+    wait_ready(&farm, node, Duration::from_secs(20));
+
+    let report: NodeReport = get(node, "/v1/node");
+    let errors: Vec<(&str, &str)> = report
+        .boot
+        .errors
+        .iter()
+        .map(|e| (e.param.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("farmer_id", "abc"),
+            ("vlan:foo", "5"),
+            ("grove.wipe", "a/b")
+        ]
+    );
+    assert!(report.boot.errors.iter().all(|e| !e.reason.is_empty()));
+    assert_eq!(report.boot.params.farm_id, None);
+    assert!(report.boot.params.debug, "the good parameters still apply");
+
+    // Still running, nothing restarting.
+    std::thread::sleep(Duration::from_millis(500));
+    let services: Vec<ServiceStatus> = get(node, "/v1/services");
+    assert!(
+        services
+            .iter()
+            .all(|s| s.state == ServiceState::Ready && s.restarts == 0),
+        "{services:?}"
+    );
+}
+
+#[test]
+fn a_daemon_with_a_bad_config_is_shown_failing_and_the_others_run() {
+    let spec = NodeSpec::default()
+        .config(
+            Daemon::Netd,
+            "socket = \"/run/grove/netd.sock\"\nbogus_key = 1\n",
+        )
+        .config(Daemon::Agent, "[supervisor]\nready_timeout_secs = 1\n");
+    let farm = start(FarmSpec::with_nodes(vec![spec]));
+    let node = farm.node(0);
+    let shown = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        let netd = service(node, "netd");
+        let provisiond = service(node, "provisiond");
+        netd.restarts >= 1 && provisiond.state == ServiceState::Ready
+    });
+    assert!(shown, "netd failure not shown\n{}", farm.logs(40));
+    let netd = service(node, "netd");
+    assert_eq!(
+        netd.last_exit.expect("exit recorded").reason,
+        "exited with code 64"
+    );
+    assert_ne!(netd.state, ServiceState::Ready);
+    assert_eq!(service(node, "storaged").state, ServiceState::Ready);
+    let logs: agent::api::ServiceLogs = get(node, "/v1/services/netd/logs?lines=20");
+    assert!(
+        logs.lines.iter().any(|l| l.text.contains("bogus_key")),
+        "the log names the key: {:?}",
+        logs.lines
+    );
+    let (status, body) = http_get(&url(node, "/ready")).expect("GET /ready");
+    assert_eq!(status, 503);
+    assert!(body.contains("netd"), "{body}");
+}
+
+#[test]
+fn sigterm_stops_every_daemon_cleanly() {
+    let farm = start(FarmSpec::nodes(1));
+    let node = farm.node(0);
+    wait_ready(&farm, node, Duration::from_secs(20));
+    let pids: Vec<u32> = get::<Vec<ServiceStatus>>(node, "/v1/services")
+        .iter()
+        .filter_map(|s| s.pid)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    let started = Instant::now();
+    node.stop_agent().expect("stop");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "stop took {took:?}");
+    let exit = node.agent_exit().expect("agent exited");
+    assert_eq!(exit.code(), Some(0), "{exit:?}\n{}", farm.logs(30));
+    for pid in pids {
+        assert!(
+            !PathBuf::from(format!("/proc/{pid}")).exists(),
+            "daemon {pid} survived"
+        );
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    grove_testbed::bin_dir().expect("binaries built").join(name)
+}
+
+#[test]
+fn a_bad_config_file_makes_each_daemon_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "bogus_key = 1\n").expect("write");
+    let missing = dir.path().join("missing.toml");
+    for daemon in Daemon::ALL {
+        let out = Command::new(binary(daemon.name()))
+            .arg("--config")
+            .arg(&bad)
+            .output()
+            .expect("daemon runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{daemon}: {stderr}");
+        assert!(stderr.contains("bogus_key"), "{daemon}: {stderr}");
+
+        let out = Command::new(binary(daemon.name()))
+            .arg("--config")
+            .arg(&missing)
+            .output()
+            .expect("daemon runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{daemon}: {stderr}");
+        assert!(stderr.contains("missing.toml"), "{daemon}: {stderr}");
+    }
+    let typed = dir.path().join("agent.toml");
+    std::fs::write(&typed, "[api]\nlisten = \"not-an-address\"\n").expect("write");
+    let out = Command::new(binary("agent"))
+        .arg("--config")
+        .arg(&typed)
+        .output()
+        .expect("agent runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("listen"), "{stderr}");
+}
