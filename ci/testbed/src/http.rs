@@ -99,16 +99,49 @@ pub fn http_get_timeout(url: &str, timeout: Duration) -> Result<(u16, String), H
         url: url.to_owned(),
         source,
     };
-    let mut stream =
+    let stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|source| HttpError::Connect {
             url: url.to_owned(),
             source,
         })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
+    exchange(stream, url, &authority, &path)
+}
+
+/// GETs `path` from the HTTP server on the Unix socket `socket`, like
+/// `curl --unix-socket`.
+pub fn unix_get(socket: &std::path::Path, path: &str) -> Result<(u16, String), HttpError> {
+    let url = format!("unix:{}{path}", socket.display());
+    let stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| HttpError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+    let io = |source| HttpError::Io {
+        url: url.clone(),
+        source,
+    };
+    stream.set_read_timeout(Some(DEFAULT_TIMEOUT)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(DEFAULT_TIMEOUT))
+        .map_err(io)?;
+    exchange(stream, &url, "localhost", path)
+}
+
+/// Sends one GET on `stream` and reads the whole response.
+fn exchange(
+    mut stream: impl Read + Write,
+    url: &str,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String), HttpError> {
+    let io = |source| HttpError::Io {
+        url: url.to_owned(),
+        source,
+    };
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;

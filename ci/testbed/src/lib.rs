@@ -13,6 +13,7 @@
 //! and loop devices; `/dev` and `/proc` are shared with the host, and nodes
 //! have no route beyond their LANs.
 
+pub mod bench;
 pub mod bins;
 pub mod cmd;
 pub mod disk;
@@ -36,7 +37,7 @@ pub mod wait;
 pub use bins::bin_dir;
 pub use disk::Disk;
 pub use farm::{Farm, TestbedError};
-pub use http::{http_get, http_get_timeout};
+pub use http::{http_get, http_get_timeout, unix_get};
 pub use lan::{Lan, Lease};
 pub use node::Node;
 pub use node::nic::Nic;

@@ -1,0 +1,6 @@
+//! Benchmarks that need real nodes: each measures what an issue names and
+//! prints the ratio against the floor it names. Run through `ci/bench`, on
+//! release builds, never inside the timed test suite.
+
+pub mod foundation;
+pub mod stats;

@@ -1,0 +1,34 @@
+//! `bench`: Grove's benchmarks on real testbed nodes. Run it through
+//! `ci/bench`, which builds release binaries first.
+//!
+//!     bench foundation [--runs N]
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs = match args.iter().position(|a| a == "--runs") {
+        Some(i) => match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                eprintln!("bench: --runs takes a positive number");
+                return ExitCode::from(64);
+            }
+        },
+        None => 10,
+    };
+    let result = match args.first().map(String::as_str) {
+        Some("foundation") => grove_testbed::bench::foundation::run(runs),
+        _ => {
+            eprintln!("usage: bench foundation [--runs N]");
+            return ExitCode::from(64);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {}", grove_testbed::report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
