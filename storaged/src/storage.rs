@@ -102,9 +102,15 @@ pub struct Disk {
     #[serde(flatten)]
     pub class: DiskClass,
     pub pool: Option<PoolLabel>,
+    /// The medium the node booted from: mounted at `/` or `/boot`, or
+    /// carrying a Grove boot image's label. Never written.
+    pub boot_medium: bool,
     /// Why the disk could not be probed or pooled, if so.
     pub error: Option<String>,
 }
+
+/// Labels of the filesystems on a Grove boot image.
+pub const BOOT_LABEL_PREFIX: &str = "GROVE";
 
 /// One pool as `/v1/pools` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,6 +368,12 @@ impl Storage {
             class,
             reason,
         };
+        if disk.boot_medium {
+            return Err(refuse(
+                "the boot medium",
+                "the node booted from it".to_owned(),
+            ));
+        }
         match &disk.class {
             DiskClass::Foreign { .. } => {}
             DiskClass::Blank => return Err(refuse("blank", "it is already blank".to_owned())),
@@ -459,13 +471,18 @@ fn bring_up(
             reason: "not probed".to_owned(),
         },
         pool: None,
+        boot_medium: false,
         error: None,
         device,
     };
     let result = (|| -> Result<Option<Pool>, StorageError> {
         let (signatures, class) = inspect(&disk.device, table, layout)?;
+        disk.boot_medium = is_boot_medium(&disk.device, &signatures, table, layout);
         disk.signatures = signatures;
         disk.class = class;
+        if disk.boot_medium {
+            return Ok(None);
+        }
         if matches!(disk.class, DiskClass::Foreign { .. }) && wipe.contains(&disk.device.serial) {
             tracing::warn!(serial = %disk.device.serial, device = %disk.device.path.display(), "wiping on the farmer's request");
             wipe_device(&disk.device.path, disk.device.size_bytes)?;
@@ -524,22 +541,46 @@ fn inspect(
     Ok((signatures, class))
 }
 
+/// The mounts of the disk or any partition of it.
+fn mounts_of<'a>(
+    device: &BlockDevice,
+    table: &'a [MountEntry],
+    layout: &Layout,
+) -> impl Iterator<Item = &'a MountEntry> {
+    let block = layout.sys.join("block").join(&device.name);
+    let mut devs = vec![read_dev(&block)];
+    devs.extend(device.partitions.iter().map(|p| read_dev(&block.join(p))));
+    table
+        .iter()
+        .filter(move |m| devs.iter().flatten().any(|d| d == &m.dev))
+}
+
 /// Where the disk or a partition of it is mounted outside Grove's pools.
 fn mounted_elsewhere(
     device: &BlockDevice,
     table: &[MountEntry],
     layout: &Layout,
 ) -> Option<String> {
-    let block = layout.sys.join("block").join(&device.name);
-    let mut devs = vec![read_dev(&block)];
-    devs.extend(device.partitions.iter().map(|p| read_dev(&block.join(p))));
-    table
-        .iter()
-        .filter(|m| devs.iter().flatten().any(|d| d == &m.dev))
+    mounts_of(device, table, layout)
         .find(|m| {
             !m.mount_point.starts_with(&layout.pools_dir) && m.mount_point != layout.cache_dir
         })
         .map(|m| m.mount_point.display().to_string())
+}
+
+/// Whether the node booted from this disk.
+fn is_boot_medium(
+    device: &BlockDevice,
+    signatures: &Signatures,
+    table: &[MountEntry],
+    layout: &Layout,
+) -> bool {
+    let system = ["/", "/boot", "/boot/efi"].map(Path::new);
+    mounts_of(device, table, layout).any(|m| system.contains(&m.mount_point.as_path()))
+        || signatures
+            .label
+            .as_deref()
+            .is_some_and(|l| l.starts_with(BOOT_LABEL_PREFIX))
 }
 
 fn read_dev(dir: &Path) -> Option<String> {

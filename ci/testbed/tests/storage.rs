@@ -523,3 +523,58 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
         "a refused request left something behind"
     );
 }
+
+#[test]
+fn with_no_ssd_the_cache_goes_on_an_hdd_and_says_degraded() {
+    let farm = start(NodeSpec::default().disks(vec![HDD]));
+    let node = farm.node(0);
+    let capacity: Capacity = get(node, "/v1/capacity");
+    assert_eq!(capacity.ssd.total_bytes, 0);
+    assert_eq!(capacity.hdd.total_bytes, 1024 << 20);
+    assert_eq!(format!("{:?}", capacity.cache.kind), "Some(Hdd)");
+    let reason = capacity.cache.degraded.expect("degraded");
+    assert!(reason.contains("no SSD"), "{reason}");
+    let mounted = node
+        .exec(&["findmnt", "-n", "-o", "SOURCE", "/var/cache/grove"])
+        .expect("findmnt");
+    assert!(
+        String::from_utf8_lossy(&mounted.stdout).contains("[/cache]"),
+        "{mounted:?}"
+    );
+}
+
+#[test]
+fn a_grove_boot_image_disk_is_the_boot_medium_and_left_alone() {
+    let farm = start_without_agent(NodeSpec::default().disks(vec![SSD, HDD]));
+    let node = farm.node(0);
+    let usb = &node.disks()[1];
+    let made = std::process::Command::new("mkfs.vfat")
+        .args(["-n", "GROVE-BOOT"])
+        .arg(usb.path())
+        .status()
+        .expect("mkfs.vfat runs");
+    assert!(made.success(), "could not label the boot disk");
+    let digest = sha256(usb.path());
+    node.start_agent().expect("boot");
+    wait_storage(&farm);
+    let disks: Vec<Disk> = get(node, "/v1/disks");
+    let boot = disk_by_path(&disks, usb.path());
+    assert!(boot.boot_medium, "{boot:?}");
+    assert_eq!(boot.pool, None);
+    assert!(!disk_by_path(&disks, node.disks()[0].path()).boot_medium);
+    let serial = boot.device.serial.clone();
+    let (status, body) = call(
+        node,
+        Method::POST,
+        &format!("/v1/disks/{serial}/wipe"),
+        None,
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("boot medium")),
+        "{body}"
+    );
+    assert_eq!(sha256(usb.path()), digest);
+}

@@ -4,3 +4,4 @@
 
 pub mod foundation;
 pub mod stats;
+pub mod storage;

@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation [--runs N]
+//!     bench foundation|storage [--runs N]
 
 use std::process::ExitCode;
 
@@ -19,8 +19,9 @@ fn main() -> ExitCode {
     };
     let result = match args.first().map(String::as_str) {
         Some("foundation") => grove_testbed::bench::foundation::run(runs),
+        Some("storage") => grove_testbed::bench::storage::run(runs),
         _ => {
-            eprintln!("usage: bench foundation [--runs N]");
+            eprintln!("usage: bench foundation|storage [--runs N]");
             return ExitCode::from(64);
         }
     };

@@ -1,0 +1,162 @@
+//! The storage benchmark: first boot with four blank disks, and a restart
+//! with four existing pools.
+//!
+//! Each run blanks the node's four disks, boots the node and reads how long
+//! storaged took from start to `/ready` (the agent records it), then cuts
+//! the power and boots again to time the restart. The floor is a shell
+//! script running `mkfs.btrfs` and `mount` on the same four disks, one after
+//! another, in a private mount namespace.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::foundation::BenchError;
+use super::stats::{ms, summary};
+use crate::spec::{Daemon, DiskSpec, FarmSpec, NodeSpec};
+use crate::{Farm, Node, http};
+
+pub const FIRST_BOOT_RATIO_TARGET: f64 = 1.3;
+pub const RESTART_TARGET: Duration = Duration::from_millis(500);
+
+/// Runs the benchmark and prints the report.
+pub fn run(runs: usize) -> Result<(), BenchError> {
+    let disks = vec![
+        DiskSpec::ssd(2048),
+        DiskSpec::ssd(2048),
+        DiskSpec::hdd(2048),
+        DiskSpec::hdd(2048),
+    ];
+    let farm =
+        Farm::start(FarmSpec::with_nodes(vec![NodeSpec::default().disks(disks)]).without_agents())?;
+    let node = farm.node(0);
+    let paths: Vec<PathBuf> = node.disks().iter().map(|d| d.path().to_owned()).collect();
+    let (mut first, mut restart, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        blank(&paths)?;
+        floor.push(script_floor(&paths)?);
+        blank(&paths)?;
+        node.start_agent()?;
+        first.push(storaged_ready_after(node)?);
+        node.kill_agent()?;
+        node.start_agent()?;
+        restart.push(storaged_ready_after(node)?);
+        node.stop_agent()?;
+    }
+    let (first50, first90) = summary(&mut first);
+    let (restart50, restart90) = summary(&mut restart);
+    let (floor50, _) = summary(&mut floor);
+    let ratio = first50.as_secs_f64() / floor50.as_secs_f64().max(1e-9);
+    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    eprintln!("storage benchmark: {runs} runs, one node with 4 x 2 GiB loop disks (2 SSD, 2 HDD)");
+    eprintln!(
+        "  first boot, storaged start -> /ready (4 pools + cache): median {:.1} ms, p90 {:.1} ms",
+        ms(first50),
+        ms(first90)
+    );
+    eprintln!(
+        "  floor, mkfs.btrfs + mount of the same disks from a script: median {:.1} ms",
+        ms(floor50)
+    );
+    eprintln!(
+        "  ratio to the floor: {ratio:.2}; target <= {FIRST_BOOT_RATIO_TARGET}: {}",
+        verdict(ratio <= FIRST_BOOT_RATIO_TARGET)
+    );
+    eprintln!(
+        "  restart with 4 pools, storaged start -> /ready: median {:.1} ms, p90 {:.1} ms; target <= {} ms: {}",
+        ms(restart50),
+        ms(restart90),
+        RESTART_TARGET.as_millis(),
+        verdict(restart50 <= RESTART_TARGET)
+    );
+    Ok(())
+}
+
+/// How long storaged took from its start to `/ready`, as the agent saw it.
+fn storaged_ready_after(node: &Node) -> Result<Duration, BenchError> {
+    let socket = node.socket(Daemon::Agent)?;
+    let mut after = None;
+    let ready = crate::wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
+        let Ok((200, body)) = http::unix_get(&socket, "/v1/services/storaged") else {
+            return false;
+        };
+        after = ready_after_ms(&body);
+        after.is_some()
+    });
+    match (ready, after) {
+        (true, Some(ms)) => Ok(Duration::from_millis(ms)),
+        _ => Err(BenchError::NotReady(Duration::from_secs(60))),
+    }
+}
+
+/// `ready_after_ms` from a service status, when it is set.
+fn ready_after_ms(body: &str) -> Option<u64> {
+    let rest = body.split("\"ready_after_ms\":").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Erases the disks' signatures and zeroes their ends, as new disks.
+fn blank(paths: &[PathBuf]) -> Result<(), BenchError> {
+    for p in paths {
+        let p = p.display();
+        sh(&format!(
+            "wipefs -a -q {p} && dd if=/dev/zero of={p} bs=1M count=1 conv=fsync status=none && \
+             dd if=/dev/zero of={p} bs=1M count=1 seek=$(( $(blockdev --getsize64 {p}) / 1048576 - 1 )) conv=fsync status=none"
+        ))?;
+    }
+    Ok(())
+}
+
+/// `mkfs.btrfs` and `mount` of every disk, one after another, timed.
+fn script_floor(paths: &[PathBuf]) -> Result<Duration, BenchError> {
+    let disks: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let script = format!(
+        "set -e; mount --make-rprivate /; m=$(mktemp -d); i=0; for d in {}; do \
+         i=$((i+1)); mkfs.btrfs -q $d >/dev/null 2>&1; mkdir $m/$i; mount $d $m/$i; done",
+        disks.join(" ")
+    );
+    let started = Instant::now();
+    let status = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .status()
+        .map_err(BenchError::Spawn)?;
+    let took = started.elapsed();
+    if !status.success() {
+        return Err(BenchError::Spawn(std::io::Error::other(format!(
+            "floor script failed: {status}"
+        ))));
+    }
+    Ok(took)
+}
+
+fn sh(script: &str) -> Result<(), BenchError> {
+    let status = Command::new("sh")
+        .args(["-c", script])
+        .status()
+        .map_err(BenchError::Spawn)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Spawn(std::io::Error::other(format!(
+            "`{script}` failed: {status}"
+        ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ready_after_from_a_status() {
+        assert_eq!(
+            ready_after_ms(r#"{"name":"storaged","ready_after_ms":123,"x":1}"#),
+            Some(123)
+        );
+        assert_eq!(
+            ready_after_ms(r#"{"name":"storaged","ready_after_ms":null}"#),
+            None
+        );
+    }
+}
