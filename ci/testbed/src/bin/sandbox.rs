@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use grove_testbed::{Farm, FarmSpec, Node, http_get, report, wait_until};
+use grove_testbed::{DiskSpec, Farm, FarmSpec, Node, NodeSpec, http_get, report, wait_until};
 use nix::sys::signal::{SigSet, Signal};
 
 const USAGE: &str = "usage: sandbox [--nodes N]";
@@ -38,7 +38,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("starting a farm of {nodes} node(s)...");
-    let farm = match Farm::start(FarmSpec::nodes(nodes)) {
+    // Each node gets a sparse SSD and HDD, so its storage has pools.
+    let node = NodeSpec::default().disks(vec![DiskSpec::ssd(4096), DiskSpec::hdd(8192)]);
+    let farm = match Farm::start(FarmSpec::with_nodes(vec![node; nodes])) {
         Ok(farm) => farm,
         Err(e) => {
             eprintln!("sandbox: {}", report(&e));
