@@ -5,7 +5,9 @@
 //! [`client::NetdClient`] is how `agent` and the other daemons reach it.
 
 pub mod client;
+pub mod mesh;
 pub mod types;
+pub mod uplink;
 
 use std::path::PathBuf;
 
@@ -24,12 +26,16 @@ pub const NAME: &str = "netd";
 pub struct Config {
     /// The API socket.
     pub socket: PathBuf,
+    pub uplink: uplink::UplinkConfig,
+    pub mesh: mesh::MeshConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             socket: grove_daemon::socket_path(NAME),
+            uplink: uplink::UplinkConfig::default(),
+            mesh: mesh::MeshConfig::default(),
         }
     }
 }
@@ -47,7 +53,7 @@ impl Failure for NetdError {}
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NetdError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
     let readiness = Readiness::default();
-    let api = Router::new();
+    let api = Router::new().merge(mesh::routes());
     grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown).await?;
     Ok(())
 }
