@@ -184,6 +184,30 @@ fn daemon_flags(name: &str, params: &boot::BootParams) -> Vec<String> {
             .iter()
             .flat_map(|s| ["--wipe".to_owned(), s.to_string()])
             .collect(),
+        netd::NAME => {
+            let net = &params.network;
+            let mut flags = Vec::new();
+            let mut add = |flag: &str, value: String| {
+                flags.push(format!("--{flag}"));
+                flags.push(value);
+            };
+            if let Some(nic) = &net.uplink {
+                add("uplink", nic.to_string());
+            }
+            if let Some(address) = net.address {
+                add("address", address.to_string());
+            }
+            if let Some(gateway) = net.gateway {
+                add("gateway", gateway.to_string());
+            }
+            for dns in &net.dns {
+                add("dns", dns.to_string());
+            }
+            if let Some(vlan) = net.vlan {
+                add("vlan", vlan.get().to_string());
+            }
+            flags
+        }
         _ => Vec::new(),
     }
 }

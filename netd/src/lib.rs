@@ -45,15 +45,30 @@ impl Default for Config {
 pub enum NetdError {
     #[error(transparent)]
     Serve(#[from] ServerError),
+    #[error(transparent)]
+    Uplink(#[from] uplink::UplinkError),
 }
 
 impl Failure for NetdError {}
 
 /// Runs the daemon until `shutdown` trips.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NetdError> {
+pub async fn run(
+    config: Config,
+    overrides: uplink::Overrides,
+    shutdown: Shutdown,
+) -> Result<(), NetdError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
-    let readiness = Readiness::default();
+    let readiness = Readiness::waiting("uplink");
+    let uplink = uplink::Uplink::new(config.uplink.clone(), overrides)?;
+    let uplink_task = tokio::spawn(uplink.clone().run(readiness.clone(), shutdown.clone()));
     let api = Router::new().merge(mesh::routes());
-    grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown).await?;
+    let api = api.merge(uplink::api::routes(uplink));
+    let served =
+        grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown)
+            .await;
+    if let Err(e) = uplink_task.await {
+        tracing::error!(error = %e, "uplink task failed");
+    }
+    served?;
     Ok(())
 }

@@ -40,6 +40,9 @@ pub struct ConfigDir {
     dir: PathBuf,
     /// The node's disks, listed in every `storaged.toml`.
     disks: Vec<PathBuf>,
+    /// Whether the node's netd brings up the uplink; not when the testbed
+    /// addressed the node itself.
+    manage_uplink: bool,
 }
 
 impl ConfigDir {
@@ -54,15 +57,19 @@ impl ConfigDir {
             path: dir.clone(),
             source,
         })?;
-        let config = ConfigDir { dir, disks };
-        for daemon in [Daemon::Agent, Daemon::Storaged] {
+        let config = ConfigDir {
+            dir,
+            disks,
+            manage_uplink: spec.addressing == crate::spec::Addressing::None,
+        };
+        for daemon in [Daemon::Agent, Daemon::Storaged, Daemon::Netd] {
             let text = spec.configs.get(&daemon).map(String::as_str);
             config.set_config(daemon, text.unwrap_or_default())?;
         }
         for (daemon, text) in spec
             .configs
             .iter()
-            .filter(|(d, _)| !matches!(d, Daemon::Agent | Daemon::Storaged))
+            .filter(|(d, _)| !matches!(d, Daemon::Agent | Daemon::Storaged | Daemon::Netd))
         {
             config.set_config(*daemon, text)?;
         }
@@ -85,7 +92,8 @@ impl ConfigDir {
         let body = match daemon {
             Daemon::Agent => agent_toml(text),
             Daemon::Storaged => storaged_toml(&self.disks, text),
-            Daemon::Netd | Daemon::Provisiond => text.to_owned(),
+            Daemon::Netd => netd_toml(self.manage_uplink, text),
+            Daemon::Provisiond => text.to_owned(),
         };
         self.write(&daemon.config_file(), &body)
     }
@@ -117,6 +125,21 @@ fn agent_toml(extra: &str) -> String {
         }
     }
     text
+}
+
+/// `text`, then `[uplink] manage = false` when the testbed addressed the
+/// node itself (unless `text` has an `[uplink]` table).
+fn netd_toml(manage_uplink: bool, text: &str) -> String {
+    let has_uplink = text.lines().any(|l| l.trim() == "[uplink]");
+    if manage_uplink || has_uplink {
+        return text.to_owned();
+    }
+    let mut out = text.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("[uplink]\nmanage = false\n");
+    out
 }
 
 /// `disks = [...]` (unless `text` sets `disks` itself), then `text`.
@@ -204,6 +227,20 @@ mod tests {
     }
 
     #[test]
+    fn netd_leaves_a_testbed_addressed_uplink_alone() {
+        assert_eq!(netd_toml(false, ""), "[uplink]\nmanage = false\n");
+        assert_eq!(
+            netd_toml(false, "[mesh]\nx = 1"),
+            "[mesh]\nx = 1\n[uplink]\nmanage = false\n"
+        );
+        assert_eq!(
+            netd_toml(false, "[uplink]\nprobe_secs = 2\n"),
+            "[uplink]\nprobe_secs = 2\n"
+        );
+        assert_eq!(netd_toml(true, ""), "");
+    }
+
+    #[test]
     fn default_agent_config_is_just_the_api() {
         assert_eq!(agent_toml(""), "[api]\nlisten = \"0.0.0.0:8080\"\n");
     }
@@ -219,7 +256,7 @@ mod tests {
             .expect("list")
             .map(|e| e.expect("entry").file_name())
             .collect();
-        assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
+        assert_eq!(names.len(), 4, "no temporary files left: {names:?}");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("cmdline")).expect("read"),
             "b"

@@ -1,0 +1,185 @@
+//! netd's uplink in testbed nodes: DHCP probing on every NIC, the choice,
+//! the bridge, and recovery from a pulled cable.
+
+use std::time::{Duration, Instant};
+
+use grove_testbed::{
+    Addressing, Daemon, Farm, FarmSpec, LanSpec, NicSpec, Node, NodeSpec, http_get, wait_until,
+};
+use netd::uplink::{UplinkReport, UplinkState};
+
+fn start(spec: FarmSpec) -> Farm {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the testbed creates namespaces: run the suite as root (ci/test)"
+    );
+    Farm::start(spec)
+        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+}
+
+fn uplink(node: &Node) -> Option<UplinkReport> {
+    let socket = node.socket(Daemon::Netd).ok()?;
+    let (status, body) = grove_testbed::unix_get(&socket, "/v1/uplink").ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+fn wait_state(farm: &Farm, node: &Node, state: UplinkState, within: Duration) -> UplinkReport {
+    let mut last = None;
+    let reached = wait_until(within, Duration::from_millis(100), || {
+        last = uplink(node);
+        last.as_ref().is_some_and(|r| r.state == state)
+    });
+    assert!(
+        reached,
+        "uplink never {state:?}; last: {last:?}\n{}",
+        farm.logs(40)
+    );
+    last.expect("a report")
+}
+
+#[test]
+fn the_nic_with_dhcp_becomes_the_uplink_and_the_api_answers_on_its_lease() {
+    // eth0 is on a LAN without DHCP, eth1 on the farm LAN, eth2 has no carrier.
+    let node = NodeSpec::default().addressing(Addressing::None).nics(vec![
+        NicSpec::on_lan(1),
+        NicSpec::on_lan(0),
+        NicSpec::on_lan(0).without_carrier(),
+    ]);
+    let farm = start(FarmSpec::with_nodes(vec![node]).lan(LanSpec::without_dhcp()));
+    let node = farm.node(0);
+    let report = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
+
+    assert_eq!(report.nic.as_deref(), Some("eth1"), "{report:?}");
+    assert_eq!(report.bridge.as_deref(), Some("br-grove"));
+    let probed: Vec<(&str, bool, bool)> = report
+        .probes
+        .iter()
+        .map(|p| (p.nic.as_str(), p.carrier, p.lease.is_some()))
+        .collect();
+    assert_eq!(
+        probed,
+        [
+            ("eth0", true, false),
+            ("eth1", true, true),
+            ("eth2", false, false)
+        ]
+    );
+
+    let leased = farm
+        .lan(0)
+        .lease_for(node.nics()[1].mac())
+        .expect("dnsmasq leased eth1's MAC");
+    let address = report.address.clone().expect("an address");
+    assert_eq!(address, format!("{leased}/24"));
+    assert_eq!(report.gateway, Some(farm.lan(0).gateway()));
+    let url = format!("http://{leased}:8080/v1/node");
+    let (status, _) = http_get(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(status, 200);
+
+    // The bridge holds the address; eth1 is its port and holds none.
+    let show = node
+        .exec(&["ip", "-4", "-o", "addr", "show"])
+        .expect("ip addr");
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("br-grove") && l.contains(&address)),
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l.contains(" eth1 ")), "{text}");
+    let master = node
+        .exec(&["cat", "/sys/class/net/eth1/master/uevent"])
+        .expect("cat");
+    assert!(String::from_utf8_lossy(&master.stdout).contains("INTERFACE=br-grove"));
+
+    // Interfaces are reported for registration.
+    let socket = node.socket(Daemon::Netd).expect("socket");
+    let (status, body) = grove_testbed::unix_get(&socket, "/v1/interfaces").expect("interfaces");
+    assert_eq!(status, 200);
+    let interfaces: Vec<netd::uplink::links::Interface> =
+        serde_json::from_str(&body).expect("json");
+    let bridge = interfaces
+        .iter()
+        .find(|i| i.name == "br-grove")
+        .expect("br-grove listed");
+    assert_eq!(
+        bridge.mac,
+        node.nics()[1].mac(),
+        "the bridge carries the NIC's MAC"
+    );
+    assert!(bridge.addresses.contains(&address));
+}
+
+#[test]
+fn a_pulled_cable_heals_without_a_restart() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let node = farm.node(0);
+    let report = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
+    let ip = report
+        .address
+        .expect("address")
+        .split('/')
+        .next()
+        .expect("ip")
+        .to_owned();
+    let url = format!("http://{ip}:8080/v1/node");
+    let netd_pid = |n: &Node| {
+        let socket = n.socket(Daemon::Agent).expect("agent");
+        let (_, body) = grove_testbed::unix_get(&socket, "/v1/services/netd").expect("status");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pid"].clone()
+    };
+    let pid_before = netd_pid(node);
+
+    node.nic_set_carrier(0, false).expect("pull the cable");
+    wait_state(&farm, node, UplinkState::NoCarrier, Duration::from_secs(5));
+    assert!(http_get(&url).is_err(), "answered with the cable pulled");
+    std::thread::sleep(Duration::from_secs(3));
+
+    node.nic_set_carrier(0, true).expect("plug it back");
+    let plugged = Instant::now();
+    let back = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        matches!(http_get(&url), Ok((200, _)))
+    });
+    assert!(
+        back,
+        "no connectivity after the cable came back\n{}",
+        farm.logs(40)
+    );
+    eprintln!(
+        "API answered again {} ms after the cable came back",
+        plugged.elapsed().as_millis()
+    );
+    wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(15));
+    assert_eq!(netd_pid(node), pid_before, "netd was restarted");
+}
+
+#[test]
+fn a_static_address_from_the_boot_parameters_is_applied_on_the_bridge() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![node]).without_agents());
+    let node = farm.node(0);
+    let gw = farm.lan(0).gateway();
+    let octets = gw.octets();
+    let ip = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 77);
+    node.set_cmdline(&format!(
+        "grove.farm=1 grove.ip={ip}/24 grove.gw={gw} grove.dns=9.9.9.9"
+    ))
+    .expect("cmdline");
+    node.start_agent().expect("boot");
+    let report = wait_state(&farm, node, UplinkState::Static, Duration::from_secs(20));
+    assert_eq!(report.address, Some(format!("{ip}/24")));
+    assert_eq!(report.gateway, Some(gw));
+    let url = format!("http://{ip}:8080/v1/node");
+    assert!(wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || matches!(http_get(&url), Ok((200, _)))
+    ));
+    let resolv = node.exec(&["cat", "/run/grove/resolv.conf"]).expect("cat");
+    assert!(String::from_utf8_lossy(&resolv.stdout).contains("nameserver 9.9.9.9"));
+    assert!(
+        farm.lan(0).lease_for(node.nics()[0].mac()).is_none(),
+        "a static node asked for a lease"
+    );
+}
