@@ -183,3 +183,48 @@ fn a_static_address_from_the_boot_parameters_is_applied_on_the_bridge() {
         "a static node asked for a lease"
     );
 }
+
+#[test]
+fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let node = farm.node(0);
+    let before = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
+    let snapshot = |n: &Node| -> String {
+        [
+            "ip -4 -o addr show",
+            "ip -4 route show",
+            "ip -o link show master br-grove",
+        ]
+        .iter()
+        .map(|c| {
+            let argv: Vec<&str> = c.split(' ').collect();
+            String::from_utf8_lossy(&n.exec(&argv).expect("ip").stdout).into_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    };
+    let state_before = snapshot(node);
+    let socket = node.socket(Daemon::Agent).expect("agent");
+    let status = |s: &std::path::Path| -> serde_json::Value {
+        let (_, body) = grove_testbed::unix_get(s, "/v1/services/netd").expect("status");
+        serde_json::from_str(&body).expect("json")
+    };
+    let pid = status(&socket)["pid"].as_u64().expect("netd pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 netd");
+    let restarted = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let s = status(&socket);
+        s["state"] == "ready" && s["pid"].as_u64().is_some_and(|p| p != pid)
+    });
+    assert!(restarted, "netd not back\n{}", farm.logs(30));
+    let after = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(10));
+    assert_eq!(after.nic, before.nic);
+    assert_eq!(after.address, before.address);
+    // Let udhcpc's renewal land, then compare the whole state.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(snapshot(node), state_before);
+}

@@ -217,6 +217,16 @@ impl Links {
         Ok(())
     }
 
+    /// The first IPv4 address on link `index`, with its prefix.
+    pub async fn first_ipv4(&self, index: u32) -> Result<Option<(Ipv4Addr, u8)>, LinkError> {
+        Ok(self
+            .ipv4_addresses(index)
+            .await?
+            .into_iter()
+            .next()
+            .map(|(ip, prefix, _)| (ip, prefix)))
+    }
+
     async fn ipv4_addresses(
         &self,
         index: u32,

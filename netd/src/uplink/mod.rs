@@ -202,12 +202,22 @@ impl Uplink {
             readiness.set_ready();
             return;
         }
+        if let Some((port, lease)) = self.resume().await {
+            tracing::info!(port = %port, address = %lease.address, "resuming the uplink already bridged");
+            readiness.set_ready();
+            if let Err(e) = self.keep_lease(&hook, port, lease, true, &shutdown).await {
+                self.fail(&e.to_string());
+            }
+            if shutdown.is_triggered() {
+                return;
+            }
+        }
         let mut delay = Duration::from_secs(2);
         loop {
             match self.probe_all(&hook).await {
                 Ok(Some((nic, lease))) => {
                     readiness.set_ready();
-                    if let Err(e) = self.keep_lease(&hook, nic, lease, &shutdown).await {
+                    if let Err(e) = self.keep_lease(&hook, nic, lease, false, &shutdown).await {
                         self.fail(&e.to_string());
                     }
                     if shutdown.is_triggered() {
@@ -229,6 +239,29 @@ impl Uplink {
             }
             delay = (delay * 2).min(Duration::from_secs(30));
         }
+    }
+
+    /// After a netd restart: the bridge already carries the uplink port and
+    /// its address, so keep those rather than probing a bridged NIC.
+    async fn resume(&self) -> Option<(InterfaceName, Lease)> {
+        let ports = self.config.sys.join("class/net").join(BRIDGE).join("brif");
+        let port: InterfaceName = std::fs::read_dir(ports)
+            .ok()?
+            .filter_map(Result::ok)
+            .find_map(|e| e.file_name().to_str()?.parse().ok())?;
+        let index = self.links.index(BRIDGE).await.ok()??;
+        let (address, prefix) = self.links.first_ipv4(index).await.ok()??;
+        Some((
+            port,
+            Lease {
+                address,
+                prefix,
+                router: None,
+                dns: Vec::new(),
+                lease_secs: None,
+                server: None,
+            },
+        ))
     }
 
     fn fail(&self, error: &str) {
@@ -319,10 +352,17 @@ impl Uplink {
         hook: &std::path::Path,
         port: InterfaceName,
         lease: Lease,
+        resumed: bool,
         shutdown: &Shutdown,
     ) -> Result<(), UplinkError> {
         let bridge = self.bridge(&port).await?;
-        self.apply(&bridge, &lease).await?;
+        if resumed {
+            // The address is already in place; udhcpc asks for it again at
+            // once and its answer brings gateway and DNS up to date.
+            self.update(|r| r.address = Some(format!("{}/{}", lease.address, lease.prefix)));
+        } else {
+            self.apply(&bridge, &lease).await?;
+        }
         self.update(|r| {
             r.state = UplinkState::Bound;
             r.nic = Some(port.to_string());

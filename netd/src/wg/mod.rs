@@ -1,0 +1,46 @@
+//! WireGuard device plumbing, shared by the node mesh and tenant networks.
+//!
+//! One code path for both implementations: `wireguard-control` configures
+//! the device through netlink (kernel) or the UAPI socket (userspace
+//! `boringtun-cli`, which [`boringtun`] runs and supervises), chosen once at
+//! start by [`detect`]; links, addresses and sysctls go through [`link`].
+//! Limits: the userspace process is per interface and must run in the
+//! namespace where the interface lives.
+
+pub mod boringtun;
+pub mod device;
+pub mod key;
+pub mod link;
+
+use serde::Deserialize;
+
+pub use device::Backend;
+pub use key::{PrivateKey, PublicKey};
+
+use self::link::Links;
+
+/// Which backend to use: `auto` probes the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+/// The backend for this run: the configured one, or kernel WireGuard if
+/// this kernel can create a WireGuard link, else userspace.
+pub async fn detect(links: &Links, choice: BackendChoice) -> Backend {
+    match choice {
+        BackendChoice::Kernel => Backend::Kernel,
+        BackendChoice::Userspace => Backend::Userspace,
+        BackendChoice::Auto => match links.kernel_wireguard().await {
+            Ok(()) => Backend::Kernel,
+            Err(e) => {
+                tracing::info!(reason = %e, "no kernel WireGuard; using userspace boringtun");
+                Backend::Userspace
+            }
+        },
+    }
+}
