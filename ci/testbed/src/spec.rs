@@ -280,6 +280,9 @@ pub struct NicSpec {
     pub lan: usize,
     /// False keeps the LAN end down, so the node sees NO-CARRIER.
     pub carrier: bool,
+    /// The switch port carries the LAN tagged with this VLAN id only: the
+    /// node reaches the LAN through a VLAN link, untagged frames are lost.
+    pub vlan: Option<u16>,
 }
 
 impl Default for NicSpec {
@@ -287,6 +290,7 @@ impl Default for NicSpec {
         NicSpec {
             lan: 0,
             carrier: true,
+            vlan: None,
         }
     }
 }
@@ -294,7 +298,16 @@ impl Default for NicSpec {
 impl NicSpec {
     /// A NIC with carrier plugged into LAN `lan`.
     pub fn on_lan(lan: usize) -> NicSpec {
-        NicSpec { lan, carrier: true }
+        NicSpec {
+            lan,
+            ..NicSpec::default()
+        }
+    }
+
+    /// The same NIC on a port that carries the LAN tagged with `id`.
+    pub fn tagged(mut self, id: u16) -> NicSpec {
+        self.vlan = Some(id);
+        self
     }
 
     /// The same NIC with its cable pulled.

@@ -228,3 +228,92 @@ fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(snapshot(node), state_before);
 }
+
+/// Whether this kernel can make 802.1Q VLAN links, tried for real in a
+/// scratch namespace.
+fn kernel_has_vlans() -> bool {
+    let ns = format!("gtb-vlanprobe-{}", std::process::id());
+    let run = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        run(&["netns", "add", &ns]),
+        "cannot create a scratch namespace"
+    );
+    let ok = run(&["-n", &ns, "link", "add", "d0", "type", "dummy"])
+        && run(&[
+            "-n", &ns, "link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5",
+        ]);
+    assert!(
+        run(&["netns", "del", &ns]),
+        "cannot delete the scratch namespace"
+    );
+    ok
+}
+
+/// With 802.1Q, `vlan:priv=42` puts the uplink on VLAN 42 of a tagged port
+/// and a node without it gets nothing there. Without 802.1Q in the kernel,
+/// the node says so and never falls back to the untagged network.
+#[test]
+fn a_vlan_from_the_boot_parameters_tags_the_uplink_or_is_refused_clearly() {
+    if kernel_has_vlans() {
+        eprintln!("kernel has 802.1Q: testing a tagged uplink");
+        let tagged = || {
+            NodeSpec::default()
+                .addressing(Addressing::None)
+                .nics(vec![NicSpec::on_lan(0).tagged(42)])
+        };
+        let farm = start(FarmSpec::with_nodes(vec![
+            tagged().cmdline("grove.farm=1 vlan:priv=42"),
+            tagged(),
+        ]));
+        let (with_vlan, without) = (farm.node(0), farm.node(1));
+        let report = wait_state(
+            &farm,
+            with_vlan,
+            UplinkState::Bound,
+            Duration::from_secs(30),
+        );
+        assert_eq!(report.nic.as_deref(), Some("eth0.42"), "{report:?}");
+        assert_eq!(report.vlan, Some(42));
+        let ip = report
+            .address
+            .expect("address")
+            .split('/')
+            .next()
+            .expect("ip")
+            .to_owned();
+        let (status, _) = http_get(&format!("http://{ip}:8080/v1/node")).expect("API on the VLAN");
+        assert_eq!(status, 200);
+        let report = wait_state(
+            &farm,
+            without,
+            UplinkState::NoLease,
+            Duration::from_secs(30),
+        );
+        assert!(
+            report.probes.iter().all(|p| p.lease.is_none()),
+            "{report:?}"
+        );
+    } else {
+        eprintln!("kernel has no 802.1Q: testing that the VLAN is refused, not ignored");
+        // Untagged DHCP is right there; the node must not take it.
+        let node = NodeSpec::default()
+            .addressing(Addressing::None)
+            .cmdline("grove.farm=1 vlan:priv=42");
+        let farm = start(FarmSpec::with_nodes(vec![node]));
+        let node = farm.node(0);
+        let report = wait_state(&farm, node, UplinkState::NoLease, Duration::from_secs(30));
+        let error = report.error.clone().expect("the VLAN failure is reported");
+        assert!(error.contains("eth0.42"), "{error}");
+        assert_eq!(report.vlan, Some(42));
+        assert!(report.address.is_none(), "{report:?}");
+        assert!(
+            farm.lan(0).lease_for(node.nics()[0].mac()).is_none(),
+            "took an untagged lease"
+        );
+    }
+}

@@ -230,6 +230,7 @@ impl Uplink {
                 }
                 Err(e) => {
                     self.fail(&e.to_string());
+                    self.update(|r| r.state = UplinkState::NoLease);
                     readiness.set_ready();
                 }
             }

@@ -67,35 +67,46 @@ impl Nic {
         };
         let ns = nic.lan_netns.as_str();
         let port = nic.port.as_str();
-        let steps: [&[&str]; 2] = [
-            &[
-                "-n",
-                ns,
-                "link",
-                "add",
-                port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                nic.name.as_str(),
-                "address",
-                &nic.mac,
-                "netns",
-                netns,
-            ],
-            &[
-                "-n",
-                ns,
-                "link",
-                "set",
-                port,
-                "master",
-                lan.bridge().as_str(),
-            ],
+        let create: &[&str] = &[
+            "-n",
+            ns,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            nic.name.as_str(),
+            "address",
+            &nic.mac,
+            "netns",
+            netns,
         ];
+        // A tagged port: only the VLAN link joins the bridge.
+        let tagged = spec.vlan.map(|id| (format!("{port}v"), id.to_string()));
+        let mut steps: Vec<Vec<&str>> = vec![create.to_vec()];
+        let bridged = match &tagged {
+            Some((vlan, id)) => {
+                steps.push(vec![
+                    "-n", ns, "link", "add", "link", port, "name", vlan, "type", "vlan", "id", id,
+                ]);
+                steps.push(vec!["-n", ns, "link", "set", vlan, "up"]);
+                vlan.as_str()
+            }
+            None => port,
+        };
+        steps.push(vec![
+            "-n",
+            ns,
+            "link",
+            "set",
+            bridged,
+            "master",
+            lan.bridge().as_str(),
+        ]);
         for args in steps {
-            cmd::run("ip", args).map_err(|source| NicError::Create {
+            cmd::run("ip", &args).map_err(|source| NicError::Create {
                 name: nic.name.clone(),
                 netns: netns.to_owned(),
                 source,
