@@ -25,6 +25,7 @@ use crate::supervisor::{ServiceStatus, Supervisor};
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub supervisor: Arc<Supervisor>,
+    pub identity: Arc<crate::identity::Identity>,
     pub cmdline: Arc<Cmdline>,
     pub proc_root: PathBuf,
 }
@@ -35,6 +36,8 @@ pub struct NodeReport {
     #[serde(flatten)]
     pub host: HostInfo,
     pub boot: BootReport,
+    /// The node's identity, once storage is up.
+    pub identity: Option<crate::identity::store::IdentityReport>,
 }
 
 /// The boot parameters and the ones that were refused.
@@ -94,6 +97,7 @@ async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
             HostInfo::default()
         });
     Json(NodeReport {
+        identity: state.identity.report(),
         host,
         boot: BootReport {
             cmdline: state.cmdline.raw.clone(),

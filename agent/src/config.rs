@@ -11,6 +11,23 @@ use serde::Deserialize;
 pub struct Config {
     pub api: ApiConfig,
     pub supervisor: SupervisorConfig,
+    pub identity: IdentityConfig,
+}
+
+/// Where the node's seed is kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The system cache, which storaged mounts.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: PathBuf::from("/var/cache/grove"),
+        }
+    }
 }
 
 /// The operator API and the agent's own socket.

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod clock;
 pub mod config;
 pub mod hostinfo;
+pub mod identity;
 pub mod supervisor;
 
 use std::net::SocketAddr;
@@ -114,7 +115,18 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
 
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
     let readiness = Readiness::waiting("storaged, netd, provisiond");
+    let node_identity = Arc::new(identity::Identity::default());
+    let storage_ready = supervisor
+        .service(storaged::NAME)
+        .map(|s| s.became_ready())
+        .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
+    let identity_task = tokio::spawn(node_identity.clone().maintain(
+        storaged::client::StoragedClient::default(),
+        storage_ready,
+        config.identity.cache_dir.clone(),
+    ));
     let state = api::ApiState {
+        identity: node_identity,
         supervisor: supervisor.clone(),
         cmdline,
         proc_root: options.proc_root,
@@ -141,6 +153,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     });
     supervisor.run(reaper, shutdown).await;
     readiness_task.abort();
+    identity_task.abort();
     let (tcp, unix) = tokio::join!(tcp_task, unix_task);
     if let Err(e) = std::fs::remove_file(&config.api.socket) {
         tracing::debug!(error = %e, "agent socket already gone");

@@ -31,4 +31,16 @@ impl StoragedClient {
     pub async fn info(&self) -> Result<Info, ClientError> {
         self.socket.info().await
     }
+
+    pub async fn pools(&self) -> Result<Vec<crate::storage::PoolReport>, ClientError> {
+        self.socket.get("/v1/pools").await
+    }
+
+    pub async fn capacity(&self) -> Result<crate::storage::Capacity, ClientError> {
+        self.socket.get("/v1/capacity").await
+    }
+
+    pub async fn disks(&self) -> Result<Vec<crate::storage::Disk>, ClientError> {
+        self.socket.get("/v1/disks").await
+    }
 }
