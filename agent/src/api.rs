@@ -26,6 +26,9 @@ use crate::supervisor::{ServiceStatus, Supervisor};
 pub struct ApiState {
     pub supervisor: Arc<Supervisor>,
     pub identity: Arc<crate::identity::Identity>,
+    pub storaged: storaged::client::StoragedClient,
+    pub netd: netd::client::NetdClient,
+    pub started: std::time::Instant,
     pub cmdline: Arc<Cmdline>,
     pub proc_root: PathBuf,
 }
@@ -66,12 +69,19 @@ struct LogQuery {
 pub enum OperatorApiError {
     #[error("no service named {0:?}; the services are storaged, netd and provisiond")]
     UnknownService(String),
+    #[error("{daemon} does not answer: {source}")]
+    Daemon {
+        daemon: &'static str,
+        #[source]
+        source: grove_daemon::client::ClientError,
+    },
 }
 
 impl IntoResponse for OperatorApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             OperatorApiError::UnknownService(_) => StatusCode::NOT_FOUND,
+            OperatorApiError::Daemon { .. } => StatusCode::BAD_GATEWAY,
         };
         ApiError::new(status, self.to_string()).into_response()
     }
@@ -84,18 +94,17 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/services", get(services))
         .route("/v1/services/{name}", get(service))
         .route("/v1/services/{name}/logs", get(logs))
+        .route("/v1/status", get(status))
+        .route("/v1/capacity", get(capacity))
+        .route("/v1/disks", get(disks))
+        .route("/v1/network", get(network))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
-    let proc_root = state.proc_root.clone();
-    // Reading /proc is quick but blocking; keep it off the async workers.
-    let host = tokio::task::spawn_blocking(move || HostInfo::read(&proc_root))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading host facts failed");
-            HostInfo::default()
-        });
+    // Reading /proc is quick but blocking; it runs off the async workers.
+    let host = read_host(&state).await;
     Json(NodeReport {
         identity: state.identity.report(),
         host,
@@ -135,4 +144,92 @@ async fn logs(
         service: name,
         lines: service.logs(q.lines.unwrap_or(100)),
     }))
+}
+
+/// `GET /v1/network`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkReport {
+    pub uplink: netd::uplink::UplinkReport,
+    pub interfaces: Vec<netd::uplink::links::Interface>,
+}
+
+async fn read_host(state: &ApiState) -> HostInfo {
+    let proc_root = state.proc_root.clone();
+    tokio::task::spawn_blocking(move || HostInfo::read(&proc_root))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading host facts failed");
+            HostInfo::default()
+        })
+}
+
+async fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
+    let (capacity, uplink) = tokio::join!(state.storaged.capacity(), state.netd.uplink());
+    let services = state.supervisor.statuses();
+    let identity = state.identity.report();
+    crate::operator::status::evaluate(&crate::operator::status::Inputs {
+        agent_uptime: state.started.elapsed(),
+        services: &services,
+        boot_errors: state.cmdline.errors.len(),
+        capacity: capacity.as_ref().map_err(ToString::to_string),
+        uplink: uplink.as_ref().map_err(ToString::to_string),
+        identity: identity.as_ref(),
+    })
+}
+
+async fn status(State(state): State<ApiState>) -> Json<crate::operator::status::StatusReport> {
+    Json(status_report(&state).await)
+}
+
+async fn node_capacity(state: &ApiState) -> crate::operator::capacity::NodeCapacity {
+    let (host, storage) = tokio::join!(read_host(state), state.storaged.capacity());
+    crate::operator::capacity::node_capacity(&host, storage.as_ref().ok())
+}
+
+async fn capacity(State(state): State<ApiState>) -> Json<crate::operator::capacity::NodeCapacity> {
+    Json(node_capacity(&state).await)
+}
+
+async fn disks(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<storaged::storage::Disk>>, OperatorApiError> {
+    state
+        .storaged
+        .disks()
+        .await
+        .map(Json)
+        .map_err(|source| OperatorApiError::Daemon {
+            daemon: storaged::NAME,
+            source,
+        })
+}
+
+async fn network(State(state): State<ApiState>) -> Result<Json<NetworkReport>, OperatorApiError> {
+    let err = |source| OperatorApiError::Daemon {
+        daemon: netd::NAME,
+        source,
+    };
+    let (uplink, interfaces) = tokio::join!(state.netd.uplink(), state.netd.interfaces());
+    Ok(Json(NetworkReport {
+        uplink: uplink.map_err(err)?,
+        interfaces: interfaces.map_err(err)?,
+    }))
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    let (status, capacity) = tokio::join!(status_report(&state), node_capacity(&state));
+    let services = state.supervisor.statuses();
+    let text = crate::operator::metrics::render(&crate::operator::metrics::Snapshot {
+        status: &status,
+        services: &services,
+        capacity: &capacity,
+        boot_errors: state.cmdline.errors.len(),
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
 }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod hostinfo;
 pub mod identity;
+pub mod operator;
 pub mod supervisor;
 
 use std::net::SocketAddr;
@@ -126,6 +127,9 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
         config.identity.cache_dir.clone(),
     ));
     let state = api::ApiState {
+        storaged: storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
+        netd: netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
+        started: std::time::Instant::now(),
         identity: node_identity,
         supervisor: supervisor.clone(),
         cmdline,

@@ -24,11 +24,25 @@ impl NetdClient {
         }
     }
 
+    /// Bounds every call to `timeout`.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.socket = self.socket.with_timeout(timeout);
+        self
+    }
+
     pub async fn ready(&self) -> Result<ReadyReport, ClientError> {
         self.socket.ready().await
     }
 
     pub async fn info(&self) -> Result<Info, ClientError> {
         self.socket.info().await
+    }
+
+    pub async fn uplink(&self) -> Result<crate::uplink::UplinkReport, ClientError> {
+        self.socket.get("/v1/uplink").await
+    }
+
+    pub async fn interfaces(&self) -> Result<Vec<crate::uplink::links::Interface>, ClientError> {
+        self.socket.get("/v1/interfaces").await
     }
 }

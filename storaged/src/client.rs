@@ -24,6 +24,12 @@ impl StoragedClient {
         }
     }
 
+    /// Bounds every call to `timeout`.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.socket = self.socket.with_timeout(timeout);
+        self
+    }
+
     pub async fn ready(&self) -> Result<ReadyReport, ClientError> {
         self.socket.ready().await
     }

@@ -1,0 +1,160 @@
+//! `/metrics`: the node's state in the Prometheus text exposition format.
+//!
+//! Hand-written (a handful of gauges and counters, no registry crate): each
+//! family gets its `# HELP` and `# TYPE` line once, label values are
+//! escaped as the format requires.
+
+use std::fmt::Write;
+
+use super::capacity::NodeCapacity;
+use super::status::{NodeState, StatusReport};
+use crate::supervisor::{ServiceState, ServiceStatus};
+
+/// Everything `/metrics` shows.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    pub status: &'a StatusReport,
+    pub services: &'a [ServiceStatus],
+    pub capacity: &'a NodeCapacity,
+    pub boot_errors: usize,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _infallible = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "grove_node_state",
+        "gauge",
+        "1 for the node's current state.",
+    );
+    for (state, name) in [
+        (NodeState::Booting, "booting"),
+        (NodeState::Ready, "ready"),
+        (NodeState::Degraded, "degraded"),
+    ] {
+        let v = u8::from(s.status.state == state);
+        let _ = writeln!(out, "grove_node_state{{state=\"{name}\"}} {v}");
+    }
+    family(
+        &mut out,
+        "grove_node_uptime_seconds",
+        "gauge",
+        "Seconds since the agent started.",
+    );
+    let _ = writeln!(out, "grove_node_uptime_seconds {}", s.status.uptime_secs);
+    family(
+        &mut out,
+        "grove_boot_parameter_errors",
+        "gauge",
+        "Boot parameters that were refused.",
+    );
+    let _ = writeln!(out, "grove_boot_parameter_errors {}", s.boot_errors);
+    family(
+        &mut out,
+        "grove_service_up",
+        "gauge",
+        "1 when the daemon answers /ready.",
+    );
+    for svc in s.services {
+        let up = u8::from(svc.state == ServiceState::Ready);
+        let _ = writeln!(
+            out,
+            "grove_service_up{{service=\"{}\"}} {up}",
+            escape(&svc.name)
+        );
+    }
+    family(
+        &mut out,
+        "grove_service_restarts_total",
+        "counter",
+        "Times the agent restarted the daemon.",
+    );
+    for svc in s.services {
+        let _ = writeln!(
+            out,
+            "grove_service_restarts_total{{service=\"{}\"}} {}",
+            escape(&svc.name),
+            svc.restarts
+        );
+    }
+    family(
+        &mut out,
+        "grove_capacity",
+        "gauge",
+        "Node capacity by resource (cru threads, mru/sru/hru bytes).",
+    );
+    for (resource, r) in [
+        ("cru", s.capacity.cru),
+        ("mru", s.capacity.mru),
+        ("sru", s.capacity.sru),
+        ("hru", s.capacity.hru),
+    ] {
+        for (kind, v) in [
+            ("total", r.total),
+            ("reserved", r.reserved),
+            ("used", r.used),
+            ("free", r.free),
+        ] {
+            let _ = writeln!(
+                out,
+                "grove_capacity{{resource=\"{resource}\",kind=\"{kind}\"}} {v}"
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_valid_exposition_text() {
+        let status = StatusReport {
+            state: NodeState::Degraded,
+            reasons: vec!["x".into()],
+            account: None,
+            uptime_secs: 42,
+        };
+        let services = [ServiceStatus {
+            name: "ne\"td".into(),
+            state: ServiceState::Ready,
+            pid: Some(3),
+            restarts: 2,
+            started_at_ms: None,
+            ready_after_ms: None,
+            last_exit: None,
+            next_start_in_ms: None,
+        }];
+        let text = render(&Snapshot {
+            status: &status,
+            services: &services,
+            capacity: &NodeCapacity::default(),
+            boot_errors: 1,
+        });
+        assert!(text.contains("grove_node_state{state=\"degraded\"} 1\n"));
+        assert!(text.contains("grove_node_state{state=\"ready\"} 0\n"));
+        assert!(text.contains("grove_service_restarts_total{service=\"ne\\\"td\"} 2\n"));
+        assert!(text.contains("grove_capacity{resource=\"hru\",kind=\"free\"} 0\n"));
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("a value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        let helps = text
+            .lines()
+            .filter(|l| l.starts_with("# HELP grove_capacity "))
+            .count();
+        assert_eq!(helps, 1);
+    }
+}
