@@ -99,6 +99,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/disks", get(disks))
         .route("/v1/network", get(network))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
         .with_state(state)
 }
 
@@ -231,5 +232,15 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
             "text/plain; version=0.0.4",
         )],
         text,
+    )
+}
+
+/// The dashboard: one static page that reads the JSON routes above.
+const DASHBOARD: &str = include_str!("operator/dashboard.html");
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DASHBOARD,
     )
 }

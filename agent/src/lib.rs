@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod hostinfo;

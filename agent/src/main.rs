@@ -1,9 +1,13 @@
 //! The `agent` binary: flags in, exit code out; everything else is the library.
+#![allow(
+    clippy::print_stdout,
+    reason = "the CLI subcommands print their answer"
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Grove's node agent: boot parameters, supervision, operator API.
 #[derive(Debug, Parser)]
@@ -14,15 +18,59 @@ struct Cli {
     /// The kernel command line to read boot parameters from.
     #[arg(long, value_name = "PATH", default_value = "/proc/cmdline")]
     cmdline: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show a node's status as a table, from its operator API.
+    Status {
+        /// The node's operator API, like http://10.0.0.5:8080.
+        #[arg(long, value_name = "URL")]
+        node: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let options = agent::Options {
-        cmdline: cli.cmdline,
-        ..agent::Options::default()
+    match cli.command {
+        Some(Command::Status { node }) => status(&node),
+        None => {
+            let options = agent::Options {
+                cmdline: cli.cmdline,
+                ..agent::Options::default()
+            };
+            grove_daemon::cli::run(agent::NAME, &cli.daemon, move |config, shutdown| {
+                agent::run(config, options, shutdown)
+            })
+        }
+    }
+}
+
+fn status(node: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent status: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    grove_daemon::cli::run(agent::NAME, &cli.daemon, move |config, shutdown| {
-        agent::run(config, options, shutdown)
-    })
+    match runtime.block_on(agent::cli::status::fetch(node)) {
+        Ok(view) => {
+            print!("{}", agent::cli::status::render(&view));
+            ExitCode::SUCCESS
+        }
+        Err(e @ agent::cli::status::StatusError::BadUrl(_)) => {
+            eprintln!("agent status: {e}");
+            ExitCode::from(64)
+        }
+        Err(e) => {
+            eprintln!("agent status: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

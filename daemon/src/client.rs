@@ -59,10 +59,12 @@ pub enum ClientError {
     },
 }
 
-/// A client for one daemon socket.
+/// A client for one daemon socket (or, for the operator API, one TCP
+/// address; then `path` names that address in errors).
 #[derive(Clone, Debug)]
 pub struct SocketClient {
     path: PathBuf,
+    tcp: Option<String>,
     timeout: Duration,
 }
 
@@ -70,6 +72,16 @@ impl SocketClient {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            tcp: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A client for an HTTP server at `host:port`.
+    pub fn tcp(address: &str) -> Self {
+        Self {
+            path: PathBuf::from(address),
+            tcp: Some(address.to_owned()),
             timeout: Duration::from_secs(30),
         }
     }
@@ -108,16 +120,30 @@ impl SocketClient {
             path: self.path.clone(),
             source,
         };
-        let stream = tokio::net::UnixStream::connect(&self.path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: self.path.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        let conn = tokio::spawn(conn);
+        let connect = |source| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        };
+        let (mut sender, conn) = match &self.tcp {
+            Some(address) => {
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .map_err(connect)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(http)?;
+                (sender, tokio::spawn(async move { conn.await }))
+            }
+            None => {
+                let stream = tokio::net::UnixStream::connect(&self.path)
+                    .await
+                    .map_err(connect)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(http)?;
+                (sender, tokio::spawn(async move { conn.await }))
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(uri)

@@ -1,0 +1,3 @@
+//! The agent's command-line tools for operators and farmers.
+
+pub mod status;
