@@ -132,7 +132,7 @@ impl SocketClient {
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(http)?;
-                (sender, tokio::spawn(async move { conn.await }))
+                (sender, tokio::spawn(conn))
             }
             None => {
                 let stream = tokio::net::UnixStream::connect(&self.path)
@@ -141,7 +141,7 @@ impl SocketClient {
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(http)?;
-                (sender, tokio::spawn(async move { conn.await }))
+                (sender, tokio::spawn(conn))
             }
         };
         let mut req = Request::builder()
