@@ -24,6 +24,7 @@ use crate::supervisor::{ServiceStatus, Supervisor};
 /// Shared, read-only state behind the handlers.
 #[derive(Debug, Clone)]
 pub struct ApiState {
+    pub chain: Arc<crate::chain::Chain>,
     pub supervisor: Arc<Supervisor>,
     pub identity: Arc<crate::identity::Identity>,
     pub storaged: storaged::client::StoragedClient,
@@ -95,6 +96,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/services/{name}", get(service))
         .route("/v1/services/{name}/logs", get(logs))
         .route("/v1/status", get(status))
+        .route("/v1/chain", get(chain))
         .route("/v1/capacity", get(capacity))
         .route("/v1/disks", get(disks))
         .route("/v1/network", get(network))
@@ -243,4 +245,8 @@ async fn dashboard() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
         DASHBOARD,
     )
+}
+
+async fn chain(State(state): State<ApiState>) -> Json<crate::chain::ChainStatus> {
+    Json(state.chain.status())
 }

@@ -12,6 +12,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub supervisor: SupervisorConfig,
     pub identity: IdentityConfig,
+    pub chain: crate::chain::ChainConfig,
 }
 
 /// Where the node's seed is kept.

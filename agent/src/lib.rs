@@ -7,12 +7,14 @@
 
 pub mod api;
 pub mod boot;
+pub mod chain;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod hostinfo;
 pub mod identity;
 pub mod operator;
+pub mod registry;
 pub mod supervisor;
 
 use std::net::SocketAddr;
@@ -127,7 +129,20 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
         storage_ready,
         config.identity.cache_dir.clone(),
     ));
+    let chain = Arc::new(chain::Chain::default());
+    let chain_task = tokio::spawn(chain.clone().run(
+        cmdline.params.clone(),
+        config.chain.clone(),
+        chain::Sources {
+            identity: node_identity.clone(),
+            storaged:
+                storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
+            netd: netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
+            proc_root: options.proc_root.clone(),
+        },
+    ));
     let state = api::ApiState {
+        chain,
         storaged: storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
         netd: netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
         started: std::time::Instant::now(),
@@ -159,6 +174,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     supervisor.run(reaper, shutdown).await;
     readiness_task.abort();
     identity_task.abort();
+    chain_task.abort();
     let (tcp, unix) = tokio::join!(tcp_task, unix_task);
     if let Err(e) = std::fs::remove_file(&config.api.socket) {
         tracing::debug!(error = %e, "agent socket already gone");

@@ -24,6 +24,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the embedded registry: TFChain's data model on one machine, for
+    /// a farm's first steps, the sandbox and tests.
+    Registry {
+        /// Address to serve on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8800")]
+        listen: std::net::SocketAddr,
+        /// The state file.
+        #[arg(long, value_name = "PATH")]
+        state: PathBuf,
+        /// Create this farm (with its own farmer twin) if it does not exist.
+        /// Repeatable; farms get ids 1, 2, ... in order.
+        #[arg(long = "farm", value_name = "NAME")]
+        farms: Vec<String>,
+    },
     /// Show a node's status as a table, from its operator API.
     Status {
         /// The node's operator API, like http://10.0.0.5:8080.
@@ -36,6 +50,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Status { node }) => status(&node),
+        Some(Command::Registry {
+            listen,
+            state,
+            farms,
+        }) => grove_daemon::cli::run(
+            "registry",
+            &cli.daemon,
+            move |(): (), shutdown| async move {
+                agent::registry::embedded::serve(&state, listen, &farms, shutdown).await
+            },
+        ),
         None => {
             let options = agent::Options {
                 cmdline: cli.cmdline,

@@ -1,0 +1,339 @@
+//! The node on the registry: register, report uptime, never lose a report.
+//!
+//! Once the identity is loaded the task makes sure the node's twin exists
+//! and its farm does, then queues a registration (capacity from the host
+//! and storaged, interfaces from netd) and an uptime report, and another
+//! uptime report every interval. Reports go through a durable [`queue`] and
+//! are delivered in order: the first one that fails stops the delivery
+//! until the registry answers again, and then the whole backlog goes out,
+//! the outage's uptime proof with it.
+
+pub mod queue;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot::{BootParams, ChainBackend};
+use crate::identity::Identity;
+use crate::registry::client::EmbeddedClient;
+use crate::registry::model::{Interface, NodeRegistration, Resources, UptimeReport};
+use queue::{Queue, Report};
+
+/// `[chain]` in `agent.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    /// How often uptime is reported.
+    pub uptime_interval_secs: u64,
+    /// The durable report queue.
+    pub queue_dir: PathBuf,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self {
+            uptime_interval_secs: 40 * 60,
+            queue_dir: PathBuf::from("/var/cache/grove/agent/reports"),
+        }
+    }
+}
+
+/// `GET /v1/chain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStatus {
+    pub backend: Option<ChainBackend>,
+    pub url: Option<String>,
+    pub account: Option<String>,
+    pub farm_id: Option<u32>,
+    pub twin_id: Option<u32>,
+    pub node_id: Option<u32>,
+    pub last_uptime_report: Option<UptimeReport>,
+    pub queue_length: usize,
+    /// `not needed` for the embedded registry; on TFChain, `funded` or
+    /// `waiting for funds: send TFT to <account>`.
+    pub funds: String,
+    pub error: Option<String>,
+}
+
+/// The chain task's shared status.
+#[derive(Debug, Default)]
+pub struct Chain {
+    status: RwLock<ChainStatus>,
+}
+
+/// What the registration is made from, asked anew before each one.
+#[derive(Debug)]
+pub struct Sources {
+    pub identity: Arc<Identity>,
+    pub storaged: storaged::client::StoragedClient,
+    pub netd: netd::client::NetdClient,
+    pub proc_root: PathBuf,
+}
+
+impl Chain {
+    pub fn status(&self) -> ChainStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ChainStatus)) {
+        f(&mut self.status.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn fail(&self, error: String) {
+        tracing::warn!(error = %error, "registry");
+        self.update(|s| s.error = Some(error));
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(self: Arc<Self>, params: BootParams, config: ChainConfig, sources: Sources) {
+        let backend = params.chain.backend;
+        let url = params
+            .chain
+            .url
+            .clone()
+            .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()));
+        self.update(|s| {
+            s.backend = Some(backend);
+            s.url = url.clone();
+            s.farm_id = params.farm_id;
+            s.funds = match backend {
+                ChainBackend::Embedded => "not needed".to_owned(),
+                ChainBackend::Tfchain => "unknown".to_owned(),
+            };
+        });
+        let (Some(url), Some(farm_id)) = (url, params.farm_id) else {
+            self.fail(
+                "no registry: the boot parameters name no farm or no registry URL".to_owned(),
+            );
+            return;
+        };
+        let client = match (backend, EmbeddedClient::new(&url)) {
+            (ChainBackend::Embedded, Some(c)) => c,
+            (ChainBackend::Embedded, None) => {
+                self.fail(format!(
+                    "the embedded registry URL {url:?} is not http://HOST:PORT"
+                ));
+                return;
+            }
+            (ChainBackend::Tfchain, _) => {
+                self.fail("the tfchain backend is not available in this build".to_owned());
+                return;
+            }
+        };
+        // The identity is loaded once storaged has mounted the cache, which
+        // is where the queue lives.
+        let keys = loop {
+            if let Some(k) = sources.identity.keys() {
+                break k;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let queue = match Queue::open(&config.queue_dir) {
+            Ok(q) => q,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        let account = keys.public().account;
+        self.update(|s| s.account = Some(account.clone()));
+
+        let mut backoff = Duration::from_secs(1);
+        let twin_id = loop {
+            match self.prepare(&client, &account, farm_id).await {
+                Ok(twin) => break twin,
+                Err(e) => self.fail(e),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        };
+        self.update(|s| {
+            s.twin_id = Some(twin_id);
+            s.error = None;
+        });
+
+        let interval = Duration::from_secs(config.uptime_interval_secs.max(1));
+        let booted = Instant::now();
+        let mut next_uptime = Instant::now();
+        let mut last_registration = None;
+        loop {
+            let registration = registration(&sources, farm_id, twin_id).await;
+            if last_registration.as_ref() != Some(&registration) {
+                self.enqueue(&queue, |_| Report::Register {
+                    registration: registration.clone(),
+                    mesh: None,
+                });
+                last_registration = Some(registration);
+            }
+            if Instant::now() >= next_uptime {
+                let uptime = host_uptime(&sources.proc_root).unwrap_or(booted.elapsed().as_secs());
+                self.enqueue(&queue, |seq| {
+                    Report::Uptime(UptimeReport {
+                        seq,
+                        uptime,
+                        timestamp: crate::clock::unix_ms() / 1000,
+                    })
+                });
+                next_uptime += interval;
+            }
+            let delivered = self.deliver(&client, &queue).await;
+            self.update(|s| s.queue_length = queue.len());
+            let wait = if delivered {
+                Duration::from_secs(1)
+            } else {
+                backoff.min(Duration::from_secs(5))
+            };
+            tokio::time::sleep(
+                wait.min(
+                    next_uptime
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(200)),
+                ),
+            )
+            .await;
+        }
+    }
+
+    /// The node's twin, and a check that its farm exists.
+    async fn prepare(
+        &self,
+        client: &EmbeddedClient,
+        account: &str,
+        farm_id: u32,
+    ) -> Result<u32, String> {
+        let twin = client
+            .ensure_twin(account)
+            .await
+            .map_err(|e| format!("cannot reach the registry: {e}"))?;
+        match client.farm(farm_id).await {
+            Ok(Some(_)) => Ok(twin.id),
+            Ok(None) => Err(format!("farm {farm_id} does not exist on the registry")),
+            Err(e) => Err(format!("cannot reach the registry: {e}")),
+        }
+    }
+
+    fn enqueue(&self, queue: &Queue, make: impl FnOnce(u64) -> Report) {
+        let pushed = queue.next_seq().and_then(|seq| queue.push(seq, &make(seq)));
+        if let Err(e) = pushed {
+            self.fail(format!("cannot queue a report: {e}"));
+        }
+    }
+
+    /// Sends queued reports in order; false when one could not go out.
+    async fn deliver(&self, client: &EmbeddedClient, queue: &Queue) -> bool {
+        loop {
+            let (seq, report) = match queue.front() {
+                Ok(Some(front)) => front,
+                Ok(None) => return true,
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return false;
+                }
+            };
+            let sent = match &report {
+                Report::Register { registration, mesh } => client
+                    .register(registration, mesh.as_ref())
+                    .await
+                    .map(|node| self.update(|s| s.node_id = Some(node.id))),
+                Report::Uptime(uptime) => match self.status().node_id {
+                    Some(node) => client.report_uptime(node, uptime).await.map(|_| {
+                        self.update(|s| s.last_uptime_report = Some(*uptime));
+                    }),
+                    None => {
+                        self.fail("uptime queued before the node is registered".to_owned());
+                        return false;
+                    }
+                },
+            };
+            match sent {
+                Ok(()) => {
+                    if let Err(e) = queue.remove(seq) {
+                        self.fail(e.to_string());
+                        return false;
+                    }
+                    self.update(|s| s.error = None);
+                }
+                Err(e) => {
+                    self.fail(format!(
+                        "report {seq} not delivered, kept in the queue: {e}"
+                    ));
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn registration(sources: &Sources, farm_id: u32, twin_id: u32) -> NodeRegistration {
+    let proc_root = sources.proc_root.clone();
+    let host = tokio::task::spawn_blocking(move || crate::hostinfo::HostInfo::read(&proc_root))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading host facts failed");
+            crate::hostinfo::HostInfo::default()
+        });
+    let capacity = sources.storaged.capacity().await.ok();
+    let interfaces = sources.netd.interfaces().await.unwrap_or_default();
+    let node = crate::operator::capacity::node_capacity(&host, capacity.as_ref());
+    NodeRegistration {
+        farm_id,
+        twin_id,
+        resources: Resources {
+            hru: node.hru.total,
+            sru: node.sru.total,
+            cru: node.cru.total,
+            mru: node.mru.total,
+        },
+        interfaces: interfaces
+            .into_iter()
+            .filter(|i| i.kind == "nic" || i.kind == "bridge")
+            .map(|i| Interface {
+                name: i.name,
+                mac: i.mac,
+                ips: i.addresses,
+            })
+            .collect(),
+        serial_number: dmi_serial().unwrap_or_else(|| "Not Specified".to_owned()),
+        virtualized: virtualized(&sources.proc_root),
+        secure_boot: secure_boot(),
+    }
+}
+
+fn host_uptime(proc_root: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(proc_root.join("uptime")).ok()?;
+    text.split_whitespace()
+        .next()?
+        .parse::<f64>()
+        .ok()
+        .map(|s| s as u64)
+}
+
+fn dmi_serial() -> Option<String> {
+    let s = std::fs::read_to_string("/sys/class/dmi/id/product_serial").ok()?;
+    Some(s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// A hypervisor flag in the CPU's features means a virtual machine.
+fn virtualized(proc_root: &std::path::Path) -> bool {
+    std::fs::read_to_string(proc_root.join("cpuinfo")).is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"))
+    })
+}
+
+/// Secure boot is on when the EFI variable says so.
+fn secure_boot() -> bool {
+    let Ok(dir) = std::fs::read_dir("/sys/firmware/efi/efivars") else {
+        return false;
+    };
+    dir.filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("SecureBoot-"))
+        .and_then(|e| std::fs::read(e.path()).ok())
+        .is_some_and(|bytes| bytes.last() == Some(&1))
+}
