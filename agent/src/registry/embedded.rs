@@ -191,7 +191,7 @@ impl Embedded {
             {
                 s.nodes.insert(id, node);
             }
-            Ok(s.nodes.get(&id).cloned().ok_or(RegistryError::NoNode(id))?)
+            s.nodes.get(&id).cloned().ok_or(RegistryError::NoNode(id))
         })
     }
 
