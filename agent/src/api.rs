@@ -25,6 +25,9 @@ use crate::supervisor::{ServiceStatus, Supervisor};
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub chain: Arc<crate::chain::Chain>,
+    pub verifier: Arc<crate::auth::RequestVerifier>,
+    pub shutdown: grove_daemon::shutdown::Shutdown,
+    pub reboot: Arc<std::sync::atomic::AtomicBool>,
     pub supervisor: Arc<Supervisor>,
     pub identity: Arc<crate::identity::Identity>,
     pub storaged: storaged::client::StoragedClient,
@@ -70,6 +73,14 @@ struct LogQuery {
 pub enum OperatorApiError {
     #[error("no service named {0:?}; the services are storaged, netd and provisiond")]
     UnknownService(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("{daemon}: {message}")]
+    Refused {
+        daemon: &'static str,
+        status: StatusCode,
+        message: String,
+    },
     #[error("{daemon} does not answer: {source}")]
     Daemon {
         daemon: &'static str,
@@ -83,6 +94,10 @@ impl IntoResponse for OperatorApiError {
         let status = match &self {
             OperatorApiError::UnknownService(_) => StatusCode::NOT_FOUND,
             OperatorApiError::Daemon { .. } => StatusCode::BAD_GATEWAY,
+            OperatorApiError::Refused { status, .. } => *status,
+            OperatorApiError::Auth(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
         };
         ApiError::new(status, self.to_string()).into_response()
     }
@@ -102,6 +117,8 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/network", get(network))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
+        .route("/v1/reboot", axum::routing::post(reboot))
+        .route("/v1/disks/{serial}/wipe", axum::routing::post(wipe))
         .with_state(state)
 }
 
@@ -249,4 +266,86 @@ async fn dashboard() -> impl IntoResponse {
 
 async fn chain(State(state): State<ApiState>) -> Json<crate::chain::ChainStatus> {
     Json(state.chain.status())
+}
+
+/// Checks that a change was signed by the farm's owner.
+fn authorize(
+    state: &ApiState,
+    method: &str,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<(), OperatorApiError> {
+    use crate::auth::{AuthError, Presented};
+    let farmer = state.chain.status().farmer.ok_or_else(|| {
+        AuthError::NoFarmer("the node has not reached its registry yet".to_owned())
+    })?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = (crate::clock::unix_ms() / 1000) as i64;
+    state.verifier.verify(
+        &farmer,
+        method,
+        path,
+        body,
+        Presented {
+            signer: header(crate::auth::HEADER_SIGNER),
+            timestamp: header(crate::auth::HEADER_TIMESTAMP),
+            nonce: header(crate::auth::HEADER_NONCE),
+            signature: header(crate::auth::HEADER_SIGNATURE),
+        },
+        now,
+    )?;
+    Ok(())
+}
+
+async fn reboot(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), OperatorApiError> {
+    authorize(&state, "POST", "/v1/reboot", &headers, &body)?;
+    tracing::warn!("reboot requested by the farmer");
+    state
+        .reboot
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let shutdown = state.shutdown.clone();
+    // Answer first, then stop: the farmer learns the request was taken.
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        shutdown.trigger();
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "rebooting": true })),
+    ))
+}
+
+async fn wipe(
+    State(state): State<ApiState>,
+    Path(serial): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<storaged::storage::Disk>, OperatorApiError> {
+    authorize(
+        &state,
+        "POST",
+        &format!("/v1/disks/{serial}/wipe"),
+        &headers,
+        &body,
+    )?;
+    tracing::warn!(serial = %serial, "disk wipe requested by the farmer");
+    match state.storaged.wipe(&serial).await {
+        Ok(disk) => Ok(Json(disk)),
+        Err(grove_daemon::client::ClientError::Status {
+            status, message, ..
+        }) => Err(OperatorApiError::Refused {
+            daemon: storaged::NAME,
+            status,
+            message,
+        }),
+        Err(source) => Err(OperatorApiError::Daemon {
+            daemon: storaged::NAME,
+            source,
+        }),
+    }
 }

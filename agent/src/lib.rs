@@ -6,6 +6,7 @@
 //! the farm LAN. Identity, the chain and signed changes build on this.
 
 pub mod api;
+pub mod auth;
 pub mod boot;
 pub mod chain;
 pub mod cli;
@@ -141,7 +142,11 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
             proc_root: options.proc_root.clone(),
         },
     ));
+    let reboot = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = api::ApiState {
+        verifier: Arc::new(auth::RequestVerifier::default()),
+        shutdown: shutdown.clone(),
+        reboot: reboot.clone(),
         chain,
         storaged: storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
         netd: netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
@@ -191,6 +196,9 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
             Err(e) => tracing::error!(error = %e, "API task failed"),
         }
     }
+    if reboot.load(std::sync::atomic::Ordering::SeqCst) {
+        reboot_now();
+    }
     Ok(())
 }
 
@@ -208,6 +216,18 @@ async fn track_readiness(supervisor: Arc<Supervisor>, readiness: Readiness) {
             break;
         }
     }
+}
+
+/// Restarts the machine when the agent is its init; elsewhere (a
+/// development host, the testbed) the agent has stopped and that is all.
+fn reboot_now() {
+    if std::process::id() != 1 {
+        tracing::warn!("reboot requested; not PID 1, so the agent only stops");
+        return;
+    }
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    tracing::error!(error = %e, "reboot failed");
 }
 
 /// What each daemon learns from the boot parameters, as flags.

@@ -23,7 +23,37 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum SignAction {
+    /// Make a new farmer key and print its account.
+    NewKey {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Print the account of a farmer key.
+    Account {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Print the headers of a signed request, as curl arguments.
+    Request {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long, default_value = "POST")]
+        method: String,
+        #[arg(long, value_name = "PATH")]
+        path: String,
+        #[arg(long, default_value = "")]
+        body: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
+    /// Sign requests that change a node, as the farmer.
+    Sign {
+        #[command(subcommand)]
+        action: SignAction,
+    },
     /// Run the embedded registry: TFChain's data model on one machine, for
     /// a farm's first steps, the sandbox and tests.
     Registry {
@@ -37,6 +67,9 @@ enum Command {
         /// Repeatable; farms get ids 1, 2, ... in order.
         #[arg(long = "farm", value_name = "NAME")]
         farms: Vec<String>,
+        /// The SS58 account that owns the farms created with --farm.
+        #[arg(long, value_name = "ACCOUNT")]
+        farmer: Option<String>,
     },
     /// Show a node's status as a table, from its operator API.
     Status {
@@ -50,15 +83,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Status { node }) => status(&node),
+        Some(Command::Sign { action }) => sign(action),
         Some(Command::Registry {
             listen,
             state,
             farms,
+            farmer,
         }) => grove_daemon::cli::run(
             "registry",
             &cli.daemon,
             move |(): (), shutdown| async move {
-                agent::registry::embedded::serve(&state, listen, &farms, shutdown).await
+                agent::registry::embedded::serve(
+                    &state,
+                    listen,
+                    &farms,
+                    farmer.as_deref(),
+                    shutdown,
+                )
+                .await
             },
         ),
         None => {
@@ -96,6 +138,31 @@ fn status(node: &str) -> ExitCode {
         Err(e) => {
             eprintln!("agent status: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn sign(action: SignAction) -> ExitCode {
+    use agent::cli::sign;
+    let result = match action {
+        SignAction::NewKey { key } => sign::new_key(&key).map(|account| println!("{account}")),
+        SignAction::Account { key } => sign::account(&key).map(|account| println!("{account}")),
+        SignAction::Request {
+            key,
+            method,
+            path,
+            body,
+        } => sign::headers(&key, &method, &path, body.as_bytes()).map(|headers| {
+            for (name, value) in headers {
+                println!("-H '{name}: {value}'");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent sign: {e}");
+            ExitCode::from(64)
         }
     }
 }

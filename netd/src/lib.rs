@@ -8,6 +8,7 @@ pub mod client;
 pub mod mesh;
 pub mod types;
 pub mod uplink;
+pub mod wg;
 
 use std::path::PathBuf;
 
@@ -61,7 +62,8 @@ pub async fn run(
     let readiness = Readiness::waiting("uplink");
     let uplink = uplink::Uplink::new(config.uplink.clone(), overrides)?;
     let uplink_task = tokio::spawn(uplink.clone().run(readiness.clone(), shutdown.clone()));
-    let api = Router::new().merge(mesh::routes());
+    let mesh = mesh::Mesh::start(config.mesh.clone(), shutdown.clone());
+    let api = Router::new().merge(mesh::routes(mesh.clone()));
     let api = api.merge(uplink::api::routes(uplink));
     let served =
         grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown)
@@ -69,6 +71,7 @@ pub async fn run(
     if let Err(e) = uplink_task.await {
         tracing::error!(error = %e, "uplink task failed");
     }
+    mesh.drain().await;
     served?;
     Ok(())
 }

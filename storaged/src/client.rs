@@ -46,6 +46,17 @@ impl StoragedClient {
         self.socket.get("/v1/capacity").await
     }
 
+    /// Wipes the foreign disk `serial` and makes it a pool.
+    pub async fn wipe(&self, serial: &str) -> Result<crate::storage::Disk, ClientError> {
+        self.socket
+            .call::<(), _>(
+                hyper::Method::POST,
+                &format!("/v1/disks/{serial}/wipe"),
+                None,
+            )
+            .await
+    }
+
     pub async fn disks(&self) -> Result<Vec<crate::storage::Disk>, ClientError> {
         self.socket.get("/v1/disks").await
     }

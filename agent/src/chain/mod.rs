@@ -48,6 +48,8 @@ pub struct ChainStatus {
     pub url: Option<String>,
     pub account: Option<String>,
     pub farm_id: Option<u32>,
+    /// The account that owns the farm: the only one that may change the node.
+    pub farmer: Option<String>,
     pub twin_id: Option<u32>,
     pub node_id: Option<u32>,
     pub last_uptime_report: Option<UptimeReport>,
@@ -207,15 +209,16 @@ impl Chain {
         account: &str,
         farm_id: u32,
     ) -> Result<u32, String> {
-        let twin = client
-            .ensure_twin(account)
-            .await
-            .map_err(|e| format!("cannot reach the registry: {e}"))?;
-        match client.farm(farm_id).await {
-            Ok(Some(_)) => Ok(twin.id),
-            Ok(None) => Err(format!("farm {farm_id} does not exist on the registry")),
-            Err(e) => Err(format!("cannot reach the registry: {e}")),
-        }
+        let unreachable =
+            |e: grove_daemon::client::ClientError| format!("cannot reach the registry: {e}");
+        let twin = client.ensure_twin(account).await.map_err(unreachable)?;
+        let farm = match client.farm(farm_id).await.map_err(unreachable)? {
+            Some(farm) => farm,
+            None => return Err(format!("farm {farm_id} does not exist on the registry")),
+        };
+        let owner = client.twin(farm.twin_id).await.map_err(unreachable)?;
+        self.update(|s| s.farmer = Some(owner.account));
+        Ok(twin.id)
     }
 
     fn enqueue(&self, queue: &Queue, make: impl FnOnce(u64) -> Report) {

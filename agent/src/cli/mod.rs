@@ -1,3 +1,4 @@
 //! The agent's command-line tools for operators and farmers.
 
+pub mod sign;
 pub mod status;

@@ -36,6 +36,10 @@ impl EmbeddedClient {
         }
     }
 
+    pub async fn twin(&self, id: u32) -> Result<Twin, ClientError> {
+        self.http.get(&format!("/v1/twins/{id}")).await
+    }
+
     pub async fn register(
         &self,
         registration: &NodeRegistration,

@@ -256,6 +256,19 @@ pub fn routes(registry: Shared) -> Router {
             ),
         )
         .route(
+            "/v1/twins/{id}",
+            get(
+                |State(r): State<Shared>, UrlPath(id): UrlPath<u32>| async move {
+                    r.snapshot()
+                        .twins
+                        .get(&id)
+                        .cloned()
+                        .map(Json)
+                        .ok_or(RegistryError::NoTwin(id))
+                },
+            ),
+        )
+        .route(
             "/v1/farms",
             post(
                 |State(r): State<Shared>, Json(f): Json<FarmRequest>| async move {
@@ -332,11 +345,13 @@ pub async fn serve(
     state: &Path,
     listen: SocketAddr,
     farms: &[String],
+    farmer: Option<&str>,
     shutdown: grove_daemon::shutdown::Shutdown,
 ) -> Result<(), ServeError> {
     let registry = Arc::new(Embedded::open(state)?);
     for (i, name) in farms.iter().enumerate() {
-        let owner = registry.ensure_twin(&format!("farmer-{}", i + 1), None)?;
+        let account = farmer.map_or_else(|| format!("farmer-{}", i + 1), str::to_owned);
+        let owner = registry.ensure_twin(&account, None)?;
         let farm = registry.create_farm(name, owner.id)?;
         tracing::info!(farm = farm.id, name = %farm.name, "farm ready");
     }

@@ -126,6 +126,11 @@ impl Farm {
                 self.lans.push(made);
             }
         }
+        if let Some((first, rest)) = self.lans.split_first_mut() {
+            for lan in rest {
+                lan.start_nat(&run, (first.bridge(), first.subnet()))?;
+            }
+        }
         for lan in &mut self.lans {
             lan.start_dhcp()?;
         }

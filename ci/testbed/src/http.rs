@@ -1,5 +1,6 @@
-//! A minimal blocking HTTP/1.1 GET for asking a node's operator API
-//! whether it is up, without an HTTP client dependency.
+//! A minimal blocking HTTP/1.1 client for asking a node's operator API
+//! whether it is up, and for a daemon's socket (GET, and PUT of a JSON
+//! body for the benchmarks), without an HTTP client dependency.
 //!
 //! One request per connection with `Connection: close`; the body is
 //! delimited by `Content-Length`, chunked encoding, or the end of the
@@ -112,6 +113,24 @@ pub fn http_get_timeout(url: &str, timeout: Duration) -> Result<(u16, String), H
 /// GETs `path` from the HTTP server on the Unix socket `socket`, like
 /// `curl --unix-socket`.
 pub fn unix_get(socket: &std::path::Path, path: &str) -> Result<(u16, String), HttpError> {
+    unix_request(socket, "GET", path, None)
+}
+
+/// PUTs the JSON `body` to `path` on the Unix socket `socket`.
+pub fn unix_put(
+    socket: &std::path::Path,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, String), HttpError> {
+    unix_request(socket, "PUT", path, Some(body))
+}
+
+fn unix_request(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, String), HttpError> {
     let url = format!("unix:{}{path}", socket.display());
     let stream =
         std::os::unix::net::UnixStream::connect(socket).map_err(|source| HttpError::Connect {
@@ -126,23 +145,44 @@ pub fn unix_get(socket: &std::path::Path, path: &str) -> Result<(u16, String), H
     stream
         .set_write_timeout(Some(DEFAULT_TIMEOUT))
         .map_err(io)?;
-    exchange(stream, &url, "localhost", path)
+    send(stream, &url, "localhost", (method, path), body)
 }
 
 /// Sends one GET on `stream` and reads the whole response.
 fn exchange(
-    mut stream: impl Read + Write,
+    stream: impl Read + Write,
     url: &str,
     host: &str,
     path: &str,
+) -> Result<(u16, String), HttpError> {
+    send(stream, url, host, ("GET", path), None)
+}
+
+/// Sends one request (with a JSON body, if any) on `stream` and reads the
+/// whole response.
+fn send(
+    mut stream: impl Read + Write,
+    url: &str,
+    host: &str,
+    (method, path): (&str, &str),
+    body: Option<&[u8]>,
 ) -> Result<(u16, String), HttpError> {
     let io = |source| HttpError::Io {
         url: url.to_owned(),
         source,
     };
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&request).map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let (status, body) = parse_response(&raw).map_err(|source| HttpError::BadResponse {

@@ -4,8 +4,10 @@
 //! The bridge holds `<subnet>.1/24` (router, DHCP and DNS server) and the
 //! host end `gtb<run>h<k>` holds `<subnet>.254/24`, so tests on the host
 //! reach every node directly; nodes' NICs are plugged in by the node
-//! module. Limits: no routing or NAT between LANs or to the outside world,
-//! and STP is off (a NIC forwards as soon as it is up).
+//! module. A LAN behind NAT has no address on its bridge and no host
+//! link: its gateway `.1` is the [`Nat`] router's leg, whose other leg is
+//! on LAN 0. Limits: no other routing between LANs or to the outside
+//! world, and STP is off (a NIC forwards as soon as it is up).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::cmd::{self, CmdError};
 use crate::dnsmasq::{Dnsmasq, DnsmasqError};
 use crate::ifname::{IfName, IfNameError};
+use crate::nat::{Legs, Nat, NatError};
 use crate::run::RunId;
 use crate::spec::LanSpec;
 use crate::subnet::Subnet;
@@ -52,6 +55,12 @@ pub enum LanError {
         #[source]
         source: DnsmasqError,
     },
+    #[error("NAT router in front of {bridge} failed")]
+    Nat {
+        bridge: IfName,
+        #[source]
+        source: NatError,
+    },
 }
 
 /// One address dnsmasq has handed out.
@@ -69,9 +78,12 @@ pub struct Lan {
     subnet: Subnet,
     netns: String,
     bridge: IfName,
-    host_link: IfName,
+    /// None behind NAT: the host has no leg there.
+    host_link: Option<IfName>,
     dir: PathBuf,
     dhcp: bool,
+    behind_nat: bool,
+    nat: Option<Nat>,
     dnsmasq: Option<Dnsmasq>,
 }
 
@@ -100,35 +112,61 @@ impl Lan {
             subnet,
             netns,
             bridge,
-            host_link,
+            host_link: (!spec.nat).then_some(host_link),
             dir,
             dhcp: spec.dhcp,
+            behind_nat: spec.nat,
+            nat: None,
             dnsmasq: None,
         };
         lan.make_bridge()?;
-        lan.make_host_link(&peer)?;
+        if let Some(link) = &lan.host_link {
+            lan.make_host_link(link, &peer)?;
+        }
         Ok(lan)
+    }
+
+    /// Builds the NAT router in front of this LAN, with its outside leg on
+    /// `outside` (LAN 0), if this LAN's spec asked for one.
+    pub fn start_nat(&mut self, run: &RunId, outside: (&IfName, Subnet)) -> Result<(), LanError> {
+        if !self.behind_nat || self.nat.is_some() {
+            return Ok(());
+        }
+        let legs = Legs {
+            lan_netns: &self.netns,
+            outside,
+            inside: (self.index, &self.bridge, self.subnet),
+        };
+        let nat = Nat::create(run, &legs).map_err(|source| LanError::Nat {
+            bridge: self.bridge.clone(),
+            source,
+        })?;
+        self.nat = Some(nat);
+        Ok(())
     }
 
     fn make_bridge(&self) -> Result<(), LanError> {
         let ns = self.netns.as_str();
         let br = self.bridge.as_str();
         let gateway = self.subnet.cidr(1);
-        let steps: [&[&str]; 3] = [
-            &[
-                "-n",
-                ns,
-                "link",
-                "add",
-                br,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-            ],
-            &["-n", ns, "addr", "add", &gateway, "dev", br],
-            &["-n", ns, "link", "set", br, "up"],
+        let create = [
+            "-n",
+            ns,
+            "link",
+            "add",
+            br,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
         ];
+        let up = ["-n", ns, "link", "set", br, "up"];
+        let address = ["-n", ns, "addr", "add", &gateway, "dev", br];
+        // Behind NAT the gateway address belongs to the NAT router.
+        let mut steps: Vec<&[&str]> = vec![&create, &up];
+        if !self.behind_nat {
+            steps.push(&address);
+        }
         for args in steps {
             cmd::run("ip", args).map_err(|source| LanError::Bridge {
                 bridge: self.bridge.clone(),
@@ -139,9 +177,9 @@ impl Lan {
         Ok(())
     }
 
-    fn make_host_link(&self, peer: &IfName) -> Result<(), LanError> {
+    fn make_host_link(&self, host_link: &IfName, peer: &IfName) -> Result<(), LanError> {
         let ns = self.netns.as_str();
-        let link = self.host_link.as_str();
+        let link = host_link.as_str();
         let host_cidr = self.subnet.cidr(254);
         let steps: [&[&str]; 5] = [
             &[
@@ -171,7 +209,7 @@ impl Lan {
         ];
         for args in steps {
             cmd::run("ip", args).map_err(|source| LanError::HostLink {
-                link: self.host_link.clone(),
+                link: host_link.clone(),
                 bridge: self.bridge.clone(),
                 source,
             })?;
@@ -222,9 +260,14 @@ impl Lan {
         &self.bridge
     }
 
-    /// The host's end of the veth onto this LAN.
-    pub fn host_link(&self) -> &IfName {
-        &self.host_link
+    /// The host's end of the veth onto this LAN (none behind NAT).
+    pub fn host_link(&self) -> Option<&IfName> {
+        self.host_link.as_ref()
+    }
+
+    /// The NAT router in front of this LAN, if it sits behind one.
+    pub fn nat(&self) -> Option<&Nat> {
+        self.nat.as_ref()
     }
 
     /// The bridge's address: router, DHCP and DNS server.
@@ -240,6 +283,11 @@ impl Lan {
     /// Whether this LAN has a DHCP server.
     pub fn dhcp(&self) -> bool {
         self.dhcp
+    }
+
+    /// Whether this LAN sits behind a NAT router onto LAN 0.
+    pub fn behind_nat(&self) -> bool {
+        self.behind_nat
     }
 
     pub fn dnsmasq_pid(&self) -> Option<u32> {

@@ -3,7 +3,8 @@
 //!
 //! A [`Farm`] is a LAN namespace holding one bridge per LAN (dnsmasq on the
 //! DHCP ones, a veth to the host on each) plus one network namespace per
-//! [`Node`] with veth NICs and loop-device [`Disk`]s; each node's agent runs
+//! [`Node`] with veth NICs and loop-device [`Disk`]s (a LAN may sit behind
+//! a NAT router onto LAN 0, in a namespace of its own); each node's agent runs
 //! in the node's network namespace and a mount namespace of its own
 //! (private `/run`, `/var/cache`, `/mnt`, `/sys`, and `/etc/grove` bound
 //! from the host), so the daemons run unmodified with production paths.
@@ -23,6 +24,8 @@ pub mod http;
 pub mod ifname;
 pub mod lan;
 pub mod loopdev;
+pub mod mesh;
+pub mod nat;
 pub mod netns;
 pub mod node;
 pub mod proc;
@@ -37,7 +40,7 @@ pub mod wait;
 pub use bins::bin_dir;
 pub use disk::Disk;
 pub use farm::{Farm, TestbedError};
-pub use http::{http_get, http_get_timeout, unix_get};
+pub use http::{http_get, http_get_timeout, unix_get, unix_put};
 pub use lan::{Lan, Lease};
 pub use node::Node;
 pub use node::nic::Nic;

@@ -105,6 +105,11 @@ impl RunId {
         format!("gtb-{}-n{index}", self.0)
     }
 
+    /// The namespace of the NAT router in front of LAN `lan`.
+    pub fn nat_netns(&self, lan: usize) -> String {
+        format!("gtb-{}-nat{lan}", self.0)
+    }
+
     /// The host end of the veth that reaches LAN `lan`.
     pub fn host_link(&self, lan: usize) -> Result<IfName, IfNameError> {
         IfName::new(format!("gtb{}h{lan}", self.0))

@@ -2,7 +2,8 @@
 //!
 //! Plain data with `Default`s and small builder helpers, checked whole by
 //! [`FarmSpec::validate`] before the testbed touches the host, so a bad
-//! spec fails with a reason instead of half a farm. Limits: at most
+//! spec fails with a reason instead of half a farm. A LAN may sit behind
+//! a NAT router onto LAN 0 ([`LanSpec::behind_nat`]). Limits: at most
 //! [`MAX_NODES`] nodes (static addresses `.10`–`.99` stay below the DHCP
 //! range), [`MAX_LANS`] LANs and [`MAX_NICS`] NICs per node.
 
@@ -38,8 +39,12 @@ pub enum SpecError {
         lan: usize,
         lans: usize,
     },
-    #[error("node {node} wants static addressing but has no NIC on LAN 0")]
+    #[error("node {node} wants static addressing but has no NIC on LAN 0 or on a LAN behind NAT")]
     StaticWithoutFirstLan { node: usize },
+    #[error("LAN 0 cannot sit behind NAT: it is the LAN the NAT leads to")]
+    NatOnFirstLan,
+    #[error("LAN {lan} sits behind NAT and cannot also run dnsmasq")]
+    NatWithDhcp { lan: usize },
     #[error("node {node} disk {disk} has size 0")]
     EmptyDisk { node: usize, disk: usize },
 }
@@ -149,6 +154,12 @@ impl FarmSpec {
                 count: self.lans.len(),
             });
         }
+        if self.lans[0].nat {
+            return Err(SpecError::NatOnFirstLan);
+        }
+        if let Some(lan) = self.lans.iter().position(|l| l.nat && l.dhcp) {
+            return Err(SpecError::NatWithDhcp { lan });
+        }
         if self.nodes.len() > MAX_NODES {
             return Err(SpecError::TooManyNodes {
                 count: self.nodes.len(),
@@ -171,7 +182,8 @@ impl FarmSpec {
                     });
                 }
             }
-            if spec.addressing == Addressing::Static && !spec.nics.iter().any(|n| n.lan == 0) {
+            let home = |n: &NicSpec| n.lan == 0 || self.lans[n.lan].nat;
+            if spec.addressing == Addressing::Static && !spec.nics.iter().any(home) {
                 return Err(SpecError::StaticWithoutFirstLan { node });
             }
             if let Some(disk) = spec.disks.iter().position(|d| d.size_mb == 0) {
@@ -187,18 +199,37 @@ impl FarmSpec {
 pub struct LanSpec {
     /// Run dnsmasq (DHCP and DNS) on this LAN.
     pub dhcp: bool,
+    /// The LAN sits behind a NAT router onto LAN 0: its nodes reach LAN 0
+    /// (masqueraded), nothing on LAN 0 reaches them, and the host has no
+    /// link onto it.
+    pub nat: bool,
 }
 
 impl Default for LanSpec {
     fn default() -> LanSpec {
-        LanSpec { dhcp: true }
+        LanSpec {
+            dhcp: true,
+            nat: false,
+        }
     }
 }
 
 impl LanSpec {
     /// A LAN nobody hands out addresses on.
     pub fn without_dhcp() -> LanSpec {
-        LanSpec { dhcp: false }
+        LanSpec {
+            dhcp: false,
+            nat: false,
+        }
+    }
+
+    /// A LAN behind a NAT router onto LAN 0 (outbound only), without DHCP:
+    /// its nodes use static addressing, with the router as gateway.
+    pub fn behind_nat() -> LanSpec {
+        LanSpec {
+            dhcp: false,
+            nat: true,
+        }
     }
 }
 
@@ -206,7 +237,8 @@ impl LanSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Addressing {
     /// The testbed puts `<subnet>.<10+i>/24` on the node's first NIC on LAN
-    /// 0, brings every NIC up and adds a default route via `<subnet>.1`.
+    /// 0 (else on its first NIC on a LAN behind NAT), brings every NIC up
+    /// and adds a default route via `<subnet>.1`.
     #[default]
     Static,
     /// NICs stay down and unaddressed: the node's own netd must do it.
@@ -410,10 +442,31 @@ mod tests {
                 ),
                 SpecError::EmptyDisk { node: 0, disk: 1 },
             ),
+            (
+                FarmSpec {
+                    lans: vec![LanSpec::behind_nat()],
+                    ..FarmSpec::default()
+                },
+                SpecError::NatOnFirstLan,
+            ),
+            (
+                FarmSpec::default().lan(LanSpec {
+                    dhcp: true,
+                    nat: true,
+                }),
+                SpecError::NatWithDhcp { lan: 1 },
+            ),
         ];
         for (spec, want) in cases {
             assert_eq!(spec.validate(), Err(want.clone()), "{want}");
         }
+    }
+
+    #[test]
+    fn static_nodes_may_sit_behind_nat_only() {
+        let spec = FarmSpec::with_nodes(vec![NodeSpec::default().nics(vec![NicSpec::on_lan(1)])])
+            .lan(LanSpec::behind_nat());
+        assert_eq!(spec.validate(), Ok(()));
     }
 
     #[test]

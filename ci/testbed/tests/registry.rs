@@ -17,18 +17,26 @@ struct Registry {
 
 impl Registry {
     fn start(farm: &Farm, state: &Path, port: u16) -> Registry {
+        Registry::start_owned(farm, state, port, None)
+    }
+
+    fn start_owned(farm: &Farm, state: &Path, port: u16, farmer: Option<&str>) -> Registry {
         let listen = format!("{}:{port}", farm.host_ip());
         let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
-        let child = Command::new(agent)
-            .args([
-                "registry",
-                "--listen",
-                &listen,
-                "--farm",
-                "test-farm",
-                "--state",
-            ])
-            .arg(state)
+        let mut cmd = Command::new(agent);
+        cmd.args([
+            "registry",
+            "--listen",
+            &listen,
+            "--farm",
+            "test-farm",
+            "--state",
+        ])
+        .arg(state);
+        if let Some(account) = farmer {
+            cmd.args(["--farmer", account]);
+        }
+        let child = cmd
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("registry starts");
@@ -226,4 +234,148 @@ fn a_farm_that_does_not_exist_is_named_and_the_node_keeps_running() {
     )
     .expect("json");
     assert!(services.iter().all(|s| s.restarts == 0));
+}
+
+fn agent_cli(args: &[&str]) -> String {
+    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
+    let out = Command::new(agent).args(args).output().expect("agent runs");
+    assert!(out.status.success(), "agent {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// POSTs with extra headers through curl; answers status and body.
+fn post(url: &str, headers: &[(&str, String)]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", url]);
+    for (name, value) in headers {
+        cmd.args(["-H", &format!("{name}: {value}")]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status line");
+    (code.parse().expect("a status"), body.to_owned())
+}
+
+fn curl_headers(cli_output: &str) -> Vec<(&str, String)> {
+    cli_output
+        .lines()
+        .filter_map(|l| {
+            let inner = l.strip_prefix("-H '")?.strip_suffix('\'')?;
+            let (name, value) = inner.split_once(": ")?;
+            Some((name, value.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_farmer_changes_the_node() {
+    let farm = farm(1, |_| None);
+    let node = farm.node(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farmer_key = dir.path().join("farmer.key");
+    let stranger_key = dir.path().join("stranger.key");
+    let farmer = agent_cli(&[
+        "sign",
+        "new-key",
+        "--key",
+        farmer_key.to_str().expect("utf-8"),
+    ]);
+    agent_cli(&[
+        "sign",
+        "new-key",
+        "--key",
+        stranger_key.to_str().expect("utf-8"),
+    ]);
+    let registry = Registry::start_owned(
+        &farm,
+        &dir.path().join("registry.json"),
+        port() + 500,
+        Some(&farmer),
+    );
+
+    node.disks()[0]
+        .format_ext4_with_file("data", b"farmer data")
+        .expect("ext4");
+    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url))
+        .expect("cmdline");
+    node.start_agent().expect("boot");
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    let known = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        chain(node).farmer.as_deref() == Some(farmer.as_str())
+    });
+    assert!(known, "the node never learnt its farmer: {:?}", chain(node));
+
+    let api = node.api_url().expect("url");
+    let disks: Vec<storaged::storage::Disk> =
+        serde_json::from_str(&http_get(&format!("{api}/v1/disks")).expect("disks").1)
+            .expect("json");
+    let serial = disks[0].device.serial.to_string();
+    let path = format!("/v1/disks/{serial}/wipe");
+    let url = format!("{api}{path}");
+    let sign_as = |key: &Path| {
+        agent_cli(&[
+            "sign",
+            "request",
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--path",
+            &path,
+        ])
+    };
+
+    let (code, body) = post(&url, &[]);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("signed by the farmer"), "{body}");
+
+    let stranger = sign_as(&stranger_key);
+    let (code, body) = post(&url, &curl_headers(&stranger));
+    assert_eq!(code, 403, "{body}");
+
+    let seed = agent::identity::keys::Seed::from_file_text(
+        &std::fs::read_to_string(&farmer_key).expect("key"),
+    )
+    .expect("a key");
+    let old = (agent::clock::unix_ms() / 1000) as i64 - 120;
+    let skewed = agent::auth::sign(
+        seed.keys().signing(),
+        "POST",
+        &path,
+        b"",
+        old,
+        "skewed-nonce",
+    );
+    let (code, body) = post(&url, &skewed);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("120 s away"), "{body}");
+
+    let still: Vec<storaged::storage::Disk> =
+        serde_json::from_str(&http_get(&format!("{api}/v1/disks")).expect("disks").1)
+            .expect("json");
+    assert_eq!(still[0].pool, None, "a refused request changed the disk");
+
+    let signed_text = sign_as(&farmer_key);
+    let signed = curl_headers(&signed_text);
+    let (code, body) = post(&url, &signed);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"class\":\"ours\""), "{body}");
+    let (code, body) = post(&url, &signed);
+    assert_eq!(code, 401, "a replay was accepted: {body}");
+    assert!(body.contains("already used"), "{body}");
+
+    let reboot_text = agent_cli(&[
+        "sign",
+        "request",
+        "--key",
+        farmer_key.to_str().expect("utf-8"),
+        "--path",
+        "/v1/reboot",
+    ]);
+    let reboot = curl_headers(&reboot_text);
+    let (code, body) = post(&format!("{api}/v1/reboot"), &reboot);
+    assert_eq!(code, 202, "{body}");
+    let stopped = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        node.agent_exit().is_some()
+    });
+    assert!(stopped, "the agent did not stop for the reboot");
+    assert_eq!(node.agent_exit().and_then(|e| e.code()), Some(0));
 }

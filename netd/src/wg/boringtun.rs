@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// The binary's name in `$PATH`.
 pub const BINARY: &str = "boringtun-cli";
@@ -130,13 +131,17 @@ impl Boringtun {
                 ifname: ifname.to_owned(),
                 source,
             })?;
-        let pid = child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or(0);
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or(0);
         let mut forwarders = JoinSet::new();
+        let span = tracing::info_span!("boringtun", pid);
         if let Some(out) = child.stdout.take() {
-            forwarders.spawn(forward(out, ifname.to_owned()));
+            forwarders.spawn(forward(out, ifname.to_owned()).instrument(span.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            forwarders.spawn(forward(err, ifname.to_owned()));
+            forwarders.spawn(forward(err, ifname.to_owned()).instrument(span));
         }
         let mut me = Self {
             pid,
@@ -179,10 +184,21 @@ impl Boringtun {
     /// in this network namespace, if one answers on its socket; any other
     /// instance for the same interface is killed.
     pub async fn adopt(binary: &Path, ifname: &str, proc_root: &Path) -> Option<Self> {
-        let mut found = running(binary, ifname, proc_root);
+        let (b, i, p) = (binary.to_owned(), ifname.to_owned(), proc_root.to_owned());
+        let mut found = match tokio::task::spawn_blocking(move || running(&b, &i, &p)).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(ifname, error = %e, "cannot scan /proc for a running userspace WireGuard");
+                Vec::new()
+            }
+        };
         let first = found.pop()?;
         for stale in found {
-            tracing::warn!(ifname, pid = stale, "killing a second userspace WireGuard process");
+            tracing::warn!(
+                ifname,
+                pid = stale,
+                "killing a second userspace WireGuard process"
+            );
             let _gone = kill(Pid::from_raw(stale), Signal::SIGKILL);
         }
         let me = Self {
@@ -196,10 +212,18 @@ impl Boringtun {
             .await
             .is_ok()
         {
-            tracing::info!(ifname, pid = first, "adopted the running userspace WireGuard");
+            tracing::info!(
+                ifname,
+                pid = first,
+                "adopted the running userspace WireGuard"
+            );
             Some(me)
         } else {
-            tracing::warn!(ifname, pid = first, "a userspace WireGuard process does not answer; replacing it");
+            tracing::warn!(
+                ifname,
+                pid = first,
+                "a userspace WireGuard process does not answer; replacing it"
+            );
             me.stop().await;
             None
         }
@@ -300,10 +324,13 @@ pub fn running(binary: &Path, ifname: &str, proc_root: &Path) -> Vec<i32> {
             let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
                 return false;
             };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-            let runs_binary = args
-                .first()
-                .is_some_and(|a| Path::new(std::str::from_utf8(a).unwrap_or_default()).file_name() == Some(name));
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            let runs_binary = args.first().is_some_and(|a| {
+                Path::new(std::str::from_utf8(a).unwrap_or_default()).file_name() == Some(name)
+            });
             let for_ifname = args.last().is_some_and(|a| *a == ifname.as_bytes());
             let same_net = std::fs::metadata(dir.join("ns/net")).is_ok_and(|m| m.ino() == own_net);
             runs_binary && for_ifname && same_net && alive(&dir)
@@ -335,7 +362,10 @@ mod tests {
         let empty = std::env::join_paths([a.path()]).expect("join");
         if !Path::new(FALLBACK).exists() {
             let err = locate(None, Some(empty)).expect_err("missing").to_string();
-            assert!(err.contains(&a.path().join(BINARY).display().to_string()), "{err}");
+            assert!(
+                err.contains(&a.path().join(BINARY).display().to_string()),
+                "{err}"
+            );
             assert!(err.contains(FALLBACK), "{err}");
         }
     }
@@ -346,16 +376,28 @@ mod tests {
         let own = exe(dir.path(), "my-boringtun");
         assert_eq!(locate(Some(&own), None).expect("found"), own);
         let missing = dir.path().join("nope");
-        let err = locate(Some(&missing), None).expect_err("missing").to_string();
+        let err = locate(Some(&missing), None)
+            .expect_err("missing")
+            .to_string();
         assert!(err.contains(&missing.display().to_string()), "{err}");
         std::fs::write(dir.path().join("plain"), "").expect("write");
-        assert!(locate(Some(&dir.path().join("plain")), None).is_err(), "not executable");
+        assert!(
+            locate(Some(&dir.path().join("plain")), None).is_err(),
+            "not executable"
+        );
     }
 
     #[test]
     fn this_test_process_is_alive_and_not_a_boringtun() {
         let me = std::process::id();
         assert!(alive(&PathBuf::from(format!("/proc/{me}"))));
-        assert!(running(Path::new("/usr/bin/boringtun-cli"), "mesh-none0", Path::new("/proc")).is_empty());
+        assert!(
+            running(
+                Path::new("/usr/bin/boringtun-cli"),
+                "mesh-none0",
+                Path::new("/proc")
+            )
+            .is_empty()
+        );
     }
 }

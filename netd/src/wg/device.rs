@@ -22,8 +22,12 @@ use super::key::{PrivateKey, PublicKey};
 /// Why the device could not be configured or read.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("{0:?} is not a valid WireGuard interface name")]
-    Name(String),
+    #[error("{ifname:?} is not a valid WireGuard interface name: {source}")]
+    Name {
+        ifname: String,
+        #[source]
+        source: wireguard_control::InvalidInterfaceName,
+    },
     #[error("cannot configure WireGuard device {ifname} ({backend}): {source}")]
     Apply {
         ifname: String,
@@ -162,7 +166,9 @@ pub fn diff(
             Some(asked) => asked.endpoint != want.endpoint,
             None => want.endpoint.is_some() && have.endpoint != want.endpoint,
         };
-        if endpoint_changed || have.allowed_ips != want.allowed_ips || have.keepalive != want.keepalive
+        if endpoint_changed
+            || have.allowed_ips != want.allowed_ips
+            || have.keepalive != want.keepalive
         {
             changes.update.push(want.clone());
         } else {
@@ -180,9 +186,10 @@ pub struct Settings<'a> {
 }
 
 fn wg_name(ifname: &str) -> Result<wireguard_control::InterfaceName, DeviceError> {
-    ifname
-        .parse()
-        .map_err(|_invalid: wireguard_control::InvalidInterfaceName| DeviceError::Name(ifname.to_owned()))
+    ifname.parse().map_err(|source| DeviceError::Name {
+        ifname: ifname.to_owned(),
+        source,
+    })
 }
 
 /// Every field set explicitly, so nothing is inherited from the previous
@@ -260,12 +267,13 @@ pub fn apply(
 /// Reads device `ifname`. Blocking.
 pub fn read(ifname: &str, backend: Backend) -> Result<DeviceState, DeviceError> {
     let name = wg_name(ifname)?;
-    let device =
-        wireguard_control::Device::get(&name, backend.to_wg()).map_err(|source| DeviceError::Read {
+    let device = wireguard_control::Device::get(&name, backend.to_wg()).map_err(|source| {
+        DeviceError::Read {
             ifname: ifname.to_owned(),
             backend,
             source,
-        })?;
+        }
+    })?;
     let now = SystemTime::now();
     let peers = device
         .peers
@@ -349,11 +357,17 @@ mod tests {
         let c = want(3, None, &["fd00::3/128"]);
         let prev = map(&[a.clone(), b.clone()]);
         // a has roamed: the device reports another endpoint than asked.
-        let actual = BTreeMap::from([(a.key, have(&a, Some("10.9.9.9:4000"))), (b.key, have(&b, None))]);
+        let actual = BTreeMap::from([
+            (a.key, have(&a, Some("10.9.9.9:4000"))),
+            (b.key, have(&b, None)),
+        ]);
         let next = map(&[a, b, c.clone()]);
         let changes = diff(&prev, &actual, &next);
         assert_eq!(changes.add, vec![c]);
-        assert!(changes.update.is_empty() && changes.remove.is_empty(), "{changes:?}");
+        assert!(
+            changes.update.is_empty() && changes.remove.is_empty(),
+            "{changes:?}"
+        );
         assert_eq!(changes.unchanged, 2);
     }
 
@@ -367,7 +381,10 @@ mod tests {
         a2.allowed_ips.insert(cidr("fd00::/64"));
         let mut b2 = b.clone();
         b2.endpoint = Some("10.0.0.22:51820".parse().expect("endpoint"));
-        assert_eq!(diff(&prev, &actual, &map(&[a2.clone(), b2.clone()])).update, vec![a2.clone(), b2]);
+        assert_eq!(
+            diff(&prev, &actual, &map(&[a2.clone(), b2.clone()])).update,
+            vec![a2.clone(), b2]
+        );
         let mut a3 = a.clone();
         a3.keepalive = Some(25);
         let changes = diff(&prev, &actual, &map(&[a3.clone()]));
@@ -377,7 +394,7 @@ mod tests {
     #[test]
     fn after_a_restart_the_device_is_the_reference() {
         let a = want(1, Some("10.0.0.1:51820"), &["fd00::1/128"]);
-        let next = map(&[a.clone()]);
+        let next = map(std::slice::from_ref(&a));
         // Nothing asked before: a device peer without endpoint gets one.
         let bare = BTreeMap::from([(a.key, have(&a, None))]);
         assert_eq!(diff(&BTreeMap::new(), &bare, &next).update, vec![a.clone()]);

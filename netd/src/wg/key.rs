@@ -63,10 +63,12 @@ impl FromStr for PublicKey {
             bytes
                 .as_slice()
                 .try_into()
-                .map_err(|_wrong_len: std::array::TryFromSliceError| KeyError::PublicLength {
-                    text: text.to_owned(),
-                    len: bytes.len(),
-                })?;
+                .map_err(
+                    |_wrong_len: std::array::TryFromSliceError| KeyError::PublicLength {
+                        text: text.to_owned(),
+                        len: bytes.len(),
+                    },
+                )?;
         Ok(Self(key))
     }
 }
@@ -104,11 +106,15 @@ impl PrivateKey {
     /// Parses base64; errors never contain the text.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let bytes = base64::decode(text).map_err(KeyError::PrivateNotBase64)?;
-        let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(
-            |_wrong_len: std::array::TryFromSliceError| KeyError::PrivateLength {
-                len: bytes.len(),
-            },
-        )?;
+        let key: [u8; KEY_LEN] =
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(
+                    |_wrong_len: std::array::TryFromSliceError| KeyError::PrivateLength {
+                        len: bytes.len(),
+                    },
+                )?;
         Ok(Self(key))
     }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard};
+use tracing::Instrument;
 
 /// The name of the throwaway link that probes for kernel WireGuard.
 const PROBE: &str = "grove-wgprobe";
@@ -68,7 +69,7 @@ impl Links {
     /// Opens the connection; its task lives as long as this value.
     pub fn connect() -> Result<Self, LinkError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Connect)?;
-        let connection = tokio::spawn(connection);
+        let connection = tokio::spawn(connection.instrument(tracing::info_span!("rtnetlink")));
         Ok(Self { handle, connection })
     }
 
@@ -160,7 +161,9 @@ impl Links {
                 continue;
             }
             match self.handle.address().del(message).execute().await {
-                Err(e) if !is_absent(&e) => return Err(netlink("remove an old address of", name)(e)),
+                Err(e) if !is_absent(&e) => {
+                    return Err(netlink("remove an old address of", name)(e));
+                }
                 _ => changed = true,
             }
         }
@@ -298,7 +301,9 @@ mod tests {
         let sysctls = Sysctls::new(root.path());
         sysctls.no_link_local("mesh0").expect("written");
         assert_eq!(read(root.path(), "mesh0/addr_gen_mode"), "1");
-        let err = sysctls.no_link_local("gone0").expect_err("no such interface");
+        let err = sysctls
+            .no_link_local("gone0")
+            .expect_err("no such interface");
         assert!(err.to_string().contains("gone0"), "{err}");
     }
 }

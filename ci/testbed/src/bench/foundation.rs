@@ -28,6 +28,16 @@ pub enum BenchError {
     NotReady(Duration),
     #[error("cannot spawn a trivial process: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    Cmd(#[from] crate::cmd::CmdError),
+    #[error("{what} answered {status}: {body}")]
+    Api {
+        what: String,
+        status: u16,
+        body: String,
+    },
 }
 
 /// One run's measurements.

@@ -3,5 +3,6 @@
 //! release builds, never inside the timed test suite.
 
 pub mod foundation;
+pub mod mesh;
 pub mod stats;
 pub mod storage;

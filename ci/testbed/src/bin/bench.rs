@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation|storage [--runs N]
+//!     bench foundation|storage|mesh [--runs N]
 
 use std::process::ExitCode;
 
@@ -20,8 +20,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("foundation") => grove_testbed::bench::foundation::run(runs),
         Some("storage") => grove_testbed::bench::storage::run(runs),
+        Some("mesh") => grove_testbed::bench::mesh::run(runs),
         _ => {
-            eprintln!("usage: bench foundation|storage [--runs N]");
+            eprintln!("usage: bench foundation|storage|mesh [--runs N]");
             return ExitCode::from(64);
         }
     };

@@ -158,6 +158,9 @@ pub struct Node {
     nics: Vec<Nic>,
     disks: Vec<Disk>,
     addressing: Addressing,
+    /// The LAN the node's address is on: LAN 0, or a LAN behind NAT for a
+    /// node with no NIC on LAN 0.
+    home_lan: usize,
     subnet: Subnet,
     bin_dir: Option<PathBuf>,
     agent: Mutex<AgentState>,
@@ -211,6 +214,15 @@ impl Node {
                 source: Box::new(source),
             }
         })?;
+        let home_lan = if spec.nics.iter().any(|n| n.lan == 0) {
+            0
+        } else {
+            spec.nics
+                .iter()
+                .map(|n| n.lan)
+                .find(|lan| at.lans[*lan].behind_nat())
+                .unwrap_or(0)
+        };
         let node = Node {
             index,
             name,
@@ -220,7 +232,8 @@ impl Node {
             nics,
             disks,
             addressing: spec.addressing,
-            subnet: at.lans[0].subnet(),
+            home_lan,
+            subnet: at.lans[home_lan].subnet(),
             bin_dir: at.bin_dir.clone(),
             agent: Mutex::new(AgentState::default()),
         };
@@ -229,19 +242,19 @@ impl Node {
     }
 
     /// With static addressing: every NIC up, `<subnet>.<10+i>/24` on the
-    /// first NIC on LAN 0, default route via `<subnet>.1`.
+    /// first NIC on the home LAN, default route via `<subnet>.1`.
     fn configure_addresses(&self) -> Result<(), NodeError> {
         let Some(ip) = self.static_ip() else {
             return Ok(());
         };
-        let first = self
-            .nics
-            .iter()
-            .find(|n| n.lan() == 0)
-            .ok_or(NodeError::NoLanAddress {
-                node: self.name.clone(),
-                subnet: self.subnet,
-            })?;
+        let first =
+            self.nics
+                .iter()
+                .find(|n| n.lan() == self.home_lan)
+                .ok_or(NodeError::NoLanAddress {
+                    node: self.name.clone(),
+                    subnet: self.subnet,
+                })?;
         let ns = self.netns.as_str();
         let cidr = format!("{ip}/24");
         let gateway = self.subnet.gateway().to_string();
@@ -315,8 +328,9 @@ impl Node {
         self.addressing
     }
 
-    /// The node's address on LAN 0: the static one, or whatever address in
-    /// LAN 0's subnet its NICs carry now (after DHCP).
+    /// The node's address on its home LAN (LAN 0, or the LAN behind NAT it
+    /// sits on): the static one, or whatever address in that subnet its
+    /// NICs carry now (after DHCP).
     pub fn lan_ip(&self) -> Result<Ipv4Addr, NodeError> {
         if let Some(ip) = self.static_ip() {
             return Ok(ip);

@@ -1,0 +1,112 @@
+//! `agent sign`: how a farmer makes a signed request.
+//!
+//! `agent sign new-key --key FILE` makes a farmer key (an ed25519 seed,
+//! 0600, never overwritten) and prints its account, to own the farm on the
+//! registry. `agent sign request --key FILE --method M --path P [--body B]`
+//! prints the four headers of a signed request, ready for `curl`.
+
+use std::path::{Path, PathBuf};
+
+use crate::identity::keys::Seed;
+
+/// Why signing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("{path} already exists; a farmer key is never overwritten")]
+    Exists { path: PathBuf },
+    #[error("cannot read the key {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Write(#[from] grove_daemon::fsutil::WriteError),
+    #[error("cannot draw randomness: {0}")]
+    Random(#[source] std::io::Error),
+    #[error("{0:?} is not an HTTP method")]
+    Method(String),
+    #[error("{0:?} is not a path: it must start with /")]
+    Path(String),
+}
+
+/// Makes a new farmer key at `path`; answers its account.
+pub fn new_key(path: &Path) -> Result<String, SignError> {
+    if path.exists() {
+        return Err(SignError::Exists {
+            path: path.to_owned(),
+        });
+    }
+    let seed = Seed::generate().map_err(SignError::Random)?;
+    grove_daemon::fsutil::write_atomic(path, seed.to_file_text().as_bytes(), 0o600)?;
+    Ok(seed.keys().public().account)
+}
+
+fn load(path: &Path) -> Result<Seed, SignError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SignError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Seed::from_file_text(&text).ok_or_else(|| SignError::Read {
+        path: path.to_owned(),
+        reason: "not a key made by `agent sign new-key`".to_owned(),
+    })
+}
+
+/// The account of the key at `path`.
+pub fn account(path: &Path) -> Result<String, SignError> {
+    Ok(load(path)?.keys().public().account)
+}
+
+/// The headers of a request signed with the key at `path`, now.
+pub fn headers(
+    path: &Path,
+    method: &str,
+    request_path: &str,
+    body: &[u8],
+) -> Result<Vec<(&'static str, String)>, SignError> {
+    if method.is_empty() || !method.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(SignError::Method(method.to_owned()));
+    }
+    if !request_path.starts_with('/') {
+        return Err(SignError::Path(request_path.to_owned()));
+    }
+    let seed = load(path)?;
+    let nonce = Seed::generate().map_err(SignError::Random)?.to_file_text()[..32].to_owned();
+    let now = (crate::clock::unix_ms() / 1000) as i64;
+    Ok(crate::auth::sign(
+        seed.keys().signing(),
+        method,
+        request_path,
+        body,
+        now,
+        &nonce,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_keys_are_never_overwritten_and_sign_verifiably() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("farmer.key");
+        let account = new_key(&key).expect("new key");
+        assert!(matches!(new_key(&key), Err(SignError::Exists { .. })));
+        assert_eq!(super::account(&key).expect("account"), account);
+        let h = headers(&key, "POST", "/v1/reboot", b"").expect("headers");
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        let v = crate::auth::RequestVerifier::default();
+        let now = (crate::clock::unix_ms() / 1000) as i64;
+        let presented = crate::auth::Presented {
+            signer: get(crate::auth::HEADER_SIGNER),
+            timestamp: get(crate::auth::HEADER_TIMESTAMP),
+            nonce: get(crate::auth::HEADER_NONCE),
+            signature: get(crate::auth::HEADER_SIGNATURE),
+        };
+        assert_eq!(
+            v.verify(&account, "POST", "/v1/reboot", b"", presented, now),
+            Ok(())
+        );
+        assert!(headers(&key, "post", "/x", b"").is_err());
+        assert!(headers(&key, "POST", "x", b"").is_err());
+        assert!(headers(&dir.path().join("missing"), "POST", "/x", b"").is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! What the mesh API accepts, and its validation into typed values.
+//!
+//! Request bodies are plain serde structs with strings; [`parse_mesh`] and
+//! [`parse_peers`] check everything (keys, port, prefix, endpoints,
+//! duplicates, our own key) before anything is touched, so a refused
+//! request changes nothing and its error names the field and the peer.
+//! Limits: a peer's first endpoint is the one WireGuard uses; the others
+//! are kept and shown but not tried.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::address::{AddressError, RegionPrefix};
+use crate::wg::key::KeyError;
+use crate::wg::{PrivateKey, PublicKey};
+
+/// `PUT /v1/mesh`. Never `Debug`-printed whole: it holds the private key.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeshRequest {
+    /// base64 x25519 private key.
+    pub private_key: String,
+    pub listen_port: u16,
+    /// The region's ULA /48.
+    pub prefix: String,
+    /// Whether other nodes can reach this one at its endpoints; a node
+    /// behind NAT says false and is reached through a relay.
+    #[serde(default = "yes")]
+    pub public_endpoint: bool,
+}
+
+impl std::fmt::Debug for MeshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRequest")
+            .field("private_key", &"<redacted>")
+            .field("listen_port", &self.listen_port)
+            .field("prefix", &self.prefix)
+            .field("public_endpoint", &self.public_endpoint)
+            .finish()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One entry of `PUT /v1/mesh/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRequest {
+    pub public_key: String,
+    /// `ip:port`, `[ipv6]:port`; the first is used.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub public_endpoint: bool,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("bad request body: {0}")]
+    Body(#[source] serde_path_to_error::Error<serde_json::Error>),
+    #[error("private_key: {0}")]
+    PrivateKey(#[source] KeyError),
+    #[error("listen_port: 0 is not a port")]
+    PortZero,
+    #[error("prefix: {0}")]
+    Prefix(#[source] AddressError),
+    #[error("key {key} gives the reserved address <prefix>::0 (its first 8 bytes are zero)")]
+    ReservedAddress { key: PublicKey },
+    #[error("peer {index}: public_key: {source}")]
+    PeerKey {
+        index: usize,
+        #[source]
+        source: KeyError,
+    },
+    #[error("peer {second}: public key {key} is also peer {first}")]
+    Duplicate {
+        key: PublicKey,
+        first: usize,
+        second: usize,
+    },
+    #[error("peer {index}: public key {key} is this node's own key")]
+    OwnKey { index: usize, key: PublicKey },
+    #[error("peer {index} ({key}): endpoint {endpoint:?} is not ip:port: {source}")]
+    Endpoint {
+        index: usize,
+        key: PublicKey,
+        endpoint: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("peer {index} ({key}): endpoint {endpoint:?} has port 0")]
+    EndpointPort {
+        index: usize,
+        key: PublicKey,
+        endpoint: String,
+    },
+    #[error("peer {index} ({key}): has a public endpoint but no endpoints")]
+    NoEndpoint { index: usize, key: PublicKey },
+}
+
+/// This node's mesh settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshSettings {
+    pub private_key: PrivateKey,
+    pub public_key: PublicKey,
+    pub listen_port: u16,
+    pub prefix: RegionPrefix,
+    pub public_endpoint: bool,
+}
+
+/// One other node of the region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub key: PublicKey,
+    pub endpoints: Vec<SocketAddr>,
+    pub public_endpoint: bool,
+}
+
+impl Peer {
+    /// The request this peer was parsed from (for the state file).
+    pub fn to_request(&self) -> PeerRequest {
+        PeerRequest {
+            public_key: self.key.to_string(),
+            endpoints: self.endpoints.iter().map(ToString::to_string).collect(),
+            public_endpoint: self.public_endpoint,
+        }
+    }
+}
+
+/// Parses a JSON body, naming the path of a bad field.
+pub fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(InputError::Body)
+}
+
+/// Checks `PUT /v1/mesh`.
+pub fn parse_mesh(req: &MeshRequest) -> Result<MeshSettings, InputError> {
+    let private_key = PrivateKey::parse(&req.private_key).map_err(InputError::PrivateKey)?;
+    if req.listen_port == 0 {
+        return Err(InputError::PortZero);
+    }
+    let prefix: RegionPrefix = req.prefix.parse().map_err(InputError::Prefix)?;
+    let public_key = private_key.public();
+    if RegionPrefix::reserved_for(&public_key) {
+        return Err(InputError::ReservedAddress { key: public_key });
+    }
+    Ok(MeshSettings {
+        private_key,
+        public_key,
+        listen_port: req.listen_port,
+        prefix,
+        public_endpoint: req.public_endpoint,
+    })
+}
+
+/// Checks `PUT /v1/mesh/peers` for a node whose own key is `own`.
+pub fn parse_peers(reqs: &[PeerRequest], own: &PublicKey) -> Result<Vec<Peer>, InputError> {
+    let mut seen: BTreeMap<PublicKey, usize> = BTreeMap::new();
+    let mut peers = Vec::with_capacity(reqs.len());
+    for (index, req) in reqs.iter().enumerate() {
+        let key: PublicKey = req
+            .public_key
+            .parse()
+            .map_err(|source| InputError::PeerKey { index, source })?;
+        if &key == own {
+            return Err(InputError::OwnKey { index, key });
+        }
+        if let Some(first) = seen.insert(key, index) {
+            return Err(InputError::Duplicate {
+                key,
+                first,
+                second: index,
+            });
+        }
+        if RegionPrefix::reserved_for(&key) {
+            return Err(InputError::ReservedAddress { key });
+        }
+        let mut endpoints = Vec::with_capacity(req.endpoints.len());
+        for text in &req.endpoints {
+            let endpoint: SocketAddr = text.parse().map_err(|source| InputError::Endpoint {
+                index,
+                key,
+                endpoint: text.clone(),
+                source,
+            })?;
+            if endpoint.port() == 0 {
+                return Err(InputError::EndpointPort {
+                    index,
+                    key,
+                    endpoint: text.clone(),
+                });
+            }
+            endpoints.push(endpoint);
+        }
+        if req.public_endpoint && endpoints.is_empty() {
+            return Err(InputError::NoEndpoint { index, key });
+        }
+        peers.push(Peer {
+            key,
+            endpoints,
+            public_endpoint: req.public_endpoint,
+        });
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIVATE: &str = "SGb+ojrRNDuMePufwtIYhXzA//k6wF3R21tEBgKlzlM=";
+    const PUBLIC: &str = "DD5yKRfzExcV5+kDnTroDgCU15latdMjiQ59j1hEuk8=";
+
+    fn mesh(private_key: &str, listen_port: u16, prefix: &str) -> MeshRequest {
+        MeshRequest {
+            private_key: private_key.to_owned(),
+            listen_port,
+            prefix: prefix.to_owned(),
+            public_endpoint: true,
+        }
+    }
+
+    fn peer(key: &str, endpoints: &[&str], public_endpoint: bool) -> PeerRequest {
+        PeerRequest {
+            public_key: key.to_owned(),
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            public_endpoint,
+        }
+    }
+
+    fn key(n: u8) -> String {
+        base64::encode([n; 32])
+    }
+
+    #[test]
+    fn mesh_settings() {
+        let ok = parse_mesh(&mesh(PRIVATE, 51820, "fd00:1:2::/48")).expect("valid");
+        assert_eq!(ok.public_key.to_string(), PUBLIC);
+        let cases: Vec<(MeshRequest, &str)> = vec![
+            (
+                mesh("not base64!", 51820, "fd00:1:2::/48"),
+                "private_key: private key is not base64",
+            ),
+            (mesh(&key(1)[..40], 51820, "fd00:1:2::/48"), "private_key"),
+            (mesh(PRIVATE, 0, "fd00:1:2::/48"), "listen_port: 0"),
+            (
+                mesh(PRIVATE, 51820, "fd00:1:2::/64"),
+                "prefix: prefix \"fd00:1:2::/64\" is a /64",
+            ),
+        ];
+        for (req, why) in cases {
+            let err = parse_mesh(&req).expect_err(why).to_string();
+            assert!(err.contains(why), "{err}");
+            assert!(!err.contains(PRIVATE), "{err}");
+        }
+        assert!(!format!("{:?}", mesh(PRIVATE, 1, "x")).contains(PRIVATE));
+    }
+
+    #[test]
+    fn peer_lists() {
+        let own: PublicKey = PUBLIC.parse().expect("valid");
+        let good = vec![
+            peer(&key(1), &["10.0.0.1:51820", "[fd00::1]:51820"], true),
+            peer(&key(2), &[], false),
+        ];
+        let peers = parse_peers(&good, &own).expect("valid");
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0].endpoints[1].to_string(), "[fd00::1]:51820");
+        assert_eq!(peers[0].to_request(), good[0]);
+
+        let cases: Vec<(Vec<PeerRequest>, &str)> = vec![
+            (
+                vec![peer("!!", &[], false)],
+                "peer 0: public_key: public key \"!!\" is not base64",
+            ),
+            (
+                vec![peer(&base64::encode([1u8; 16]), &[], false)],
+                "16 bytes, not 32",
+            ),
+            (
+                vec![peer(&key(1), &[], false), peer(&key(1), &[], false)],
+                "peer 1: public key AQEB",
+            ),
+            (vec![peer(PUBLIC, &[], false)], "this node's own key"),
+            (
+                vec![peer(&key(1), &["10.0.0.1"], true)],
+                "endpoint \"10.0.0.1\" is not ip:port",
+            ),
+            (vec![peer(&key(1), &["host:51820"], true)], "is not ip:port"),
+            (vec![peer(&key(1), &["10.0.0.1:0"], true)], "has port 0"),
+            (
+                vec![peer(&key(1), &[], true)],
+                "has a public endpoint but no endpoints",
+            ),
+            (vec![peer(&key(0), &[], false)], "reserved address"),
+        ];
+        for (reqs, why) in cases {
+            let err = parse_peers(&reqs, &own).expect_err(why).to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn bodies_name_the_bad_field() {
+        let err = body::<Vec<PeerRequest>>(br#"[{"public_key":"x","public_endpoint":"yes"}]"#)
+            .expect_err("bad type")
+            .to_string();
+        assert!(err.contains("[0].public_endpoint"), "{err}");
+        let err =
+            body::<MeshRequest>(br#"{"private_key":"x","listen_port":1,"prefix":"p","extra":1}"#)
+                .expect_err("unknown field")
+                .to_string();
+        assert!(err.contains("extra"), "{err}");
+    }
+}
