@@ -13,6 +13,7 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub identity: IdentityConfig,
     pub chain: crate::chain::ChainConfig,
+    pub mesh: crate::chain::MeshConfig,
 }
 
 /// Where the node's seed is kept.

@@ -140,6 +140,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
                 storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
             netd: netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
             proc_root: options.proc_root.clone(),
+            mesh: config.mesh.clone(),
         },
     ));
     let reboot = Arc::new(std::sync::atomic::AtomicBool::new(false));

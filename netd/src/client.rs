@@ -42,6 +42,26 @@ impl NetdClient {
         self.socket.get("/v1/uplink").await
     }
 
+    /// Configures `mesh0` (`PUT /v1/mesh`).
+    pub async fn set_mesh(
+        &self,
+        request: &crate::mesh::input::MeshRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.socket.put("/v1/mesh", request).await
+    }
+
+    /// Replaces `mesh0`'s peer list; netd applies only the difference.
+    pub async fn set_mesh_peers(
+        &self,
+        peers: &[crate::mesh::input::PeerRequest],
+    ) -> Result<serde_json::Value, ClientError> {
+        self.socket.put("/v1/mesh/peers", &peers).await
+    }
+
+    pub async fn mesh(&self) -> Result<serde_json::Value, ClientError> {
+        self.socket.get("/v1/mesh").await
+    }
+
     pub async fn interfaces(&self) -> Result<Vec<crate::uplink::links::Interface>, ClientError> {
         self.socket.get("/v1/interfaces").await
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::boot::{BootParams, ChainBackend};
 use crate::identity::Identity;
 use crate::registry::client::EmbeddedClient;
-use crate::registry::model::{Interface, NodeRegistration, Resources, UptimeReport};
+use crate::registry::model::{Interface, MeshInfo, NodeRegistration, Resources, UptimeReport};
 use queue::{Queue, Report};
 
 /// `[chain]` in `agent.toml`.
@@ -41,6 +41,29 @@ impl Default for ChainConfig {
     }
 }
 
+/// `[mesh]` in `agent.toml`: how this node joins the region's mesh.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    pub enabled: bool,
+    /// The region's ULA /48.
+    pub prefix: String,
+    pub listen_port: u16,
+    /// Whether other nodes can reach this one at its LAN address.
+    pub public_endpoint: bool,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefix: "fd47:726f:7665::/48".to_owned(),
+            listen_port: 7777,
+            public_endpoint: true,
+        }
+    }
+}
+
 /// `GET /v1/chain`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainStatus {
@@ -54,6 +77,8 @@ pub struct ChainStatus {
     pub node_id: Option<u32>,
     pub last_uptime_report: Option<UptimeReport>,
     pub queue_length: usize,
+    /// Region peers handed to netd's `mesh0`.
+    pub mesh_peers: usize,
     /// `not needed` for the embedded registry; on TFChain, `funded` or
     /// `waiting for funds: send TFT to <account>`.
     pub funds: String,
@@ -73,6 +98,7 @@ pub struct Sources {
     pub storaged: storaged::client::StoragedClient,
     pub netd: netd::client::NetdClient,
     pub proc_root: PathBuf,
+    pub mesh: MeshConfig,
 }
 
 impl Chain {
@@ -163,15 +189,20 @@ impl Chain {
         let interval = Duration::from_secs(config.uptime_interval_secs.max(1));
         let booted = Instant::now();
         let mut next_uptime = Instant::now();
+        let mut next_peers = Instant::now();
         let mut last_registration = None;
+        let mut mesh_configured = false;
+        let mut last_peers = None;
         loop {
             let registration = registration(&sources, farm_id, twin_id).await;
-            if last_registration.as_ref() != Some(&registration) {
+            let mesh = self.mesh_info(&sources, &keys).await;
+            let now = (registration.clone(), mesh.clone());
+            if last_registration.as_ref() != Some(&now) {
                 self.enqueue(&queue, |_| Report::Register {
                     registration: registration.clone(),
-                    mesh: None,
+                    mesh: mesh.clone(),
                 });
-                last_registration = Some(registration);
+                last_registration = Some(now);
             }
             if Instant::now() >= next_uptime {
                 let uptime = host_uptime(&sources.proc_root).unwrap_or(booted.elapsed().as_secs());
@@ -186,6 +217,14 @@ impl Chain {
             }
             let delivered = self.deliver(&client, &queue).await;
             self.update(|s| s.queue_length = queue.len());
+            if sources.mesh.enabled && !mesh_configured {
+                mesh_configured = self.configure_mesh(&sources, &keys).await;
+            }
+            if sources.mesh.enabled && mesh_configured && Instant::now() >= next_peers {
+                self.sync_peers(&client, &sources, farm_id, &keys, &mut last_peers)
+                    .await;
+                next_peers = Instant::now() + Duration::from_secs(5);
+            }
             let wait = if delivered {
                 Duration::from_secs(1)
             } else {
@@ -199,6 +238,90 @@ impl Chain {
                 ),
             )
             .await;
+        }
+    }
+
+    /// Where the region reaches this node's `mesh0`: its LAN address.
+    async fn mesh_info(
+        &self,
+        sources: &Sources,
+        keys: &crate::identity::keys::NodeKeys,
+    ) -> Option<MeshInfo> {
+        if !sources.mesh.enabled {
+            return None;
+        }
+        let interfaces = sources.netd.interfaces().await.ok()?;
+        let ip = interfaces
+            .iter()
+            .filter(|i| i.kind == "bridge" || i.kind == "nic")
+            .flat_map(|i| i.addresses.iter())
+            .filter_map(|a| a.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
+            .find(|ip| !ip.is_loopback() && !ip.is_link_local())?;
+        Some(MeshInfo {
+            public_key: keys.public().wireguard_public_key,
+            endpoints: vec![format!("{ip}:{}", sources.mesh.listen_port)],
+            public_endpoint: sources.mesh.public_endpoint,
+        })
+    }
+
+    /// Hands netd the node's WireGuard key; true once netd took it.
+    async fn configure_mesh(
+        &self,
+        sources: &Sources,
+        keys: &crate::identity::keys::NodeKeys,
+    ) -> bool {
+        let request = netd::mesh::input::MeshRequest {
+            private_key: keys.wireguard_private_key(),
+            listen_port: sources.mesh.listen_port,
+            prefix: sources.mesh.prefix.clone(),
+            public_endpoint: sources.mesh.public_endpoint,
+        };
+        match sources.netd.set_mesh(&request).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "netd did not take the mesh configuration yet");
+                false
+            }
+        }
+    }
+
+    /// The region's other nodes become `mesh0`'s peers.
+    async fn sync_peers(
+        &self,
+        client: &EmbeddedClient,
+        sources: &Sources,
+        farm_id: u32,
+        keys: &crate::identity::keys::NodeKeys,
+        last: &mut Option<Vec<netd::mesh::input::PeerRequest>>,
+    ) {
+        let own = keys.public().wireguard_public_key;
+        let nodes = match client.nodes(farm_id).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the region's nodes");
+                return;
+            }
+        };
+        let peers: Vec<netd::mesh::input::PeerRequest> = nodes
+            .into_iter()
+            .filter_map(|n| n.mesh)
+            .filter(|m| m.public_key != own)
+            .map(|m| netd::mesh::input::PeerRequest {
+                public_key: m.public_key,
+                endpoints: m.endpoints,
+                public_endpoint: m.public_endpoint,
+            })
+            .collect();
+        if last.as_ref() == Some(&peers) {
+            return;
+        }
+        match sources.netd.set_mesh_peers(&peers).await {
+            Ok(_) => {
+                tracing::info!(peers = peers.len(), "mesh peers updated from the registry");
+                self.update(|s| s.mesh_peers = peers.len());
+                *last = Some(peers);
+            }
+            Err(e) => tracing::warn!(error = %e, "netd refused the mesh peers"),
         }
     }
 

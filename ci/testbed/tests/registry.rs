@@ -153,6 +153,50 @@ fn nodes_register_report_uptime_and_lose_nothing_in_an_outage() {
         );
     }
 
+    // Each node's mesh0 has the other two as peers, from the registry, and
+    // reaches them.
+    let meshes: Vec<netd::mesh::view::MeshView> = farm
+        .nodes()
+        .iter()
+        .map(|n| {
+            let mut view = None;
+            let peered = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+                let socket = n.socket(grove_testbed::Daemon::Netd).expect("netd");
+                view = grove_testbed::unix_get(&socket, "/v1/mesh")
+                    .ok()
+                    .and_then(|(_, body)| {
+                        serde_json::from_str::<netd::mesh::view::MeshView>(&body).ok()
+                    });
+                view.as_ref().is_some_and(|v| v.peers.len() == 2)
+            });
+            assert!(
+                peered,
+                "{} has no mesh peers: {view:?}\n{}",
+                n.name(),
+                farm.logs(20)
+            );
+            view.expect("mesh view")
+        })
+        .collect();
+    for (i, n) in farm.nodes().iter().enumerate() {
+        for (j, other) in meshes.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let to = other.address.expect("a mesh address").to_string();
+            let reached = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+                n.exec(&["ping", "-6", "-c", "1", "-W", "1", &to])
+                    .is_ok_and(|o| o.status.success())
+            });
+            assert!(
+                reached,
+                "{} cannot reach node {j} at {to} over mesh0",
+                n.name()
+            );
+        }
+    }
+    assert!(farm.nodes().iter().all(|n| chain(n).mesh_peers == 2));
+
     // The registry goes away for a while; reports wait in the queue.
     let node = farm.node(0);
     let id = ids[0];
