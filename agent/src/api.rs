@@ -24,6 +24,7 @@ use crate::supervisor::{ServiceStatus, Supervisor};
 /// Shared, read-only state behind the handlers.
 #[derive(Debug, Clone)]
 pub struct ApiState {
+    pub snapshot: Arc<crate::operator::snapshot::Snapshot>,
     pub chain: Arc<crate::chain::Chain>,
     pub verifier: Arc<crate::auth::RequestVerifier>,
     pub shutdown: grove_daemon::shutdown::Shutdown,
@@ -183,31 +184,31 @@ async fn read_host(state: &ApiState) -> HostInfo {
         })
 }
 
-async fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
-    let (capacity, uplink) = tokio::join!(state.storaged.capacity(), state.netd.uplink());
+fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
+    let facts = state.snapshot.get();
     let services = state.supervisor.statuses();
     let identity = state.identity.report();
     crate::operator::status::evaluate(&crate::operator::status::Inputs {
         agent_uptime: state.started.elapsed(),
         services: &services,
         boot_errors: state.cmdline.errors.len(),
-        capacity: capacity.as_ref().map_err(ToString::to_string),
-        uplink: uplink.as_ref().map_err(ToString::to_string),
+        capacity: facts.capacity.as_ref().map_err(Clone::clone),
+        uplink: facts.uplink.as_ref().map_err(Clone::clone),
         identity: identity.as_ref(),
     })
 }
 
 async fn status(State(state): State<ApiState>) -> Json<crate::operator::status::StatusReport> {
-    Json(status_report(&state).await)
+    Json(status_report(&state))
 }
 
-async fn node_capacity(state: &ApiState) -> crate::operator::capacity::NodeCapacity {
-    let (host, storage) = tokio::join!(read_host(state), state.storaged.capacity());
-    crate::operator::capacity::node_capacity(&host, storage.as_ref().ok())
+fn node_capacity(state: &ApiState) -> crate::operator::capacity::NodeCapacity {
+    let facts = state.snapshot.get();
+    crate::operator::capacity::node_capacity(&facts.host, facts.capacity.as_ref().ok())
 }
 
 async fn capacity(State(state): State<ApiState>) -> Json<crate::operator::capacity::NodeCapacity> {
-    Json(node_capacity(&state).await)
+    Json(node_capacity(&state))
 }
 
 async fn disks(
@@ -237,7 +238,7 @@ async fn network(State(state): State<ApiState>) -> Result<Json<NetworkReport>, O
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    let (status, capacity) = tokio::join!(status_report(&state), node_capacity(&state));
+    let (status, capacity) = (status_report(&state), node_capacity(&state));
     let services = state.supervisor.statuses();
     let text = crate::operator::metrics::render(&crate::operator::metrics::Snapshot {
         status: &status,

@@ -144,7 +144,14 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
         },
     ));
     let reboot = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let snapshot = Arc::new(operator::snapshot::Snapshot::default());
+    let snapshot_task = tokio::spawn(snapshot.clone().refresh_forever(
+        storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
+        netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
+        options.proc_root.clone(),
+    ));
     let state = api::ApiState {
+        snapshot,
         verifier: Arc::new(auth::RequestVerifier::default()),
         shutdown: shutdown.clone(),
         reboot: reboot.clone(),
@@ -164,6 +171,13 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let tcp_task = tokio::spawn({
         let (app, shutdown) = (app.clone(), shutdown.clone());
         async move {
+            use axum::serve::ListenerExt;
+            // Answers go out at once, not held back to be coalesced.
+            let tcp = tcp.tap_io(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(tcp, app)
                 .with_graceful_shutdown(async move { shutdown.wait().await })
                 .await
@@ -181,6 +195,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     readiness_task.abort();
     identity_task.abort();
     chain_task.abort();
+    snapshot_task.abort();
     let (tcp, unix) = tokio::join!(tcp_task, unix_task);
     if let Err(e) = std::fs::remove_file(&config.api.socket) {
         tracing::debug!(error = %e, "agent socket already gone");

@@ -2,4 +2,5 @@
 
 pub mod capacity;
 pub mod metrics;
+pub mod snapshot;
 pub mod status;

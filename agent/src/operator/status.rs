@@ -82,7 +82,10 @@ pub fn evaluate(i: &Inputs<'_>) -> StatusReport {
                 reasons.push(format!("storage: pool {pool} is broken"));
             }
         }
-        Err(e) => reasons.push(format!("storage does not answer: {e}")),
+        Err(e) => {
+            coming_up = true;
+            reasons.push(format!("storage does not answer: {e}"));
+        }
     }
     match &i.uplink {
         Ok(u) => {
@@ -104,7 +107,10 @@ pub fn evaluate(i: &Inputs<'_>) -> StatusReport {
                 reasons.push(format!("network: {e}"));
             }
         }
-        Err(e) => reasons.push(format!("network does not answer: {e}")),
+        Err(e) => {
+            coming_up = true;
+            reasons.push(format!("network does not answer: {e}"));
+        }
     }
     match i.identity {
         Some(id) => reasons.extend(id.warnings.iter().map(|w| format!("identity: {w}"))),

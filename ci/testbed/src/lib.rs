@@ -29,6 +29,7 @@ pub mod nat;
 pub mod netns;
 pub mod node;
 pub mod proc;
+pub mod registry;
 pub mod run;
 pub mod snapshot;
 pub mod spec;

@@ -88,7 +88,7 @@ fn a_node_without_disks_is_degraded_and_says_why() {
     let mut last = None;
     let degraded = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         let s: StatusReport = json(node, "/v1/status");
-        let ok = s.state == NodeState::Degraded;
+        let ok = s.state == NodeState::Degraded && s.reasons.iter().any(|r| r.contains("no pool"));
         last = Some(s);
         ok
     });

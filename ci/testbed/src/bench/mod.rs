@@ -2,6 +2,7 @@
 //! prints the ratio against the floor it names. Run through `ci/bench`, on
 //! release builds, never inside the timed test suite.
 
+pub mod agent;
 pub mod foundation;
 pub mod mesh;
 pub mod stats;

@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation|storage|mesh [--runs N]
+//!     bench foundation|storage|agent|mesh [--runs N]
 
 use std::process::ExitCode;
 
@@ -19,10 +19,11 @@ fn main() -> ExitCode {
     };
     let result = match args.first().map(String::as_str) {
         Some("foundation") => grove_testbed::bench::foundation::run(runs),
+        Some("agent") => grove_testbed::bench::agent::run(runs),
         Some("storage") => grove_testbed::bench::storage::run(runs),
         Some("mesh") => grove_testbed::bench::mesh::run(runs),
         _ => {
-            eprintln!("usage: bench foundation|storage|mesh [--runs N]");
+            eprintln!("usage: bench foundation|storage|agent|mesh [--runs N]");
             return ExitCode::from(64);
         }
     };

@@ -52,25 +52,25 @@ fn main() -> ExitCode {
         }
     };
     // The farm's embedded registry, on the host's side of the farm LAN.
-    let registry_url = format!("http://{}:{REGISTRY_PORT}", farm.host_ip());
-    let mut registry = match start_registry(&farm) {
-        Ok(child) => child,
-        Err(message) => {
-            eprintln!("sandbox: {message}");
+    let registry = match grove_testbed::registry::Registry::start(&farm, REGISTRY_PORT, None) {
+        Ok(registry) => registry,
+        Err(e) => {
+            eprintln!("sandbox: {}", report(&e));
             return teardown(farm, ExitCode::FAILURE);
         }
     };
+    let registry_url = registry.url().to_owned();
     for node in farm.nodes() {
         let cmdline = format!("grove.farm=1 grove.chain=embedded grove.chain.url={registry_url}");
         if let Err(e) = node.set_cmdline(&cmdline).and_then(|()| node.start_agent()) {
             eprintln!("sandbox: {}", report(&e));
-            stop_registry(&mut registry);
+            drop(registry);
             return teardown(farm, ExitCode::FAILURE);
         }
     }
     for node in farm.nodes() {
         if let Err(message) = wait_for_api(node) {
-            stop_registry(&mut registry);
+            drop(registry);
             eprintln!("sandbox: {message}\n{}", farm.logs(40));
             return teardown(farm, ExitCode::FAILURE);
         }
@@ -102,53 +102,12 @@ fn main() -> ExitCode {
         Ok(signal) => println!("{signal}: tearing down..."),
         Err(e) => eprintln!("sandbox: waiting for a signal failed ({e}); tearing down..."),
     }
-    stop_registry(&mut registry);
+    drop(registry);
     teardown(farm, ExitCode::SUCCESS)
 }
 
 /// Where the farm's embedded registry listens, on the host's LAN address.
 const REGISTRY_PORT: u16 = 8800;
-
-/// Starts `agent registry` for the farm, with farm 1 created.
-fn start_registry(farm: &Farm) -> Result<std::process::Child, String> {
-    let agent = grove_testbed::bin_dir()
-        .map_err(|e| report(&e))?
-        .join("agent");
-    let listen = format!("{}:{REGISTRY_PORT}", farm.host_ip());
-    let log = std::fs::File::create(farm.dir().join("registry.log")).map_err(|e| e.to_string())?;
-    let mut child = std::process::Command::new(agent)
-        .args([
-            "registry",
-            "--listen",
-            &listen,
-            "--farm",
-            "sandbox-farm",
-            "--state",
-        ])
-        .arg(farm.dir().join("registry.json"))
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start the registry: {e}"))?;
-    let url = format!("http://{listen}/v1/farms/1");
-    if wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        matches!(http_get(&url), Ok((200, _)))
-    }) {
-        Ok(child)
-    } else {
-        stop_registry(&mut child);
-        Err(format!("the registry did not answer on {listen}"))
-    }
-}
-
-fn stop_registry(child: &mut std::process::Child) {
-    if let Err(e) = child.kill() {
-        eprintln!("sandbox: stopping the registry: {e}");
-    }
-    if let Err(e) = child.wait() {
-        eprintln!("sandbox: reaping the registry: {e}");
-    }
-}
 
 /// `Ok(None)` for `--help`.
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<usize>, String> {
