@@ -17,6 +17,7 @@ pub mod identity;
 pub mod operator;
 pub mod registry;
 pub mod supervisor;
+pub mod tfchain;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
