@@ -40,16 +40,20 @@ impl Call {
         Self { pallet, name, args }
     }
 
+    /// The arguments as named fields.
+    pub fn fields(&self) -> subxt::ext::scale_value::Composite<()> {
+        subxt::ext::scale_value::Composite::named(
+            self.args.iter().map(|(k, v)| ((*k).to_owned(), v.clone())),
+        )
+    }
+
     /// The SCALE call data (pallet index, call index, arguments) as the
     /// runtime described by `metadata` expects it.
     pub fn encode(&self, metadata: &Metadata) -> Result<Vec<u8>, CallError> {
-        let fields = subxt::ext::scale_value::Composite::named(
-            self.args.iter().map(|(k, v)| ((*k).to_owned(), v.clone())),
-        );
         subxt::ext::frame_decode::extrinsics::encode_call_data(
             self.pallet,
             self.name,
-            &fields,
+            &self.fields(),
             metadata,
             metadata.types(),
         )
@@ -59,6 +63,11 @@ impl Call {
             message: e.to_string(),
         })
     }
+}
+
+/// Checks that `call` fits the runtime described by `metadata`.
+pub fn check(call: &Call, metadata: &Metadata) -> Result<(), CallError> {
+    call.encode(metadata).map(drop)
 }
 
 fn bytes(b: impl AsRef<[u8]>) -> Value {

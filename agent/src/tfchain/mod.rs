@@ -2,3 +2,4 @@
 //! encoded against the runtime's metadata.
 
 pub mod calls;
+pub mod client;

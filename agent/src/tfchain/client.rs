@@ -1,0 +1,299 @@
+//! The node on a live TFChain: its twin, its node, its uptime reports.
+//!
+//! `subxt` talks to the chain (RPC, metadata, nonce, mortality, fees) and
+//! signs with the node's own ed25519 key as `MultiSignature::Ed25519`; the
+//! calls come from [`super::calls`], checked against the runtime's metadata
+//! before they are signed. A node account must hold funds before the chain
+//! accepts anything from it (fees are charged up front): that refusal is
+//! told apart as [`TfchainError::Unfunded`], so the node can say it waits
+//! for funds. Limits: one request at a time; reads are the storage items
+//! this node needs, not a general chain API.
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use subxt::dynamic::{At as _, Value};
+use subxt::utils::{AccountId32, MultiSignature};
+use subxt::{OnlineClient, SubstrateConfig};
+
+use super::calls::{self, Call, Location};
+use crate::registry::model::NodeRegistration;
+
+/// Terms and conditions every account accepts before it gets a twin.
+pub const TC_LINK: &str =
+    "https://library.threefold.me/info/legal/#/legal__terms_conditions_griduser";
+pub const TC_HASH: &str = "grove-node-tc-v1";
+
+/// Why talking to TFChain failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TfchainError {
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("the account {account} has no funds to pay fees: send TFT to it")]
+    Unfunded { account: String },
+    #[error("{call} failed: {message}")]
+    Call { call: String, message: String },
+    #[error(transparent)]
+    Encode(#[from] calls::CallError),
+    #[error("cannot read {item} from the chain: {message}")]
+    Read { item: &'static str, message: String },
+    #[error("farm {0} does not exist on the chain")]
+    NoFarm(u32),
+}
+
+/// Signs extrinsics with the node's ed25519 key.
+#[derive(Debug, Clone)]
+pub struct NodeSigner {
+    key: SigningKey,
+}
+
+impl NodeSigner {
+    pub fn new(key: SigningKey) -> Self {
+        Self { key }
+    }
+}
+
+impl subxt::tx::Signer<SubstrateConfig> for NodeSigner {
+    fn account_id(&self) -> AccountId32 {
+        AccountId32(self.key.verifying_key().to_bytes())
+    }
+
+    fn sign(&self, payload: &[u8]) -> MultiSignature {
+        MultiSignature::Ed25519(self.key.sign(payload).to_bytes())
+    }
+}
+
+/// A connection to a TFChain node.
+pub struct Tfchain {
+    client: OnlineClient<SubstrateConfig>,
+    signer: NodeSigner,
+    account: String,
+}
+
+impl std::fmt::Debug for Tfchain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tfchain")
+            .field("account", &self.account)
+            .finish()
+    }
+}
+
+impl Tfchain {
+    /// Connects over the legacy RPC methods, which every TFChain node (and
+    /// chopsticks) serves.
+    pub async fn connect(url: &str, key: SigningKey) -> Result<Self, TfchainError> {
+        let connect = |message: String| TfchainError::Connect {
+            url: url.to_owned(),
+            message,
+        };
+        let rpc = if url.starts_with("ws://") {
+            subxt::rpcs::RpcClient::from_insecure_url(url).await
+        } else {
+            subxt::rpcs::RpcClient::from_url(url).await
+        }
+        .map_err(|e| connect(e.to_string()))?;
+        let backend = subxt::backend::LegacyBackend::builder().build(rpc);
+        let client = OnlineClient::<SubstrateConfig>::from_backend(std::sync::Arc::new(backend))
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let account = crate::identity::keys::ss58(
+            &key.verifying_key().to_bytes(),
+            crate::identity::keys::SS58_PREFIX,
+        );
+        Ok(Self {
+            client,
+            signer: NodeSigner::new(key),
+            account,
+        })
+    }
+
+    /// The subxt client, for reads this module does not wrap.
+    pub fn client(&self) -> &OnlineClient<SubstrateConfig> {
+        &self.client
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    fn account_id(&self) -> AccountId32 {
+        subxt::tx::Signer::<SubstrateConfig>::account_id(&self.signer)
+    }
+
+    /// Signs, submits and waits until `call` is in a finalized block and
+    /// succeeded.
+    async fn submit(&self, call: &Call) -> Result<(), TfchainError> {
+        let label = format!("{}.{}", call.pallet, call.name);
+        let fail = |message: String| {
+            if message.contains("1010") || message.to_lowercase().contains("payment") {
+                TfchainError::Unfunded {
+                    account: self.account.clone(),
+                }
+            } else {
+                TfchainError::Call {
+                    call: label.clone(),
+                    message,
+                }
+            }
+        };
+        let at = self
+            .client
+            .at_current_block()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        calls::check(call, at.metadata_ref())?;
+        let payload = subxt::dynamic::tx(call.pallet, call.name, call.fields());
+        let progress = at
+            .tx()
+            .sign_and_submit_then_watch_default(&payload, &self.signer)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        progress
+            .wait_for_finalized_success()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn read_u32(&self, item: &'static str, key: Value) -> Result<Option<u32>, TfchainError> {
+        let err = |e: String| TfchainError::Read { item, message: e };
+        let at = self
+            .client
+            .at_current_block()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let address = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", item);
+        let value = at
+            .storage()
+            .try_fetch(address, vec![key])
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        match value {
+            None => Ok(None),
+            Some(v) => v
+                .decode_as::<u32>()
+                .map(Some)
+                .map_err(|e| err(e.to_string())),
+        }
+    }
+
+    /// The node's free balance, in the chain's smallest unit.
+    pub async fn free_balance(&self) -> Result<u128, TfchainError> {
+        let err = |e: String| TfchainError::Read {
+            item: "System.Account",
+            message: e,
+        };
+        let at = self
+            .client
+            .at_current_block()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let address = subxt::dynamic::storage::<Vec<Value>, Value>("System", "Account");
+        let value = at
+            .storage()
+            .try_fetch(address, vec![Value::from_bytes(self.account_id().0)])
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let Some(value) = value else { return Ok(0) };
+        let decoded = value.decode().map_err(|e| err(e.to_string()))?;
+        Ok(decoded
+            .at("data")
+            .and_then(|d| d.at("free"))
+            .and_then(|f| f.as_u128())
+            .unwrap_or(0))
+    }
+
+    /// The node's twin, created (after accepting the terms) if missing.
+    pub async fn ensure_twin(&self, relay: Option<&str>) -> Result<u32, TfchainError> {
+        let key = Value::from_bytes(self.account_id().0);
+        if let Some(id) = self.read_u32("TwinIdByAccountID", key.clone()).await? {
+            return Ok(id);
+        }
+        self.submit(&calls::user_accept_tc(TC_LINK, TC_HASH))
+            .await?;
+        self.submit(&calls::create_twin(relay, None)).await?;
+        self.read_u32("TwinIdByAccountID", key)
+            .await?
+            .ok_or(TfchainError::Read {
+                item: "TwinIdByAccountID",
+                message: "no twin after createTwin".to_owned(),
+            })
+    }
+
+    /// Creates the node, or updates it if this twin has one.
+    pub async fn register(
+        &self,
+        twin: u32,
+        r: &NodeRegistration,
+        loc: &Location,
+    ) -> Result<u32, TfchainError> {
+        let farm = Value::u128(u128::from(r.farm_id));
+        let at = self
+            .client
+            .at_current_block()
+            .await
+            .map_err(|e| TfchainError::Read {
+                item: "Farms",
+                message: e.to_string(),
+            })?;
+        let farms = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Farms");
+        let exists = at
+            .storage()
+            .try_fetch(farms, vec![farm])
+            .await
+            .map_err(|e| TfchainError::Read {
+                item: "Farms",
+                message: e.to_string(),
+            })?;
+        if exists.is_none() {
+            return Err(TfchainError::NoFarm(r.farm_id));
+        }
+        let twin_key = Value::u128(u128::from(twin));
+        match self
+            .read_u32("NodeIdByTwinID", twin_key.clone())
+            .await?
+            .filter(|id| *id != 0)
+        {
+            Some(node) => {
+                self.submit(&calls::update_node(node, r, loc)).await?;
+                Ok(node)
+            }
+            None => {
+                self.submit(&calls::create_node(r, loc)).await?;
+                self.read_u32("NodeIdByTwinID", twin_key)
+                    .await?
+                    .ok_or(TfchainError::Read {
+                        item: "NodeIdByTwinID",
+                        message: "no node after createNode".to_owned(),
+                    })
+            }
+        }
+    }
+
+    /// `reportUptimeV2` with the node's clock as the hint.
+    pub async fn report_uptime(&self, uptime: u64, timestamp: u64) -> Result<(), TfchainError> {
+        self.submit(&calls::report_uptime_v2(uptime, timestamp))
+            .await
+    }
+
+    /// The stored `Node` as the chain has it, for checks.
+    pub async fn node(&self, id: u32) -> Result<Option<Value>, TfchainError> {
+        let err = |e: String| TfchainError::Read {
+            item: "Nodes",
+            message: e,
+        };
+        let at = self
+            .client
+            .at_current_block()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let address = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Nodes");
+        let value = at
+            .storage()
+            .try_fetch(address, vec![Value::u128(u128::from(id))])
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        value
+            .map(|v| v.decode().map_err(|e| err(e.to_string())))
+            .transpose()
+            .map(|v| v.map(|v| v.remove_context()))
+    }
+}

@@ -1,0 +1,249 @@
+//! Against a real TFChain runtime (spec 144 under chopsticks, see
+//! `../shared/tfchain/run.sh`): an unfunded node is told apart, a funded
+//! node registers, the `Node` read back from chain storage has the node's
+//! capacity and interfaces, and its uptime report is accepted.
+//!
+//! Run with `TFCHAIN_WS=ws://127.0.0.1:8000 cargo test -p agent --test
+//! tfchain -- --ignored`; `ci/test` does so when `TFCHAIN_WS` is set.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agent::registry::model::{Interface, NodeRegistration, Resources};
+use agent::tfchain::calls::Location;
+use agent::tfchain::client::{Tfchain, TfchainError};
+use subxt::dynamic::{At as _, Value};
+use subxt::{OnlineClient, SubstrateConfig};
+
+const TFT: u128 = 10_000_000;
+
+fn url() -> String {
+    std::env::var("TFCHAIN_WS")
+        .expect("set TFCHAIN_WS to a TFChain RPC endpoint, e.g. ws://127.0.0.1:8000")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+async fn farmer_submit(
+    client: &OnlineClient<SubstrateConfig>,
+    pallet: &str,
+    call: &str,
+    fields: Vec<(&str, Value)>,
+) {
+    let alice = subxt_signer::sr25519::dev::alice();
+    let payload = subxt::dynamic::tx(
+        pallet,
+        call,
+        subxt::ext::scale_value::Composite::named(
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)),
+        ),
+    );
+    let at = client.at_current_block().await.expect("block");
+    at.tx()
+        .sign_and_submit_then_watch_default(&payload, &alice)
+        .await
+        .unwrap_or_else(|e| panic!("{pallet}.{call}: {e}"))
+        .wait_for_finalized_success()
+        .await
+        .unwrap_or_else(|e| panic!("{pallet}.{call}: {e}"));
+}
+
+async fn farm_id_by_name(client: &OnlineClient<SubstrateConfig>, name: &str) -> Option<u32> {
+    let at = client.at_current_block().await.expect("block");
+    let address = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "FarmIdByName");
+    at.storage()
+        .try_fetch(address, vec![Value::from_bytes(name)])
+        .await
+        .expect("storage")
+        .map(|v| v.decode_as::<u32>().expect("u32"))
+        .filter(|id| *id != 0)
+}
+
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn a_node_registers_on_tfchain_and_reports_uptime() {
+    let url = url();
+    // A throwaway node key gives the test a client on the same backend.
+    let client = Tfchain::connect(&url, ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
+        .await
+        .expect("connect")
+        .client()
+        .clone();
+
+    // The farmer (the dev account Alice) makes a farm.
+    let alice = subxt_signer::sr25519::dev::alice()
+        .public_key()
+        .to_account_id();
+    let at = client.at_current_block().await.expect("block");
+    let twin = at
+        .storage()
+        .try_fetch(
+            subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "TwinIdByAccountID"),
+            vec![Value::from_bytes(alice.0)],
+        )
+        .await
+        .expect("storage");
+    if twin.is_none() {
+        farmer_submit(
+            &client,
+            "TfgridModule",
+            "user_accept_tc",
+            vec![
+                (
+                    "document_link",
+                    Value::from_bytes(agent::tfchain::client::TC_LINK),
+                ),
+                (
+                    "document_hash",
+                    Value::from_bytes(agent::tfchain::client::TC_HASH),
+                ),
+            ],
+        )
+        .await;
+        farmer_submit(
+            &client,
+            "TfgridModule",
+            "create_twin",
+            vec![
+                ("relay", Value::unnamed_variant("None", [])),
+                ("pk", Value::unnamed_variant("None", [])),
+            ],
+        )
+        .await;
+    }
+    let farm_name = format!("grove_{}", now());
+    farmer_submit(
+        &client,
+        "TfgridModule",
+        "create_farm",
+        vec![
+            ("name", Value::from_bytes(&farm_name)),
+            ("public_ips", Value::unnamed_composite([])),
+        ],
+    )
+    .await;
+    let farm_id = farm_id_by_name(&client, &farm_name)
+        .await
+        .expect("the farm exists");
+    eprintln!("farm {farm_id} ({farm_name}) created by Alice");
+
+    // A fresh node key, not funded yet.
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    let keys = seed.keys();
+    let node = Tfchain::connect(&url, keys.signing().clone())
+        .await
+        .expect("connect as the node");
+    eprintln!("node account {}", node.account());
+    assert_eq!(node.free_balance().await.expect("balance"), 0);
+    let unfunded = node
+        .ensure_twin(None)
+        .await
+        .expect_err("an unfunded account cannot send");
+    assert!(
+        matches!(unfunded, TfchainError::Unfunded { .. }),
+        "{unfunded}"
+    );
+    eprintln!("unfunded: {unfunded}");
+
+    // The farmer funds it; then it registers.
+    farmer_submit(
+        &client,
+        "Balances",
+        "transfer_keep_alive",
+        vec![
+            (
+                "dest",
+                Value::unnamed_variant("Id", [Value::from_bytes(keys.verifying().to_bytes())]),
+            ),
+            ("value", Value::u128(10 * TFT)),
+        ],
+    )
+    .await;
+    assert_eq!(node.free_balance().await.expect("balance"), 10 * TFT);
+    let twin = node.ensure_twin(None).await.expect("twin");
+    let registration = NodeRegistration {
+        farm_id,
+        twin_id: twin,
+        resources: Resources {
+            hru: 1024 << 30,
+            sru: 512 << 30,
+            cru: 8,
+            mru: 16 << 30,
+        },
+        interfaces: vec![Interface {
+            name: "br-grove".into(),
+            mac: "02:00:00:aa:bb:cc".into(),
+            ips: vec!["10.77.0.10/24".into()],
+        }],
+        serial_number: "grove-test-serial".into(),
+        virtualized: true,
+        secure_boot: false,
+    };
+    let location = Location {
+        city: "Ghent".into(),
+        country: "Belgium".into(),
+        latitude: "51.0543".into(),
+        longitude: "3.7174".into(),
+    };
+    let node_id = node
+        .register(twin, &registration, &location)
+        .await
+        .expect("createNode");
+    eprintln!("twin {twin}, node {node_id}");
+
+    let stored = node
+        .node(node_id)
+        .await
+        .expect("read")
+        .expect("the Node is stored");
+    let field = |path: &[&str]| -> u128 {
+        let mut v = &stored;
+        for p in path {
+            v = v
+                .at(*p)
+                .unwrap_or_else(|| panic!("{path:?} missing in {stored:?}"));
+        }
+        v.as_u128()
+            .unwrap_or_else(|| panic!("{path:?} not a number"))
+    };
+    assert_eq!(field(&["farm_id"]), u128::from(farm_id));
+    assert_eq!(field(&["twin_id"]), u128::from(twin));
+    assert_eq!(field(&["resources", "sru"]), 512 << 30);
+    assert_eq!(field(&["resources", "mru"]), 16 << 30);
+    assert_eq!(field(&["resources", "cru"]), 8);
+    let interface = stored
+        .at("interfaces")
+        .and_then(|i| i.at(0))
+        .expect("an interface");
+    let name_bytes = format!("{:?}", interface.at("name").expect("name"));
+    let expected: Vec<String> = b"br-grove".iter().map(|b| b.to_string()).collect();
+    assert!(
+        expected.iter().all(|b| name_bytes.contains(b.as_str())),
+        "interface name {name_bytes} is not br-grove"
+    );
+    eprintln!("Node read back: {stored}");
+
+    // Updating is an update, not a second node.
+    let again = node
+        .register(twin, &registration, &location)
+        .await
+        .expect("updateNode");
+    assert_eq!(again, node_id);
+
+    // Chain time only moves per block under chopsticks: bring it to now.
+    let rpc = subxt::rpcs::RpcClient::from_insecure_url(&url)
+        .await
+        .expect("rpc");
+    let _: serde_json::Value = rpc
+        .request("dev_timeTravel", subxt::rpcs::rpc_params![now() * 1000])
+        .await
+        .expect("dev_timeTravel");
+    node.report_uptime(42, now())
+        .await
+        .expect("reportUptimeV2 accepted");
+    eprintln!("uptime report accepted");
+}
