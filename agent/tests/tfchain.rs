@@ -4,7 +4,9 @@
 //! capacity and interfaces, and its uptime report is accepted.
 //!
 //! Run with `TFCHAIN_WS=ws://127.0.0.1:8000 cargo test -p agent --test
-//! tfchain -- --ignored`; `ci/test` does so when `TFCHAIN_WS` is set.
+//! tfchain -- --ignored --test-threads=1` (the tests share the dev account
+//! Alice, so they run one at a time); `ci/test` does so when `TFCHAIN_WS` is
+//! set.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -61,6 +63,160 @@ async fn farm_id_by_name(client: &OnlineClient<SubstrateConfig>, name: &str) -> 
         .expect("storage")
         .map(|v| v.decode_as::<u32>().expect("u32"))
         .filter(|id| *id != 0)
+}
+
+async fn alice_farm(client: &OnlineClient<SubstrateConfig>) -> u32 {
+    let alice = subxt_signer::sr25519::dev::alice()
+        .public_key()
+        .to_account_id();
+    let at = client.at_current_block().await.expect("block");
+    let twin = at
+        .storage()
+        .try_fetch(
+            subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "TwinIdByAccountID"),
+            vec![Value::from_bytes(alice.0)],
+        )
+        .await
+        .expect("storage");
+    if twin.is_none() {
+        farmer_submit(
+            client,
+            "TfgridModule",
+            "user_accept_tc",
+            vec![
+                (
+                    "document_link",
+                    Value::from_bytes(agent::tfchain::client::TC_LINK),
+                ),
+                (
+                    "document_hash",
+                    Value::from_bytes(agent::tfchain::client::TC_HASH),
+                ),
+            ],
+        )
+        .await;
+        farmer_submit(
+            client,
+            "TfgridModule",
+            "create_twin",
+            vec![
+                ("relay", Value::unnamed_variant("None", [])),
+                ("pk", Value::unnamed_variant("None", [])),
+            ],
+        )
+        .await;
+    }
+    let farm_name = format!("grove_{}_{}", now(), std::process::id());
+    farmer_submit(
+        client,
+        "TfgridModule",
+        "create_farm",
+        vec![
+            ("name", Value::from_bytes(&farm_name)),
+            ("public_ips", Value::unnamed_composite([])),
+        ],
+    )
+    .await;
+    farm_id_by_name(client, &farm_name)
+        .await
+        .expect("the farm exists")
+}
+
+/// The agent's own chain task, as a node runs it: unfunded it says it waits
+/// for funds and names its account; funded, it gets its twin.
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn an_unfunded_node_shows_waiting_for_funds_then_gets_its_twin() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use agent::boot::{BootParams, ChainBackend, ChainParams};
+    use agent::chain::{Chain, ChainConfig, MeshConfig, Sources};
+
+    let url = url();
+    let client = Tfchain::connect(&url, ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
+        .await
+        .expect("connect")
+        .client()
+        .clone();
+    let farm_id = alice_farm(&client).await;
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    let account = seed.keys().public().account;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = Arc::new(Chain::default());
+    let params = BootParams {
+        farm_id: Some(farm_id),
+        chain: ChainParams {
+            backend: ChainBackend::Tfchain,
+            url: Some(url.clone()),
+            run_mode: None,
+        },
+        ..BootParams::default()
+    };
+    let config = ChainConfig {
+        uptime_interval_secs: 3600,
+        queue_dir: dir.path().join("reports"),
+        ..ChainConfig::default()
+    };
+    let sources = Sources {
+        identity: Arc::new(agent::identity::Identity::with_seed(&seed)),
+        storaged: storaged::client::StoragedClient::new(dir.path().join("no-storaged.sock")),
+        netd: netd::client::NetdClient::new(dir.path().join("no-netd.sock")),
+        proc_root: "/proc".into(),
+        mesh: MeshConfig {
+            enabled: false,
+            ..MeshConfig::default()
+        },
+    };
+    let task = tokio::spawn(chain.clone().run(params, config, sources));
+
+    let waiting = format!("waiting for funds: send TFT to {account}");
+    let mut shown = false;
+    for _ in 0..300 {
+        if chain.status().funds == waiting {
+            shown = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shown, "never showed {waiting:?}: {:?}", chain.status());
+    eprintln!("/v1/chain funds: {}", chain.status().funds);
+
+    farmer_submit(
+        &client,
+        "Balances",
+        "transfer_keep_alive",
+        vec![
+            (
+                "dest",
+                Value::unnamed_variant(
+                    "Id",
+                    [Value::from_bytes(seed.keys().verifying().to_bytes())],
+                ),
+            ),
+            ("value", Value::u128(10 * TFT)),
+        ],
+    )
+    .await;
+    let mut twin = None;
+    for _ in 0..900 {
+        let s = chain.status();
+        if s.twin_id.is_some() && s.funds == "funded" {
+            twin = s.twin_id;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+    let twin = twin.unwrap_or_else(|| panic!("no twin after funding: {:?}", chain.status()));
+    eprintln!("funded; twin {twin}; farmer {:?}", chain.status().farmer);
+    assert_eq!(
+        chain.status().farmer.as_deref(),
+        Some(
+            agent::identity::keys::ss58(&subxt_signer::sr25519::dev::alice().public_key().0, 42)
+                .as_str()
+        )
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! until the registry answers again, and then the whole backlog goes out,
 //! the outage's uptime proof with it.
 
+pub mod backend;
 pub mod queue;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use crate::boot::{BootParams, ChainBackend};
 use crate::identity::Identity;
 use crate::registry::client::EmbeddedClient;
 use crate::registry::model::{Interface, MeshInfo, NodeRegistration, Resources, UptimeReport};
+use backend::{Backend, BackendError};
 use queue::{Queue, Report};
 
 /// `[chain]` in `agent.toml`.
@@ -30,6 +32,29 @@ pub struct ChainConfig {
     pub uptime_interval_secs: u64,
     /// The durable report queue.
     pub queue_dir: PathBuf,
+    /// Where the node is; TFChain wants it on every node.
+    pub location: LocationConfig,
+}
+
+/// `[chain.location]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocationConfig {
+    pub city: String,
+    pub country: String,
+    pub latitude: String,
+    pub longitude: String,
+}
+
+impl Default for LocationConfig {
+    fn default() -> Self {
+        Self {
+            city: "Unknown".to_owned(),
+            country: "Unknown".to_owned(),
+            latitude: "0".to_owned(),
+            longitude: "0".to_owned(),
+        }
+    }
 }
 
 impl Default for ChainConfig {
@@ -37,6 +62,7 @@ impl Default for ChainConfig {
         Self {
             uptime_interval_secs: 40 * 60,
             queue_dir: PathBuf::from("/var/cache/grove/agent/reports"),
+            location: LocationConfig::default(),
         }
     }
 }
@@ -141,19 +167,6 @@ impl Chain {
             );
             return;
         };
-        let client = match (backend, EmbeddedClient::new(&url)) {
-            (ChainBackend::Embedded, Some(c)) => c,
-            (ChainBackend::Embedded, None) => {
-                self.fail(format!(
-                    "the embedded registry URL {url:?} is not http://HOST:PORT"
-                ));
-                return;
-            }
-            (ChainBackend::Tfchain, _) => {
-                self.fail("the tfchain backend is not available in this build".to_owned());
-                return;
-            }
-        };
         // The identity is loaded once storaged has mounted the cache, which
         // is where the queue lives.
         let keys = loop {
@@ -167,6 +180,41 @@ impl Chain {
             Err(e) => {
                 self.fail(e.to_string());
                 return;
+            }
+        };
+        let client = match backend {
+            ChainBackend::Embedded => match EmbeddedClient::new(&url) {
+                Some(c) => Backend::Embedded(c),
+                None => {
+                    self.fail(format!(
+                        "the embedded registry URL {url:?} is not http://HOST:PORT"
+                    ));
+                    return;
+                }
+            },
+            ChainBackend::Tfchain => {
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    match crate::tfchain::client::Tfchain::connect(&url, keys.signing().clone())
+                        .await
+                    {
+                        Ok(chain) => {
+                            let l = &config.location;
+                            break Backend::Tfchain {
+                                chain: Box::new(chain),
+                                location: crate::tfchain::calls::Location {
+                                    city: l.city.clone(),
+                                    country: l.country.clone(),
+                                    latitude: l.latitude.clone(),
+                                    longitude: l.longitude.clone(),
+                                },
+                            };
+                        }
+                        Err(e) => self.fail(e.to_string()),
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
             }
         };
         let account = keys.public().account;
@@ -288,23 +336,18 @@ impl Chain {
     /// The region's other nodes become `mesh0`'s peers.
     async fn sync_peers(
         &self,
-        client: &EmbeddedClient,
+        client: &Backend,
         sources: &Sources,
         farm_id: u32,
         keys: &crate::identity::keys::NodeKeys,
         last: &mut Option<Vec<netd::mesh::input::PeerRequest>>,
     ) {
         let own = keys.public().wireguard_public_key;
-        let nodes = match client.nodes(farm_id).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list the region's nodes");
-                return;
-            }
+        let Some(meshes) = client.peers(farm_id).await else {
+            return;
         };
-        let peers: Vec<netd::mesh::input::PeerRequest> = nodes
+        let peers: Vec<netd::mesh::input::PeerRequest> = meshes
             .into_iter()
-            .filter_map(|n| n.mesh)
             .filter(|m| m.public_key != own)
             .map(|m| netd::mesh::input::PeerRequest {
                 public_key: m.public_key,
@@ -325,23 +368,26 @@ impl Chain {
         }
     }
 
-    /// The node's twin, and a check that its farm exists.
-    async fn prepare(
-        &self,
-        client: &EmbeddedClient,
-        account: &str,
-        farm_id: u32,
-    ) -> Result<u32, String> {
-        let unreachable =
-            |e: grove_daemon::client::ClientError| format!("cannot reach the registry: {e}");
-        let twin = client.ensure_twin(account).await.map_err(unreachable)?;
-        let farm = match client.farm(farm_id).await.map_err(unreachable)? {
-            Some(farm) => farm,
-            None => return Err(format!("farm {farm_id} does not exist on the registry")),
-        };
-        let owner = client.twin(farm.twin_id).await.map_err(unreachable)?;
-        self.update(|s| s.farmer = Some(owner.account));
-        Ok(twin.id)
+    /// The node's twin, and its farm's owner; says when the node waits for
+    /// funds.
+    async fn prepare(&self, client: &Backend, account: &str, farm_id: u32) -> Result<u32, String> {
+        match client.prepare(account, farm_id).await {
+            Ok(prepared) => {
+                self.update(|s| {
+                    s.farmer = Some(prepared.farmer);
+                    if matches!(client, Backend::Tfchain { .. }) {
+                        s.funds = "funded".to_owned();
+                    }
+                });
+                Ok(prepared.twin)
+            }
+            Err(e) => {
+                if let BackendError::Unfunded(account) = &e {
+                    self.update(|s| s.funds = format!("waiting for funds: send TFT to {account}"));
+                }
+                Err(e.to_string())
+            }
+        }
     }
 
     fn enqueue(&self, queue: &Queue, make: impl FnOnce(u64) -> Report) {
@@ -352,7 +398,7 @@ impl Chain {
     }
 
     /// Sends queued reports in order; false when one could not go out.
-    async fn deliver(&self, client: &EmbeddedClient, queue: &Queue) -> bool {
+    async fn deliver(&self, client: &Backend, queue: &Queue) -> bool {
         loop {
             let (seq, report) = match queue.front() {
                 Ok(Some(front)) => front,
@@ -366,7 +412,7 @@ impl Chain {
                 Report::Register { registration, mesh } => client
                     .register(registration, mesh.as_ref())
                     .await
-                    .map(|node| self.update(|s| s.node_id = Some(node.id))),
+                    .map(|node| self.update(|s| s.node_id = Some(node))),
                 Report::Uptime(uptime) => match self.status().node_id {
                     Some(node) => client.report_uptime(node, uptime).await.map(|_| {
                         self.update(|s| s.last_uptime_report = Some(*uptime));

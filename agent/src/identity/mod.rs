@@ -26,6 +26,15 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// An identity given outright, for a host without storage (tools,
+    /// tests against a chain).
+    pub fn with_seed(seed: &keys::Seed) -> Self {
+        Self {
+            report: RwLock::new(None),
+            keys: RwLock::new(Some(Arc::new(seed.keys()))),
+        }
+    }
+
     pub fn report(&self) -> Option<IdentityReport> {
         self.report
             .read()

@@ -274,6 +274,50 @@ impl Tfchain {
             .await
     }
 
+    /// The account that owns farm `id`, or `None` if there is no such farm.
+    pub async fn farm_owner(&self, id: u32) -> Result<Option<String>, TfchainError> {
+        let err = |item: &'static str| move |e: String| TfchainError::Read { item, message: e };
+        let at = self
+            .client
+            .at_current_block()
+            .await
+            .map_err(|e| err("Farms")(e.to_string()))?;
+        let farms = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Farms");
+        let Some(farm) = at
+            .storage()
+            .try_fetch(farms, vec![Value::u128(u128::from(id))])
+            .await
+            .map_err(|e| err("Farms")(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let farm = farm.decode().map_err(|e| err("Farms")(e.to_string()))?;
+        let twin = farm
+            .at("twin_id")
+            .and_then(|t| t.as_u128())
+            .ok_or_else(|| err("Farms")("no twin_id".to_owned()))?;
+        let twins = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Twins");
+        let owner = at
+            .storage()
+            .try_fetch(twins, vec![Value::u128(twin)])
+            .await
+            .map_err(|e| err("Twins")(e.to_string()))?
+            .ok_or_else(|| err("Twins")(format!("no twin {twin}")))?
+            .decode()
+            .map_err(|e| err("Twins")(e.to_string()))?;
+        let bytes = owner
+            .at("account_id")
+            .map(flat_bytes)
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| err("Twins")("no 32-byte account_id".to_owned()))?;
+        let mut account = [0u8; 32];
+        account.copy_from_slice(&bytes);
+        Ok(Some(crate::identity::keys::ss58(
+            &account,
+            crate::identity::keys::SS58_PREFIX,
+        )))
+    }
+
     /// The stored `Node` as the chain has it, for checks.
     pub async fn node(&self, id: u32) -> Result<Option<Value>, TfchainError> {
         let err = |e: String| TfchainError::Read {
@@ -296,4 +340,28 @@ impl Tfchain {
             .transpose()
             .map(|v| v.map(|v| v.remove_context()))
     }
+}
+
+/// The bytes of a value made of (nested composites of) u8s.
+fn flat_bytes<T>(v: &Value<T>) -> Vec<u8> {
+    use subxt::ext::scale_value::{Composite, ValueDef};
+    let mut out = Vec::new();
+    fn walk<T>(v: &Value<T>, out: &mut Vec<u8>) {
+        match &v.value {
+            ValueDef::Composite(Composite::Named(fields)) => {
+                fields.iter().for_each(|(_, f)| walk(f, out))
+            }
+            ValueDef::Composite(Composite::Unnamed(fields)) => {
+                fields.iter().for_each(|f| walk(f, out))
+            }
+            ValueDef::Primitive(p) => {
+                if let Some(b) = p.as_u128().and_then(|n| u8::try_from(n).ok()) {
+                    out.push(b);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
 }
