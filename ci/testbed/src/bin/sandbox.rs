@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     }
     println!("starting a farm of {nodes} node(s)...");
     // Each node gets a sparse SSD and HDD, so its storage has pools.
-    let node = NodeSpec::default().disks(vec![DiskSpec::ssd(4096), DiskSpec::hdd(8192)]);
+    // netd brings the uplink up by DHCP from the farm LAN's dnsmasq.
+    let node = NodeSpec::default()
+        .addressing(grove_testbed::Addressing::None)
+        .disks(vec![DiskSpec::ssd(4096), DiskSpec::hdd(8192)]);
     // Uptime every minute rather than every 40, so reports show up soon.
     let node = node.config(Daemon::Agent, "[chain]\nuptime_interval_secs = 60\n");
     let farm = match Farm::start(FarmSpec::with_nodes(vec![node; nodes]).without_agents()) {
@@ -126,12 +129,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<usize>, String
 }
 
 fn wait_for_api(node: &Node) -> Result<(), String> {
-    let url = format!("{}/v1/node", node.api_url().map_err(|e| report(&e))?);
+    // The node's netd takes its LAN address by DHCP: wait for it too.
+    let mut url = String::new();
     let mut answer = None;
     let up = wait_until(API_TIMEOUT, Duration::from_millis(250), || {
         if node.agent_exit().is_some() {
             return true;
         }
+        let Ok(base) = node.api_url() else { return false };
+        url = format!("{base}/v1/node");
         answer = http_get(&url).ok();
         answer.is_some()
     });
