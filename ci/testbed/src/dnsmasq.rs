@@ -90,6 +90,7 @@ impl Dnsmasq {
         bridge: &IfName,
         subnet: Subnet,
         dir: &Path,
+        lease_secs: u32,
     ) -> Result<Dnsmasq, DnsmasqError> {
         let log = dir.join("dnsmasq.log");
         let leases = dir.join("leases");
@@ -98,7 +99,7 @@ impl Dnsmasq {
             path: log.clone(),
             source,
         })?;
-        let args = arguments(bridge, subnet, dir);
+        let args = arguments(bridge, subnet, dir, lease_secs);
         let handle = NetnsHandle::open(netns)?;
         let mut command = Command::new(cmd::resolve("dnsmasq"));
         command
@@ -198,7 +199,7 @@ fn create(path: &Path) -> Result<File, DnsmasqError> {
     })
 }
 
-fn arguments(bridge: &IfName, subnet: Subnet, dir: &Path) -> Vec<String> {
+fn arguments(bridge: &IfName, subnet: Subnet, dir: &Path, lease_secs: u32) -> Vec<String> {
     let (first, last) = subnet.dhcp_range();
     let gateway: Ipv4Addr = subnet.gateway();
     vec![
@@ -208,7 +209,7 @@ fn arguments(bridge: &IfName, subnet: Subnet, dir: &Path) -> Vec<String> {
         "--bind-interfaces".into(),
         format!("--interface={bridge}"),
         "--except-interface=lo".into(),
-        format!("--dhcp-range={first},{last},255.255.255.0,12h"),
+        format!("--dhcp-range={first},{last},255.255.255.0,{lease_secs}"),
         format!("--dhcp-option=option:router,{gateway}"),
         format!("--dhcp-option=option:dns-server,{gateway}"),
         "--dhcp-authoritative".into(),
@@ -258,10 +259,10 @@ mod tests {
     #[test]
     fn arguments_bind_to_the_bridge_and_the_pool() {
         let bridge = IfName::new("br1").expect("valid");
-        let args = arguments(&bridge, Subnet::new(5), Path::new("/r/lan1"));
+        let args = arguments(&bridge, Subnet::new(5), Path::new("/r/lan1"), 43200);
         assert!(args.contains(&"--interface=br1".to_owned()));
         assert!(
-            args.contains(&"--dhcp-range=10.77.5.100,10.77.5.199,255.255.255.0,12h".to_owned())
+            args.contains(&"--dhcp-range=10.77.5.100,10.77.5.199,255.255.255.0,43200".to_owned())
         );
         assert!(args.contains(&"--dhcp-leasefile=/r/lan1/leases".to_owned()));
         assert!(args.contains(&"--conf-file=/dev/null".to_owned()));

@@ -185,6 +185,11 @@ impl Farm {
         &self.lans[index]
     }
 
+    /// LAN `index`, to stop or start its DHCP server.
+    pub fn lan_mut(&mut self, index: usize) -> &mut Lan {
+        &mut self.lans[index]
+    }
+
     pub fn lans(&self) -> &[Lan] {
         &self.lans
     }

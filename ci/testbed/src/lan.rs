@@ -82,6 +82,7 @@ pub struct Lan {
     host_link: Option<IfName>,
     dir: PathBuf,
     dhcp: bool,
+    lease_secs: u32,
     behind_nat: bool,
     nat: Option<Nat>,
     dnsmasq: Option<Dnsmasq>,
@@ -115,6 +116,7 @@ impl Lan {
             host_link: (!spec.nat).then_some(host_link),
             dir,
             dhcp: spec.dhcp,
+            lease_secs: spec.lease_secs,
             behind_nat: spec.nat,
             nat: None,
             dnsmasq: None,
@@ -222,12 +224,17 @@ impl Lan {
         if !self.dhcp || self.dnsmasq.is_some() {
             return Ok(());
         }
-        let dnsmasq = Dnsmasq::start(&self.netns, &self.bridge, self.subnet, &self.dir).map_err(
-            |source| LanError::Dhcp {
-                bridge: self.bridge.clone(),
-                source,
-            },
-        )?;
+        let dnsmasq = Dnsmasq::start(
+            &self.netns,
+            &self.bridge,
+            self.subnet,
+            &self.dir,
+            self.lease_secs,
+        )
+        .map_err(|source| LanError::Dhcp {
+            bridge: self.bridge.clone(),
+            source,
+        })?;
         self.dnsmasq = Some(dnsmasq);
         Ok(())
     }

@@ -203,6 +203,8 @@ pub struct LanSpec {
     /// (masqueraded), nothing on LAN 0 reaches them, and the host has no
     /// link onto it.
     pub nat: bool,
+    /// How long dnsmasq's leases last (dnsmasq's minimum is 120 s).
+    pub lease_secs: u32,
 }
 
 impl Default for LanSpec {
@@ -210,6 +212,7 @@ impl Default for LanSpec {
         LanSpec {
             dhcp: true,
             nat: false,
+            lease_secs: 12 * 3600,
         }
     }
 }
@@ -219,8 +222,14 @@ impl LanSpec {
     pub fn without_dhcp() -> LanSpec {
         LanSpec {
             dhcp: false,
-            nat: false,
+            ..LanSpec::default()
         }
+    }
+
+    /// The same LAN with leases of `secs` seconds.
+    pub fn lease_secs(mut self, secs: u32) -> LanSpec {
+        self.lease_secs = secs;
+        self
     }
 
     /// A LAN behind a NAT router onto LAN 0 (outbound only), without DHCP:
@@ -229,6 +238,7 @@ impl LanSpec {
         LanSpec {
             dhcp: false,
             nat: true,
+            ..LanSpec::default()
         }
     }
 }
@@ -453,6 +463,7 @@ mod tests {
                 FarmSpec::default().lan(LanSpec {
                     dhcp: true,
                     nat: true,
+                    ..LanSpec::default()
                 }),
                 SpecError::NatWithDhcp { lan: 1 },
             ),

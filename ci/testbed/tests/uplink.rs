@@ -317,3 +317,74 @@ fn a_vlan_from_the_boot_parameters_tags_the_uplink_or_is_refused_clearly() {
         );
     }
 }
+
+/// The DHCP server goes away long enough for the lease to run out: the
+/// uplink loses its address, keeps asking, and gets it back once the server
+/// returns, with no restart.
+#[test]
+fn a_dhcp_server_gone_for_minutes_is_waited_out() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let mut farm = start(FarmSpec {
+        lans: vec![LanSpec::default().lease_secs(120)],
+        ..FarmSpec::with_nodes(vec![node])
+    });
+    let before = wait_state(
+        &farm,
+        farm.node(0),
+        UplinkState::Bound,
+        Duration::from_secs(30),
+    );
+    let netd_pid = |n: &Node| {
+        let socket = n.socket(Daemon::Netd).expect("netd");
+        let (_, body) = grove_testbed::unix_get(&socket, "/v1/info").expect("info");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pid"].clone()
+    };
+    let pid = netd_pid(farm.node(0));
+
+    farm.lan_mut(0)
+        .stop_dhcp()
+        .expect("the DHCP server goes away");
+    let gone = Instant::now();
+    // Renewal at 60 s and rebinding at 105 s fail; at 120 s the lease ends.
+    let lost = wait_state(
+        &farm,
+        farm.node(0),
+        UplinkState::Rebinding,
+        Duration::from_secs(180),
+    );
+    assert!(lost.address.is_none(), "{lost:?}");
+    eprintln!(
+        "lease lost {} s after the server went away",
+        gone.elapsed().as_secs()
+    );
+    std::thread::sleep(Duration::from_secs(10));
+
+    farm.lan_mut(0)
+        .start_dhcp()
+        .expect("the DHCP server is back");
+    let back = Instant::now();
+    let after = wait_state(
+        &farm,
+        farm.node(0),
+        UplinkState::Bound,
+        Duration::from_secs(60),
+    );
+    eprintln!(
+        "uplink bound again {} s after the server came back",
+        back.elapsed().as_secs()
+    );
+    assert_eq!(
+        after.address, before.address,
+        "dnsmasq hands the same address back"
+    );
+    let ip = after
+        .address
+        .expect("address")
+        .split('/')
+        .next()
+        .expect("ip")
+        .to_owned();
+    let (status, _) = http_get(&format!("http://{ip}:8080/v1/node")).expect("API answers again");
+    assert_eq!(status, 200);
+    assert_eq!(netd_pid(farm.node(0)), pid, "netd was restarted");
+}
