@@ -210,6 +210,9 @@ fn arguments(bridge: &IfName, subnet: Subnet, dir: &Path, lease_secs: u32) -> Ve
         format!("--interface={bridge}"),
         "--except-interface=lo".into(),
         format!("--dhcp-range={first},{last},255.255.255.0,{lease_secs}"),
+        // Router advertisements only: nodes take IPv6 by SLAAC.
+        "--enable-ra".into(),
+        format!("--dhcp-range={},ra-only,64", subnet.ipv6_prefix()),
         format!("--dhcp-option=option:router,{gateway}"),
         format!("--dhcp-option=option:dns-server,{gateway}"),
         "--dhcp-authoritative".into(),

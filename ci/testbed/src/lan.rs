@@ -164,10 +164,13 @@ impl Lan {
         ];
         let up = ["-n", ns, "link", "set", br, "up"];
         let address = ["-n", ns, "addr", "add", &gateway, "dev", br];
+        let v6 = format!("{}1/64", self.subnet.ipv6_prefix());
+        let address6 = ["-n", ns, "addr", "add", &v6, "dev", br, "nodad"];
         // Behind NAT the gateway address belongs to the NAT router.
         let mut steps: Vec<&[&str]> = vec![&create, &up];
         if !self.behind_nat {
             steps.push(&address);
+            steps.push(&address6);
         }
         for args in steps {
             cmd::run("ip", args).map_err(|source| LanError::Bridge {

@@ -63,6 +63,12 @@ impl Subnet {
     }
 
     /// The LAN's own address (`.1`): bridge, router, DHCP and DNS server.
+    /// The LAN's IPv6 prefix, `fd77:X::/64`, announced by router
+    /// advertisements on DHCP LANs so nodes take IPv6 by SLAAC.
+    pub fn ipv6_prefix(&self) -> String {
+        format!("fd77:{:x}::", self.third)
+    }
+
     pub fn gateway(&self) -> Ipv4Addr {
         self.host(1)
     }

@@ -388,3 +388,29 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
     assert_eq!(status, 200);
     assert_eq!(netd_pid(farm.node(0)), pid, "netd was restarted");
 }
+
+/// Where the LAN's router advertises an IPv6 prefix, the uplink bridge
+/// takes an address in it by SLAAC.
+#[test]
+fn ipv6_comes_by_slaac_on_the_bridge() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let node = farm.node(0);
+    wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
+    let prefix = farm.lan_subnet().ipv6_prefix();
+    let mut seen = String::new();
+    let slaac = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+        let out = node
+            .exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", "br-grove", "scope", "global",
+            ])
+            .expect("ip");
+        seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        seen.contains(&prefix)
+    });
+    assert!(slaac, "no SLAAC address in {prefix}/64 on br-grove: {seen}");
+    // netd reports it with the bridge's other addresses.
+    let socket = node.socket(Daemon::Netd).expect("netd");
+    let (_, body) = grove_testbed::unix_get(&socket, "/v1/interfaces").expect("interfaces");
+    assert!(body.contains(&prefix), "{body}");
+}
