@@ -136,7 +136,9 @@ fn wait_for_api(node: &Node) -> Result<(), String> {
         if node.agent_exit().is_some() {
             return true;
         }
-        let Ok(base) = node.api_url() else { return false };
+        let Ok(base) = node.api_url() else {
+            return false;
+        };
         url = format!("{base}/v1/node");
         answer = http_get(&url).ok();
         answer.is_some()
