@@ -402,4 +402,72 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
         .await
         .expect("reportUptimeV2 accepted");
     eprintln!("uptime report accepted");
+
+    // The node follows the chain: a contract made on it, then cancelled.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let follower = Tfchain::connect(&url, keys.signing().clone())
+        .await
+        .expect("connect");
+    let follow = tokio::spawn(async move { follower.follow_events(node_id, tx).await });
+    farmer_submit(
+        &client,
+        "SmartContractModule",
+        "create_node_contract",
+        vec![
+            ("node_id", Value::u128(u128::from(node_id))),
+            ("deployment_hash", Value::from_bytes([0xab; 32])),
+            (
+                "deployment_data",
+                Value::from_bytes("grove test deployment"),
+            ),
+            ("public_ips", Value::u128(0)),
+            ("solution_provider_id", Value::unnamed_variant("None", [])),
+        ],
+    )
+    .await;
+    let created = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+        .await
+        .expect("an event within 30 s")
+        .expect("the follower runs");
+    assert_eq!(
+        created.kind,
+        agent::tfchain::client::ChainEventKind::ContractCreated
+    );
+    let contract = created.contract_id.expect("a contract id");
+    assert_eq!(
+        node.node_contracts(node_id).await.expect("contracts"),
+        vec![contract]
+    );
+    eprintln!(
+        "followed: contract {contract} created on node {node_id} (block {})",
+        created.block
+    );
+    farmer_submit(
+        &client,
+        "SmartContractModule",
+        "cancel_contract",
+        vec![("contract_id", Value::u128(u128::from(contract)))],
+    )
+    .await;
+    // On this runtime a user's cancel shows in storage at once; its event
+    // comes with the contract's final billing.
+    let mut gone = false;
+    for _ in 0..60 {
+        if node
+            .node_contracts(node_id)
+            .await
+            .expect("contracts")
+            .is_empty()
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        gone,
+        "contract {contract} still active after cancelContract"
+    );
+    eprintln!("contract {contract} cancelled: no longer among the node's active contracts");
+    follow.abort();
 }

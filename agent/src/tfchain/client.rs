@@ -39,6 +39,51 @@ pub enum TfchainError {
     NoFarm(u32),
 }
 
+/// What happened on the chain that concerns this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainEventKind {
+    ContractCreated,
+    NodeContractCanceled,
+    NodePublicConfigStored,
+}
+
+/// One event about this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainEvent {
+    pub kind: ChainEventKind,
+    pub contract_id: Option<u64>,
+    pub block: u64,
+}
+
+/// The first number under a field named `name`, anywhere in `v`.
+fn find_u128(v: &Value, name: &str) -> Option<u128> {
+    use subxt::ext::scale_value::{Composite, ValueDef};
+    match &v.value {
+        ValueDef::Composite(Composite::Named(fields)) => fields.iter().find_map(|(k, f)| {
+            if k == name {
+                f.as_u128()
+            } else {
+                find_u128(f, name)
+            }
+        }),
+        ValueDef::Composite(Composite::Unnamed(fields)) => {
+            fields.iter().find_map(|f| find_u128(f, name))
+        }
+        ValueDef::Variant(variant) => match &variant.values {
+            Composite::Named(fields) => fields.iter().find_map(|(k, f)| {
+                if k == name {
+                    f.as_u128()
+                } else {
+                    find_u128(f, name)
+                }
+            }),
+            Composite::Unnamed(fields) => fields.iter().find_map(|f| find_u128(f, name)),
+        },
+        _ => None,
+    }
+}
+
 /// Signs extrinsics with the node's ed25519 key.
 #[derive(Debug, Clone)]
 pub struct NodeSigner {
@@ -316,6 +361,95 @@ impl Tfchain {
             &account,
             crate::identity::keys::SS58_PREFIX,
         )))
+    }
+
+    /// The ids of the active contracts on node `id`.
+    pub async fn node_contracts(&self, id: u32) -> Result<Vec<u64>, TfchainError> {
+        let err = |e: String| TfchainError::Read {
+            item: "ActiveNodeContracts",
+            message: e,
+        };
+        let at = self
+            .client
+            .at_current_block()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let address = subxt::dynamic::storage::<Vec<Value>, Value>(
+            "SmartContractModule",
+            "ActiveNodeContracts",
+        );
+        let value = at
+            .storage()
+            .try_fetch(address, vec![Value::u128(u128::from(id))])
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        match value {
+            None => Ok(Vec::new()),
+            Some(v) => v.decode_as::<Vec<u64>>().map_err(|e| err(e.to_string())),
+        }
+    }
+
+    /// Follows finalized blocks and sends every event about node `id`:
+    /// contracts created on it or cancelled, and its public config. Runs
+    /// until the receiver goes away or the chain connection ends.
+    pub async fn follow_events(
+        &self,
+        id: u32,
+        to: tokio::sync::mpsc::Sender<ChainEvent>,
+    ) -> Result<(), TfchainError> {
+        let err = |e: String| TfchainError::Read {
+            item: "events",
+            message: e,
+        };
+        let mut blocks = self
+            .client
+            .stream_blocks()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        while let Some(block) = blocks.next().await {
+            let block = block.map_err(|e| err(e.to_string()))?;
+            let number = block.number();
+            let at = block.at().await.map_err(|e| err(e.to_string()))?;
+            let events = at.events().fetch().await.map_err(|e| err(e.to_string()))?;
+            for event in events.iter() {
+                let event = event.map_err(|e| err(e.to_string()))?;
+                let kind = match (event.pallet_name(), event.event_name()) {
+                    ("SmartContractModule", "ContractCreated") => ChainEventKind::ContractCreated,
+                    ("SmartContractModule", "NodeContractCanceled") => {
+                        ChainEventKind::NodeContractCanceled
+                    }
+                    ("TfgridModule", "NodePublicConfigStored") => {
+                        ChainEventKind::NodePublicConfigStored
+                    }
+                    _ => continue,
+                };
+                let fields = event
+                    .decode_fields_unchecked_as::<subxt::ext::scale_value::Composite<()>>()
+                    .map_err(|e| err(e.to_string()))?;
+                let value = Value::unnamed_composite(fields.into_values());
+                let node = match kind {
+                    ChainEventKind::NodePublicConfigStored => value.at(0).and_then(|v| v.as_u128()),
+                    _ => find_u128(&value, "node_id"),
+                };
+                if node != Some(u128::from(id)) {
+                    continue;
+                }
+                let contract_id =
+                    find_u128(&value, "contract_id").and_then(|c| u64::try_from(c).ok());
+                if to
+                    .send(ChainEvent {
+                        kind,
+                        contract_id,
+                        block: number,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The stored `Node` as the chain has it, for checks.
