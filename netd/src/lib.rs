@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod mesh;
+pub mod tenant;
 pub mod types;
 pub mod uplink;
 pub mod wg;
@@ -29,6 +30,7 @@ pub struct Config {
     pub socket: PathBuf,
     pub uplink: uplink::UplinkConfig,
     pub mesh: mesh::MeshConfig,
+    pub tenant: tenant::TenantConfig,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             socket: grove_daemon::socket_path(NAME),
             uplink: uplink::UplinkConfig::default(),
             mesh: mesh::MeshConfig::default(),
+            tenant: tenant::TenantConfig::default(),
         }
     }
 }
@@ -63,8 +66,10 @@ pub async fn run(
     let uplink = uplink::Uplink::new(config.uplink.clone(), overrides)?;
     let uplink_task = tokio::spawn(uplink.clone().run(readiness.clone(), shutdown.clone()));
     let mesh = mesh::Mesh::start(config.mesh.clone(), shutdown.clone());
+    let tenants = tenant::Tenants::start(config.tenant.clone(), shutdown.clone());
     let api = Router::new().merge(mesh::routes(mesh.clone()));
     let api = api.merge(uplink::api::routes(uplink));
+    let api = api.merge(tenant::routes(tenants.clone()));
     let served =
         grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown)
             .await;
@@ -72,6 +77,7 @@ pub async fn run(
         tracing::error!(error = %e, "uplink task failed");
     }
     mesh.drain().await;
+    tenants.drain().await;
     served?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! A minimal blocking HTTP/1.1 client for asking a node's operator API
-//! whether it is up, and for a daemon's socket (GET, and PUT of a JSON
-//! body for the benchmarks), without an HTTP client dependency.
+//! whether it is up, and for a daemon's socket (GET and DELETE, PUT and
+//! POST of a JSON body), without an HTTP client dependency.
 //!
 //! One request per connection with `Connection: close`; the body is
 //! delimited by `Content-Length`, chunked encoding, or the end of the
@@ -123,6 +123,20 @@ pub fn unix_put(
     body: &[u8],
 ) -> Result<(u16, String), HttpError> {
     unix_request(socket, "PUT", path, Some(body))
+}
+
+/// POSTs the JSON `body` to `path` on the Unix socket `socket`.
+pub fn unix_post(
+    socket: &std::path::Path,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, String), HttpError> {
+    unix_request(socket, "POST", path, Some(body))
+}
+
+/// DELETEs `path` on the Unix socket `socket`.
+pub fn unix_delete(socket: &std::path::Path, path: &str) -> Result<(u16, String), HttpError> {
+    unix_request(socket, "DELETE", path, None)
 }
 
 fn unix_request(

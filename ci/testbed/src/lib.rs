@@ -36,12 +36,13 @@ pub mod spec;
 pub mod stale;
 pub mod subnet;
 pub mod sweep;
+pub mod tenant;
 pub mod wait;
 
 pub use bins::bin_dir;
 pub use disk::Disk;
 pub use farm::{Farm, TestbedError};
-pub use http::{http_get, http_get_timeout, unix_get, unix_put};
+pub use http::{http_get, http_get_timeout, unix_delete, unix_get, unix_post, unix_put};
 pub use lan::{Lan, Lease};
 pub use node::Node;
 pub use node::nic::Nic;

@@ -389,7 +389,9 @@ pub fn candidate_nics(sys: &Path) -> Result<Vec<InterfaceName>, LinkError> {
         .filter_map(|e| e.file_name().to_str()?.parse::<InterfaceName>().ok())
         .filter(|n| {
             let name = n.as_str();
-            let ours = name == super::BRIDGE || name.starts_with("mesh") || name.starts_with("w-");
+            let ours = name == super::BRIDGE
+                || name.starts_with("mesh")
+                || crate::tenant::names::is_tenant_link(name);
             name != "lo" && !ours && nic_facts(sys, name).kind == "nic"
         })
         .collect();

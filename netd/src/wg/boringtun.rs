@@ -7,8 +7,10 @@
 //! output to netd's log and returns once the UAPI socket answers, and
 //! [`adopt`] takes over one a previous netd left running in this network
 //! namespace (found through `/proc`), so a netd restart keeps the device
-//! and its sessions. Limits: an adopted process is watched by polling
-//! `/proc` and is reaped by whoever is PID 1 or the subreaper, not netd.
+//! and its sessions; one started or adopted to outlive netd
+//! ([`Options::outlive`]) is left running when netd stops. Limits: an
+//! adopted process is watched by polling `/proc` and is reaped by whoever
+//! is PID 1 or the subreaper, not netd.
 
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -112,19 +114,44 @@ pub struct Boringtun {
     /// Copies its output into netd's log.
     forwarders: JoinSet<()>,
     stopped: bool,
+    /// Left running when this value is dropped (see [`Options::outlive`]).
+    outlive: bool,
+}
+
+/// How [`Boringtun::spawn_with`] starts the process.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Flags before the interface name.
+    pub args: Vec<String>,
+    /// Leave the process running when its [`Boringtun`] is dropped (a
+    /// stopping netd), for the next netd to adopt; [`Boringtun::stop`]
+    /// still stops it.
+    pub outlive: bool,
 }
 
 impl Boringtun {
     /// Starts `binary` for `ifname` and waits until its UAPI socket answers.
+    /// The process dies with this value.
     pub async fn spawn(binary: &Path, ifname: &str) -> Result<Self, BoringtunError> {
+        Self::spawn_with(binary, ifname, &Options::default()).await
+    }
+
+    /// [`Boringtun::spawn`] with `options`.
+    pub async fn spawn_with(
+        binary: &Path,
+        ifname: &str,
+        options: &Options,
+    ) -> Result<Self, BoringtunError> {
         let socket = socket_path(ifname);
         let mut child = Command::new(binary)
-            .args(["--foreground", "--disable-drop-privileges", ifname])
+            .args(["--foreground", "--disable-drop-privileges"])
+            .args(&options.args)
+            .arg(ifname)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(!options.outlive)
             .spawn()
             .map_err(|source| BoringtunError::Spawn {
                 binary: binary.to_owned(),
@@ -149,6 +176,7 @@ impl Boringtun {
             child: Some(child),
             forwarders,
             stopped: false,
+            outlive: options.outlive,
         };
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
@@ -207,6 +235,7 @@ impl Boringtun {
             child: None,
             forwarders: JoinSet::new(),
             stopped: false,
+            outlive: false,
         };
         if tokio::net::UnixStream::connect(socket_path(ifname))
             .await
@@ -231,6 +260,12 @@ impl Boringtun {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Lets an adopted process run on after this value is dropped, like one
+    /// spawned with [`Options::outlive`].
+    pub fn outlive(&mut self) {
+        self.outlive = true;
     }
 
     /// Waits until the process exits and says how it ended.
@@ -277,7 +312,7 @@ impl Drop for Boringtun {
     fn drop(&mut self) {
         // A child is killed by `kill_on_drop`; an adopted process has no
         // such guard, and netd owns it all the same.
-        if !self.stopped && self.child.is_none() {
+        if !self.stopped && !self.outlive && self.child.is_none() {
             let _gone = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
         }
         self.forwarders.abort_all();

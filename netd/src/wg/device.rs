@@ -120,6 +120,8 @@ pub struct PeerState {
 /// The device as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceState {
+    /// The public key of the private key the device holds, if it has one.
+    pub public_key: Option<PublicKey>,
     pub listen_port: Option<u16>,
     pub peers: BTreeMap<PublicKey, PeerState>,
 }
@@ -305,6 +307,7 @@ pub fn read(ifname: &str, backend: Backend) -> Result<DeviceState, DeviceError> 
         })
         .collect();
     Ok(DeviceState {
+        public_key: device.public_key.as_ref().map(PublicKey::from_wg),
         listen_port: device.listen_port.filter(|p| *p != 0),
         peers,
     })

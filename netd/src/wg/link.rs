@@ -16,7 +16,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkWireguard};
 use tracing::Instrument;
 
 /// The name of the throwaway link that probes for kernel WireGuard.
-const PROBE: &str = "grove-wgprobe";
+pub const PROBE: &str = "grove-wgprobe";
 
 /// A link operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +97,20 @@ impl Links {
     /// Whether this kernel can create WireGuard links: creates and deletes
     /// a throwaway one. The error says why not.
     pub async fn kernel_wireguard(&self) -> Result<(), LinkError> {
-        self.delete(PROBE).await?;
+        self.kernel_wireguard_as(PROBE).await
+    }
+
+    /// [`Links::kernel_wireguard`] with a throwaway link named `probe`, so
+    /// two probes at once do not remove each other's link.
+    pub async fn kernel_wireguard_as(&self, probe: &str) -> Result<(), LinkError> {
+        self.delete(probe).await?;
         self.handle
             .link()
-            .add(LinkWireguard::new(PROBE).build())
+            .add(LinkWireguard::new(probe).build())
             .execute()
             .await
-            .map_err(netlink("create a WireGuard link", PROBE))?;
-        self.delete(PROBE).await
+            .map_err(netlink("create a WireGuard link", probe))?;
+        self.delete(probe).await
     }
 
     /// Creates WireGuard link `name` unless it exists; true if it did.

@@ -32,10 +32,16 @@ pub enum BackendChoice {
 /// The backend for this run: the configured one, or kernel WireGuard if
 /// this kernel can create a WireGuard link, else userspace.
 pub async fn detect(links: &Links, choice: BackendChoice) -> Backend {
+    detect_as(links, choice, link::PROBE).await
+}
+
+/// [`detect`] probing with a link named `probe`, for a second caller that
+/// may probe at the same time as the first.
+pub async fn detect_as(links: &Links, choice: BackendChoice, probe: &str) -> Backend {
     match choice {
         BackendChoice::Kernel => Backend::Kernel,
         BackendChoice::Userspace => Backend::Userspace,
-        BackendChoice::Auto => match links.kernel_wireguard().await {
+        BackendChoice::Auto => match links.kernel_wireguard_as(probe).await {
             Ok(()) => Backend::Kernel,
             Err(e) => {
                 tracing::info!(reason = %e, "no kernel WireGuard; using userspace boringtun");

@@ -32,6 +32,8 @@ pub enum BenchError {
     Http(#[from] crate::http::HttpError),
     #[error(transparent)]
     Cmd(#[from] crate::cmd::CmdError),
+    #[error(transparent)]
+    HandPeer(#[from] crate::tenant::HandPeerError),
     #[error("{what} answered {status}: {body}")]
     Api {
         what: String,

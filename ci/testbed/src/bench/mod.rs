@@ -7,3 +7,4 @@ pub mod foundation;
 pub mod mesh;
 pub mod stats;
 pub mod storage;
+pub mod tenant;

@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation|storage|agent|mesh [--runs N]
+//!     bench foundation|storage|agent|mesh|tenant [--runs N]
 
 use std::process::ExitCode;
 
@@ -22,8 +22,9 @@ fn main() -> ExitCode {
         Some("agent") => grove_testbed::bench::agent::run(runs),
         Some("storage") => grove_testbed::bench::storage::run(runs),
         Some("mesh") => grove_testbed::bench::mesh::run(runs),
+        Some("tenant") => grove_testbed::bench::tenant::run(runs),
         _ => {
-            eprintln!("usage: bench foundation|storage|agent|mesh [--runs N]");
+            eprintln!("usage: bench foundation|storage|agent|mesh|tenant [--runs N]");
             return ExitCode::from(64);
         }
     };
