@@ -231,61 +231,8 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
         .clone();
 
     // The farmer (the dev account Alice) makes a farm.
-    let alice = subxt_signer::sr25519::dev::alice()
-        .public_key()
-        .to_account_id();
-    let at = client.at_current_block().await.expect("block");
-    let twin = at
-        .storage()
-        .try_fetch(
-            subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "TwinIdByAccountID"),
-            vec![Value::from_bytes(alice.0)],
-        )
-        .await
-        .expect("storage");
-    if twin.is_none() {
-        farmer_submit(
-            &client,
-            "TfgridModule",
-            "user_accept_tc",
-            vec![
-                (
-                    "document_link",
-                    Value::from_bytes(agent::tfchain::client::TC_LINK),
-                ),
-                (
-                    "document_hash",
-                    Value::from_bytes(agent::tfchain::client::TC_HASH),
-                ),
-            ],
-        )
-        .await;
-        farmer_submit(
-            &client,
-            "TfgridModule",
-            "create_twin",
-            vec![
-                ("relay", Value::unnamed_variant("None", [])),
-                ("pk", Value::unnamed_variant("None", [])),
-            ],
-        )
-        .await;
-    }
-    let farm_name = format!("grove_{}", now());
-    farmer_submit(
-        &client,
-        "TfgridModule",
-        "create_farm",
-        vec![
-            ("name", Value::from_bytes(&farm_name)),
-            ("public_ips", Value::unnamed_composite([])),
-        ],
-    )
-    .await;
-    let farm_id = farm_id_by_name(&client, &farm_name)
-        .await
-        .expect("the farm exists");
-    eprintln!("farm {farm_id} ({farm_name}) created by Alice");
+    let farm_id = alice_farm(&client).await;
+    eprintln!("farm {farm_id} created by Alice");
 
     // A fresh node key, not funded yet.
     let seed = agent::identity::keys::Seed::generate().expect("seed");

@@ -198,49 +198,50 @@ impl Tfchain {
         Ok(())
     }
 
-    async fn read_u32(&self, item: &'static str, key: Value) -> Result<Option<u32>, TfchainError> {
+    /// One storage item at the current finalized block, decoded.
+    async fn fetch(
+        &self,
+        pallet: &'static str,
+        item: &'static str,
+        key: Value,
+    ) -> Result<Option<Value>, TfchainError> {
         let err = |e: String| TfchainError::Read { item, message: e };
         let at = self
             .client
             .at_current_block()
             .await
             .map_err(|e| err(e.to_string()))?;
-        let address = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", item);
+        let address = subxt::dynamic::storage::<Vec<Value>, Value>(pallet, item);
         let value = at
             .storage()
             .try_fetch(address, vec![key])
             .await
             .map_err(|e| err(e.to_string()))?;
-        match value {
-            None => Ok(None),
-            Some(v) => v
-                .decode_as::<u32>()
-                .map(Some)
-                .map_err(|e| err(e.to_string())),
-        }
+        value
+            .map(|v| {
+                v.decode()
+                    .map(Value::remove_context)
+                    .map_err(|e| err(e.to_string()))
+            })
+            .transpose()
+    }
+
+    async fn read_u32(&self, item: &'static str, key: Value) -> Result<Option<u32>, TfchainError> {
+        Ok(self
+            .fetch("TfgridModule", item, key)
+            .await?
+            .and_then(|v| v.as_u128())
+            .and_then(|n| u32::try_from(n).ok()))
     }
 
     /// The node's free balance, in the chain's smallest unit.
     pub async fn free_balance(&self) -> Result<u128, TfchainError> {
-        let err = |e: String| TfchainError::Read {
-            item: "System.Account",
-            message: e,
-        };
-        let at = self
-            .client
-            .at_current_block()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let address = subxt::dynamic::storage::<Vec<Value>, Value>("System", "Account");
-        let value = at
-            .storage()
-            .try_fetch(address, vec![Value::from_bytes(self.account_id().0)])
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let Some(value) = value else { return Ok(0) };
-        let decoded = value.decode().map_err(|e| err(e.to_string()))?;
-        Ok(decoded
-            .at("data")
+        let account = self
+            .fetch("System", "Account", Value::from_bytes(self.account_id().0))
+            .await?;
+        Ok(account
+            .as_ref()
+            .and_then(|a| a.at("data"))
             .and_then(|d| d.at("free"))
             .and_then(|f| f.as_u128())
             .unwrap_or(0))
@@ -271,24 +272,7 @@ impl Tfchain {
         loc: &Location,
     ) -> Result<u32, TfchainError> {
         let farm = Value::u128(u128::from(r.farm_id));
-        let at = self
-            .client
-            .at_current_block()
-            .await
-            .map_err(|e| TfchainError::Read {
-                item: "Farms",
-                message: e.to_string(),
-            })?;
-        let farms = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Farms");
-        let exists = at
-            .storage()
-            .try_fetch(farms, vec![farm])
-            .await
-            .map_err(|e| TfchainError::Read {
-                item: "Farms",
-                message: e.to_string(),
-            })?;
-        if exists.is_none() {
+        if self.fetch("TfgridModule", "Farms", farm).await?.is_none() {
             return Err(TfchainError::NoFarm(r.farm_id));
         }
         let twin_key = Value::u128(u128::from(twin));
@@ -321,40 +305,29 @@ impl Tfchain {
 
     /// The account that owns farm `id`, or `None` if there is no such farm.
     pub async fn farm_owner(&self, id: u32) -> Result<Option<String>, TfchainError> {
-        let err = |item: &'static str| move |e: String| TfchainError::Read { item, message: e };
-        let at = self
-            .client
-            .at_current_block()
-            .await
-            .map_err(|e| err("Farms")(e.to_string()))?;
-        let farms = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Farms");
-        let Some(farm) = at
-            .storage()
-            .try_fetch(farms, vec![Value::u128(u128::from(id))])
-            .await
-            .map_err(|e| err("Farms")(e.to_string()))?
+        let missing = |item: &'static str, what: &str| TfchainError::Read {
+            item,
+            message: what.to_owned(),
+        };
+        let Some(farm) = self
+            .fetch("TfgridModule", "Farms", Value::u128(u128::from(id)))
+            .await?
         else {
             return Ok(None);
         };
-        let farm = farm.decode().map_err(|e| err("Farms")(e.to_string()))?;
         let twin = farm
             .at("twin_id")
             .and_then(|t| t.as_u128())
-            .ok_or_else(|| err("Farms")("no twin_id".to_owned()))?;
-        let twins = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Twins");
-        let owner = at
-            .storage()
-            .try_fetch(twins, vec![Value::u128(twin)])
-            .await
-            .map_err(|e| err("Twins")(e.to_string()))?
-            .ok_or_else(|| err("Twins")(format!("no twin {twin}")))?
-            .decode()
-            .map_err(|e| err("Twins")(e.to_string()))?;
+            .ok_or_else(|| missing("Farms", "no twin_id"))?;
+        let owner = self
+            .fetch("TfgridModule", "Twins", Value::u128(twin))
+            .await?
+            .ok_or_else(|| missing("Twins", "the farm's twin does not exist"))?;
         let bytes = owner
             .at("account_id")
             .map(flat_bytes)
             .filter(|b| b.len() == 32)
-            .ok_or_else(|| err("Twins")("no 32-byte account_id".to_owned()))?;
+            .ok_or_else(|| missing("Twins", "no 32-byte account_id"))?;
         let mut account = [0u8; 32];
         account.copy_from_slice(&bytes);
         Ok(Some(crate::identity::keys::ss58(
@@ -365,28 +338,25 @@ impl Tfchain {
 
     /// The ids of the active contracts on node `id`.
     pub async fn node_contracts(&self, id: u32) -> Result<Vec<u64>, TfchainError> {
-        let err = |e: String| TfchainError::Read {
-            item: "ActiveNodeContracts",
-            message: e,
+        let list = self
+            .fetch(
+                "SmartContractModule",
+                "ActiveNodeContracts",
+                Value::u128(u128::from(id)),
+            )
+            .await?;
+        let Some(list) = list else {
+            return Ok(Vec::new());
         };
-        let at = self
-            .client
-            .at_current_block()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let address = subxt::dynamic::storage::<Vec<Value>, Value>(
-            "SmartContractModule",
-            "ActiveNodeContracts",
-        );
-        let value = at
-            .storage()
-            .try_fetch(address, vec![Value::u128(u128::from(id))])
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        match value {
-            None => Ok(Vec::new()),
-            Some(v) => v.decode_as::<Vec<u64>>().map_err(|e| err(e.to_string())),
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(v) = list.at(i) {
+            if let Some(n) = v.as_u128().and_then(|n| u64::try_from(n).ok()) {
+                out.push(n);
+            }
+            i += 1;
         }
+        Ok(out)
     }
 
     /// Follows finalized blocks and sends every event about node `id`:
@@ -454,25 +424,8 @@ impl Tfchain {
 
     /// The stored `Node` as the chain has it, for checks.
     pub async fn node(&self, id: u32) -> Result<Option<Value>, TfchainError> {
-        let err = |e: String| TfchainError::Read {
-            item: "Nodes",
-            message: e,
-        };
-        let at = self
-            .client
-            .at_current_block()
+        self.fetch("TfgridModule", "Nodes", Value::u128(u128::from(id)))
             .await
-            .map_err(|e| err(e.to_string()))?;
-        let address = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "Nodes");
-        let value = at
-            .storage()
-            .try_fetch(address, vec![Value::u128(u128::from(id))])
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        value
-            .map(|v| v.decode().map_err(|e| err(e.to_string())))
-            .transpose()
-            .map(|v| v.map(|v| v.remove_context()))
     }
 }
 
