@@ -396,8 +396,8 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
         vec![("contract_id", Value::u128(u128::from(contract)))],
     )
     .await;
-    // On this runtime a user's cancel shows in storage at once; its event
-    // comes with the contract's final billing.
+    // Under chopsticks a user's cancel shows in storage at once, while no
+    // NodeContractCanceled event arrives in time: check the storage.
     let mut gone = false;
     for _ in 0..60 {
         if node
