@@ -4,6 +4,7 @@
 //! and calls [`run`]. It serves its API on `/run/grove/netd.sock`, and
 //! [`client::NetdClient`] is how `agent` and the other daemons reach it.
 
+pub mod actor;
 pub mod client;
 pub mod mesh;
 pub mod tenant;

@@ -16,12 +16,10 @@ pub mod view;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use grove_daemon::shutdown::Shutdown;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
+use tokio::sync::oneshot;
 
 use crate::types::InterfaceName;
 use crate::wg::BackendChoice;
@@ -92,8 +90,7 @@ pub enum MeshError {
 /// The handle the API uses to reach the mesh worker.
 #[derive(Debug, Clone)]
 pub struct Mesh {
-    commands: mpsc::Sender<Command>,
-    worker: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    actor: crate::actor::Actor<Command>,
 }
 
 impl Mesh {
@@ -101,41 +98,24 @@ impl Mesh {
     /// configuration if there is one, then serves commands until
     /// `shutdown` trips, when it stops the userspace process.
     pub fn start(config: MeshConfig, shutdown: Shutdown) -> Self {
-        let (commands, inbox) = mpsc::channel(16);
         let span = tracing::info_span!("mesh", ifname = %config.interface);
-        let task = tokio::spawn(worker::run(config, inbox, shutdown).instrument(span));
         Self {
-            commands,
-            worker: Arc::new(Mutex::new(Some(task))),
+            actor: crate::actor::Actor::spawn("mesh", span, |inbox| {
+                worker::run(config, inbox, shutdown)
+            }),
         }
     }
 
     /// Waits for the worker to finish (after shutdown has tripped).
     pub async fn drain(&self) {
-        let task = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            tracing::error!(error = %e, "mesh worker failed");
-        }
+        self.actor.drain().await;
     }
 
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, MeshError>>) -> Command,
     ) -> Result<T, MeshError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(make(reply))
-            .await
-            .map_err(|_closed: mpsc::error::SendError<Command>| MeshError::Stopped)?;
-        answer
-            .await
-            .map_err(|_dropped: oneshot::error::RecvError| MeshError::Stopped)?
+        self.actor.ask(make, || MeshError::Stopped).await
     }
 
     /// Applies this node's own settings.

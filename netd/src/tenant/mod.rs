@@ -30,12 +30,10 @@ pub mod view;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use grove_daemon::shutdown::Shutdown;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
+use tokio::sync::oneshot;
 
 use crate::wg::BackendChoice;
 use crate::wg::boringtun::BoringtunError;
@@ -143,8 +141,7 @@ pub enum TenantError {
 /// The handle the API uses to reach the tenant network worker.
 #[derive(Debug, Clone)]
 pub struct Tenants {
-    commands: mpsc::Sender<Command>,
-    worker: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    actor: crate::actor::Actor<Command>,
 }
 
 impl Tenants {
@@ -153,41 +150,24 @@ impl Tenants {
     /// Userspace WireGuard processes are left running when it stops, as
     /// kernel devices are, and the next netd adopts them.
     pub fn start(config: TenantConfig, shutdown: Shutdown) -> Self {
-        let (commands, inbox) = mpsc::channel(16);
         let span = tracing::info_span!("tenant");
-        let task = tokio::spawn(worker::run(config, inbox, shutdown).instrument(span));
         Self {
-            commands,
-            worker: Arc::new(Mutex::new(Some(task))),
+            actor: crate::actor::Actor::spawn("tenant", span, |inbox| {
+                worker::run(config, inbox, shutdown)
+            }),
         }
     }
 
     /// Waits for the worker to finish (after shutdown has tripped).
     pub async fn drain(&self) {
-        let task = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            tracing::error!(error = %e, "tenant network worker failed");
-        }
+        self.actor.drain().await;
     }
 
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, TenantError>>) -> Command,
     ) -> Result<T, TenantError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(make(reply))
-            .await
-            .map_err(|_closed: mpsc::error::SendError<Command>| TenantError::Stopped)?;
-        answer
-            .await
-            .map_err(|_dropped: oneshot::error::RecvError| TenantError::Stopped)?
+        self.actor.ask(make, || TenantError::Stopped).await
     }
 
     pub async fn create(&self, spec: NetworkSpec) -> Result<NetworkView, TenantError> {
