@@ -66,7 +66,8 @@ impl Subnet {
     /// The LAN's IPv6 prefix, `fd77:X::/64`, announced by router
     /// advertisements on DHCP LANs so nodes take IPv6 by SLAAC.
     pub fn ipv6_prefix(&self) -> String {
-        format!("fd77:{:x}::", self.third)
+        // Canonical form (`fd77::` for subnet 0), as `ip` prints addresses.
+        std::net::Ipv6Addr::new(0xfd77, u16::from(self.third), 0, 0, 0, 0, 0, 0).to_string()
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
