@@ -188,6 +188,10 @@ fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
     let facts = state.snapshot.get();
     let services = state.supervisor.statuses();
     let identity = state.identity.report();
+    let chain = state
+        .chain
+        .status()
+        .problems(crate::clock::unix_ms() / 1000);
     crate::operator::status::evaluate(&crate::operator::status::Inputs {
         agent_uptime: state.started.elapsed(),
         services: &services,
@@ -195,6 +199,7 @@ fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
         capacity: facts.capacity.as_ref().map_err(Clone::clone),
         uplink: facts.uplink.as_ref().map_err(Clone::clone),
         identity: identity.as_ref(),
+        chain: &chain,
     })
 }
 
@@ -245,6 +250,8 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         services: &services,
         capacity: &capacity,
         boot_errors: state.cmdline.errors.len(),
+        chain: &state.chain.status(),
+        now_secs: crate::clock::unix_ms() / 1000,
     });
     (
         [(

@@ -143,6 +143,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
             proc_root: options.proc_root.clone(),
             mesh: config.mesh.clone(),
         },
+        shutdown.clone(),
     ));
     let reboot = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let snapshot = Arc::new(operator::snapshot::Snapshot::default());

@@ -168,9 +168,14 @@ async fn an_unfunded_node_shows_waiting_for_funds_then_gets_its_twin() {
             ..MeshConfig::default()
         },
     };
-    let task = tokio::spawn(chain.clone().run(params, config, sources));
+    let task = tokio::spawn(chain.clone().run(
+        params,
+        config,
+        sources,
+        grove_daemon::shutdown::Shutdown::new(),
+    ));
 
-    let waiting = format!("waiting for funds: send TFT to {account}");
+    let waiting = format!("waiting for funds: send at least 1 TFT to {account}");
     let mut shown = false;
     for _ in 0..300 {
         if chain.status().funds == waiting {

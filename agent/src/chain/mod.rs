@@ -1,19 +1,35 @@
 //! The node on the registry: register, report uptime, never lose a report.
 //!
-//! Once the identity is loaded the task makes sure the node's twin exists
-//! and its farm does, then queues a registration (capacity from the host
-//! and storaged, interfaces from netd) and an uptime report, and another
-//! uptime report every interval. Reports go through a durable [`queue`] and
-//! are delivered in order: the first one that fails stops the delivery
-//! until the registry answers again, and then the whole backlog goes out,
-//! the outage's uptime proof with it.
+//! Once the identity is loaded the task runs in steps, each again after a
+//! failure (backoff capped at [`MAX_BACKOFF`]) and all stopping on shutdown:
+//!
+//! - **connect**: (re)connects to the registry; a chain whose genesis
+//!   changed was reset, so the twin and node are read (and made) again;
+//! - **prepare**: reads the farm's owner (no funds needed), then the node's
+//!   twin (made if missing);
+//! - **register**: registration is state, not a queued report. The node
+//!   compares what the registry holds with what it has (capacity from the
+//!   host and storaged, interfaces from netd) and sends a registration or
+//!   an update only when they differ, and never again an input the registry
+//!   refused for good;
+//! - **report**: uptime reports wait in a durable [`queue`] for the node to
+//!   be registered, without blocking it. On the embedded registry each
+//!   report goes out as it was made; on TFChain `reportUptimeV2` carries
+//!   only the uptime at delivery, so one report covers the backlog and the
+//!   older ones are dropped with the reason logged. A report the registry
+//!   refuses for good is dropped, logged, never silently.
+//!
+//! Queue files are written and scanned off the async runtime.
 
 pub mod backend;
 pub mod queue;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use grove_daemon::shutdown::Shutdown;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +37,7 @@ use crate::boot::{BootParams, ChainBackend};
 use crate::identity::Identity;
 use crate::registry::client::EmbeddedClient;
 use crate::registry::model::{Interface, MeshInfo, NodeRegistration, Resources, UptimeReport};
-use backend::{Backend, BackendError};
+use backend::{Backend, BackendError, Connected, TfchainBackend};
 use queue::{Queue, Report};
 
 /// `[chain]` in `agent.toml`.
@@ -90,8 +106,15 @@ impl Default for MeshConfig {
     }
 }
 
+/// The longest wait between two tries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What a node needs at least to register on TFChain and report for months.
+pub const FUNDS_NEEDED: &str = "1 TFT";
+
 /// `GET /v1/chain`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChainStatus {
     pub backend: Option<ChainBackend>,
     pub url: Option<String>,
@@ -106,9 +129,75 @@ pub struct ChainStatus {
     /// Region peers handed to netd's `mesh0`.
     pub mesh_peers: usize,
     /// `not needed` for the embedded registry; on TFChain, `funded` or
-    /// `waiting for funds: send TFT to <account>`.
+    /// `waiting for funds: send at least 1 TFT to <account>`.
     pub funds: String,
     pub error: Option<String>,
+    /// Whether the registry answers.
+    pub connected: bool,
+    /// Since when (unix seconds) the registry does not answer.
+    pub unreachable_since: Option<u64>,
+    /// A refusal for good, and what to change.
+    pub refusal: Option<String>,
+    /// The node's clock minus the chain's, in seconds, when last read.
+    pub clock_skew_secs: Option<i64>,
+    /// When (unix seconds) a report was last delivered.
+    pub last_report_at: Option<u64>,
+    /// When (unix seconds) the oldest queued report was made.
+    pub oldest_queued_at: Option<u64>,
+    pub uptime_interval_secs: u64,
+    /// Refusals and failures since the agent started, by kind.
+    pub refusals: BTreeMap<String, u64>,
+    /// The chain's genesis hash, where there is one.
+    pub genesis: Option<String>,
+}
+
+impl ChainStatus {
+    /// What is wrong with the node on the registry, in words a farmer can
+    /// act on; empty when nothing is.
+    pub fn problems(&self, now: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.backend.is_none() {
+            return out;
+        }
+        if self.url.is_none() || self.farm_id.is_none() {
+            if let Some(e) = &self.error {
+                out.push(format!("chain: {e}"));
+            }
+            return out;
+        }
+        if let Some(since) = self.unreachable_since {
+            out.push(format!(
+                "chain: cannot reach the registry at {} for {} s: {}",
+                self.url.as_deref().unwrap_or("?"),
+                now.saturating_sub(since),
+                self.error.as_deref().unwrap_or("no answer")
+            ));
+        }
+        if self.funds.starts_with("waiting for funds") {
+            out.push(format!("chain: {}", self.funds));
+        }
+        if let Some(r) = &self.refusal {
+            out.push(format!("chain: {r}"));
+        }
+        if let Some(skew) = self.clock_skew_secs
+            && skew.unsigned_abs() > backend::MAX_CLOCK_SKEW_SECS
+        {
+            out.push(format!(
+                "chain: the node's clock is off the chain's by {skew} s; uptime reports use the chain's time: check the node's time source"
+            ));
+        }
+        let late = 2 * self.uptime_interval_secs.max(1);
+        if let Some(oldest) = self.oldest_queued_at
+            && now.saturating_sub(oldest) > late
+        {
+            out.push(format!(
+                "chain: {} report(s) queued, the oldest for {} s (over 2 intervals)",
+                self.queue_length,
+                now.saturating_sub(oldest)
+            ));
+        }
+        out
+    }
 }
 
 /// The chain task's shared status.
@@ -125,6 +214,53 @@ pub struct Sources {
     pub netd: netd::client::NetdClient,
     pub proc_root: PathBuf,
     pub mesh: MeshConfig,
+}
+
+/// What the node registers: its registration and where the mesh reaches it.
+type Wanted = (NodeRegistration, Option<MeshInfo>);
+
+/// What the task knows of the node on the registry.
+#[derive(Debug, Default)]
+struct Known {
+    farmer: Option<String>,
+    twin: Option<u32>,
+    node: Option<u32>,
+    /// What the registry holds, as far as the node knows.
+    registered: Option<Wanted>,
+    /// What the registry refused for good: not sent again.
+    refused: Option<Wanted>,
+}
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_secs(1))
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.0 = Duration::from_secs(1);
+    }
+}
+
+/// A queue operation, off the async runtime.
+async fn blocking<T: Send + 'static>(
+    queue: &Queue,
+    op: impl FnOnce(&Queue) -> Result<T, queue::QueueError> + Send + 'static,
+) -> Result<T, String> {
+    let queue = queue.clone();
+    match tokio::task::spawn_blocking(move || op(&queue)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the queue task failed: {e}")),
+    }
 }
 
 impl Chain {
@@ -144,19 +280,65 @@ impl Chain {
         self.update(|s| s.error = Some(error));
     }
 
-    /// Runs until the process ends.
-    pub async fn run(self: Arc<Self>, params: BootParams, config: ChainConfig, sources: Sources) {
-        let backend = params.chain.backend;
+    /// Records why the registry did not take something; a lost connection
+    /// is dropped, to be made again.
+    fn failed(&self, backend: &mut Backend, e: &BackendError) {
+        let now = crate::clock::unix_ms() / 1000;
+        self.update(|s| {
+            *s.refusals.entry(e.kind().to_owned()).or_default() += 1;
+            match e {
+                BackendError::Unreachable(_) => {
+                    s.connected = false;
+                    s.unreachable_since.get_or_insert(now);
+                }
+                BackendError::Unfunded(account) => {
+                    s.funds =
+                        format!("waiting for funds: send at least {FUNDS_NEEDED} to {account}");
+                }
+                BackendError::Permanent { message, .. } => s.refusal = Some(message.clone()),
+                BackendError::NoFarm(_) => s.refusal = Some(e.to_string()),
+                BackendError::Transient(_) => {}
+            }
+        });
+        if matches!(e, BackendError::Unreachable(_)) {
+            backend.disconnect();
+        }
+        self.fail(e.to_string());
+    }
+
+    /// Runs until `shutdown` trips.
+    pub async fn run(
+        self: Arc<Self>,
+        params: BootParams,
+        config: ChainConfig,
+        sources: Sources,
+        shutdown: Shutdown,
+    ) {
+        tokio::select! {
+            () = self.run_until_stopped(params, config, sources) => {}
+            () = shutdown.wait() => tracing::info!("the chain task stops"),
+        }
+    }
+
+    async fn run_until_stopped(
+        self: &Arc<Self>,
+        params: BootParams,
+        config: ChainConfig,
+        sources: Sources,
+    ) {
+        let kind = params.chain.backend;
         let url = params
             .chain
             .url
             .clone()
             .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()));
+        let interval = Duration::from_secs(config.uptime_interval_secs.max(1));
         self.update(|s| {
-            s.backend = Some(backend);
+            s.backend = Some(kind);
             s.url = url.clone();
             s.farm_id = params.farm_id;
-            s.funds = match backend {
+            s.uptime_interval_secs = interval.as_secs();
+            s.funds = match kind {
                 ChainBackend::Embedded => "not needed".to_owned(),
                 ChainBackend::Tfchain => "unknown".to_owned(),
             };
@@ -175,14 +357,19 @@ impl Chain {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let queue = match Queue::open(&config.queue_dir) {
-            Ok(q) => q,
-            Err(e) => {
+        let dir = config.queue_dir.clone();
+        let queue = match tokio::task::spawn_blocking(move || Queue::open(&dir)).await {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => {
                 self.fail(e.to_string());
                 return;
             }
+            Err(e) => {
+                self.fail(format!("opening the queue failed: {e}"));
+                return;
+            }
         };
-        let client = match backend {
+        let mut backend = match kind {
             ChainBackend::Embedded => match EmbeddedClient::new(&url) {
                 Some(c) => Backend::Embedded(c),
                 None => {
@@ -193,90 +380,62 @@ impl Chain {
                 }
             },
             ChainBackend::Tfchain => {
-                let mut wait = Duration::from_secs(1);
-                loop {
-                    match crate::tfchain::client::Tfchain::connect(&url, keys.signing().clone())
-                        .await
-                    {
-                        Ok(chain) => {
-                            let l = &config.location;
-                            break Backend::Tfchain {
-                                chain: Box::new(chain),
-                                location: crate::tfchain::calls::Location {
-                                    city: l.city.clone(),
-                                    country: l.country.clone(),
-                                    latitude: l.latitude.clone(),
-                                    longitude: l.longitude.clone(),
-                                },
-                            };
-                        }
-                        Err(e) => self.fail(e.to_string()),
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(60));
-                }
+                let l = &config.location;
+                Backend::Tfchain(TfchainBackend::new(
+                    &url,
+                    keys.signing().clone(),
+                    crate::tfchain::calls::Location {
+                        city: l.city.clone(),
+                        country: l.country.clone(),
+                        latitude: l.latitude.clone(),
+                        longitude: l.longitude.clone(),
+                    },
+                ))
             }
         };
         let account = keys.public().account;
         self.update(|s| s.account = Some(account.clone()));
 
-        let mut backoff = Duration::from_secs(1);
-        let twin_id = loop {
-            match self.prepare(&client, &account, farm_id).await {
-                Ok(twin) => break twin,
-                Err(e) => self.fail(e),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        };
-        self.update(|s| {
-            s.twin_id = Some(twin_id);
-            s.error = None;
-        });
-
-        let interval = Duration::from_secs(config.uptime_interval_secs.max(1));
         let booted = Instant::now();
         let mut next_uptime = Instant::now();
         let mut next_peers = Instant::now();
-        let mut last_registration = None;
         let mut mesh_configured = false;
         let mut last_peers = None;
+        let mut known = Known::default();
+        let mut backoff = Backoff::new();
         loop {
-            let registration = registration(&sources, farm_id, twin_id).await;
-            let mesh = self.mesh_info(&sources, &keys).await;
-            let now = (registration.clone(), mesh.clone());
-            if last_registration.as_ref() != Some(&now) {
-                self.enqueue(&queue, |_| Report::Register {
-                    registration: registration.clone(),
-                    mesh: mesh.clone(),
-                });
-                last_registration = Some(now);
-            }
             if Instant::now() >= next_uptime {
                 let uptime = host_uptime(&sources.proc_root).unwrap_or(booted.elapsed().as_secs());
-                self.enqueue(&queue, |seq| {
-                    Report::Uptime(UptimeReport {
-                        seq,
-                        uptime,
-                        timestamp: crate::clock::unix_ms() / 1000,
-                    })
-                });
+                self.enqueue(&queue, uptime).await;
                 next_uptime += interval;
             }
-            let delivered = self.deliver(&client, &queue).await;
-            self.update(|s| s.queue_length = queue.len());
+            let ok = self
+                .step(
+                    &mut backend,
+                    &mut known,
+                    &queue,
+                    &sources,
+                    &keys,
+                    farm_id,
+                    &account,
+                )
+                .await;
+            self.refresh_queue(&queue).await;
+            if ok {
+                backoff.reset();
+            }
             if sources.mesh.enabled && !mesh_configured {
                 mesh_configured = self.configure_mesh(&sources, &keys).await;
             }
             if sources.mesh.enabled && mesh_configured && Instant::now() >= next_peers {
-                self.sync_peers(&client, &sources, farm_id, &keys, &mut last_peers)
+                self.sync_peers(&backend, &sources, farm_id, &keys, &mut last_peers)
                     .await;
                 next_peers = Instant::now() + Duration::from_secs(5);
             }
-            let wait = if delivered {
-                Duration::from_secs(1)
+            let wait = if ok {
+                Duration::from_secs(5)
             } else {
-                backoff.min(Duration::from_secs(5))
+                backoff.next()
             };
             tokio::time::sleep(
                 wait.min(
@@ -287,6 +446,305 @@ impl Chain {
             )
             .await;
         }
+    }
+
+    /// Connect, prepare, register, report; false when a step failed.
+    #[allow(clippy::too_many_arguments)]
+    async fn step(
+        &self,
+        backend: &mut Backend,
+        known: &mut Known,
+        queue: &Queue,
+        sources: &Sources,
+        keys: &crate::identity::keys::NodeKeys,
+        farm_id: u32,
+        account: &str,
+    ) -> bool {
+        if !self.connect(backend, known).await {
+            return false;
+        }
+        if !self.prepare(backend, known, farm_id, account).await {
+            return false;
+        }
+        if !self.register(backend, known, sources, keys, farm_id).await {
+            return false;
+        }
+        self.report(backend, known, queue).await
+    }
+
+    /// (Re)connects; a new connection reads the twin and node again, a reset
+    /// chain forgets them.
+    async fn connect(&self, backend: &mut Backend, known: &mut Known) -> bool {
+        let connected = match backend.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.failed(backend, &e);
+                return false;
+            }
+        };
+        match &connected {
+            Connected::Same => {}
+            Connected::New => {
+                tracing::info!("connected to the registry");
+                known.twin = None;
+                known.registered = None;
+            }
+            Connected::Reset { was, now } => {
+                tracing::warn!(was = %was, now = %now, "the chain was reset: registering again");
+                *known = Known::default();
+            }
+        }
+        let genesis = backend_genesis(backend);
+        let reset = matches!(connected, Connected::Reset { .. });
+        self.update(|s| {
+            if reset {
+                s.twin_id = None;
+                s.node_id = None;
+                s.farmer = None;
+                s.refusal = None;
+            }
+            s.genesis = genesis;
+            if !s.connected {
+                s.error = None;
+            }
+            s.connected = true;
+            s.unreachable_since = None;
+        });
+        true
+    }
+
+    /// The farm's owner (read without funds), then the node's twin.
+    async fn prepare(
+        &self,
+        backend: &mut Backend,
+        known: &mut Known,
+        farm_id: u32,
+        account: &str,
+    ) -> bool {
+        if known.farmer.is_none() {
+            match backend.farmer(farm_id).await {
+                Ok(farmer) => {
+                    self.update(|s| s.farmer = Some(farmer.clone()));
+                    known.farmer = Some(farmer);
+                }
+                Err(e) => {
+                    self.failed(backend, &e);
+                    return false;
+                }
+            }
+        }
+        if known.twin.is_none() {
+            match backend.twin(account).await {
+                Ok(twin) => {
+                    known.twin = Some(twin);
+                    let tfchain = backend.is_tfchain();
+                    self.update(|s| {
+                        s.twin_id = Some(twin);
+                        s.error = None;
+                        if tfchain {
+                            s.funds = "funded".to_owned();
+                        }
+                    });
+                }
+                Err(e) => {
+                    self.failed(backend, &e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends a registration or an update when, and only when, the registry
+    /// holds something else than the node has.
+    async fn register(
+        &self,
+        backend: &mut Backend,
+        known: &mut Known,
+        sources: &Sources,
+        keys: &crate::identity::keys::NodeKeys,
+        farm_id: u32,
+    ) -> bool {
+        let Some(twin) = known.twin else {
+            return false;
+        };
+        let registration = registration(sources, farm_id, twin).await;
+        let mesh = self.mesh_info(sources, keys).await;
+        let wanted = (registration, mesh);
+        if known.registered.as_ref() == Some(&wanted) {
+            return true;
+        }
+        if known.refused.as_ref() == Some(&wanted) {
+            // Refused for good: the uptime waits, the rest goes on.
+            return true;
+        }
+        if let Err(e) = backend.check(&wanted.0) {
+            tracing::warn!(refusal = %e, "registration not sent");
+            self.failed(backend, &e);
+            known.refused = Some(wanted);
+            return true;
+        }
+        let existing = match backend.registered(&wanted.0, wanted.1.as_ref()).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.failed(backend, &e);
+                return false;
+            }
+        };
+        let id = match existing {
+            Some(found) if found.same => found.id,
+            found => {
+                match backend
+                    .register(&wanted.0, wanted.1.as_ref(), found.map(|f| f.id))
+                    .await
+                {
+                    Ok(id) => {
+                        tracing::info!(
+                            node = id,
+                            update = found.is_some(),
+                            resources = ?wanted.0.resources,
+                            "the registry now holds what the node has"
+                        );
+                        id
+                    }
+                    Err(e) => {
+                        let permanent = matches!(e, BackendError::Permanent { .. });
+                        self.failed(backend, &e);
+                        if permanent {
+                            known.refused = Some(wanted);
+                            return true;
+                        }
+                        return false;
+                    }
+                }
+            }
+        };
+        known.node = Some(id);
+        known.registered = Some(wanted);
+        known.refused = None;
+        self.update(|s| {
+            s.node_id = Some(id);
+            s.refusal = None;
+            s.error = None;
+        });
+        true
+    }
+
+    async fn enqueue(&self, queue: &Queue, uptime: u64) {
+        let pushed = blocking(queue, move |q| {
+            let seq = q.next_seq()?;
+            q.push(
+                seq,
+                &Report::Uptime(UptimeReport {
+                    seq,
+                    uptime,
+                    timestamp: crate::clock::unix_ms() / 1000,
+                }),
+            )
+        })
+        .await;
+        if let Err(e) = pushed {
+            self.fail(format!("cannot queue a report: {e}"));
+        }
+    }
+
+    /// The queue's length and age, for the status.
+    async fn refresh_queue(&self, queue: &Queue) {
+        if let Ok(entries) = blocking(queue, Queue::reports).await {
+            let oldest = entries.iter().find_map(|(_, r)| match r {
+                Report::Uptime(u) => Some(u.timestamp),
+                Report::Register { .. } => None,
+            });
+            self.update(|s| {
+                s.queue_length = entries.len();
+                s.oldest_queued_at = oldest;
+            });
+        }
+    }
+
+    /// Delivers queued uptime once the node is registered; false when the
+    /// registry did not take a report.
+    async fn report(&self, backend: &mut Backend, known: &mut Known, queue: &Queue) -> bool {
+        let entries = match blocking(queue, Queue::reports).await {
+            Ok(e) => e,
+            Err(e) => {
+                self.fail(e);
+                return false;
+            }
+        };
+        let mut uptime = Vec::new();
+        for (seq, report) in entries {
+            match report {
+                Report::Uptime(u) => uptime.push((seq, u)),
+                Report::Register { .. } => {
+                    tracing::info!(
+                        report = seq,
+                        "dropping a queued registration: registration is kept as state, compared with the registry"
+                    );
+                    if let Err(e) = blocking(queue, move |q| q.remove(seq)).await {
+                        self.fail(e);
+                        return false;
+                    }
+                }
+            }
+        }
+        let Some(node) = known.node else {
+            // Reports wait for the registration.
+            return true;
+        };
+        // On TFChain one report, the newest (made in this boot), proves the
+        // node up at delivery; the older ones say nothing more.
+        if backend.is_tfchain() && uptime.len() > 1 {
+            let newest = uptime.len() - 1;
+            let (last_seq, last) = uptime[newest];
+            tracing::info!(
+                reports = newest,
+                newest = last_seq,
+                "older queued reports superseded: reportUptimeV2 carries only the uptime at delivery"
+            );
+            uptime = vec![(last_seq, last)];
+            if let Err(e) = blocking(queue, move |q| q.remove_through(last_seq - 1)).await {
+                self.fail(e);
+                return false;
+            }
+        }
+        for (seq, report) in uptime {
+            match backend.report_uptime(node, &report).await {
+                Ok(delivered) => {
+                    if let Err(e) = blocking(queue, move |q| q.remove(seq)).await {
+                        self.fail(e);
+                        return false;
+                    }
+                    let now = crate::clock::unix_ms() / 1000;
+                    self.update(|s| {
+                        s.last_uptime_report = Some(report);
+                        s.last_report_at = Some(now);
+                        if delivered.skew_secs.is_some() {
+                            s.clock_skew_secs = delivered.skew_secs;
+                        }
+                        s.error = None;
+                    });
+                }
+                Err(e @ BackendError::Permanent { .. }) => {
+                    tracing::error!(report = seq, reason = %e, "uptime report dropped: the registry refuses it for good");
+                    self.failed(backend, &e);
+                    if let Err(e) = blocking(queue, move |q| q.remove(seq)).await {
+                        self.fail(e);
+                        return false;
+                    }
+                    // The node may be gone from the registry: look again.
+                    known.registered = None;
+                }
+                Err(e) => {
+                    self.failed(backend, &e);
+                    self.fail(format!(
+                        "report {seq} not delivered, kept in the queue: {e}"
+                    ));
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Where the region reaches this node's `mesh0`: its LAN address.
@@ -367,78 +825,12 @@ impl Chain {
             Err(e) => tracing::warn!(error = %e, "netd refused the mesh peers"),
         }
     }
+}
 
-    /// The node's twin, and its farm's owner; says when the node waits for
-    /// funds.
-    async fn prepare(&self, client: &Backend, account: &str, farm_id: u32) -> Result<u32, String> {
-        match client.prepare(account, farm_id).await {
-            Ok(prepared) => {
-                self.update(|s| {
-                    s.farmer = Some(prepared.farmer);
-                    if matches!(client, Backend::Tfchain { .. }) {
-                        s.funds = "funded".to_owned();
-                    }
-                });
-                Ok(prepared.twin)
-            }
-            Err(e) => {
-                if let BackendError::Unfunded(account) = &e {
-                    self.update(|s| s.funds = format!("waiting for funds: send TFT to {account}"));
-                }
-                Err(e.to_string())
-            }
-        }
-    }
-
-    fn enqueue(&self, queue: &Queue, make: impl FnOnce(u64) -> Report) {
-        let pushed = queue.next_seq().and_then(|seq| queue.push(seq, &make(seq)));
-        if let Err(e) = pushed {
-            self.fail(format!("cannot queue a report: {e}"));
-        }
-    }
-
-    /// Sends queued reports in order; false when one could not go out.
-    async fn deliver(&self, client: &Backend, queue: &Queue) -> bool {
-        loop {
-            let (seq, report) = match queue.front() {
-                Ok(Some(front)) => front,
-                Ok(None) => return true,
-                Err(e) => {
-                    self.fail(e.to_string());
-                    return false;
-                }
-            };
-            let sent = match &report {
-                Report::Register { registration, mesh } => client
-                    .register(registration, mesh.as_ref())
-                    .await
-                    .map(|node| self.update(|s| s.node_id = Some(node))),
-                Report::Uptime(uptime) => match self.status().node_id {
-                    Some(node) => client.report_uptime(node, uptime).await.map(|_| {
-                        self.update(|s| s.last_uptime_report = Some(*uptime));
-                    }),
-                    None => {
-                        self.fail("uptime queued before the node is registered".to_owned());
-                        return false;
-                    }
-                },
-            };
-            match sent {
-                Ok(()) => {
-                    if let Err(e) = queue.remove(seq) {
-                        self.fail(e.to_string());
-                        return false;
-                    }
-                    self.update(|s| s.error = None);
-                }
-                Err(e) => {
-                    self.fail(format!(
-                        "report {seq} not delivered, kept in the queue: {e}"
-                    ));
-                    return false;
-                }
-            }
-        }
+fn backend_genesis(backend: &Backend) -> Option<String> {
+    match backend {
+        Backend::Tfchain(t) => t.genesis(),
+        Backend::Embedded(_) => None,
     }
 }
 
@@ -508,4 +900,64 @@ fn secure_boot() -> bool {
         .find(|e| e.file_name().to_string_lossy().starts_with("SecureBoot-"))
         .and_then(|e| std::fs::read(e.path()).ok())
         .is_some_and(|bytes| bytes.last() == Some(&1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tfchain() -> ChainStatus {
+        ChainStatus {
+            backend: Some(ChainBackend::Tfchain),
+            url: Some("ws://chain:9944".into()),
+            farm_id: Some(1),
+            funds: "funded".into(),
+            connected: true,
+            uptime_interval_secs: 100,
+            ..ChainStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_healthy_node_has_no_chain_problem() {
+        assert!(tfchain().problems(1_000).is_empty());
+        let mut s = tfchain();
+        s.clock_skew_secs = Some(-30);
+        s.oldest_queued_at = Some(800);
+        assert!(s.problems(1_000).is_empty(), "{:?}", s.problems(1_000));
+    }
+
+    #[test]
+    fn every_chain_problem_is_said_in_words_a_farmer_can_act_on() {
+        let mut s = tfchain();
+        s.connected = false;
+        s.unreachable_since = Some(900);
+        s.error = Some("connection refused".into());
+        s.funds = "waiting for funds: send at least 1 TFT to 5Node".into();
+        s.refusal = Some("TFChain refuses a node with less than 100 GiB of SSD (SRU)".into());
+        s.clock_skew_secs = Some(-600);
+        s.queue_length = 4;
+        s.oldest_queued_at = Some(700);
+        let all = s.problems(1_000).join("\n");
+        for needle in [
+            "ws://chain:9944 for 100 s",
+            "connection refused",
+            "send at least 1 TFT to 5Node",
+            "100 GiB of SSD",
+            "off the chain's by -600 s",
+            "4 report(s) queued, the oldest for 300 s",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+        assert_eq!(s.problems(1_000).len(), 5);
+    }
+
+    #[test]
+    fn backoff_is_capped_at_ten_seconds() {
+        let mut b = Backoff::new();
+        let waits: Vec<u64> = (0..8).map(|_| b.next().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10, 10, 10]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_secs(1));
+    }
 }

@@ -129,6 +129,33 @@ impl Queue {
         Ok(None)
     }
 
+    /// Every readable queued report, oldest first.
+    pub fn reports(&self) -> Result<Vec<(u64, Report)>, QueueError> {
+        let mut out = Vec::new();
+        for (seq, path) in self.entries()? {
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<Report>(&b)) {
+                Ok(Ok(report)) => out.push((seq, report)),
+                Ok(Err(e)) => {
+                    tracing::error!(report = %path.display(), error = %e, "unreadable report kept aside")
+                }
+                Err(e) => {
+                    tracing::error!(report = %path.display(), error = %e, "unreadable report kept aside")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every report up to and including `seq`.
+    pub fn remove_through(&self, seq: u64) -> Result<(), QueueError> {
+        for (queued, _) in self.entries()? {
+            if queued <= seq {
+                self.remove(queued)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes report `seq` once the registry has it.
     pub fn remove(&self, seq: u64) -> Result<(), QueueError> {
         let path = self.dir.join(format!("{seq:020}.json"));
@@ -169,5 +196,24 @@ mod tests {
         q.remove(3).expect("remove");
         assert!(q.is_empty());
         assert_eq!(q.next_seq().expect("seq"), 4, "numbers are never reused");
+    }
+
+    #[test]
+    fn reports_lists_everything_and_remove_through_drops_the_older_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(dir.path()).expect("open");
+        for _ in 0..4 {
+            let seq = q.next_seq().expect("seq");
+            q.push(seq, &uptime(seq)).expect("push");
+        }
+        std::fs::write(dir.path().join("00000000000000000009.json"), b"not json").expect("write");
+        let all = q.reports().expect("reports");
+        assert_eq!(
+            all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        q.remove_through(3).expect("remove");
+        let left = q.reports().expect("reports");
+        assert_eq!(left, vec![(4, uptime(4))]);
     }
 }

@@ -17,6 +17,9 @@ pub struct Snapshot<'a> {
     pub services: &'a [ServiceStatus],
     pub capacity: &'a NodeCapacity,
     pub boot_errors: usize,
+    pub chain: &'a crate::chain::ChainStatus,
+    /// Unix seconds, for ages.
+    pub now_secs: u64,
 }
 
 fn escape(v: &str) -> String {
@@ -111,7 +114,72 @@ pub fn render(s: &Snapshot<'_>) -> String {
             );
         }
     }
+    chain(&mut out, s.chain, s.now_secs);
     out
+}
+
+/// The node on the registry.
+fn chain(out: &mut String, c: &crate::chain::ChainStatus, now: u64) {
+    family(
+        out,
+        "grove_chain_connected",
+        "gauge",
+        "1 when the registry answers.",
+    );
+    let _ = writeln!(out, "grove_chain_connected {}", u8::from(c.connected));
+    family(
+        out,
+        "grove_chain_registered",
+        "gauge",
+        "1 when the node has its node id on the registry.",
+    );
+    let _ = writeln!(
+        out,
+        "grove_chain_registered {}",
+        u8::from(c.node_id.is_some())
+    );
+    family(
+        out,
+        "grove_chain_queue_length",
+        "gauge",
+        "Uptime reports waiting to be delivered.",
+    );
+    let _ = writeln!(out, "grove_chain_queue_length {}", c.queue_length);
+    family(
+        out,
+        "grove_chain_last_report_age_seconds",
+        "gauge",
+        "Seconds since a report was last delivered (absent before the first).",
+    );
+    if let Some(at) = c.last_report_at {
+        let _ = writeln!(
+            out,
+            "grove_chain_last_report_age_seconds {}",
+            now.saturating_sub(at)
+        );
+    }
+    family(
+        out,
+        "grove_chain_clock_skew_seconds",
+        "gauge",
+        "The node's clock minus the chain's, when last read.",
+    );
+    if let Some(skew) = c.clock_skew_secs {
+        let _ = writeln!(out, "grove_chain_clock_skew_seconds {skew}");
+    }
+    family(
+        out,
+        "grove_chain_refusals_total",
+        "counter",
+        "Failures and refusals from the registry, by kind.",
+    );
+    for (kind, n) in &c.refusals {
+        let _ = writeln!(
+            out,
+            "grove_chain_refusals_total{{kind=\"{}\"}} {n}",
+            escape(kind)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -141,7 +209,25 @@ mod tests {
             services: &services,
             capacity: &NodeCapacity::default(),
             boot_errors: 1,
+            chain: &crate::chain::ChainStatus {
+                connected: false,
+                queue_length: 3,
+                last_report_at: Some(1000),
+                refusals: [
+                    ("InvalidSRUInput".to_owned(), 1),
+                    ("unreachable".to_owned(), 4),
+                ]
+                .into_iter()
+                .collect(),
+                ..Default::default()
+            },
+            now_secs: 1090,
         });
+        assert!(text.contains("grove_chain_connected 0\n"));
+        assert!(text.contains("grove_chain_queue_length 3\n"));
+        assert!(text.contains("grove_chain_last_report_age_seconds 90\n"));
+        assert!(text.contains("grove_chain_refusals_total{kind=\"InvalidSRUInput\"} 1\n"));
+        assert!(text.contains("grove_chain_refusals_total{kind=\"unreachable\"} 4\n"));
         assert!(text.contains("grove_node_state{state=\"degraded\"} 1\n"));
         assert!(text.contains("grove_node_state{state=\"ready\"} 0\n"));
         assert!(text.contains("grove_service_restarts_total{service=\"ne\\\"td\"} 2\n"));

@@ -45,6 +45,9 @@ pub struct Inputs<'a> {
     pub capacity: Result<&'a Capacity, String>,
     pub uplink: Result<&'a UplinkReport, String>,
     pub identity: Option<&'a IdentityReport>,
+    /// What is wrong with the node on the registry (see
+    /// [`crate::chain::ChainStatus::problems`]).
+    pub chain: &'a [String],
 }
 
 pub fn evaluate(i: &Inputs<'_>) -> StatusReport {
@@ -119,6 +122,7 @@ pub fn evaluate(i: &Inputs<'_>) -> StatusReport {
             reasons.push("identity: not loaded yet".to_owned());
         }
     }
+    reasons.extend(i.chain.iter().cloned());
     let state = if reasons.is_empty() {
         NodeState::Ready
     } else if coming_up && i.agent_uptime < BOOT_GRACE {
@@ -196,6 +200,7 @@ mod tests {
             capacity: Ok(&c),
             uplink: Ok(&u),
             identity: Some(&id),
+            chain: &[],
         });
         assert_eq!(r.state, NodeState::Ready, "{r:?}");
         assert_eq!(r.account.as_deref(), Some("5Abc"));
@@ -212,6 +217,7 @@ mod tests {
             capacity: Ok(&c),
             uplink: Ok(&u),
             identity: None,
+            chain: &[],
         };
         assert_eq!(evaluate(&inputs).state, NodeState::Booting);
         inputs.agent_uptime = BOOT_GRACE;
@@ -241,6 +247,7 @@ mod tests {
             capacity: Ok(&c),
             uplink: Ok(&u),
             identity: Some(&id),
+            chain: &[],
         });
         assert_eq!(r.state, NodeState::Degraded);
         let all = r.reasons.join("\n");
@@ -262,8 +269,27 @@ mod tests {
             capacity: Err("connection refused".into()),
             uplink: Err("connection refused".into()),
             identity: Some(&identity()),
+            chain: &[],
         });
         assert_eq!(unreachable.state, NodeState::Degraded);
         assert_eq!(unreachable.reasons.len(), 2);
+    }
+
+    #[test]
+    fn a_chain_problem_makes_the_node_degraded_with_its_reason() {
+        let services = [service("storaged", ServiceState::Ready, 0)];
+        let (c, u, id) = (capacity(), uplink("bound"), identity());
+        let chain = vec!["chain: waiting for funds: send at least 1 TFT to 5Abc".to_owned()];
+        let r = evaluate(&Inputs {
+            agent_uptime: Duration::from_secs(5),
+            services: &services,
+            boot_errors: 0,
+            capacity: Ok(&c),
+            uplink: Ok(&u),
+            identity: Some(&id),
+            chain: &chain,
+        });
+        assert_eq!(r.state, NodeState::Degraded, "{r:?}");
+        assert_eq!(r.reasons, chain);
     }
 }

@@ -8,6 +8,18 @@
 //! told apart as [`TfchainError::Unfunded`], so the node can say it waits
 //! for funds. Limits: one request at a time; reads are the storage items
 //! this node needs, not a general chain API.
+//!
+//! Every read and every submission has a deadline, so a dead connection or
+//! a stalled finality shows as an error instead of a hang. A submission
+//! carries an explicit nonce, remembered until its outcome is known: one
+//! that timed out is looked up by that nonce before anything is sent again
+//! (the account's nonce moved past it: it is in a block; it did not: the
+//! same nonce is used again, so at most one of the two can ever be
+//! included). A refusal names the runtime's error, so the caller can tell a
+//! refusal of this input (never retried) from a passing one.
+
+use std::sync::Mutex;
+use std::time::Duration;
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use subxt::dynamic::{At as _, Value};
@@ -37,6 +49,74 @@ pub enum TfchainError {
     Read { item: &'static str, message: String },
     #[error("farm {0} does not exist on the chain")]
     NoFarm(u32),
+    #[error("the connection to the chain is gone: {0}")]
+    Disconnected(String),
+    #[error("{call} (nonce {nonce}) was neither finalized nor refused within {secs} s")]
+    Unconfirmed { call: String, nonce: u64, secs: u64 },
+    #[error("the chain refused {call}: {error}")]
+    Refused { call: String, error: String },
+}
+
+/// How long a read may take.
+pub const READ_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a submission may take from signing to finality.
+pub const FINALITY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Messages that mean the connection, not the chain, failed.
+fn is_connection_failure(message: &str) -> bool {
+    let m = message.to_lowercase();
+    [
+        "background task",
+        "restart required",
+        "connection",
+        "closed",
+        "transport",
+        "websocket",
+        "networking",
+        "timed out",
+        "timeout",
+    ]
+    .iter()
+    .any(|n| m.contains(n))
+}
+
+/// The runtime's error name in a dispatch error's text (`InvalidSRUInput`,
+/// `NodeNotExists`, ...), or the whole text.
+fn runtime_error_name(message: &str) -> String {
+    for marker in [
+        "TfgridModule::",
+        "SmartContractModule::",
+        "TfgridModule.",
+        "name: \"",
+    ] {
+        if let Some(rest) = message.split(marker).nth(1) {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                return name;
+            }
+        }
+    }
+    message.to_owned()
+}
+
+/// A submission whose outcome is not known yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    call: String,
+    nonce: u64,
+}
+
+/// What a submission ended as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Finalized and succeeded.
+    Finalized,
+    /// An earlier submission of the same call, whose answer was lost, is in
+    /// a block: nothing was sent again.
+    IncludedEarlier,
 }
 
 /// What happened on the chain that concerns this node.
@@ -111,6 +191,9 @@ pub struct Tfchain {
     client: OnlineClient<SubstrateConfig>,
     signer: NodeSigner,
     account: String,
+    pending: Mutex<Option<Pending>>,
+    read_deadline: Duration,
+    finality_deadline: Duration,
 }
 
 impl std::fmt::Debug for Tfchain {
@@ -147,7 +230,70 @@ impl Tfchain {
             client,
             signer: NodeSigner::new(key),
             account,
+            pending: Mutex::new(None),
+            read_deadline: READ_DEADLINE,
+            finality_deadline: FINALITY_DEADLINE,
         })
+    }
+
+    /// Connects, giving up after `deadline`.
+    pub async fn connect_within(
+        url: &str,
+        key: SigningKey,
+        deadline: Duration,
+    ) -> Result<Self, TfchainError> {
+        tokio::time::timeout(deadline, Self::connect(url, key))
+            .await
+            .unwrap_or_else(|_| {
+                Err(TfchainError::Connect {
+                    url: url.to_owned(),
+                    message: format!("no answer within {} s", deadline.as_secs()),
+                })
+            })
+    }
+
+    /// Other deadlines than [`READ_DEADLINE`] and [`FINALITY_DEADLINE`].
+    pub fn with_deadlines(mut self, read: Duration, finality: Duration) -> Self {
+        self.read_deadline = read;
+        self.finality_deadline = finality;
+        self
+    }
+
+    /// The chain's genesis hash, hex: another one means the chain was reset.
+    pub fn genesis(&self) -> String {
+        self.client
+            .genesis_hash()
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A submission whose outcome is not known, carried over from an
+    /// earlier connection to the same chain.
+    pub fn carry_pending(&self, from: &Tfchain) {
+        let pending = from
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+    }
+
+    /// `op`, or an error once the read deadline passes.
+    async fn within<T>(
+        &self,
+        what: &'static str,
+        op: impl std::future::Future<Output = Result<T, TfchainError>>,
+    ) -> Result<T, TfchainError> {
+        tokio::time::timeout(self.read_deadline, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TfchainError::Disconnected(format!(
+                    "no answer to {what} within {} s",
+                    self.read_deadline.as_secs()
+                )))
+            })
     }
 
     /// The subxt client, for reads this module does not wrap.
@@ -163,15 +309,22 @@ impl Tfchain {
         subxt::tx::Signer::<SubstrateConfig>::account_id(&self.signer)
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Signs, submits and waits until `call` is in a finalized block and
-    /// succeeded.
-    async fn submit(&self, call: &Call) -> Result<(), TfchainError> {
+    /// succeeded, within the finality deadline.
+    async fn submit(&self, call: &Call) -> Result<Submitted, TfchainError> {
         let label = format!("{}.{}", call.pallet, call.name);
-        let fail = |message: String| {
-            if message.contains("1010") || message.to_lowercase().contains("payment") {
+        let classify = |message: String| {
+            let lower = message.to_lowercase();
+            if lower.contains("payment") || lower.contains("inability to pay") {
                 TfchainError::Unfunded {
                     account: self.account.clone(),
                 }
+            } else if is_connection_failure(&message) {
+                TfchainError::Disconnected(message)
             } else {
                 TfchainError::Call {
                     call: label.clone(),
@@ -180,22 +333,103 @@ impl Tfchain {
             }
         };
         let at = self
-            .client
-            .at_current_block()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .within("the best block", async {
+                self.client
+                    .at_current_block()
+                    .await
+                    .map_err(|e| classify(e.to_string()))
+            })
+            .await?;
         calls::check(call, at.metadata_ref())?;
+        let account_id = self.account_id();
+        let chain_nonce = self
+            .within("the account nonce", async {
+                at.tx()
+                    .account_nonce(&account_id)
+                    .await
+                    .map_err(|e| classify(e.to_string()))
+            })
+            .await?;
+        // The look-up: an earlier submission whose answer was lost.
+        let earlier = self.pending().clone();
+        let nonce = match earlier {
+            Some(p) if chain_nonce > p.nonce => {
+                *self.pending() = None;
+                if p.call == label {
+                    tracing::info!(call = %label, nonce = p.nonce, "an earlier submission is in a block: not sent again");
+                    return Ok(Submitted::IncludedEarlier);
+                }
+                chain_nonce
+            }
+            // Not in a block: the same nonce again, so only one can be.
+            Some(p) if chain_nonce == p.nonce => p.nonce,
+            // The chain forgot it (reset): start from the chain's nonce.
+            Some(_) => {
+                *self.pending() = None;
+                chain_nonce
+            }
+            None => chain_nonce,
+        };
         let payload = subxt::dynamic::tx(call.pallet, call.name, call.fields());
-        let progress = at
-            .tx()
-            .sign_and_submit_then_watch_default(&payload, &self.signer)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        progress
-            .wait_for_finalized_success()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(())
+        let params = subxt::config::DefaultExtrinsicParamsBuilder::<SubstrateConfig>::new()
+            .nonce(nonce)
+            .build();
+        *self.pending() = Some(Pending {
+            call: label.clone(),
+            nonce,
+        });
+        let progress = self
+            .within("the submission", async {
+                at.tx()
+                    .sign_and_submit_then_watch(&payload, &self.signer, params)
+                    .await
+                    .map_err(|e| classify(e.to_string()))
+            })
+            .await;
+        let progress = match progress {
+            Ok(p) => p,
+            Err(e) => {
+                // Refused by the pool (not sent) or never answered (kept
+                // for the look-up).
+                if !matches!(e, TfchainError::Disconnected(_)) {
+                    *self.pending() = None;
+                }
+                return Err(e);
+            }
+        };
+        let outcome = tokio::time::timeout(
+            self.finality_deadline,
+            progress.wait_for_finalized_success(),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(_)) => {
+                *self.pending() = None;
+                Ok(Submitted::Finalized)
+            }
+            Ok(Err(e)) => {
+                let message = e.to_string();
+                match classify(message.clone()) {
+                    TfchainError::Disconnected(m) => Err(TfchainError::Disconnected(m)),
+                    other => {
+                        *self.pending() = None;
+                        if message.to_lowercase().contains("module") {
+                            Err(TfchainError::Refused {
+                                call: label,
+                                error: runtime_error_name(&message),
+                            })
+                        } else {
+                            Err(other)
+                        }
+                    }
+                }
+            }
+            Err(_) => Err(TfchainError::Unconfirmed {
+                call: label,
+                nonce,
+                secs: self.finality_deadline.as_secs(),
+            }),
+        }
     }
 
     /// One storage item at the current finalized block, decoded.
@@ -205,25 +439,44 @@ impl Tfchain {
         item: &'static str,
         key: Value,
     ) -> Result<Option<Value>, TfchainError> {
-        let err = |e: String| TfchainError::Read { item, message: e };
-        let at = self
-            .client
-            .at_current_block()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let address = subxt::dynamic::storage::<Vec<Value>, Value>(pallet, item);
-        let value = at
-            .storage()
-            .try_fetch(address, vec![key])
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        value
-            .map(|v| {
-                v.decode()
-                    .map(Value::remove_context)
-                    .map_err(|e| err(e.to_string()))
-            })
-            .transpose()
+        self.fetch_keys(pallet, item, vec![key]).await
+    }
+
+    /// A storage item under `keys` (none for a plain item).
+    async fn fetch_keys(
+        &self,
+        pallet: &'static str,
+        item: &'static str,
+        keys: Vec<Value>,
+    ) -> Result<Option<Value>, TfchainError> {
+        let err = |e: String| {
+            if is_connection_failure(&e) {
+                TfchainError::Disconnected(e)
+            } else {
+                TfchainError::Read { item, message: e }
+            }
+        };
+        self.within(item, async {
+            let at = self
+                .client
+                .at_current_block()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let address = subxt::dynamic::storage::<Vec<Value>, Value>(pallet, item);
+            let value = at
+                .storage()
+                .try_fetch(address, keys)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            value
+                .map(|v| {
+                    v.decode()
+                        .map(Value::remove_context)
+                        .map_err(|e| err(e.to_string()))
+                })
+                .transpose()
+        })
+        .await
     }
 
     async fn read_u32(&self, item: &'static str, key: Value) -> Result<Option<u32>, TfchainError> {
@@ -247,24 +500,47 @@ impl Tfchain {
             .unwrap_or(0))
     }
 
+    /// The node's twin, if it has one.
+    pub async fn twin(&self) -> Result<Option<u32>, TfchainError> {
+        let key = Value::from_bytes(self.account_id().0);
+        Ok(self
+            .read_u32("TwinIdByAccountID", key)
+            .await?
+            .filter(|id| *id != 0))
+    }
+
     /// The node's twin, created (after accepting the terms) if missing.
     pub async fn ensure_twin(&self, relay: Option<&str>) -> Result<u32, TfchainError> {
-        let key = Value::from_bytes(self.account_id().0);
-        if let Some(id) = self.read_u32("TwinIdByAccountID", key.clone()).await? {
+        if let Some(id) = self.twin().await? {
             return Ok(id);
         }
         self.submit(&calls::user_accept_tc(TC_LINK, TC_HASH))
             .await?;
+        if let Some(id) = self.twin().await? {
+            return Ok(id);
+        }
         self.submit(&calls::create_twin(relay, None)).await?;
-        self.read_u32("TwinIdByAccountID", key)
-            .await?
-            .ok_or(TfchainError::Read {
-                item: "TwinIdByAccountID",
-                message: "no twin after createTwin".to_owned(),
-            })
+        self.twin().await?.ok_or(TfchainError::Read {
+            item: "TwinIdByAccountID",
+            message: "no twin after createTwin".to_owned(),
+        })
     }
 
-    /// Creates the node, or updates it if this twin has one.
+    /// The node registered by `twin`, if any.
+    pub async fn node_of_twin(&self, twin: u32) -> Result<Option<u32>, TfchainError> {
+        Ok(self
+            .read_u32("NodeIdByTwinID", Value::u128(u128::from(twin)))
+            .await?
+            .filter(|id| *id != 0))
+    }
+
+    /// Node `id` as the chain holds it, in Grove's terms.
+    pub async fn node_record(&self, id: u32) -> Result<Option<NodeRecord>, TfchainError> {
+        Ok(self.node(id).await?.map(|v| NodeRecord::from_value(&v)))
+    }
+
+    /// Creates the node, or updates it if this twin has one, whatever the
+    /// chain holds; answers its id.
     pub async fn register(
         &self,
         twin: u32,
@@ -275,32 +551,53 @@ impl Tfchain {
         if self.fetch("TfgridModule", "Farms", farm).await?.is_none() {
             return Err(TfchainError::NoFarm(r.farm_id));
         }
-        let twin_key = Value::u128(u128::from(twin));
-        match self
-            .read_u32("NodeIdByTwinID", twin_key.clone())
-            .await?
-            .filter(|id| *id != 0)
-        {
+        match self.node_of_twin(twin).await? {
             Some(node) => {
                 self.submit(&calls::update_node(node, r, loc)).await?;
                 Ok(node)
             }
             None => {
                 self.submit(&calls::create_node(r, loc)).await?;
-                self.read_u32("NodeIdByTwinID", twin_key)
-                    .await?
-                    .ok_or(TfchainError::Read {
-                        item: "NodeIdByTwinID",
-                        message: "no node after createNode".to_owned(),
-                    })
+                self.node_of_twin(twin).await?.ok_or(TfchainError::Read {
+                    item: "NodeIdByTwinID",
+                    message: "no node after createNode".to_owned(),
+                })
             }
         }
     }
 
-    /// `reportUptimeV2` with the node's clock as the hint.
-    pub async fn report_uptime(&self, uptime: u64, timestamp: u64) -> Result<(), TfchainError> {
+    /// `updateNode` for node `id`.
+    pub async fn update_node(
+        &self,
+        id: u32,
+        r: &NodeRegistration,
+        loc: &Location,
+    ) -> Result<Submitted, TfchainError> {
+        self.submit(&calls::update_node(id, r, loc)).await
+    }
+
+    /// `reportUptimeV2` with `timestamp` as the hint.
+    pub async fn report_uptime(
+        &self,
+        uptime: u64,
+        timestamp: u64,
+    ) -> Result<Submitted, TfchainError> {
         self.submit(&calls::report_uptime_v2(uptime, timestamp))
             .await
+    }
+
+    /// The chain's own time (`Timestamp::Now` of the best block), in
+    /// seconds.
+    pub async fn chain_time(&self) -> Result<u64, TfchainError> {
+        let now = self
+            .fetch_keys("Timestamp", "Now", vec![])
+            .await?
+            .and_then(|v| v.as_u128())
+            .ok_or(TfchainError::Read {
+                item: "Now",
+                message: "no Timestamp::Now".to_owned(),
+            })?;
+        Ok(u64::try_from(now / 1000).unwrap_or(u64::MAX))
     }
 
     /// The account that owns farm `id`, or `None` if there is no such farm.
@@ -426,6 +723,112 @@ impl Tfchain {
     pub async fn node(&self, id: u32) -> Result<Option<Value>, TfchainError> {
         self.fetch("TfgridModule", "Nodes", Value::u128(u128::from(id)))
             .await
+    }
+}
+
+/// What the chain holds about a node, in the terms Grove registers it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub farm_id: u32,
+    pub twin_id: u32,
+    pub resources: crate::registry::model::Resources,
+    /// Interfaces as (name, mac, ips without prefix).
+    pub interfaces: Vec<(String, String, Vec<String>)>,
+    pub location: Location,
+    pub serial_number: String,
+    pub virtualized: bool,
+    pub secure_boot: bool,
+}
+
+impl NodeRecord {
+    fn from_value(v: &Value) -> Self {
+        let num = |path: &[&str]| -> u64 {
+            let mut cur = Some(v);
+            for p in path {
+                cur = cur.and_then(|c| c.at(*p));
+            }
+            cur.and_then(|c| c.as_u128())
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        let text = |x: Option<&Value>| -> String {
+            x.map(|x| String::from_utf8_lossy(&flat_bytes(x)).into_owned())
+                .unwrap_or_default()
+        };
+        let list = |x: Option<&Value>| -> Vec<Value> {
+            let mut out = Vec::new();
+            let Some(x) = x else { return out };
+            let mut i = 0;
+            while let Some(item) = x.at(i) {
+                out.push(item.clone());
+                i += 1;
+            }
+            out
+        };
+        let boolean = |name: &str| v.at(name).and_then(|b| b.as_bool()).unwrap_or(false);
+        let location = v.at("location");
+        let serial = v.at("serial_number").and_then(|s| match &s.value {
+            subxt::ext::scale_value::ValueDef::Variant(var) if var.name == "Some" => {
+                var.values.values().next().cloned()
+            }
+            _ => None,
+        });
+        Self {
+            farm_id: u32::try_from(num(&["farm_id"])).unwrap_or(0),
+            twin_id: u32::try_from(num(&["twin_id"])).unwrap_or(0),
+            resources: crate::registry::model::Resources {
+                hru: num(&["resources", "hru"]),
+                sru: num(&["resources", "sru"]),
+                cru: num(&["resources", "cru"]),
+                mru: num(&["resources", "mru"]),
+            },
+            interfaces: list(v.at("interfaces"))
+                .iter()
+                .map(|i| {
+                    (
+                        text(i.at("name")),
+                        text(i.at("mac")),
+                        list(i.at("ips")).iter().map(|ip| text(Some(ip))).collect(),
+                    )
+                })
+                .collect(),
+            location: Location {
+                city: text(location.and_then(|l| l.at("city"))),
+                country: text(location.and_then(|l| l.at("country"))),
+                latitude: text(location.and_then(|l| l.at("latitude"))),
+                longitude: text(location.and_then(|l| l.at("longitude"))),
+            },
+            serial_number: serial.map(|s| text(Some(&s))).unwrap_or_default(),
+            virtualized: boolean("virtualized"),
+            secure_boot: boolean("secure_boot"),
+        }
+    }
+
+    /// What the chain would hold after registering `r` at `loc`.
+    pub fn wanted(r: &NodeRegistration, loc: &Location) -> Self {
+        Self {
+            farm_id: r.farm_id,
+            twin_id: r.twin_id,
+            resources: r.resources,
+            interfaces: r
+                .interfaces
+                .iter()
+                .map(|i| {
+                    (
+                        i.name.clone(),
+                        i.mac.clone(),
+                        i.ips
+                            .iter()
+                            .map(|ip| ip.split('/').next().unwrap_or(ip).to_owned())
+                            .collect(),
+                    )
+                })
+                .collect(),
+            location: loc.clone(),
+            serial_number: r.serial_number.clone(),
+            virtualized: r.virtualized,
+            secure_boot: r.secure_boot,
+        }
     }
 }
 
