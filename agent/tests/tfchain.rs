@@ -3,6 +3,14 @@
 //! node registers, the `Node` read back from chain storage has the node's
 //! capacity and interfaces, and its uptime report is accepted.
 //!
+//! The agent's chain task is also run whole against it, through faults: a
+//! node under TFChain's capacity rules (nothing sent), capacity that changes
+//! (the chain follows, and a restart with nothing changed sends nothing), a
+//! network cut of 10 s and of 2 minutes (through a TCP proxy the test cuts),
+//! an agent restart with reports queued, chain time 10 minutes off, and the
+//! chain restarted empty (the test restarts it with the script named by
+//! `TFCHAIN_RUN`).
+//!
 //! Run with `TFCHAIN_WS=ws://127.0.0.1:8000 cargo test -p agent --test
 //! tfchain -- --ignored --test-threads=1` (the tests share the dev account
 //! Alice, so they run one at a time); `ci/test` does so when `TFCHAIN_WS` is
@@ -422,4 +430,368 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
     );
     eprintln!("contract {contract} cancelled: no longer among the node's active contracts");
     follow.abort();
+}
+
+// ---- the agent's chain task against the real chain, through faults ----
+
+mod faults {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use agent::boot::{BootParams, ChainBackend, ChainParams};
+    use agent::chain::{Chain, ChainConfig, ChainStatus, MeshConfig, Sources};
+    use agent::identity::keys::Seed;
+    use subxt::dynamic::Value;
+    use subxt::utils::AccountId32;
+    use subxt::{OnlineClient, SubstrateConfig};
+
+    use super::{TFT, alice_farm, farmer_submit, now, url};
+
+    pub const GIB: u64 = 1 << 30;
+
+    /// storaged's `/v1/capacity` on a socket, with an SSD size the test
+    /// changes: the chain task's source of SRU.
+    pub struct Storage {
+        pub ssd: Arc<AtomicU64>,
+        pub socket: PathBuf,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Storage {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    pub async fn storage(dir: &Path, ssd_bytes: u64) -> Storage {
+        let ssd = Arc::new(AtomicU64::new(ssd_bytes));
+        let socket = dir.join("storaged.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let served = ssd.clone();
+        let app = axum::Router::new().route(
+            "/v1/capacity",
+            axum::routing::get(move || {
+                let ssd = served.load(Ordering::SeqCst);
+                async move {
+                    axum::Json(serde_json::json!({
+                        "ssd": {"total_bytes": ssd, "reserved_bytes": 0, "used_bytes": 0, "free_bytes": ssd},
+                        "hdd": {"total_bytes": 0, "reserved_bytes": 0, "used_bytes": 0, "free_bytes": 0},
+                        "cache": {"mount_point": "/var/cache/grove", "pool": "grove-a", "kind": "ssd", "degraded": null},
+                        "broken_pools": []
+                    }))
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Storage { ssd, socket, task }
+    }
+
+    /// A TCP proxy to the chain that the test cuts (every connection
+    /// dropped, new ones refused) and restores.
+    pub struct Proxy {
+        pub url: String,
+        cut: Arc<AtomicBool>,
+        generation: Arc<AtomicU64>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Proxy {
+        pub async fn to(upstream: &str) -> Proxy {
+            let target = upstream
+                .strip_prefix("ws://")
+                .expect("a ws:// URL")
+                .trim_end_matches('/')
+                .to_owned();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("ws://{}", listener.local_addr().expect("addr"));
+            let cut = Arc::new(AtomicBool::new(false));
+            let generation = Arc::new(AtomicU64::new(0));
+            let (c, g) = (cut.clone(), generation.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if c.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let (c, g, target) = (c.clone(), g.clone(), target.clone());
+                    tokio::spawn(async move {
+                        let born = g.load(Ordering::SeqCst);
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let pipe = tokio::io::copy_bidirectional(&mut client, &mut server);
+                        let cut_off = async {
+                            while !c.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        };
+                        tokio::select! {
+                            _ = pipe => {}
+                            () = cut_off => {}
+                        }
+                    });
+                }
+            });
+            Proxy {
+                url,
+                cut,
+                generation,
+                task,
+            }
+        }
+
+        pub fn cut(&self) {
+            self.cut.store(true, Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+
+        pub fn restore(&self) {
+            self.cut.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The agent's chain task for one node.
+    pub struct Node {
+        pub chain: Arc<Chain>,
+        pub task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    pub fn start(
+        url: &str,
+        farm_id: u32,
+        seed: &Seed,
+        dir: &Path,
+        storage: &Storage,
+        interval_secs: u64,
+    ) -> Node {
+        let chain = Arc::new(Chain::default());
+        let params = BootParams {
+            farm_id: Some(farm_id),
+            chain: ChainParams {
+                backend: ChainBackend::Tfchain,
+                url: Some(url.to_owned()),
+                run_mode: None,
+            },
+            ..BootParams::default()
+        };
+        let config = ChainConfig {
+            uptime_interval_secs: interval_secs,
+            queue_dir: dir.join("reports"),
+            ..ChainConfig::default()
+        };
+        let sources = Sources {
+            identity: Arc::new(agent::identity::Identity::with_seed(seed)),
+            storaged: storaged::client::StoragedClient::new(storage.socket.clone()),
+            netd: netd::client::NetdClient::new(dir.join("no-netd.sock")),
+            proc_root: "/proc".into(),
+            mesh: MeshConfig {
+                enabled: false,
+                ..MeshConfig::default()
+            },
+        };
+        let task = tokio::spawn(chain.clone().run(
+            params,
+            config,
+            sources,
+            grove_daemon::shutdown::Shutdown::new(),
+        ));
+        Node { chain, task }
+    }
+
+    /// The status once `ok` holds, within `deadline`.
+    pub async fn wait_for(
+        chain: &Chain,
+        deadline: Duration,
+        what: &str,
+        ok: impl Fn(&ChainStatus) -> bool,
+    ) -> ChainStatus {
+        let start = Instant::now();
+        loop {
+            let s = chain.status();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "{what}: not within {deadline:?}: {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn client() -> OnlineClient<SubstrateConfig> {
+        agent::tfchain::client::Tfchain::connect(
+            &url(),
+            ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        )
+        .await
+        .expect("connect")
+        .client()
+        .clone()
+    }
+
+    pub async fn fund(client: &OnlineClient<SubstrateConfig>, seed: &Seed) {
+        farmer_submit(
+            client,
+            "Balances",
+            "transfer_keep_alive",
+            vec![
+                (
+                    "dest",
+                    Value::unnamed_variant(
+                        "Id",
+                        [Value::from_bytes(seed.keys().verifying().to_bytes())],
+                    ),
+                ),
+                ("value", Value::u128(10 * TFT)),
+            ],
+        )
+        .await;
+    }
+
+    /// How many extrinsics the node's account has sent.
+    pub async fn nonce(client: &OnlineClient<SubstrateConfig>, seed: &Seed) -> u64 {
+        let at = client.at_current_block().await.expect("block");
+        at.tx()
+            .account_nonce(&AccountId32(seed.keys().verifying().to_bytes()))
+            .await
+            .expect("nonce")
+    }
+
+    pub async fn node_sru(node: u32) -> u64 {
+        let chain = agent::tfchain::client::Tfchain::connect(
+            &url(),
+            ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        )
+        .await
+        .expect("connect");
+        chain
+            .node_record(node)
+            .await
+            .expect("read")
+            .expect("the node exists")
+            .resources
+            .sru
+    }
+
+    /// Chain time, moved to `secs` (unix) for the next block.
+    pub async fn time_travel(secs: u64) {
+        let rpc = subxt::rpcs::RpcClient::from_insecure_url(&url())
+            .await
+            .expect("rpc");
+        let _: serde_json::Value = rpc
+            .request("dev_timeTravel", subxt::rpcs::rpc_params![secs * 1000])
+            .await
+            .expect("dev_timeTravel");
+    }
+
+    pub async fn farm() -> (OnlineClient<SubstrateConfig>, u32) {
+        let client = client().await;
+        // Chain time near the wall clock, as a live chain keeps it.
+        time_travel(now()).await;
+        let farm = alice_farm(&client).await;
+        (client, farm)
+    }
+}
+
+use std::time::{Duration, Instant};
+
+use faults::GIB;
+
+/// A node under 100 GiB of SSD sends nothing and says why; capacity that
+/// grows registers it, capacity that changes updates it within a minute,
+/// and an agent restart with nothing changed sends no `updateNode`.
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_node() {
+    let (client, farm_id) = faults::farm().await;
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    faults::fund(&client, &seed).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = faults::storage(dir.path(), 4 * GIB).await;
+    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
+
+    let refused = faults::wait_for(&node.chain, Duration::from_secs(60), "a refusal", |s| {
+        s.refusal.is_some()
+    })
+    .await;
+    let reason = refused.refusal.clone().expect("refusal");
+    assert!(reason.contains("100 GiB") && reason.contains("4.0 GiB"), "{reason}");
+    let problems = refused.problems(now());
+    assert_eq!(problems.len(), 1, "one reason: {problems:?}");
+    eprintln!("/v1/status reason: {}", problems[0]);
+    let sent = faults::nonce(&client, &seed).await;
+    let balance = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
+        .await
+        .expect("connect")
+        .free_balance()
+        .await
+        .expect("balance");
+    // Several rounds of the task go by (one every 5 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(faults::nonce(&client, &seed).await, sent, "an extrinsic was sent");
+    let after = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
+        .await
+        .expect("connect")
+        .free_balance()
+        .await
+        .expect("balance");
+    assert_eq!(after, balance, "a fee was paid");
+    assert_eq!(node.chain.status().node_id, None);
+    assert_eq!(node.chain.status().refusals.get("InvalidSRUInput"), Some(&1));
+
+    // A pool is added: the node registers.
+    storage.ssd.store(200 * GIB, std::sync::atomic::Ordering::SeqCst);
+    let registered = faults::wait_for(&node.chain, Duration::from_secs(60), "a node id", |s| {
+        s.node_id.is_some() && s.queue_length == 0 && s.last_uptime_report.is_some()
+    })
+    .await;
+    let id = registered.node_id.expect("node id");
+    assert_eq!(registered.refusal, None);
+    assert_eq!(faults::node_sru(id).await, 200 * GIB);
+
+    // A pool breaks: the chain follows within a minute.
+    storage.ssd.store(150 * GIB, std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    while faults::node_sru(id).await != 150 * GIB {
+        assert!(start.elapsed() < Duration::from_secs(60), "SRU not updated within a minute");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("SRU on chain followed the node in {:?}", start.elapsed());
+
+    // An agent restart with nothing changed: one uptime report, no update.
+    drop(node);
+    let before = faults::nonce(&client, &seed).await;
+    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
+    let again = faults::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
+        s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0
+    })
+    .await;
+    assert_eq!(again.node_id, Some(id));
+    assert_eq!(
+        faults::nonce(&client, &seed).await,
+        before + 1,
+        "a restart with nothing changed sends the uptime report only"
+    );
 }
