@@ -795,3 +795,243 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
         "a restart with nothing changed sends the uptime report only"
     );
 }
+
+/// Cuts the network between node and chain for `cut`, then restores it:
+/// reports resume, the backlog goes out as one report (no duplicate), the
+/// queue empties (no loss). Answers the time from the chain answering again
+/// to the first delivered report.
+async fn cut_and_restore(cut: Duration) -> Duration {
+    let (client, farm_id) = faults::farm().await;
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    faults::fund(&client, &seed).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = faults::storage(dir.path(), 200 * GIB).await;
+    let proxy = faults::Proxy::to(&url()).await;
+    let interval = 4;
+    let node = faults::start(&proxy.url, farm_id, &seed, dir.path(), &storage, interval);
+    faults::wait_for(&node.chain, Duration::from_secs(60), "registered and reporting", |s| {
+        s.node_id.is_some() && s.last_uptime_report.is_some()
+    })
+    .await;
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let during = faults::wait_for(&node.chain, Duration::from_secs(60), "the cut seen", |s| {
+        !s.connected && s.queue_length >= 2
+    })
+    .await;
+    let problems = during.problems(now());
+    assert!(
+        problems.iter().any(|p| p.contains("cannot reach the registry")),
+        "{problems:?}"
+    );
+    tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+    let before = node.chain.status();
+    let sent_before = faults::nonce(&client, &seed).await;
+    let queued = before.queue_length;
+    let last_before = before.last_uptime_report.expect("a report before the cut").seq;
+    eprintln!("cut for {:?}: {queued} reports queued", cut_at.elapsed());
+
+    proxy.restore();
+    let restored = Instant::now();
+    let after = faults::wait_for(
+        &node.chain,
+        Duration::from_secs(60),
+        "a report after the cut",
+        |s| s.last_uptime_report.is_some_and(|r| r.seq > last_before),
+    )
+    .await;
+    let reconnect = restored.elapsed();
+    let resumed = faults::wait_for(&node.chain, Duration::from_secs(30), "the queue empty", |s| {
+        s.queue_length == 0 && s.connected
+    })
+    .await;
+    let delivered = resumed.last_uptime_report.expect("report").seq;
+    let sent = faults::nonce(&client, &seed).await - sent_before;
+    // Reports made after the restore go out one by one; the backlog as one.
+    let made_since = delivered.saturating_sub(last_before + queued as u64);
+    assert!(
+        sent >= 1 && sent <= 1 + made_since,
+        "{sent} extrinsics for a backlog of {queued} and {made_since} new reports"
+    );
+    assert!(resumed.problems(now()).is_empty(), "{:?}", resumed.problems(now()));
+    eprintln!(
+        "reconnect: first report delivered {reconnect:?} after the chain answered again (report {}, {sent} extrinsic(s))",
+        after.last_uptime_report.expect("report").seq
+    );
+    drop(node);
+    reconnect
+}
+
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn a_network_cut_of_10_s_then_reports_resume_without_loss_or_duplicate() {
+    let reconnect = cut_and_restore(Duration::from_secs(10)).await;
+    assert!(reconnect <= Duration::from_secs(15), "reconnect took {reconnect:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn a_network_cut_of_2_minutes_then_reports_resume_without_loss_or_duplicate() {
+    let reconnect = cut_and_restore(Duration::from_secs(120)).await;
+    assert!(reconnect <= Duration::from_secs(15), "reconnect took {reconnect:?}");
+}
+
+/// An agent restarted with reports queued, a registration of an older
+/// agent among them in front: it registers and delivers, the queue empties.
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
+    use agent::chain::queue::{Queue, Report};
+    use agent::registry::model::UptimeReport;
+
+    let (client, farm_id) = faults::farm().await;
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    faults::fund(&client, &seed).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(&dir.path().join("reports")).expect("queue");
+    let stale = Report::Register {
+        registration: NodeRegistration {
+            farm_id,
+            twin_id: 0,
+            resources: Resources::default(),
+            interfaces: vec![],
+            serial_number: String::new(),
+            virtualized: true,
+            secure_boot: false,
+        },
+        mesh: None,
+    };
+    let seq = queue.next_seq().expect("seq");
+    queue.push(seq, &stale).expect("push");
+    for uptime in [100, 200] {
+        let seq = queue.next_seq().expect("seq");
+        queue
+            .push(
+                seq,
+                &Report::Uptime(UptimeReport {
+                    seq,
+                    uptime,
+                    timestamp: now() - 300 + uptime,
+                }),
+            )
+            .expect("push");
+    }
+    let storage = faults::storage(dir.path(), 200 * GIB).await;
+    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
+    let s = faults::wait_for(&node.chain, Duration::from_secs(60), "registered and delivered", |s| {
+        s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0
+    })
+    .await;
+    assert!(queue.is_empty());
+    // accept the terms, create the twin, create the node, one report.
+    assert_eq!(faults::nonce(&client, &seed).await, 4);
+    eprintln!("after a restart with 3 reports queued: node {:?}, report {:?}", s.node_id, s.last_uptime_report);
+}
+
+/// Chain time 10 minutes ahead of the node's clock: reports go with the
+/// chain's time and `/v1/status` shows the skew.
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
+    let (client, farm_id) = faults::farm().await;
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    faults::fund(&client, &seed).await;
+    faults::time_travel(now() + 600).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = faults::storage(dir.path(), 200 * GIB).await;
+    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
+    let s = faults::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
+        s.last_uptime_report.is_some() && s.queue_length == 0
+    })
+    .await;
+    let skew = s.clock_skew_secs.expect("the skew is known");
+    assert!((-700..=-590).contains(&skew), "skew {skew}");
+    let problems = s.problems(now());
+    assert!(
+        problems.iter().any(|p| p.contains(&format!("by {skew} s"))),
+        "{problems:?}"
+    );
+    assert_eq!(s.refusals.get("transient"), None, "a report was refused: {s:?}");
+    eprintln!("with chain time 10 min off: {problems:?}");
+    faults::time_travel(now()).await;
+}
+
+/// An unfunded node is degraded with its address and what to send; once
+/// funded it registers within 15 s.
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
+async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s_of_funding() {
+    let (client, farm_id) = faults::farm().await;
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    let account = seed.keys().public().account;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = faults::storage(dir.path(), 200 * GIB).await;
+    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
+    let s = faults::wait_for(&node.chain, Duration::from_secs(60), "waiting for funds", |s| {
+        s.funds.starts_with("waiting for funds")
+    })
+    .await;
+    assert!(s.farmer.is_some(), "the farmer is read without funds: {s:?}");
+    let problems = s.problems(now());
+    assert!(
+        problems.iter().any(|p| p.contains(&account) && p.contains("1 TFT")),
+        "{problems:?}"
+    );
+    faults::fund(&client, &seed).await;
+    let funded = Instant::now();
+    faults::wait_for(&node.chain, Duration::from_secs(15), "a node id after funding", |s| {
+        s.node_id.is_some()
+    })
+    .await;
+    eprintln!("registered {:?} after funding", funded.elapsed());
+}
+
+/// The chain restarted empty (a new genesis): the node registers again by
+/// itself within 30 s of its farm and funds being there again.
+#[tokio::test]
+#[ignore = "needs a TFChain and TFCHAIN_RUN, the script that restarts it (run.sh beside the metadata)"]
+async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() {
+    let script = std::env::var("TFCHAIN_RUN")
+        .expect("set TFCHAIN_RUN to the script that starts the chain (`SCRIPT stop` stops it)");
+    let restart = || {
+        let stop = std::process::Command::new(&script).arg("stop").status().expect("stop");
+        assert!(stop.success(), "{script} stop: {stop}");
+        let start = std::process::Command::new(&script).output().expect("start");
+        assert!(start.status.success(), "{script}: {start:?}");
+    };
+    // From an empty chain, so the farm gets the same id after the reset.
+    restart();
+    let (client, farm_id) = faults::farm().await;
+    let seed = agent::identity::keys::Seed::generate().expect("seed");
+    faults::fund(&client, &seed).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = faults::storage(dir.path(), 200 * GIB).await;
+    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
+    let first = faults::wait_for(&node.chain, Duration::from_secs(60), "registered", |s| {
+        s.node_id.is_some() && s.queue_length == 0
+    })
+    .await;
+
+    restart();
+    let (client, again) = faults::farm().await;
+    assert_eq!(again, farm_id, "the farm id after the reset");
+    faults::fund(&client, &seed).await;
+    let ready = Instant::now();
+    let s = faults::wait_for(&node.chain, Duration::from_secs(30), "registered again", |s| {
+        s.genesis != first.genesis && s.node_id.is_some() && s.twin_id.is_some()
+    })
+    .await;
+    let twin = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
+        .await
+        .expect("connect")
+        .twin()
+        .await
+        .expect("twin");
+    assert_eq!(s.twin_id, twin, "the twin is the new chain's");
+    eprintln!(
+        "registered again {:?} after the reset chain had the farm and funds: node {:?}",
+        ready.elapsed(),
+        s.node_id
+    );
+}
