@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use grove_daemon::server::ApiError;
 use serde::{Deserialize, Serialize};
 
+use crate::disk::guard::GuardError;
 use crate::pool::kind::DiskKind;
 use crate::storage::{Capacity, Disk, PoolReport, Storage, StorageError};
 use crate::types::{DiskSerial, ResourceName};
@@ -68,7 +69,15 @@ impl IntoResponse for RequestError {
                     StatusCode::NOT_FOUND
                 }
                 StorageError::NoSpace { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                StorageError::Discover(_)
+                StorageError::Guard(g) => match g {
+                    GuardError::Vanished { .. } => StatusCode::NOT_FOUND,
+                    GuardError::Changed { .. } | GuardError::Busy { .. } => StatusCode::CONFLICT,
+                    GuardError::Open { .. }
+                    | GuardError::Discover(_)
+                    | GuardError::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                StorageError::NotBlankAfterWipe { .. }
+                | StorageError::Discover(_)
                 | StorageError::Wipe { .. }
                 | StorageError::Pool(_)
                 | StorageError::Volume(_)

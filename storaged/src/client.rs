@@ -1,4 +1,5 @@
-//! The typed client for `storaged`'s socket API.
+//! The typed client for `storaged`'s socket API; the shapes it answers are in
+//! [`crate::report`].
 
 use std::path::PathBuf;
 
@@ -38,16 +39,16 @@ impl StoragedClient {
         self.socket.info().await
     }
 
-    pub async fn pools(&self) -> Result<Vec<crate::storage::PoolReport>, ClientError> {
+    pub async fn pools(&self) -> Result<Vec<crate::report::PoolReport>, ClientError> {
         self.socket.get("/v1/pools").await
     }
 
-    pub async fn capacity(&self) -> Result<crate::storage::Capacity, ClientError> {
+    pub async fn capacity(&self) -> Result<crate::report::Capacity, ClientError> {
         self.socket.get("/v1/capacity").await
     }
 
     /// Wipes the foreign disk `serial` and makes it a pool.
-    pub async fn wipe(&self, serial: &str) -> Result<crate::storage::Disk, ClientError> {
+    pub async fn wipe(&self, serial: &str) -> Result<crate::report::Disk, ClientError> {
         self.socket
             .call::<(), _>(
                 hyper::Method::POST,
@@ -57,7 +58,7 @@ impl StoragedClient {
             .await
     }
 
-    pub async fn disks(&self) -> Result<Vec<crate::storage::Disk>, ClientError> {
+    pub async fn disks(&self) -> Result<Vec<crate::report::Disk>, ClientError> {
         self.socket.get("/v1/disks").await
     }
 }

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod disk;
 pub mod mounts;
 pub mod pool;
+pub mod report;
 pub mod storage;
 pub mod types;
 pub mod volume;
@@ -36,12 +37,14 @@ pub const NAME: &str = "storaged";
 pub struct Config {
     /// The API socket.
     pub socket: PathBuf,
-    /// Only these disks (the testbed gives each node its own); every disk
-    /// when absent.
+    /// Only these disks (the testbed gives each node its own); a directory
+    /// here stands for the devices its entries link to, looked at again on
+    /// every rescan. Every disk when absent.
     pub disks: Option<Vec<PathBuf>>,
     pub pools_dir: PathBuf,
     pub cache_dir: PathBuf,
-    /// How often pools are checked for a vanished disk.
+    /// How often disks are looked at again: new ones brought up, departed
+    /// ones dropped and their pools marked broken.
     pub health_interval_ms: u64,
 }
 
@@ -101,7 +104,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Boots the storage (retrying while it fails), then watches pool health.
+/// Boots the storage (retrying while it fails), then follows the disks.
 async fn bring_up(
     layout: Layout,
     wipe: Vec<DiskSerial>,
@@ -144,10 +147,14 @@ async fn bring_up(
             () = shutdown.wait() => return,
         }
         let shared = shared.clone();
-        let checked =
-            tokio::task::spawn_blocking(move || shared.get().map(Storage::check_health)).await;
-        if let Err(e) = checked {
-            tracing::error!(error = %e, "health check task failed");
+        let checked = tokio::task::spawn_blocking(move || shared.get().map(Storage::rescan)).await;
+        match checked {
+            Ok(Some(Ok(changes))) if !changes.is_empty() => {
+                tracing::info!(arrived = ?changes.arrived, departed = ?changes.departed, broken = ?changes.broken, "disks changed");
+            }
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "cannot look at the disks"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "rescan task failed"),
         }
     }
 }

@@ -4,22 +4,26 @@
 //! Every operation is blocking (tools, syscalls, disk I/O) and is called from
 //! a blocking thread; the lock is a plain mutex held only there, never across
 //! an await. Boot handles the disks in parallel, one thread each: probing,
-//! latency checks and `mkfs` on four disks take the time of one.
+//! latency checks and `mkfs` on four disks take the time of one. Disks come
+//! and go while the node runs: [`Storage::rescan`] compares sysfs with what
+//! is known, by kernel name *and* serial and size, brings new disks up as at
+//! boot and breaks the pools of departed ones. Every write to a disk goes
+//! through a [`Pinned`] device, checked at that moment to still be the disk
+//! that was looked at. Disk changes (rescans, wipes) run one at a time.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-use serde::{Deserialize, Serialize};
 
 use crate::cache::{self, CacheError, CacheStatus};
 use crate::cmd::{self, CmdError};
 use crate::disk::classify::{self, DiskClass, Findings};
 use crate::disk::discover::{self, BlockDevice, DiscoverError};
+use crate::disk::guard::{self, GuardError, Pinned};
 use crate::disk::probe::{self, ProbeError, Signatures};
 use crate::mounts::{self, MountEntry};
 use crate::pool::kind::DiskKind;
 use crate::pool::{self, Pool, PoolError, PoolState};
+pub use crate::report::{Capacity, Disk, KindCapacity, PoolReport};
 use crate::types::{DiskSerial, PoolLabel, ResourceName};
 use crate::volume::{self, Resource, ResourceKind, VolumeError};
 
@@ -72,6 +76,13 @@ pub enum StorageError {
         #[source]
         source: CmdError,
     },
+    #[error("disk {serial} still does not read blank after wiping: {class:?}")]
+    NotBlankAfterWipe {
+        serial: DiskSerial,
+        class: DiskClass,
+    },
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]
@@ -93,61 +104,25 @@ pub struct Layout {
     pub cache_dir: PathBuf,
 }
 
-/// One disk as `/v1/disks` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Disk {
-    #[serde(flatten)]
-    pub device: BlockDevice,
-    pub signatures: Signatures,
-    #[serde(flatten)]
-    pub class: DiskClass,
-    pub pool: Option<PoolLabel>,
-    /// The medium the node booted from: mounted at `/` or `/boot`, or
-    /// carrying a Grove boot image's label. Never written.
-    pub boot_medium: bool,
-    /// Why the disk could not be probed or pooled, if so.
-    pub error: Option<String>,
+/// What a rescan changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Disks that appeared, by serial.
+    pub arrived: Vec<DiskSerial>,
+    /// Disks that left, by serial.
+    pub departed: Vec<DiskSerial>,
+    /// Pools that broke because their disk left.
+    pub broken: Vec<PoolLabel>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.arrived.is_empty() && self.departed.is_empty() && self.broken.is_empty()
+    }
 }
 
 /// Labels of the filesystems on a Grove boot image.
 pub const BOOT_LABEL_PREFIX: &str = "GROVE";
-
-/// One pool as `/v1/pools` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolReport {
-    pub label: PoolLabel,
-    pub uuid: String,
-    pub serial: DiskSerial,
-    pub device: PathBuf,
-    pub kind: DiskKind,
-    pub verdict: pool::kind::KindVerdict,
-    #[serde(flatten)]
-    pub state: PoolState,
-    pub mount_point: PathBuf,
-    pub size_bytes: u64,
-    pub reserved_bytes: u64,
-    pub allocated_bytes: u64,
-    pub free_bytes: u64,
-    pub cache: bool,
-}
-
-/// Totals for one disk kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KindCapacity {
-    pub total_bytes: u64,
-    pub reserved_bytes: u64,
-    pub used_bytes: u64,
-    pub free_bytes: u64,
-}
-
-/// `/v1/capacity`: what the node offers, for registration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capacity {
-    pub ssd: KindCapacity,
-    pub hdd: KindCapacity,
-    pub cache: CacheStatus,
-    pub broken_pools: Vec<PoolLabel>,
-}
 
 #[derive(Debug)]
 struct Inner {
@@ -161,6 +136,8 @@ struct Inner {
 pub struct Storage {
     layout: Layout,
     inner: Mutex<Inner>,
+    /// Held by whatever adds, removes or rewrites a disk.
+    changes: Mutex<()>,
 }
 
 impl Storage {
@@ -169,26 +146,7 @@ impl Storage {
     pub fn boot(layout: Layout, wipe: &[DiskSerial]) -> Result<Self, StorageError> {
         let devices = discover_devices(&layout)?;
         let table = mounts::table().map_err(CacheError::from)?;
-        let wipe: HashSet<&DiskSerial> = wipe.iter().collect();
-        let results: Vec<(Disk, Option<Pool>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = devices
-                .into_iter()
-                .map(|d| {
-                    let (table, layout, wipe) = (&table, &layout, &wipe);
-                    s.spawn(move || bring_up(d, table, layout, wipe))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .filter_map(|h| match h.join() {
-                    Ok(r) => Some(r),
-                    Err(_panic) => {
-                        tracing::error!("a disk thread panicked; that disk is left alone");
-                        None
-                    }
-                })
-                .collect()
-        });
+        let results = bring_up_all(devices, &table, &layout, wipe);
         let mut disks = Vec::new();
         let mut pools = Vec::new();
         for (disk, pool) in results {
@@ -208,7 +166,12 @@ impl Storage {
         Ok(Self {
             layout,
             inner: Mutex::new(inner),
+            changes: Mutex::new(()),
         })
+    }
+
+    fn one_change(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -355,26 +318,33 @@ impl Storage {
     }
 
     /// Wipes a foreign disk on the farmer's request and makes it a pool.
+    ///
+    /// The disk is looked up by serial in what `/v1/disks` shows, then
+    /// re-read from sysfs and re-probed with the device held open: unless
+    /// its serial, size, signatures and class are still what was shown,
+    /// nothing is written (gone: [`GuardError::Vanished`]; anything else:
+    /// [`GuardError::Changed`], naming both).
     pub fn wipe(&self, serial: &DiskSerial) -> Result<Disk, StorageError> {
-        let mut inner = self.lock();
-        let index = inner
+        let _one = self.one_change();
+        let shown = self
+            .lock()
             .disks
             .iter()
-            .position(|d| &d.device.serial == serial)
+            .find(|d| &d.device.serial == serial)
+            .cloned()
             .ok_or_else(|| StorageError::UnknownDisk(serial.clone()))?;
-        let disk = inner.disks[index].clone();
         let refuse = |class: &'static str, reason: String| StorageError::NotWipeable {
             serial: serial.clone(),
             class,
             reason,
         };
-        if disk.boot_medium {
+        if shown.boot_medium {
             return Err(refuse(
                 "the boot medium",
                 "the node booted from it".to_owned(),
             ));
         }
-        match &disk.class {
+        match &shown.class {
             DiskClass::Foreign { .. } => {}
             DiskClass::Blank => return Err(refuse("blank", "it is already blank".to_owned())),
             DiskClass::Ours { label, .. } => {
@@ -382,15 +352,37 @@ impl Storage {
             }
             DiskClass::Unusable { reason } => return Err(refuse("unusable", reason.clone())),
         }
+        let layout = &self.layout;
+        let pinned = Pinned::open(&layout.sys, &layout.dev, &shown.device)?;
         let table = mounts::table().map_err(CacheError::from)?;
-        let wipe: HashSet<&DiskSerial> = std::iter::once(serial).collect();
-        let (disk, pool) = bring_up(disk.device, &table, &self.layout, &wipe);
-        inner.disks[index] = disk.clone();
+        let (signatures, class) = inspect(pinned.device(), &table, layout)?;
+        if signatures != shown.signatures || class != shown.class {
+            return Err(GuardError::Changed {
+                serial: serial.clone(),
+                device: shown.device.path.clone(),
+                was: format!(
+                    "{} with {}",
+                    guard::describe(&shown.device),
+                    words(&shown.class)
+                ),
+                now: format!(
+                    "{} with {}",
+                    guard::describe(pinned.device()),
+                    words(&class)
+                ),
+            }
+            .into());
+        }
+        let (disk, pool) = bring_up_pinned(pinned, &table, layout, true);
+        let mut inner = self.lock();
+        match inner.disks.iter_mut().find(|d| &d.device.serial == serial) {
+            Some(entry) => *entry = disk.clone(),
+            None => inner.disks.push(disk.clone()),
+        }
         if let Some(pool) = pool {
-            inner.pools.push(pool);
-            if inner.cache.pool.is_none() || inner.cache.degraded.is_some() {
-                let (pools, dir) = (&inner.pools, &self.layout.cache_dir);
-                let status = cache::ensure(pools, dir, free_bytes)?;
+            add_pool(&mut inner, pool);
+            if inner.cache.pool.is_none() {
+                let status = cache::ensure(&inner.pools, &layout.cache_dir, free_bytes)?;
                 inner.cache = status;
             }
         }
@@ -400,70 +392,199 @@ impl Storage {
         }
     }
 
-    /// Marks pools whose disk has gone as broken and detaches them; answers
-    /// the labels newly broken. Cheap: reads one sysfs file per pool.
-    pub fn check_health(&self) -> Vec<PoolLabel> {
-        let mut inner = self.lock();
-        let mut newly = Vec::new();
-        for pool in inner.pools.iter_mut().filter(|p| p.is_healthy()) {
-            let size = std::fs::read_to_string(
-                self.layout
-                    .sys
-                    .join("block")
-                    .join(&pool.device)
-                    .join("size"),
-            );
-            let reason = match size.as_deref().map(str::trim) {
-                Err(_) => Some(format!("disk {} is gone", pool.device)),
-                Ok("0") => Some(format!("disk {} has no media", pool.device)),
-                Ok(_) => None,
-            };
-            if let Some(reason) = reason {
-                tracing::error!(pool = %pool.label(), reason = %reason, "pool broken");
-                if let Err(e) = mounts::detach(&pool.mount_point) {
-                    tracing::warn!(pool = %pool.label(), error = %e, "cannot detach the broken pool");
+    /// Follows the disks: a disk that left (gone from sysfs, no media, or
+    /// another disk under its name) leaves the list and breaks its pool; a
+    /// new one is brought up as at boot. Blocking; cheap when nothing
+    /// changed (a few sysfs reads per disk).
+    pub fn rescan(&self) -> Result<Changes, StorageError> {
+        let _one = self.one_change();
+        let current = discover_devices(&self.layout)?;
+        let same = |d: &BlockDevice, k: &BlockDevice| {
+            d.name == k.name && d.serial == k.serial && d.size_bytes == k.size_bytes
+        };
+        let mut changes = Changes::default();
+        let arrived: Vec<BlockDevice> = {
+            let mut inner = self.lock();
+            let (kept, departed): (Vec<Disk>, Vec<Disk>) = std::mem::take(&mut inner.disks)
+                .into_iter()
+                .partition(|d| current.iter().any(|c| same(c, &d.device)));
+            inner.disks = kept;
+            for disk in departed {
+                tracing::warn!(serial = %disk.device.serial, device = %disk.device.path.display(), "disk left");
+                if let Some(label) = &disk.pool
+                    && let Some(pool) = inner.pools.iter_mut().find(|p| p.label() == label)
+                    && pool.is_healthy()
+                {
+                    break_pool(pool, format!("its disk {} is gone", disk.device.serial));
+                    changes.broken.push(label.clone());
                 }
-                pool.state = PoolState::Broken {
-                    reason,
-                    since_ms: pool::now_ms(),
-                };
-                newly.push(pool.label().clone());
+                changes.departed.push(disk.device.serial);
+            }
+            if let Some(cache_pool) = inner.cache.pool.clone()
+                && changes.broken.contains(&cache_pool)
+            {
+                inner.cache.degraded = Some(format!("the cache pool {cache_pool} is broken"));
+            }
+            current
+                .into_iter()
+                .filter(|c| !inner.disks.iter().any(|d| same(c, &d.device)))
+                .collect()
+        };
+        if arrived.is_empty() {
+            return Ok(changes);
+        }
+        let table = mounts::table().map_err(CacheError::from)?;
+        let results = bring_up_all(arrived, &table, &self.layout, &[]);
+        let mut inner = self.lock();
+        for (disk, pool) in results {
+            tracing::info!(serial = %disk.device.serial, device = %disk.device.path.display(), class = ?disk.class, "disk arrived");
+            changes.arrived.push(disk.device.serial.clone());
+            inner.disks.push(disk);
+            if let Some(pool) = pool {
+                if let Err(e) = volume::reconcile(&pool) {
+                    tracing::warn!(pool = %pool.label(), error = %e, "could not finish interrupted work");
+                }
+                add_pool(&mut inner, pool);
             }
         }
-        if let Some(cache_pool) = inner.cache.pool.clone()
-            && newly.contains(&cache_pool)
-        {
-            inner.cache.degraded = Some(format!("the cache pool {cache_pool} is broken"));
+        inner
+            .disks
+            .sort_by(|a, b| a.device.name.cmp(&b.device.name));
+        if inner.cache.pool.is_none() && inner.pools.iter().any(Pool::is_healthy) {
+            let status = cache::ensure(&inner.pools, &self.layout.cache_dir, free_bytes)?;
+            inner.cache = status;
         }
-        newly
+        Ok(changes)
     }
 }
 
+/// A pool joins the list, taking the place of a broken entry of the same
+/// label (its disk came back).
+fn add_pool(inner: &mut Inner, pool: Pool) {
+    match inner.pools.iter_mut().find(|p| p.label() == pool.label()) {
+        Some(old) => *old = pool,
+        None => inner.pools.push(pool),
+    }
+}
+
+fn break_pool(pool: &mut Pool, reason: String) {
+    tracing::error!(pool = %pool.label(), reason = %reason, "pool broken");
+    if let Err(e) = mounts::detach(&pool.mount_point) {
+        tracing::warn!(pool = %pool.label(), error = %e, "cannot detach the broken pool");
+    }
+    pool.state = PoolState::Broken {
+        reason,
+        since_ms: pool::now_ms(),
+    };
+}
+
+/// A class in words, for errors.
+fn words(class: &DiskClass) -> String {
+    match class {
+        DiskClass::Blank => "nothing on it".to_owned(),
+        DiskClass::Ours { label, .. } => format!("Grove pool {label}"),
+        DiskClass::Foreign { reason } | DiskClass::Unusable { reason } => reason.clone(),
+    }
+}
+
+/// Brings up every device in parallel, one thread each.
+fn bring_up_all(
+    devices: Vec<BlockDevice>,
+    table: &[MountEntry],
+    layout: &Layout,
+    wipe: &[DiskSerial],
+) -> Vec<(Disk, Option<Pool>)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = devices
+            .into_iter()
+            .map(|d| {
+                let named = wipe.contains(&d.serial);
+                s.spawn(move || bring_up(d, table, layout, named))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| match h.join() {
+                Ok(r) => Some(r),
+                Err(_panic) => {
+                    tracing::error!("a disk thread panicked; that disk is left alone");
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+/// The disks to consider: every whole device, or only the configured ones
+/// (a configured directory stands for the devices its entries link to).
+/// A device without media (size 0) is not a disk.
 fn discover_devices(layout: &Layout) -> Result<Vec<BlockDevice>, StorageError> {
     let Some(wanted) = &layout.devices else {
-        return Ok(discover::scan(&layout.sys, &layout.dev)?);
+        let mut all = discover::scan(&layout.sys, &layout.dev)?;
+        all.retain(|d| d.size_bytes > 0);
+        return Ok(all);
     };
-    let mut out = Vec::new();
+    let mut paths = Vec::new();
     for path in wanted {
-        let real = std::fs::canonicalize(path).unwrap_or_else(|_missing| path.clone());
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut inside: Vec<PathBuf> =
+                    entries.filter_map(Result::ok).map(|e| e.path()).collect();
+                inside.sort();
+                paths.extend(inside);
+            }
+            Err(_not_a_directory) => paths.push(path.clone()),
+        }
+    }
+    let mut out: Vec<BlockDevice> = Vec::new();
+    for path in paths {
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_missing| path.clone());
         let name = real
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         match discover::read(&layout.sys, &layout.dev, &name)? {
-            Some(d) => out.push(d),
-            None => tracing::warn!(device = %path.display(), "configured disk is missing"),
+            Some(d) if d.size_bytes > 0 && !out.iter().any(|o| o.name == d.name) => out.push(d),
+            Some(_) => {}
+            None => tracing::debug!(device = %path.display(), "configured disk is missing"),
         }
     }
     Ok(out)
 }
 
-/// Probes one disk and brings it up: pool, mount, wipe, or leave alone.
+/// Probes one disk and brings it up: pool, mount, wipe (when `wipe`
+/// names it), or leave alone.
 fn bring_up(
     device: BlockDevice,
     table: &[MountEntry],
     layout: &Layout,
-    wipe: &HashSet<&DiskSerial>,
+    wipe: bool,
+) -> (Disk, Option<Pool>) {
+    match Pinned::open(&layout.sys, &layout.dev, &device) {
+        Ok(pinned) => bring_up_pinned(pinned, table, layout, wipe),
+        Err(e) => {
+            tracing::warn!(serial = %device.serial, error = %e, "disk not brought up");
+            let disk = Disk {
+                signatures: Signatures::default(),
+                class: DiskClass::Foreign {
+                    reason: "not probed".to_owned(),
+                },
+                pool: None,
+                boot_medium: false,
+                error: Some(e.to_string()),
+                device,
+            };
+            (disk, None)
+        }
+    }
+}
+
+/// [`bring_up`] for a disk already held open and checked.
+fn bring_up_pinned(
+    pinned: Pinned,
+    table: &[MountEntry],
+    layout: &Layout,
+    wipe: bool,
 ) -> (Disk, Option<Pool>) {
     let mut disk = Disk {
         signatures: Signatures::default(),
@@ -473,7 +594,7 @@ fn bring_up(
         pool: None,
         boot_medium: false,
         error: None,
-        device,
+        device: pinned.device().clone(),
     };
     let result = (|| -> Result<Option<Pool>, StorageError> {
         let (signatures, class) = inspect(&disk.device, table, layout)?;
@@ -483,18 +604,21 @@ fn bring_up(
         if disk.boot_medium {
             return Ok(None);
         }
-        if matches!(disk.class, DiskClass::Foreign { .. }) && wipe.contains(&disk.device.serial) {
+        if matches!(disk.class, DiskClass::Foreign { .. }) && wipe {
             tracing::warn!(serial = %disk.device.serial, device = %disk.device.path.display(), "wiping on the farmer's request");
-            wipe_device(&disk.device.path, disk.device.size_bytes)?;
-            if let Some(fresh) = discover::read(&layout.sys, &layout.dev, &disk.device.name)? {
-                disk.device = fresh;
-            }
+            wipe_device(&pinned)?;
             let (signatures, class) = inspect(&disk.device, table, layout)?;
             disk.signatures = signatures;
             disk.class = class;
+            if disk.class != DiskClass::Blank {
+                return Err(StorageError::NotBlankAfterWipe {
+                    serial: disk.device.serial.clone(),
+                    class: disk.class.clone(),
+                });
+            }
         }
         Ok(match &disk.class {
-            DiskClass::Blank => Some(pool::create(&disk.device, &layout.pools_dir)?),
+            DiskClass::Blank => Some(pool::create(&pinned, &layout.pools_dir)?),
             DiskClass::Ours { label, uuid } => {
                 Some(pool::open(&disk.device, label, uuid, &layout.pools_dir)?)
             }
@@ -529,14 +653,18 @@ fn inspect(
     table: &[MountEntry],
     layout: &Layout,
 ) -> Result<(Signatures, DiskClass), StorageError> {
-    let signatures = probe::probe(&device.path)?;
-    let edges = probe::has_data_at_edges(&device.path, device.size_bytes)?;
+    let signatures = probe::probe(&device.path, device.size_bytes)?;
+    let data_at = if signatures.is_empty() {
+        probe::find_data(&device.path, device.size_bytes)?
+    } else {
+        None
+    };
     let mounted_at = mounted_elsewhere(device, table, layout);
     let class = classify::classify(&Findings {
         device,
         signatures: &signatures,
         mounted_at: mounted_at.as_deref(),
-        data_at_edges: edges,
+        data_at,
     });
     Ok((signatures, class))
 }
@@ -589,26 +717,29 @@ fn read_dev(dir: &Path) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-/// Erases every signature, then zeroes both ends so the disk reads blank.
-fn wipe_device(path: &Path, size_bytes: u64) -> Result<(), StorageError> {
-    cmd::run("wipefs", ["-a".as_ref(), path.as_os_str()]).map_err(|source| StorageError::Wipe {
-        device: path.to_owned(),
-        source,
+/// Erases every signature, then zeroes both ends, the usual partition
+/// offsets and the sampled blocks, so the disk reads blank. Writes only
+/// through the pinned device; `wipefs` runs on the pinned name.
+fn wipe_device(pinned: &Pinned) -> Result<(), StorageError> {
+    let device = pinned.device();
+    pinned.ensure_unused()?;
+    cmd::run("wipefs", ["-a".as_ref(), device.path.as_os_str()]).map_err(|source| {
+        StorageError::Wipe {
+            device: device.path.clone(),
+            source,
+        }
     })?;
-    let io = |source: std::io::Error| StorageError::Wipe {
-        device: path.to_owned(),
-        source: CmdError::spawn("zero the disk's first and last MiB".to_owned(), source),
-    };
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io)?;
-    let zeros = vec![0u8; probe::EDGE.min(size_bytes) as usize];
-    file.write_all_at(&zeros, 0).map_err(io)?;
-    file.write_all_at(&zeros, size_bytes.saturating_sub(zeros.len() as u64))
-        .map_err(io)?;
-    file.sync_all().map_err(io)
+    let size = device.size_bytes;
+    let edge = probe::EDGE.min(size);
+    // The first MiB, and the next one: a filesystem at 1 MiB keeps its
+    // superblock just past it.
+    pinned.zero(0, 2 * edge)?;
+    pinned.zero(size.saturating_sub(edge), edge)?;
+    for offset in probe::sample_offsets(size) {
+        pinned.zero(offset, probe::SAMPLE_BYTES)?;
+    }
+    pinned.sync()?;
+    Ok(())
 }
 
 fn find<'a>(

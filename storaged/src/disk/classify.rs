@@ -37,9 +37,12 @@ pub struct Findings<'a> {
     /// outside Grove's own pool directory (a pool mounted by an earlier run
     /// of storaged is not "in use by someone else").
     pub mounted_at: Option<&'a str>,
-    /// Whether the first or last MiB holds non-zero bytes.
-    pub data_at_edges: bool,
+    /// Where a non-zero byte was read (the edges and the sampled blocks).
+    pub data_at: Option<u64>,
 }
+
+/// The reason a foreign disk gives when it holds data but no signature.
+pub const UNRECOGNISED: &str = "unrecognised data";
 
 pub fn classify(f: &Findings<'_>) -> DiskClass {
     let d = f.device;
@@ -54,18 +57,12 @@ pub fn classify(f: &Findings<'_>) -> DiskClass {
             reason: format!("in use by {}", d.holders.join(", ")),
         };
     }
-    if let Some(pt) = &s.pttype {
-        return DiskClass::Foreign {
-            reason: format!("has a {pt} partition table"),
-        };
-    }
-    if !d.partitions.is_empty() {
-        return DiskClass::Foreign {
-            reason: format!("has partitions {}", d.partitions.join(", ")),
-        };
-    }
+    let place = s.offset.map(where_found).unwrap_or_default();
     if let Some(fs) = &s.fstype {
         if fs == "btrfs"
+            && s.offset.is_none()
+            && s.pttype.is_none()
+            && d.partitions.is_empty()
             && let Some(label) = s.label.as_deref().and_then(|l| l.parse::<PoolLabel>().ok())
             && let Some(uuid) = &s.uuid
         {
@@ -80,12 +77,32 @@ pub fn classify(f: &Findings<'_>) -> DiskClass {
             .map(|l| format!(" labelled {l:?}"))
             .unwrap_or_default();
         return DiskClass::Foreign {
-            reason: format!("holds a {fs} signature{label}"),
+            reason: format!("{}{label}{place}", describe(fs, s.usage.as_deref())),
         };
     }
-    if f.data_at_edges {
+    if let Some(pt) = &s.pttype {
+        let table = match pt.as_str() {
+            "dos" => "an MBR (DOS)".to_owned(),
+            "gpt" => "a GPT".to_owned(),
+            other => format!("a {other}"),
+        };
+        let backup = if pt == "gpt" && s.offset.is_some() {
+            " (only its backup header, at the end of the disk)"
+        } else {
+            ""
+        };
         return DiskClass::Foreign {
-            reason: "holds data that no prober recognizes".to_owned(),
+            reason: format!("has {table} partition table{backup}"),
+        };
+    }
+    if !d.partitions.is_empty() {
+        return DiskClass::Foreign {
+            reason: format!("has partitions {}", d.partitions.join(", ")),
+        };
+    }
+    if let Some(at) = f.data_at {
+        return DiskClass::Foreign {
+            reason: format!("{UNRECOGNISED}: non-zero bytes at offset {at} and no known signature"),
         };
     }
     if d.size_bytes < MIN_POOL_BYTES {
@@ -98,6 +115,54 @@ pub fn classify(f: &Findings<'_>) -> DiskClass {
         };
     }
     DiskClass::Blank
+}
+
+/// Words for what a signature is, by its type and blkid's usage.
+fn describe(fs: &str, usage: Option<&str>) -> String {
+    match fs {
+        "swap" => "is a swap area".to_owned(),
+        "crypto_LUKS" => "holds a LUKS encrypted volume".to_owned(),
+        "LVM2_member" => "is an LVM2 physical volume".to_owned(),
+        "linux_raid_member" => "is a member of a Linux md RAID array".to_owned(),
+        "bcache" => "is a bcache backing or cache device".to_owned(),
+        "zfs_member" => "is a member of a ZFS pool".to_owned(),
+        "iso9660" => "holds an ISO 9660 (CD/DVD image) filesystem".to_owned(),
+        "btrfs" => "holds another system's btrfs filesystem".to_owned(),
+        "exfat" => "holds an exFAT filesystem".to_owned(),
+        "ntfs" => "holds an NTFS filesystem".to_owned(),
+        "vfat" => "holds a FAT filesystem".to_owned(),
+        other => match usage {
+            Some("filesystem") => format!("holds {} {other} filesystem", article(other)),
+            Some("raid") => format!("is a member of a {other} array"),
+            Some("crypto") => format!("holds a {other} encrypted volume"),
+            _ => format!("holds a {other} signature"),
+        },
+    }
+}
+
+/// "an" before a name read letter by letter or starting with a vowel
+/// (an ext4, an xfs, an f2fs), "a" otherwise.
+fn article(name: &str) -> &'static str {
+    if name.starts_with([
+        'a', 'e', 'i', 'o', 'u', 'x', 'f', 'h', 'l', 'm', 'n', 'r', 's',
+    ]) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// Words for where a signature was found.
+fn where_found(offset: u64) -> String {
+    match offset {
+        o if o == 63 * 512 => {
+            " at sector 63, where a lost partition table's first partition began".to_owned()
+        }
+        o if o == 1 << 20 => {
+            " at 1 MiB, where a lost partition table's first partition began".to_owned()
+        }
+        o => format!(" at offset {o}"),
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +194,7 @@ mod tests {
             fstype: fstype.map(Into::into),
             label: label.map(Into::into),
             uuid: Some("u-1".into()),
+            ..Signatures::default()
         }
     }
 
@@ -137,7 +203,7 @@ mod tests {
             device: d,
             signatures: s,
             mounted_at: mounted,
-            data_at_edges: edges,
+            data_at: edges.then_some(4096),
         })
     }
 
@@ -188,6 +254,54 @@ mod tests {
             None,
             false
         )));
+    }
+
+    fn reason(c: &DiskClass) -> String {
+        match c {
+            DiskClass::Foreign { reason } => reason.clone(),
+            other => panic!("not foreign: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reasons_fit_what_is_on_the_disk() {
+        let d = disk();
+        let exfat = sig(Some("dos"), Some("exfat"), None);
+        assert_eq!(
+            reason(&class(&d, &exfat, None, false)),
+            "holds an exFAT filesystem"
+        );
+        let mut ext4 = sig(None, Some("ext4"), None);
+        ext4.usage = Some("filesystem".into());
+        ext4.offset = Some(1 << 20);
+        let r = reason(&class(&d, &ext4, None, false));
+        assert!(r.starts_with("holds an ext4 filesystem at 1 MiB"), "{r}");
+        let mut f2fs = sig(None, Some("f2fs"), None);
+        f2fs.usage = Some("filesystem".into());
+        assert_eq!(
+            reason(&class(&d, &f2fs, None, false)),
+            "holds an f2fs filesystem"
+        );
+        assert_eq!(
+            reason(&class(&d, &sig(None, Some("swap"), None), None, false)),
+            "is a swap area"
+        );
+        assert_eq!(
+            reason(&class(&d, &sig(Some("dos"), None, None), None, false)),
+            "has an MBR (DOS) partition table"
+        );
+        let data = reason(&class(&d, &Signatures::default(), None, true));
+        assert!(data.starts_with(UNRECOGNISED), "{data}");
+        let mut backup = sig(Some("gpt"), None, None);
+        backup.offset = Some(d.size_bytes - 512);
+        assert!(reason(&class(&d, &backup, None, false)).contains("backup"));
+    }
+
+    #[test]
+    fn a_grove_label_found_off_the_start_is_foreign() {
+        let mut s = sig(None, Some("btrfs"), Some("grove-abc123"));
+        s.offset = Some(1 << 20);
+        assert!(is_foreign(&class(&disk(), &s, None, false)));
     }
 
     #[test]

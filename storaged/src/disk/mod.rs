@@ -2,4 +2,5 @@
 
 pub mod classify;
 pub mod discover;
+pub mod guard;
 pub mod probe;

@@ -1,12 +1,16 @@
 //! Signature probing: what is on a disk, before anything is written to it.
 //!
 //! Uses util-linux's `blkid -p` (low-level superblock and partition-table
-//! probing, bypassing the cache), which knows MBR, GPT, ext2/3/4, xfs, btrfs,
-//! vfat, ntfs, swap, LUKS, LVM, zfs, iso9660 and many more. On top of that,
-//! [`has_data_at_edges`] reads the first and last MiB, so a disk holding data
-//! no prober recognizes is not mistaken for a blank one.
+//! probing, bypassing the cache) at the whole device and again at the usual
+//! partition offsets (sector 63, 1 MiB), so a filesystem whose partition
+//! table was lost is still found; the backup GPT header in the disk's last
+//! sector is checked by our own code, since blkid only trusts it behind a
+//! protective MBR. [`find_data`] then reads the first and last MiB and 64
+//! blocks spread over the disk: a disk holding data that no prober
+//! recognizes is never mistaken for a blank one. Limits: sampling reads 64
+//! blocks, not every block; data that misses all of them is not seen.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -42,8 +46,16 @@ pub struct Signatures {
     pub pttype: Option<String>,
     /// Filesystem or container type (`ext4`, `btrfs`, `LVM2_member`, ...).
     pub fstype: Option<String>,
+    /// What blkid says the signature is for (`filesystem`, `raid`,
+    /// `crypto`, `other`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
     pub label: Option<String>,
     pub uuid: Option<String>,
+    /// Where the signature was found, when not at the start of the disk
+    /// (a filesystem at 1 MiB whose partition table is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl Signatures {
@@ -52,18 +64,50 @@ impl Signatures {
     }
 }
 
-/// Probes `path` with `blkid -p`. Blocking.
-///
-/// blkid exits 2 both for "nothing found" and for a device it cannot open,
-/// so the device is opened here first: only a readable device can be
-/// reported as carrying no signature.
-pub fn probe(path: &Path) -> Result<Signatures, ProbeError> {
+/// Byte offsets where a partition usually starts: sector 63 (old DOS
+/// alignment) and 1 MiB (every tool since).
+pub const PARTITION_OFFSETS: [u64; 2] = [63 * 512, 1 << 20];
+
+/// Probes `path`: the whole device, then the usual partition offsets, then
+/// the backup GPT header. The first finding wins. Blocking.
+pub fn probe(path: &Path, size_bytes: u64) -> Result<Signatures, ProbeError> {
     std::fs::File::open(path).map_err(|source| ProbeError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let out = Command::new("blkid")
-        .args(["-p", "-o", "export"])
+    let whole = blkid(path, None)?;
+    if !whole.is_empty() {
+        return Ok(whole);
+    }
+    for offset in PARTITION_OFFSETS.into_iter().filter(|&o| o < size_bytes) {
+        let mut found = blkid(path, Some(offset))?;
+        if !found.is_empty() {
+            found.offset = Some(offset);
+            return Ok(found);
+        }
+    }
+    if let Some(offset) = backup_gpt(path, size_bytes)? {
+        return Ok(Signatures {
+            pttype: Some("gpt".to_owned()),
+            offset: Some(offset),
+            ..Signatures::default()
+        });
+    }
+    Ok(Signatures::default())
+}
+
+/// `blkid -p` at the start of the device or at `offset`.
+///
+/// blkid exits 2 both for "nothing found" and for a device it cannot open,
+/// so [`probe`] opens the device first: only a readable device can be
+/// reported as carrying no signature.
+fn blkid(path: &Path, offset: Option<u64>) -> Result<Signatures, ProbeError> {
+    let mut command = Command::new("blkid");
+    command.args(["-p", "-o", "export"]);
+    if let Some(offset) = offset {
+        command.arg("-O").arg(offset.to_string());
+    }
+    let out = command
         .arg(path)
         .output()
         .map_err(|source| ProbeError::Spawn {
@@ -82,6 +126,28 @@ pub fn probe(path: &Path) -> Result<Signatures, ProbeError> {
     }
 }
 
+/// The offset of a backup GPT header ("EFI PART") in the last logical
+/// sector, for 512-byte and 4 KiB sectors.
+fn backup_gpt(path: &Path, size_bytes: u64) -> Result<Option<u64>, ProbeError> {
+    let read_err = |source| ProbeError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    for sector in [512u64, 4096] {
+        if size_bytes < sector {
+            continue;
+        }
+        let offset = size_bytes - sector;
+        let mut magic = [0u8; 8];
+        file.read_exact_at(&mut magic, offset).map_err(read_err)?;
+        if &magic == b"EFI PART" {
+            return Ok(Some(offset));
+        }
+    }
+    Ok(None)
+}
+
 /// Parses `blkid -o export` output.
 pub fn parse_export(text: &str) -> Signatures {
     let mut sig = Signatures::default();
@@ -93,6 +159,7 @@ pub fn parse_export(text: &str) -> Signatures {
         match key {
             "PTTYPE" => sig.pttype = value,
             "TYPE" => sig.fstype = value,
+            "USAGE" => sig.usage = value,
             "LABEL" => sig.label = value,
             "UUID" => sig.uuid = value,
             _ => {}
@@ -101,30 +168,53 @@ pub fn parse_export(text: &str) -> Signatures {
     sig
 }
 
-/// How much of each end of the disk [`has_data_at_edges`] reads.
+/// How much of each end of the disk [`find_data`] reads.
 pub const EDGE: u64 = 1 << 20;
+/// How many blocks [`find_data`] samples between the edges.
+pub const SAMPLES: u64 = 64;
+/// The size of one sampled block.
+pub const SAMPLE_BYTES: u64 = 4096;
 
-/// True if the first or last MiB of `path` holds any non-zero byte. Blocking.
-pub fn has_data_at_edges(path: &Path, size_bytes: u64) -> Result<bool, ProbeError> {
+/// The offsets [`find_data`] samples: `SAMPLES` blocks evenly spread over
+/// the disk, the middle among them.
+pub fn sample_offsets(size_bytes: u64) -> Vec<u64> {
+    let blocks = size_bytes / SAMPLE_BYTES;
+    if blocks == 0 {
+        return Vec::new();
+    }
+    let mut out: Vec<u64> = (0..SAMPLES)
+        .map(|i| (blocks * i / SAMPLES) * SAMPLE_BYTES)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The offset of the first non-zero byte found in the first or last MiB of
+/// `path`, or in one of the sampled blocks; `None` if every byte read is
+/// zero. Blocking.
+pub fn find_data(path: &Path, size_bytes: u64) -> Result<Option<u64>, ProbeError> {
     let read_err = |source| ProbeError::Read {
         path: path.to_owned(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(read_err)?;
-    let mut buf = vec![0u8; EDGE.min(size_bytes) as usize];
-    file.read_exact(&mut buf).map_err(read_err)?;
-    if buf.iter().any(|&b| b != 0) {
-        return Ok(true);
-    }
-    if size_bytes > EDGE {
-        file.seek(SeekFrom::Start(size_bytes - buf.len() as u64))
-            .map_err(read_err)?;
-        file.read_exact(&mut buf).map_err(read_err)?;
-        if buf.iter().any(|&b| b != 0) {
-            return Ok(true);
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let edge = EDGE.min(size_bytes);
+    let mut buf = vec![0u8; edge as usize];
+    let mut regions = vec![(0, edge)];
+    regions.push((size_bytes - edge, edge));
+    regions.extend(
+        sample_offsets(size_bytes)
+            .into_iter()
+            .map(|o| (o, SAMPLE_BYTES.min(size_bytes - o))),
+    );
+    for (offset, len) in regions {
+        let chunk = &mut buf[..len as usize];
+        file.read_exact_at(chunk, offset).map_err(read_err)?;
+        if let Some(at) = chunk.iter().position(|&b| b != 0) {
+            return Ok(Some(offset + at as u64));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -137,6 +227,7 @@ mod tests {
             "DEVNAME=/dev/loop0\nLABEL=grove-abc\nUUID=0796-99c4\nUUID_SUB=41\nBLOCK_SIZE=4096\nTYPE=btrfs\nUSAGE=filesystem\n",
         );
         assert_eq!(s.fstype.as_deref(), Some("btrfs"));
+        assert_eq!(s.usage.as_deref(), Some("filesystem"));
         assert_eq!(s.label.as_deref(), Some("grove-abc"));
         assert_eq!(s.uuid.as_deref(), Some("0796-99c4"));
         assert!(s.pttype.is_none());
@@ -147,24 +238,48 @@ mod tests {
     }
 
     #[test]
-    fn edge_sniffing_sees_data_at_either_end() {
+    fn samples_are_spread_over_the_disk_and_include_the_middle() {
+        let size = 1u64 << 30;
+        let offsets = sample_offsets(size);
+        assert_eq!(offsets.len(), SAMPLES as usize);
+        assert!(offsets.contains(&(size / 2)), "{offsets:?}");
+        assert!(offsets.iter().all(|o| o % SAMPLE_BYTES == 0 && *o < size));
+        assert!(sample_offsets(100).is_empty());
+    }
+
+    #[test]
+    fn data_is_found_at_either_end_or_in_the_middle() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("img");
-        let size = 4 * EDGE;
+        let size = 64 * EDGE;
         let f = std::fs::File::create(&path).expect("create");
         f.set_len(size).expect("sparse");
-        assert!(!has_data_at_edges(&path, size).expect("read"));
-        use std::os::unix::fs::FileExt;
+        assert_eq!(find_data(&path, size).expect("read"), None);
         f.write_at(b"x", size - 10).expect("write tail");
-        assert!(has_data_at_edges(&path, size).expect("read"));
+        assert_eq!(find_data(&path, size).expect("read"), Some(size - 10));
         f.write_at(b"\0", size - 10).expect("clear tail");
         f.write_at(b"y", 100).expect("write head");
-        assert!(has_data_at_edges(&path, size).expect("read"));
-        assert!(has_data_at_edges(Path::new("/nonexistent/disk"), size).is_err());
+        assert_eq!(find_data(&path, size).expect("read"), Some(100));
+        f.write_at(b"\0", 100).expect("clear head");
+        f.write_at(b"z", size / 2 + 7).expect("write middle");
+        assert_eq!(find_data(&path, size).expect("read"), Some(size / 2 + 7));
+        assert!(find_data(Path::new("/nonexistent/disk"), size).is_err());
+    }
+
+    #[test]
+    fn a_backup_gpt_header_alone_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("img");
+        let size = 8 * EDGE;
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_len(size).expect("sparse");
+        assert_eq!(backup_gpt(&path, size).expect("read"), None);
+        f.write_at(b"EFI PART", size - 512).expect("backup header");
+        assert_eq!(backup_gpt(&path, size).expect("read"), Some(size - 512));
     }
 
     #[test]
     fn probing_a_missing_device_is_an_error() {
-        assert!(probe(Path::new("/nonexistent/disk")).is_err());
+        assert!(probe(Path::new("/nonexistent/disk"), 1 << 30).is_err());
     }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cmd::{self, CmdError};
 use crate::disk::discover::BlockDevice;
+use crate::disk::guard::{GuardError, Pinned};
 use crate::mounts::{self, MountError};
 use crate::types::{DiskSerial, PoolLabel};
 use kind::{DiskKind, KindVerdict, LatencyError};
@@ -32,6 +33,8 @@ pub const VDISKS_DIR: &str = "vdisks";
 pub enum PoolError {
     #[error(transparent)]
     Latency(#[from] LatencyError),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     #[error("cannot make a filesystem on {device}: {source}")]
     Mkfs {
         device: PathBuf,
@@ -113,8 +116,12 @@ impl Pool {
     }
 }
 
-/// Makes a pool on `disk`, which the caller has classified blank. Blocking.
-pub fn create(disk: &BlockDevice, pools_dir: &Path) -> Result<Pool, PoolError> {
+/// Makes a pool on the pinned `disk`, which the caller has classified
+/// blank. Without discard (`-K`): a disk's old blocks stay recoverable until
+/// they are overwritten. Blocking.
+pub fn create(pinned: &Pinned, pools_dir: &Path) -> Result<Pool, PoolError> {
+    pinned.ensure_unused()?;
+    let disk = pinned.device();
     let median = kind::probe_latency_us(&disk.path, disk.size_bytes)?;
     let verdict = kind::judge(disk.rotational, median);
     let label = random_label()?;
@@ -124,6 +131,7 @@ pub fn create(disk: &BlockDevice, pools_dir: &Path) -> Result<Pool, PoolError> {
         "mkfs.btrfs",
         [
             "-q".as_ref(),
+            "-K".as_ref(),
             "-L".as_ref(),
             label.as_str().as_ref(),
             "-m".as_ref(),
@@ -137,9 +145,11 @@ pub fn create(disk: &BlockDevice, pools_dir: &Path) -> Result<Pool, PoolError> {
         device: disk.path.clone(),
         source,
     })?;
-    let sig = crate::disk::probe::probe(&disk.path).map_err(|source| PoolError::Probe {
-        device: disk.path.clone(),
-        source,
+    let sig = crate::disk::probe::probe(&disk.path, disk.size_bytes).map_err(|source| {
+        PoolError::Probe {
+            device: disk.path.clone(),
+            source,
+        }
     })?;
     let uuid = match (sig.label.as_deref(), sig.uuid) {
         (Some(l), Some(uuid)) if l == label.as_str() => uuid,

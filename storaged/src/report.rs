@@ -1,0 +1,70 @@
+//! What storaged's API answers: disks, pools, capacity.
+//!
+//! Plain data shared by the daemon, its typed client
+//! ([`crate::client::StoragedClient`]) and every caller, kept apart from
+//! the storage logic so a caller reads the shapes without the machinery.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheStatus;
+use crate::disk::classify::DiskClass;
+use crate::disk::discover::BlockDevice;
+use crate::disk::probe::Signatures;
+use crate::pool::PoolState;
+use crate::pool::kind::{DiskKind, KindVerdict};
+use crate::types::{DiskSerial, PoolLabel};
+
+/// One disk as `/v1/disks` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    #[serde(flatten)]
+    pub device: BlockDevice,
+    pub signatures: Signatures,
+    #[serde(flatten)]
+    pub class: DiskClass,
+    pub pool: Option<PoolLabel>,
+    /// The medium the node booted from: mounted at `/` or `/boot`, or
+    /// carrying a Grove boot image's label. Never written.
+    pub boot_medium: bool,
+    /// Why the disk could not be probed or pooled, if so.
+    pub error: Option<String>,
+}
+
+/// One pool as `/v1/pools` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolReport {
+    pub label: PoolLabel,
+    pub uuid: String,
+    pub serial: DiskSerial,
+    pub device: PathBuf,
+    pub kind: DiskKind,
+    pub verdict: KindVerdict,
+    #[serde(flatten)]
+    pub state: PoolState,
+    pub mount_point: PathBuf,
+    pub size_bytes: u64,
+    pub reserved_bytes: u64,
+    pub allocated_bytes: u64,
+    pub free_bytes: u64,
+    pub cache: bool,
+}
+
+/// Totals for one disk kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCapacity {
+    pub total_bytes: u64,
+    pub reserved_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// `/v1/capacity`: what the node offers, for registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub ssd: KindCapacity,
+    pub hdd: KindCapacity,
+    pub cache: CacheStatus,
+    pub broken_pools: Vec<PoolLabel>,
+}
