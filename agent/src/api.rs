@@ -171,7 +171,7 @@ async fn logs(
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NetworkReport {
     pub uplink: netd::uplink::UplinkReport,
-    pub interfaces: Vec<netd::uplink::links::Interface>,
+    pub interfaces: Vec<netd::uplink::Interface>,
 }
 
 async fn read_host(state: &ApiState) -> HostInfo {

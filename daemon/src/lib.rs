@@ -21,6 +21,10 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 /// Directory that holds every daemon's socket on a node.
 pub const RUN_DIR: &str = "/run/grove";
 
+/// Where a node keeps its state across reboots: the system cache, a
+/// subvolume of the node's cache pool that storaged mounts here.
+pub const CACHE_DIR: &str = "/var/cache/grove";
+
 /// The socket path of daemon `name` under [`RUN_DIR`].
 pub fn socket_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(RUN_DIR).join(format!("{name}.sock"))

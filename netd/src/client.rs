@@ -62,7 +62,7 @@ impl NetdClient {
         self.socket.get("/v1/mesh").await
     }
 
-    pub async fn interfaces(&self) -> Result<Vec<crate::uplink::links::Interface>, ClientError> {
+    pub async fn interfaces(&self) -> Result<Vec<crate::uplink::Interface>, ClientError> {
         self.socket.get("/v1/interfaces").await
     }
 }

@@ -7,6 +7,11 @@
 pub mod actor;
 pub mod client;
 pub mod mesh;
+pub mod netlink;
+pub mod netns;
+pub mod prefix;
+pub mod procs;
+pub mod sysctl;
 pub mod tenant;
 pub mod types;
 pub mod uplink;
@@ -51,10 +56,16 @@ pub enum NetdError {
     #[error(transparent)]
     Serve(#[from] ServerError),
     #[error(transparent)]
-    Uplink(#[from] uplink::UplinkError),
+    Netlink(#[from] netlink::NetlinkError),
 }
 
 impl Failure for NetdError {}
+
+/// Whether `ifname` in the host namespace is a link netd makes (the
+/// uplink bridge, the mesh, a tenant network's), never an uplink NIC.
+pub fn made_by_netd(ifname: &str) -> bool {
+    ifname == uplink::BRIDGE || ifname.starts_with("mesh") || tenant::names::is_tenant_link(ifname)
+}
 
 /// Runs the daemon until `shutdown` trips.
 pub async fn run(
@@ -64,10 +75,11 @@ pub async fn run(
 ) -> Result<(), NetdError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
     let readiness = Readiness::waiting("uplink");
-    let uplink = uplink::Uplink::new(config.uplink.clone(), overrides)?;
+    let host = netlink::Netlink::here(netlink::HOST)?;
+    let uplink = uplink::Uplink::new(config.uplink.clone(), overrides, host.clone(), made_by_netd);
     let uplink_task = tokio::spawn(uplink.clone().run(readiness.clone(), shutdown.clone()));
-    let mesh = mesh::Mesh::start(config.mesh.clone(), shutdown.clone());
-    let tenants = tenant::Tenants::start(config.tenant.clone(), shutdown.clone());
+    let mesh = mesh::Mesh::start(config.mesh.clone(), host.clone(), shutdown.clone());
+    let tenants = tenant::Tenants::start(config.tenant.clone(), host, shutdown.clone());
     let api = Router::new().merge(mesh::routes(mesh.clone()));
     let api = api.merge(uplink::api::routes(uplink));
     let api = api.merge(tenant::routes(tenants.clone()));

@@ -96,8 +96,7 @@ fn the_nic_with_dhcp_becomes_the_uplink_and_the_api_answers_on_its_lease() {
     let socket = node.socket(Daemon::Netd).expect("socket");
     let (status, body) = grove_testbed::unix_get(&socket, "/v1/interfaces").expect("interfaces");
     assert_eq!(status, 200);
-    let interfaces: Vec<netd::uplink::links::Interface> =
-        serde_json::from_str(&body).expect("json");
+    let interfaces: Vec<netd::uplink::Interface> = serde_json::from_str(&body).expect("json");
     let bridge = interfaces
         .iter()
         .find(|i| i.name == "br-grove")

@@ -26,7 +26,8 @@ impl IntoResponse for MeshError {
             MeshError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             MeshError::Boringtun(_)
             | MeshError::Device(_)
-            | MeshError::Link(_)
+            | MeshError::Netlink(_)
+            | MeshError::Sysctl(_)
             | MeshError::State(_)
             | MeshError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -21,11 +21,12 @@ use grove_daemon::shutdown::Shutdown;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use crate::netlink::{Netlink, NetlinkError};
+use crate::sysctl::SysctlError;
 use crate::types::InterfaceName;
 use crate::wg::BackendChoice;
 use crate::wg::boringtun::BoringtunError;
 use crate::wg::device::DeviceError;
-use crate::wg::link::LinkError;
 
 pub use api::routes;
 use input::{InputError, MeshSettings, PeerRequest};
@@ -48,7 +49,7 @@ pub struct MeshConfig {
     /// endpoint, in seconds.
     pub keepalive_secs: u16,
     pub mtu: u32,
-    /// Where `mesh.json` lives; `/var/cache/grove/netd` when the system
+    /// Where `mesh.json` lives; `netd` in [`grove_daemon::CACHE_DIR`] when the system
     /// cache is mounted, else `/run/grove/netd`, when unset.
     pub state_dir: Option<PathBuf>,
 }
@@ -80,11 +81,20 @@ pub enum MeshError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
-    Link(#[from] LinkError),
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
     #[error("mesh state: {0}")]
     State(#[from] StateError),
     #[error("a blocking mesh task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// [`crate::actor::blocking`] answering a [`MeshError`].
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MeshError> + Send + 'static,
+) -> Result<T, MeshError> {
+    crate::actor::blocking(f).await
 }
 
 /// The handle the API uses to reach the mesh worker.
@@ -97,11 +107,11 @@ impl Mesh {
     /// Starts the worker: it detects the backend, restores the saved
     /// configuration if there is one, then serves commands until
     /// `shutdown` trips, when it stops the userspace process.
-    pub fn start(config: MeshConfig, shutdown: Shutdown) -> Self {
+    pub fn start(config: MeshConfig, links: Netlink, shutdown: Shutdown) -> Self {
         let span = tracing::info_span!("mesh", ifname = %config.interface);
         Self {
             actor: crate::actor::Actor::spawn("mesh", span, |inbox| {
-                worker::run(config, inbox, shutdown)
+                worker::run(config, links, inbox, shutdown)
             }),
         }
     }

@@ -9,7 +9,6 @@
 //! what the device reports, so it heals, but the API answer is an error.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use grove_daemon::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
@@ -19,17 +18,13 @@ use super::input::{self, MeshSettings, Peer, PeerRequest};
 use super::plan::{Plan, plan};
 use super::state::StateFile;
 use super::view::{self, Applied, MeshView};
-use super::{MeshConfig, MeshError};
+use super::{MeshConfig, MeshError, blocking};
+use crate::actor::{Restart, until};
+use crate::netlink::{LinkSettings, Netlink};
+use crate::sysctl::Sysctls;
 use crate::wg::boringtun::{self, Boringtun};
 use crate::wg::device::{self, Changes, Settings};
-use crate::wg::link::{Links, Sysctls};
 use crate::wg::{self, Backend};
-
-/// The first wait before restarting a userspace process that died.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// A process that ran this long resets the backoff.
-const STABLE: Duration = Duration::from_secs(30);
 
 /// A request to the worker.
 #[derive(Debug)]
@@ -55,20 +50,12 @@ struct Current {
     plan: Plan,
 }
 
-/// When to restart the userspace process.
-#[derive(Debug)]
-struct Restart {
-    backoff: Duration,
-    at: Option<tokio::time::Instant>,
-    started: Option<Instant>,
-}
-
 #[derive(Debug)]
 struct Worker {
     config: MeshConfig,
     ifname: String,
     backend: Backend,
-    links: Option<Links>,
+    links: Netlink,
     sysctls: Sysctls,
     state: StateFile,
     process: Option<Boringtun>,
@@ -79,10 +66,11 @@ struct Worker {
 /// Runs the worker until `shutdown` trips or every handle is gone.
 pub(crate) async fn run(
     config: MeshConfig,
+    links: Netlink,
     mut inbox: mpsc::Receiver<Command>,
     shutdown: Shutdown,
 ) {
-    let mut worker = Worker::new(config).await;
+    let mut worker = Worker::new(config, links).await;
     worker.restore().await;
     loop {
         tokio::select! {
@@ -91,7 +79,7 @@ pub(crate) async fn run(
                 None => break,
             },
             how = exited(&mut worker.process) => worker.lost(&how),
-            () = restart_due(worker.restart.at) => worker.revive().await,
+            () = until(worker.restart.due()) => worker.revive().await,
             () = shutdown.wait() => break,
         }
     }
@@ -107,36 +95,12 @@ async fn exited(process: &mut Option<Boringtun>) -> String {
     }
 }
 
-async fn restart_due(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Runs a blocking call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, MeshError> + Send + 'static,
-) -> Result<T, MeshError> {
-    tokio::task::spawn_blocking(f).await?
-}
-
 impl Worker {
-    async fn new(config: MeshConfig) -> Self {
-        let links = match Links::connect() {
-            Ok(links) => Some(links),
-            Err(e) => {
-                tracing::error!(error = %e, "mesh: no netlink connection yet");
-                None
-            }
-        };
-        let backend = match &links {
-            Some(links) => wg::detect(links, config.backend).await,
-            None => Backend::Userspace,
-        };
+    async fn new(config: MeshConfig, links: Netlink) -> Self {
+        let backend = wg::detect(&links, config.backend).await;
         let state = StateFile::locate(
             config.state_dir.as_deref(),
-            Path::new("/var/cache/grove"),
+            Path::new(grove_daemon::CACHE_DIR),
             Path::new(grove_daemon::RUN_DIR),
         );
         let ifname = config.interface.to_string();
@@ -150,19 +114,8 @@ impl Worker {
             state,
             process: None,
             current: None,
-            restart: Restart {
-                backoff: FIRST_BACKOFF,
-                at: None,
-                started: None,
-            },
+            restart: Restart::default(),
         }
-    }
-
-    fn links(&mut self) -> Result<&Links, MeshError> {
-        if self.links.is_none() {
-            self.links = Some(Links::connect()?);
-        }
-        self.links.as_ref().ok_or(MeshError::Stopped)
     }
 
     /// Rebuilds the mesh from the state file, if there is one.
@@ -189,7 +142,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(ifname = %self.ifname, error = %e, "mesh: cannot restore; retrying");
-                self.schedule_restart();
+                self.restart.schedule();
             }
         }
     }
@@ -263,9 +216,12 @@ impl Worker {
     ) -> Result<Changes, MeshError> {
         let next = plan(settings, peers, self.config.keepalive_secs);
         let fresh = self.ensure_device().await?;
-        self.sysctls.no_link_local(&self.ifname)?;
-        let (ifname, backend) = (self.ifname.clone(), self.backend);
-        let actual = blocking(move || Ok(device::read(&ifname, backend)?)).await?;
+        let (sysctls, ifname, backend) = (self.sysctls.clone(), self.ifname.clone(), self.backend);
+        let actual = blocking(move || {
+            sysctls.no_link_local(&ifname)?;
+            Ok(device::read(&ifname, backend)?)
+        })
+        .await?;
         let prev = self
             .current
             .as_ref()
@@ -275,25 +231,27 @@ impl Worker {
         let key = (send_key || fresh).then(|| settings.private_key.clone());
         let port =
             (actual.listen_port != Some(settings.listen_port)).then_some(settings.listen_port);
-        let ifname = self.ifname.clone();
-        let changes = blocking(move || {
+        let (sysctls, ifname) = (self.sysctls.clone(), self.ifname.clone());
+        let (changes, namespace_wide) = blocking(move || {
             let wanted = Settings {
                 private_key: key.as_ref(),
                 listen_port: port,
             };
             device::apply(&ifname, backend, &wanted, &changes)?;
-            Ok(changes)
+            Ok((changes, sysctls.forward_ipv6(&ifname)?))
         })
         .await?;
-        if self.sysctls.forward(&self.ifname)? {
+        if namespace_wide {
             tracing::warn!(ifname = %self.ifname, "no per-interface IPv6 forwarding on this kernel; forwarding for the whole namespace");
         }
         let address = settings.prefix.address_of(&settings.public_key);
-        let (mtu, ifname) = (self.config.mtu, self.ifname.clone());
-        let links = self.links()?;
-        links.ensure_up(&ifname, mtu).await?;
-        links
-            .ensure_only_address(&ifname, address, MESH_LEN)
+        let up = LinkSettings {
+            mtu: Some(self.config.mtu),
+            ..LinkSettings::up()
+        };
+        self.links.ensure_link(&self.ifname, &up).await?;
+        (self.links)
+            .ensure_only_ipv6(&self.ifname, address, MESH_LEN)
             .await?;
         let (state, saved_settings, saved_peers) =
             (self.state.clone(), settings.clone(), peers.to_vec());
@@ -317,10 +275,7 @@ impl Worker {
     /// Makes sure the device exists; true if it had to be created.
     async fn ensure_device(&mut self) -> Result<bool, MeshError> {
         match self.backend {
-            Backend::Kernel => {
-                let ifname = self.ifname.clone();
-                Ok(self.links()?.ensure_wireguard(&ifname).await?)
-            }
+            Backend::Kernel => Ok(self.links.ensure_wireguard(&self.ifname).await?),
             Backend::Userspace => {
                 if self.process.is_some() {
                     return Ok(false);
@@ -331,12 +286,12 @@ impl Worker {
                     Boringtun::adopt(&binary, &self.ifname, Path::new("/proc")).await
                 {
                     self.process = Some(process);
-                    self.restart.started = Some(Instant::now());
+                    self.restart.started();
                     return Ok(false);
                 }
                 let process = Boringtun::spawn(&binary, &self.ifname).await?;
                 self.process = Some(process);
-                self.restart.started = Some(Instant::now());
+                self.restart.started();
                 Ok(true)
             }
         }
@@ -345,26 +300,18 @@ impl Worker {
     /// The userspace process died: schedule its restart.
     fn lost(&mut self, how: &str) {
         self.process = None;
-        if self.restart.started.is_some_and(|s| s.elapsed() >= STABLE) {
-            self.restart.backoff = FIRST_BACKOFF;
-        }
+        let wait = self.restart.lost();
         tracing::error!(
             ifname = %self.ifname,
             how,
-            retry_in_ms = self.restart.backoff.as_millis() as u64,
+            retry_in_ms = wait.as_millis() as u64,
             "userspace WireGuard exited; restarting it"
         );
-        self.schedule_restart();
-    }
-
-    fn schedule_restart(&mut self) {
-        self.restart.at = Some(tokio::time::Instant::now() + self.restart.backoff);
-        self.restart.backoff = (self.restart.backoff * 2).min(MAX_BACKOFF);
     }
 
     /// Restarts the device with the current configuration.
     async fn revive(&mut self) {
-        self.restart.at = None;
+        self.restart.clear();
         let Some(current) = self.current.clone() else {
             return;
         };
@@ -372,7 +319,7 @@ impl Worker {
             Ok(_) => tracing::info!(ifname = %self.ifname, "mesh device rebuilt"),
             Err(e) => {
                 tracing::error!(ifname = %self.ifname, error = %e, "mesh: cannot rebuild the device; retrying");
-                self.schedule_restart();
+                self.restart.schedule();
             }
         }
     }

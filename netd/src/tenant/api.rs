@@ -39,7 +39,7 @@ impl IntoResponse for TenantError {
             TenantError::Boringtun(_)
             | TenantError::Device(_)
             | TenantError::Netns(_)
-            | TenantError::Link(_)
+            | TenantError::Netlink(_)
             | TenantError::Firewall(_)
             | TenantError::Sysctl(_)
             | TenantError::Tap(_)

@@ -20,28 +20,22 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use super::firewall;
 use super::input::AttachKind;
-use super::links::{LinkSettings, NsLinks, Route};
 use super::names::{self, EGRESS_INSIDE, INSIDE_TABLE, NetId};
 use super::netns::{self, NetnsDir};
 use super::network::{Attachment, EgressSlot, Network};
 use super::prefix::Ipv4Prefix;
-use super::sysctl::{self, Sysctls};
 use super::tap;
-use super::{TenantConfig, TenantError};
+use super::{TenantConfig, TenantError, blocking};
+use crate::actor::Restart;
+use crate::netlink::{LinkSettings, Netlink, Route};
+use crate::sysctl::{self, Sysctls};
 use crate::wg::Backend;
 use crate::wg::PublicKey;
 use crate::wg::boringtun::{self, Boringtun, Options};
 use crate::wg::device::{self, DeviceError, DeviceState, PeerConfig, Settings};
-
-/// The first wait before restarting a userspace process that died.
-pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// A process that ran this long resets the backoff.
-pub(crate) const STABLE: Duration = Duration::from_secs(30);
 
 /// What every network shares: settings, backend and the host namespace.
 #[derive(Debug)]
@@ -50,25 +44,7 @@ pub(crate) struct Env {
     pub backend: Backend,
     pub dir: NetnsDir,
     pub sysctls: Sysctls,
-    pub host: NsLinks,
-}
-
-/// When to restart a network's userspace process.
-#[derive(Debug)]
-pub(crate) struct Restart {
-    pub backoff: Duration,
-    pub at: Option<tokio::time::Instant>,
-    pub started: Option<Instant>,
-}
-
-impl Default for Restart {
-    fn default() -> Self {
-        Self {
-            backoff: FIRST_BACKOFF,
-            at: None,
-            started: None,
-        }
-    }
+    pub host: Netlink,
 }
 
 /// A network that exists on this node, with what it runs on.
@@ -76,18 +52,11 @@ impl Default for Restart {
 pub(crate) struct Live {
     pub network: Network,
     pub ns: Arc<File>,
-    pub inside: NsLinks,
+    pub inside: Netlink,
     pub process: Option<Boringtun>,
     /// The peers last sent to the device.
     pub asked: BTreeMap<PublicKey, PeerConfig>,
     pub restart: Restart,
-}
-
-/// Runs a blocking call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, TenantError> + Send + 'static,
-) -> Result<T, TenantError> {
-    tokio::task::spawn_blocking(f).await?
 }
 
 /// Runs a blocking call on a thread inside the network's namespace.
@@ -113,7 +82,7 @@ async fn on_device<T: Send + 'static>(
 ) -> Result<T, TenantError> {
     match env.backend {
         Backend::Kernel => inside(live, f).await,
-        Backend::Userspace => Ok(tokio::task::spawn_blocking(f).await??),
+        Backend::Userspace => Ok(blocking(move || Ok::<_, TenantError>(f()?)).await?),
     }
 }
 
@@ -132,15 +101,11 @@ pub(crate) async fn open(env: &Env, network: Network) -> Result<Live, TenantErro
     let file = Arc::new(file);
     let sysctls = env.sysctls.clone();
     netns::run_in_async(file.clone(), name.clone(), move || {
-        sysctls.ensure_all(&sysctl::INSIDE)
+        sysctls.ensure_all(&sysctl::TENANT_INSIDE)
     })
     .await??;
-    let links = NsLinks::connect_in(file.clone(), &name).await?;
-    let up = LinkSettings {
-        up: true,
-        ..LinkSettings::default()
-    };
-    links.ensure_link("lo", &up).await?;
+    let links = Netlink::inside(file.clone(), &name).await?;
+    links.ensure_link("lo", &LinkSettings::up()).await?;
     Ok(Live {
         network,
         ns: file,
@@ -155,10 +120,7 @@ pub(crate) async fn open(env: &Env, network: Network) -> Result<Live, TenantErro
 pub(crate) async fn converge(env: &Env, live: &mut Live) -> Result<(), TenantError> {
     let netid = live.network.netid().clone();
     let spec = live.network.spec.clone();
-    let up = LinkSettings {
-        up: true,
-        ..LinkSettings::default()
-    };
+    let up = LinkSettings::up();
 
     let bridge = netid.bridge();
     live.inside
@@ -226,10 +188,7 @@ async fn egress(env: &Env, live: &Live) -> Result<(), TenantError> {
     env.host
         .ensure_only_ipv4(&host_end, slot.host(), EgressSlot::LEN)
         .await?;
-    let up = LinkSettings {
-        up: true,
-        ..LinkSettings::default()
-    };
+    let up = LinkSettings::up();
     env.host.ensure_link(&host_end, &up).await?;
     live.inside
         .ensure_only_ipv4(EGRESS_INSIDE, slot.inside(), EgressSlot::LEN)
@@ -273,7 +232,7 @@ async fn userspace_device(env: &Env, live: &mut Live) -> Result<bool, TenantErro
                 fresh = true;
             }
         }
-        live.restart.started = Some(Instant::now());
+        live.restart.started();
     }
     if let Some(link) = env.host.link(&wg).await?
         && link.kind.as_deref() == Some("tun")
@@ -433,7 +392,7 @@ pub(crate) async fn teardown(
     env: &Env,
     netid: &NetId,
     process: Option<Boringtun>,
-    inside: Option<&NsLinks>,
+    inside: Option<&Netlink>,
     attachments: &[Attachment],
 ) -> Result<(), TenantError> {
     let wg = netid.wireguard();

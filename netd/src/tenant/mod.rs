@@ -18,16 +18,14 @@ pub mod api;
 mod build;
 pub mod firewall;
 pub mod input;
-pub mod links;
 pub mod names;
-pub mod netns;
 pub mod network;
-pub mod prefix;
 pub mod state;
-pub mod sysctl;
 pub mod tap;
 pub mod view;
 mod worker;
+
+pub use crate::{netns, prefix, sysctl};
 
 use std::path::PathBuf;
 
@@ -39,10 +37,10 @@ use crate::wg::BackendChoice;
 use crate::wg::boringtun::BoringtunError;
 use crate::wg::device::DeviceError;
 
+use crate::netlink::{Netlink, NetlinkError};
 pub use api::routes;
 use firewall::FirewallError;
 use input::{Attach, InputError, NetworkSpec};
-use links::LinkError;
 use names::{NetId, WorkloadName};
 use netns::NetnsError;
 use prefix::Ipv4Prefix;
@@ -65,7 +63,7 @@ pub struct TenantConfig {
     pub nft: PathBuf,
     /// MTU of every `w-<netid>`.
     pub mtu: u32,
-    /// Where the network files live; `/var/cache/grove/netd/networks` when
+    /// Where the network files live; `netd/networks` in [`grove_daemon::CACHE_DIR`] when
     /// the system cache is mounted, else `/run/grove/netd/networks`, when
     /// unset.
     pub state_dir: Option<PathBuf>,
@@ -125,7 +123,7 @@ pub enum TenantError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
-    Link(#[from] LinkError),
+    Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Firewall(#[from] FirewallError),
     #[error(transparent)]
@@ -136,6 +134,13 @@ pub enum TenantError {
     State(#[from] StateError),
     #[error("a blocking tenant network task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// [`crate::actor::blocking`] answering a [`TenantError`].
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TenantError> + Send + 'static,
+) -> Result<T, TenantError> {
+    crate::actor::blocking(f).await
 }
 
 /// The handle the API uses to reach the tenant network worker.
@@ -149,11 +154,11 @@ impl Tenants {
     /// crash left half-made), then serves commands until `shutdown` trips.
     /// Userspace WireGuard processes are left running when it stops, as
     /// kernel devices are, and the next netd adopts them.
-    pub fn start(config: TenantConfig, shutdown: Shutdown) -> Self {
+    pub fn start(config: TenantConfig, host: Netlink, shutdown: Shutdown) -> Self {
         let span = tracing::info_span!("tenant");
         Self {
             actor: crate::actor::Actor::spawn("tenant", span, |inbox| {
-                worker::run(config, inbox, shutdown)
+                worker::run(config, host, inbox, shutdown)
             }),
         }
     }

@@ -14,9 +14,9 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::input::{AttachKind, NetworkSpec};
-use super::links::Route;
 use super::names::{NetId, WorkloadName};
 use super::prefix::Ipv4Prefix;
+use crate::netlink::Route;
 use crate::wg::PublicKey;
 use crate::wg::device::{Cidr, PeerConfig};
 

@@ -19,19 +19,19 @@ use std::time::Instant;
 use grove_daemon::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
 
-use super::build::{self, Env, Live, MAX_BACKOFF, STABLE};
+use super::build::{self, Env, Live};
 use super::input::{Attach, AttachKind, NetworkSpec};
-use super::links::NsLinks;
 use super::names::{NetId, WorkloadName};
 use super::netns::NetnsDir;
 use super::network::{Attachment, EgressSlot, Network};
 use super::state::StateDir;
-use super::sysctl::Sysctls;
 use super::view::{self, AttachmentView, NetworkView};
-use super::{TenantConfig, TenantError};
+use super::{TenantConfig, TenantError, blocking};
+use crate::actor::until;
+use crate::netlink::Netlink;
+use crate::sysctl::Sysctls;
+use crate::wg;
 use crate::wg::boringtun::Boringtun;
-use crate::wg::link::Links;
-use crate::wg::{self, Backend};
 
 /// The probe link's name, distinct from the mesh's (both probe at start).
 const PROBE: &str = "grove-wgprobe-t";
@@ -68,9 +68,7 @@ pub(crate) enum Command {
 
 #[derive(Debug)]
 struct Worker {
-    config: TenantConfig,
-    backend: Backend,
-    env: Option<Env>,
+    env: Env,
     state: StateDir,
     nets: BTreeMap<NetId, Live>,
 }
@@ -79,10 +77,11 @@ struct Worker {
 /// userspace processes outlive it.
 pub(crate) async fn run(
     config: TenantConfig,
+    host: Netlink,
     mut inbox: mpsc::Receiver<Command>,
     shutdown: Shutdown,
 ) {
-    let mut worker = Worker::new(config).await;
+    let mut worker = Worker::new(config, host).await;
     worker.restore().await;
     loop {
         let due = worker.next_restart();
@@ -122,20 +121,11 @@ async fn exited(nets: &mut BTreeMap<NetId, Live>) -> (NetId, String) {
 }
 
 async fn restart_due(due: Option<(NetId, tokio::time::Instant)>) -> NetId {
+    until(due.as_ref().map(|(_, at)| *at)).await;
     match due {
-        Some((netid, at)) => {
-            tokio::time::sleep_until(at).await;
-            netid
-        }
+        Some((netid, _)) => netid,
         None => std::future::pending().await,
     }
-}
-
-/// Runs a blocking call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, TenantError> + Send + 'static,
-) -> Result<T, TenantError> {
-    tokio::task::spawn_blocking(f).await?
 }
 
 /// Whether UDP port `port` is free in this namespace.
@@ -146,50 +136,31 @@ fn port_free(port: u16) -> Result<(), TenantError> {
 }
 
 impl Worker {
-    async fn new(config: TenantConfig) -> Self {
-        let backend = match Links::connect() {
-            Ok(links) => wg::detect_as(&links, config.backend, PROBE).await,
-            Err(e) => {
-                tracing::error!(error = %e, "tenant: no netlink connection to probe WireGuard");
-                Backend::Userspace
-            }
-        };
+    async fn new(config: TenantConfig, host: Netlink) -> Self {
+        let backend = wg::detect_as(&host, config.backend, PROBE).await;
         let state = StateDir::locate(
             config.state_dir.as_deref(),
-            Path::new("/var/cache/grove"),
+            Path::new(grove_daemon::CACHE_DIR),
             Path::new(grove_daemon::RUN_DIR),
         );
         tracing::info!(%backend, state = %state.path().display(), "tenant networks backend chosen");
-        let mut worker = Self {
-            config,
-            backend,
-            env: None,
-            state,
-            nets: BTreeMap::new(),
-        };
-        if let Err(e) = worker.ensure_env() {
-            tracing::error!(error = %e, "tenant: no netlink connection yet");
-        }
-        worker
-    }
-
-    fn ensure_env(&mut self) -> Result<(), TenantError> {
-        if self.env.is_none() {
-            self.env = Some(Env {
-                config: self.config.clone(),
-                backend: self.backend,
+        Self {
+            env: Env {
+                config,
+                backend,
                 dir: NetnsDir::default(),
                 sysctls: Sysctls::default(),
-                host: NsLinks::connect_here("the host namespace")?,
-            });
+                host,
+            },
+            state,
+            nets: BTreeMap::new(),
         }
-        Ok(())
     }
 
     fn next_restart(&self) -> Option<(NetId, tokio::time::Instant)> {
         self.nets
             .iter()
-            .filter_map(|(netid, live)| Some((netid.clone(), live.restart.at?)))
+            .filter_map(|(netid, live)| Some((netid.clone(), live.restart.due()?)))
             .min_by_key(|(_, at)| *at)
     }
 
@@ -207,10 +178,7 @@ impl Worker {
         for e in errors {
             tracing::error!(error = %e, "tenant: a saved network is skipped");
         }
-        let Some(env) = &self.env else {
-            tracing::error!("tenant: cannot restore networks without netlink");
-            return;
-        };
+        let env = &self.env;
         let known: BTreeSet<String> = networks.iter().map(|n| n.netid().namespace()).collect();
         for ns in env.dir.list("n-") {
             let Some(netid) = ns
@@ -242,7 +210,7 @@ impl Worker {
                 Ok(()) => tracing::info!(%netid, "tenant network restored"),
                 Err(e) => {
                     tracing::error!(%netid, error = %e, "tenant: cannot restore network; retrying");
-                    schedule_restart(&mut live);
+                    live.restart.schedule();
                 }
             }
             self.nets.insert(netid, live);
@@ -319,10 +287,7 @@ impl Worker {
     }
 
     async fn create(&mut self, spec: NetworkSpec) -> Result<NetworkView, TenantError> {
-        self.ensure_env()?;
-        let Some(env) = &self.env else {
-            return Err(TenantError::Stopped);
-        };
+        let env = &self.env;
         self.check_new(env, &spec).await?;
         let used: BTreeSet<EgressSlot> = self.nets.values().map(|l| l.network.slot).collect();
         let slot = EgressSlot::first_free(&used).ok_or(TenantError::SlotsFull)?;
@@ -364,10 +329,7 @@ impl Worker {
     }
 
     async fn delete(&mut self, netid: &NetId) -> Result<(), TenantError> {
-        self.ensure_env()?;
-        let Some(env) = &self.env else {
-            return Err(TenantError::Stopped);
-        };
+        let env = &self.env;
         let mut live = self
             .nets
             .remove(netid)
@@ -396,9 +358,7 @@ impl Worker {
     }
 
     async fn list(&mut self) -> Result<Vec<NetworkView>, TenantError> {
-        let Some(env) = &self.env else {
-            return Err(TenantError::Stopped);
-        };
+        let env = &self.env;
         let mut out = Vec::with_capacity(self.nets.len());
         for live in self.nets.values() {
             out.push(network_view(env, live).await);
@@ -407,9 +367,7 @@ impl Worker {
     }
 
     async fn show(&mut self, netid: &NetId) -> Result<NetworkView, TenantError> {
-        let Some(env) = &self.env else {
-            return Err(TenantError::Stopped);
-        };
+        let env = &self.env;
         let live = self.nets.get(netid).ok_or_else(|| TenantError::NotFound {
             netid: netid.clone(),
         })?;
@@ -421,10 +379,7 @@ impl Worker {
         netid: &NetId,
         attach: Attach,
     ) -> Result<AttachmentView, TenantError> {
-        self.ensure_env()?;
-        let Some(env) = &self.env else {
-            return Err(TenantError::Stopped);
-        };
+        let env = &self.env;
         for (id, live) in &self.nets {
             if live.network.attachment(&attach.name).is_some() {
                 return Err(TenantError::Attached {
@@ -477,10 +432,7 @@ impl Worker {
     }
 
     async fn detach(&mut self, netid: &NetId, name: &WorkloadName) -> Result<(), TenantError> {
-        self.ensure_env()?;
-        let Some(env) = &self.env else {
-            return Err(TenantError::Stopped);
-        };
+        let env = &self.env;
         let live = self
             .nets
             .get_mut(netid)
@@ -511,44 +463,29 @@ impl Worker {
             return;
         };
         live.process = None;
-        if live.restart.started.is_some_and(|s| s.elapsed() >= STABLE) {
-            live.restart.backoff = build::FIRST_BACKOFF;
-        }
+        let wait = live.restart.lost();
         tracing::error!(
             %netid,
             how,
-            retry_in_ms = live.restart.backoff.as_millis() as u64,
+            retry_in_ms = wait.as_millis() as u64,
             "tenant userspace WireGuard exited; restarting it"
         );
-        schedule_restart(live);
     }
 
     /// Rebuilds a network whose restart is due.
     async fn revive(&mut self, netid: &NetId) {
-        if let Err(e) = self.ensure_env() {
-            tracing::error!(%netid, error = %e, "tenant: no netlink connection; retrying");
-        }
         let Some(live) = self.nets.get_mut(netid) else {
             return;
         };
-        live.restart.at = None;
-        let Some(env) = &self.env else {
-            schedule_restart(live);
-            return;
-        };
-        match build::converge(env, live).await {
+        live.restart.clear();
+        match build::converge(&self.env, live).await {
             Ok(()) => tracing::info!(%netid, "tenant network rebuilt"),
             Err(e) => {
                 tracing::error!(%netid, error = %e, "tenant: cannot rebuild network; retrying");
-                schedule_restart(live);
+                live.restart.schedule();
             }
         }
     }
-}
-
-fn schedule_restart(live: &mut Live) {
-    live.restart.at = Some(tokio::time::Instant::now() + live.restart.backoff);
-    live.restart.backoff = (live.restart.backoff * 2).min(MAX_BACKOFF);
 }
 
 /// Removes what a failed creation made, and says so.

@@ -8,8 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use grove_daemon::server::ApiError;
 
-use super::links::Interface;
-use super::{Uplink, UplinkReport};
+use super::{Interface, Uplink, UplinkReport};
 
 pub fn routes(uplink: Arc<Uplink>) -> Router {
     Router::new()
@@ -24,7 +23,6 @@ async fn report(State(uplink): State<Arc<Uplink>>) -> Json<UplinkReport> {
 
 async fn interfaces(State(uplink): State<Arc<Uplink>>) -> Result<Json<Vec<Interface>>, ApiError> {
     uplink
-        .links()
         .interfaces()
         .await
         .map(Json)

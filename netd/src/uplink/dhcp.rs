@@ -6,6 +6,10 @@
 //! reads and applies over netlink. A probe runs udhcpc once (`-q -n`) to
 //! learn whether a NIC gets a lease at all; the long-lived client keeps the
 //! uplink's lease (renew, rebind, rediscover) for as long as netd runs.
+//! Both die with netd, however it dies, and [`leftovers`] finds any that a
+//! previous netd left (one from before that rule, or one started in the
+//! instant netd died), for the next netd to stop: their events went to the
+//! dead netd's pipe, so they cannot be adopted.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -166,7 +170,8 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<Option<Lease>, DhcpError> {
     let tries = timeout.as_secs().clamp(1, 30).to_string();
-    let mut child = tokio::process::Command::new(udhcpc)
+    let mut child = tokio::process::Command::new(udhcpc);
+    child
         .args([
             "-f",
             "-q",
@@ -185,13 +190,13 @@ pub async fn probe(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| DhcpError::Spawn {
-            program: udhcpc.to_owned(),
-            ifname: ifname.clone(),
-            source,
-        })?;
+        .kill_on_drop(true);
+    crate::procs::die_with_parent(&mut child);
+    let mut child = child.spawn().map_err(|source| DhcpError::Spawn {
+        program: udhcpc.to_owned(),
+        ifname: ifname.clone(),
+        source,
+    })?;
     let mut out = Vec::new();
     if let Some(mut stdout) = child.stdout.take() {
         let read = stdout.read_to_end(&mut out);
@@ -210,6 +215,15 @@ pub async fn probe(
         .into_iter()
         .find(|e| e.kind == "bound")
         .and_then(|e| e.lease))
+}
+
+/// Pids of udhcpc processes (`udhcpc`, by file name) in this network
+/// namespace that run `hook`: ones a previous netd started. Blocking.
+pub fn leftovers(udhcpc: &Path, hook: &Path, proc_root: &Path) -> Vec<i32> {
+    let hook = hook.as_os_str().as_encoded_bytes();
+    crate::procs::find(proc_root, |args| {
+        args.first().is_some_and(|a| crate::procs::runs(a, udhcpc)) && args.contains(&hook)
+    })
 }
 
 /// The long-lived client on the uplink: a child process and its events.
@@ -244,17 +258,16 @@ impl Client {
         if let Some(ip) = previous {
             cmd.arg("-r").arg(ip.to_string());
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| DhcpError::Spawn {
-                program: udhcpc.to_owned(),
-                ifname: ifname.clone(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        crate::procs::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().map_err(|source| DhcpError::Spawn {
+            program: udhcpc.to_owned(),
+            ifname: ifname.clone(),
+            source,
+        })?;
         let (tx, events) = mpsc::channel(16);
         if let Some(mut stdout) = child.stdout.take() {
             tokio::spawn(async move {

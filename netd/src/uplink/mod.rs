@@ -7,15 +7,18 @@
 //! from the boot parameters instead. A carrier that comes back makes udhcpc
 //! renew at once, so a pulled cable or a DHCP server gone for minutes heals
 //! without a restart. IPv6 comes by SLAAC on the bridge when a router
-//! offers it. Limits: one uplink; no bonding.
+//! offers it. Netlink goes through [`crate::netlink`], kernel settings
+//! through [`crate::sysctl`], and sysfs reads and file writes run on
+//! blocking tasks. Which links are netd's own (and so never an uplink) is
+//! the caller's to say. Limits: one uplink; no bonding.
 
 pub mod api;
 pub mod choose;
 pub mod dhcp;
-pub mod links;
+pub mod nic;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,9 +26,14 @@ use grove_daemon::server::Readiness;
 use grove_daemon::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 
+use crate::netlink::{LinkSettings, Netlink, NetlinkError, Route};
+use crate::prefix::Ipv4Prefix;
+use crate::procs;
+use crate::sysctl::{SysctlError, Sysctls};
 use crate::types::{InterfaceName, Ipv4Cidr, VlanId};
 use dhcp::{Client, Event, Lease};
-use links::{LinkError, Links};
+pub use nic::Interface;
+use nic::{NicError, NicFacts};
 
 /// The bridge that carries the uplink, shared with workloads.
 pub const BRIDGE: &str = "br-grove";
@@ -114,9 +122,17 @@ pub struct UplinkReport {
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error(transparent)]
-    Link(#[from] LinkError),
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Nic(#[from] NicError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
     #[error(transparent)]
     Dhcp(#[from] dhcp::DhcpError),
+    #[error("{nic} has no MAC address in sysfs ({text:?})")]
+    NoMac { nic: InterfaceName, text: String },
+    #[error("a blocking uplink task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("the boot parameters name uplink {0}, which does not exist")]
     NoSuchNic(InterfaceName),
     #[error("no NIC to put the static address on")]
@@ -134,14 +150,22 @@ pub enum UplinkError {
 pub struct Uplink {
     config: UplinkConfig,
     overrides: Overrides,
-    links: Links,
+    links: Netlink,
+    /// Whether a link is one netd made (never an uplink candidate).
+    made_by_netd: fn(&str) -> bool,
     report: RwLock<UplinkReport>,
 }
 
 impl Uplink {
-    pub fn new(config: UplinkConfig, overrides: Overrides) -> Result<Arc<Self>, UplinkError> {
-        let links = Links::connect(&config.sys)?;
-        Ok(Arc::new(Self {
+    /// The manager, over `links` (netd's own namespace); `made_by_netd`
+    /// tells the links netd makes for other purposes from NICs.
+    pub fn new(
+        config: UplinkConfig,
+        overrides: Overrides,
+        links: Netlink,
+        made_by_netd: fn(&str) -> bool,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             report: RwLock::new(UplinkReport {
                 state: if config.manage {
                     UplinkState::Probing
@@ -161,11 +185,21 @@ impl Uplink {
             config,
             overrides,
             links,
-        }))
+            made_by_netd,
+        })
     }
 
-    pub fn links(&self) -> &Links {
-        &self.links
+    /// Every link with its addresses and what sysfs says about it.
+    pub async fn interfaces(&self) -> Result<Vec<Interface>, UplinkError> {
+        let links = self.links.addresses().await?;
+        let sys = self.config.sys.clone();
+        blocking(move || Ok(nic::interfaces(&sys, links))).await
+    }
+
+    /// What sysfs says about `name`, read on a blocking task.
+    async fn facts(&self, name: &InterfaceName) -> Result<NicFacts, UplinkError> {
+        let (sys, name) = (self.config.sys.clone(), name.clone());
+        blocking(move || Ok(nic::nic_facts(&sys, name.as_str()))).await
     }
 
     pub fn report(&self) -> UplinkReport {
@@ -186,7 +220,8 @@ impl Uplink {
             readiness.set_ready();
             return;
         }
-        let hook = match dhcp::write_hook(&PathBuf::from(grove_daemon::RUN_DIR).join("netd")) {
+        let dir = PathBuf::from(grove_daemon::RUN_DIR).join("netd");
+        let hook = match blocking(move || Ok(dhcp::write_hook(&dir)?)).await {
             Ok(h) => h,
             Err(e) => {
                 self.fail(&e.to_string());
@@ -194,6 +229,7 @@ impl Uplink {
                 return;
             }
         };
+        self.stop_leftovers(&hook).await;
         if self.overrides.address.is_some() {
             let result = self.bring_up_static().await;
             if let Err(e) = result {
@@ -245,13 +281,11 @@ impl Uplink {
     /// After a netd restart: the bridge already carries the uplink port and
     /// its address, so keep those rather than probing a bridged NIC.
     async fn resume(&self) -> Option<(InterfaceName, Lease)> {
-        let ports = self.config.sys.join("class/net").join(BRIDGE).join("brif");
-        let port: InterfaceName = std::fs::read_dir(ports)
-            .ok()?
-            .filter_map(Result::ok)
-            .find_map(|e| e.file_name().to_str()?.parse().ok())?;
-        let index = self.links.index(BRIDGE).await.ok()??;
-        let (address, prefix) = self.links.first_ipv4(index).await.ok()??;
+        let sys = self.config.sys.clone();
+        let ports = blocking(move || Ok::<_, UplinkError>(nic::bridge_ports(&sys, BRIDGE)));
+        let port = ports.await.ok()?.into_iter().next()?;
+        let addresses = self.links.ipv4_addresses(BRIDGE).await.ok()?;
+        let (address, prefix) = addresses.into_iter().next()?;
         Some((
             port,
             Lease {
@@ -265,6 +299,30 @@ impl Uplink {
         ))
     }
 
+    /// Stops the udhcpc processes a previous netd left running: their
+    /// events went to that netd, and a second client would renew the same
+    /// lease.
+    async fn stop_leftovers(&self, hook: &Path) {
+        let (udhcpc, hook) = (self.config.udhcpc.clone(), hook.to_owned());
+        let stopped = blocking(move || {
+            let proc_root = Path::new("/proc");
+            let pids = dhcp::leftovers(&udhcpc, &hook, proc_root);
+            let left = procs::kill_all(proc_root, &pids, Duration::from_secs(5));
+            Ok((pids, left))
+        });
+        match stopped.await {
+            Ok((pids, left)) if !pids.is_empty() => {
+                tracing::warn!(
+                    ?pids,
+                    ?left,
+                    "stopped the udhcpc a previous netd left running"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot look for a previous netd's udhcpc"),
+        }
+    }
+
     fn fail(&self, error: &str) {
         tracing::error!(error, "uplink");
         self.update(|r| r.error = Some(error.to_owned()));
@@ -272,17 +330,26 @@ impl Uplink {
 
     /// The NICs to consider, up, each as itself or as its VLAN link.
     async fn nics(&self) -> Result<Vec<(InterfaceName, InterfaceName)>, UplinkError> {
-        let all = links::candidate_nics(&self.config.sys)?;
+        let (sys, ours) = (self.config.sys.clone(), self.made_by_netd);
+        let all = blocking(move || Ok(nic::candidate_nics(&sys, ours)?)).await?;
         let nics = match &self.overrides.nic {
             Some(n) if all.contains(n) => vec![n.clone()],
             Some(n) => return Err(UplinkError::NoSuchNic(n.clone())),
             None => all,
         };
         let mut out = Vec::new();
+        let up = LinkSettings::up();
         for nic in nics {
-            self.links.set_up(&nic).await?;
+            self.links.ensure_link(nic.as_str(), &up).await?;
             let port = match self.overrides.vlan {
-                Some(id) => self.links.ensure_vlan(&nic, id).await?,
+                Some(id) => {
+                    let vlan = nic::vlan_name(&nic, id);
+                    (self.links)
+                        .ensure_vlan(vlan.as_str(), nic.as_str(), id.get())
+                        .await?;
+                    self.links.ensure_link(vlan.as_str(), &up).await?;
+                    vlan
+                }
                 None => nic.clone(),
             };
             out.push((nic, port));
@@ -298,28 +365,27 @@ impl Uplink {
         self.update(|r| r.state = UplinkState::Probing);
         let nics = self.nics().await?;
         // A NIC just brought up needs a moment to see its carrier.
-        let sys = &self.config.sys;
+        let names: Vec<InterfaceName> = nics.iter().map(|(n, _)| n.clone()).collect();
+        let mut carriers = self.carriers(&names).await?;
         for _ in 0..20 {
-            if nics
-                .iter()
-                .all(|(n, _)| links::nic_facts(sys, n.as_str()).carrier)
-            {
+            if carriers.iter().all(|c| *c) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+            carriers = self.carriers(&names).await?;
         }
         let timeout = Duration::from_secs(self.config.probe_secs);
-        let probes = nics.iter().map(|(nic, port)| {
-            let carrier = links::nic_facts(sys, nic.as_str()).carrier;
-            async move {
+        let probes = nics
+            .iter()
+            .zip(carriers)
+            .map(|((nic, port), carrier)| async move {
                 let lease = if carrier {
                     dhcp::probe(&self.config.udhcpc, hook, port, timeout).await?
                 } else {
                     None
                 };
                 Ok::<_, UplinkError>((nic.clone(), port.clone(), carrier, lease))
-            }
-        });
+            });
         let results = futures::future::join_all(probes).await;
         let mut report = Vec::new();
         let mut leases = Vec::new();
@@ -345,6 +411,18 @@ impl Uplink {
             tracing::info!(nic = %nic, port = %port, address = %lease.address, "uplink chosen");
             (port, lease)
         }))
+    }
+
+    /// Whether each of `nics` has carrier, in order.
+    async fn carriers(&self, nics: &[InterfaceName]) -> Result<Vec<bool>, UplinkError> {
+        let (sys, nics) = (self.config.sys.clone(), nics.to_vec());
+        blocking(move || {
+            Ok(nics
+                .iter()
+                .map(|n| nic::nic_facts(&sys, n.as_str()).carrier)
+                .collect())
+        })
+        .await
     }
 
     /// Bridges `port` and keeps its lease with a long-lived udhcpc.
@@ -374,6 +452,9 @@ impl Uplink {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let mut client = Client::spawn(&self.config.udhcpc, hook, &bridge, previous)?;
+            // udhcpc starts with a `deconfig`; the address it asks for again
+            // stays in place meanwhile, so the uplink never flaps.
+            let mut starting = true;
             loop {
                 tokio::select! {
                     event = client.events.recv() => {
@@ -381,10 +462,15 @@ impl Uplink {
                         if let Some(l) = &event.lease {
                             previous = Some(l.address);
                         }
+                        let first = std::mem::replace(&mut starting, false);
+                        if first && event.kind == "deconfig" && previous.is_some() {
+                            tracing::info!(address = ?previous, "udhcpc started; keeping the address it asks for");
+                            continue;
+                        }
                         self.on_event(&bridge, event).await?;
                     }
                     _ = tick.tick() => {
-                        let now = links::nic_facts(&self.config.sys, port.as_str()).carrier;
+                        let now = self.facts(&port).await?.carrier;
                         if now != carrier {
                             tracing::warn!(nic = %port, carrier = now, "uplink carrier changed");
                             if now {
@@ -412,7 +498,7 @@ impl Uplink {
                 self.update(|r| r.state = UplinkState::Bound);
             }
             ("deconfig", _) => {
-                self.links.flush_ipv4(bridge).await?;
+                self.links.flush_ipv4(bridge.as_str()).await?;
                 self.update(|r| {
                     r.state = UplinkState::Rebinding;
                     r.address = None;
@@ -428,11 +514,30 @@ impl Uplink {
         let bridge: InterfaceName = BRIDGE
             .parse()
             .map_err(|_never: crate::types::TypeError| UplinkError::NoNic)?;
-        let mac = parse_mac(&links::nic_facts(&self.config.sys, port.as_str()).mac);
-        let index = self.links.ensure_bridge(&bridge, &mac).await?;
-        self.links.flush_ipv4(port).await?;
-        self.links.ensure_port(index, port).await?;
-        enable_slaac(&bridge);
+        let facts = self.facts(port).await?;
+        let mac = facts.mac_bytes().ok_or_else(|| UplinkError::NoMac {
+            nic: port.clone(),
+            text: facts.mac.clone(),
+        })?;
+        let (index, _) = self.links.ensure_bridge(BRIDGE, mac).await?;
+        let bridge_settings = LinkSettings {
+            mac: Some(mac),
+            ..LinkSettings::up()
+        };
+        self.links.ensure_link(BRIDGE, &bridge_settings).await?;
+        self.links.flush_ipv4(port.as_str()).await?;
+        let port_settings = LinkSettings {
+            controller: Some(index),
+            ..LinkSettings::up()
+        };
+        self.links
+            .ensure_link(port.as_str(), &port_settings)
+            .await?;
+        // Router advertisements are accepted, so IPv6 comes by SLAAC.
+        let name = bridge.to_string();
+        if let Err(e) = blocking(move || Ok(Sysctls::default().slaac(&name)?)).await {
+            tracing::warn!(error = %e, "cannot enable SLAAC");
+        }
         self.update(|r| r.bridge = Some(BRIDGE.to_owned()));
         Ok(bridge)
     }
@@ -442,11 +547,19 @@ impl Uplink {
             addr: lease.address,
             prefix: lease.prefix,
         };
-        self.links.ensure_ipv4(bridge, address).await?;
+        (self.links)
+            .ensure_only_ipv4(bridge.as_str(), address.addr, address.prefix)
+            .await?;
         if let Some(gw) = lease.router {
-            self.links.ensure_default_route(bridge, gw).await?;
+            let default = Route {
+                dest: Ipv4Prefix::ANY,
+                gateway: Some(gw),
+                source: None,
+            };
+            self.links.ensure_route(bridge.as_str(), &default).await?;
         }
-        self.write_resolv(&lease.dns)?;
+        let (path, dns) = (self.config.resolv_conf.clone(), lease.dns.clone());
+        blocking(move || write_resolv(&path, &dns)).await?;
         self.update(|r| {
             r.address = Some(address.to_string());
             r.gateway = lease.router;
@@ -458,10 +571,13 @@ impl Uplink {
 
     async fn bring_up_static(&self) -> Result<(), UplinkError> {
         let nics = self.nics().await?;
-        let sys = &self.config.sys;
+        let names: Vec<InterfaceName> = nics.iter().map(|(n, _)| n.clone()).collect();
+        let carriers = self.carriers(&names).await?;
         let port = nics
             .iter()
-            .find(|(n, _)| links::nic_facts(sys, n.as_str()).carrier)
+            .zip(carriers)
+            .find(|(_, carrier)| *carrier)
+            .map(|(nic, _)| nic)
             .or(nics.first())
             .map(|(_, p)| p.clone())
             .ok_or(UplinkError::NoNic)?;
@@ -485,37 +601,28 @@ impl Uplink {
         });
         Ok(())
     }
-
-    fn write_resolv(&self, dns: &[IpAddr]) -> Result<(), UplinkError> {
-        let mut text = String::from("# written by Grove's netd\n");
-        for server in dns {
-            text.push_str(&format!("nameserver {server}\n"));
-        }
-        let path = &self.config.resolv_conf;
-        if let Some(dir) = path.parent() {
-            let _exists = std::fs::create_dir_all(dir);
-        }
-        grove_daemon::fsutil::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
-            UplinkError::Resolv {
-                path: path.clone(),
-                source,
-            }
-        })
-    }
 }
 
-fn parse_mac(text: &str) -> Vec<u8> {
-    text.split(':')
-        .filter_map(|b| u8::from_str_radix(b, 16).ok())
-        .collect()
+/// Writes `dns` as a resolv.conf at `path`, atomically. Blocking.
+fn write_resolv(path: &Path, dns: &[IpAddr]) -> Result<(), UplinkError> {
+    let mut text = String::from("# written by Grove's netd\n");
+    for server in dns {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if let Some(dir) = path.parent() {
+        let _exists = std::fs::create_dir_all(dir);
+    }
+    grove_daemon::fsutil::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
+        UplinkError::Resolv {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
-/// Accept router advertisements on the bridge, so IPv6 comes by SLAAC.
-fn enable_slaac(bridge: &InterfaceName) {
-    for (key, value) in [("accept_ra", "2"), ("autoconf", "1")] {
-        let path = format!("/proc/sys/net/ipv6/conf/{bridge}/{key}");
-        if let Err(e) = std::fs::write(&path, value) {
-            tracing::warn!(path, error = %e, "cannot enable SLAAC");
-        }
-    }
+/// [`crate::actor::blocking`] answering a [`UplinkError`].
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UplinkError> + Send + 'static,
+) -> Result<T, UplinkError> {
+    crate::actor::blocking(f).await
 }

@@ -13,7 +13,7 @@
 //! is PID 1 or the subreaper, not netd.
 
 use std::ffi::OsString;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,6 +24,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use tracing::Instrument;
+
+use crate::procs::{self, alive};
 
 /// The binary's name in `$PATH`.
 pub const BINARY: &str = "boringtun-cli";
@@ -330,49 +332,14 @@ async fn forward(stream: impl AsyncRead + Unpin, ifname: String) {
     }
 }
 
-/// Whether `/proc/<pid>` is a live (not zombie) process.
-fn alive(proc_pid: &Path) -> bool {
-    std::fs::read_to_string(proc_pid.join("stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z")
-    })
-}
-
 /// Pids of live processes running `binary` (by file name) for `ifname` in
 /// this process's network namespace.
 pub fn running(binary: &Path, ifname: &str, proc_root: &Path) -> Vec<i32> {
-    let Some(name) = binary.file_name() else {
-        return Vec::new();
-    };
-    let own_net = std::fs::metadata(proc_root.join("self/ns/net")).map(|m| m.ino());
-    let Ok(own_net) = own_net else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
-    let mut pids: Vec<i32> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let dir = proc_root.join(pid.to_string());
-            let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
-                return false;
-            };
-            let args: Vec<&[u8]> = cmdline
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .collect();
-            let runs_binary = args.first().is_some_and(|a| {
-                Path::new(std::str::from_utf8(a).unwrap_or_default()).file_name() == Some(name)
-            });
-            let for_ifname = args.last().is_some_and(|a| *a == ifname.as_bytes());
-            let same_net = std::fs::metadata(dir.join("ns/net")).is_ok_and(|m| m.ino() == own_net);
-            runs_binary && for_ifname && same_net && alive(&dir)
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
+    procs::find(proc_root, |args| {
+        let runs_binary = args.first().is_some_and(|a| procs::runs(a, binary));
+        let for_ifname = args.last().is_some_and(|a| *a == ifname.as_bytes());
+        runs_binary && for_ifname
+    })
 }
 
 #[cfg(test)]
