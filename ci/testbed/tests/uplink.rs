@@ -18,9 +18,7 @@ fn start(spec: FarmSpec) -> Farm {
 }
 
 fn uplink(node: &Node) -> Option<UplinkReport> {
-    let socket = node.socket(Daemon::Netd).ok()?;
-    let (status, body) = grove_testbed::unix_get(&socket, "/v1/uplink").ok()?;
-    (status == 200).then(|| serde_json::from_str(&body).ok())?
+    node.get(Daemon::Netd, "/v1/uplink").ok()
 }
 
 fn wait_state(farm: &Farm, node: &Node, state: UplinkState, within: Duration) -> UplinkReport {
@@ -226,6 +224,65 @@ fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
     // Let udhcpc's renewal land, then compare the whole state.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(snapshot(node), state_before);
+}
+
+/// netd killed five times over: each time its udhcpc dies with it (and a
+/// new netd would stop one that did not), so one udhcpc keeps the lease
+/// afterwards, a child of the netd running now, and the bridge keeps its
+/// address throughout.
+#[test]
+fn killing_netd_leaves_one_udhcpc_and_the_address_in_place() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let node = farm.node(0);
+    let before = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
+    let address = before.address.clone().expect("an address");
+    let on_bridge = || {
+        let out = node
+            .exec(&["ip", "-4", "-o", "addr", "show", "dev", "br-grove"])
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {address} "))
+    };
+    let mut udhcpc = Vec::new();
+    let one = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        udhcpc = node.processes("udhcpc");
+        udhcpc.len() == 1
+    });
+    assert!(one, "udhcpc before any kill: {udhcpc:?}");
+    for round in 1..=5 {
+        let old = node.kill_daemon(Daemon::Netd).expect("kill -9 netd");
+        let mut flushed = false;
+        let mut new = None;
+        let back = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            flushed |= !on_bridge();
+            new = node
+                .service(Daemon::Netd)
+                .ok()
+                .filter(|s| s.state == "ready")
+                .and_then(|s| s.pid)
+                .filter(|p| *p != old);
+            new.is_some()
+        });
+        assert!(back, "round {round}: netd not back\n{}", farm.logs(30));
+        let after = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(20));
+        assert_eq!(after.address, before.address, "round {round}");
+        let one = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            flushed |= !on_bridge();
+            udhcpc = node.processes("udhcpc");
+            udhcpc.len() == 1
+        });
+        assert!(
+            one,
+            "round {round}: udhcpc processes {udhcpc:?}\n{}",
+            farm.logs(30)
+        );
+        let parent = grove_testbed::proc::stat(udhcpc[0]).map(|s| s.ppid);
+        assert_eq!(
+            parent, new,
+            "round {round}: udhcpc is not the new netd's child"
+        );
+        assert!(!flushed, "round {round}: the uplink address was flushed");
+    }
 }
 
 /// Whether this kernel can make 802.1Q VLAN links, tried for real in a

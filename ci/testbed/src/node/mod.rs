@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod daemons;
 mod lifecycle;
 pub mod nic;
 
@@ -136,6 +137,10 @@ pub enum NodeError {
         #[source]
         source: Box<CmdError>,
     },
+    #[error(transparent)]
+    Call(Box<daemons::CallError>),
+    #[error("node {node}: {daemon} is not running")]
+    DaemonDown { node: String, daemon: &'static str },
 }
 
 /// The farm-level facts a node is built from.
