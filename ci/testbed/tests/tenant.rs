@@ -368,13 +368,16 @@ fn a_tenant_network_spans_nodes_and_nothing_else_gets_in() {
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
 }
 
-/// Everything a refused request must leave as it was.
+/// Everything a refused request must leave as it was: the node's own
+/// namespaces, links, IPv4 addresses (IPv6 comes by SLAAC at any time and
+/// is not the tenant networks'), firewall, saved networks and userspace
+/// WireGuard processes.
 fn state(node: &Node) -> String {
     let mut out = String::new();
     for argv in [
         &["ip", "netns", "list"][..],
         &["ip", "link", "show"],
-        &["ip", "addr", "show"],
+        &["ip", "-4", "addr", "show"],
         &["nft", "list", "ruleset"],
         &[
             "sh",
