@@ -572,30 +572,17 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
     );
 
     // No private key in any log line or answer.
-    let agent_socket = nat.socket(Daemon::Agent).expect("agent");
-    let (_, netd_logs) =
-        grove_testbed::unix_get(&agent_socket, "/v1/services/netd/logs?lines=500").expect("logs");
+    let netd_logs = nat.daemon_logs(Daemon::Netd, 500).expect("logs");
     assert!(
         netd_logs.contains("mesh applied"),
         "netd's log is there: {netd_logs}"
     );
     for node in nodes {
-        let agent_log = std::fs::read_to_string(node.agent_log()).expect("agent log");
-        let (_, answer) = get(node, "/v1/mesh");
         for k in &keys {
-            assert!(
-                !agent_log.contains(&k.private),
-                "a private key in {}",
-                node.agent_log().display()
-            );
-            assert!(
-                !netd_logs.contains(&k.private),
-                "a private key in netd's logs"
-            );
-            assert!(
-                !answer.contains(&k.private),
-                "a private key in GET /v1/mesh"
-            );
+            let seen = node
+                .secret_seen(&k.private, Daemon::Netd, "/v1/mesh")
+                .expect("the node answers");
+            assert!(seen.is_empty(), "a private key in {seen:?}");
         }
     }
 }

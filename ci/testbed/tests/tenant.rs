@@ -756,27 +756,14 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     assert_eq!(mode.trim(), "600");
 
     // No private key in any log line or answer.
-    let agent_socket = a.socket(Daemon::Agent).expect("agent");
-    let (_, netd_logs) =
-        grove_testbed::unix_get(&agent_socket, "/v1/services/netd/logs?lines=500").expect("logs");
+    let netd_logs = a.daemon_logs(Daemon::Netd, 500).expect("logs");
     assert!(netd_logs.contains("tenant network restored"), "{netd_logs}");
     for node in [a, b] {
-        let agent_log = std::fs::read_to_string(node.agent_log()).expect("agent log");
-        let (_, answer) = get(node, "/v1/networks");
         for k in &red_keys {
-            assert!(
-                !agent_log.contains(&k.private),
-                "a private key in {}",
-                node.agent_log().display()
-            );
-            assert!(
-                !netd_logs.contains(&k.private),
-                "a private key in netd's logs"
-            );
-            assert!(
-                !answer.contains(&k.private),
-                "a private key in GET /v1/networks"
-            );
+            let seen = node
+                .secret_seen(&k.private, Daemon::Netd, "/v1/networks")
+                .expect("the node answers");
+            assert!(seen.is_empty(), "a private key in {seen:?}");
         }
     }
 }

@@ -91,10 +91,9 @@ fn the_nic_with_dhcp_becomes_the_uplink_and_the_api_answers_on_its_lease() {
     assert!(String::from_utf8_lossy(&master.stdout).contains("INTERFACE=br-grove"));
 
     // Interfaces are reported for registration.
-    let socket = node.socket(Daemon::Netd).expect("socket");
-    let (status, body) = grove_testbed::unix_get(&socket, "/v1/interfaces").expect("interfaces");
-    assert_eq!(status, 200);
-    let interfaces: Vec<netd::uplink::Interface> = serde_json::from_str(&body).expect("json");
+    let interfaces: Vec<netd::uplink::Interface> = node
+        .get(Daemon::Netd, "/v1/interfaces")
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)));
     let bridge = interfaces
         .iter()
         .find(|i| i.name == "br-grove")
@@ -121,12 +120,7 @@ fn a_pulled_cable_heals_without_a_restart() {
         .expect("ip")
         .to_owned();
     let url = format!("http://{ip}:8080/v1/node");
-    let netd_pid = |n: &Node| {
-        let socket = n.socket(Daemon::Agent).expect("agent");
-        let (_, body) = grove_testbed::unix_get(&socket, "/v1/services/netd").expect("status");
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pid"].clone()
-    };
-    let pid_before = netd_pid(node);
+    let pid_before = node.daemon_pid(Daemon::Netd).expect("netd runs");
 
     node.nic_set_carrier(0, false).expect("pull the cable");
     wait_state(&farm, node, UplinkState::NoCarrier, Duration::from_secs(5));
@@ -148,7 +142,11 @@ fn a_pulled_cable_heals_without_a_restart() {
         plugged.elapsed().as_millis()
     );
     wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(15));
-    assert_eq!(netd_pid(node), pid_before, "netd was restarted");
+    assert_eq!(
+        node.daemon_pid(Daemon::Netd),
+        Some(pid_before),
+        "netd was restarted"
+    );
 }
 
 #[test]
@@ -202,22 +200,9 @@ fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
         .join("\n")
     };
     let state_before = snapshot(node);
-    let socket = node.socket(Daemon::Agent).expect("agent");
-    let status = |s: &std::path::Path| -> serde_json::Value {
-        let (_, body) = grove_testbed::unix_get(s, "/v1/services/netd").expect("status");
-        serde_json::from_str(&body).expect("json")
-    };
-    let pid = status(&socket)["pid"].as_u64().expect("netd pid");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 netd");
-    let restarted = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        let s = status(&socket);
-        s["state"] == "ready" && s["pid"].as_u64().is_some_and(|p| p != pid)
-    });
-    assert!(restarted, "netd not back\n{}", farm.logs(30));
+    let pid = node.kill_daemon(Daemon::Netd).expect("kill -9 netd");
+    let restarted = node.wait_restarted(Daemon::Netd, pid, Duration::from_secs(10));
+    assert!(restarted.is_some(), "netd not back\n{}", farm.logs(30));
     let after = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(10));
     assert_eq!(after.nic, before.nic);
     assert_eq!(after.address, before.address);
@@ -390,12 +375,7 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
         UplinkState::Bound,
         Duration::from_secs(30),
     );
-    let netd_pid = |n: &Node| {
-        let socket = n.socket(Daemon::Netd).expect("netd");
-        let (_, body) = grove_testbed::unix_get(&socket, "/v1/info").expect("info");
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pid"].clone()
-    };
-    let pid = netd_pid(farm.node(0));
+    let pid = farm.node(0).daemon_pid(Daemon::Netd).expect("netd runs");
 
     farm.lan_mut(0)
         .stop_dhcp()
@@ -442,7 +422,11 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
         .to_owned();
     let (status, _) = http_get(&format!("http://{ip}:8080/v1/node")).expect("API answers again");
     assert_eq!(status, 200);
-    assert_eq!(netd_pid(farm.node(0)), pid, "netd was restarted");
+    assert_eq!(
+        farm.node(0).daemon_pid(Daemon::Netd),
+        Some(pid),
+        "netd was restarted"
+    );
 }
 
 /// Where the LAN's router advertises an IPv6 prefix, the uplink bridge
@@ -466,7 +450,12 @@ fn ipv6_comes_by_slaac_on_the_bridge() {
     });
     assert!(slaac, "no SLAAC address in {prefix}/64 on br-grove: {seen}");
     // netd reports it with the bridge's other addresses.
-    let socket = node.socket(Daemon::Netd).expect("netd");
-    let (_, body) = grove_testbed::unix_get(&socket, "/v1/interfaces").expect("interfaces");
-    assert!(body.contains(&prefix), "{body}");
+    let interfaces: Vec<netd::uplink::Interface> = node
+        .get(Daemon::Netd, "/v1/interfaces")
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)));
+    let bridge = interfaces.iter().find(|i| i.name == "br-grove");
+    assert!(
+        bridge.is_some_and(|b| b.addresses.iter().any(|a| a.starts_with(&prefix))),
+        "{interfaces:?}"
+    );
 }

@@ -176,9 +176,6 @@ mod tests {
         let run = tempfile::tempdir().expect("tempdir");
         let file = StateFile::locate(None, cache.path(), run.path());
         assert_eq!(file.path(), cache.path().join("netd").join(FILE));
-        let gone = cache.path().join("absent");
-        let file = StateFile::locate(None, &gone, run.path());
-        assert_eq!(file.path(), run.path().join("netd").join(FILE));
         file.save(&settings(), &[]).expect("saved");
         assert!(file.load().expect("read").is_some());
     }

@@ -243,8 +243,6 @@ mod tests {
     fn prefers_the_cache_and_reports_bad_files() {
         let cache = tempfile::tempdir().expect("tempdir");
         let run = tempfile::tempdir().expect("tempdir");
-        let state = StateDir::locate(None, cache.path(), run.path());
-        assert_eq!(state.path(), cache.path().join("netd").join(DIR));
         let gone = cache.path().join("absent");
         let state = StateDir::locate(None, &gone, run.path());
         assert_eq!(state.path(), run.path().join("netd").join(DIR));

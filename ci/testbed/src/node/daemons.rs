@@ -170,6 +170,53 @@ impl Node {
         pid
     }
 
+    /// The last `lines` log lines of `daemon`, as the agent keeps them.
+    pub fn daemon_logs(&self, daemon: Daemon, lines: usize) -> Result<String, NodeError> {
+        let path = format!("/v1/services/{}/logs?lines={lines}", daemon.name());
+        let (status, text) = self.request(Daemon::Agent, "GET", &path, None)?;
+        if status != 200 {
+            return Err(CallError::Refused {
+                node: self.name.clone(),
+                daemon: Daemon::Agent.name(),
+                method: "GET",
+                path,
+                status,
+                body: text,
+            }
+            .into());
+        }
+        Ok(text)
+    }
+
+    /// Where `secret` shows in what the node says: its agent's log,
+    /// `daemon`'s last 500 log lines, and `daemon`'s answer to `GET path`.
+    /// Empty when it shows nowhere.
+    pub fn secret_seen(
+        &self,
+        secret: &str,
+        daemon: Daemon,
+        path: &str,
+    ) -> Result<Vec<String>, NodeError> {
+        let agent_log =
+            std::fs::read_to_string(self.agent_log()).map_err(|source| NodeError::Read {
+                node: self.name.clone(),
+                path: self.agent_log(),
+                source,
+            })?;
+        let logs = self.daemon_logs(daemon, 500)?;
+        let (_, answer) = self.request(daemon, "GET", path, None)?;
+        let places = [
+            (agent_log, format!("{}", self.agent_log().display())),
+            (logs, format!("{}'s logs", daemon.name())),
+            (answer, format!("GET {path}")),
+        ];
+        Ok(places
+            .into_iter()
+            .filter(|(text, _)| text.contains(secret))
+            .map(|(_, place)| place)
+            .collect())
+    }
+
     /// The live processes in the node's network namespace whose command
     /// name is `comm`, ascending: the node's own, never another node's or
     /// the host's.

@@ -139,6 +139,13 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Call(Box<daemons::CallError>),
+    #[error("node {node}: could not read {path}")]
+    Read {
+        node: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("node {node}: {daemon} is not running")]
     DaemonDown { node: String, daemon: &'static str },
 }
