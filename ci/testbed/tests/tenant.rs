@@ -27,10 +27,7 @@ fn start(nodes: Vec<NodeSpec>) -> Farm {
     let farm = Farm::start(FarmSpec::with_nodes(nodes))
         .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
     for node in farm.nodes() {
-        let up = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-            node.socket(Daemon::Netd)
-                .is_ok_and(|s| matches!(grove_testbed::unix_get(&s, "/v1/networks"), Ok((200, _))))
-        });
+        let up = node.wait_answers(Daemon::Netd, "/v1/networks", Duration::from_secs(60));
         assert!(
             up,
             "netd of {} never answered\n{}",

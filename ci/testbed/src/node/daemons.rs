@@ -127,6 +127,13 @@ impl Node {
         self.call(daemon, "GET", path, None)
     }
 
+    /// Waits up to `within` until `daemon` answers `GET path` with 200.
+    pub fn wait_answers(&self, daemon: Daemon, path: &str, within: Duration) -> bool {
+        wait_until(within, Duration::from_millis(50), || {
+            matches!(self.request(daemon, "GET", path, None), Ok((200, _)))
+        })
+    }
+
     /// What the agent says about `daemon`.
     pub fn service(&self, daemon: Daemon) -> Result<ServiceStatus, NodeError> {
         self.get(Daemon::Agent, &format!("/v1/services/{}", daemon.name()))
