@@ -206,9 +206,13 @@ fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
     let after = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(10));
     assert_eq!(after.nic, before.nic);
     assert_eq!(after.address, before.address);
-    // Let udhcpc's renewal land, then compare the whole state.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(snapshot(node), state_before);
+    // The whole state is as it was once udhcpc's request has landed.
+    let mut now = String::new();
+    let same = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        now = snapshot(node);
+        now == state_before
+    });
+    assert!(same, "{now}\n---\n{state_before}");
 }
 
 /// netd killed five times over: each time its udhcpc dies with it (and a
