@@ -6,11 +6,13 @@
 
 pub mod actor;
 pub mod client;
+pub mod flags;
 pub mod mesh;
 pub mod netlink;
 pub mod netns;
 pub mod prefix;
 pub mod procs;
+pub mod state;
 pub mod sysctl;
 pub mod tenant;
 pub mod types;

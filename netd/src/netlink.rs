@@ -22,7 +22,9 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -242,6 +244,20 @@ impl Netlink {
         Ok(Some(link))
     }
 
+    async fn add_link(
+        &self,
+        message: LinkMessage,
+        op: &'static str,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(self.fail(op, name))
+    }
+
     /// Link `name`, or [`NetlinkError::NotFound`].
     pub async fn require(&self, name: &str) -> Result<Link, NetlinkError> {
         self.link(name)
@@ -265,12 +281,7 @@ impl Netlink {
         let message = LinkMessageBuilder::<LinkBridge>::new(name)
             .address(mac.to_vec())
             .build();
-        self.handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(self.fail("create bridge", name))?;
+        self.add_link(message, "create bridge", name).await?;
         Ok((self.require(name).await?.index, true))
     }
 
@@ -286,12 +297,8 @@ impl Netlink {
             return Ok(false);
         }
         let parent = self.require(parent).await?.index;
-        self.handle
-            .link()
-            .add(LinkVlan::new(name, parent, id).build())
-            .execute()
-            .await
-            .map_err(self.fail("create vlan", name))?;
+        self.add_link(LinkVlan::new(name, parent, id).build(), "create vlan", name)
+            .await?;
         Ok(true)
     }
 
@@ -300,12 +307,12 @@ impl Netlink {
         if self.link(name).await?.is_some() {
             return Ok(false);
         }
-        self.handle
-            .link()
-            .add(LinkWireguard::new(name).build())
-            .execute()
-            .await
-            .map_err(self.fail("create WireGuard link", name))?;
+        self.add_link(
+            LinkWireguard::new(name).build(),
+            "create WireGuard link",
+            name,
+        )
+        .await?;
         Ok(true)
     }
 
@@ -339,12 +346,7 @@ impl Netlink {
             .address(mac.to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
             .build();
-        self.handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(self.fail("create veth", name))?;
+        self.add_link(message, "create veth", name).await?;
         Ok(true)
     }
 

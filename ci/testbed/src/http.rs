@@ -139,7 +139,7 @@ pub fn unix_delete(socket: &std::path::Path, path: &str) -> Result<(u16, String)
     unix_request(socket, "DELETE", path, None)
 }
 
-fn unix_request(
+pub(crate) fn unix_request(
     socket: &std::path::Path,
     method: &str,
     path: &str,

@@ -291,8 +291,11 @@ pub fn snapshot(node: &Node, netid: &str) -> Result<String, NodeError> {
     let commands: Vec<Vec<&str>> = vec![
         vec!["ip", "netns", "list"],
         vec!["ip", "link", "show"],
-        vec!["ip", "addr", "show"],
-        vec!["ip", "route", "show", "table", "all"],
+        // IPv4 only in the node's own namespace: its uplink's IPv6 (SLAAC
+        // addresses, router advertisements) arrives at any time and is not
+        // the tenant network's; the network switches IPv6 off on its links.
+        vec!["ip", "-4", "addr", "show"],
+        vec!["ip", "-4", "route", "show", "table", "all"],
         vec!["ip", "-n", &ns, "link", "show"],
         vec!["ip", "-n", &ns, "addr", "show"],
         vec!["ip", "-n", &ns, "route", "show", "table", "all"],

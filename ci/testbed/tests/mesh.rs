@@ -24,10 +24,7 @@ fn start(spec: FarmSpec) -> Farm {
     let farm = Farm::start(spec)
         .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
     for node in farm.nodes() {
-        let up = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-            node.socket(Daemon::Netd)
-                .is_ok_and(|s| matches!(grove_testbed::unix_get(&s, "/v1/mesh"), Ok((200, _))))
-        });
+        let up = node.wait_answers(Daemon::Netd, "/v1/mesh", Duration::from_secs(60));
         assert!(
             up,
             "netd of {} never answered\n{}",
@@ -51,20 +48,18 @@ fn node(behind_nat: bool) -> NodeSpec {
 }
 
 fn get(node: &Node, path: &str) -> (u16, String) {
-    let socket = node.socket(Daemon::Netd).expect("node runs");
-    grove_testbed::unix_get(&socket, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    node.request(Daemon::Netd, "GET", path, None)
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
 fn put(node: &Node, path: &str, body: &str) -> (u16, String) {
-    let socket = node.socket(Daemon::Netd).expect("node runs");
-    grove_testbed::unix_put(&socket, path, body.as_bytes())
-        .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+    node.request(Daemon::Netd, "PUT", path, Some(body))
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
 fn view(node: &Node) -> MeshView {
-    let (status, body) = get(node, "/v1/mesh");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    node.get(Daemon::Netd, "/v1/mesh")
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
 fn peer<'a>(view: &'a MeshView, keys: &Keys) -> &'a PeerView {
@@ -461,38 +456,18 @@ fn snapshot(node: &Node, keep_index: bool) -> String {
     out
 }
 
-fn netd_pid(node: &Node) -> Option<u32> {
-    let socket = node.socket(Daemon::Agent).ok()?;
-    let (_, body) = grove_testbed::unix_get(&socket, "/v1/services/netd").ok()?;
-    let status: Value = serde_json::from_str(&body).ok()?;
-    status["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
-}
-
-fn kill9(pids: &[u32]) {
-    let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
-    let status = std::process::Command::new("kill")
-        .arg("-9")
-        .args(&pids)
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -9 {pids:?}");
-}
-
 /// Waits until the agent has restarted netd (a pid other than `old`) and
 /// the mesh is back, on a userspace process other than `not_pid` if given.
 fn wait_restored(farm: &Farm, node: &Node, old: u32, not_pid: Option<i32>) -> MeshView {
+    let restarted = node.wait_restarted(Daemon::Netd, old, Duration::from_secs(30));
+    assert!(
+        restarted.is_some(),
+        "netd did not come back\n{}",
+        farm.logs(40)
+    );
     let mut last = None;
     let back = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        if netd_pid(node).is_none_or(|p| p == old) {
-            return false;
-        }
-        let Ok(socket) = node.socket(Daemon::Netd) else {
-            return false;
-        };
-        let Ok((200, body)) = grove_testbed::unix_get(&socket, "/v1/mesh") else {
-            return false;
-        };
-        last = serde_json::from_str::<MeshView>(&body).ok();
+        last = node.get::<MeshView>(Daemon::Netd, "/v1/mesh").ok();
         last.as_ref().is_some_and(|v| {
             v.configured && v.pid.is_some() && v.pid != not_pid && !v.peers.is_empty()
         })
@@ -535,9 +510,8 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
     assert_eq!(routes.len(), unique.len(), "duplicate routes:\n{exact}");
 
     // netd killed: the agent restarts it, it adopts the running device.
-    let netd = netd_pid(nat).expect("netd runs");
     let boringtun = view(nat).pid.expect("userspace WireGuard");
-    kill9(&[netd]);
+    let netd = nat.kill_daemon(Daemon::Netd).expect("kill -9 netd");
     let back = wait_restored(&farm, nat, netd, None);
     assert_eq!(
         back.pid,
@@ -548,9 +522,10 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
     reach(&farm, nat, addrs[0]);
 
     // netd and its device killed together: rebuilt from the state file.
-    let netd = netd_pid(nat).expect("netd runs");
+    let netd = nat.daemon_pid(Daemon::Netd).expect("netd runs");
     let boringtun = back.pid.expect("userspace WireGuard");
-    kill9(&[netd, u32::try_from(boringtun).expect("a pid")]);
+    nat.kill_pids(&[netd, u32::try_from(boringtun).expect("a pid")])
+        .expect("kill -9 netd and its device");
     let back = wait_restored(&farm, nat, netd, Some(boringtun));
     assert_eq!(snapshot(nat, false), loose);
     reach(&farm, nat, addrs[0]);
@@ -558,8 +533,9 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
 
     // The device alone killed: netd starts a new one and re-applies.
     let boringtun = back.pid.expect("userspace WireGuard");
-    kill9(&[u32::try_from(boringtun).expect("a pid")]);
-    let same_netd = netd_pid(nat).expect("netd runs");
+    nat.kill_pids(&[u32::try_from(boringtun).expect("a pid")])
+        .expect("kill -9 the device");
+    let same_netd = nat.daemon_pid(Daemon::Netd).expect("netd runs");
     let rebuilt = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
         let (status, body) = get(nat, "/v1/mesh");
         status == 200
@@ -567,7 +543,11 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
                 .is_ok_and(|v| v.pid.is_some() && v.pid != Some(boringtun))
     });
     assert!(rebuilt, "the device was not rebuilt\n{}", farm.logs(30));
-    assert_eq!(netd_pid(nat), Some(same_netd), "netd itself kept running");
+    assert_eq!(
+        nat.daemon_pid(Daemon::Netd),
+        Some(same_netd),
+        "netd itself kept running"
+    );
     let settled = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         snapshot(nat, false) == loose
     });
@@ -589,30 +569,17 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
     );
 
     // No private key in any log line or answer.
-    let agent_socket = nat.socket(Daemon::Agent).expect("agent");
-    let (_, netd_logs) =
-        grove_testbed::unix_get(&agent_socket, "/v1/services/netd/logs?lines=500").expect("logs");
+    let netd_logs = nat.daemon_logs(Daemon::Netd, 500).expect("logs");
     assert!(
         netd_logs.contains("mesh applied"),
         "netd's log is there: {netd_logs}"
     );
     for node in nodes {
-        let agent_log = std::fs::read_to_string(node.agent_log()).expect("agent log");
-        let (_, answer) = get(node, "/v1/mesh");
         for k in &keys {
-            assert!(
-                !agent_log.contains(&k.private),
-                "a private key in {}",
-                node.agent_log().display()
-            );
-            assert!(
-                !netd_logs.contains(&k.private),
-                "a private key in netd's logs"
-            );
-            assert!(
-                !answer.contains(&k.private),
-                "a private key in GET /v1/mesh"
-            );
+            let seen = node
+                .secret_seen(&k.private, Daemon::Netd, "/v1/mesh")
+                .expect("the node answers");
+            assert!(seen.is_empty(), "a private key in {seen:?}");
         }
     }
 }

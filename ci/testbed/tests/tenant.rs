@@ -27,10 +27,7 @@ fn start(nodes: Vec<NodeSpec>) -> Farm {
     let farm = Farm::start(FarmSpec::with_nodes(nodes))
         .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
     for node in farm.nodes() {
-        let up = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-            node.socket(Daemon::Netd)
-                .is_ok_and(|s| matches!(grove_testbed::unix_get(&s, "/v1/networks"), Ok((200, _))))
-        });
+        let up = node.wait_answers(Daemon::Netd, "/v1/networks", Duration::from_secs(60));
         assert!(
             up,
             "netd of {} never answered\n{}",
@@ -368,22 +365,28 @@ fn a_tenant_network_spans_nodes_and_nothing_else_gets_in() {
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
 }
 
-/// Everything a refused request must leave as it was.
+/// Everything a refused request must leave as it was: the node's own
+/// namespaces, links, IPv4 addresses (IPv6 comes by SLAAC at any time and
+/// is not the tenant networks'), firewall, saved networks and userspace
+/// WireGuard processes.
 fn state(node: &Node) -> String {
     let mut out = String::new();
     for argv in [
         &["ip", "netns", "list"][..],
         &["ip", "link", "show"],
-        &["ip", "addr", "show"],
+        &["ip", "-4", "addr", "show"],
         &["nft", "list", "ruleset"],
         &[
             "sh",
             "-c",
-            "ls /run/grove/netd/networks /var/cache/grove/netd/networks 2>/dev/null; pgrep -a boringtun-cli || true",
+            "ls /run/grove/netd/networks /var/cache/grove/netd/networks 2>/dev/null || true",
         ],
     ] {
         out.push_str(&run(node, argv));
     }
+    // The node's own userspace WireGuard processes, not the host's.
+    let boringtun = node.processes("boringtun-cli");
+    out.push_str(&format!("boringtun-cli: {boringtun:?}\n"));
     out
 }
 
@@ -593,23 +596,6 @@ fn bad_requests_get_a_4xx_and_failures_leave_nothing_half_made() {
     );
 }
 
-fn netd_pid(node: &Node) -> Option<u32> {
-    let socket = node.socket(Daemon::Agent).ok()?;
-    let (_, body) = grove_testbed::unix_get(&socket, "/v1/services/netd").ok()?;
-    let status: Value = serde_json::from_str(&body).ok()?;
-    status["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
-}
-
-fn kill9(pids: &[u32]) {
-    let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
-    let status = std::process::Command::new("kill")
-        .arg("-9")
-        .args(&pids)
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -9 {pids:?}");
-}
-
 /// Waits until the agent has restarted netd (a pid other than `old`) and
 /// network `netid` is back, on a userspace process other than `not_pid`.
 fn wait_restored(
@@ -619,19 +605,17 @@ fn wait_restored(
     netid: &str,
     not_pid: Option<i32>,
 ) -> NetworkView {
+    let restarted = node.wait_restarted(Daemon::Netd, old, Duration::from_secs(30));
+    assert!(
+        restarted.is_some(),
+        "netd did not come back\n{}",
+        farm.logs(40)
+    );
     let mut last = None;
     let back = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        if netd_pid(node).is_none_or(|p| p == old) {
-            return false;
-        }
-        let Ok(socket) = node.socket(Daemon::Netd) else {
-            return false;
-        };
-        let Ok((200, body)) = grove_testbed::unix_get(&socket, &format!("/v1/networks/{netid}"))
-        else {
-            return false;
-        };
-        last = serde_json::from_str::<NetworkView>(&body).ok();
+        last = node
+            .get::<NetworkView>(Daemon::Netd, &format!("/v1/networks/{netid}"))
+            .ok();
         last.as_ref()
             .is_some_and(|v| v.pid.is_some() && v.pid != not_pid)
     });
@@ -708,10 +692,9 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     }
 
     // netd killed: the agent restarts it, and it adopts the running device.
-    let netd = netd_pid(a).expect("netd runs");
-    let view: NetworkView = serde_json::from_str(&get(a, "/v1/networks/red").1).expect("view");
+    let view: NetworkView = a.get(Daemon::Netd, "/v1/networks/red").expect("view");
     let boringtun = view.pid.expect("userspace WireGuard");
-    kill9(&[netd]);
+    let netd = a.kill_daemon(Daemon::Netd).expect("kill -9 netd");
     let back = wait_restored(&farm, a, netd, "red", None);
     assert_eq!(
         back.pid,
@@ -723,8 +706,9 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
 
     // netd and its device killed together: rebuilt from the saved network.
-    let netd = netd_pid(a).expect("netd runs");
-    kill9(&[netd, u32::try_from(boringtun).expect("a pid")]);
+    let netd = a.daemon_pid(Daemon::Netd).expect("netd runs");
+    a.kill_pids(&[netd, u32::try_from(boringtun).expect("a pid")])
+        .expect("kill -9 netd and its device");
     let back = wait_restored(&farm, a, netd, "red", Some(boringtun));
     let settled = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         tenant::snapshot(a, "red").is_ok_and(|s| loose(&s) == loose(&exact))
@@ -738,9 +722,10 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
 
     // The device alone killed: the same netd starts a new one.
-    let same_netd = netd_pid(a).expect("netd runs");
+    let same_netd = a.daemon_pid(Daemon::Netd).expect("netd runs");
     let boringtun = back.pid.expect("userspace WireGuard");
-    kill9(&[u32::try_from(boringtun).expect("a pid")]);
+    a.kill_pids(&[u32::try_from(boringtun).expect("a pid")])
+        .expect("kill -9 the device");
     let rebuilt = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
         let (status, body) = get(a, "/v1/networks/red");
         status == 200
@@ -748,7 +733,11 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
                 .is_ok_and(|v| v.pid.is_some() && v.pid != Some(boringtun))
     });
     assert!(rebuilt, "the device was not rebuilt\n{}", farm.logs(30));
-    assert_eq!(netd_pid(a), Some(same_netd), "netd itself kept running");
+    assert_eq!(
+        a.daemon_pid(Daemon::Netd),
+        Some(same_netd),
+        "netd itself kept running"
+    );
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
     assert!(tenant::reaches(b, Some("n-red"), ip("10.1.1.1"), REACH));
 
@@ -764,27 +753,14 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     assert_eq!(mode.trim(), "600");
 
     // No private key in any log line or answer.
-    let agent_socket = a.socket(Daemon::Agent).expect("agent");
-    let (_, netd_logs) =
-        grove_testbed::unix_get(&agent_socket, "/v1/services/netd/logs?lines=500").expect("logs");
+    let netd_logs = a.daemon_logs(Daemon::Netd, 500).expect("logs");
     assert!(netd_logs.contains("tenant network restored"), "{netd_logs}");
     for node in [a, b] {
-        let agent_log = std::fs::read_to_string(node.agent_log()).expect("agent log");
-        let (_, answer) = get(node, "/v1/networks");
         for k in &red_keys {
-            assert!(
-                !agent_log.contains(&k.private),
-                "a private key in {}",
-                node.agent_log().display()
-            );
-            assert!(
-                !netd_logs.contains(&k.private),
-                "a private key in netd's logs"
-            );
-            assert!(
-                !answer.contains(&k.private),
-                "a private key in GET /v1/networks"
-            );
+            let seen = node
+                .secret_seen(&k.private, Daemon::Netd, "/v1/networks")
+                .expect("the node answers");
+            assert!(seen.is_empty(), "a private key in {seen:?}");
         }
     }
 }

@@ -18,9 +18,7 @@ fn start(spec: FarmSpec) -> Farm {
 }
 
 fn uplink(node: &Node) -> Option<UplinkReport> {
-    let socket = node.socket(Daemon::Netd).ok()?;
-    let (status, body) = grove_testbed::unix_get(&socket, "/v1/uplink").ok()?;
-    (status == 200).then(|| serde_json::from_str(&body).ok())?
+    node.get(Daemon::Netd, "/v1/uplink").ok()
 }
 
 fn wait_state(farm: &Farm, node: &Node, state: UplinkState, within: Duration) -> UplinkReport {
@@ -93,10 +91,9 @@ fn the_nic_with_dhcp_becomes_the_uplink_and_the_api_answers_on_its_lease() {
     assert!(String::from_utf8_lossy(&master.stdout).contains("INTERFACE=br-grove"));
 
     // Interfaces are reported for registration.
-    let socket = node.socket(Daemon::Netd).expect("socket");
-    let (status, body) = grove_testbed::unix_get(&socket, "/v1/interfaces").expect("interfaces");
-    assert_eq!(status, 200);
-    let interfaces: Vec<netd::uplink::Interface> = serde_json::from_str(&body).expect("json");
+    let interfaces: Vec<netd::uplink::Interface> = node
+        .get(Daemon::Netd, "/v1/interfaces")
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)));
     let bridge = interfaces
         .iter()
         .find(|i| i.name == "br-grove")
@@ -123,12 +120,7 @@ fn a_pulled_cable_heals_without_a_restart() {
         .expect("ip")
         .to_owned();
     let url = format!("http://{ip}:8080/v1/node");
-    let netd_pid = |n: &Node| {
-        let socket = n.socket(Daemon::Agent).expect("agent");
-        let (_, body) = grove_testbed::unix_get(&socket, "/v1/services/netd").expect("status");
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pid"].clone()
-    };
-    let pid_before = netd_pid(node);
+    let pid_before = node.daemon_pid(Daemon::Netd).expect("netd runs");
 
     node.nic_set_carrier(0, false).expect("pull the cable");
     wait_state(&farm, node, UplinkState::NoCarrier, Duration::from_secs(5));
@@ -150,7 +142,11 @@ fn a_pulled_cable_heals_without_a_restart() {
         plugged.elapsed().as_millis()
     );
     wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(15));
-    assert_eq!(netd_pid(node), pid_before, "netd was restarted");
+    assert_eq!(
+        node.daemon_pid(Daemon::Netd),
+        Some(pid_before),
+        "netd was restarted"
+    );
 }
 
 #[test]
@@ -204,28 +200,78 @@ fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
         .join("\n")
     };
     let state_before = snapshot(node);
-    let socket = node.socket(Daemon::Agent).expect("agent");
-    let status = |s: &std::path::Path| -> serde_json::Value {
-        let (_, body) = grove_testbed::unix_get(s, "/v1/services/netd").expect("status");
-        serde_json::from_str(&body).expect("json")
-    };
-    let pid = status(&socket)["pid"].as_u64().expect("netd pid");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 netd");
-    let restarted = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        let s = status(&socket);
-        s["state"] == "ready" && s["pid"].as_u64().is_some_and(|p| p != pid)
-    });
-    assert!(restarted, "netd not back\n{}", farm.logs(30));
+    let pid = node.kill_daemon(Daemon::Netd).expect("kill -9 netd");
+    let restarted = node.wait_restarted(Daemon::Netd, pid, Duration::from_secs(10));
+    assert!(restarted.is_some(), "netd not back\n{}", farm.logs(30));
     let after = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(10));
     assert_eq!(after.nic, before.nic);
     assert_eq!(after.address, before.address);
-    // Let udhcpc's renewal land, then compare the whole state.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(snapshot(node), state_before);
+    // The whole state is as it was once udhcpc's request has landed.
+    let mut now = String::new();
+    let same = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        now = snapshot(node);
+        now == state_before
+    });
+    assert!(same, "{now}\n---\n{state_before}");
+}
+
+/// netd killed five times over: each time its udhcpc dies with it (and a
+/// new netd would stop one that did not), so one udhcpc keeps the lease
+/// afterwards, a child of the netd running now, and the bridge keeps its
+/// address throughout.
+#[test]
+fn killing_netd_leaves_one_udhcpc_and_the_address_in_place() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let node = farm.node(0);
+    let before = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
+    let address = before.address.clone().expect("an address");
+    let on_bridge = || {
+        let out = node
+            .exec(&["ip", "-4", "-o", "addr", "show", "dev", "br-grove"])
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {address} "))
+    };
+    let mut udhcpc = Vec::new();
+    let one = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        udhcpc = node.processes("udhcpc");
+        udhcpc.len() == 1
+    });
+    assert!(one, "udhcpc before any kill: {udhcpc:?}");
+    for round in 1..=5 {
+        let old = node.kill_daemon(Daemon::Netd).expect("kill -9 netd");
+        let mut flushed = false;
+        let mut new = None;
+        let back = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            flushed |= !on_bridge();
+            new = node
+                .service(Daemon::Netd)
+                .ok()
+                .filter(|s| s.state == "ready")
+                .and_then(|s| s.pid)
+                .filter(|p| *p != old);
+            new.is_some()
+        });
+        assert!(back, "round {round}: netd not back\n{}", farm.logs(30));
+        let after = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(20));
+        assert_eq!(after.address, before.address, "round {round}");
+        let one = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            flushed |= !on_bridge();
+            udhcpc = node.processes("udhcpc");
+            udhcpc.len() == 1
+        });
+        assert!(
+            one,
+            "round {round}: udhcpc processes {udhcpc:?}\n{}",
+            farm.logs(30)
+        );
+        let parent = grove_testbed::proc::stat(udhcpc[0]).map(|s| s.ppid);
+        assert_eq!(
+            parent, new,
+            "round {round}: udhcpc is not the new netd's child"
+        );
+        assert!(!flushed, "round {round}: the uplink address was flushed");
+    }
 }
 
 /// Whether this kernel can make 802.1Q VLAN links, tried for real in a
@@ -333,12 +379,7 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
         UplinkState::Bound,
         Duration::from_secs(30),
     );
-    let netd_pid = |n: &Node| {
-        let socket = n.socket(Daemon::Netd).expect("netd");
-        let (_, body) = grove_testbed::unix_get(&socket, "/v1/info").expect("info");
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["pid"].clone()
-    };
-    let pid = netd_pid(farm.node(0));
+    let pid = farm.node(0).daemon_pid(Daemon::Netd).expect("netd runs");
 
     farm.lan_mut(0)
         .stop_dhcp()
@@ -385,7 +426,11 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
         .to_owned();
     let (status, _) = http_get(&format!("http://{ip}:8080/v1/node")).expect("API answers again");
     assert_eq!(status, 200);
-    assert_eq!(netd_pid(farm.node(0)), pid, "netd was restarted");
+    assert_eq!(
+        farm.node(0).daemon_pid(Daemon::Netd),
+        Some(pid),
+        "netd was restarted"
+    );
 }
 
 /// Where the LAN's router advertises an IPv6 prefix, the uplink bridge
@@ -409,7 +454,12 @@ fn ipv6_comes_by_slaac_on_the_bridge() {
     });
     assert!(slaac, "no SLAAC address in {prefix}/64 on br-grove: {seen}");
     // netd reports it with the bridge's other addresses.
-    let socket = node.socket(Daemon::Netd).expect("netd");
-    let (_, body) = grove_testbed::unix_get(&socket, "/v1/interfaces").expect("interfaces");
-    assert!(body.contains(&prefix), "{body}");
+    let interfaces: Vec<netd::uplink::Interface> = node
+        .get(Daemon::Netd, "/v1/interfaces")
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)));
+    let bridge = interfaces.iter().find(|i| i.name == "br-grove");
+    assert!(
+        bridge.is_some_and(|b| b.addresses.iter().any(|a| a.starts_with(&prefix))),
+        "{interfaces:?}"
+    );
 }

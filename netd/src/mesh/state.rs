@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use grove_daemon::fsutil::{self, WriteError};
 use serde::{Deserialize, Serialize};
 
+use crate::state::Location;
+
 use super::input::{self, InputError, MeshRequest, MeshSettings, Peer, PeerRequest};
 
 /// The file's name inside its directory.
@@ -70,23 +72,10 @@ impl StateFile {
     /// `<state_dir>/mesh.json` if configured; else under `<cache>/netd` if
     /// `cache` exists, else under `<run>/netd`.
     pub fn locate(state_dir: Option<&Path>, cache: &Path, run: &Path) -> Self {
-        if let Some(dir) = state_dir {
-            let path = dir.join(FILE);
-            return Self {
-                write_to: path.clone(),
-                read_from: vec![path],
-            };
-        }
-        let cached = cache.join("netd").join(FILE);
-        let volatile = run.join("netd").join(FILE);
-        let write_to = if cache.is_dir() {
-            cached.clone()
-        } else {
-            volatile.clone()
-        };
+        let found = Location::find(state_dir.map(|d| d.join(FILE)), cache, run, FILE);
         Self {
-            write_to,
-            read_from: vec![cached, volatile],
+            write_to: found.write_to,
+            read_from: found.read_from,
         }
     }
 
@@ -187,9 +176,6 @@ mod tests {
         let run = tempfile::tempdir().expect("tempdir");
         let file = StateFile::locate(None, cache.path(), run.path());
         assert_eq!(file.path(), cache.path().join("netd").join(FILE));
-        let gone = cache.path().join("absent");
-        let file = StateFile::locate(None, &gone, run.path());
-        assert_eq!(file.path(), run.path().join("netd").join(FILE));
         file.save(&settings(), &[]).expect("saved");
         assert!(file.load().expect("read").is_some());
     }

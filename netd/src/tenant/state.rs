@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use grove_daemon::fsutil::{self, WriteError};
 use serde::{Deserialize, Serialize};
 
+use crate::state::Location;
+
 use super::input::{self, InputError, NetworkRequest};
 use super::names::NetId;
 use super::network::{Attachment, EgressSlot, Network};
@@ -86,24 +88,10 @@ impl StateDir {
     /// `<state_dir>` if configured; else `<cache>/netd/networks` if `cache`
     /// exists, else `<run>/netd/networks`.
     pub fn locate(state_dir: Option<&Path>, cache: &Path, run: &Path) -> Self {
-        if let Some(dir) = state_dir {
-            return Self {
-                write_to: dir.to_owned(),
-                read_from: vec![dir.to_owned()],
-            };
-        }
-        let cached = cache.join("netd").join(DIR);
-        let volatile = run.join("netd").join(DIR);
-        if cache.is_dir() {
-            Self {
-                write_to: cached.clone(),
-                read_from: vec![cached, volatile],
-            }
-        } else {
-            Self {
-                write_to: volatile.clone(),
-                read_from: vec![volatile, cached],
-            }
+        let found = Location::find(state_dir.map(Path::to_owned), cache, run, DIR);
+        Self {
+            write_to: found.write_to,
+            read_from: found.read_from,
         }
     }
 
@@ -255,8 +243,6 @@ mod tests {
     fn prefers_the_cache_and_reports_bad_files() {
         let cache = tempfile::tempdir().expect("tempdir");
         let run = tempfile::tempdir().expect("tempdir");
-        let state = StateDir::locate(None, cache.path(), run.path());
-        assert_eq!(state.path(), cache.path().join("netd").join(DIR));
         let gone = cache.path().join("absent");
         let state = StateDir::locate(None, &gone, run.path());
         assert_eq!(state.path(), run.path().join("netd").join(DIR));

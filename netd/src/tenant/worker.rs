@@ -388,12 +388,7 @@ impl Worker {
                 });
             }
         }
-        let live = self
-            .nets
-            .get_mut(netid)
-            .ok_or_else(|| TenantError::NotFound {
-                netid: netid.clone(),
-            })?;
+        let live = live_mut(&mut self.nets, netid)?;
         if attach.kind == AttachKind::Veth && env.host.link(&attach.name.veth()).await?.is_some() {
             return Err(TenantError::InUse {
                 what: "interface",
@@ -433,12 +428,7 @@ impl Worker {
 
     async fn detach(&mut self, netid: &NetId, name: &WorkloadName) -> Result<(), TenantError> {
         let env = &self.env;
-        let live = self
-            .nets
-            .get_mut(netid)
-            .ok_or_else(|| TenantError::NotFound {
-                netid: netid.clone(),
-            })?;
+        let live = live_mut(&mut self.nets, netid)?;
         let attachment =
             live.network
                 .attachment(name)
@@ -486,6 +476,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// Network `netid`, or [`TenantError::NotFound`].
+fn live_mut<'a>(
+    nets: &'a mut BTreeMap<NetId, Live>,
+    netid: &NetId,
+) -> Result<&'a mut Live, TenantError> {
+    nets.get_mut(netid).ok_or_else(|| TenantError::NotFound {
+        netid: netid.clone(),
+    })
 }
 
 /// Removes what a failed creation made, and says so.

@@ -26,6 +26,7 @@ use grove_daemon::server::Readiness;
 use grove_daemon::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 
+use crate::actor::until;
 use crate::netlink::{LinkSettings, Netlink, NetlinkError, Route};
 use crate::prefix::Ipv4Prefix;
 use crate::procs;
@@ -448,26 +449,46 @@ impl Uplink {
             r.error = None;
         });
         let mut previous = Some(lease.address);
+        let mut expires = expiry(&lease);
         let mut carrier = true;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let mut client = Client::spawn(&self.config.udhcpc, hook, &bridge, previous)?;
             // udhcpc starts with a `deconfig`; the address it asks for again
-            // stays in place meanwhile, so the uplink never flaps.
+            // stays in place meanwhile (so the uplink never flaps), until
+            // udhcpc gets it or the lease runs out.
             let mut starting = true;
+            let mut held = Held::No;
             loop {
                 tokio::select! {
                     event = client.events.recv() => {
                         let Some(event) = event else { break };
                         if let Some(l) = &event.lease {
                             previous = Some(l.address);
+                            expires = expiry(l);
+                            held = Held::No;
                         }
                         let first = std::mem::replace(&mut starting, false);
                         if first && event.kind == "deconfig" && previous.is_some() {
-                            tracing::info!(address = ?previous, "udhcpc started; keeping the address it asks for");
+                            held = expires.map_or(Held::UntilLeasefail, Held::Until);
+                            tracing::info!(address = ?previous, ?held, "udhcpc started; keeping the address it asks for");
                             continue;
                         }
+                        let failed = event.kind == "leasefail" && held == Held::UntilLeasefail;
+                        if event.kind == "deconfig" {
+                            held = Held::No;
+                        }
                         self.on_event(&bridge, event).await?;
+                        if failed {
+                            held = Held::No;
+                            tracing::warn!("udhcpc did not get the address of unknown lease time again; letting it go");
+                            self.lease_lost(&bridge).await?;
+                        }
+                    }
+                    () = until(held.until()) => {
+                        held = Held::No;
+                        tracing::warn!("the lease ran out before udhcpc got it again");
+                        self.lease_lost(&bridge).await?;
                     }
                     _ = tick.tick() => {
                         let now = self.facts(&port).await?.carrier;
@@ -497,15 +518,19 @@ impl Uplink {
                 self.apply(bridge, &lease).await?;
                 self.update(|r| r.state = UplinkState::Bound);
             }
-            ("deconfig", _) => {
-                self.links.flush_ipv4(bridge.as_str()).await?;
-                self.update(|r| {
-                    r.state = UplinkState::Rebinding;
-                    r.address = None;
-                });
-            }
+            ("deconfig", _) => self.lease_lost(bridge).await?,
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The lease is gone: its address leaves the bridge.
+    async fn lease_lost(&self, bridge: &InterfaceName) -> Result<(), UplinkError> {
+        self.links.flush_ipv4(bridge.as_str()).await?;
+        self.update(|r| {
+            r.state = UplinkState::Rebinding;
+            r.address = None;
+        });
         Ok(())
     }
 
@@ -601,6 +626,34 @@ impl Uplink {
         });
         Ok(())
     }
+}
+
+/// How long an address stays on the bridge while a fresh udhcpc asks for
+/// it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Not held: udhcpc has answered for it.
+    No,
+    /// Until its lease runs out.
+    Until(tokio::time::Instant),
+    /// Until udhcpc fails to get it (a lease of unknown length, as after a
+    /// netd restart).
+    UntilLeasefail,
+}
+
+impl Held {
+    fn until(self) -> Option<tokio::time::Instant> {
+        match self {
+            Held::Until(at) => Some(at),
+            Held::No | Held::UntilLeasefail => None,
+        }
+    }
+}
+
+/// When `lease` runs out, counted from now, if its length is known.
+fn expiry(lease: &Lease) -> Option<tokio::time::Instant> {
+    let secs = lease.lease_secs?;
+    Some(tokio::time::Instant::now() + Duration::from_secs(secs))
 }
 
 /// Writes `dns` as a resolv.conf at `path`, atomically. Blocking.

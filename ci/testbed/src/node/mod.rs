@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod daemons;
 mod lifecycle;
 pub mod nic;
 
@@ -136,6 +137,17 @@ pub enum NodeError {
         #[source]
         source: Box<CmdError>,
     },
+    #[error(transparent)]
+    Call(Box<daemons::CallError>),
+    #[error("node {node}: could not read {path}")]
+    Read {
+        node: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node {node}: {daemon} is not running")]
+    DaemonDown { node: String, daemon: &'static str },
 }
 
 /// The farm-level facts a node is built from.
