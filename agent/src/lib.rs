@@ -5,6 +5,8 @@
 //! keep their output), reaps zombies as PID 1, and serves the operator API on
 //! the farm LAN. Identity, the chain and signed changes build on this.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod boot;

@@ -4,6 +4,8 @@
 //! and calls [`run`]. It serves its API on `/run/grove/storaged.sock`, and
 //! [`client::StoragedClient`] is how `agent` and the other daemons reach it.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod cache;
 pub mod client;
