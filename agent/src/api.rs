@@ -27,8 +27,7 @@ pub struct ApiState {
     pub snapshot: Arc<crate::operator::snapshot::Snapshot>,
     pub chain: Arc<crate::chain::Chain>,
     pub verifier: Arc<crate::auth::RequestVerifier>,
-    pub shutdown: grove_daemon::shutdown::Shutdown,
-    pub reboot: Arc<std::sync::atomic::AtomicBool>,
+    pub stop: crate::stop::Stop,
     pub supervisor: Arc<Supervisor>,
     pub identity: Arc<crate::identity::Identity>,
     pub storaged: storaged::client::StoragedClient,
@@ -306,15 +305,8 @@ async fn reboot(
 ) -> Result<(StatusCode, Json<serde_json::Value>), OperatorApiError> {
     authorize(&state, "POST", "/v1/reboot", &headers, &body)?;
     tracing::warn!("reboot requested by the farmer");
-    state
-        .reboot
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let shutdown = state.shutdown.clone();
-    // Answer first, then stop: the farmer learns the request was taken.
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        shutdown.trigger();
-    });
+    // The servers drain gracefully, so this answer still goes out.
+    state.stop.request(crate::stop::StopReason::Reboot);
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "rebooting": true })),

@@ -6,6 +6,7 @@
 
 pub mod actor;
 pub mod client;
+pub mod flags;
 pub mod mesh;
 pub mod tenant;
 pub mod types;

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod client;
 pub mod cmd;
 pub mod disk;
+pub mod flags;
 pub mod mounts;
 pub mod pool;
 pub mod storage;

@@ -28,7 +28,7 @@ pub enum ReaperError {
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(#[source] Errno),
     #[error("cannot start the reaper thread: {0}")]
-    Thread(String),
+    Thread(#[source] Arc<std::io::Error>),
     #[error("cannot start {program}: {source}")]
     Spawn {
         program: String,
@@ -94,7 +94,7 @@ impl Reaper {
         std::thread::Builder::new()
             .name("reaper".to_owned())
             .spawn(move || this.reap_forever())
-            .map_err(|e| ReaperError::Thread(e.to_string()))?;
+            .map_err(|e| ReaperError::Thread(Arc::new(e)))?;
         Ok(reaper)
     }
 

@@ -26,6 +26,17 @@ use super::logs::{LogLine, LogRing, Stream};
 use super::reaper::{Exit, Reaper};
 use crate::clock::unix_ms;
 
+/// Why one run of a service could not start or be followed to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the spawn task failed: {0}")]
+    SpawnTask(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Spawn(#[from] super::reaper::ReaperError),
+    #[error("the reaper stopped before the service exited")]
+    ReaperGone(#[source] tokio::sync::oneshot::error::RecvError),
+}
+
 /// What to run for one service.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -203,7 +214,7 @@ impl Service {
                 s.last_exit = Some(ExitRecord {
                     reason: match &outcome {
                         Ok(exit) => exit.to_string(),
-                        Err(reason) => reason.clone(),
+                        Err(e) => e.to_string(),
                     },
                     exit: outcome.as_ref().ok().cloned(),
                     at_ms: unix_ms(),
@@ -235,7 +246,9 @@ impl Service {
             }
             self.update(|s| s.restarts += 1);
         }
-        pumps.abort_all();
+        // The pipes close when the process is gone; a pump still reading
+        // (a grandchild holding the pipe) is cut off here.
+        pumps.shutdown().await;
         self.update(|s| {
             s.state = ServiceState::Stopped;
             s.next_start_in_ms = None;
@@ -249,7 +262,7 @@ impl Service {
         policy: &Policy,
         stop: &Shutdown,
         pumps: &mut JoinSet<()>,
-    ) -> Result<Exit, String> {
+    ) -> Result<Exit, RunError> {
         self.update(|s| {
             s.state = ServiceState::Starting;
             s.next_start_in_ms = None;
@@ -259,8 +272,7 @@ impl Service {
         let spawner = reaper.clone();
         let spawned = tokio::task::spawn_blocking(move || spawner.spawn(&mut command))
             .await
-            .map_err(|e| format!("spawn task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(RunError::SpawnTask)??;
         let started = Instant::now();
         let pid = spawned.pid;
         tracing::info!(service = self.name(), pid, "started");
@@ -285,7 +297,7 @@ impl Service {
         loop {
             tokio::select! {
                 status = &mut exit => {
-                    return status.map_err(|_gone| "the reaper stopped".to_owned());
+                    return status.map_err(RunError::ReaperGone);
                 }
                 () = &mut health => {}
                 () = stop.wait() => {

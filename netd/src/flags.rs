@@ -1,0 +1,101 @@
+//! netd's own command-line flags, and how to build them.
+//!
+//! The binary parses [`Flags`]; the agent, which starts netd, builds the
+//! same struct from the boot parameters and turns it into arguments with
+//! [`Flags::to_args`], so the flag spellings live in one place. A unit test
+//! checks that every flag built parses back to the same value.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::types::{InterfaceName, Ipv4Cidr, VlanId};
+use crate::uplink::Overrides;
+
+/// What netd takes on its command line besides the daemon's own flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct Flags {
+    /// Use this NIC for the uplink instead of probing every one.
+    #[arg(long, value_name = "IFNAME")]
+    pub uplink: Option<InterfaceName>,
+    /// Static uplink address instead of DHCP.
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    pub address: Option<Ipv4Cidr>,
+    /// Static default gateway (with --address).
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<Ipv4Addr>,
+    /// DNS server (with --address). Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Vec<IpAddr>,
+    /// VLAN tag on the uplink.
+    #[arg(long, value_name = "ID")]
+    pub vlan: Option<VlanId>,
+}
+
+impl Flags {
+    /// The arguments that make netd parse back exactly these flags.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut add = |flag: &str, value: String| {
+            args.push(format!("--{flag}"));
+            args.push(value);
+        };
+        if let Some(nic) = &self.uplink {
+            add("uplink", nic.to_string());
+        }
+        if let Some(address) = self.address {
+            add("address", address.to_string());
+        }
+        if let Some(gateway) = self.gateway {
+            add("gateway", gateway.to_string());
+        }
+        for dns in &self.dns {
+            add("dns", dns.to_string());
+        }
+        if let Some(vlan) = self.vlan {
+            add("vlan", vlan.get().to_string());
+        }
+        args
+    }
+
+    /// The uplink overrides these flags ask for.
+    pub fn overrides(self) -> Overrides {
+        Overrides {
+            nic: self.uplink,
+            address: self.address,
+            gateway: self.gateway,
+            dns: self.dns,
+            vlan: self.vlan,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: Flags,
+    }
+
+    #[test]
+    fn built_flags_parse_back_to_the_same_value() {
+        let cases = [
+            Flags::default(),
+            Flags {
+                uplink: Some("eth1".parse().unwrap()),
+                address: Some("10.1.2.3/24".parse().unwrap()),
+                gateway: Some(Ipv4Addr::new(10, 1, 2, 1)),
+                dns: vec!["10.1.2.1".parse().unwrap(), "2001:db8::53".parse().unwrap()],
+                vlan: Some("42".parse().unwrap()),
+            },
+        ];
+        for flags in cases {
+            let args = std::iter::once("netd".to_owned()).chain(flags.to_args());
+            let parsed = Cli::try_parse_from(args).unwrap();
+            assert_eq!(parsed.flags, flags);
+        }
+    }
+}
