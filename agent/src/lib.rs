@@ -119,6 +119,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     .merge(api::routes(state));
     let servers = listeners.serve(app, &shutdown);
 
+    supervisor.stop_leftovers(&options.proc_root).await;
     supervisor.run(reaper, shutdown).await;
     tasks.drain(grove_daemon::shutdown::GRACE).await;
     let served = servers.drain(grove_daemon::shutdown::GRACE).await;

@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod log;
+pub mod parent;
 pub mod server;
 pub mod shutdown;
 

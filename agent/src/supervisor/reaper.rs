@@ -5,7 +5,10 @@
 //! process-wide thread blocks in `waitpid(-1)` and routes each status to
 //! whoever spawned that pid; with no children left it sleeps until the next
 //! spawn. Spawning happens under the routing table's lock, so a child that
-//! dies at once is never mistaken for an orphan. Because this thread reaps
+//! dies at once is never mistaken for an orphan. Every child is forked by
+//! one more thread that lives as long as the process, because a daemon's
+//! parent-death signal (see `grove_daemon::parent`) follows the thread that
+//! forked it, and a pool thread may end at any time. Because this thread reaps
 //! every child, nothing else in the process may wait on children (no
 //! `tokio::process`): all of them are spawned through [`Reaper::spawn`].
 
@@ -13,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -27,8 +30,10 @@ use tokio::sync::oneshot;
 pub enum ReaperError {
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(#[source] Errno),
-    #[error("cannot start the reaper thread: {0}")]
+    #[error("cannot start the reaper's threads: {0}")]
     Thread(#[source] Arc<std::io::Error>),
+    #[error("the spawner thread is gone")]
+    SpawnerGone,
     #[error("cannot start {program}: {source}")]
     Spawn {
         program: String,
@@ -70,11 +75,15 @@ struct Table {
     spawns: u64,
 }
 
+/// A command for the spawner thread, and where its outcome goes.
+type SpawnJob = (Command, mpsc::SyncSender<Result<Spawned, ReaperError>>);
+
 /// Routes child exits to their spawners; reaps orphans.
 #[derive(Debug, Default)]
 pub struct Reaper {
     table: Mutex<Table>,
     spawned: Condvar,
+    spawner: Mutex<Option<mpsc::Sender<SpawnJob>>>,
 }
 
 static GLOBAL: OnceLock<Result<Arc<Reaper>, ReaperError>> = OnceLock::new();
@@ -95,12 +104,37 @@ impl Reaper {
             .name("reaper".to_owned())
             .spawn(move || this.reap_forever())
             .map_err(|e| ReaperError::Thread(Arc::new(e)))?;
+        let (jobs, queue) = mpsc::channel::<SpawnJob>();
+        let this = reaper.clone();
+        std::thread::Builder::new()
+            .name("spawner".to_owned())
+            .spawn(move || {
+                for (mut command, reply) in queue {
+                    // The asker may have given up; the child is then still
+                    // reaped and routed to nobody.
+                    drop(reply.send(this.spawn_here(&mut command)));
+                }
+            })
+            .map_err(|e| ReaperError::Thread(Arc::new(e)))?;
+        *reaper.spawner.lock().unwrap_or_else(|e| e.into_inner()) = Some(jobs);
         Ok(reaper)
     }
 
-    /// Spawns `command` with stdout and stderr piped. Blocking (fork and
-    /// exec): call from a blocking thread.
-    pub fn spawn(&self, command: &mut Command) -> Result<Spawned, ReaperError> {
+    /// Spawns `command` with stdout and stderr piped, on the spawner
+    /// thread. Blocking (fork and exec): call from a blocking thread.
+    pub fn spawn(&self, command: Command) -> Result<Spawned, ReaperError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = match &*self.spawner.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(jobs) => jobs.send((command, reply)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(ReaperError::SpawnerGone);
+        }
+        answer.recv().unwrap_or(Err(ReaperError::SpawnerGone))
+    }
+
+    fn spawn_here(&self, command: &mut Command) -> Result<Spawned, ReaperError> {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -183,7 +217,7 @@ mod tests {
     async fn spawn(reaper: &Reaper, script: &str) -> Spawned {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]);
-        reaper.spawn(&mut cmd).expect("spawn sh")
+        reaper.spawn(cmd).expect("spawn sh")
     }
 
     #[tokio::test]
@@ -252,7 +286,7 @@ mod tests {
     async fn missing_program_is_a_named_error() {
         let reaper = Reaper::global().expect("reaper");
         let err = reaper
-            .spawn(&mut Command::new("/nonexistent/netd"))
+            .spawn(Command::new("/nonexistent/netd"))
             .expect_err("no such program");
         assert!(err.to_string().contains("/nonexistent/netd"), "{err}");
     }

@@ -160,6 +160,10 @@ impl Service {
         &self.spec.name
     }
 
+    pub fn program(&self) -> &std::path::Path {
+        &self.spec.program
+    }
+
     pub fn status(&self) -> ServiceStatus {
         self.status
             .lock()
@@ -268,9 +272,12 @@ impl Service {
             s.next_start_in_ms = None;
         });
         let mut command = Command::new(&self.spec.program);
-        command.args(&self.spec.args);
+        command.args(&self.spec.args).env(
+            grove_daemon::parent::SUPERVISOR_PID_ENV,
+            std::process::id().to_string(),
+        );
         let spawner = reaper.clone();
-        let spawned = tokio::task::spawn_blocking(move || spawner.spawn(&mut command))
+        let spawned = tokio::task::spawn_blocking(move || spawner.spawn(command))
             .await
             .map_err(RunError::SpawnTask)??;
         let started = Instant::now();
