@@ -5,7 +5,6 @@
 //! line, `/proc`), so no request can change the node. Changes arrive in a
 //! later API behind the farmer's signature.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -34,7 +33,6 @@ pub struct ApiState {
     pub netd: netd::client::NetdClient,
     pub started: std::time::Instant,
     pub cmdline: Arc<Cmdline>,
-    pub proc_root: PathBuf,
 }
 
 /// `GET /v1/node`.
@@ -123,8 +121,7 @@ pub fn routes(state: ApiState) -> Router {
 }
 
 async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
-    // Reading /proc is quick but blocking; it runs off the async workers.
-    let host = read_host(&state).await;
+    let host = state.snapshot.get().host.clone();
     Json(NodeReport {
         identity: state.identity.report(),
         host,
@@ -171,16 +168,6 @@ async fn logs(
 pub struct NetworkReport {
     pub uplink: netd::uplink::UplinkReport,
     pub interfaces: Vec<netd::uplink::links::Interface>,
-}
-
-async fn read_host(state: &ApiState) -> HostInfo {
-    let proc_root = state.proc_root.clone();
-    tokio::task::spawn_blocking(move || HostInfo::read(&proc_root))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading host facts failed");
-            HostInfo::default()
-        })
 }
 
 fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
@@ -239,11 +226,13 @@ async fn network(State(state): State<ApiState>) -> Result<Json<NetworkReport>, O
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let (status, capacity) = (status_report(&state), node_capacity(&state));
     let services = state.supervisor.statuses();
+    let facts = state.snapshot.get();
     let text = crate::operator::metrics::render(&crate::operator::metrics::Snapshot {
         status: &status,
         services: &services,
         capacity: &capacity,
         boot_errors: state.cmdline.errors.len(),
+        host: &facts.host,
     });
     (
         [(

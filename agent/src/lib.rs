@@ -228,7 +228,7 @@ fn start_tasks(
             shutdown.clone(),
             snapshot
                 .clone()
-                .refresh_forever(storaged(), netd(), options.proc_root.clone()),
+                .refresh_forever(storaged(), netd(), supervisor.clone()),
         ),
     );
     api::ApiState {
@@ -242,7 +242,6 @@ fn start_tasks(
         identity: node_identity,
         supervisor: supervisor.clone(),
         cmdline,
-        proc_root: options.proc_root.clone(),
     }
 }
 

@@ -112,7 +112,7 @@ pub struct ExitRecord {
 }
 
 /// What `/v1/services` shows for one service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
@@ -123,6 +123,9 @@ pub struct ServiceStatus {
     pub ready_after_ms: Option<u64>,
     pub last_exit: Option<ExitRecord>,
     pub next_start_in_ms: Option<u64>,
+    /// CPU and memory of the running process, sampled every second.
+    #[serde(default)]
+    pub usage: Option<crate::hostinfo::ProcessUsage>,
 }
 
 /// A supervised daemon.
@@ -148,6 +151,7 @@ impl Service {
                 ready_after_ms: None,
                 last_exit: None,
                 next_start_in_ms: None,
+                usage: None,
             }),
             spec,
             logs: Arc::new(LogRing::new(log_lines)),
@@ -173,6 +177,15 @@ impl Service {
 
     pub fn logs(&self, n: usize) -> Vec<LogLine> {
         self.logs.tail(n)
+    }
+
+    /// Records a usage sample of process `pid`, if it is still this
+    /// service's process. Not a transition: nobody is woken.
+    pub fn set_usage(&self, pid: u32, usage: Option<crate::hostinfo::ProcessUsage>) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.pid == Some(pid) {
+            status.usage = usage;
+        }
     }
 
     /// Resolves once the service has been ready at least once.
@@ -214,6 +227,7 @@ impl Service {
             let ran = started.elapsed();
             self.update(|s| {
                 s.pid = None;
+                s.usage = None;
                 s.ready_after_ms = None;
                 s.last_exit = Some(ExitRecord {
                     reason: match &outcome {
