@@ -113,6 +113,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/capacity", get(capacity))
         .route("/v1/disks", get(disks))
         .route("/v1/network", get(network))
+        .route("/v1/mesh", get(mesh))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
         .route("/v1/reboot", axum::routing::post(reboot))
@@ -221,6 +222,20 @@ async fn network(State(state): State<ApiState>) -> Result<Json<NetworkReport>, O
         uplink: uplink.map_err(err)?,
         interfaces: interfaces.map_err(err)?,
     }))
+}
+
+/// `GET /v1/mesh`: netd's mesh view as it gives it (never a private key:
+/// the view has no field that could hold one).
+async fn mesh(State(state): State<ApiState>) -> Result<impl IntoResponse, OperatorApiError> {
+    state
+        .netd
+        .mesh()
+        .await
+        .map(Json)
+        .map_err(|source| OperatorApiError::Daemon {
+            daemon: netd::NAME,
+            source,
+        })
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
