@@ -88,7 +88,8 @@ fn every_daemon_answers_in_its_node_and_the_operator_api_answers_on_the_lan() {
     let report: NodeReport = get(node, "/v1/node");
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     assert_eq!(report.host.kernel, host_kernel.trim());
-    assert!(!report.host.hostname.is_empty());
+    // Each node has a UTS namespace of its own, named after the node.
+    assert_eq!(report.host.hostname, node.name());
     assert_eq!(
         report.host.cpu.count,
         std::thread::available_parallelism().expect("cpus").get()

@@ -166,11 +166,17 @@ impl Node {
             node: self.name.clone(),
             source: Box::new(source),
         })?;
-        let child = agent::spawn(&self.netns, &bin_dir, self.config.path(), &self.agent_log())
-            .map_err(|source| NodeError::Agent {
-                node: self.name.clone(),
-                source: Box::new(source),
-            })?;
+        let child = agent::spawn(
+            &self.netns,
+            &self.name,
+            &bin_dir,
+            self.config.path(),
+            &self.agent_log(),
+        )
+        .map_err(|source| NodeError::Agent {
+            node: self.name.clone(),
+            source: Box::new(source),
+        })?;
         let pid = child.id();
         state.id = ProcId::of(pid);
         state.mnt = File::open(format!("/proc/{pid}/ns/mnt"))
