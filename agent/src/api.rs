@@ -1,9 +1,11 @@
-//! The operator API: read-only facts about the node, served on the farm LAN
-//! (TCP) and on the agent's own socket.
+//! The operator API, served on the farm LAN (TCP) and on the agent's own
+//! socket: facts about the node for anyone, and two changes for the farmer.
 //!
-//! Handlers only read snapshots (supervisor statuses, the parsed command
-//! line, `/proc`), so no request can change the node. Changes arrive in a
-//! later API behind the farmer's signature.
+//! The `GET` routes only read snapshots (supervisor statuses, the parsed
+//! command line, the background snapshot of the daemons' answers and the
+//! host's usage), so reading cannot change the node. The two `POST` routes
+//! (`/v1/reboot`, `/v1/disks/{serial}/wipe`) change it, and only with the
+//! farm owner's signature, checked by [`crate::auth`] before anything else.
 
 use std::sync::Arc;
 
