@@ -142,7 +142,7 @@ mod tests {
     fn a_binary_nobody_runs_has_no_leftovers() {
         let dir = tempfile::tempdir().unwrap();
         let program = private_sleep(dir.path());
-        assert!(find(Path::new("/proc"), &[program.clone()]).is_empty());
+        assert!(find(Path::new("/proc"), std::slice::from_ref(&program)).is_empty());
         assert!(find(Path::new("/nonexistent"), &[program]).is_empty());
     }
 }

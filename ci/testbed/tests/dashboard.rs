@@ -29,7 +29,7 @@ fn start(spec: FarmSpec) -> Farm {
 }
 
 fn get(node: &Node, path: &str) -> Option<String> {
-    let url = format!("{}{path}", node.api_url().unwrap());
+    let url = format!("{}{path}", node.api_url().expect("a LAN address"));
     match http_get(&url) {
         Ok((200, body)) => Some(body),
         _ => None,
@@ -39,7 +39,7 @@ fn get(node: &Node, path: &str) -> Option<String> {
 /// Runs headless Chromium on `url` at `width` × `height` with `extra`
 /// arguments; returns its standard output.
 fn chromium(dir: &Path, url: &str, width: u32, height: u32, extra: &[&str]) -> String {
-    let profile = tempfile::tempdir_in(dir).unwrap();
+    let profile = tempfile::tempdir_in(dir).expect("a browser profile directory");
     let size = format!("--window-size={width},{height}");
     let profile_arg = format!("--user-data-dir={}", profile.path().display());
     let mut args = vec![
@@ -63,7 +63,7 @@ fn chromium(dir: &Path, url: &str, width: u32, height: u32, extra: &[&str]) -> S
         "chromium failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out.stdout).expect("the DOM is UTF-8")
 }
 
 /// Width and height from a PNG's IHDR chunk.
