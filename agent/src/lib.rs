@@ -81,13 +81,18 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Socket(#[from] ServerError),
+    #[error("a blocking step of the agent failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl Failure for AgentError {
     fn is_config(&self) -> bool {
         match self {
             AgentError::Listen { .. } | AgentError::BinDir(_) => true,
-            AgentError::Reaper(_) | AgentError::Serve { .. } | AgentError::Socket(_) => false,
+            AgentError::Reaper(_)
+            | AgentError::Serve { .. }
+            | AgentError::Socket(_)
+            | AgentError::Task(_) => false,
         }
     }
 }
@@ -96,9 +101,17 @@ impl Failure for AgentError {
 /// reverse boot order, the API servers finish their answers, the owned
 /// tasks end. A reboot asked through the API is acted on only after that.
 pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result<(), AgentError> {
-    let cmdline = read_cmdline(&options.cmdline);
     let reaper = Reaper::global()?;
-    let supervisor = build_supervisor(&config, &cmdline.params)?;
+    // Reading the command line and looking for config files block.
+    let (cmdline, supervisor) = {
+        let (path, config) = (options.cmdline.clone(), config.clone());
+        tokio::task::spawn_blocking(move || {
+            let cmdline = read_cmdline(&path);
+            build_supervisor(&config, &cmdline.params).map(|s| (cmdline, s))
+        })
+        .await
+        .map_err(AgentError::Task)??
+    };
     let listeners = Listeners::bind(&config.api).await?;
     let stop = Stop::new(shutdown.clone());
 
@@ -123,14 +136,16 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     supervisor.run(reaper, shutdown).await;
     tasks.drain(grove_daemon::shutdown::GRACE).await;
     let served = servers.drain(grove_daemon::shutdown::GRACE).await;
-    if let Err(e) = std::fs::remove_file(&config.api.socket) {
+    if let Err(e) = tokio::fs::remove_file(&config.api.socket).await {
         tracing::debug!(error = %e, "agent socket already gone");
     }
     for (_name, result) in served {
         result?;
     }
     if stop.reason() == StopReason::Reboot {
-        reboot_now();
+        tokio::task::spawn_blocking(reboot_now)
+            .await
+            .map_err(AgentError::Task)?;
     }
     Ok(())
 }

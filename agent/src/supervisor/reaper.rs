@@ -217,23 +217,23 @@ mod tests {
     async fn spawn(reaper: &Reaper, script: &str) -> Spawned {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]);
-        reaper.spawn(cmd).expect("spawn sh")
+        reaper.spawn(cmd).unwrap()
     }
 
     #[tokio::test]
     async fn routes_exit_codes_and_signals() {
-        let reaper = Reaper::global().expect("reaper");
+        let reaper = Reaper::global().unwrap();
         let quick = spawn(&reaper, "exit 3").await;
         let killed = spawn(&reaper, "kill -9 $$").await;
         let code = tokio::time::timeout(Duration::from_secs(5), quick.exit)
             .await
             .expect("exit in time")
-            .expect("status routed");
+            .unwrap();
         assert_eq!(code, Exit::Code { code: 3 });
         let sig = tokio::time::timeout(Duration::from_secs(5), killed.exit)
             .await
             .expect("exit in time")
-            .expect("status routed");
+            .unwrap();
         assert_eq!(
             sig,
             Exit::Signal {
@@ -247,7 +247,7 @@ mod tests {
     fn zombie_children() -> Vec<String> {
         let me = std::process::id().to_string();
         std::fs::read_dir("/proc")
-            .expect("proc")
+            .unwrap()
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
             .filter(|stat| {
                 // pid (comm) state ppid ...: comm may hold spaces, so split
@@ -261,14 +261,14 @@ mod tests {
 
     #[tokio::test]
     async fn orphans_are_reaped() {
-        let reaper = Reaper::global().expect("reaper");
+        let reaper = Reaper::global().unwrap();
         // The shell exits at once; its background child becomes an orphan,
         // re-parented to us (the subreaper), and dies 100 ms later.
         let parent = spawn(&reaper, "sleep 0.1 & exit 0").await;
         tokio::time::timeout(Duration::from_secs(5), parent.exit)
             .await
             .expect("parent exit in time")
-            .expect("routed");
+            .unwrap();
         let clean = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -284,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_program_is_a_named_error() {
-        let reaper = Reaper::global().expect("reaper");
+        let reaper = Reaper::global().unwrap();
         let err = reaper
             .spawn(Command::new("/nonexistent/netd"))
             .expect_err("no such program");
