@@ -282,6 +282,60 @@ mod tests {
             .unwrap_or_else(|_| panic!("zombies left: {:?}", zombie_children()));
     }
 
+    /// A child that asks to die with its parent (as the daemons do) outlives
+    /// the pool thread that asked for it, because the fork happens on the
+    /// spawner thread: the kernel's parent-death signal follows the thread.
+    #[test]
+    fn a_child_that_dies_with_its_parent_outlives_the_asking_thread() {
+        const NAME: &str = "pdeath-test";
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name(NAME)
+            .thread_keep_alive(Duration::from_millis(1))
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool_threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim() == NAME)
+                .count()
+        };
+        runtime.block_on(async {
+            let reaper = Reaper::global().unwrap();
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--pdeathsig", "KILL", "sleep", "30"]);
+            let spawner = reaper.clone();
+            let spawned = tokio::task::spawn_blocking(move || spawner.spawn(cmd))
+                .await
+                .unwrap()
+                .unwrap();
+            // The pool thread that asked ends once idle.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while pool_threads() > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(pool_threads(), 0, "the pool thread did not end");
+            let mut exit = spawned.exit;
+            let early = tokio::time::timeout(Duration::from_secs(1), &mut exit).await;
+            assert!(
+                early.is_err(),
+                "the child died with the pool thread: {early:?}"
+            );
+            nix::sys::signal::kill(Pid::from_raw(spawned.pid as i32), Signal::SIGKILL).unwrap();
+            let status = tokio::time::timeout(Duration::from_secs(5), exit)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                status,
+                Exit::Signal {
+                    signal: "SIGKILL".to_owned()
+                }
+            );
+        });
+    }
+
     #[tokio::test]
     async fn missing_program_is_a_named_error() {
         let reaper = Reaper::global().unwrap();
