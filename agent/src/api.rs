@@ -1,11 +1,12 @@
-//! The operator API: read-only facts about the node, served on the farm LAN
-//! (TCP) and on the agent's own socket.
+//! The operator API, served on the farm LAN (TCP) and on the agent's own
+//! socket: facts about the node for anyone, and two changes for the farmer.
 //!
-//! Handlers only read snapshots (supervisor statuses, the parsed command
-//! line, `/proc`), so no request can change the node. Changes arrive in a
-//! later API behind the farmer's signature.
+//! The `GET` routes only read snapshots (supervisor statuses, the parsed
+//! command line, the background snapshot of the daemons' answers and the
+//! host's usage), so reading cannot change the node. The two `POST` routes
+//! (`/v1/reboot`, `/v1/disks/{serial}/wipe`) change it, and only with the
+//! farm owner's signature, checked by [`crate::auth`] before anything else.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -27,15 +28,13 @@ pub struct ApiState {
     pub snapshot: Arc<crate::operator::snapshot::Snapshot>,
     pub chain: Arc<crate::chain::Chain>,
     pub verifier: Arc<crate::auth::RequestVerifier>,
-    pub shutdown: grove_daemon::shutdown::Shutdown,
-    pub reboot: Arc<std::sync::atomic::AtomicBool>,
+    pub stop: crate::stop::Stop,
     pub supervisor: Arc<Supervisor>,
     pub identity: Arc<crate::identity::Identity>,
     pub storaged: storaged::client::StoragedClient,
     pub netd: netd::client::NetdClient,
     pub started: std::time::Instant,
     pub cmdline: Arc<Cmdline>,
-    pub proc_root: PathBuf,
 }
 
 /// `GET /v1/node`.
@@ -116,6 +115,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/capacity", get(capacity))
         .route("/v1/disks", get(disks))
         .route("/v1/network", get(network))
+        .route("/v1/mesh", get(mesh))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
         .route("/v1/reboot", axum::routing::post(reboot))
@@ -124,8 +124,7 @@ pub fn routes(state: ApiState) -> Router {
 }
 
 async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
-    // Reading /proc is quick but blocking; it runs off the async workers.
-    let host = read_host(&state).await;
+    let host = state.snapshot.get().host.clone();
     Json(NodeReport {
         identity: state.identity.report(),
         host,
@@ -172,16 +171,6 @@ async fn logs(
 pub struct NetworkReport {
     pub uplink: netd::uplink::UplinkReport,
     pub interfaces: Vec<netd::uplink::Interface>,
-}
-
-async fn read_host(state: &ApiState) -> HostInfo {
-    let proc_root = state.proc_root.clone();
-    tokio::task::spawn_blocking(move || HostInfo::read(&proc_root))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading host facts failed");
-            HostInfo::default()
-        })
 }
 
 fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
@@ -242,9 +231,24 @@ async fn network(State(state): State<ApiState>) -> Result<Json<NetworkReport>, O
     }))
 }
 
+/// `GET /v1/mesh`: netd's mesh view as it gives it (never a private key:
+/// the view has no field that could hold one).
+async fn mesh(State(state): State<ApiState>) -> Result<impl IntoResponse, OperatorApiError> {
+    state
+        .netd
+        .mesh()
+        .await
+        .map(Json)
+        .map_err(|source| OperatorApiError::Daemon {
+            daemon: netd::NAME,
+            source,
+        })
+}
+
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let (status, capacity) = (status_report(&state), node_capacity(&state));
     let services = state.supervisor.statuses();
+    let facts = state.snapshot.get();
     let text = crate::operator::metrics::render(&crate::operator::metrics::Snapshot {
         status: &status,
         services: &services,
@@ -252,6 +256,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         boot_errors: state.cmdline.errors.len(),
         chain: &state.chain.status(),
         now_secs: crate::clock::unix_ms() / 1000,
+        host: &facts.host,
     });
     (
         [(
@@ -313,15 +318,8 @@ async fn reboot(
 ) -> Result<(StatusCode, Json<serde_json::Value>), OperatorApiError> {
     authorize(&state, "POST", "/v1/reboot", &headers, &body)?;
     tracing::warn!("reboot requested by the farmer");
-    state
-        .reboot
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let shutdown = state.shutdown.clone();
-    // Answer first, then stop: the farmer learns the request was taken.
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        shutdown.trigger();
-    });
+    // The servers drain gracefully, so this answer still goes out.
+    state.stop.request(crate::stop::StopReason::Reboot);
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "rebooting": true })),

@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_all_defaults() {
-        let c: Config = grove_daemon::config::parse("").expect("empty config");
+        let c: Config = grove_daemon::config::parse("").unwrap();
         assert_eq!(c, Config::default());
     }
 

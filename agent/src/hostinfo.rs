@@ -1,24 +1,39 @@
-//! Facts about the host for `/v1/node`: hostname, kernel, CPUs, memory,
-//! uptime.
+//! Facts about the host for `/v1/node`, and how busy it and the daemons are.
 //!
-//! Everything is read from a `/proc` root given as a parameter, so tests feed
-//! it a fixture tree. A fact that cannot be read is left empty rather than
-//! failing the whole report.
+//! `sysinfo` reads the kernel's numbers; [`Sampler`] keeps one
+//! `sysinfo::System` between samples, because a CPU share is the difference
+//! between two readings: the first sample has no CPU usage, every later one
+//! has the share since the one before. Memory is what the kernel reports as
+//! available; a daemon's memory is its resident set. Limits: sampling is
+//! blocking (it reads `/proc`), so callers run it off the async workers; a
+//! fact that cannot be read is left empty rather than failing the report.
 
-use std::path::Path;
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use sysinfo::{CpuRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cpu {
     pub count: usize,
     pub model: String,
+    /// Share of all CPUs busy since the previous sample, 0 to 100; none on
+    /// the first sample.
+    #[serde(default)]
+    pub usage_percent: Option<f32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
     pub total_bytes: u64,
     pub available_bytes: u64,
+}
+
+impl Memory {
+    /// What is not available: used by processes and the kernel.
+    pub fn used_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.available_bytes)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,90 +45,144 @@ pub struct HostInfo {
     pub uptime_secs: f64,
 }
 
-impl HostInfo {
-    /// Reads the host facts under `proc` (normally `/proc`).
-    pub fn read(proc: &Path) -> Self {
-        let text = |rel: &str| std::fs::read_to_string(proc.join(rel)).unwrap_or_default();
-        let cpuinfo = text("cpuinfo");
-        let meminfo = text("meminfo");
+/// How much one process uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// Share of one CPU since the previous sample (can pass 100 with
+    /// several threads busy); none on the first sample of this process.
+    pub cpu_percent: Option<f32>,
+    /// CPU time used since the process started.
+    pub cpu_seconds: f64,
+    /// Resident set size.
+    pub rss_bytes: u64,
+}
+
+/// Successive samples of the host and of chosen processes.
+#[derive(Debug)]
+pub struct Sampler {
+    system: System,
+    /// Whether the CPU counters have been read once already.
+    primed: bool,
+    /// The processes seen in the previous sample.
+    seen: Vec<Pid>,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sampler {
+    pub fn new() -> Self {
+        let mut system = System::new();
+        system.refresh_cpu_list(CpuRefreshKind::nothing());
         Self {
-            hostname: text("sys/kernel/hostname").trim().to_owned(),
-            kernel: text("sys/kernel/osrelease").trim().to_owned(),
-            cpu: parse_cpuinfo(&cpuinfo),
-            memory: Memory {
-                total_bytes: meminfo_kib(&meminfo, "MemTotal") * 1024,
-                available_bytes: meminfo_kib(&meminfo, "MemAvailable") * 1024,
-            },
-            uptime_secs: text("uptime")
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_default(),
+            system,
+            primed: false,
+            seen: Vec::new(),
         }
     }
-}
 
-fn parse_cpuinfo(text: &str) -> Cpu {
-    let field = |line: &str, key: &str| -> Option<String> {
-        let (k, v) = line.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().to_owned())
-    };
-    Cpu {
-        count: text
-            .lines()
-            .filter(|l| field(l, "processor").is_some())
-            .count(),
-        model: text
-            .lines()
-            .find_map(|l| field(l, "model name"))
-            .unwrap_or_default(),
+    /// The host's facts now, and the usage of each of `pids` still alive.
+    /// Blocking.
+    pub fn sample(&mut self, pids: &[u32]) -> (HostInfo, HashMap<u32, ProcessUsage>) {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        let wanted: Vec<Pid> = pids.iter().map(|p| Pid::from_u32(*p)).collect();
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&wanted),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        let cpus = self.system.cpus();
+        let host = HostInfo {
+            hostname: System::host_name().unwrap_or_default(),
+            kernel: System::kernel_version().unwrap_or_default(),
+            cpu: Cpu {
+                count: cpus.len(),
+                model: cpus
+                    .first()
+                    .map(|c| c.brand().trim().to_owned())
+                    .unwrap_or_default(),
+                usage_percent: self.primed.then(|| self.system.global_cpu_usage()),
+            },
+            memory: Memory {
+                total_bytes: self.system.total_memory(),
+                available_bytes: self.system.available_memory(),
+            },
+            uptime_secs: System::uptime() as f64,
+        };
+        let usage = wanted
+            .iter()
+            .filter_map(|pid| {
+                let p = self.system.process(*pid)?;
+                let usage = ProcessUsage {
+                    cpu_percent: self.seen.contains(pid).then(|| p.cpu_usage()),
+                    cpu_seconds: p.accumulated_cpu_time() as f64 / 1000.0,
+                    rss_bytes: p.memory(),
+                };
+                Some((pid.as_u32(), usage))
+            })
+            .collect();
+        self.primed = true;
+        self.seen = wanted;
+        (host, usage)
     }
 }
 
-fn meminfo_kib(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k == key).then(|| v.split_whitespace().next()?.parse().ok())?
-        })
-        .unwrap_or_default()
+impl HostInfo {
+    /// The host's facts now, without CPU usage (that needs two samples).
+    /// Blocking.
+    pub fn read() -> Self {
+        Sampler::new().sample(&[]).0
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
 
     #[test]
-    fn reads_a_fixture_proc() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path();
-        std::fs::create_dir_all(p.join("sys/kernel")).expect("mkdir");
-        std::fs::write(p.join("sys/kernel/hostname"), "node-1\n").expect("w");
-        std::fs::write(p.join("sys/kernel/osrelease"), "6.1.0-grove\n").expect("w");
-        std::fs::write(
-            p.join("cpuinfo"),
-            "processor\t: 0\nmodel name\t: Test CPU @ 3GHz\n\nprocessor\t: 1\nmodel name\t: Test CPU @ 3GHz\n",
-        )
-        .expect("w");
-        std::fs::write(
-            p.join("meminfo"),
-            "MemTotal:       16384 kB\nMemFree:  100 kB\nMemAvailable:    8192 kB\n",
-        )
-        .expect("w");
-        std::fs::write(p.join("uptime"), "1234.56 999.00\n").expect("w");
-        let info = HostInfo::read(p);
-        assert_eq!(info.hostname, "node-1");
-        assert_eq!(info.kernel, "6.1.0-grove");
-        assert_eq!(info.cpu.count, 2);
-        assert_eq!(info.cpu.model, "Test CPU @ 3GHz");
-        assert_eq!(info.memory.total_bytes, 16384 * 1024);
-        assert_eq!(info.memory.available_bytes, 8192 * 1024);
-        assert!((info.uptime_secs - 1234.56).abs() < 1e-9);
+    fn reads_this_host() {
+        let info = HostInfo::read();
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(info.hostname, hostname.trim());
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        assert_eq!(info.kernel, release.trim());
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let processors = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        assert_eq!(info.cpu.count, processors);
+        assert!(info.memory.total_bytes > 0);
+        assert!(info.memory.available_bytes <= info.memory.total_bytes);
+        assert!(info.uptime_secs > 0.0);
+        assert_eq!(info.cpu.usage_percent, None);
     }
 
     #[test]
-    fn missing_proc_gives_empty_facts() {
-        let info = HostInfo::read(Path::new("/nonexistent"));
-        assert_eq!(info, HostInfo::default());
+    fn a_busy_process_shows_cpu_and_memory_from_the_second_sample() {
+        let me = std::process::id();
+        let mut sampler = Sampler::new();
+        let (_, first) = sampler.sample(&[me]);
+        assert_eq!(first[&me].cpu_percent, None);
+        assert!(first[&me].rss_bytes > 0);
+        // Burn CPU on this thread for a while, then sample again.
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(400) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let (host, second) = sampler.sample(&[me, u32::MAX - 1]);
+        let usage = second[&me];
+        let cpu = usage.cpu_percent.unwrap();
+        assert!(cpu > 20.0, "a spinning thread shows as busy: {cpu}");
+        assert!(usage.cpu_seconds >= 0.2, "{usage:?}");
+        assert!(host.cpu.usage_percent.is_some());
+        assert!(!second.contains_key(&(u32::MAX - 1)), "no such process");
     }
 }

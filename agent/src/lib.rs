@@ -5,6 +5,8 @@
 //! keep their output), reaps zombies as PID 1, and serves the operator API on
 //! the farm LAN. Identity, the chain and signed changes build on this.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod boot;
@@ -16,11 +18,13 @@ pub mod hostinfo;
 pub mod identity;
 pub mod operator;
 pub mod registry;
+pub mod stop;
 pub mod supervisor;
+pub mod tasks;
 pub mod tfchain;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +32,12 @@ use grove_daemon::cli::Failure;
 use grove_daemon::server::{Identity, Readiness, ServerError};
 use grove_daemon::shutdown::Shutdown;
 
-use crate::boot::Cmdline;
+use crate::boot::{BootParams, Cmdline};
 use crate::config::Config;
+use crate::stop::{Stop, StopReason};
 use crate::supervisor::reaper::{Reaper, ReaperError};
 use crate::supervisor::{Policy, Supervisor};
+use crate::tasks::Tasks;
 
 /// The agent's name: its socket and its log field.
 pub const NAME: &str = "agent";
@@ -75,24 +81,87 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Socket(#[from] ServerError),
+    #[error("a blocking step of the agent failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl Failure for AgentError {
     fn is_config(&self) -> bool {
         match self {
             AgentError::Listen { .. } | AgentError::BinDir(_) => true,
-            AgentError::Reaper(_) | AgentError::Serve { .. } | AgentError::Socket(_) => false,
+            AgentError::Reaper(_)
+            | AgentError::Serve { .. }
+            | AgentError::Socket(_)
+            | AgentError::Task(_) => false,
         }
     }
 }
 
-/// Runs the agent until `shutdown` trips.
+/// Runs the agent until `shutdown` trips, then drains: the daemons stop in
+/// reverse boot order, the API servers finish their answers, the owned
+/// tasks end. A reboot asked through the API is acted on only after that.
 pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result<(), AgentError> {
-    let cmdline = Arc::new(Cmdline::read(&options.cmdline));
+    let reaper = Reaper::global()?;
+    // Reading the command line and looking for config files block.
+    let (cmdline, supervisor) = {
+        let (path, config) = (options.cmdline.clone(), config.clone());
+        tokio::task::spawn_blocking(move || {
+            let cmdline = read_cmdline(&path);
+            build_supervisor(&config, &cmdline.params).map(|s| (cmdline, s))
+        })
+        .await
+        .map_err(AgentError::Task)??
+    };
+    let listeners = Listeners::bind(&config.api).await?;
+    let stop = Stop::new(shutdown.clone());
+
+    let mut tasks = Tasks::default();
+    let state = start_tasks(&mut tasks, &config, &options, cmdline, &supervisor, &stop);
+    let readiness = Readiness::waiting("storaged, netd, provisiond");
+    tasks.spawn(
+        "readiness",
+        tasks::until(
+            shutdown.clone(),
+            track_readiness(supervisor.clone(), readiness.clone()),
+        ),
+    );
+    let app = grove_daemon::server::standard_routes(
+        Identity::new(NAME, env!("CARGO_PKG_VERSION")),
+        readiness,
+    )
+    .merge(api::routes(state));
+    let servers = listeners.serve(app, &shutdown);
+
+    supervisor.stop_leftovers(&options.proc_root).await;
+    supervisor.run(reaper, shutdown).await;
+    tasks.drain(grove_daemon::shutdown::GRACE).await;
+    let served = servers.drain(grove_daemon::shutdown::GRACE).await;
+    if let Err(e) = tokio::fs::remove_file(&config.api.socket).await {
+        tracing::debug!(error = %e, "agent socket already gone");
+    }
+    for (_name, result) in served {
+        result?;
+    }
+    if stop.reason() == StopReason::Reboot {
+        tokio::task::spawn_blocking(reboot_now)
+            .await
+            .map_err(AgentError::Task)?;
+    }
+    Ok(())
+}
+
+/// Reads the kernel command line and logs every refused key.
+fn read_cmdline(path: &Path) -> Arc<Cmdline> {
+    let cmdline = Cmdline::read(path);
     for e in &cmdline.errors {
         tracing::warn!(param = %e.param, value = %e.value, reason = %e.reason, "refused boot parameter");
     }
-    let reaper = Reaper::global()?;
+    Arc::new(cmdline)
+}
+
+/// The supervisor of the standard daemons, each given the flags its own
+/// crate builds from the boot parameters.
+fn build_supervisor(config: &Config, params: &BootParams) -> Result<Arc<Supervisor>, AgentError> {
     let bin_dir = match &config.supervisor.bin_dir {
         Some(dir) => dir.clone(),
         None => own_dir().map_err(AgentError::BinDir)?,
@@ -103,121 +172,153 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
         forward_logs: config.supervisor.forward_logs,
         ..Policy::default()
     };
-    let params = cmdline.params.clone();
     let specs = Supervisor::standard_specs(&bin_dir, &config.supervisor.config_dir, |name| {
-        daemon_flags(name, &params)
+        daemon_flags(name, params)
     });
-    let supervisor = Arc::new(Supervisor::new(specs, policy));
+    Ok(Arc::new(Supervisor::new(specs, policy)))
+}
 
-    let listen = config.api.listen;
-    let tcp = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let socket = grove_daemon::server::bind_unix(&config.api.socket).await?;
-    tracing::info!(operator_api = %listen, socket = %config.api.socket.display(), "serving");
+/// What each daemon learns from the boot parameters, as flags built by the
+/// daemon's own crate.
+fn daemon_flags(name: &str, params: &BootParams) -> Vec<String> {
+    match name {
+        storaged::NAME => params.storaged_flags().to_args(),
+        netd::NAME => params.netd_flags().to_args(),
+        _ => Vec::new(),
+    }
+}
 
-    let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
-    let readiness = Readiness::waiting("storaged, netd, provisiond");
+/// Starts the tasks that keep the node's identity, the chain and the
+/// operator snapshot up to date, and returns the API's state over them.
+fn start_tasks(
+    tasks: &mut Tasks<()>,
+    config: &Config,
+    options: &Options,
+    cmdline: Arc<Cmdline>,
+    supervisor: &Arc<Supervisor>,
+    stop: &Stop,
+) -> api::ApiState {
+    let shutdown = stop.shutdown();
+    let storaged = || storaged::client::StoragedClient::default().with_timeout(CLIENT_TIMEOUT);
+    let netd = || netd::client::NetdClient::default().with_timeout(CLIENT_TIMEOUT);
+
     let node_identity = Arc::new(identity::Identity::default());
     let storage_ready = supervisor
         .service(storaged::NAME)
         .map(|s| s.became_ready())
         .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
-    let identity_task = tokio::spawn(node_identity.clone().maintain(
-        storaged::client::StoragedClient::default(),
-        storage_ready,
-        config.identity.cache_dir.clone(),
-    ));
+    tasks.spawn(
+        "identity",
+        tasks::until(
+            shutdown.clone(),
+            node_identity.clone().maintain(
+                storaged::client::StoragedClient::default(),
+                storage_ready,
+                config.identity.cache_dir.clone(),
+            ),
+        ),
+    );
     let chain = Arc::new(chain::Chain::default());
-    let chain_task = tokio::spawn(chain.clone().run(
-        cmdline.params.clone(),
-        config.chain.clone(),
-        chain::Sources {
-            identity: node_identity.clone(),
-            storaged:
-                storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
-            netd: netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
-            proc_root: options.proc_root.clone(),
-            mesh: config.mesh.clone(),
-        },
-        shutdown.clone(),
-    ));
-    let reboot = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tasks.spawn(
+        "chain",
+        tasks::until(
+            shutdown.clone(),
+            chain.clone().run(
+                cmdline.params.clone(),
+                config.chain.clone(),
+                chain::Sources {
+                    identity: node_identity.clone(),
+                    storaged: storaged(),
+                    netd: netd(),
+                    proc_root: options.proc_root.clone(),
+                    mesh: config.mesh.clone(),
+                },
+                shutdown.clone(),
+            ),
+        ),
+    );
     let snapshot = Arc::new(operator::snapshot::Snapshot::default());
-    let snapshot_task = tokio::spawn(snapshot.clone().refresh_forever(
-        storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
-        netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
-        options.proc_root.clone(),
-    ));
-    let state = api::ApiState {
+    tasks.spawn(
+        "snapshot",
+        tasks::until(
+            shutdown.clone(),
+            snapshot
+                .clone()
+                .refresh_forever(storaged(), netd(), supervisor.clone()),
+        ),
+    );
+    api::ApiState {
         snapshot,
         verifier: Arc::new(auth::RequestVerifier::default()),
-        shutdown: shutdown.clone(),
-        reboot: reboot.clone(),
+        stop: stop.clone(),
         chain,
-        storaged: storaged::client::StoragedClient::default().with_timeout(Duration::from_secs(2)),
-        netd: netd::client::NetdClient::default().with_timeout(Duration::from_secs(2)),
+        storaged: storaged(),
+        netd: netd(),
         started: std::time::Instant::now(),
         identity: node_identity,
         supervisor: supervisor.clone(),
         cmdline,
-        proc_root: options.proc_root,
-    };
-    let app = grove_daemon::server::standard_routes(identity, readiness.clone())
-        .merge(api::routes(state));
+    }
+}
 
-    let readiness_task = tokio::spawn(track_readiness(supervisor.clone(), readiness));
-    let tcp_task = tokio::spawn({
-        let (app, shutdown) = (app.clone(), shutdown.clone());
-        async move {
-            use axum::serve::ListenerExt;
-            // Answers go out at once, not held back to be coalesced.
-            let tcp = tcp.tap_io(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(async move { shutdown.wait().await })
-                .await
-        }
-    });
-    let unix_task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            axum::serve(socket, app)
-                .with_graceful_shutdown(async move { shutdown.wait().await })
-                .await
-        }
-    });
-    supervisor.run(reaper, shutdown).await;
-    readiness_task.abort();
-    identity_task.abort();
-    chain_task.abort();
-    snapshot_task.abort();
-    let (tcp, unix) = tokio::join!(tcp_task, unix_task);
-    if let Err(e) = std::fs::remove_file(&config.api.socket) {
-        tracing::debug!(error = %e, "agent socket already gone");
+/// How long the agent waits for a daemon's answer on its own behalf.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The operator API's two listeners, bound before anything else starts so a
+/// port in use is a configuration error at once.
+struct Listeners {
+    tcp: tokio::net::TcpListener,
+    tcp_addr: SocketAddr,
+    unix: tokio::net::UnixListener,
+}
+
+impl Listeners {
+    async fn bind(api: &config::ApiConfig) -> Result<Self, AgentError> {
+        let tcp = tokio::net::TcpListener::bind(api.listen)
+            .await
+            .map_err(|source| AgentError::Listen {
+                addr: api.listen,
+                source,
+            })?;
+        let unix = grove_daemon::server::bind_unix(&api.socket).await?;
+        tracing::info!(operator_api = %api.listen, socket = %api.socket.display(), "serving");
+        Ok(Self {
+            tcp,
+            tcp_addr: api.listen,
+            unix,
+        })
     }
-    for result in [tcp, unix] {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
-                return Err(AgentError::Serve {
-                    addr: listen,
-                    source,
-                });
+
+    /// Serves `app` on both until `shutdown` trips, then lets the answers
+    /// in flight finish.
+    fn serve(self, app: axum::Router, shutdown: &Shutdown) -> Tasks<Result<(), AgentError>> {
+        use axum::serve::ListenerExt;
+        let mut servers = Tasks::default();
+        let addr = self.tcp_addr;
+        let serve_error = move |source| AgentError::Serve { addr, source };
+        // Answers go out at once, not held back to be coalesced.
+        let tcp = self.tcp.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
-            Err(e) => tracing::error!(error = %e, "API task failed"),
-        }
+        });
+        let stop = shutdown.clone();
+        let tcp_app = app.clone();
+        servers.spawn("operator api (tcp)", async move {
+            axum::serve(tcp, tcp_app)
+                .with_graceful_shutdown(async move { stop.wait().await })
+                .await
+                .map_err(serve_error)
+        });
+        let stop = shutdown.clone();
+        servers.spawn("operator api (socket)", async move {
+            axum::serve(self.unix, app)
+                .with_graceful_shutdown(async move { stop.wait().await })
+                .await
+                .map_err(serve_error)
+        });
+        servers
     }
-    if reboot.load(std::sync::atomic::Ordering::SeqCst) {
-        reboot_now();
-    }
-    Ok(())
 }
 
 /// Keeps the agent's `/ready` in step with its daemons.
@@ -246,42 +347,6 @@ fn reboot_now() {
     nix::unistd::sync();
     let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     tracing::error!(error = %e, "reboot failed");
-}
-
-/// What each daemon learns from the boot parameters, as flags.
-fn daemon_flags(name: &str, params: &boot::BootParams) -> Vec<String> {
-    match name {
-        storaged::NAME => params
-            .wipe
-            .iter()
-            .flat_map(|s| ["--wipe".to_owned(), s.to_string()])
-            .collect(),
-        netd::NAME => {
-            let net = &params.network;
-            let mut flags = Vec::new();
-            let mut add = |flag: &str, value: String| {
-                flags.push(format!("--{flag}"));
-                flags.push(value);
-            };
-            if let Some(nic) = &net.uplink {
-                add("uplink", nic.to_string());
-            }
-            if let Some(address) = net.address {
-                add("address", address.to_string());
-            }
-            if let Some(gateway) = net.gateway {
-                add("gateway", gateway.to_string());
-            }
-            for dns in &net.dns {
-                add("dns", dns.to_string());
-            }
-            if let Some(vlan) = net.vlan {
-                add("vlan", vlan.get().to_string());
-            }
-            flags
-        }
-        _ => Vec::new(),
-    }
 }
 
 fn own_dir() -> std::io::Result<PathBuf> {

@@ -1,4 +1,6 @@
 //! The `agent` binary: flags in, exit code out; everything else is the library.
+
+#![forbid(unsafe_code)]
 #![allow(
     clippy::print_stdout,
     reason = "the CLI subcommands print their answer"

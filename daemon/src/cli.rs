@@ -1,7 +1,8 @@
 //! The shape every daemon binary shares: flags, config, runtime, exit code.
 //!
 //! A daemon's `main` parses its flags, then hands its library's `run` to
-//! [`run`], which sets up logging, loads the strict config, builds the tokio
+//! [`run`], which sets up logging, arranges to die with its supervisor
+//! ([`crate::parent`]), loads the strict config, builds the tokio
 //! runtime, trips shutdown on SIGTERM, bounds the drain by [`GRACE`] and maps
 //! the outcome to an exit code: 64 for a refused config, 1 for any failure.
 
@@ -42,6 +43,10 @@ where
     Fut: Future<Output = Result<(), E>>,
 {
     crate::log::init(args.log.as_deref());
+    if let Err(e) = crate::parent::die_with_supervisor() {
+        tracing::error!(daemon = name, error = %e, "not starting");
+        return ExitCode::FAILURE;
+    }
     let config: C = match crate::config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {

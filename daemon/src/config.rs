@@ -68,17 +68,17 @@ mod tests {
 
     #[test]
     fn no_path_means_defaults_and_missing_file_is_an_error() {
-        assert_eq!(load::<Sample>(None).expect("defaults"), Sample::default());
+        assert_eq!(load::<Sample>(None).unwrap(), Sample::default());
         let err = load::<Sample>(Some(Path::new("/nonexistent/grove.toml"))).expect_err("missing");
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     }
 
     #[test]
     fn valid_file_loads() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.toml");
-        std::fs::write(&path, "retries = 4\n").expect("write");
-        let cfg: Sample = load(Some(&path)).expect("load");
+        std::fs::write(&path, "retries = 4\n").unwrap();
+        let cfg: Sample = load(Some(&path)).unwrap();
         assert_eq!(cfg.retries, 4);
     }
 }

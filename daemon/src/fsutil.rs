@@ -65,16 +65,16 @@ mod tests {
 
     #[test]
     fn replaces_content_with_the_given_mode_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seed");
-        write_atomic(&path, b"one", 0o600).expect("write");
-        write_atomic(&path, b"two", 0o600).expect("rewrite");
-        assert_eq!(std::fs::read(&path).expect("read"), b"two");
-        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let names: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("ls")
-            .map(|e| e.expect("entry").file_name())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }

@@ -7,11 +7,14 @@
 //! ([`shutdown`]); [`cli`] ties these together for a binary's `main`.
 //! Daemon logic lives in each daemon's own crate.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod log;
+pub mod parent;
 pub mod server;
 pub mod shutdown;
 

@@ -83,7 +83,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("waiter woke")
-            .expect("join");
+            .unwrap();
         assert!(s.is_triggered());
     }
 }

@@ -1,21 +1,18 @@
-//! netd's command-line flags: what the boot parameters say about the
-//! uplink, parsed by netd's `main` and built by whoever starts netd.
+//! netd's own command-line flags, and how to build them.
 //!
-//! Both directions live here, so the agent never knows the flags by heart:
-//! it fills an [`Overrides`] from the boot parameters and asks [`args`] for
-//! the command line; `main` flattens [`UplinkFlags`] into its parser and
-//! turns it back into an [`Overrides`]. A unit test checks that one is the
-//! inverse of the other. Limits: only the uplink has flags; everything
-//! else comes from `netd.toml`.
+//! The binary parses [`Flags`]; the agent, which starts netd, builds the
+//! same struct from the boot parameters and turns it into arguments with
+//! [`Flags::to_args`], so the flag spellings live in one place. A unit test
+//! checks that every flag built parses back to the same value.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::types::{InterfaceName, Ipv4Cidr, VlanId};
 use crate::uplink::Overrides;
 
-/// The uplink flags, for netd's parser.
+/// What netd takes on its command line besides the daemon's own flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
-pub struct UplinkFlags {
+pub struct Flags {
     /// Use this NIC for the uplink instead of probing every one.
     #[arg(long, value_name = "IFNAME")]
     pub uplink: Option<InterfaceName>,
@@ -33,41 +30,42 @@ pub struct UplinkFlags {
     pub vlan: Option<VlanId>,
 }
 
-impl From<UplinkFlags> for Overrides {
-    fn from(flags: UplinkFlags) -> Self {
-        Self {
-            nic: flags.uplink,
-            address: flags.address,
-            gateway: flags.gateway,
-            dns: flags.dns,
-            vlan: flags.vlan,
+impl Flags {
+    /// The arguments that make netd parse back exactly these flags.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut add = |flag: &str, value: String| {
+            args.push(format!("--{flag}"));
+            args.push(value);
+        };
+        if let Some(nic) = &self.uplink {
+            add("uplink", nic.to_string());
+        }
+        if let Some(address) = self.address {
+            add("address", address.to_string());
+        }
+        if let Some(gateway) = self.gateway {
+            add("gateway", gateway.to_string());
+        }
+        for dns in &self.dns {
+            add("dns", dns.to_string());
+        }
+        if let Some(vlan) = self.vlan {
+            add("vlan", vlan.get().to_string());
+        }
+        args
+    }
+
+    /// The uplink overrides these flags ask for.
+    pub fn overrides(self) -> Overrides {
+        Overrides {
+            nic: self.uplink,
+            address: self.address,
+            gateway: self.gateway,
+            dns: self.dns,
+            vlan: self.vlan,
         }
     }
-}
-
-/// The command-line arguments that give netd `overrides`.
-pub fn args(overrides: &Overrides) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut add = |flag: &str, value: String| {
-        out.push(format!("--{flag}"));
-        out.push(value);
-    };
-    if let Some(nic) = &overrides.nic {
-        add("uplink", nic.to_string());
-    }
-    if let Some(address) = overrides.address {
-        add("address", address.to_string());
-    }
-    if let Some(gateway) = overrides.gateway {
-        add("gateway", gateway.to_string());
-    }
-    for dns in &overrides.dns {
-        add("dns", dns.to_string());
-    }
-    if let Some(vlan) = overrides.vlan {
-        add("vlan", vlan.get().to_string());
-    }
-    out
 }
 
 #[cfg(test)]
@@ -79,40 +77,31 @@ mod tests {
     #[derive(Debug, Parser)]
     struct Cli {
         #[command(flatten)]
-        uplink: UplinkFlags,
-    }
-
-    fn parse(args: &[String]) -> Overrides {
-        let argv = std::iter::once("netd".to_owned()).chain(args.iter().cloned());
-        Cli::try_parse_from(argv)
-            .expect("netd parses what args built")
-            .uplink
-            .into()
+        flags: Flags,
     }
 
     #[test]
-    fn the_arguments_parse_back_to_the_same_overrides() {
-        let none = Overrides::default();
-        assert!(args(&none).is_empty());
-        assert_eq!(parse(&args(&none)), none);
-        let all = Overrides {
-            nic: Some("eth1".parse().expect("ifname")),
-            address: Some("10.0.0.5/24".parse().expect("cidr")),
-            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            dns: vec![
-                "9.9.9.9".parse().expect("ip"),
-                "2620:fe::fe".parse().expect("ip"),
-            ],
-            vlan: Some("42".parse().expect("vlan")),
-        };
-        assert_eq!(parse(&args(&all)), all);
+    fn built_flags_parse_back_to_the_same_value() {
+        let cases = [
+            Flags::default(),
+            Flags {
+                uplink: Some("eth1".parse().unwrap()),
+                address: Some("10.1.2.3/24".parse().unwrap()),
+                gateway: Some(Ipv4Addr::new(10, 1, 2, 1)),
+                dns: vec!["10.1.2.1".parse().unwrap(), "2001:db8::53".parse().unwrap()],
+                vlan: Some("42".parse().unwrap()),
+            },
+        ];
+        for flags in cases {
+            let args = std::iter::once("netd".to_owned()).chain(flags.to_args());
+            let parsed = Cli::try_parse_from(args).unwrap();
+            assert_eq!(parsed.flags, flags);
+        }
     }
 
     #[test]
     fn a_bad_flag_value_is_refused() {
-        let argv = ["netd", "--vlan", "5000"];
-        assert!(Cli::try_parse_from(argv).is_err());
-        let argv = ["netd", "--uplink", "a/b"];
-        assert!(Cli::try_parse_from(argv).is_err());
+        assert!(Cli::try_parse_from(["netd", "--vlan", "5000"]).is_err());
+        assert!(Cli::try_parse_from(["netd", "--uplink", "a/b"]).is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! The `netd` binary: flags in, exit code out; everything else is the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,12 +13,12 @@ struct Cli {
     #[command(flatten)]
     daemon: grove_daemon::cli::DaemonArgs,
     #[command(flatten)]
-    uplink: netd::flags::UplinkFlags,
+    flags: netd::flags::Flags,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides: netd::uplink::Overrides = cli.uplink.into();
+    let overrides = cli.flags.overrides();
     grove_daemon::cli::run(netd::NAME, &cli.daemon, move |config, shutdown| {
         netd::run(config, overrides, shutdown)
     })

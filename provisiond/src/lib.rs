@@ -4,6 +4,8 @@
 //! and calls [`run`]. It serves its API on `/run/grove/provisiond.sock`, and
 //! [`client::ProvisiondClient`] is how `agent` and the other daemons reach it.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! The `provisiond` binary: flags in, exit code out; everything else is the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

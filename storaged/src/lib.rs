@@ -4,11 +4,14 @@
 //! and calls [`run`]. It serves its API on `/run/grove/storaged.sock`, and
 //! [`client::StoragedClient`] is how `agent` and the other daemons reach it.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod cache;
 pub mod client;
 pub mod cmd;
 pub mod disk;
+pub mod flags;
 pub mod mounts;
 pub mod pool;
 pub mod report;

@@ -1,5 +1,7 @@
 //! The `storaged` binary: flags in, exit code out; everything else is the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,14 +12,13 @@ use clap::Parser;
 struct Cli {
     #[command(flatten)]
     daemon: grove_daemon::cli::DaemonArgs,
-    /// Wipe this foreign disk (by serial) and make it a pool. Repeatable.
-    #[arg(long = "wipe", value_name = "SERIAL")]
-    wipe: Vec<storaged::types::DiskSerial>,
+    #[command(flatten)]
+    flags: storaged::flags::Flags,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let wipe = cli.wipe;
+    let wipe = cli.flags.wipe;
     grove_daemon::cli::run(storaged::NAME, &cli.daemon, move |config, shutdown| {
         storaged::run(config, wipe, shutdown)
     })

@@ -84,6 +84,27 @@ pub struct BootParams {
     pub wipe: Vec<DiskSerial>,
 }
 
+impl BootParams {
+    /// The flags that tell storaged what the command line asks of it.
+    pub fn storaged_flags(&self) -> storaged::flags::Flags {
+        storaged::flags::Flags {
+            wipe: self.wipe.clone(),
+        }
+    }
+
+    /// The flags that tell netd what the command line asks of it.
+    pub fn netd_flags(&self) -> netd::flags::Flags {
+        let net = &self.network;
+        netd::flags::Flags {
+            uplink: net.uplink.clone(),
+            address: net.address,
+            gateway: net.gateway,
+            dns: net.dns.clone(),
+            vlan: net.vlan,
+        }
+    }
+}
+
 /// One key of the command line that was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamError {

@@ -835,8 +835,7 @@ fn backend_genesis(backend: &Backend) -> Option<String> {
 }
 
 async fn registration(sources: &Sources, farm_id: u32, twin_id: u32) -> NodeRegistration {
-    let proc_root = sources.proc_root.clone();
-    let host = tokio::task::spawn_blocking(move || crate::hostinfo::HostInfo::read(&proc_root))
+    let host = tokio::task::spawn_blocking(crate::hostinfo::HostInfo::read)
         .await
         .unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading host facts failed");

@@ -68,7 +68,7 @@ mod tests {
         let host = |gib: u64| HostInfo {
             cpu: Cpu {
                 count: 8,
-                model: String::new(),
+                ..Cpu::default()
             },
             memory: Memory {
                 total_bytes: gib << 30,

@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use super::capacity::NodeCapacity;
 use super::status::{NodeState, StatusReport};
+use crate::hostinfo::HostInfo;
 use crate::supervisor::{ServiceState, ServiceStatus};
 
 /// Everything `/metrics` shows.
@@ -20,6 +21,7 @@ pub struct Snapshot<'a> {
     pub chain: &'a crate::chain::ChainStatus,
     /// Unix seconds, for ages.
     pub now_secs: u64,
+    pub host: &'a HostInfo,
 }
 
 fn escape(v: &str) -> String {
@@ -90,6 +92,63 @@ pub fn render(s: &Snapshot<'_>) -> String {
             svc.restarts
         );
     }
+    family(
+        &mut out,
+        "grove_service_cpu_seconds_total",
+        "counter",
+        "CPU time the daemon's current process has used.",
+    );
+    for svc in s.services {
+        if let Some(usage) = &svc.usage {
+            let _ = writeln!(
+                out,
+                "grove_service_cpu_seconds_total{{service=\"{}\"}} {}",
+                escape(&svc.name),
+                usage.cpu_seconds
+            );
+        }
+    }
+    family(
+        &mut out,
+        "grove_service_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the daemon's current process.",
+    );
+    for svc in s.services {
+        if let Some(usage) = &svc.usage {
+            let _ = writeln!(
+                out,
+                "grove_service_resident_memory_bytes{{service=\"{}\"}} {}",
+                escape(&svc.name),
+                usage.rss_bytes
+            );
+        }
+    }
+    if let Some(percent) = s.host.cpu.usage_percent {
+        family(
+            &mut out,
+            "grove_node_cpu_usage_ratio",
+            "gauge",
+            "Share of all the node's CPUs busy over the last second, 0 to 1.",
+        );
+        let _ = writeln!(out, "grove_node_cpu_usage_ratio {}", percent / 100.0);
+    }
+    family(
+        &mut out,
+        "grove_node_memory_bytes",
+        "gauge",
+        "The node's memory: total, and available to new work.",
+    );
+    let _ = writeln!(
+        out,
+        "grove_node_memory_bytes{{kind=\"total\"}} {}",
+        s.host.memory.total_bytes
+    );
+    let _ = writeln!(
+        out,
+        "grove_node_memory_bytes{{kind=\"available\"}} {}",
+        s.host.memory.available_bytes
+    );
     family(
         &mut out,
         "grove_capacity",
@@ -203,7 +262,23 @@ mod tests {
             ready_after_ms: None,
             last_exit: None,
             next_start_in_ms: None,
+            usage: Some(crate::hostinfo::ProcessUsage {
+                cpu_percent: Some(1.5),
+                cpu_seconds: 2.25,
+                rss_bytes: 4096,
+            }),
         }];
+        let host = HostInfo {
+            cpu: crate::hostinfo::Cpu {
+                usage_percent: Some(50.0),
+                ..Default::default()
+            },
+            memory: crate::hostinfo::Memory {
+                total_bytes: 1000,
+                available_bytes: 400,
+            },
+            ..HostInfo::default()
+        };
         let text = render(&Snapshot {
             status: &status,
             services: &services,
@@ -222,6 +297,7 @@ mod tests {
                 ..Default::default()
             },
             now_secs: 1090,
+            host: &host,
         });
         assert!(text.contains("grove_chain_connected 0\n"));
         assert!(text.contains("grove_chain_queue_length 3\n"));
@@ -232,6 +308,10 @@ mod tests {
         assert!(text.contains("grove_node_state{state=\"ready\"} 0\n"));
         assert!(text.contains("grove_service_restarts_total{service=\"ne\\\"td\"} 2\n"));
         assert!(text.contains("grove_capacity{resource=\"hru\",kind=\"free\"} 0\n"));
+        assert!(text.contains("grove_service_cpu_seconds_total{service=\"ne\\\"td\"} 2.25\n"));
+        assert!(text.contains("grove_service_resident_memory_bytes{service=\"ne\\\"td\"} 4096\n"));
+        assert!(text.contains("grove_node_cpu_usage_ratio 0.5\n"));
+        assert!(text.contains("grove_node_memory_bytes{kind=\"available\"} 400\n"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("a value");

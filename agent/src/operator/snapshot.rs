@@ -3,7 +3,9 @@
 //! `/v1/status`, `/v1/capacity` and `/metrics` read this snapshot instead
 //! of asking storaged and netd on every request, so an operator's dashboard
 //! or a Prometheus scrape costs the node no socket round trips and answers
-//! in microseconds; the facts are at most [`REFRESH`] old.
+//! in microseconds; the facts are at most [`REFRESH`] old. Each refresh
+//! also samples the host's and every daemon's CPU and memory usage (the
+//! daemons' go into their service status).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -11,7 +13,8 @@ use std::time::Duration;
 use netd::uplink::UplinkReport;
 use storaged::storage::Capacity;
 
-use crate::hostinfo::HostInfo;
+use crate::hostinfo::{HostInfo, Sampler};
+use crate::supervisor::Supervisor;
 
 /// How often the snapshot is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -50,21 +53,44 @@ impl Snapshot {
         self: Arc<Self>,
         storaged: storaged::client::StoragedClient,
         netd: netd::client::NetdClient,
-        proc_root: std::path::PathBuf,
+        supervisor: Arc<Supervisor>,
     ) {
         let mut tick = tokio::time::interval(REFRESH);
+        let mut sampler = Some(Sampler::new());
         loop {
             tick.tick().await;
-            let root = proc_root.clone();
-            let host = tokio::task::spawn_blocking(move || HostInfo::read(&root));
-            let (capacity, uplink, host) = tokio::join!(storaged.capacity(), netd.uplink(), host);
+            let daemons: Vec<(String, u32)> = supervisor
+                .statuses()
+                .into_iter()
+                .filter_map(|s| Some((s.name, s.pid?)))
+                .collect();
+            let pids: Vec<u32> = daemons.iter().map(|(_, pid)| *pid).collect();
+            let mut taken = sampler.take().unwrap_or_default();
+            let sample = tokio::task::spawn_blocking(move || {
+                let sample = taken.sample(&pids);
+                (taken, sample)
+            });
+            let (capacity, uplink, sample) =
+                tokio::join!(storaged.capacity(), netd.uplink(), sample);
+            let host = match sample {
+                Ok((taken, (host, usage))) => {
+                    sampler = Some(taken);
+                    for (name, pid) in &daemons {
+                        if let Some(service) = supervisor.service(name) {
+                            service.set_usage(*pid, usage.get(pid).copied());
+                        }
+                    }
+                    host
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sampling the host failed");
+                    HostInfo::default()
+                }
+            };
             let facts = Facts {
                 capacity: capacity.map_err(|e| e.to_string()),
                 uplink: uplink.map_err(|e| e.to_string()),
-                host: host.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "reading host facts failed");
-                    HostInfo::default()
-                }),
+                host,
             };
             *self.facts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(facts);
         }

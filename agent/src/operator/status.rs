@@ -154,6 +154,7 @@ mod tests {
             ready_after_ms: None,
             last_exit: None,
             next_start_in_ms: None,
+            usage: None,
         }
     }
 

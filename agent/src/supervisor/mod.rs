@@ -5,6 +5,7 @@
 //! the last lines of each one's output; and on shutdown stops them in the
 //! reverse order. Child processes are reaped by [`reaper::Reaper`].
 
+pub mod leftovers;
 pub mod logs;
 pub mod reaper;
 pub mod service;
@@ -92,6 +93,31 @@ impl Supervisor {
             .filter(|s| s.status().state != ServiceState::Ready)
             .map(|s| s.name().to_owned())
             .collect()
+    }
+
+    /// Stops what a previous agent left running of these daemons (see
+    /// [`leftovers`]), before any of them is started.
+    pub async fn stop_leftovers(&self, proc_root: &Path) {
+        let programs: Vec<_> = self
+            .services
+            .iter()
+            .map(|s| s.program().to_owned())
+            .collect();
+        let proc_root = proc_root.to_owned();
+        let grace = self.policy.stop_grace;
+        let stopped =
+            tokio::task::spawn_blocking(move || leftovers::stop(&proc_root, &programs, grace))
+                .await;
+        match stopped {
+            Ok((found, left)) if !left.is_empty() => {
+                tracing::error!(found = ?found, left = ?left, "daemons a previous agent left could not be stopped");
+            }
+            Ok((found, _)) if !found.is_empty() => {
+                tracing::warn!(found = ?found, "stopped the daemons a previous agent left");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "looking for leftover daemons failed"),
+        }
     }
 
     /// Runs every service until `shutdown` trips, then stops them in reverse

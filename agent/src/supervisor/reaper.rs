@@ -5,7 +5,10 @@
 //! process-wide thread blocks in `waitpid(-1)` and routes each status to
 //! whoever spawned that pid; with no children left it sleeps until the next
 //! spawn. Spawning happens under the routing table's lock, so a child that
-//! dies at once is never mistaken for an orphan. Because this thread reaps
+//! dies at once is never mistaken for an orphan. Every child is forked by
+//! one more thread that lives as long as the process, because a daemon's
+//! parent-death signal (see `grove_daemon::parent`) follows the thread that
+//! forked it, and a pool thread may end at any time. Because this thread reaps
 //! every child, nothing else in the process may wait on children (no
 //! `tokio::process`): all of them are spawned through [`Reaper::spawn`].
 
@@ -13,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -27,8 +30,10 @@ use tokio::sync::oneshot;
 pub enum ReaperError {
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(#[source] Errno),
-    #[error("cannot start the reaper thread: {0}")]
-    Thread(String),
+    #[error("cannot start the reaper's threads: {0}")]
+    Thread(#[source] Arc<std::io::Error>),
+    #[error("the spawner thread is gone")]
+    SpawnerGone,
     #[error("cannot start {program}: {source}")]
     Spawn {
         program: String,
@@ -70,11 +75,15 @@ struct Table {
     spawns: u64,
 }
 
+/// A command for the spawner thread, and where its outcome goes.
+type SpawnJob = (Command, mpsc::SyncSender<Result<Spawned, ReaperError>>);
+
 /// Routes child exits to their spawners; reaps orphans.
 #[derive(Debug, Default)]
 pub struct Reaper {
     table: Mutex<Table>,
     spawned: Condvar,
+    spawner: Mutex<Option<mpsc::Sender<SpawnJob>>>,
 }
 
 static GLOBAL: OnceLock<Result<Arc<Reaper>, ReaperError>> = OnceLock::new();
@@ -94,13 +103,38 @@ impl Reaper {
         std::thread::Builder::new()
             .name("reaper".to_owned())
             .spawn(move || this.reap_forever())
-            .map_err(|e| ReaperError::Thread(e.to_string()))?;
+            .map_err(|e| ReaperError::Thread(Arc::new(e)))?;
+        let (jobs, queue) = mpsc::channel::<SpawnJob>();
+        let this = reaper.clone();
+        std::thread::Builder::new()
+            .name("spawner".to_owned())
+            .spawn(move || {
+                for (mut command, reply) in queue {
+                    // The asker may have given up; the child is then still
+                    // reaped and routed to nobody.
+                    drop(reply.send(this.spawn_here(&mut command)));
+                }
+            })
+            .map_err(|e| ReaperError::Thread(Arc::new(e)))?;
+        *reaper.spawner.lock().unwrap_or_else(|e| e.into_inner()) = Some(jobs);
         Ok(reaper)
     }
 
-    /// Spawns `command` with stdout and stderr piped. Blocking (fork and
-    /// exec): call from a blocking thread.
-    pub fn spawn(&self, command: &mut Command) -> Result<Spawned, ReaperError> {
+    /// Spawns `command` with stdout and stderr piped, on the spawner
+    /// thread. Blocking (fork and exec): call from a blocking thread.
+    pub fn spawn(&self, command: Command) -> Result<Spawned, ReaperError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = match &*self.spawner.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(jobs) => jobs.send((command, reply)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(ReaperError::SpawnerGone);
+        }
+        answer.recv().unwrap_or(Err(ReaperError::SpawnerGone))
+    }
+
+    fn spawn_here(&self, command: &mut Command) -> Result<Spawned, ReaperError> {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -183,23 +217,23 @@ mod tests {
     async fn spawn(reaper: &Reaper, script: &str) -> Spawned {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]);
-        reaper.spawn(&mut cmd).expect("spawn sh")
+        reaper.spawn(cmd).unwrap()
     }
 
     #[tokio::test]
     async fn routes_exit_codes_and_signals() {
-        let reaper = Reaper::global().expect("reaper");
+        let reaper = Reaper::global().unwrap();
         let quick = spawn(&reaper, "exit 3").await;
         let killed = spawn(&reaper, "kill -9 $$").await;
         let code = tokio::time::timeout(Duration::from_secs(5), quick.exit)
             .await
             .expect("exit in time")
-            .expect("status routed");
+            .unwrap();
         assert_eq!(code, Exit::Code { code: 3 });
         let sig = tokio::time::timeout(Duration::from_secs(5), killed.exit)
             .await
             .expect("exit in time")
-            .expect("status routed");
+            .unwrap();
         assert_eq!(
             sig,
             Exit::Signal {
@@ -213,7 +247,7 @@ mod tests {
     fn zombie_children() -> Vec<String> {
         let me = std::process::id().to_string();
         std::fs::read_dir("/proc")
-            .expect("proc")
+            .unwrap()
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
             .filter(|stat| {
                 // pid (comm) state ppid ...: comm may hold spaces, so split
@@ -227,14 +261,14 @@ mod tests {
 
     #[tokio::test]
     async fn orphans_are_reaped() {
-        let reaper = Reaper::global().expect("reaper");
+        let reaper = Reaper::global().unwrap();
         // The shell exits at once; its background child becomes an orphan,
         // re-parented to us (the subreaper), and dies 100 ms later.
         let parent = spawn(&reaper, "sleep 0.1 & exit 0").await;
         tokio::time::timeout(Duration::from_secs(5), parent.exit)
             .await
             .expect("parent exit in time")
-            .expect("routed");
+            .unwrap();
         let clean = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -248,11 +282,65 @@ mod tests {
             .unwrap_or_else(|_| panic!("zombies left: {:?}", zombie_children()));
     }
 
+    /// A child that asks to die with its parent (as the daemons do) outlives
+    /// the pool thread that asked for it, because the fork happens on the
+    /// spawner thread: the kernel's parent-death signal follows the thread.
+    #[test]
+    fn a_child_that_dies_with_its_parent_outlives_the_asking_thread() {
+        const NAME: &str = "pdeath-test";
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name(NAME)
+            .thread_keep_alive(Duration::from_millis(1))
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool_threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim() == NAME)
+                .count()
+        };
+        runtime.block_on(async {
+            let reaper = Reaper::global().unwrap();
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--pdeathsig", "KILL", "sleep", "30"]);
+            let spawner = reaper.clone();
+            let spawned = tokio::task::spawn_blocking(move || spawner.spawn(cmd))
+                .await
+                .unwrap()
+                .unwrap();
+            // The pool thread that asked ends once idle.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while pool_threads() > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(pool_threads(), 0, "the pool thread did not end");
+            let mut exit = spawned.exit;
+            let early = tokio::time::timeout(Duration::from_secs(1), &mut exit).await;
+            assert!(
+                early.is_err(),
+                "the child died with the pool thread: {early:?}"
+            );
+            nix::sys::signal::kill(Pid::from_raw(spawned.pid as i32), Signal::SIGKILL).unwrap();
+            let status = tokio::time::timeout(Duration::from_secs(5), exit)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                status,
+                Exit::Signal {
+                    signal: "SIGKILL".to_owned()
+                }
+            );
+        });
+    }
+
     #[tokio::test]
     async fn missing_program_is_a_named_error() {
-        let reaper = Reaper::global().expect("reaper");
+        let reaper = Reaper::global().unwrap();
         let err = reaper
-            .spawn(&mut Command::new("/nonexistent/netd"))
+            .spawn(Command::new("/nonexistent/netd"))
             .expect_err("no such program");
         assert!(err.to_string().contains("/nonexistent/netd"), "{err}");
     }

@@ -26,6 +26,17 @@ use super::logs::{LogLine, LogRing, Stream};
 use super::reaper::{Exit, Reaper};
 use crate::clock::unix_ms;
 
+/// Why one run of a service could not start or be followed to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the spawn task failed: {0}")]
+    SpawnTask(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Spawn(#[from] super::reaper::ReaperError),
+    #[error("the reaper stopped before the service exited")]
+    ReaperGone(#[source] tokio::sync::oneshot::error::RecvError),
+}
+
 /// What to run for one service.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -101,7 +112,7 @@ pub struct ExitRecord {
 }
 
 /// What `/v1/services` shows for one service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
@@ -112,6 +123,9 @@ pub struct ServiceStatus {
     pub ready_after_ms: Option<u64>,
     pub last_exit: Option<ExitRecord>,
     pub next_start_in_ms: Option<u64>,
+    /// CPU and memory of the running process, sampled every second.
+    #[serde(default)]
+    pub usage: Option<crate::hostinfo::ProcessUsage>,
 }
 
 /// A supervised daemon.
@@ -137,6 +151,7 @@ impl Service {
                 ready_after_ms: None,
                 last_exit: None,
                 next_start_in_ms: None,
+                usage: None,
             }),
             spec,
             logs: Arc::new(LogRing::new(log_lines)),
@@ -149,6 +164,10 @@ impl Service {
         &self.spec.name
     }
 
+    pub fn program(&self) -> &std::path::Path {
+        &self.spec.program
+    }
+
     pub fn status(&self) -> ServiceStatus {
         self.status
             .lock()
@@ -158,6 +177,15 @@ impl Service {
 
     pub fn logs(&self, n: usize) -> Vec<LogLine> {
         self.logs.tail(n)
+    }
+
+    /// Records a usage sample of process `pid`, if it is still this
+    /// service's process. Not a transition: nobody is woken.
+    pub fn set_usage(&self, pid: u32, usage: Option<crate::hostinfo::ProcessUsage>) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.pid == Some(pid) {
+            status.usage = usage;
+        }
     }
 
     /// Resolves once the service has been ready at least once.
@@ -199,11 +227,12 @@ impl Service {
             let ran = started.elapsed();
             self.update(|s| {
                 s.pid = None;
+                s.usage = None;
                 s.ready_after_ms = None;
                 s.last_exit = Some(ExitRecord {
                     reason: match &outcome {
                         Ok(exit) => exit.to_string(),
-                        Err(reason) => reason.clone(),
+                        Err(e) => e.to_string(),
                     },
                     exit: outcome.as_ref().ok().cloned(),
                     at_ms: unix_ms(),
@@ -235,7 +264,9 @@ impl Service {
             }
             self.update(|s| s.restarts += 1);
         }
-        pumps.abort_all();
+        // The pipes close when the process is gone; a pump still reading
+        // (a grandchild holding the pipe) is cut off here.
+        pumps.shutdown().await;
         self.update(|s| {
             s.state = ServiceState::Stopped;
             s.next_start_in_ms = None;
@@ -249,18 +280,20 @@ impl Service {
         policy: &Policy,
         stop: &Shutdown,
         pumps: &mut JoinSet<()>,
-    ) -> Result<Exit, String> {
+    ) -> Result<Exit, RunError> {
         self.update(|s| {
             s.state = ServiceState::Starting;
             s.next_start_in_ms = None;
         });
         let mut command = Command::new(&self.spec.program);
-        command.args(&self.spec.args);
+        command.args(&self.spec.args).env(
+            grove_daemon::parent::SUPERVISOR_PID_ENV,
+            std::process::id().to_string(),
+        );
         let spawner = reaper.clone();
-        let spawned = tokio::task::spawn_blocking(move || spawner.spawn(&mut command))
+        let spawned = tokio::task::spawn_blocking(move || spawner.spawn(command))
             .await
-            .map_err(|e| format!("spawn task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(RunError::SpawnTask)??;
         let started = Instant::now();
         let pid = spawned.pid;
         tracing::info!(service = self.name(), pid, "started");
@@ -285,7 +318,7 @@ impl Service {
         loop {
             tokio::select! {
                 status = &mut exit => {
-                    return status.map_err(|_gone| "the reaper stopped".to_owned());
+                    return status.map_err(RunError::ReaperGone);
                 }
                 () = &mut health => {}
                 () = stop.wait() => {

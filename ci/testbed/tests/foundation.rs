@@ -88,7 +88,8 @@ fn every_daemon_answers_in_its_node_and_the_operator_api_answers_on_the_lan() {
     let report: NodeReport = get(node, "/v1/node");
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     assert_eq!(report.host.kernel, host_kernel.trim());
-    assert!(!report.host.hostname.is_empty());
+    // Each node has a UTS namespace of its own, named after the node.
+    assert_eq!(report.host.hostname, node.name());
     assert_eq!(
         report.host.cpu.count,
         std::thread::available_parallelism().expect("cpus").get()
@@ -155,6 +156,39 @@ fn a_killed_netd_is_restarted_within_two_seconds() {
         "expected a 'serving' line per run: {:?}",
         logs.lines
     );
+}
+
+/// `kill -9` of the agent alone: its daemons die with it, and a new agent
+/// stops whatever is still draining before it starts its own, so the node
+/// ends with exactly one of each daemon, each the one the new agent runs.
+#[test]
+fn a_new_agent_after_kill_9_of_the_agent_alone_runs_one_of_each_daemon() {
+    let farm = start(FarmSpec::nodes(1));
+    let node = farm.node(0);
+    wait_ready(&farm, node, Duration::from_secs(20));
+    let daemons = [Daemon::Storaged, Daemon::Netd, Daemon::Provisiond];
+    let before: Vec<u32> = daemons
+        .iter()
+        .map(|d| service(node, d.name()).pid.expect("the daemon runs"))
+        .collect();
+    for (daemon, pid) in daemons.iter().zip(&before) {
+        assert_eq!(node.daemon_pids(*daemon), vec![*pid], "{daemon:?} before");
+    }
+
+    node.kill_agent_alone().expect("kill -9 the agent");
+    node.start_agent().expect("a new agent starts");
+    wait_ready(&farm, node, Duration::from_secs(30));
+
+    for (daemon, old) in daemons.iter().zip(&before) {
+        let now = service(node, daemon.name()).pid.expect("the daemon runs");
+        assert_ne!(now, *old, "{daemon:?} is the new agent's own");
+        assert_eq!(
+            node.daemon_pids(*daemon),
+            vec![now],
+            "exactly one {daemon:?} in the node\n{}",
+            farm.logs(60)
+        );
+    }
 }
 
 #[test]

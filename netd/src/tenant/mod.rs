@@ -12,7 +12,7 @@
 //! Limits: IPv4 inside the network; peers are set at creation (no update
 //! call yet); with userspace WireGuard, `w-<netid>` also has a down
 //! placeholder bridge of that name in the host namespace (see
-//! [`build`]).
+//! `build`).
 
 pub mod api;
 mod build;

@@ -2,10 +2,10 @@
 //! as netd's own child and configured through its UAPI socket.
 //!
 //! [`locate`] finds the binary (the configured path, else `$PATH`, else
-//! [`FALLBACK`]) and names every place it looked when it cannot; [`spawn`]
+//! [`FALLBACK`]) and names every place it looked when it cannot; `spawn`
 //! starts it without daemonizing or dropping privileges, forwards its
 //! output to netd's log and returns once the UAPI socket answers, and
-//! [`adopt`] takes over one a previous netd left running in this network
+//! `adopt` takes over one a previous netd left running in this network
 //! namespace (found through `/proc`), so a netd restart keeps the device
 //! and its sessions; one started or adopted to outlive netd
 //! ([`Options::outlive`]) is left running when netd stops. Limits: an
@@ -292,7 +292,7 @@ impl Boringtun {
     }
 
     /// SIGTERM (it removes its socket on the way out), then SIGKILL after
-    /// [`STOP_GRACE`].
+    /// `STOP_GRACE`.
     pub async fn stop(mut self) {
         if self.stopped {
             return;

@@ -2,6 +2,7 @@
 //! fresh mount namespace, and the production paths.
 //!
 //! Between fork and exec the child joins the node's network namespace,
+//! unshares its UTS namespace and takes the node's name as its hostname,
 //! unshares its mount namespace, makes `/` private, mounts fresh tmpfs on
 //! `/run`, `/var/cache` and `/mnt`, remounts `/sys` so `/sys/class/net`
 //! shows the node's NICs (carrying the cgroup mounts over), and binds the
@@ -67,14 +68,17 @@ pub enum AgentError {
 #[derive(Debug)]
 struct Entry {
     netns: NetnsHandle,
+    hostname: String,
     config_dir: CString,
     stash_cgroups: bool,
 }
 
-/// Starts `<bin_dir>/agent` inside node namespace `netns` with `config_dir`
-/// as its `/etc/grove`, appending its output to `log`.
+/// Starts `<bin_dir>/agent` inside node namespace `netns`, with `hostname`
+/// in a UTS namespace of its own and `config_dir` as its `/etc/grove`,
+/// appending its output to `log`.
 pub fn spawn(
     netns: &str,
+    hostname: &str,
     bin_dir: &Path,
     config_dir: &Path,
     log: &Path,
@@ -91,6 +95,7 @@ pub fn spawn(
     })?;
     let entry = Entry {
         netns: NetnsHandle::open(netns)?,
+        hostname: hostname.to_owned(),
         config_dir: CString::new(config_dir.as_os_str().as_bytes()).map_err(|source| {
             AgentError::Nul {
                 path: config_dir.to_owned(),
@@ -153,6 +158,14 @@ fn enter(entry: &Entry) -> std::io::Result<()> {
     step(
         b"setns into the node's network namespace",
         entry.netns.enter(),
+    )?;
+    step(
+        b"unshare the UTS namespace",
+        unshare(CloneFlags::CLONE_NEWUTS),
+    )?;
+    step(
+        b"set the node's hostname",
+        nix::unistd::sethostname(&entry.hostname),
     )?;
     step(
         b"unshare the mount namespace",

@@ -166,11 +166,17 @@ impl Node {
             node: self.name.clone(),
             source: Box::new(source),
         })?;
-        let child = agent::spawn(&self.netns, &bin_dir, self.config.path(), &self.agent_log())
-            .map_err(|source| NodeError::Agent {
-                node: self.name.clone(),
-                source: Box::new(source),
-            })?;
+        let child = agent::spawn(
+            &self.netns,
+            &self.name,
+            &bin_dir,
+            self.config.path(),
+            &self.agent_log(),
+        )
+        .map_err(|source| NodeError::Agent {
+            node: self.name.clone(),
+            source: Box::new(source),
+        })?;
         let pid = child.id();
         state.id = ProcId::of(pid);
         state.mnt = File::open(format!("/proc/{pid}/ns/mnt"))
@@ -202,6 +208,42 @@ impl Node {
     pub fn kill_agent(&self) -> Result<(), NodeError> {
         let mut state = self.state();
         self.kill_all(&mut state, Vec::new())
+    }
+
+    /// The agent alone dies by SIGKILL, as when it crashes, and is reaped;
+    /// nothing else in the node is touched, so its daemons meet whatever
+    /// the agent arranged for its death.
+    pub fn kill_agent_alone(&self) -> Result<(), NodeError> {
+        let mut state = self.state();
+        state.refresh();
+        if let Some(id) = state.id {
+            proc::signal(id, Signal::SIGKILL).map_err(|source| self.kill_error(source))?;
+        }
+        if let Some(mut child) = state.child.take() {
+            let status = child.wait().map_err(|source| NodeError::Reap {
+                node: self.name.clone(),
+                source,
+            })?;
+            state.exit = Some(status);
+        }
+        state.id = None;
+        Ok(())
+    }
+
+    /// The processes in the node's network namespace that run `daemon`'s
+    /// binary, zombies excepted.
+    pub fn daemon_pids(&self, daemon: Daemon) -> Vec<u32> {
+        netns::pids(&self.netns)
+            .into_iter()
+            .filter(|p| p.is_alive())
+            .filter(|p| {
+                std::fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|exe| {
+                    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned());
+                    name.as_deref().map(|n| n.trim_end_matches(" (deleted)")) == Some(daemon.name())
+                })
+            })
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// Kills the agent, `tree` and everything in the node's namespaces, then

@@ -1,0 +1,54 @@
+//! storaged's own command-line flags, and how to build them.
+//!
+//! The binary parses [`Flags`]; the agent, which starts storaged, builds the
+//! same struct from the boot parameters and turns it into arguments with
+//! [`Flags::to_args`], so the flag spellings live in one place. A unit test
+//! checks that every flag built parses back to the same value.
+
+use crate::types::DiskSerial;
+
+/// What storaged takes on its command line besides the daemon's own flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct Flags {
+    /// Wipe this foreign disk (by serial) and make it a pool. Repeatable.
+    #[arg(long = "wipe", value_name = "SERIAL")]
+    pub wipe: Vec<DiskSerial>,
+}
+
+impl Flags {
+    /// The arguments that make storaged parse back exactly these flags.
+    pub fn to_args(&self) -> Vec<String> {
+        self.wipe
+            .iter()
+            .flat_map(|s| ["--wipe".to_owned(), s.to_string()])
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: Flags,
+    }
+
+    #[test]
+    fn built_flags_parse_back_to_the_same_value() {
+        let cases = [
+            Flags::default(),
+            Flags {
+                wipe: vec!["S1".parse().unwrap(), "WD-WCC4N1234567".parse().unwrap()],
+            },
+        ];
+        for flags in cases {
+            let args = std::iter::once("storaged".to_owned()).chain(flags.to_args());
+            let parsed = Cli::try_parse_from(args).unwrap();
+            assert_eq!(parsed.flags, flags);
+        }
+    }
+}
