@@ -122,13 +122,8 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
     let readiness = Readiness::waiting("storaged, netd, provisiond");
     let node_identity = Arc::new(identity::Identity::default());
-    let storage_ready = supervisor
-        .service(storaged::NAME)
-        .map(|s| s.became_ready())
-        .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
     let identity_task = tokio::spawn(node_identity.clone().maintain(
         storaged::client::StoragedClient::default(),
-        storage_ready,
         config.identity.cache_dir.clone(),
     ));
     let chain = Arc::new(chain::Chain::default());
