@@ -60,6 +60,13 @@ pub struct PoolReport {
     pub another_node: Option<String>,
 }
 
+impl PoolReport {
+    /// Mounted and usable (not broken).
+    pub fn is_mounted(&self) -> bool {
+        self.state == PoolState::Mounted
+    }
+}
+
 /// Totals for one disk kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KindCapacity {

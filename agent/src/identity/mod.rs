@@ -83,7 +83,7 @@ impl Identity {
         let pools = storaged.pools().await?;
         let dirs: Vec<PoolDir> = pools
             .iter()
-            .filter(|p| p.state == storaged::pool::PoolState::Mounted)
+            .filter(|p| p.is_mounted())
             .map(|p| PoolDir {
                 label: p.label.to_string(),
                 mount_point: p.mount_point.clone(),

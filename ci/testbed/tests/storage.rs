@@ -188,7 +188,7 @@ fn a_disk_with_only_an_empty_gpt_is_foreign() {
     let gpt = disk_by_path(&disks, node.disks()[1].path());
     assert_eq!(class(gpt), "foreign", "{gpt:?}");
     assert!(
-        format!("{:?}", gpt.class).contains("gpt"),
+        format!("{:?}", gpt.class).contains("GPT partition table"),
         "{:?}",
         gpt.class
     );
