@@ -256,4 +256,24 @@ fn a_moved_in_pool_never_changes_who_a_node_is() {
         .exec(&["touch", &moved.mount_point.join("x").display().to_string()])
         .expect("touch");
     assert!(!out.status.success(), "the moved-in pool is writable");
+
+    // Once settled, storaged takes no other account and no bad body.
+    let socket = node.socket(Daemon::Storaged).expect("storaged");
+    let other_body = format!("{{\"account\":{:?}}}", other.public.account);
+    let (status, body) =
+        grove_testbed::unix_post(&socket, "/v1/identity", other_body.as_bytes()).expect("post");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains(&own.public.account), "{body}");
+    let (status, body) =
+        grove_testbed::unix_post(&socket, "/v1/identity", b"{\"acount\":1}").expect("post");
+    assert_eq!(status, 400, "{body}");
+    let same = format!("{{\"account\":{:?}}}", own.public.account);
+    let (status, body) =
+        grove_testbed::unix_post(&socket, "/v1/identity", same.as_bytes()).expect("post");
+    assert_eq!(status, 200, "the same answer again changes nothing: {body}");
+    let unchanged = pools(node);
+    assert_eq!(
+        unchanged.iter().find(|p| p.cache).map(|p| p.device.clone()),
+        Some(own_disk.path().to_owned())
+    );
 }

@@ -168,7 +168,7 @@ fn ready_after_ms(body: &str) -> Option<u64> {
 /// images), as new disks.
 fn blank(paths: &[PathBuf]) -> Result<(), BenchError> {
     for p in paths {
-        sh(&format!("blkdiscard -f {}", p.display()))?;
+        sh(&format!("blkdiscard -f {} 2>/dev/null", p.display()))?;
     }
     Ok(())
 }
