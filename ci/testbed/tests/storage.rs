@@ -933,3 +933,86 @@ fn every_kind_of_foreign_disk_is_foreign_and_untouched_through_boot_restart_and_
     }
     check("after unsigned wipe requests");
 }
+
+fn agent_cli(args: &[&str]) -> String {
+    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
+    let out = std::process::Command::new(agent)
+        .args(args)
+        .output()
+        .expect("agent runs");
+    assert!(out.status.success(), "agent {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// POSTs to the operator API with the headers `agent sign request` printed.
+fn signed_post(url: &str, cli_output: &str) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", url]);
+    for header in cli_output
+        .lines()
+        .filter_map(|l| l.strip_prefix("-H '")?.strip_suffix('\''))
+    {
+        cmd.args(["-H", header]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status line");
+    (code.parse().expect("a status"), body.to_owned())
+}
+
+#[test]
+fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouched() {
+    let farm = start_without_agent(NodeSpec::default().disks(vec![SSD, HDD]));
+    let node = farm.node(0);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let farmer_key = keys.path().join("farmer.key");
+    let farmer = agent_cli(&[
+        "sign",
+        "new-key",
+        "--key",
+        &farmer_key.display().to_string(),
+    ]);
+    let port = 18_700 + (std::process::id() % 1000) as u16;
+    let registry = grove_testbed::registry::Registry::start(&farm, port, Some(&farmer))
+        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
+    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url()))
+        .expect("cmdline");
+    // No rescan during the test: storaged still lists S when the wipe comes.
+    node.set_config(Daemon::Storaged, "health_interval_ms = 3600000\n")
+        .expect("storaged config");
+    let s = &node.disks()[1];
+    s.format_ext4_with_file("old.txt", b"disk S, about to be pulled")
+        .expect("ext4 on S");
+    let newcomer_image = prepared_ext4(node, "newcomer.img", b"another farmer's photos");
+    node.start_agent().expect("boot");
+    wait_storage(&farm);
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    let api = node.api_url().expect("url");
+    let knows = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        grove_testbed::http_get(&format!("{api}/v1/chain")).is_ok_and(|(_, body)| {
+            serde_json::from_str::<Value>(&body)
+                .is_ok_and(|v| v["farmer"].as_str() == Some(farmer.as_str()))
+        })
+    });
+    assert!(knows, "the node never learnt its farmer\n{}", farm.logs(30));
+    let disks: Vec<Disk> = get(node, "/v1/disks");
+    let serial = disk_by_path(&disks, s.path()).device.serial.to_string();
+
+    s.detach().expect("pull S");
+    let newcomer = grove_testbed::Disk::attach_image_at(newcomer_image, true, Some(s.path()))
+        .expect("a new disk under S's name");
+    let before = sha256(newcomer.file());
+    let path = format!("/v1/disks/{serial}/wipe");
+    let signed = agent_cli(&[
+        "sign",
+        "request",
+        "--key",
+        &farmer_key.display().to_string(),
+        "--path",
+        &path,
+    ]);
+    let (code, body) = signed_post(&format!("{api}{path}"), &signed);
+    assert_eq!(code, 409, "{body}\n{}", farm.logs(30));
+    assert!(body.contains(&serial) && body.contains("changed"), "{body}");
+    assert_eq!(sha256(newcomer.file()), before, "the newcomer was written");
+}
