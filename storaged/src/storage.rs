@@ -239,14 +239,13 @@ impl Storage {
                 let allocated = allocated_bytes(p);
                 let reserved = reserve(p);
                 let this_node = inner.own(p);
-                let another = (p.other_machine
-                    || (inner.settled.is_some() && !this_node && p.is_healthy()))
-                .then(|| {
-                    format!(
-                        "another node's pool (account {})",
-                        p.meta.account.as_deref().unwrap_or("unknown")
-                    )
-                });
+                let settled = inner.settled.as_ref().and_then(Option::as_ref);
+                let another = match (&p.meta.account, settled) {
+                    _ if p.other_machine => Some(p.meta.account.as_deref().unwrap_or("unknown")),
+                    (Some(theirs), Some(ours)) if theirs != ours => Some(theirs.as_str()),
+                    _ => None,
+                }
+                .map(|account| format!("another node's pool (account {account})"));
                 PoolReport {
                     account: p.meta.account.clone(),
                     this_machine: !p.other_machine,
