@@ -125,6 +125,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let identity_task = tokio::spawn(node_identity.clone().maintain(
         storaged::client::StoragedClient::default(),
         config.identity.cache_dir.clone(),
+        cmdline.params.clone(),
     ));
     let chain = Arc::new(chain::Chain::default());
     let chain_task = tokio::spawn(chain.clone().run(

@@ -522,8 +522,9 @@ impl Storage {
     }
 
     /// Settles the node's identity, once: pools of this machine without an
-    /// account take `account`; the cache goes on a pool of that account
-    /// only; every other pool is another node's. `None`: the node has no
+    /// account take `account`; another machine's pools of `account` are
+    /// adopted (the agent adopted their identity); the cache goes on a pool
+    /// of that account only; every other pool is another node's. `None`: the node has no
     /// identity yet (it waits for the farmer), so no cache. Asking again
     /// for the same answer changes nothing; a different one is refused.
     /// Blocking.
@@ -549,6 +550,15 @@ impl Storage {
                     .filter(|p| p.is_healthy() && !p.other_machine && p.meta.account.is_none())
                 {
                     pool::record_account(pool, account)?;
+                }
+                // The node adopted the identity another machine's pools
+                // hold (the agent checked that its node is not alive):
+                // those pools are this node's now.
+                for pool in inner.pools.iter_mut().filter(|p| {
+                    p.is_healthy() && p.other_machine && p.meta.account.as_ref() == Some(account)
+                }) {
+                    tracing::warn!(pool = %pool.label(), account = %account, "pool adopted with its identity");
+                    pool::adopt(pool, self.layout.machine.as_deref())?;
                 }
                 let own = inner.own_pools();
                 inner.cache = cache::ensure(&own, &self.layout.cache_dir, free_bytes)?;

@@ -8,6 +8,7 @@
 //! a disk moved in from another node never changes who this node is. The
 //! seed is never logged and never served.
 
+pub mod alive;
 pub mod keys;
 pub mod store;
 
@@ -51,11 +52,19 @@ impl Identity {
     /// Settles the node's identity with storaged as soon as it answers,
     /// then keeps a copy on every pool of this node as pools come and go,
     /// and settles again if storaged restarts.
-    pub async fn maintain(self: Arc<Self>, storaged: StoragedClient, cache_dir: PathBuf) {
+    pub async fn maintain(
+        self: Arc<Self>,
+        storaged: StoragedClient,
+        cache_dir: PathBuf,
+        params: crate::boot::BootParams,
+    ) {
         let mut known_pools = None;
         let mut waiting_logged = false;
         loop {
-            let pause = match self.step(&storaged, &cache_dir, &mut known_pools).await {
+            let pause = match self
+                .step(&storaged, &cache_dir, &params, &mut known_pools)
+                .await
+            {
                 Ok(Step::Settled) => Duration::from_secs(2),
                 Ok(Step::Waiting(others)) => {
                     if !waiting_logged {
@@ -77,6 +86,7 @@ impl Identity {
         &self,
         storaged: &StoragedClient,
         cache_dir: &std::path::Path,
+        params: &crate::boot::BootParams,
         known_pools: &mut Option<Vec<String>>,
     ) -> Result<Step, StepError> {
         let state = storaged.identity().await?;
@@ -94,7 +104,7 @@ impl Identity {
         if state.settled && known_pools.as_ref() == Some(&labels) && self.keys().is_some() {
             return Ok(Step::Settled);
         }
-        let seen = tokio::task::spawn_blocking(move || {
+        let mut seen = tokio::task::spawn_blocking(move || {
             dirs.into_iter()
                 .map(|d| {
                     let seed = store::seed_on(&d).unwrap_or_else(|e| {
@@ -107,11 +117,33 @@ impl Identity {
         })
         .await?;
         let (seed, from_pool) = match store::settle(&seen) {
-            store::Settled::Wait { others } => {
-                if !state.settled {
-                    storaged.settle(None).await?;
+            store::Settled::Wait { others, adoptable } => {
+                match adoptable.filter(|_| !state.settled) {
+                    Some((seed, pool)) => match adopt(params, &seed).await {
+                        Ok(()) => {
+                            // storaged makes the pools of that identity this
+                            // machine's once told the account.
+                            for (dir, on_pool) in seen.iter_mut() {
+                                if on_pool.as_ref() == Some(&seed) {
+                                    dir.this_machine = true;
+                                }
+                            }
+                            (seed, Some(pool))
+                        }
+                        Err(reason) => {
+                            storaged.settle(None).await?;
+                            let mut others = others;
+                            others.push(reason);
+                            return Ok(Step::Waiting(others));
+                        }
+                    },
+                    None => {
+                        if !state.settled {
+                            storaged.settle(None).await?;
+                        }
+                        return Ok(Step::Waiting(others));
+                    }
                 }
-                return Ok(Step::Waiting(others));
             }
             settled => store::seed_of(settled)?,
         };
@@ -144,6 +176,27 @@ impl Identity {
         *self.report.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
         *known_pools = Some(labels);
         Ok(Step::Settled)
+    }
+}
+
+/// Whether the node may adopt the identity every attached pool holds: only
+/// if the registry says that identity's node did not report uptime within
+/// the hour. `Err` says why not.
+async fn adopt(params: &crate::boot::BootParams, seed: &keys::Seed) -> Result<(), String> {
+    let account = seed.keys().public().account;
+    let now = crate::clock::unix_ms() / 1000;
+    match alive::last_uptime(params, &account).await {
+        Ok(last) if alive::alive(last, now) => Err(format!(
+            "not adopting account {account}: its node reported uptime {} s ago, within the hour",
+            now.saturating_sub(last.unwrap_or(now))
+        )),
+        Ok(_) => {
+            tracing::warn!(account = %account, "adopting the identity every attached pool holds: its node has not reported uptime within the hour");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "not adopting account {account}: cannot tell whether its node is alive: {e}"
+        )),
     }
 }
 

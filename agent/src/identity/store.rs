@@ -58,8 +58,12 @@ pub enum Settled {
     /// node.
     Create,
     /// This machine's pools hold no seed, but other nodes' pools are
-    /// attached: no guess; the farmer chooses.
-    Wait { others: Vec<String> },
+    /// attached: no guess; the farmer chooses. When every one of them holds
+    /// the same seed, that seed may be adopted (if its node is not alive).
+    Wait {
+        others: Vec<String>,
+        adoptable: Option<(Seed, String)>,
+    },
 }
 
 /// The seed copy on `pool`, if any. Blocking.
@@ -101,9 +105,22 @@ pub fn settle(pools: &[(PoolDir, Option<Seed>)]) -> Settled {
     }
     let others = others(pools, None);
     if others.is_empty() {
-        Settled::Create
-    } else {
-        Settled::Wait { others }
+        return Settled::Create;
+    }
+    let foreign: Vec<(&PoolDir, &Option<Seed>)> = pools
+        .iter()
+        .filter(|(p, _)| !p.this_machine)
+        .map(|(p, s)| (p, s))
+        .collect();
+    let first = foreign
+        .first()
+        .and_then(|(p, s)| s.as_ref().map(|s| (s.clone(), p.label.clone())));
+    let agree = first
+        .as_ref()
+        .is_some_and(|(seed, _)| foreign.iter().all(|(_, s)| s.as_ref() == Some(seed)));
+    Settled::Wait {
+        others,
+        adoptable: first.filter(|_| agree),
     }
 }
 
@@ -163,7 +180,7 @@ pub fn seed_of(settled: Settled) -> Result<(Seed, Option<String>), IdentityError
     match settled {
         Settled::Keep { seed, pool } => Ok((seed, Some(pool))),
         Settled::Create => Ok((Seed::generate().map_err(IdentityError::Random)?, None)),
-        Settled::Wait { others } => Err(IdentityError::Undecided { others }),
+        Settled::Wait { others, .. } => Err(IdentityError::Undecided { others }),
     }
 }
 
@@ -242,6 +259,10 @@ mod tests {
                 this_machine: true,
             })
             .collect()
+    }
+
+    fn seen_of(pools: &[PoolDir]) -> Vec<(PoolDir, Option<Seed>)> {
+        seen(pools)
     }
 
     fn seen(pools: &[PoolDir]) -> Vec<(PoolDir, Option<Seed>)> {
@@ -343,10 +364,27 @@ mod tests {
         // pools[0] is this machine's, blank: made on this boot.
         let seen = seen(&pools);
         match settle(&seen) {
-            Settled::Wait { others } => {
+            Settled::Wait { others, adoptable } => {
                 assert_eq!(others.len(), 1);
                 assert!(others[0].contains(&stranger.keys().public().account));
+                assert_eq!(adoptable, Some((stranger.clone(), "grove-p1".to_owned())));
             }
+            other => panic!("guessed: {other:?}"),
+        }
+        // Two other pools that disagree: nothing to adopt.
+        let mut three = pools.clone();
+        three.push(PoolDir {
+            label: "grove-p2".into(),
+            mount_point: root.path().join("pool2"),
+            this_machine: false,
+        });
+        write_seed(
+            &three[2].mount_point.join(POOL_FILE),
+            &Seed::generate().expect("random"),
+        )
+        .expect("a third node's disk");
+        match settle(&seen_of(&three)) {
+            Settled::Wait { adoptable, .. } => assert!(adoptable.is_none()),
             other => panic!("guessed: {other:?}"),
         }
         assert_eq!(seed_on(&pools[0]).expect("read"), None, "nothing written");

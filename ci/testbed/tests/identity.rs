@@ -170,15 +170,34 @@ fn a_moved_in_pool_never_changes_who_a_node_is() {
     let node = farm.node(0);
     let (own_disk, moved_disk) = (&node.disks()[0], &node.disks()[1]);
 
-    // Another node makes the larger pool, with its own identity.
+    let registry_port = 18_400 + (std::process::id() % 1000) as u16;
+    let registry = grove_testbed::registry::Registry::start(&farm, registry_port, None)
+        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
+    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url()))
+        .expect("cmdline");
+    node.set_config(Daemon::Agent, "[chain]\nuptime_interval_secs = 2\n")
+        .expect("agent config");
+
+    // Another node makes the larger pool, with its own identity, and
+    // reports uptime.
     as_machine(node, "other-machine", &[moved_disk]);
     node.start_agent().expect("boot the other node");
     let other = wait_identity(&farm, node, 1);
     let other_seed = seed_on(node, &pools(node)[0]);
+    let reported = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        http_get(&format!("{}/v1/nodes/1/uptime", registry.url()))
+            .is_ok_and(|(code, body)| code == 200 && body.contains("timestamp"))
+    });
+    assert!(
+        reported,
+        "the other node never reported uptime\n{}",
+        farm.logs(30)
+    );
     node.kill_agent().expect("power off");
 
-    // A new node given only that pool takes no identity: it waits for the
-    // farmer, and reports the pool by its account.
+    // A new node given only that pool, whose node is alive on the registry,
+    // takes no identity: it waits for the farmer, says why, and reports the
+    // pool by its account.
     as_machine(node, "new-machine", &[moved_disk]);
     node.start_agent().expect("boot the new node");
     let reported = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
@@ -197,11 +216,13 @@ fn a_moved_in_pool_never_changes_who_a_node_is() {
     });
     assert!(reported, "{:?}\n{}", pools(node), farm.logs(40));
     node.wait_api(Duration::from_secs(30)).expect("API up");
-    let quiet = wait_until(Duration::from_secs(3), Duration::from_millis(200), || {
-        node_report(node).is_some_and(|r| r.identity.is_some())
+    let said = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        std::fs::read_to_string(node.agent_log())
+            .is_ok_and(|log| log.contains("s ago, within the hour"))
     });
+    assert!(said, "the refusal was not explained\n{}", farm.logs(30));
     assert!(
-        !quiet,
+        node_report(node).is_some_and(|r| r.identity.is_none()),
         "the new node took an identity: {:?}",
         node_report(node)
     );
@@ -276,4 +297,25 @@ fn a_moved_in_pool_never_changes_who_a_node_is() {
         unchanged.iter().find(|p| p.cache).map(|p| p.device.clone()),
         Some(own_disk.path().to_owned())
     );
+    node.kill_agent().expect("power off");
+
+    // A replacement machine given only the other node's pool, whose node
+    // has not reported uptime within the hour (a registry that never heard
+    // of it), adopts that identity, and the pool with it.
+    drop(registry);
+    std::fs::remove_file(farm.dir().join("registry.json")).expect("forget the old registry");
+    let fresh = grove_testbed::registry::Registry::start(&farm, registry_port + 1, None)
+        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
+    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", fresh.url()))
+        .expect("cmdline");
+    as_machine(node, "replacement-machine", &[moved_disk]);
+    node.start_agent().expect("boot the replacement");
+    let adopted = wait_identity(&farm, node, 1);
+    assert_eq!(adopted.public, other.public, "the identity was not adopted");
+    let now = pools(node);
+    assert!(now[0].this_node && now[0].cache, "{:?}", now[0]);
+    let out = node
+        .exec(&["touch", &now[0].mount_point.join("x").display().to_string()])
+        .expect("touch");
+    assert!(out.status.success(), "the adopted pool is not writable");
 }

@@ -258,6 +258,29 @@ pub fn record_account(pool: &mut Pool, account: &str) -> Result<(), PoolError> {
     Ok(())
 }
 
+/// Makes another machine's pool this machine's: the node adopted the
+/// identity it holds. Remounted read-write, the machine recorded. Blocking.
+pub fn adopt(pool: &mut Pool, machine: Option<&str>) -> Result<(), PoolError> {
+    mounts::mount(
+        &pool.device_path,
+        &pool.mount_point,
+        Some("btrfs"),
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOATIME,
+        None,
+    )?;
+    let mut meta = pool.meta.clone();
+    meta.machine = machine.map(str::to_owned);
+    let bytes = serde_json::to_vec_pretty(&meta).map_err(PoolError::Encode)?;
+    grove_daemon::fsutil::write_atomic(
+        &pool.mount_point.join(META_DIR).join("pool.json"),
+        &bytes,
+        0o644,
+    )?;
+    pool.meta = meta;
+    pool.other_machine = false;
+    Ok(())
+}
+
 fn open_with(disk: &BlockDevice, meta: PoolMeta, pools_dir: &Path) -> Result<Pool, PoolError> {
     let mount_point = pools_dir.join(meta.label.as_str());
     mount_if_needed(&disk.path, &mount_point)?;
