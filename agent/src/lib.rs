@@ -203,18 +203,14 @@ fn start_tasks(
     let netd = || netd::client::NetdClient::default().with_timeout(CLIENT_TIMEOUT);
 
     let node_identity = Arc::new(identity::Identity::default());
-    let storage_ready = supervisor
-        .service(storaged::NAME)
-        .map(|s| s.became_ready())
-        .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
     tasks.spawn(
         "identity",
         tasks::until(
             shutdown.clone(),
             node_identity.clone().maintain(
                 storaged::client::StoragedClient::default(),
-                storage_ready,
                 config.identity.cache_dir.clone(),
+                cmdline.params.clone(),
             ),
         ),
     );

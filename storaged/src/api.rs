@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::guard::GuardError;
 use crate::pool::kind::DiskKind;
-use crate::storage::{Capacity, Disk, PoolReport, Storage, StorageError};
+use crate::storage::{Capacity, Disk, IdentityState, PoolReport, Storage, StorageError};
 use crate::types::{DiskSerial, ResourceName};
 use crate::volume::{Resource, ResourceKind};
 
@@ -30,6 +30,14 @@ pub struct CreateRequest {
     /// Only on pools of this kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_kind: Option<DiskKind>,
+}
+
+/// `POST /v1/identity`: the node's account as the agent settled it, or
+/// `null` for a node that has none yet (waiting for the farmer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    pub account: Option<String>,
 }
 
 /// The storage once boot has finished.
@@ -63,6 +71,7 @@ impl IntoResponse for RequestError {
             RequestError::Storage(e) => match e {
                 StorageError::ZeroSize { .. } => StatusCode::BAD_REQUEST,
                 StorageError::Duplicate { .. }
+                | StorageError::Settled { .. }
                 | StorageError::NotWipeable { .. }
                 | StorageError::PoolBroken { .. } => StatusCode::CONFLICT,
                 StorageError::NotFound { .. } | StorageError::UnknownDisk(_) => {
@@ -94,6 +103,7 @@ pub fn routes(storage: Shared) -> Router {
         .route("/v1/disks", get(disks))
         .route("/v1/disks/{serial}/wipe", post(wipe))
         .route("/v1/pools", get(pools))
+        .route("/v1/identity", get(identity).post(settle))
         .route("/v1/capacity", get(capacity))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
         .route("/v1/volumes/{name}", delete(delete_volume))
@@ -121,6 +131,17 @@ async fn disks(State(s): State<Shared>) -> Result<Json<Vec<Disk>>, RequestError>
 
 async fn pools(State(s): State<Shared>) -> Result<Json<Vec<PoolReport>>, RequestError> {
     with(s, |st| Ok(st.pools())).await.map(Json)
+}
+
+async fn identity(State(s): State<Shared>) -> Result<Json<IdentityState>, RequestError> {
+    with(s, |st| Ok(st.identity())).await.map(Json)
+}
+
+async fn settle(State(s): State<Shared>, body: Bytes) -> Result<Json<IdentityState>, RequestError> {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let req: SettleRequest =
+        serde_path_to_error::deserialize(&mut de).map_err(RequestError::Body)?;
+    with(s, move |st| st.settle(req.account)).await.map(Json)
 }
 
 async fn capacity(State(s): State<Shared>) -> Result<Json<Capacity>, RequestError> {

@@ -43,6 +43,25 @@ impl StoragedClient {
         self.socket.get("/v1/pools").await
     }
 
+    /// The node's identity as storaged holds it.
+    pub async fn identity(&self) -> Result<crate::storage::IdentityState, ClientError> {
+        self.socket.get("/v1/identity").await
+    }
+
+    /// Settles the node's identity (`None`: the node has none yet).
+    pub async fn settle(
+        &self,
+        account: Option<String>,
+    ) -> Result<crate::storage::IdentityState, ClientError> {
+        self.socket
+            .call(
+                hyper::Method::POST,
+                "/v1/identity",
+                Some(&crate::api::SettleRequest { account }),
+            )
+            .await
+    }
+
     pub async fn capacity(&self) -> Result<crate::report::Capacity, ClientError> {
         self.socket.get("/v1/capacity").await
     }

@@ -46,6 +46,9 @@ pub struct Config {
     pub disks: Option<Vec<PathBuf>>,
     pub pools_dir: PathBuf,
     pub cache_dir: PathBuf,
+    /// The file holding this machine's id, recorded on every pool it makes
+    /// so a pool moved in from another machine is told apart.
+    pub machine_id_file: PathBuf,
     /// How often disks are looked at again: new ones brought up, departed
     /// ones dropped and their pools marked broken.
     pub health_interval_ms: u64,
@@ -58,6 +61,7 @@ impl Default for Config {
             disks: None,
             pools_dir: PathBuf::from("/mnt/pools"),
             cache_dir: PathBuf::from("/var/cache/grove"),
+            machine_id_file: PathBuf::from("/sys/class/dmi/id/product_uuid"),
             health_interval_ms: 1000,
         }
     }
@@ -89,6 +93,7 @@ pub async fn run(
         devices: config.disks.clone(),
         pools_dir: config.pools_dir.clone(),
         cache_dir: config.cache_dir.clone(),
+        machine: machine_id(&config.machine_id_file),
     };
     let worker = tokio::spawn(bring_up(
         layout,
@@ -107,6 +112,24 @@ pub async fn run(
     Ok(())
 }
 
+/// This machine's id, or `None` (with a warning) when it cannot be read or
+/// is one of the placeholders firmware leaves in.
+fn machine_id(path: &std::path::Path) -> Option<String> {
+    let id = match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().to_ascii_lowercase(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no machine id: pools moved in from another machine cannot be told apart");
+            return None;
+        }
+    };
+    let placeholder = id.is_empty() || id.chars().all(|c| matches!(c, '0' | 'f' | '-'));
+    if placeholder {
+        tracing::warn!(path = %path.display(), "the machine id is a placeholder: pools moved in from another machine cannot be told apart");
+        return None;
+    }
+    Some(id)
+}
+
 /// Boots the storage (retrying while it fails), then follows the disks.
 async fn bring_up(
     layout: Layout,
@@ -123,8 +146,14 @@ async fn bring_up(
             Ok(Ok(storage)) => {
                 let cache = storage.cache();
                 tracing::info!(pools = storage.pools().len(), cache_pool = ?cache.pool, degraded = ?cache.degraded, "storage ready");
+                let mut settled = storage.settled_watch();
                 // Only this task sets it, once.
                 let _already = shared.set(storage);
+                readiness.set_waiting("identity: the agent has not settled the node's identity");
+                tokio::select! {
+                    _ = settled.wait_for(|s| *s) => {}
+                    () = shutdown.wait() => return,
+                }
                 readiness.set_ready();
                 break;
             }

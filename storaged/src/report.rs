@@ -49,6 +49,22 @@ pub struct PoolReport {
     pub allocated_bytes: u64,
     pub free_bytes: u64,
     pub cache: bool,
+    /// The chain account of the node that made (or adopted) the pool.
+    pub account: Option<String>,
+    /// Made on this machine.
+    pub this_machine: bool,
+    /// Of this node: this machine's and of the settled account. Only such
+    /// pools hold the cache, volumes and workloads.
+    pub this_node: bool,
+    /// "another node's pool (account X)", for a pool of another identity.
+    pub another_node: Option<String>,
+}
+
+impl PoolReport {
+    /// Mounted and usable (not broken).
+    pub fn is_mounted(&self) -> bool {
+        self.state == PoolState::Mounted
+    }
 }
 
 /// Totals for one disk kind.

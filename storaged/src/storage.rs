@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
+
 use crate::cache::{self, CacheError, CacheStatus};
 use crate::cmd::{self, CmdError};
 use crate::disk::classify::{self, DiskClass, Findings};
@@ -83,6 +85,8 @@ pub enum StorageError {
     },
     #[error(transparent)]
     Guard(#[from] GuardError),
+    #[error("the node's identity is already settled as {was}; {asked} was asked")]
+    Settled { was: String, asked: String },
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]
@@ -102,6 +106,9 @@ pub struct Layout {
     pub devices: Option<Vec<PathBuf>>,
     pub pools_dir: PathBuf,
     pub cache_dir: PathBuf,
+    /// This machine's id, recorded on every pool it makes; `None` when the
+    /// machine has no readable id.
+    pub machine: Option<String>,
 }
 
 /// What a rescan changed.
@@ -129,6 +136,41 @@ struct Inner {
     disks: Vec<Disk>,
     pools: Vec<Pool>,
     cache: CacheStatus,
+    /// The node's account once the agent settled it (`Some(None)`: settled
+    /// with no identity, waiting for the farmer).
+    settled: Option<Option<String>>,
+}
+
+impl Inner {
+    /// A pool of this node: this machine's, and of the settled account.
+    fn own(&self, pool: &Pool) -> bool {
+        let account = self.settled.as_ref().and_then(Option::as_ref);
+        pool.is_healthy()
+            && !pool.other_machine
+            && account.is_some()
+            && pool.meta.account.as_ref() == account
+    }
+
+    fn own_pools(&self) -> Vec<Pool> {
+        self.pools.iter().filter(|p| self.own(p)).cloned().collect()
+    }
+}
+
+/// `/v1/identity`: the account storaged holds the node to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityState {
+    pub settled: bool,
+    pub account: Option<String>,
+}
+
+/// The cache status before the node's identity is settled.
+fn unsettled_cache(cache_dir: &Path, why: &str) -> CacheStatus {
+    CacheStatus {
+        mount_point: cache_dir.to_owned(),
+        pool: None,
+        kind: None,
+        degraded: Some(why.to_owned()),
+    }
 }
 
 /// The node's storage.
@@ -138,6 +180,7 @@ pub struct Storage {
     inner: Mutex<Inner>,
     /// Held by whatever adds, removes or rewrites a disk.
     changes: Mutex<()>,
+    settled_tx: tokio::sync::watch::Sender<bool>,
 }
 
 impl Storage {
@@ -154,11 +197,15 @@ impl Storage {
             pools.extend(pool);
         }
         let inner = Inner {
-            cache: cache::ensure(&pools, &layout.cache_dir, free_bytes)?,
+            cache: unsettled_cache(
+                &layout.cache_dir,
+                "the node's identity is not settled yet: no cache",
+            ),
             disks,
             pools,
+            settled: None,
         };
-        for pool in &inner.pools {
+        for pool in inner.pools.iter().filter(|p| !p.other_machine) {
             if let Err(e) = volume::reconcile(pool) {
                 tracing::warn!(pool = %pool.label(), error = %e, "could not finish interrupted work");
             }
@@ -167,6 +214,7 @@ impl Storage {
             layout,
             inner: Mutex::new(inner),
             changes: Mutex::new(()),
+            settled_tx: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -190,7 +238,19 @@ impl Storage {
             .map(|p| {
                 let allocated = allocated_bytes(p);
                 let reserved = reserve(p);
+                let this_node = inner.own(p);
+                let settled = inner.settled.as_ref().and_then(Option::as_ref);
+                let another = match (&p.meta.account, settled) {
+                    _ if p.other_machine => Some(p.meta.account.as_deref().unwrap_or("unknown")),
+                    (Some(theirs), Some(ours)) if theirs != ours => Some(theirs.as_str()),
+                    _ => None,
+                }
+                .map(|account| format!("another node's pool (account {account})"));
                 PoolReport {
+                    account: p.meta.account.clone(),
+                    this_machine: !p.other_machine,
+                    this_node,
+                    another_node: another,
                     label: p.label().clone(),
                     uuid: p.meta.uuid.clone(),
                     serial: p.meta.serial.clone(),
@@ -202,7 +262,7 @@ impl Storage {
                     size_bytes: p.size_bytes,
                     reserved_bytes: reserved,
                     allocated_bytes: allocated,
-                    free_bytes: free_bytes(p),
+                    free_bytes: if this_node { free_bytes(p) } else { 0 },
                     cache: inner.cache.pool.as_ref() == Some(p.label()),
                 }
             })
@@ -213,7 +273,7 @@ impl Storage {
         let inner = self.lock();
         let mut ssd = KindCapacity::default();
         let mut hdd = KindCapacity::default();
-        for p in inner.pools.iter().filter(|p| p.is_healthy()) {
+        for p in inner.pools.iter().filter(|p| inner.own(p)) {
             let c = match p.kind() {
                 DiskKind::Ssd => &mut ssd,
                 DiskKind::Hdd => &mut hdd,
@@ -230,7 +290,7 @@ impl Storage {
             broken_pools: inner
                 .pools
                 .iter()
-                .filter(|p| !p.is_healthy())
+                .filter(|p| !p.is_healthy() && !p.other_machine)
                 .map(|p| p.label().clone())
                 .collect(),
         }
@@ -246,6 +306,7 @@ impl Storage {
         inner
             .pools
             .iter()
+            .filter(|p| inner.own(p) || (!p.is_healthy() && !p.other_machine))
             .flat_map(volume::list)
             .filter(|r| r.kind == kind)
             .collect()
@@ -266,7 +327,7 @@ impl Storage {
             });
         }
         let inner = self.lock();
-        if let Some((pool, _)) = find(&inner.pools, kind, name) {
+        if let Some((pool, _)) = find(&inner, kind, name) {
             return Err(StorageError::Duplicate {
                 kind: kind.as_str(),
                 name: name.clone(),
@@ -276,7 +337,7 @@ impl Storage {
         let candidates = inner
             .pools
             .iter()
-            .filter(|p| p.is_healthy() && kind_filter.is_none_or(|k| p.kind() == k));
+            .filter(|p| inner.own(p) && kind_filter.is_none_or(|k| p.kind() == k));
         let best = candidates.max_by_key(|p| free_bytes(p));
         let pool = match best {
             Some(p) if free_bytes(p) >= size_bytes => p,
@@ -302,7 +363,7 @@ impl Storage {
 
     pub fn delete(&self, kind: ResourceKind, name: &ResourceName) -> Result<(), StorageError> {
         let inner = self.lock();
-        let (pool, _) = find(&inner.pools, kind, name).ok_or_else(|| StorageError::NotFound {
+        let (pool, _) = find(&inner, kind, name).ok_or_else(|| StorageError::NotFound {
             kind: kind.as_str(),
             name: name.clone(),
         })?;
@@ -380,11 +441,7 @@ impl Storage {
             None => inner.disks.push(disk.clone()),
         }
         if let Some(pool) = pool {
-            add_pool(&mut inner, pool);
-            if inner.cache.pool.is_none() {
-                let status = cache::ensure(&inner.pools, &layout.cache_dir, free_bytes)?;
-                inner.cache = status;
-            }
+            adopt_new_pool(&mut inner, pool, &layout.cache_dir)?;
         }
         match &disk.error {
             Some(e) => Err(refuse("foreign", e.clone())),
@@ -441,21 +498,108 @@ impl Storage {
             changes.arrived.push(disk.device.serial.clone());
             inner.disks.push(disk);
             if let Some(pool) = pool {
-                if let Err(e) = volume::reconcile(&pool) {
+                if !pool.other_machine
+                    && let Err(e) = volume::reconcile(&pool)
+                {
                     tracing::warn!(pool = %pool.label(), error = %e, "could not finish interrupted work");
                 }
-                add_pool(&mut inner, pool);
+                adopt_new_pool(&mut inner, pool, &self.layout.cache_dir)?;
             }
         }
         inner
             .disks
             .sort_by(|a, b| a.device.name.cmp(&b.device.name));
-        if inner.cache.pool.is_none() && inner.pools.iter().any(Pool::is_healthy) {
-            let status = cache::ensure(&inner.pools, &self.layout.cache_dir, free_bytes)?;
-            inner.cache = status;
-        }
         Ok(changes)
     }
+
+    /// What storaged holds the node's identity to be.
+    pub fn identity(&self) -> IdentityState {
+        let inner = self.lock();
+        IdentityState {
+            settled: inner.settled.is_some(),
+            account: inner.settled.clone().flatten(),
+        }
+    }
+
+    /// Settles the node's identity, once: pools of this machine without an
+    /// account take `account`; another machine's pools of `account` are
+    /// adopted (the agent adopted their identity); the cache goes on a pool
+    /// of that account only; every other pool is another node's. `None`: the node has no
+    /// identity yet (it waits for the farmer), so no cache. Asking again
+    /// for the same answer changes nothing; a different one is refused.
+    /// Blocking.
+    pub fn settle(&self, account: Option<String>) -> Result<IdentityState, StorageError> {
+        let _one = self.one_change();
+        let mut inner = self.lock();
+        if let Some(was) = &inner.settled {
+            if was == &account {
+                drop(inner);
+                return Ok(self.identity());
+            }
+            return Err(StorageError::Settled {
+                was: was.clone().unwrap_or_else(|| "no identity".to_owned()),
+                asked: account.unwrap_or_else(|| "no identity".to_owned()),
+            });
+        }
+        inner.settled = Some(account.clone());
+        match &account {
+            Some(account) => {
+                for pool in inner
+                    .pools
+                    .iter_mut()
+                    .filter(|p| p.is_healthy() && !p.other_machine && p.meta.account.is_none())
+                {
+                    pool::record_account(pool, account)?;
+                }
+                // The node adopted the identity another machine's pools
+                // hold (the agent checked that its node is not alive):
+                // those pools are this node's now.
+                for pool in inner.pools.iter_mut().filter(|p| {
+                    p.is_healthy() && p.other_machine && p.meta.account.as_ref() == Some(account)
+                }) {
+                    tracing::warn!(pool = %pool.label(), account = %account, "pool adopted with its identity");
+                    pool::adopt(pool, self.layout.machine.as_deref())?;
+                }
+                let own = inner.own_pools();
+                inner.cache = cache::ensure(&own, &self.layout.cache_dir, free_bytes)?;
+            }
+            None => {
+                inner.cache = unsettled_cache(
+                    &self.layout.cache_dir,
+                    "the node has no identity: waiting for the farmer's choice",
+                );
+            }
+        }
+        tracing::info!(account = ?account, cache_pool = ?inner.cache.pool, "node identity settled");
+        drop(inner);
+        let _ = self.settled_tx.send(true);
+        Ok(self.identity())
+    }
+
+    /// Trips once the node's identity is settled.
+    pub fn settled_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.settled_tx.subscribe()
+    }
+}
+
+/// A pool made or mounted while the node runs joins the list; once the
+/// identity is settled a pool of this machine takes the account, and the
+/// cache is set up if it had nowhere to go.
+fn adopt_new_pool(inner: &mut Inner, mut pool: Pool, cache_dir: &Path) -> Result<(), StorageError> {
+    if let Some(Some(account)) = &inner.settled
+        && !pool.other_machine
+        && pool.meta.account.is_none()
+    {
+        pool::record_account(&mut pool, account)?;
+    }
+    add_pool(inner, pool);
+    if inner.cache.pool.is_none() && inner.settled.as_ref().is_some_and(Option::is_some) {
+        let own = inner.own_pools();
+        if !own.is_empty() {
+            inner.cache = cache::ensure(&own, cache_dir, free_bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// A pool joins the list, taking the place of a broken entry of the same
@@ -618,10 +762,18 @@ fn bring_up_pinned(
             }
         }
         Ok(match &disk.class {
-            DiskClass::Blank => Some(pool::create(&pinned, &layout.pools_dir)?),
-            DiskClass::Ours { label, uuid } => {
-                Some(pool::open(&disk.device, label, uuid, &layout.pools_dir)?)
-            }
+            DiskClass::Blank => Some(pool::create(
+                &pinned,
+                &layout.pools_dir,
+                layout.machine.as_deref(),
+            )?),
+            DiskClass::Ours { label, uuid } => Some(pool::open(
+                &disk.device,
+                label,
+                uuid,
+                &layout.pools_dir,
+                layout.machine.as_deref(),
+            )?),
             DiskClass::Foreign { reason } => {
                 tracing::info!(serial = %disk.device.serial, reason = %reason, "foreign disk left alone");
                 None
@@ -742,12 +894,15 @@ fn wipe_device(pinned: &Pinned) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The volume or vdisk `name` on a pool of this node (or a broken one of
+/// this machine, so it can be reported).
 fn find<'a>(
-    pools: &'a [Pool],
+    inner: &'a Inner,
     kind: ResourceKind,
     name: &ResourceName,
 ) -> Option<(&'a Pool, volume::Record)> {
-    pools.iter().find_map(|p| {
+    let mine = |p: &&Pool| inner.own(p) || (!p.is_healthy() && !p.other_machine);
+    inner.pools.iter().filter(mine).find_map(|p| {
         volume::records(p)
             .into_iter()
             .find(|r| r.kind == kind && &r.name == name)

@@ -1,10 +1,14 @@
 //! The node's identity: one ed25519 seed for life.
 //!
 //! [`keys`] derives everything from the seed (chain account, WireGuard
-//! key); [`store`] keeps it on the system cache with a copy on every pool,
-//! so a dead cache disk does not change the node's account. The seed is
-//! never logged and never served.
+//! key); [`store`] decides who the node is from the pools this machine made
+//! and keeps the seed on the system cache with a copy on every pool of this
+//! node. The identity is settled before storaged mounts the cache (it is
+//! told the account, and puts the cache only on pools of that account), so
+//! a disk moved in from another node never changes who this node is. The
+//! seed is never logged and never served.
 
+pub mod alive;
 pub mod keys;
 pub mod store;
 
@@ -13,7 +17,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use storaged::client::StoragedClient;
-use tokio::sync::watch;
 
 use self::keys::NodeKeys;
 use self::store::{IdentityReport, PoolDir};
@@ -46,68 +49,172 @@ impl Identity {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Loads the identity once storaged is ready, then keeps a copy on
-    /// every pool as pools come and go.
+    /// Settles the node's identity with storaged as soon as it answers,
+    /// then keeps a copy on every pool of this node as pools come and go,
+    /// and settles again if storaged restarts.
     pub async fn maintain(
         self: Arc<Self>,
         storaged: StoragedClient,
-        mut storage_ready: watch::Receiver<bool>,
         cache_dir: PathBuf,
+        params: crate::boot::BootParams,
     ) {
-        if storage_ready.wait_for(|r| *r).await.is_err() {
-            return;
-        }
         let mut known_pools = None;
+        let mut waiting_logged = false;
         loop {
-            let pools = storaged.pools().await;
-            let capacity = storaged.capacity().await;
-            match (pools, capacity) {
-                (Ok(pools), Ok(capacity)) => {
-                    let dirs: Vec<PoolDir> = pools
-                        .iter()
-                        .filter(|p| p.state == storaged::pool::PoolState::Mounted)
-                        .map(|p| PoolDir {
-                            label: p.label.to_string(),
-                            mount_point: p.mount_point.clone(),
-                        })
-                        .collect();
-                    let labels: Vec<String> = dirs.iter().map(|d| d.label.clone()).collect();
-                    if known_pools.as_ref() != Some(&labels) {
-                        let persistent = capacity.cache.pool.is_some();
-                        let dir = cache_dir.clone();
-                        let loaded = tokio::task::spawn_blocking(move || {
-                            store::load_or_create(&dir, &dirs, persistent)
-                        })
-                        .await;
-                        match loaded {
-                            Ok(Ok((seed, report))) => {
-                                tracing::info!(
-                                    account = %report.public.account,
-                                    source = ?report.source,
-                                    copies = ?report.copies,
-                                    "node identity"
-                                );
-                                for w in &report.warnings {
-                                    tracing::warn!(warning = %w, "node identity");
-                                }
-                                *self.keys.write().unwrap_or_else(|e| e.into_inner()) =
-                                    Some(Arc::new(seed.keys()));
-                                *self.report.write().unwrap_or_else(|e| e.into_inner()) =
-                                    Some(report);
-                                known_pools = Some(labels);
-                            }
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "cannot store the node identity")
-                            }
-                            Err(e) => tracing::error!(error = %e, "identity task failed"),
-                        }
+            let pause = match self
+                .step(&storaged, &cache_dir, &params, &mut known_pools)
+                .await
+            {
+                Ok(Step::Settled) => Duration::from_secs(2),
+                Ok(Step::Waiting(others)) => {
+                    if !waiting_logged {
+                        tracing::warn!(others = ?others, "no identity of this node's own: waiting for the farmer's choice");
+                        waiting_logged = true;
                     }
+                    Duration::from_secs(2)
                 }
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "cannot ask storaged for pools")
+                Err(e) => {
+                    tracing::debug!(error = %e, "identity not settled yet");
+                    Duration::from_millis(100)
                 }
-            }
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            };
+            tokio::time::sleep(pause).await;
         }
     }
+
+    async fn step(
+        &self,
+        storaged: &StoragedClient,
+        cache_dir: &std::path::Path,
+        params: &crate::boot::BootParams,
+        known_pools: &mut Option<Vec<String>>,
+    ) -> Result<Step, StepError> {
+        let state = storaged.identity().await?;
+        let pools = storaged.pools().await?;
+        let dirs: Vec<PoolDir> = pools
+            .iter()
+            .filter(|p| p.is_mounted())
+            .map(|p| PoolDir {
+                label: p.label.to_string(),
+                mount_point: p.mount_point.clone(),
+                this_machine: p.this_machine,
+            })
+            .collect();
+        let labels: Vec<String> = dirs.iter().map(|d| d.label.clone()).collect();
+        if state.settled && known_pools.as_ref() == Some(&labels) && self.keys().is_some() {
+            return Ok(Step::Settled);
+        }
+        let mut seen = tokio::task::spawn_blocking(move || {
+            dirs.into_iter()
+                .map(|d| {
+                    let seed = store::seed_on(&d).unwrap_or_else(|e| {
+                        tracing::warn!(pool = %d.label, error = %e, "unreadable seed copy");
+                        None
+                    });
+                    (d, seed)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let (seed, from_pool) = match store::settle(&seen) {
+            store::Settled::Wait { others, adoptable } => {
+                match adoptable.filter(|_| !state.settled) {
+                    Some((seed, pool)) => match adopt(params, &seed).await {
+                        Ok(()) => {
+                            // storaged makes the pools of that identity this
+                            // machine's once told the account.
+                            for (dir, on_pool) in seen.iter_mut() {
+                                if on_pool.as_ref() == Some(&seed) {
+                                    dir.this_machine = true;
+                                }
+                            }
+                            (seed, Some(pool))
+                        }
+                        Err(reason) => {
+                            storaged.settle(None).await?;
+                            let mut others = others;
+                            others.push(reason);
+                            return Ok(Step::Waiting(others));
+                        }
+                    },
+                    None => {
+                        if !state.settled {
+                            storaged.settle(None).await?;
+                        }
+                        return Ok(Step::Waiting(others));
+                    }
+                }
+            }
+            settled => store::seed_of(settled)?,
+        };
+        let account = seed.keys().public().account;
+        if state.settled && state.account.as_ref() != Some(&account) {
+            return Err(StepError::Mismatch {
+                held: state.account.unwrap_or_else(|| "no identity".to_owned()),
+                found: account,
+            });
+        }
+        if !state.settled {
+            storaged.settle(Some(account)).await?;
+        }
+        let persistent = storaged.capacity().await?.cache.pool.is_some();
+        let dir = cache_dir.to_owned();
+        let (seed, report) = tokio::task::spawn_blocking(move || {
+            store::store(&dir, &seen, seed, from_pool, persistent)
+        })
+        .await??;
+        tracing::info!(
+            account = %report.public.account,
+            source = ?report.source,
+            copies = ?report.copies,
+            "node identity"
+        );
+        for w in &report.warnings {
+            tracing::warn!(warning = %w, "node identity");
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(seed.keys()));
+        *self.report.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        *known_pools = Some(labels);
+        Ok(Step::Settled)
+    }
+}
+
+/// Whether the node may adopt the identity every attached pool holds: only
+/// if the registry says that identity's node did not report uptime within
+/// the hour. `Err` says why not.
+async fn adopt(params: &crate::boot::BootParams, seed: &keys::Seed) -> Result<(), String> {
+    let account = seed.keys().public().account;
+    let now = crate::clock::unix_ms() / 1000;
+    match alive::last_uptime(params, &account).await {
+        Ok(last) if alive::alive(last, now) => Err(format!(
+            "not adopting account {account}: its node reported uptime {} s ago, within the hour",
+            now.saturating_sub(last.unwrap_or(now))
+        )),
+        Ok(_) => {
+            tracing::warn!(account = %account, "adopting the identity every attached pool holds: its node has not reported uptime within the hour");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "not adopting account {account}: cannot tell whether its node is alive: {e}"
+        )),
+    }
+}
+
+/// Where one round of [`Identity::maintain`] left the node.
+enum Step {
+    Settled,
+    Waiting(Vec<String>),
+}
+
+/// Why one round of [`Identity::maintain`] did not finish.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("cannot ask storaged: {0}")]
+    Storaged(#[from] grove_daemon::client::ClientError),
+    #[error("identity task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Store(#[from] store::IdentityError),
+    #[error("storaged holds the node to be {held}, but its pools say {found}")]
+    Mismatch { held: String, found: String },
 }

@@ -1,11 +1,16 @@
-//! Where the seed lives: the system cache, and a copy on every pool.
+//! Where the seed lives, and who the node is.
 //!
-//! On boot the cache copy wins; without one (a new or dead cache disk) the
-//! seed is recovered from the pools, by majority; with none anywhere a new
-//! seed is made. Missing copies are written (0600, atomically); a pool that
-//! holds a *different* seed (a disk moved in from another node) is reported
-//! and never overwritten. Limits: a node whose every disk died gets a new
-//! identity, as it must.
+//! The seed is kept on the system cache with a copy on every pool of this
+//! node. Identity is settled before the cache is mounted, from the pools
+//! alone ([`settle`]): the pools this machine made hold the node's seed
+//! (by majority), whatever else is attached; a pool another machine made
+//! is another node's, reported by its account and never written; a node
+//! whose own pools hold no seed while another node's pools are attached
+//! makes no guess and waits for the farmer. Missing copies are written
+//! (0600, atomically); a copy holding a different seed is never
+//! overwritten. Limits: a node whose every disk died gets a new identity,
+//! as it must; without a readable machine id every pool counts as this
+//! machine's and the majority decides.
 
 use std::path::{Path, PathBuf};
 
@@ -31,13 +36,92 @@ pub enum IdentityError {
     Write(#[from] grove_daemon::fsutil::WriteError),
     #[error("cannot draw a random seed: {0}")]
     Random(#[source] std::io::Error),
+    #[error("no identity to store: waiting for the farmer's choice ({})", others.join("; "))]
+    Undecided { others: Vec<String> },
 }
 
-/// A pool the seed can be copied to.
+/// A mounted pool, as storaged reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolDir {
     pub label: String,
     pub mount_point: PathBuf,
+    /// Made on this machine (storaged compares the machine id it recorded).
+    pub this_machine: bool,
+}
+
+/// Who the node is, decided from its pools before the cache is mounted.
+#[derive(Debug)]
+pub enum Settled {
+    /// The seed this machine's pools hold.
+    Keep { seed: Seed, pool: String },
+    /// No pool holds a seed and no other node's pool is attached: a new
+    /// node.
+    Create,
+    /// This machine's pools hold no seed, but other nodes' pools are
+    /// attached: no guess; the farmer chooses. When every one of them holds
+    /// the same seed, that seed may be adopted (if its node is not alive).
+    Wait {
+        others: Vec<String>,
+        adoptable: Option<(Seed, String)>,
+    },
+}
+
+/// The seed copy on `pool`, if any. Blocking.
+pub fn seed_on(pool: &PoolDir) -> Result<Option<Seed>, String> {
+    read_seed(&pool.mount_point.join(POOL_FILE))
+}
+
+/// "another node's pool grove-x (account X)" for each pool not of this
+/// machine, or of this machine but holding another seed than `own`.
+fn others(pools: &[(PoolDir, Option<Seed>)], own: Option<&Seed>) -> Vec<String> {
+    pools
+        .iter()
+        .filter(|(p, seed)| !p.this_machine || (seed.is_some() && seed.as_ref() != own))
+        .map(|(p, seed)| {
+            let account = seed
+                .as_ref()
+                .map(|s| s.keys().public().account)
+                .unwrap_or_else(|| "unknown".to_owned());
+            format!(
+                "pool {} is another node's pool (account {account})",
+                p.label
+            )
+        })
+        .collect()
+}
+
+/// Decides who the node is from its pools (and the seed each holds).
+pub fn settle(pools: &[(PoolDir, Option<Seed>)]) -> Settled {
+    let own: Vec<(&PoolDir, Seed)> = pools
+        .iter()
+        .filter(|(p, _)| p.this_machine)
+        .filter_map(|(p, s)| s.clone().map(|s| (p, s)))
+        .collect();
+    if let Some((pool, seed)) = majority(&own) {
+        return Settled::Keep {
+            seed,
+            pool: pool.label.clone(),
+        };
+    }
+    let others = others(pools, None);
+    if others.is_empty() {
+        return Settled::Create;
+    }
+    let foreign: Vec<(&PoolDir, &Option<Seed>)> = pools
+        .iter()
+        .filter(|(p, _)| !p.this_machine)
+        .map(|(p, s)| (p, s))
+        .collect();
+    let first = foreign
+        .first()
+        .and_then(|(p, s)| s.as_ref().map(|s| (s.clone(), p.label.clone())));
+    let agree = first
+        .as_ref()
+        .is_some_and(|(seed, _)| foreign.iter().all(|(_, s)| s.as_ref() == Some(seed)));
+    Settled::Wait {
+        others,
+        adoptable: first.filter(|_| agree),
+    }
 }
 
 /// Where this boot's seed came from.
@@ -90,11 +174,24 @@ fn write_seed(path: &Path, seed: &Seed) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// Loads the node's seed, recovering or creating it, and makes sure every
-/// pool holds a copy. Blocking.
-pub fn load_or_create(
+/// The seed a settled identity stands for, and the pool it came from:
+/// drawn fresh for a new node; an error while the farmer must choose.
+pub fn seed_of(settled: Settled) -> Result<(Seed, Option<String>), IdentityError> {
+    match settled {
+        Settled::Keep { seed, pool } => Ok((seed, Some(pool))),
+        Settled::Create => Ok((Seed::generate().map_err(IdentityError::Random)?, None)),
+        Settled::Wait { others, .. } => Err(IdentityError::Undecided { others }),
+    }
+}
+
+/// Stores the node's seed (recovered from `from_pool`, or new): on the
+/// cache (mounted once storaged knows the account) and on every pool of
+/// this machine that lacks it. Blocking.
+pub fn store(
     cache_dir: &Path,
-    pools: &[PoolDir],
+    pools: &[(PoolDir, Option<Seed>)],
+    seed: Seed,
+    from_pool: Option<String>,
     cache_persistent: bool,
 ) -> Result<(Seed, IdentityReport), IdentityError> {
     let mut warnings = Vec::new();
@@ -108,42 +205,19 @@ pub fn load_or_create(
         warnings.push(e);
         None
     });
-    let mut on_pools: Vec<(&PoolDir, Seed)> = Vec::new();
-    for pool in pools {
-        match read_seed(&pool.mount_point.join(POOL_FILE)) {
-            Ok(Some(seed)) => on_pools.push((pool, seed)),
-            Ok(None) => {}
-            Err(e) => warnings.push(e),
-        }
-    }
-    let (seed, source) = match cached {
-        Some(seed) => (seed, Source::Cache),
-        None => match majority(&on_pools) {
-            Some((pool, seed)) => (
-                seed,
-                Source::RecoveredFromPool {
-                    pool: pool.label.clone(),
-                },
-            ),
-            None => (
-                Seed::generate().map_err(IdentityError::Random)?,
-                Source::Created,
-            ),
-        },
+    let source = match from_pool {
+        _ if cached.as_ref() == Some(&seed) => Source::Cache,
+        Some(pool) => Source::RecoveredFromPool { pool },
+        None => Source::Created,
     };
-    if read_seed(&cache_file).ok().flatten().as_ref() != Some(&seed) {
+    if cached.as_ref() != Some(&seed) {
         write_seed(&cache_file, &seed)?;
     }
+    warnings.extend(others(pools, Some(&seed)));
     let mut copies = Vec::new();
-    for pool in pools {
-        match on_pools.iter().find(|(p, _)| p.label == pool.label) {
-            Some((_, other)) if other != &seed => {
-                warnings.push(format!(
-                    "pool {} holds another node's identity; it was left untouched",
-                    pool.label
-                ));
-                continue;
-            }
+    for (pool, on_pool) in pools.iter().filter(|(p, _)| p.this_machine) {
+        match on_pool {
+            Some(other) if other != &seed => continue,
             Some(_) => {}
             None => write_seed(&pool.mount_point.join(POOL_FILE), &seed)?,
         }
@@ -182,8 +256,26 @@ mod tests {
             .map(|i| PoolDir {
                 label: format!("grove-p{i}"),
                 mount_point: root.join(format!("pool{i}")),
+                this_machine: true,
             })
             .collect()
+    }
+
+    fn seen_of(pools: &[PoolDir]) -> Vec<(PoolDir, Option<Seed>)> {
+        seen(pools)
+    }
+
+    fn seen(pools: &[PoolDir]) -> Vec<(PoolDir, Option<Seed>)> {
+        pools
+            .iter()
+            .map(|p| (p.clone(), seed_on(p).expect("readable")))
+            .collect()
+    }
+
+    fn boot(cache: &Path, pools: &[PoolDir]) -> (Seed, IdentityReport) {
+        let seen = seen(pools);
+        let (seed, from) = seed_of(settle(&seen)).expect("settled");
+        store(cache, &seen, seed, from, true).expect("store")
     }
 
     #[test]
@@ -191,7 +283,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let cache = root.path().join("cache");
         let pools = pools(root.path(), 2);
-        let (seed, first) = load_or_create(&cache, &pools, true).expect("create");
+        let (seed, first) = boot(&cache, &pools);
         assert_eq!(first.source, Source::Created);
         assert_eq!(first.copies, ["grove-p0", "grove-p1"]);
         use std::os::unix::fs::PermissionsExt;
@@ -200,7 +292,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{}", path.display());
             assert_eq!(read_seed(&path).expect("read"), Some(seed.clone()));
         }
-        let (again, second) = load_or_create(&cache, &pools, true).expect("load");
+        let (again, second) = boot(&cache, &pools);
         assert_eq!(again, seed);
         assert_eq!(second.source, Source::Cache);
         assert_eq!(second.public, first.public);
@@ -211,10 +303,10 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let cache = root.path().join("cache");
         let pools = pools(root.path(), 3);
-        let (seed, first) = load_or_create(&cache, &pools, true).expect("create");
+        let (seed, first) = boot(&cache, &pools);
         std::fs::remove_dir_all(&cache).expect("lose the cache");
         std::fs::remove_dir_all(&pools[0].mount_point).expect("lose a pool too");
-        let (recovered, report) = load_or_create(&cache, &pools[1..], true).expect("recover");
+        let (recovered, report) = boot(&cache, &pools[1..]);
         assert_eq!(recovered, seed);
         assert_eq!(report.public.account, first.public.account);
         assert_eq!(
@@ -230,24 +322,87 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_with_another_identity_is_outvoted_and_never_overwritten() {
+    fn another_machines_pool_never_changes_who_the_node_is() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cache = root.path().join("cache");
+        let mut pools = pools(root.path(), 3);
+        let (seed, _) = boot(&cache, &pools[..1]);
+        // Two pools of another node, more than this node's one.
+        let stranger = Seed::generate().expect("random");
+        for p in &mut pools[1..] {
+            p.this_machine = false;
+            write_seed(&p.mount_point.join(POOL_FILE), &stranger).expect("moved-in disk");
+        }
+        std::fs::remove_dir_all(&cache).expect("lose the cache");
+        let (chosen, report) = boot(&cache, &pools);
+        assert_eq!(chosen, seed, "the node kept its own seed");
+        assert_eq!(report.copies, ["grove-p0"]);
+        let account = stranger.keys().public().account;
+        for label in ["grove-p1", "grove-p2"] {
+            assert!(
+                report
+                    .warnings
+                    .iter()
+                    .any(|w| w
+                        == &format!("pool {label} is another node's pool (account {account})")),
+                "{:?}",
+                report.warnings
+            );
+        }
+        for p in &pools[1..] {
+            assert_eq!(seed_on(p).expect("read"), Some(stranger.clone()));
+        }
+    }
+
+    #[test]
+    fn a_node_given_only_another_nodes_pool_waits_for_the_farmer() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut pools = pools(root.path(), 2);
+        let stranger = Seed::generate().expect("random");
+        pools[1].this_machine = false;
+        write_seed(&pools[1].mount_point.join(POOL_FILE), &stranger).expect("moved-in disk");
+        // pools[0] is this machine's, blank: made on this boot.
+        let seen = seen(&pools);
+        match settle(&seen) {
+            Settled::Wait { others, adoptable } => {
+                assert_eq!(others.len(), 1);
+                assert!(others[0].contains(&stranger.keys().public().account));
+                assert_eq!(adoptable, Some((stranger.clone(), "grove-p1".to_owned())));
+            }
+            other => panic!("guessed: {other:?}"),
+        }
+        // Two other pools that disagree: nothing to adopt.
+        let mut three = pools.clone();
+        three.push(PoolDir {
+            label: "grove-p2".into(),
+            mount_point: root.path().join("pool2"),
+            this_machine: false,
+        });
+        write_seed(
+            &three[2].mount_point.join(POOL_FILE),
+            &Seed::generate().expect("random"),
+        )
+        .expect("a third node's disk");
+        match settle(&seen_of(&three)) {
+            Settled::Wait { adoptable, .. } => assert!(adoptable.is_none()),
+            other => panic!("guessed: {other:?}"),
+        }
+        assert_eq!(seed_on(&pools[0]).expect("read"), None, "nothing written");
+    }
+
+    #[test]
+    fn own_pools_that_disagree_go_by_majority_and_the_odd_one_is_kept() {
         let root = tempfile::tempdir().expect("tempdir");
         let cache = root.path().join("cache");
         let pools = pools(root.path(), 3);
-        let (seed, _) = load_or_create(&cache, &pools[..2], true).expect("create");
-        let stranger = Seed::generate().expect("random");
-        write_seed(&pools[2].mount_point.join(POOL_FILE), &stranger).expect("moved-in disk");
+        let (seed, _) = boot(&cache, &pools[..2]);
+        let odd = Seed::generate().expect("random");
+        write_seed(&pools[2].mount_point.join(POOL_FILE), &odd).expect("odd copy");
         std::fs::remove_dir_all(&cache).expect("lose the cache");
-        let (chosen, report) = load_or_create(&cache, &pools, true).expect("load");
-        assert_eq!(chosen, seed, "two pools outvote one");
+        let (chosen, report) = boot(&cache, &pools);
+        assert_eq!(chosen, seed);
         assert_eq!(report.copies, ["grove-p0", "grove-p1"]);
-        assert!(
-            report.warnings.iter().any(|w| w.contains("grove-p2")),
-            "{:?}",
-            report.warnings
-        );
-        let kept = read_seed(&pools[2].mount_point.join(POOL_FILE)).expect("read");
-        assert_eq!(kept, Some(stranger));
+        assert_eq!(seed_on(&pools[2]).expect("read"), Some(odd));
     }
 
     #[test]
@@ -255,9 +410,9 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let cache = root.path().join("cache");
         let pools = pools(root.path(), 1);
-        let (seed, _) = load_or_create(&cache, &pools, true).expect("create");
+        let (seed, _) = boot(&cache, &pools);
         std::fs::write(cache.join(CACHE_FILE), "garbage").expect("corrupt");
-        let (loaded, report) = load_or_create(&cache, &pools, true).expect("load");
+        let (loaded, report) = boot(&cache, &pools);
         assert_eq!(loaded, seed);
         assert!(
             report.warnings.iter().any(|w| w.contains("not a seed")),

@@ -7,7 +7,9 @@
 //! storaged classifies disks by it, and content is written through a mount
 //! in a private mount namespace that no node can see. Limits: a detached
 //! disk cannot be re-attached (a busy one is emptied to show no media), and
-//! the content helpers overwrite the whole disk.
+//! the content helpers overwrite the whole disk. A disk can also arrive while
+//! its node runs ([`Disk::attach_image`]), or under a chosen name
+//! ([`Disk::attach_image_at`], a hot swap).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Component, Path, PathBuf};
@@ -126,6 +128,64 @@ impl Disk {
         };
         disk.set_rotational()?;
         Ok(disk)
+    }
+
+    /// Attaches an existing image (a copy of another node's disk, a disk
+    /// prepared off-line) to a free loop device.
+    pub fn attach_image(file: PathBuf, rotational: bool) -> Result<Disk, DiskError> {
+        Self::attach_image_at(file, rotational, None)
+    }
+
+    /// Attaches an existing image at `device`, a loop device another disk
+    /// just left (a hot swap: a new disk under an old name); any free one
+    /// without `at`.
+    pub fn attach_image_at(
+        file: PathBuf,
+        rotational: bool,
+        at: Option<&Path>,
+    ) -> Result<Disk, DiskError> {
+        let loop_error = |source| DiskError::Loop {
+            file: file.clone(),
+            source,
+        };
+        let size_bytes = std::fs::metadata(&file)
+            .map_err(|source| DiskError::Image {
+                file: file.clone(),
+                source,
+            })?
+            .len();
+        let device = match at {
+            Some(device) => {
+                loopdev::attach_at(device, &file).map_err(loop_error)?;
+                device.to_owned()
+            }
+            None => loopdev::attach(&file).map_err(loop_error)?,
+        };
+        let disk = Disk {
+            device,
+            file,
+            rotational,
+            size_bytes,
+            attached: AtomicBool::new(true),
+        };
+        disk.set_rotational()?;
+        Ok(disk)
+    }
+
+    /// Writes `bytes` at `offset` of the device, synced.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        use std::os::unix::fs::FileExt;
+        self.ensure_attached()?;
+        let fail = |source| DiskError::Write {
+            path: self.device.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.device)
+            .map_err(fail)?;
+        file.write_all_at(bytes, offset).map_err(fail)?;
+        file.sync_all().map_err(fail)
     }
 
     fn set_rotational(&self) -> Result<(), DiskError> {

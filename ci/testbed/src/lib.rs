@@ -20,6 +20,7 @@ pub mod cmd;
 pub mod disk;
 pub mod dnsmasq;
 pub mod farm;
+pub mod foreign;
 pub mod http;
 pub mod ifname;
 pub mod lan;

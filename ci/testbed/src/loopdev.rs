@@ -79,6 +79,24 @@ pub fn attach(file: &Path) -> Result<PathBuf, LoopError> {
     Ok(PathBuf::from(device))
 }
 
+/// Attaches `file` to the free loop device `device` (a disk arriving under
+/// a name another disk just left).
+pub fn attach_at(device: &Path, file: &Path) -> Result<(), LoopError> {
+    cmd::run(
+        "losetup",
+        &[
+            "--direct-io=off".as_ref(),
+            device.as_os_str(),
+            file.as_os_str(),
+        ],
+    )
+    .map(drop)
+    .map_err(|source| LoopError::Attach {
+        file: file.to_owned(),
+        source,
+    })
+}
+
 /// `loopN` of `/dev/loopN`.
 pub fn kernel_name(device: &Path) -> String {
     device

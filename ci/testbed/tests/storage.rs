@@ -188,7 +188,7 @@ fn a_disk_with_only_an_empty_gpt_is_foreign() {
     let gpt = disk_by_path(&disks, node.disks()[1].path());
     assert_eq!(class(gpt), "foreign", "{gpt:?}");
     assert!(
-        format!("{:?}", gpt.class).contains("gpt"),
+        format!("{:?}", gpt.class).contains("GPT partition table"),
         "{:?}",
         gpt.class
     );
@@ -603,4 +603,416 @@ fn a_grove_boot_image_disk_is_the_boot_medium_and_left_alone() {
         "{body}"
     );
     assert_eq!(sha256(usb.path()), digest);
+}
+
+/// POSTs without any signature to the node's operator API.
+fn unsigned_post(node: &Node, path: &str) -> (u16, String) {
+    let url = format!("{}{path}", node.api_url().expect("url"));
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-X", "POST", "-w", "\n%{http_code}", &url])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status line");
+    (code.parse().expect("a status"), body.to_owned())
+}
+
+/// Makes an image holding a farmer's ext4 on a scratch loop device, then
+/// frees the device: the image is ready to arrive at any name.
+fn prepared_ext4(node: &Node, name: &str, contents: &[u8]) -> std::path::PathBuf {
+    let file = node.dir().join(name);
+    let scratch = grove_testbed::Disk::create(file.clone(), HDD).expect("scratch disk");
+    scratch
+        .format_ext4_with_file("farmer.txt", contents)
+        .expect("ext4");
+    scratch.detach().expect("free the scratch device");
+    file
+}
+
+/// Boots with a foreign disk S, swaps another farmer disk in under S's
+/// device name, and asks for S to be wiped.
+struct Swapped {
+    farm: Farm,
+    /// S's serial, as `/v1/disks` showed it.
+    serial: String,
+    /// The newcomer's serial.
+    newcomer: String,
+    status: u16,
+    body: Value,
+    before: String,
+    after: String,
+}
+
+fn hot_swap(storaged_config: &str) -> Swapped {
+    let farm = start_without_agent(NodeSpec::default().disks(vec![SSD, HDD]));
+    let node = farm.node(0);
+    node.set_config(Daemon::Storaged, storaged_config)
+        .expect("storaged config");
+    let s = &node.disks()[1];
+    s.format_ext4_with_file("old.txt", b"disk S, about to be pulled")
+        .expect("ext4 on S");
+    let newcomer_image = prepared_ext4(node, "newcomer.img", b"another farmer's photos");
+    node.start_agent().expect("boot");
+    wait_storage(&farm);
+    let disks: Vec<Disk> = get(node, "/v1/disks");
+    let shown = disk_by_path(&disks, s.path()).clone();
+    assert_eq!(class(&shown), "foreign", "{shown:?}");
+
+    s.detach().expect("pull S");
+    let newcomer = grove_testbed::Disk::attach_image_at(newcomer_image, true, Some(s.path()))
+        .expect("a new disk under S's name");
+    let before = sha256(newcomer.file());
+    let (status, body) = call(
+        node,
+        Method::POST,
+        &format!("/v1/disks/{}/wipe", shown.device.serial),
+        None,
+    );
+    let after = sha256(newcomer.file());
+    let newcomer = storaged::disk::discover::read(
+        std::path::Path::new("/sys"),
+        std::path::Path::new("/dev"),
+        &grove_testbed::loopdev::kernel_name(newcomer.path()),
+    )
+    .expect("sysfs")
+    .expect("the newcomer is attached")
+    .serial
+    .to_string();
+    Swapped {
+        farm,
+        serial: shown.device.serial.to_string(),
+        newcomer,
+        status,
+        body,
+        before,
+        after,
+    }
+}
+
+#[test]
+fn a_wipe_of_a_swapped_out_disk_before_any_rescan_is_409_naming_both() {
+    // No rescan during the test: storaged still lists S when the wipe comes.
+    let swapped = hot_swap("health_interval_ms = 3600000\n");
+    let body = &swapped.body;
+    assert_eq!(swapped.status, 409, "{body}\n{}", swapped.farm.logs(30));
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("changed"), "{body}");
+    assert!(
+        error.contains(&swapped.serial),
+        "the old serial is named: {body}"
+    );
+    assert!(
+        error.contains(&swapped.newcomer),
+        "the newcomer is named: {body}"
+    );
+    assert_eq!(swapped.before, swapped.after, "the newcomer was written");
+}
+
+#[test]
+fn a_wipe_of_a_swapped_out_disk_after_a_rescan_is_404_and_the_newcomer_is_listed() {
+    let swapped = hot_swap("health_interval_ms = 200\n");
+    let (farm, body) = (&swapped.farm, &swapped.body);
+    // The rescan may or may not have run when the wipe came: either answer
+    // refuses, and the newcomer is untouched.
+    assert!(
+        swapped.status == 404 || swapped.status == 409,
+        "{} {body}",
+        swapped.status
+    );
+    assert_eq!(swapped.before, swapped.after, "the newcomer was written");
+    let node = farm.node(0);
+    let s_path = node.disks()[1].path().to_owned();
+    let listed = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        let disks: Vec<Disk> = get(node, "/v1/disks");
+        !disks
+            .iter()
+            .any(|d| d.device.serial.as_str() == swapped.serial)
+            && disks
+                .iter()
+                .any(|d| d.device.serial.as_str() == swapped.newcomer && class(d) == "foreign")
+    });
+    assert!(
+        listed,
+        "S still listed, or the newcomer not\n{}",
+        farm.logs(30)
+    );
+    let disks: Vec<Disk> = get(node, "/v1/disks");
+    let newcomer = disk_by_path(&disks, &s_path);
+    assert_eq!(newcomer.pool, None);
+    assert!(
+        format!("{:?}", newcomer.class).contains("ext4"),
+        "{:?}",
+        newcomer.class
+    );
+    let (status, again) = call(
+        node,
+        Method::POST,
+        &format!("/v1/disks/{}/wipe", swapped.serial),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    assert_eq!(sha256(&node.dir().join("newcomer.img")), swapped.before);
+}
+
+#[test]
+fn a_blank_disk_attached_live_becomes_a_pool_within_5s_and_a_pulled_one_leaves() {
+    let farm = start_without_agent(NodeSpec::default().disks(vec![SSD]));
+    let node = farm.node(0);
+    let hotplug = node.dir().join("hotplug");
+    std::fs::create_dir_all(&hotplug).expect("hotplug dir");
+    node.set_config(
+        Daemon::Storaged,
+        &format!(
+            "disks = [{:?}, {:?}]\nhealth_interval_ms = 250\n",
+            node.disks()[0].path(),
+            hotplug
+        ),
+    )
+    .expect("storaged config");
+    node.start_agent().expect("boot");
+    wait_storage(&farm);
+    let before: Capacity = get(node, "/v1/capacity");
+
+    let disk = grove_testbed::Disk::attach_image(
+        {
+            let file = node.dir().join("live.img");
+            std::fs::File::create(&file)
+                .and_then(|f| f.set_len(1024 << 20))
+                .expect("image");
+            file
+        },
+        true,
+    )
+    .expect("attach");
+    std::os::unix::fs::symlink(disk.path(), hotplug.join("live")).expect("plug in");
+    let plugged = Instant::now();
+    let pooled = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let pools: Vec<PoolReport> = get(node, "/v1/pools");
+        pools.iter().any(|p| {
+            p.device == disk.path() && serde_json::to_value(p).expect("json")["state"] == "mounted"
+        })
+    });
+    assert!(pooled, "no pool within 5 s\n{}", farm.logs(40));
+    eprintln!("attach to pooled: {} ms", plugged.elapsed().as_millis());
+    let grown: Capacity = get(node, "/v1/capacity");
+    assert_eq!(
+        grown.hdd.total_bytes,
+        before.hdd.total_bytes + disk.size_bytes(),
+        "capacity did not grow by the new disk: {before:?} -> {grown:?}"
+    );
+
+    let serial = {
+        let disks: Vec<Disk> = get(node, "/v1/disks");
+        disk_by_path(&disks, disk.path()).device.serial.clone()
+    };
+    disk.detach().expect("pull it");
+    let left = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        let disks: Vec<Disk> = get(node, "/v1/disks");
+        !disks.iter().any(|d| d.device.serial == serial)
+    });
+    assert!(left, "the pulled disk is still listed\n{}", farm.logs(30));
+    let pools: Vec<PoolReport> = get(node, "/v1/pools");
+    let pool = pools
+        .iter()
+        .find(|p| p.serial == serial)
+        .expect("its pool is still reported");
+    assert_eq!(serde_json::to_value(pool).expect("json")["state"], "broken");
+    let after: Capacity = get(node, "/v1/capacity");
+    assert_eq!(after.hdd.total_bytes, before.hdd.total_bytes);
+    assert_eq!(after.broken_pools, vec![pool.label.clone()]);
+}
+
+#[test]
+fn ext4_behind_a_lost_partition_table_and_data_only_in_the_middle_are_foreign() {
+    let farm = start_without_agent(NodeSpec::default().disks(vec![SSD, HDD, HDD]));
+    let node = farm.node(0);
+    let (lost_table, middle) = (&node.disks()[1], &node.disks()[2]);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "offset=1048576"])
+        .arg(lost_table.path())
+        .arg("512M")
+        .output()
+        .expect("mkfs.ext4 runs");
+    assert!(out.status.success(), "{out:?}");
+    lost_table.write_at(0, &[0u8; 512]).expect("lose sector 0");
+    let data: Vec<u8> = b"the farmer's database page "
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    middle
+        .write_at(middle.size_bytes() / 2, &data)
+        .expect("data in the middle");
+    let digests = [sha256(lost_table.file()), sha256(middle.file())];
+    node.start_agent().expect("boot");
+    wait_storage(&farm);
+
+    let disks: Vec<Disk> = get(node, "/v1/disks");
+    let lost = disk_by_path(&disks, lost_table.path());
+    assert_eq!(class(lost), "foreign", "{lost:?}");
+    let reason = format!("{:?}", lost.class);
+    assert!(
+        reason.contains("ext4") && reason.contains("1 MiB"),
+        "{reason}"
+    );
+    let mid = disk_by_path(&disks, middle.path());
+    assert_eq!(class(mid), "foreign", "{mid:?}");
+    assert!(
+        format!("{:?}", mid.class).contains("unrecognised data"),
+        "{:?}",
+        mid.class
+    );
+    let pools: Vec<PoolReport> = get(node, "/v1/pools");
+    assert_eq!(pools.len(), 1, "only the blank SSD is a pool: {pools:?}");
+    assert_eq!(
+        [sha256(lost_table.file()), sha256(middle.file())],
+        digests,
+        "a foreign disk changed"
+    );
+}
+
+#[test]
+fn every_kind_of_foreign_disk_is_foreign_and_untouched_through_boot_restart_and_unsigned_wipes() {
+    use grove_testbed::foreign::Foreign;
+    const SMALL: DiskSpec = DiskSpec {
+        size_mb: 320,
+        rotational: true,
+    };
+    let mut disks = vec![SSD];
+    disks.extend(Foreign::ALL.iter().map(|_| SMALL));
+    let farm = start_without_agent(NodeSpec::default().disks(disks));
+    let node = farm.node(0);
+    let foreign: Vec<(Foreign, &grove_testbed::Disk)> = Foreign::ALL
+        .iter()
+        .copied()
+        .zip(&node.disks()[1..])
+        .collect();
+    for (kind, disk) in &foreign {
+        kind.write(disk)
+            .unwrap_or_else(|e| panic!("{kind:?}: {}", grove_testbed::report(&e)));
+    }
+    let digests: Vec<String> = foreign.iter().map(|(_, d)| sha256(d.file())).collect();
+    let check = |when: &str| {
+        let listed: Vec<Disk> = get(node, "/v1/disks");
+        for (kind, disk) in &foreign {
+            let d = disk_by_path(&listed, disk.path());
+            assert_eq!(class(d), "foreign", "{kind:?} {when}: {d:?}");
+            assert_eq!(d.pool, None, "{kind:?} {when}");
+        }
+        let now: Vec<String> = foreign.iter().map(|(_, d)| sha256(d.file())).collect();
+        for ((kind, _), (a, b)) in foreign.iter().zip(digests.iter().zip(&now)) {
+            assert_eq!(a, b, "{kind:?} changed {when}");
+        }
+        listed
+    };
+    node.start_agent().expect("boot");
+    wait_storage(&farm);
+    let listed = check("after boot");
+    for (kind, disk) in &foreign {
+        let d = disk_by_path(&listed, disk.path());
+        eprintln!("{kind:?}: {:?}", d.class);
+    }
+    let exfat = disk_by_path(&listed, foreign[3].1.path());
+    assert_eq!(
+        serde_json::to_value(&exfat.class).expect("json")["reason"],
+        "holds an exFAT filesystem"
+    );
+    restart(&farm);
+    let listed = check("after a restart");
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    for (kind, disk) in &foreign {
+        let serial = &disk_by_path(&listed, disk.path()).device.serial;
+        let (code, body) = unsigned_post(node, &format!("/v1/disks/{serial}/wipe"));
+        // 401 with a known farmer; 503 while the node cannot check a
+        // signature at all (no registry in this farm). Never a wipe.
+        assert!(
+            code == 401 || (code == 503 && body.contains("farm owner's key")),
+            "{kind:?}: an unsigned wipe got {code} {body}"
+        );
+    }
+    check("after unsigned wipe requests");
+}
+
+fn agent_cli(args: &[&str]) -> String {
+    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
+    let out = std::process::Command::new(agent)
+        .args(args)
+        .output()
+        .expect("agent runs");
+    assert!(out.status.success(), "agent {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// POSTs to the operator API with the headers `agent sign request` printed.
+fn signed_post(url: &str, cli_output: &str) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", url]);
+    for header in cli_output
+        .lines()
+        .filter_map(|l| l.strip_prefix("-H '")?.strip_suffix('\''))
+    {
+        cmd.args(["-H", header]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status line");
+    (code.parse().expect("a status"), body.to_owned())
+}
+
+#[test]
+fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouched() {
+    let farm = start_without_agent(NodeSpec::default().disks(vec![SSD, HDD]));
+    let node = farm.node(0);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let farmer_key = keys.path().join("farmer.key");
+    let farmer = agent_cli(&[
+        "sign",
+        "new-key",
+        "--key",
+        &farmer_key.display().to_string(),
+    ]);
+    let port = 18_700 + (std::process::id() % 1000) as u16;
+    let registry = grove_testbed::registry::Registry::start(&farm, port, Some(&farmer))
+        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
+    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url()))
+        .expect("cmdline");
+    // No rescan during the test: storaged still lists S when the wipe comes.
+    node.set_config(Daemon::Storaged, "health_interval_ms = 3600000\n")
+        .expect("storaged config");
+    let s = &node.disks()[1];
+    s.format_ext4_with_file("old.txt", b"disk S, about to be pulled")
+        .expect("ext4 on S");
+    let newcomer_image = prepared_ext4(node, "newcomer.img", b"another farmer's photos");
+    node.start_agent().expect("boot");
+    wait_storage(&farm);
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    let api = node.api_url().expect("url");
+    let knows = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        grove_testbed::http_get(&format!("{api}/v1/chain")).is_ok_and(|(_, body)| {
+            serde_json::from_str::<Value>(&body)
+                .is_ok_and(|v| v["farmer"].as_str() == Some(farmer.as_str()))
+        })
+    });
+    assert!(knows, "the node never learnt its farmer\n{}", farm.logs(30));
+    let disks: Vec<Disk> = get(node, "/v1/disks");
+    let serial = disk_by_path(&disks, s.path()).device.serial.to_string();
+
+    s.detach().expect("pull S");
+    let newcomer = grove_testbed::Disk::attach_image_at(newcomer_image, true, Some(s.path()))
+        .expect("a new disk under S's name");
+    let before = sha256(newcomer.file());
+    let path = format!("/v1/disks/{serial}/wipe");
+    let signed = agent_cli(&[
+        "sign",
+        "request",
+        "--key",
+        &farmer_key.display().to_string(),
+        "--path",
+        &path,
+    ]);
+    let (code, body) = signed_post(&format!("{api}{path}"), &signed);
+    assert_eq!(code, 409, "{body}\n{}", farm.logs(30));
+    assert!(body.contains(&serial) && body.contains("changed"), "{body}");
+    assert_eq!(sha256(newcomer.file()), before, "the newcomer was written");
 }

@@ -75,11 +75,19 @@ impl Pinned {
             serial: expected.serial.clone(),
             device: expected.path.clone(),
         };
-        let file = match std::fs::OpenOptions::new()
+        let opened = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&expected.path)
-        {
+            .or_else(|e| match e.raw_os_error() {
+                // Write-protected media (a boot stick, a CD) are still
+                // probed; any write to them fails later, as it must.
+                Some(nix::libc::EROFS | nix::libc::EACCES | nix::libc::EPERM) => {
+                    std::fs::File::open(&expected.path)
+                }
+                _ => Err(e),
+            });
+        let file = match opened {
             Ok(f) => f,
             Err(e) if gone(&e) => return Err(vanished()),
             Err(source) => {

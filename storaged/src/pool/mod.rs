@@ -80,6 +80,14 @@ pub struct PoolMeta {
     pub serial: DiskSerial,
     pub verdict: KindVerdict,
     pub created_at_ms: u64,
+    /// The machine that made the pool (or adopted it), as the node's
+    /// machine id reads; `None` on pools made before it was recorded.
+    #[serde(default)]
+    pub machine: Option<String>,
+    /// The chain account of the node that made the pool (or adopted it),
+    /// once the node's identity was settled.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 /// Whether a pool is usable.
@@ -100,6 +108,9 @@ pub struct Pool {
     pub size_bytes: u64,
     pub mount_point: PathBuf,
     pub state: PoolState,
+    /// Made on another machine: mounted read-only, never written, never
+    /// used for the cache, volumes or workloads.
+    pub other_machine: bool,
 }
 
 impl Pool {
@@ -119,7 +130,7 @@ impl Pool {
 /// Makes a pool on the pinned `disk`, which the caller has classified
 /// blank. Without discard (`-K`): a disk's old blocks stay recoverable until
 /// they are overwritten. Blocking.
-pub fn create(pinned: &Pinned, pools_dir: &Path) -> Result<Pool, PoolError> {
+pub fn create(pinned: &Pinned, pools_dir: &Path, machine: Option<&str>) -> Result<Pool, PoolError> {
     pinned.ensure_unused()?;
     let disk = pinned.device();
     let median = kind::probe_latency_us(&disk.path, disk.size_bytes)?;
@@ -166,21 +177,54 @@ pub fn create(pinned: &Pinned, pools_dir: &Path) -> Result<Pool, PoolError> {
         serial: disk.serial.clone(),
         verdict,
         created_at_ms: now_ms(),
+        machine: machine.map(str::to_owned),
+        account: None,
     };
     open_with(disk, meta, pools_dir)
 }
 
-/// Mounts the existing pool `label` on `disk`. Blocking.
+/// Mounts the existing pool `label` on `disk`. A pool another machine made
+/// is remounted read-only at once and never written. Blocking.
 pub fn open(
     disk: &BlockDevice,
     label: &PoolLabel,
     uuid: &str,
     pools_dir: &Path,
+    machine: Option<&str>,
 ) -> Result<Pool, PoolError> {
     let mount_point = pools_dir.join(label.as_str());
     mount_if_needed(&disk.path, &mount_point)?;
     let meta = match read_meta(&mount_point) {
-        Some(meta) if meta.uuid == uuid => meta,
+        Some(meta)
+            if meta.uuid == uuid
+                && meta.machine.is_some()
+                && machine.is_some()
+                && meta.machine.as_deref() != machine =>
+        {
+            mounts::mount(
+                &disk.path,
+                &mount_point,
+                Some("btrfs"),
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOATIME,
+                None,
+            )?;
+            return Ok(Pool {
+                device: disk.name.clone(),
+                device_path: disk.path.clone(),
+                size_bytes: disk.size_bytes,
+                mount_point,
+                state: PoolState::Mounted,
+                other_machine: true,
+                meta,
+            });
+        }
+        // A pool from before machines were recorded is this machine's.
+        Some(mut meta) if meta.uuid == uuid => {
+            if meta.machine.is_none() {
+                meta.machine = machine.map(str::to_owned);
+            }
+            meta
+        }
         // Missing or stale metadata (a crash right after mkfs, or a pool
         // copied with dd): measure again and rewrite it.
         _ => {
@@ -191,10 +235,50 @@ pub fn open(
                 serial: disk.serial.clone(),
                 verdict: kind::judge(disk.rotational, median),
                 created_at_ms: now_ms(),
+                machine: machine.map(str::to_owned),
+                account: None,
             }
         }
     };
     open_with(disk, meta, pools_dir)
+}
+
+/// Records the node's account on a pool of this machine (once the node's
+/// identity is settled). Blocking.
+pub fn record_account(pool: &mut Pool, account: &str) -> Result<(), PoolError> {
+    let mut meta = pool.meta.clone();
+    meta.account = Some(account.to_owned());
+    let bytes = serde_json::to_vec_pretty(&meta).map_err(PoolError::Encode)?;
+    grove_daemon::fsutil::write_atomic(
+        &pool.mount_point.join(META_DIR).join("pool.json"),
+        &bytes,
+        0o644,
+    )?;
+    pool.meta = meta;
+    Ok(())
+}
+
+/// Makes another machine's pool this machine's: the node adopted the
+/// identity it holds. Remounted read-write, the machine recorded. Blocking.
+pub fn adopt(pool: &mut Pool, machine: Option<&str>) -> Result<(), PoolError> {
+    mounts::mount(
+        &pool.device_path,
+        &pool.mount_point,
+        Some("btrfs"),
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOATIME,
+        None,
+    )?;
+    let mut meta = pool.meta.clone();
+    meta.machine = machine.map(str::to_owned);
+    let bytes = serde_json::to_vec_pretty(&meta).map_err(PoolError::Encode)?;
+    grove_daemon::fsutil::write_atomic(
+        &pool.mount_point.join(META_DIR).join("pool.json"),
+        &bytes,
+        0o644,
+    )?;
+    pool.meta = meta;
+    pool.other_machine = false;
+    Ok(())
 }
 
 fn open_with(disk: &BlockDevice, meta: PoolMeta, pools_dir: &Path) -> Result<Pool, PoolError> {
@@ -207,6 +291,7 @@ fn open_with(disk: &BlockDevice, meta: PoolMeta, pools_dir: &Path) -> Result<Poo
         size_bytes: disk.size_bytes,
         mount_point,
         state: PoolState::Mounted,
+        other_machine: false,
         meta,
     })
 }

@@ -1,0 +1,76 @@
+//! Whether another identity's node is alive: its last uptime report, read
+//! from what the registry already serves.
+//!
+//! Read-only: the embedded registry's public GET endpoints (the farm's
+//! nodes, each node's twin, its uptime reports). A node is alive when it
+//! reported uptime within [`ALIVE_WINDOW`]. Limits: only the node's own
+//! farm is searched; on TFChain nothing is read yet, so the answer is "cannot
+//! tell" and the caller refuses to adopt.
+
+use std::time::Duration;
+
+use crate::boot::{BootParams, ChainBackend};
+use crate::registry::client::EmbeddedClient;
+
+/// A node that reported uptime this recently is alive.
+pub const ALIVE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Why the registry could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum AliveError {
+    #[error("no registry to ask: the boot parameters name no farm or no registry URL")]
+    NoRegistry,
+    #[error("the registry is TFChain, where uptime is not read yet")]
+    Tfchain,
+    #[error("the registry URL {0} is not http://host:port")]
+    BadUrl(String),
+    #[error("cannot ask the registry: {0}")]
+    Registry(#[from] grove_daemon::client::ClientError),
+}
+
+/// The unix second of the last uptime report of the node whose account is
+/// `account`, in this node's farm; `None` if it never reported (or is not
+/// registered there).
+pub async fn last_uptime(params: &BootParams, account: &str) -> Result<Option<u64>, AliveError> {
+    if params.chain.backend == ChainBackend::Tfchain {
+        return Err(AliveError::Tfchain);
+    }
+    let url = params
+        .chain
+        .url
+        .clone()
+        .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()));
+    let (Some(url), Some(farm)) = (url, params.farm_id) else {
+        return Err(AliveError::NoRegistry);
+    };
+    let client = EmbeddedClient::new(&url).ok_or_else(|| AliveError::BadUrl(url.clone()))?;
+    for node in client.nodes(farm).await? {
+        let twin = client.twin(node.registration.twin_id).await?;
+        if twin.account == account {
+            let reports = client.uptime(node.id).await?;
+            return Ok(reports.iter().map(|r| r.timestamp).max());
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a last report at `last` (unix seconds) is within the window of
+/// `now`.
+pub fn alive(last: Option<u64>, now: u64) -> bool {
+    last.is_some_and(|t| now.saturating_sub(t) < ALIVE_WINDOW.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_only_within_the_hour() {
+        let now = 1_000_000;
+        assert!(!alive(None, now));
+        assert!(alive(Some(now - 10), now));
+        assert!(alive(Some(now - 3599), now));
+        assert!(!alive(Some(now - 3600), now));
+        assert!(alive(Some(now + 5), now), "a clock a little ahead");
+    }
+}
