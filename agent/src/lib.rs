@@ -153,7 +153,10 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     ));
     let state = api::ApiState {
         snapshot,
-        verifier: Arc::new(auth::RequestVerifier::default()),
+        verifier: Arc::new(auth::RequestVerifier::at(
+            &config.identity.cache_dir.join("auth").join("nonces.json"),
+            (clock::unix_ms() / 1000) as i64,
+        )),
         shutdown: shutdown.clone(),
         reboot: reboot.clone(),
         chain,
@@ -169,21 +172,12 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
         .merge(api::routes(state));
 
     let readiness_task = tokio::spawn(track_readiness(supervisor.clone(), readiness));
-    let tcp_task = tokio::spawn({
-        let (app, shutdown) = (app.clone(), shutdown.clone());
-        async move {
-            use axum::serve::ListenerExt;
-            // Answers go out at once, not held back to be coalesced.
-            let tcp = tcp.tap_io(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(async move { shutdown.wait().await })
-                .await
-        }
-    });
+    let tcp_task = tokio::spawn(api::serve_tcp(
+        tcp,
+        app.clone(),
+        api::ConnectionLimits::from_config(&config.api),
+        shutdown.clone(),
+    ));
     let unix_task = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -201,8 +195,11 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     if let Err(e) = std::fs::remove_file(&config.api.socket) {
         tracing::debug!(error = %e, "agent socket already gone");
     }
-    for result in [tcp, unix] {
-        match result {
+    if let Err(e) = tcp {
+        tracing::error!(error = %e, "API task failed");
+    }
+    {
+        match unix {
             Ok(Ok(())) => {}
             Ok(Err(source)) => {
                 return Err(AgentError::Serve {

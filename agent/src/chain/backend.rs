@@ -66,7 +66,13 @@ impl Backend {
     pub async fn prepare(&self, account: &str, farm_id: u32) -> Result<Prepared, BackendError> {
         match self {
             Backend::Embedded(client) => {
-                let twin = client.ensure_twin(account).await.map_err(unreachable)?;
+                let twin = client.ensure_twin().await.map_err(unreachable)?;
+                if twin.account != account {
+                    return Err(BackendError::Refused(format!(
+                        "the registry answered twin {} of {}, not of {account}",
+                        twin.id, twin.account
+                    )));
+                }
                 let farm = client
                     .farm(farm_id)
                     .await
@@ -129,11 +135,13 @@ impl Backend {
     /// The region's nodes' mesh details, where the registry keeps them.
     pub async fn peers(&self, farm_id: u32) -> Option<Vec<MeshInfo>> {
         match self {
-            Backend::Embedded(client) => client
-                .nodes(farm_id)
-                .await
-                .ok()
-                .map(|nodes| nodes.into_iter().filter_map(|n| n.mesh).collect()),
+            Backend::Embedded(client) => {
+                let (nodes, twins) = tokio::join!(client.nodes(farm_id), client.twins());
+                Some(crate::registry::client::derive_peer_keys(
+                    nodes.ok()?,
+                    &twins.ok()?,
+                ))
+            }
             Backend::Tfchain { .. } => None,
         }
     }

@@ -183,7 +183,7 @@ impl Chain {
             }
         };
         let client = match backend {
-            ChainBackend::Embedded => match EmbeddedClient::new(&url) {
+            ChainBackend::Embedded => match EmbeddedClient::new(&url, keys.signing().clone()) {
                 Some(c) => Backend::Embedded(c),
                 None => {
                     self.fail(format!(
