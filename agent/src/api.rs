@@ -486,10 +486,18 @@ pub async fn serve_tcp(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     let mut refused: u64 = 0;
+    let mut peak = 0;
     loop {
+        peak = peak.max(connections.len());
         tokio::select! {
             () = shutdown.wait() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if connections.is_empty() && peak > 32 {
+                    // A flood is over: give its buffers back to the system.
+                    peak = 0;
+                    release_freed_memory();
+                }
+            }
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -525,6 +533,15 @@ pub async fn serve_tcp(
     });
     if grace.await.is_err() {
         connections.abort_all();
+    }
+}
+
+/// Returns freed heap memory to the system, where the allocator keeps it.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }
 

@@ -386,15 +386,36 @@ fn bad_requests_get_a_4xx_and_change_nothing() {
             one(peers_with("not base64!", "10.0.0.1:51820")),
             "peer 1: public_key",
         ),
-        (one(peers_with(short, "10.0.0.1:51820")), "decodes to 16 bytes"),
+        (
+            one(peers_with(short, "10.0.0.1:51820")),
+            "decodes to 16 bytes",
+        ),
         (good.clone(), "is also peer 0"),
         (
             one(peers_with(&keys[0].public, "10.0.0.1:51820")),
             "this node's own key",
         ),
-        (one(peers_with(&mesh::keys().expect("wg genkey").public, "10.0.0.1")), "is not ip:port"),
-        (one(peers_with(&mesh::keys().expect("wg genkey").public, "node1:51820")), "is not ip:port"),
-        (one(peers_with(&mesh::keys().expect("wg genkey").public, "10.0.0.1:0")), "has port 0"),
+        (
+            one(peers_with(
+                &mesh::keys().expect("wg genkey").public,
+                "10.0.0.1",
+            )),
+            "is not ip:port",
+        ),
+        (
+            one(peers_with(
+                &mesh::keys().expect("wg genkey").public,
+                "node1:51820",
+            )),
+            "is not ip:port",
+        ),
+        (
+            one(peers_with(
+                &mesh::keys().expect("wg genkey").public,
+                "10.0.0.1:0",
+            )),
+            "has port 0",
+        ),
         (
             format!(
                 r#"{{"public_key":"{}","public_endpoint":true}}"#,

@@ -330,7 +330,12 @@ fn wait_farmer(node: &grove_testbed::Node, farmer: &str) {
     let known = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         chain(node).farmer.as_deref() == Some(farmer)
     });
-    assert!(known, "{} never learnt its farmer: {:?}", node.name(), chain(node));
+    assert!(
+        known,
+        "{} never learnt its farmer: {:?}",
+        node.name(),
+        chain(node)
+    );
 }
 
 #[test]
@@ -455,7 +460,10 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     let signed = curl_headers(&signed_text);
     // The same request, replayed to another node of the farm.
     let (code, body) = post(&format!("{other_api}{path}"), &signed);
-    assert_eq!(code, 401, "a request for one node was taken by another: {body}");
+    assert_eq!(
+        code, 401,
+        "a request for one node was taken by another: {body}"
+    );
     let (code, body) = post(&url, &signed);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"class\":\"ours\""), "{body}");
@@ -480,19 +488,26 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     // After the restart, the same requests are still spent.
     node.stop_agent().expect("clean up after the reboot");
     node.start_agent().expect("boot again");
-    node.wait_api(Duration::from_secs(30)).expect("API up again");
+    node.wait_api(Duration::from_secs(30))
+        .expect("API up again");
     wait_farmer(node, &farmer);
     assert!(
         signed_at.elapsed() < Duration::from_secs(50),
         "the restart took {:?}: the replay would be refused for its age, not as a replay",
         signed_at.elapsed()
     );
-    for (what, url, headers) in [("reboot", format!("{api}/v1/reboot"), &reboot), ("wipe", url.clone(), &signed)] {
+    for (what, url, headers) in [
+        ("reboot", format!("{api}/v1/reboot"), &reboot),
+        ("wipe", url.clone(), &signed),
+    ] {
         let (code, body) = post(&url, headers);
         assert_eq!(code, 401, "the {what} was replayed after a restart: {body}");
         assert!(body.contains("already used"), "{what}: {body}");
     }
-    assert!(node.agent_exit().is_none(), "the replayed reboot stopped the agent");
+    assert!(
+        node.agent_exit().is_none(),
+        "the replayed reboot stopped the agent"
+    );
     // A fresh request still works.
     let fresh_text = sign_as(&farmer_key, &account, "/v1/reboot");
     let (code, body) = post(&format!("{api}/v1/reboot"), &curl_headers(&fresh_text));

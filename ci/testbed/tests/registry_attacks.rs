@@ -256,7 +256,8 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
     let (code, body) = post(&url, "/v1/nodes", stolen.as_bytes(), Some(&attacker));
     assert_eq!(code, 400, "a node with another's mesh key: {body}");
     assert!(body.contains("is not the WireGuard key"), "{body}");
-    let stranger_twin = json!({"account": account(&SigningKey::from_bytes(&[7; 32])), "relay": null}).to_string();
+    let stranger_twin =
+        json!({"account": account(&SigningKey::from_bytes(&[7; 32])), "relay": null}).to_string();
     let (code, body) = post(&url, "/v1/twins", stranger_twin.as_bytes(), None);
     assert_eq!(code, 401, "an unsigned twin: {body}");
     let (code, body) = post(&url, "/v1/twins", stranger_twin.as_bytes(), Some(&attacker));
@@ -280,7 +281,10 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
     }
     let claim = json!({"name": "farm-one", "twin_id": farm_before.twin_id}).to_string();
     let (code, body) = post(&url, "/v1/farms", claim.as_bytes(), Some(&attacker));
-    assert_eq!(code, 403, "the farm for its owner's twin, by a stranger: {body}");
+    assert_eq!(
+        code, 403,
+        "the farm for its owner's twin, by a stranger: {body}"
+    );
 
     // A replayed write, and an oversize body.
     let twin_body = json!({"account": account(&attacker), "relay": null}).to_string();
@@ -365,13 +369,21 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
     };
     let bad = key(&dir.path().join("bad.key"));
     let bad_endpoint_twin = post_node(&bad, "192.0.2.7:51820");
-    wait_peer_keys(&farm, &[wireguard_key(&bad)], "a node that joined with its own key");
+    wait_peer_keys(
+        &farm,
+        &[wireguard_key(&bad)],
+        "a node that joined with its own key",
+    );
     drop(registry);
     let state_path = farm.dir().join("registry.json");
     let mut state: Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
     state["twins"]["900"] = json!({"id": 900, "account": "not-an-account", "relay": null});
-    state["nodes"]["900"] = json!(registration(1, 900, json!({"public_key": "garbage", "endpoints": ["192.0.2.9:51820"], "public_endpoint": true})));
+    state["nodes"]["900"] = json!(registration(
+        1,
+        900,
+        json!({"public_key": "garbage", "endpoints": ["192.0.2.9:51820"], "public_endpoint": true})
+    ));
     state["nodes"]["900"]["id"] = json!(900);
     state["nodes"]["900"]["created_at"] = json!(0);
     state["nodes"]["900"]["updated_at"] = json!(0);
@@ -390,7 +402,11 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
     assert_eq!(served.len(), 5, "the bad entries are served");
     post_node(&marker, "192.0.2.8:51820");
     // The other real nodes and the marker; the two bad entries skipped.
-    wait_peer_keys(&farm, &[wireguard_key(&marker)], "bad entries beside good ones");
+    wait_peer_keys(
+        &farm,
+        &[wireguard_key(&marker)],
+        "bad entries beside good ones",
+    );
     assert_mesh_reaches(&farm);
     let now: Node = get(&url, &victim_path);
     assert_eq!(

@@ -356,7 +356,10 @@ mod tests {
         assert!(why[1].contains("is not ip:port"), "{why:?}");
         assert!(why[2].contains("own key"), "{why:?}");
         assert!(why[3].contains("is also peer 0"), "{why:?}");
-        assert!(parse_peers(&list, &own).is_err(), "a stored list stays strict");
+        assert!(
+            parse_peers(&list, &own).is_err(),
+            "a stored list stays strict"
+        );
     }
 
     #[test]
