@@ -176,21 +176,24 @@ fn print_signing(registry: &grove_testbed::registry::Registry, farm: &Farm) {
             continue;
         };
         println!(
-            "  {}: curl -X POST {api}/v1/reboot $({agent} sign request --key {} --node {account} --path /v1/reboot)",
+            "  {}: eval curl -X POST {api}/v1/reboot $({agent} sign request --key {} --node {account} --path /v1/reboot)",
             node.name(),
             key.display()
         );
     }
 }
 
-/// The node's account, once its identity is loaded.
+/// The node's account, once the node knows its farmer (before that, a
+/// signed request is answered 503).
 fn node_account(node: &Node) -> Option<String> {
-    let url = format!("{}/v1/node", node.api_url().ok()?);
+    let url = format!("{}/v1/chain", node.api_url().ok()?);
     let mut account = None;
     wait_until(API_TIMEOUT, Duration::from_millis(250), || {
-        account = http_get(&url)
-            .ok()
-            .and_then(|(_, body)| grove_testbed::mesh::json_field(&body, "account"));
+        account = http_get(&url).ok().and_then(|(_, body)| {
+            let farmer = grove_testbed::mesh::json_field(&body, "farmer")?;
+            (farmer != "null").then_some(())?;
+            grove_testbed::mesh::json_field(&body, "account")
+        });
         account.is_some()
     });
     account
