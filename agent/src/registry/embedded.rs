@@ -430,7 +430,7 @@ impl Embedded {
             if owner != v.signer {
                 return Err(forbidden(v, format!("create a farm for twin {twin_id}")));
             }
-            if !self.farmers.iter().any(|f| *f == v.signer) {
+            if !self.farmers.contains(&v.signer) {
                 return Err(forbidden(
                     v,
                     "create farms: this registry's farmers are given with --farmer".to_owned(),

@@ -119,7 +119,7 @@ fn held_connections_are_closed_by_the_server_and_cost_nothing_after() {
     const CAP: usize = 256;
     let farm = start(NodeSpec::default().disks(vec![DiskSpec::ssd(512)]).config(
         grove_testbed::Daemon::Agent,
-        &format!(
+        format!(
             "[api]\nidle_timeout_secs = 5\nheader_read_timeout_secs = 3\nmax_connections = {CAP}\n"
         ),
     ));
@@ -215,7 +215,7 @@ fn held_connections_are_closed_by_the_server_and_cost_nothing_after() {
         }
         assert_eq!(open, 0, "{open} connections were left open");
         let (after_fds, after_rss) = fds_and_rss(pid);
-        println!(
+        eprintln!(
             "round {round}: {HELD} held connections ({SERVED} after a request), opened in {opening:?}: \
              fds {base_fds} -> {peak_fds} -> {after_fds}; RSS {base_rss} -> {peak_rss} -> {after_rss} KiB; \
              all closed {closed_after:?} after the last was opened"
