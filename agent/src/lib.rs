@@ -198,17 +198,15 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     if let Err(e) = tcp {
         tracing::error!(error = %e, "API task failed");
     }
-    {
-        match unix {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
-                return Err(AgentError::Serve {
-                    addr: listen,
-                    source,
-                });
-            }
-            Err(e) => tracing::error!(error = %e, "API task failed"),
+    match unix {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            return Err(AgentError::Serve {
+                addr: listen,
+                source,
+            });
         }
+        Err(e) => tracing::error!(error = %e, "API task failed"),
     }
     if reboot.load(std::sync::atomic::Ordering::SeqCst) {
         reboot_now();
