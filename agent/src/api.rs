@@ -5,7 +5,11 @@
 //! command line, the background snapshot of the daemons' answers and the
 //! host's usage), so reading cannot change the node. The two `POST` routes
 //! (`/v1/reboot`, `/v1/disks/{serial}/wipe`) change it, and only with the
-//! farm owner's signature, checked by [`crate::auth`] before anything else.
+//! farm owner's signature for this node, checked by [`crate::auth`] before
+//! anything else. On TCP, [`serve_tcp`] holds at most `max_connections`
+//! connections, closes one whose headers do not arrive in time, and closes
+//! one idle for `idle_timeout_secs`, so held connections cannot pile up fds
+//! and memory.
 
 use std::sync::Arc;
 
@@ -281,34 +285,75 @@ async fn chain(State(state): State<ApiState>) -> Json<crate::chain::ChainStatus>
     Json(state.chain.status())
 }
 
-/// Checks that a change was signed by the farm's owner.
-fn authorize(
+/// Checks that a change was signed by the farm's owner, for this node.
+async fn authorize(
     state: &ApiState,
-    method: &str,
-    path: &str,
+    method: &'static str,
+    path: String,
     headers: &axum::http::HeaderMap,
-    body: &[u8],
+    body: axum::body::Bytes,
 ) -> Result<(), OperatorApiError> {
     use crate::auth::{AuthError, Presented};
     let farmer = state.chain.status().farmer.ok_or_else(|| {
         AuthError::NoFarmer("the node has not reached its registry yet".to_owned())
     })?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let now = (crate::clock::unix_ms() / 1000) as i64;
-    state.verifier.verify(
-        &farmer,
-        method,
-        path,
-        body,
-        Presented {
-            signer: header(crate::auth::HEADER_SIGNER),
-            timestamp: header(crate::auth::HEADER_TIMESTAMP),
-            nonce: header(crate::auth::HEADER_NONCE),
-            signature: header(crate::auth::HEADER_SIGNATURE),
-        },
-        now,
-    )?;
+    let node = state
+        .identity
+        .keys()
+        .map(|k| k.public().account)
+        .ok_or_else(|| AuthError::NoFarmer("the node's identity is not loaded yet".to_owned()))?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let presented = [
+        header(crate::auth::HEADER_SIGNER),
+        header(crate::auth::HEADER_TIMESTAMP),
+        header(crate::auth::HEADER_NONCE),
+        header(crate::auth::HEADER_SIGNATURE),
+    ];
+    let verifier = state.verifier.clone();
+    // Spending the nonce writes its record: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let now = (crate::clock::unix_ms() / 1000) as i64;
+        let [signer, timestamp, nonce, signature] = &presented;
+        verifier.verify(
+            &farmer,
+            crate::auth::Request {
+                target: &node,
+                method,
+                path: &path,
+                body: &body,
+            },
+            Presented {
+                signer: signer.as_deref(),
+                timestamp: timestamp.as_deref(),
+                nonce: nonce.as_deref(),
+                signature: signature.as_deref(),
+            },
+            now,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(AuthError::Record(e.to_string())))?;
     Ok(())
+}
+
+/// `serial` with every byte but `A-Z a-z 0-9 - . _ ~` percent-encoded, as
+/// it goes in a path (and in the signed path).
+pub fn escape_path_segment(serial: &str) -> String {
+    serial
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn reboot(
@@ -316,7 +361,7 @@ async fn reboot(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), OperatorApiError> {
-    authorize(&state, "POST", "/v1/reboot", &headers, &body)?;
+    authorize(&state, "POST", "/v1/reboot".to_owned(), &headers, body).await?;
     tracing::warn!("reboot requested by the farmer");
     // The servers drain gracefully, so this answer still goes out.
     state.stop.request(crate::stop::StopReason::Reboot);
@@ -332,15 +377,19 @@ async fn wipe(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<storaged::storage::Disk>, OperatorApiError> {
+    // The serial is sent on escaped, so it names one disk and nothing else
+    // of storaged's API; the farmer signs the same escaped path.
+    let escaped = escape_path_segment(&serial);
     authorize(
         &state,
         "POST",
-        &format!("/v1/disks/{serial}/wipe"),
+        format!("/v1/disks/{escaped}/wipe"),
         &headers,
-        &body,
-    )?;
+        body,
+    )
+    .await?;
     tracing::warn!(serial = %serial, "disk wipe requested by the farmer");
-    match state.storaged.wipe(&serial).await {
+    match state.storaged.wipe(&escaped).await {
         Ok(disk) => Ok(Json(disk)),
         Err(grove_daemon::client::ClientError::Status {
             status, message, ..
@@ -353,5 +402,205 @@ async fn wipe(
             daemon: storaged::NAME,
             source,
         }),
+    }
+}
+
+/// How the operator API treats TCP connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(c: &crate::config::ApiConfig) -> Self {
+        Self {
+            header_read_timeout: std::time::Duration::from_secs(c.header_read_timeout_secs.max(1)),
+            idle_timeout: std::time::Duration::from_secs(c.idle_timeout_secs.max(1)),
+            max_connections: c.max_connections.max(1),
+        }
+    }
+}
+
+/// A TCP stream that notes when it last moved a byte.
+#[derive(Debug)]
+struct Tracked {
+    stream: tokio::net::TcpStream,
+    born: std::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` trips; then
+/// lets open requests finish for a moment and closes the rest.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: grove_daemon::shutdown::Shutdown,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut refused: u64 = 0;
+    let mut peak = 0;
+    loop {
+        peak = peak.max(connections.len());
+        tokio::select! {
+            () = shutdown.wait() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if connections.is_empty() && peak > 32 {
+                    // A flood is over: give its buffers back to the system.
+                    peak = 0;
+                    release_freed_memory();
+                }
+            }
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of fds, say: wait rather than spin.
+                        tracing::warn!(error = %e, "operator API cannot accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(%peer, refused, max = limits.max_connections,
+                            "operator API at its connection cap; closing new connections");
+                    }
+                    drop(stream);
+                    continue;
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                let app = app.clone();
+                connections.spawn(async move {
+                    serve_connection(stream, app, limits).await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+    let grace = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    });
+    if grace.await.is_err() {
+        connections.abort_all();
+    }
+}
+
+/// Returns freed heap memory to the system, where the allocator keeps it.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, app: Router, limits: ConnectionLimits) {
+    let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let born = std::time::Instant::now();
+    let io = hyper_util::rt::TokioIo::new(Tracked {
+        stream,
+        born,
+        last: last.clone(),
+    });
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let tick = (limits.idle_timeout / 4).max(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "operator API connection ended");
+                }
+                return;
+            }
+            () = tokio::time::sleep(tick) => {
+                let quiet = born.elapsed().saturating_sub(std::time::Duration::from_millis(
+                    last.load(std::sync::atomic::Ordering::Relaxed),
+                ));
+                if quiet >= limits.idle_timeout {
+                    // Lets a request in flight finish, then closes.
+                    conn.as_mut().graceful_shutdown();
+                    if tokio::time::timeout(limits.idle_timeout, conn.as_mut()).await.is_err() {
+                        tracing::debug!("operator API connection closed mid-request");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_escaped_into_one_path_segment() {
+        assert_eq!(escape_path_segment("WD-123_a.b~"), "WD-123_a.b~");
+        assert_eq!(escape_path_segment("../x"), "..%2Fx");
+        assert_eq!(escape_path_segment("a/b?c#d e"), "a%2Fb%3Fc%23d%20e");
+        assert_eq!(escape_path_segment("%2F"), "%252F");
     }
 }

@@ -40,6 +40,12 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// The agent's Unix socket for the other daemons.
     pub socket: PathBuf,
+    /// A TCP client must send a request's headers within this time.
+    pub header_read_timeout_secs: u64,
+    /// A TCP connection with no traffic for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// TCP connections held at once; more are closed as they arrive.
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +53,9 @@ impl Default for ApiConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             socket: grove_daemon::socket_path(crate::NAME),
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            max_connections: 256,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! keep their output), reaps zombies as PID 1, and serves the operator API on
 //! the farm LAN. Identity, the chain and signed changes build on this.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod auth;
@@ -245,7 +245,10 @@ fn start_tasks(
     );
     api::ApiState {
         snapshot,
-        verifier: Arc::new(auth::RequestVerifier::default()),
+        verifier: Arc::new(auth::RequestVerifier::at(
+            &config.identity.cache_dir.join("auth").join("nonces.json"),
+            (clock::unix_ms() / 1000) as i64,
+        )),
         stop: stop.clone(),
         chain,
         storaged: storaged(),
@@ -265,6 +268,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 struct Listeners {
     tcp: tokio::net::TcpListener,
     tcp_addr: SocketAddr,
+    limits: api::ConnectionLimits,
     unix: tokio::net::UnixListener,
 }
 
@@ -281,6 +285,7 @@ impl Listeners {
         Ok(Self {
             tcp,
             tcp_addr: api.listen,
+            limits: api::ConnectionLimits::from_config(api),
             unix,
         })
     }
@@ -288,23 +293,16 @@ impl Listeners {
     /// Serves `app` on both until `shutdown` trips, then lets the answers
     /// in flight finish.
     fn serve(self, app: axum::Router, shutdown: &Shutdown) -> Tasks<Result<(), AgentError>> {
-        use axum::serve::ListenerExt;
         let mut servers = Tasks::default();
         let addr = self.tcp_addr;
         let serve_error = move |source| AgentError::Serve { addr, source };
-        // Answers go out at once, not held back to be coalesced.
-        let tcp = self.tcp.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        let tcp = self.tcp;
+        let limits = self.limits;
         let stop = shutdown.clone();
         let tcp_app = app.clone();
         servers.spawn("operator api (tcp)", async move {
-            axum::serve(tcp, tcp_app)
-                .with_graceful_shutdown(async move { stop.wait().await })
-                .await
-                .map_err(serve_error)
+            api::serve_tcp(tcp, tcp_app, limits, stop).await;
+            Ok(())
         });
         let stop = shutdown.clone();
         servers.spawn("operator api (socket)", async move {

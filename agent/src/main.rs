@@ -36,10 +36,15 @@ enum SignAction {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
     },
-    /// Print the headers of a signed request, as curl arguments.
+    /// Print the headers of a request signed for one node, as curl
+    /// arguments.
     Request {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// The node's account, as `GET /v1/node` shows it: no other node
+        /// accepts the request.
+        #[arg(long, value_name = "ACCOUNT")]
+        node: String,
         #[arg(long, default_value = "POST")]
         method: String,
         #[arg(long, value_name = "PATH")]
@@ -65,13 +70,15 @@ enum Command {
         /// The state file.
         #[arg(long, value_name = "PATH")]
         state: PathBuf,
-        /// Create this farm (with its own farmer twin) if it does not exist.
+        /// Create this farm, owned by --farmer, if it does not exist.
         /// Repeatable; farms get ids 1, 2, ... in order.
         #[arg(long = "farm", value_name = "NAME")]
         farms: Vec<String>,
-        /// The SS58 account that owns the farms created with --farm.
-        #[arg(long, value_name = "ACCOUNT")]
-        farmer: Option<String>,
+        /// The SS58 account that owns the farms created with --farm, and
+        /// may create more with a signed request. Repeatable; the first
+        /// owns the --farm farms.
+        #[arg(long = "farmer", value_name = "ACCOUNT")]
+        farmers: Vec<String>,
     },
     /// Show a node's status as a table, from its operator API.
     Status {
@@ -90,19 +97,12 @@ fn main() -> ExitCode {
             listen,
             state,
             farms,
-            farmer,
+            farmers,
         }) => grove_daemon::cli::run(
             "registry",
             &cli.daemon,
             move |(): (), shutdown| async move {
-                agent::registry::embedded::serve(
-                    &state,
-                    listen,
-                    &farms,
-                    farmer.as_deref(),
-                    shutdown,
-                )
-                .await
+                agent::registry::embedded::serve(&state, listen, &farms, &farmers, shutdown).await
             },
         ),
         None => {
@@ -151,10 +151,11 @@ fn sign(action: SignAction) -> ExitCode {
         SignAction::Account { key } => sign::account(&key).map(|account| println!("{account}")),
         SignAction::Request {
             key,
+            node,
             method,
             path,
             body,
-        } => sign::headers(&key, &method, &path, body.as_bytes()).map(|headers| {
+        } => sign::headers(&key, &node, &method, &path, body.as_bytes()).map(|headers| {
             for (name, value) in headers {
                 println!("-H '{name}: {value}'");
             }

@@ -102,7 +102,19 @@ impl SocketClient {
         uri: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        tokio::time::timeout(self.timeout, self.exchange(method, uri, body))
+        self.raw_with_headers(method, uri, &[], body).await
+    }
+
+    /// Sends one request with extra headers (a signature, say); answers
+    /// the status and the raw body.
+    pub async fn raw_with_headers(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        tokio::time::timeout(self.timeout, self.exchange(method, uri, headers, body))
             .await
             .map_err(|_elapsed| ClientError::Timeout {
                 path: self.path.clone(),
@@ -114,6 +126,7 @@ impl SocketClient {
         &self,
         method: Method,
         uri: &str,
+        headers: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let http = |source| ClientError::Http {
@@ -151,6 +164,9 @@ impl SocketClient {
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|source| ClientError::Build {
@@ -179,17 +195,40 @@ impl SocketClient {
                     source,
                 })?;
         let (status, bytes) = self.raw(method, uri, body).await?;
+        self.decode(status, &bytes)
+    }
+
+    /// Sends `body` (already encoded JSON) with extra headers and decodes a
+    /// JSON answer; non-2xx is an error.
+    pub async fn call_with_headers<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self
+            .raw_with_headers(method, uri, headers, Some(body))
+            .await?;
+        self.decode(status, &bytes)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        status: StatusCode,
+        bytes: &[u8],
+    ) -> Result<T, ClientError> {
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            let message = serde_json::from_slice::<ErrorBody>(bytes)
                 .map(|e| e.error)
-                .unwrap_or_else(|_not_json| String::from_utf8_lossy(&bytes).into_owned());
+                .unwrap_or_else(|_not_json| String::from_utf8_lossy(bytes).into_owned());
             return Err(ClientError::Status {
                 path: self.path.clone(),
                 status,
                 message,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+        serde_json::from_slice(bytes).map_err(|source| ClientError::Decode {
             path: self.path.clone(),
             source,
         })

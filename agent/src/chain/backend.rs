@@ -302,7 +302,14 @@ impl Backend {
     pub async fn twin(&self, account: &str) -> Result<u32, BackendError> {
         match self {
             Backend::Embedded(client) => {
-                Ok(client.ensure_twin(account).await.map_err(embedded)?.id)
+                let twin = client.ensure_twin().await.map_err(embedded)?;
+                if twin.account != account {
+                    return Err(BackendError::Transient(format!(
+                        "the registry answered twin {} of {}, not of {account}",
+                        twin.id, twin.account
+                    )));
+                }
+                Ok(twin.id)
             }
             Backend::Tfchain(t) => Ok(t.chain()?.ensure_twin(None).await?),
         }
@@ -423,11 +430,13 @@ impl Backend {
     /// The region's nodes' mesh details, where the registry keeps them.
     pub async fn peers(&self, farm_id: u32) -> Option<Vec<MeshInfo>> {
         match self {
-            Backend::Embedded(client) => client
-                .nodes(farm_id)
-                .await
-                .ok()
-                .map(|nodes| nodes.into_iter().filter_map(|n| n.mesh).collect()),
+            Backend::Embedded(client) => {
+                let (nodes, twins) = tokio::join!(client.nodes(farm_id), client.twins());
+                Some(crate::registry::client::derive_peer_keys(
+                    nodes.ok()?,
+                    &twins.ok()?,
+                ))
+            }
             Backend::Tfchain(_) => None,
         }
     }

@@ -370,7 +370,7 @@ impl Chain {
             }
         };
         let mut backend = match kind {
-            ChainBackend::Embedded => match EmbeddedClient::new(&url) {
+            ChainBackend::Embedded => match EmbeddedClient::new(&url, keys.signing().clone()) {
                 Some(c) => Backend::Embedded(c),
                 None => {
                     self.fail(format!(

@@ -2,8 +2,10 @@
 //!
 //! `agent sign new-key --key FILE` makes a farmer key (an ed25519 seed,
 //! 0600, never overwritten) and prints its account, to own the farm on the
-//! registry. `agent sign request --key FILE --method M --path P [--body B]`
-//! prints the four headers of a signed request, ready for `curl`.
+//! registry. `agent sign request --key FILE --node ACCOUNT --method M
+//! --path P [--body B]` prints the four headers of a request signed for
+//! that one node (its account, as `GET /v1/node` shows it), ready for
+//! `curl`; no other node accepts it, and the node accepts it once.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,8 @@ pub enum SignError {
     Method(String),
     #[error("{0:?} is not a path: it must start with /")]
     Path(String),
+    #[error("{0:?} is not a node's account (SS58, as GET /v1/node shows it)")]
+    Node(String),
 }
 
 /// Makes a new farmer key at `path`; answers its account.
@@ -54,9 +58,11 @@ pub fn account(path: &Path) -> Result<String, SignError> {
     Ok(load(path)?.keys().public().account)
 }
 
-/// The headers of a request signed with the key at `path`, now.
+/// The headers of a request for the node `node` (its account), signed
+/// with the key at `path`, now.
 pub fn headers(
     path: &Path,
+    node: &str,
     method: &str,
     request_path: &str,
     body: &[u8],
@@ -67,14 +73,20 @@ pub fn headers(
     if !request_path.starts_with('/') {
         return Err(SignError::Path(request_path.to_owned()));
     }
+    if crate::auth::account_key(node).is_none() {
+        return Err(SignError::Node(node.to_owned()));
+    }
     let seed = load(path)?;
-    let nonce = Seed::generate().map_err(SignError::Random)?.to_file_text()[..32].to_owned();
+    let nonce = crate::auth::nonce().map_err(SignError::Random)?;
     let now = (crate::clock::unix_ms() / 1000) as i64;
     Ok(crate::auth::sign(
         seed.keys().signing(),
-        method,
-        request_path,
-        body,
+        crate::auth::Request {
+            target: node,
+            method,
+            path: request_path,
+            body,
+        },
         now,
         &nonce,
     ))
@@ -88,12 +100,14 @@ mod tests {
     fn new_keys_are_never_overwritten_and_sign_verifiably() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("farmer.key");
+        let node_key = dir.path().join("node.key");
         let account = new_key(&key).expect("new key");
+        let node = new_key(&node_key).expect("a node's key");
         assert!(matches!(new_key(&key), Err(SignError::Exists { .. })));
         assert_eq!(super::account(&key).expect("account"), account);
-        let h = headers(&key, "POST", "/v1/reboot", b"").expect("headers");
+        let h = headers(&key, &node, "POST", "/v1/reboot", b"").expect("headers");
         let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
-        let v = crate::auth::RequestVerifier::default();
+        let v = crate::auth::RequestVerifier::in_memory(i64::MAX);
         let now = (crate::clock::unix_ms() / 1000) as i64;
         let presented = crate::auth::Presented {
             signer: get(crate::auth::HEADER_SIGNER),
@@ -101,12 +115,37 @@ mod tests {
             nonce: get(crate::auth::HEADER_NONCE),
             signature: get(crate::auth::HEADER_SIGNATURE),
         };
+        let request = crate::auth::Request {
+            target: &node,
+            method: "POST",
+            path: "/v1/reboot",
+            body: b"",
+        };
+        // What was signed before the verifier began is refused, as after
+        // a restart.
+        assert!(matches!(
+            v.verify(&account, request, presented, now),
+            Err(crate::auth::AuthError::BeforeRecord { .. })
+        ));
+        let other = crate::auth::Request {
+            target: &account,
+            ..request
+        };
         assert_eq!(
-            v.verify(&account, "POST", "/v1/reboot", b"", presented, now),
-            Ok(())
+            crate::auth::verify(other, presented, now),
+            Err(crate::auth::AuthError::BadSignature),
+            "signed for one node, refused by another"
         );
-        assert!(headers(&key, "post", "/x", b"").is_err());
-        assert!(headers(&key, "POST", "x", b"").is_err());
-        assert!(headers(&dir.path().join("missing"), "POST", "/x", b"").is_err());
+        assert_eq!(
+            crate::auth::verify(request, presented, now).map(|v| v.signer),
+            Ok(account.clone())
+        );
+        assert!(headers(&key, &node, "post", "/x", b"").is_err());
+        assert!(headers(&key, &node, "POST", "x", b"").is_err());
+        assert!(matches!(
+            headers(&key, "farmer-1", "POST", "/x", b""),
+            Err(SignError::Node(_))
+        ));
+        assert!(headers(&dir.path().join("missing"), &node, "POST", "/x", b"").is_err());
     }
 }

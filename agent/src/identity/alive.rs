@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::boot::{BootParams, ChainBackend};
-use crate::registry::client::EmbeddedClient;
+use crate::registry::client::RegistryReader;
 
 /// A node that reported uptime this recently is alive.
 pub const ALIVE_WINDOW: Duration = Duration::from_secs(3600);
@@ -43,7 +43,7 @@ pub async fn last_uptime(params: &BootParams, account: &str) -> Result<Option<u6
     let (Some(url), Some(farm)) = (url, params.farm_id) else {
         return Err(AliveError::NoRegistry);
     };
-    let client = EmbeddedClient::new(&url).ok_or_else(|| AliveError::BadUrl(url.clone()))?;
+    let client = RegistryReader::new(&url).ok_or_else(|| AliveError::BadUrl(url.clone()))?;
     for node in client.nodes(farm).await? {
         let twin = client.twin(node.registration.twin_id).await?;
         if twin.account == account {

@@ -1,44 +1,105 @@
 //! The node's client for the embedded registry's HTTP API.
+//!
+//! Every write is signed with the node's key (target
+//! [`crate::auth::REGISTRY`]), as the registry requires; reads are plain.
+//! A write is signed afresh on every attempt, so a retry never looks like
+//! a replay.
 
+use ed25519_dalek::SigningKey;
 use grove_daemon::client::{ClientError, SocketClient};
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::model::{Farm, MeshInfo, Node, NodeRegistration, Twin, UptimeReport};
 
-/// A registry at `http://host:port`.
-#[derive(Debug, Clone)]
+/// A registry at `http://host:port`, written to as one node.
+#[derive(Clone)]
 pub struct EmbeddedClient {
     http: SocketClient,
+    reader: RegistryReader,
+    key: SigningKey,
+}
+
+/// The reads, which need no key.
+impl std::ops::Deref for EmbeddedClient {
+    type Target = RegistryReader;
+
+    fn deref(&self) -> &RegistryReader {
+        &self.reader
+    }
+}
+
+impl std::fmt::Debug for EmbeddedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedClient")
+            .field("http", &self.http)
+            .field("key", &"<secret>")
+            .finish()
+    }
 }
 
 impl EmbeddedClient {
-    /// `url` is `http://host:port`; anything else is refused.
-    pub fn new(url: &str) -> Option<Self> {
-        let address = url.strip_prefix("http://")?.trim_end_matches('/');
-        (!address.is_empty() && !address.contains('/')).then(|| Self {
-            http: SocketClient::tcp(address).with_timeout(std::time::Duration::from_secs(5)),
+    /// `url` is `http://host:port`; anything else is refused. Writes are
+    /// signed with `key`, the node's chain key.
+    pub fn new(url: &str, key: SigningKey) -> Option<Self> {
+        let reader = RegistryReader::new(url)?;
+        Some(Self {
+            http: reader.http.clone(),
+            reader,
+            key,
         })
     }
 
-    pub async fn ensure_twin(&self, account: &str) -> Result<Twin, ClientError> {
+    /// The account writes are signed by.
+    pub fn account(&self) -> String {
+        crate::identity::keys::ss58(
+            &self.key.verifying_key().to_bytes(),
+            crate::identity::keys::SS58_PREFIX,
+        )
+    }
+
+    async fn write<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let encode = |source| ClientError::Encode {
+            path: self.http.path().to_owned(),
+            source,
+        };
+        let bytes = serde_json::to_vec(body).map_err(encode)?;
+        let nonce = crate::auth::nonce().map_err(|source| ClientError::Connect {
+            path: self.http.path().to_owned(),
+            source,
+        })?;
+        let headers = crate::auth::sign(
+            &self.key,
+            crate::auth::Request {
+                target: crate::auth::REGISTRY,
+                method: "POST",
+                path,
+                body: &bytes,
+            },
+            (crate::clock::unix_ms() / 1000) as i64,
+            &nonce,
+        );
         self.http
-            .post("/v1/twins", &json!({ "account": account, "relay": null }))
+            .call_with_headers(Method::POST, path, &headers, bytes)
             .await
     }
 
-    /// The farm, or `None` when the registry has no such farm.
-    pub async fn farm(&self, id: u32) -> Result<Option<Farm>, ClientError> {
-        match self.http.get(&format!("/v1/farms/{id}")).await {
-            Ok(farm) => Ok(Some(farm)),
-            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// The twin of this client's account, made if missing.
+    pub async fn ensure_twin(&self) -> Result<Twin, ClientError> {
+        self.write(
+            "/v1/twins",
+            &json!({ "account": self.account(), "relay": null }),
+        )
+        .await
     }
 
-    pub async fn twin(&self, id: u32) -> Result<Twin, ClientError> {
-        self.http.get(&format!("/v1/twins/{id}")).await
-    }
+
 
     pub async fn register(
         &self,
@@ -51,7 +112,7 @@ impl EmbeddedClient {
                 source,
             })?;
         body["mesh"] = serde_json::to_value(mesh).unwrap_or_default();
-        self.http.post("/v1/nodes", &body).await
+        self.write("/v1/nodes", &body).await
     }
 
     pub async fn report_uptime(
@@ -59,16 +120,76 @@ impl EmbeddedClient {
         node: u32,
         report: &UptimeReport,
     ) -> Result<bool, ClientError> {
-        self.http
-            .post(&format!("/v1/nodes/{node}/uptime"), report)
+        self.write(&format!("/v1/nodes/{node}/uptime"), report)
             .await
     }
 
+}
+
+/// A registry at `http://host:port`, read by anyone: its reads need no key.
+#[derive(Debug, Clone)]
+pub struct RegistryReader {
+    http: SocketClient,
+}
+
+impl RegistryReader {
+    /// `url` is `http://host:port`; anything else is refused.
+    pub fn new(url: &str) -> Option<Self> {
+        let address = url.strip_prefix("http://")?.trim_end_matches('/');
+        (!address.is_empty() && !address.contains('/')).then(|| Self {
+            http: SocketClient::tcp(address).with_timeout(std::time::Duration::from_secs(5)),
+        })
+    }
+
+    /// The farm, or `None` when the registry has no such farm.
+    pub async fn farm(&self, id: u32) -> Result<Option<Farm>, ClientError> {
+        match self.http.get(&format!("/v1/farms/{id}")).await {
+            Ok(farm) => Ok(Some(farm)),
+            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    pub async fn twin(&self, id: u32) -> Result<Twin, ClientError> {
+        self.http.get(&format!("/v1/twins/{id}")).await
+    }
+    /// Every twin the registry holds.
+    pub async fn twins(&self) -> Result<Vec<Twin>, ClientError> {
+        self.http.get("/v1/twins").await
+    }
     pub async fn nodes(&self, farm: u32) -> Result<Vec<Node>, ClientError> {
         self.http.get(&format!("/v1/nodes?farm_id={farm}")).await
     }
-
     pub async fn uptime(&self, node: u32) -> Result<Vec<UptimeReport>, ClientError> {
         self.http.get(&format!("/v1/nodes/{node}/uptime")).await
     }
+}
+
+/// The mesh details of `nodes` whose WireGuard key is the one derived from
+/// their twin's account; a served key that differs is replaced by the
+/// derived one (and logged), a node whose twin is unknown is left out.
+pub fn derive_peer_keys(nodes: Vec<Node>, twins: &[Twin]) -> Vec<MeshInfo> {
+    nodes
+        .into_iter()
+        .filter_map(|n| {
+            let mut mesh = n.mesh?;
+            let account = twins
+                .iter()
+                .find(|t| t.id == n.registration.twin_id)
+                .map(|t| t.account.as_str());
+            let Some(derived) = account.and_then(super::embedded::wireguard_key_of) else {
+                tracing::warn!(
+                    node = n.id,
+                    twin = n.registration.twin_id,
+                    "peer left out: its twin's account is unknown or not an account"
+                );
+                return None;
+            };
+            if mesh.public_key != derived {
+                tracing::warn!(node = n.id, served = %mesh.public_key, %derived,
+                    "the registry served a mesh key that is not the node's; using the derived one");
+                mesh.public_key = derived;
+            }
+            Some(mesh)
+        })
+        .collect()
 }

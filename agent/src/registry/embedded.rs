@@ -1,29 +1,50 @@
 //! The embedded registry: TFChain's data model on one machine, for a
 //! farm's first steps, the sandbox and the tests. It is not a chain: one
-//! process, one JSON state file, no consensus, no fees, no signatures on
-//! requests. `agent registry --listen ADDR --state FILE` runs it; one
+//! process, one JSON state file, no consensus, no fees. `agent registry
+//! --listen ADDR --state FILE --farm NAME --farmer ACCOUNT` runs it; one
 //! instance serves a whole farm over HTTP.
 //!
-//! Every change is written to the state file atomically before it is
-//! answered, so a crash loses nothing that was acknowledged. Twins are
-//! keyed by account and nodes by twin, so registering twice updates rather
-//! than duplicates; an uptime report whose sequence number was already
-//! recorded is acknowledged and not stored again.
+//! It keeps TFChain's trust model: every write is signed (see
+//! [`crate::auth`], target [`crate::auth::REGISTRY`]) by the account it
+//! concerns, as an extrinsic is. A twin is created by its account; a node
+//! is registered and updated by its twin's account, and its mesh key must
+//! be the one derived from that account; uptime is reported by the node's
+//! account; a farm is created by its owner, who must be one of the
+//! registry's farmers. Entries are checked before they are stored (keys,
+//! endpoints, how many interfaces, body size), writes are rate-limited per
+//! account, and a replayed write is refused. Every change is written to
+//! the state file atomically before it is answered. Limits: as on TFChain,
+//! any twin may register a node in any farm; used nonces are kept in
+//! memory, so after a restart writes signed before it are refused (the
+//! nodes sign again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use grove_daemon::server::ApiError;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Farm, MeshInfo, Node, NodeRegistration, Twin, UptimeReport};
+use super::model::{Farm, Interface, MeshInfo, Node, NodeRegistration, Twin, UptimeReport};
+use crate::auth::{self, AuthError, NonceStore, Presented, Verified};
+
+/// The largest request body the registry reads, in bytes.
+pub const MAX_BODY: usize = 16 * 1024;
+/// How many interfaces a node may register.
+pub const MAX_INTERFACES: usize = 16;
+/// How many addresses one interface, or mesh endpoints one node, may have.
+pub const MAX_ADDRESSES: usize = 16;
+/// Writes one account may make in a burst, and per second after it.
+pub const RATE_BURST: f64 = 30.0;
+pub const RATE_PER_SEC: f64 = 5.0;
 
 /// Why the registry refused a request or could not keep its state.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +57,18 @@ pub enum RegistryError {
     NoNode(u32),
     #[error("bad request: {0}")]
     Bad(String),
+    #[error("registry writes must be signed by the account they concern: {0}")]
+    Unsigned(#[source] AuthError),
+    #[error("{signer} may not {what}")]
+    Forbidden { signer: String, what: String },
+    #[error("farm name {name:?} is taken by farm {id}")]
+    FarmTaken { name: String, id: u32 },
+    #[error("too many writes from {0}; try again in a second")]
+    RateLimited(String),
+    #[error("{0:?} is not an SS58 account; a farmer is an account, never a bare name")]
+    NotAnAccount(String),
+    #[error("--farm needs --farmer ACCOUNT: who owns the farm")]
+    NoFarmer,
     #[error("cannot read the registry state {path}: {message}")]
     Load { path: PathBuf, message: String },
     #[error(transparent)]
@@ -50,7 +83,15 @@ impl IntoResponse for RegistryError {
             RegistryError::NoFarm(_) | RegistryError::NoTwin(_) | RegistryError::NoNode(_) => {
                 StatusCode::NOT_FOUND
             }
-            RegistryError::Bad(_) => StatusCode::BAD_REQUEST,
+            RegistryError::Bad(_) | RegistryError::NotAnAccount(_) | RegistryError::NoFarmer => {
+                StatusCode::BAD_REQUEST
+            }
+            RegistryError::Unsigned(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
+            RegistryError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            RegistryError::FarmTaken { .. } => StatusCode::CONFLICT,
+            RegistryError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             RegistryError::Load { .. } | RegistryError::Save(_) | RegistryError::Encode(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -68,20 +109,145 @@ pub struct RegistryState {
     pub uptime: BTreeMap<u32, Vec<UptimeReport>>,
 }
 
+/// A token bucket per account.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 /// The registry with its state file.
 #[derive(Debug)]
 pub struct Embedded {
     path: PathBuf,
     state: Mutex<RegistryState>,
+    /// Accounts that may create farms.
+    farmers: Vec<String>,
+    nonces: NonceStore,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 fn now() -> u64 {
     crate::clock::unix_ms() / 1000
 }
 
+/// The WireGuard public key a node with chain account `account` has.
+pub fn wireguard_key_of(account: &str) -> Option<String> {
+    auth::account_key(account).map(|k| crate::identity::keys::wireguard_public_key(&k))
+}
+
+fn bad(what: impl Into<String>) -> RegistryError {
+    RegistryError::Bad(what.into())
+}
+
+fn check_text(field: &str, text: &str, max: usize) -> Result<(), RegistryError> {
+    if text.len() > max || text.chars().any(char::is_control) {
+        return Err(bad(format!("{field}: at most {max} printable characters")));
+    }
+    Ok(())
+}
+
+fn check_interface(index: usize, i: &Interface) -> Result<(), RegistryError> {
+    if i.name.is_empty() || i.name.len() > 15 || i.name.contains(['/', ' ']) {
+        return Err(bad(format!(
+            "interfaces[{index}].name {:?} is not an interface name",
+            i.name
+        )));
+    }
+    let mac_ok = i.mac.is_empty()
+        || (i.mac.len() == 17
+            && i.mac.split(':').count() == 6
+            && i.mac
+                .split(':')
+                .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit())));
+    if !mac_ok {
+        return Err(bad(format!(
+            "interfaces[{index}].mac {:?} is not a MAC address",
+            i.mac
+        )));
+    }
+    if i.ips.len() > MAX_ADDRESSES {
+        return Err(bad(format!(
+            "interfaces[{index}].ips: at most {MAX_ADDRESSES} addresses"
+        )));
+    }
+    for ip in &i.ips {
+        let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "0"));
+        let prefix_ok = prefix.parse::<u8>().is_ok_and(|p| p <= 128);
+        if addr.parse::<std::net::IpAddr>().is_err() || !prefix_ok {
+            return Err(bad(format!(
+                "interfaces[{index}].ips: {ip:?} is not an address"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a node's registration and mesh details for the twin `account`.
+fn check_node(
+    registration: &NodeRegistration,
+    mesh: Option<&MeshInfo>,
+    account: &str,
+) -> Result<(), RegistryError> {
+    if registration.interfaces.len() > MAX_INTERFACES {
+        return Err(bad(format!(
+            "interfaces: at most {MAX_INTERFACES}, not {}",
+            registration.interfaces.len()
+        )));
+    }
+    for (index, i) in registration.interfaces.iter().enumerate() {
+        check_interface(index, i)?;
+    }
+    check_text("serial_number", &registration.serial_number, 64)?;
+    let Some(mesh) = mesh else {
+        return Ok(());
+    };
+    let expected =
+        wireguard_key_of(account).ok_or_else(|| RegistryError::NotAnAccount(account.to_owned()))?;
+    if mesh.public_key != expected {
+        return Err(bad(format!(
+            "mesh.public_key {:?} is not the WireGuard key of account {account} ({expected})",
+            mesh.public_key
+        )));
+    }
+    if mesh.endpoints.len() > MAX_ADDRESSES {
+        return Err(bad(format!("mesh.endpoints: at most {MAX_ADDRESSES}")));
+    }
+    for e in &mesh.endpoints {
+        let ok = e.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0);
+        if !ok {
+            return Err(bad(format!("mesh.endpoints: {e:?} is not ip:port")));
+        }
+    }
+    if mesh.public_endpoint && mesh.endpoints.is_empty() {
+        return Err(bad("mesh: a public endpoint needs at least one endpoint"));
+    }
+    Ok(())
+}
+
+fn forbidden(v: &Verified, what: String) -> RegistryError {
+    RegistryError::Forbidden {
+        signer: v.signer.clone(),
+        what,
+    }
+}
+
+fn twin_account(s: &RegistryState, id: u32) -> Result<&str, RegistryError> {
+    s.twins
+        .get(&id)
+        .map(|t| t.account.as_str())
+        .ok_or(RegistryError::NoTwin(id))
+}
+
 impl Embedded {
-    /// Opens the state at `path`, empty if the file does not exist yet.
-    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+    /// Opens the state at `path`, empty if the file does not exist yet;
+    /// `farmers` may create farms.
+    pub fn open(path: &Path, farmers: &[String]) -> Result<Self, RegistryError> {
+        for farmer in farmers {
+            if auth::account_key(farmer).is_none() {
+                return Err(RegistryError::NotAnAccount(farmer.clone()));
+            }
+        }
         let state = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RegistryError::Load {
                 path: path.to_owned(),
@@ -98,6 +264,9 @@ impl Embedded {
         Ok(Self {
             path: path.to_owned(),
             state: Mutex::new(state),
+            farmers: farmers.to_vec(),
+            nonces: NonceStore::in_memory(now() as i64),
+            buckets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -121,9 +290,64 @@ impl Embedded {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Takes one write from `account`'s bucket, at time `now`.
+    fn admit(&self, account: &str, now: Instant) -> Result<(), RegistryError> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        // Full buckets carry nothing worth keeping.
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * RATE_PER_SEC < RATE_BURST
+            });
+        }
+        let bucket = buckets.entry(account.to_owned()).or_insert(Bucket {
+            tokens: RATE_BURST,
+            at: now,
+        });
+        bucket.tokens = (bucket.tokens
+            + now.duration_since(bucket.at).as_secs_f64() * RATE_PER_SEC)
+            .min(RATE_BURST);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            return Err(RegistryError::RateLimited(account.to_owned()));
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Checks a signed write to `path` with `body`; answers who signed it.
+    /// The nonce is spent only once the write is authorized.
+    pub fn authenticate(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Verified, RegistryError> {
+        let request = auth::Request {
+            target: auth::REGISTRY,
+            method: "POST",
+            path,
+            body,
+        };
+        let verified = auth::verify(request, Presented::from_headers(headers), now() as i64)
+            .map_err(RegistryError::Unsigned)?;
+        self.admit(&verified.signer, Instant::now())?;
+        Ok(verified)
+    }
+
+    fn spend(&self, v: &Verified) -> Result<(), RegistryError> {
+        self.nonces
+            .spend(v, now() as i64)
+            .map_err(RegistryError::Unsigned)
+    }
+
+    /// The twin of `account`, made if missing. Unsigned: for the registry's
+    /// own farmers at start.
     pub fn ensure_twin(&self, account: &str, relay: Option<String>) -> Result<Twin, RegistryError> {
-        if account.is_empty() {
-            return Err(RegistryError::Bad("account is empty".into()));
+        if auth::account_key(account).is_none() {
+            return Err(RegistryError::NotAnAccount(account.to_owned()));
+        }
+        if let Some(relay) = &relay {
+            check_text("relay", relay, 253)?;
         }
         self.change(|s| {
             if let Some(t) = s.twins.values().find(|t| t.account == account) {
@@ -140,28 +364,87 @@ impl Embedded {
         })
     }
 
+    /// `POST /v1/twins`, signed by the twin's account.
+    pub fn signed_twin(
+        &self,
+        v: &Verified,
+        account: &str,
+        relay: Option<String>,
+    ) -> Result<Twin, RegistryError> {
+        if v.signer != account {
+            return Err(forbidden(v, format!("create the twin of {account}")));
+        }
+        self.spend(v)?;
+        self.ensure_twin(account, relay)
+    }
+
+    /// Creates farm `name` owned by `twin_id`. Unsigned: for the registry's
+    /// own farmers at start.
     pub fn create_farm(&self, name: &str, twin_id: u32) -> Result<Farm, RegistryError> {
+        self.change(|s| Self::farm_in(s, name, twin_id))
+    }
+
+    fn farm_in(s: &mut RegistryState, name: &str, twin_id: u32) -> Result<Farm, RegistryError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(format!(
+                "farm name {name:?}: 1 to 64 letters, digits, - or _"
+            )));
+        }
+        if !s.twins.contains_key(&twin_id) {
+            return Err(RegistryError::NoTwin(twin_id));
+        }
+        if let Some(f) = s.farms.values().find(|f| f.name == name) {
+            if f.twin_id != twin_id {
+                return Err(RegistryError::FarmTaken {
+                    name: name.to_owned(),
+                    id: f.id,
+                });
+            }
+            return Ok(f.clone());
+        }
+        let id = s.farms.keys().next_back().map_or(1, |k| k + 1);
+        let farm = Farm {
+            id,
+            name: name.to_owned(),
+            twin_id,
+        };
+        s.farms.insert(id, farm.clone());
+        Ok(farm)
+    }
+
+    /// `POST /v1/farms`, signed by the owner, one of the registry's farmers.
+    pub fn signed_farm(
+        &self,
+        v: &Verified,
+        name: &str,
+        twin_id: u32,
+    ) -> Result<Farm, RegistryError> {
         self.change(|s| {
-            if !s.twins.contains_key(&twin_id) {
-                return Err(RegistryError::NoTwin(twin_id));
+            let owner = twin_account(s, twin_id)?;
+            if owner != v.signer {
+                return Err(forbidden(v, format!("create a farm for twin {twin_id}")));
             }
-            if let Some(f) = s.farms.values().find(|f| f.name == name) {
-                return Ok(f.clone());
+            if !self.farmers.contains(&v.signer) {
+                return Err(forbidden(
+                    v,
+                    "create farms: this registry's farmers are given with --farmer".to_owned(),
+                ));
             }
-            let id = s.farms.keys().next_back().map_or(1, |k| k + 1);
-            let farm = Farm {
-                id,
-                name: name.to_owned(),
-                twin_id,
-            };
-            s.farms.insert(id, farm.clone());
-            Ok(farm)
+            self.spend(v)?;
+            Self::farm_in(s, name, twin_id)
         })
     }
 
-    /// Creates the node of `registration.twin_id`, or updates it.
+    /// Creates the node of `registration.twin_id`, or updates it, signed
+    /// by that twin's account.
     pub fn register_node(
         &self,
+        v: &Verified,
         registration: NodeRegistration,
         mesh: Option<MeshInfo>,
     ) -> Result<Node, RegistryError> {
@@ -169,9 +452,15 @@ impl Embedded {
             if !s.farms.contains_key(&registration.farm_id) {
                 return Err(RegistryError::NoFarm(registration.farm_id));
             }
-            if !s.twins.contains_key(&registration.twin_id) {
-                return Err(RegistryError::NoTwin(registration.twin_id));
+            let account = twin_account(s, registration.twin_id)?;
+            if account != v.signer {
+                return Err(forbidden(
+                    v,
+                    format!("register the node of twin {}", registration.twin_id),
+                ));
             }
+            check_node(&registration, mesh.as_ref(), account)?;
+            self.spend(v)?;
             let existing = s
                 .nodes
                 .values()
@@ -195,12 +484,24 @@ impl Embedded {
         })
     }
 
-    /// Records an uptime report; a sequence number already seen is a no-op.
-    pub fn report_uptime(&self, node: u32, report: UptimeReport) -> Result<bool, RegistryError> {
+    /// Records an uptime report signed by the node's account; a sequence
+    /// number already seen is a no-op.
+    pub fn report_uptime(
+        &self,
+        v: &Verified,
+        node: u32,
+        report: UptimeReport,
+    ) -> Result<bool, RegistryError> {
         self.change(|s| {
-            if !s.nodes.contains_key(&node) {
-                return Err(RegistryError::NoNode(node));
+            let twin = s
+                .nodes
+                .get(&node)
+                .map(|n| n.registration.twin_id)
+                .ok_or(RegistryError::NoNode(node))?;
+            if twin_account(s, twin)? != v.signer {
+                return Err(forbidden(v, format!("report uptime for node {node}")));
             }
+            self.spend(v)?;
             let reports = s.uptime.entry(node).or_default();
             if reports.last().is_some_and(|r| r.seq >= report.seq) {
                 return Ok(false);
@@ -241,8 +542,25 @@ struct NodeQuery {
 
 type Shared = Arc<Embedded>;
 
-fn blocking<T>(r: Result<T, RegistryError>) -> Result<Json<T>, RegistryError> {
-    r.map(Json)
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RegistryError> {
+    serde_json::from_slice(body).map_err(|e| bad(e.to_string()))
+}
+
+/// Runs one signed write off the async workers: it fsyncs.
+async fn write<T: Send + 'static>(
+    registry: Shared,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    apply: impl FnOnce(&Embedded, &Verified, &[u8]) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<Json<T>, RegistryError> {
+    tokio::task::spawn_blocking(move || {
+        let verified = registry.authenticate(&path, &headers, &body)?;
+        apply(&registry, &verified, &body)
+    })
+    .await
+    .unwrap_or_else(|e| Err(bad(format!("the write did not finish: {e}"))))
+    .map(Json)
 }
 
 pub fn routes(registry: Shared) -> Router {
@@ -250,10 +568,17 @@ pub fn routes(registry: Shared) -> Router {
         .route(
             "/v1/twins",
             post(
-                |State(r): State<Shared>, Json(t): Json<TwinRequest>| async move {
-                    blocking(r.ensure_twin(&t.account, t.relay))
+                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+                    write(r, "/v1/twins".into(), headers, body, |r, v, body| {
+                        let t: TwinRequest = parse(body)?;
+                        r.signed_twin(v, &t.account, t.relay)
+                    })
+                    .await
                 },
-            ),
+            )
+            .get(|State(r): State<Shared>| async move {
+                Json(r.snapshot().twins.into_values().collect::<Vec<Twin>>())
+            }),
         )
         .route(
             "/v1/twins/{id}",
@@ -271,8 +596,12 @@ pub fn routes(registry: Shared) -> Router {
         .route(
             "/v1/farms",
             post(
-                |State(r): State<Shared>, Json(f): Json<FarmRequest>| async move {
-                    blocking(r.create_farm(&f.name, f.twin_id))
+                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+                    write(r, "/v1/farms".into(), headers, body, |r, v, body| {
+                        let f: FarmRequest = parse(body)?;
+                        r.signed_farm(v, &f.name, f.twin_id)
+                    })
+                    .await
                 },
             ),
         )
@@ -292,8 +621,12 @@ pub fn routes(registry: Shared) -> Router {
         .route(
             "/v1/nodes",
             post(
-                |State(r): State<Shared>, Json(n): Json<NodeRequest>| async move {
-                    blocking(r.register_node(n.registration, n.mesh))
+                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+                    write(r, "/v1/nodes".into(), headers, body, |r, v, body| {
+                        let n: NodeRequest = parse(body)?;
+                        r.register_node(v, n.registration, n.mesh)
+                    })
+                    .await
                 },
             )
             .get(
@@ -327,8 +660,14 @@ pub fn routes(registry: Shared) -> Router {
             post(
                 |State(r): State<Shared>,
                  UrlPath(id): UrlPath<u32>,
-                 Json(u): Json<UptimeReport>| async move {
-                    blocking(r.report_uptime(id, u))
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let path = format!("/v1/nodes/{id}/uptime");
+                    write(r, path, headers, body, move |r, v, body| {
+                        let u: UptimeReport = parse(body)?;
+                        r.report_uptime(v, id, u)
+                    })
+                    .await
                 },
             )
             .get(
@@ -337,23 +676,27 @@ pub fn routes(registry: Shared) -> Router {
                 },
             ),
         )
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(registry)
 }
 
-/// Serves the registry on `listen` until `shutdown` trips.
+/// Serves the registry on `listen` until `shutdown` trips. The farms
+/// named in `farms` are made, owned by the first of `farmers`.
 pub async fn serve(
     state: &Path,
     listen: SocketAddr,
     farms: &[String],
-    farmer: Option<&str>,
+    farmers: &[String],
     shutdown: grove_daemon::shutdown::Shutdown,
 ) -> Result<(), ServeError> {
-    let registry = Arc::new(Embedded::open(state)?);
-    for (i, name) in farms.iter().enumerate() {
-        let account = farmer.map_or_else(|| format!("farmer-{}", i + 1), str::to_owned);
-        let owner = registry.ensure_twin(&account, None)?;
-        let farm = registry.create_farm(name, owner.id)?;
-        tracing::info!(farm = farm.id, name = %farm.name, "farm ready");
+    let registry = Arc::new(Embedded::open(state, farmers)?);
+    if !farms.is_empty() {
+        let account = farmers.first().ok_or(RegistryError::NoFarmer)?;
+        let owner = registry.ensure_twin(account, None)?;
+        for name in farms {
+            let farm = registry.create_farm(name, owner.id)?;
+            tracing::info!(farm = farm.id, name = %farm.name, owner = %account, "farm ready");
+        }
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -384,12 +727,28 @@ pub enum ServeError {
     },
 }
 
-impl grove_daemon::cli::Failure for ServeError {}
+impl grove_daemon::cli::Failure for ServeError {
+    fn is_config(&self) -> bool {
+        matches!(
+            self,
+            ServeError::Registry(RegistryError::NotAnAccount(_) | RegistryError::NoFarmer)
+        )
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::registry::model::Resources;
+    use ed25519_dalek::SigningKey;
+
+    fn key(byte: u8) -> SigningKey {
+        SigningKey::from_bytes(&[byte; 32])
+    }
+
+    fn account(k: &SigningKey) -> String {
+        crate::identity::keys::ss58(&k.verifying_key().to_bytes(), 42)
+    }
 
     fn registration(farm_id: u32, twin_id: u32) -> NodeRegistration {
         NodeRegistration {
@@ -401,84 +760,294 @@ mod tests {
                 cru: 3,
                 mru: 4,
             },
-            interfaces: vec![],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                ips: vec!["10.0.0.5/24".into()],
+            }],
             serial_number: "S1".into(),
             virtualized: true,
             secure_boot: false,
         }
     }
 
-    #[test]
-    fn registering_twice_updates_and_state_survives_a_restart() {
+    fn mesh(k: &SigningKey) -> MeshInfo {
+        MeshInfo {
+            public_key: crate::identity::keys::wireguard_public_key(&k.verifying_key()),
+            endpoints: vec!["10.0.0.5:51820".into()],
+            public_endpoint: true,
+        }
+    }
+
+    fn headers(k: &SigningKey, path: &str, body: &[u8]) -> HeaderMap {
+        let nonce = crate::auth::nonce().expect("nonce");
+        let mut map = HeaderMap::new();
+        let signed = auth::sign(
+            k,
+            auth::Request {
+                target: auth::REGISTRY,
+                method: "POST",
+                path,
+                body,
+            },
+            now() as i64,
+            &nonce,
+        );
+        for (name, value) in signed {
+            map.insert(name, value.parse().expect("a header value"));
+        }
+        map
+    }
+
+    /// Signs `body` for `path` with `k` and has the registry check it.
+    fn signed(r: &Embedded, k: &SigningKey, path: &str, body: &[u8]) -> Verified {
+        r.authenticate(path, &headers(k, path, body), body)
+            .expect("a signed write")
+    }
+
+    struct Farmed {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        r: Embedded,
+        farm: Farm,
+    }
+
+    fn farmed(farmer: &SigningKey) -> Farmed {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("registry.json");
-        let r = Embedded::open(&path).expect("open");
-        let farmer = r.ensure_twin("5Farmer", None).expect("twin");
-        let farm = r.create_farm("farm-one", farmer.id).expect("farm");
-        let twin = r.ensure_twin("5Node", None).expect("twin");
-        assert_eq!(r.ensure_twin("5Node", None).expect("again").id, twin.id);
-        let node = r
-            .register_node(registration(farm.id, twin.id), None)
-            .expect("node");
-        let mut changed = registration(farm.id, twin.id);
+        let r = Embedded::open(&path, &[account(farmer)]).expect("open");
+        let owner = r.ensure_twin(&account(farmer), None).expect("twin");
+        let farm = r.create_farm("farm-one", owner.id).expect("farm");
+        Farmed {
+            _dir: dir,
+            path,
+            r,
+            farm,
+        }
+    }
+
+    fn twin_of(r: &Embedded, k: &SigningKey) -> Twin {
+        let v = signed(r, k, "/v1/twins", b"t");
+        r.signed_twin(&v, &account(k), None).expect("twin")
+    }
+
+    fn node_of(r: &Embedded, k: &SigningKey, farm: u32) -> Node {
+        let twin = twin_of(r, k);
+        let v = signed(r, k, "/v1/nodes", b"n");
+        r.register_node(&v, registration(farm, twin.id), Some(mesh(k)))
+            .expect("node")
+    }
+
+    fn uptime(seq: u64) -> UptimeReport {
+        UptimeReport {
+            seq,
+            uptime: 10,
+            timestamp: 100,
+        }
+    }
+
+    #[test]
+    fn registering_twice_updates_and_state_survives_a_restart() {
+        let (farmer, node_key) = (key(1), key(2));
+        let f = farmed(&farmer);
+        let node = node_of(&f.r, &node_key, f.farm.id);
+        assert_eq!(twin_of(&f.r, &node_key).id, node.registration.twin_id);
+        let mut changed = registration(f.farm.id, node.registration.twin_id);
         changed.resources.sru = 99;
-        let again = r.register_node(changed, None).expect("update");
+        let v = signed(&f.r, &node_key, "/v1/nodes", b"update");
+        let again = f.r.register_node(&v, changed, None).expect("update");
         assert_eq!(again.id, node.id);
         assert_eq!(again.registration.resources.sru, 99);
-        assert!(
-            r.report_uptime(
-                node.id,
-                UptimeReport {
-                    seq: 1,
-                    uptime: 10,
-                    timestamp: 100
-                }
-            )
-            .expect("up")
-        );
-        assert!(
-            !r.report_uptime(
-                node.id,
-                UptimeReport {
-                    seq: 1,
-                    uptime: 10,
-                    timestamp: 100
-                }
-            )
-            .expect("dup")
-        );
+        let path = format!("/v1/nodes/{}/uptime", node.id);
+        let v = signed(&f.r, &node_key, &path, b"1");
+        assert!(f.r.report_uptime(&v, node.id, uptime(1)).expect("up"));
+        let v = signed(&f.r, &node_key, &path, b"1 again");
+        assert!(!f.r.report_uptime(&v, node.id, uptime(1)).expect("dup"));
+        let Farmed { path, r, .. } = f;
         drop(r);
-        let reopened = Embedded::open(&path).expect("reopen");
+        let reopened = Embedded::open(&path, &[]).expect("reopen");
         let s = reopened.snapshot();
         assert_eq!(s.nodes.len(), 1);
         assert_eq!(s.uptime[&node.id].len(), 1);
     }
 
     #[test]
-    fn unknown_farms_and_twins_are_refused_and_change_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = Embedded::open(&dir.path().join("registry.json")).expect("open");
-        let twin = r.ensure_twin("5Node", None).expect("twin");
-        let before = r.snapshot();
-        let err = r
-            .register_node(registration(7, twin.id), None)
-            .expect_err("no farm 7");
-        assert!(err.to_string().contains("farm with id 7"), "{err}");
-        assert!(matches!(
-            r.create_farm("x", 42),
-            Err(RegistryError::NoTwin(42))
-        ));
-        assert!(matches!(
-            r.report_uptime(
-                5,
-                UptimeReport {
-                    seq: 1,
-                    uptime: 1,
-                    timestamp: 1
-                }
+    fn no_one_writes_for_another_account_and_refused_writes_change_nothing() {
+        let (farmer, victim, attacker) = (key(1), key(2), key(3));
+        let f = farmed(&farmer);
+        let node = node_of(&f.r, &victim, f.farm.id);
+        let attacker_twin = twin_of(&f.r, &attacker);
+        let before = f.r.snapshot();
+
+        // Unsigned, and signed for another path or body.
+        let e =
+            f.r.authenticate("/v1/nodes", &HeaderMap::new(), b"x")
+                .expect_err("unsigned");
+        assert!(
+            matches!(e, RegistryError::Unsigned(AuthError::Missing(_))),
+            "{e}"
+        );
+        let e =
+            f.r.authenticate("/v1/nodes", &headers(&attacker, "/v1/nodes", b"x"), b"y")
+                .expect_err("changed body");
+        assert!(
+            matches!(e, RegistryError::Unsigned(AuthError::BadSignature)),
+            "{e}"
+        );
+
+        // Overwrite the victim's node, with the attacker's key.
+        let mut hijack = registration(f.farm.id, node.registration.twin_id);
+        hijack.interfaces.clear();
+        let v = signed(&f.r, &attacker, "/v1/nodes", b"hijack");
+        let e =
+            f.r.register_node(&v, hijack, Some(mesh(&attacker)))
+                .expect_err("another's node");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+
+        // Join with a mesh key that is not the account's.
+        let v = signed(&f.r, &attacker, "/v1/nodes", b"join");
+        let e =
+            f.r.register_node(
+                &v,
+                registration(f.farm.id, attacker_twin.id),
+                Some(mesh(&victim)),
+            )
+            .expect_err("a key not its own");
+        assert!(e.to_string().contains("is not the WireGuard key"), "{e}");
+
+        // Forge the victim's uptime.
+        let path = format!("/v1/nodes/{}/uptime", node.id);
+        let v = signed(&f.r, &attacker, &path, b"forged");
+        let e =
+            f.r.report_uptime(&v, node.id, uptime(u64::MAX))
+                .expect_err("forged uptime");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+
+        // Squat the farm's name, or make a farm without being a farmer.
+        let v = signed(&f.r, &attacker, "/v1/farms", b"squat");
+        let e =
+            f.r.signed_farm(&v, "farm-one", attacker_twin.id)
+                .expect_err("not a farmer");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+        let v = signed(&f.r, &attacker, "/v1/farms", b"claim");
+        let e =
+            f.r.signed_farm(&v, "farm-one", before.farms[&f.farm.id].twin_id)
+                .expect_err("the farmer's twin");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+        // A twin for another account.
+        let v = signed(&f.r, &attacker, "/v1/twins", b"twin");
+        let e =
+            f.r.signed_twin(&v, &account(&key(9)), None)
+                .expect_err("another's twin");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+
+        // Malformed entries, signed by the right account.
+        let bad_entries: Vec<(NodeRegistration, Option<MeshInfo>, &str)> = vec![
+            (
+                NodeRegistration {
+                    interfaces: vec![registration(1, 1).interfaces[0].clone(); MAX_INTERFACES + 1],
+                    ..registration(f.farm.id, attacker_twin.id)
+                },
+                None,
+                "interfaces: at most",
             ),
-            Err(RegistryError::NoNode(5))
+            (
+                NodeRegistration {
+                    interfaces: vec![Interface {
+                        name: "eth0/../x".into(),
+                        mac: String::new(),
+                        ips: vec![],
+                    }],
+                    ..registration(f.farm.id, attacker_twin.id)
+                },
+                None,
+                "not an interface name",
+            ),
+            (
+                registration(f.farm.id, attacker_twin.id),
+                Some(MeshInfo {
+                    public_key: "not a key".into(),
+                    ..mesh(&attacker)
+                }),
+                "is not the WireGuard key",
+            ),
+            (
+                registration(f.farm.id, attacker_twin.id),
+                Some(MeshInfo {
+                    endpoints: vec!["host:1".into()],
+                    ..mesh(&attacker)
+                }),
+                "is not ip:port",
+            ),
+        ];
+        for (reg, m, why) in bad_entries {
+            let v = signed(&f.r, &attacker, "/v1/nodes", why.as_bytes());
+            let e = f.r.register_node(&v, reg, m).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+        let mut expected = before.clone();
+        expected.twins = f.r.snapshot().twins;
+        assert_eq!(
+            f.r.snapshot(),
+            expected,
+            "a refused write changed the registry"
+        );
+        assert_eq!(f.r.snapshot().twins, before.twins);
+    }
+
+    #[test]
+    fn a_replayed_write_is_refused_and_writes_are_rate_limited() {
+        let (farmer, node_key) = (key(1), key(2));
+        let f = farmed(&farmer);
+        let node = node_of(&f.r, &node_key, f.farm.id);
+        let path = format!("/v1/nodes/{}/uptime", node.id);
+        let body = b"{}";
+        let h = headers(&node_key, &path, body);
+        let v = f.r.authenticate(&path, &h, body).expect("signed");
+        assert!(f.r.report_uptime(&v, node.id, uptime(5)).expect("first"));
+        let v =
+            f.r.authenticate(&path, &h, body)
+                .expect("the signature still verifies");
+        let e =
+            f.r.report_uptime(&v, node.id, uptime(5))
+                .expect_err("replay");
+        assert!(
+            matches!(e, RegistryError::Unsigned(AuthError::Replay(_))),
+            "{e}"
+        );
+
+        // A burst, then the refill rate; each account has its own bucket.
+        let stranger = account(&key(4));
+        let t0 = Instant::now();
+        for i in 0..RATE_BURST as usize {
+            assert!(f.r.admit(&stranger, t0).is_ok(), "write {i} of the burst");
+        }
+        assert!(matches!(
+            f.r.admit(&stranger, t0),
+            Err(RegistryError::RateLimited(who)) if who == stranger
         ));
-        assert_eq!(r.snapshot(), before);
+        let later = t0 + std::time::Duration::from_secs(1);
+        for i in 0..RATE_PER_SEC as usize {
+            assert!(
+                f.r.admit(&stranger, later).is_ok(),
+                "write {i} a second later"
+            );
+        }
+        assert!(f.r.admit(&stranger, later).is_err());
+        // Another account is not held back by the stranger's writes.
+        signed(&f.r, &node_key, "/v1/twins", b"t");
+    }
+
+    #[test]
+    fn a_farmer_is_an_account_never_a_bare_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = Embedded::open(&dir.path().join("r.json"), &["farmer-1".to_owned()])
+            .expect_err("a bare name");
+        assert!(matches!(e, RegistryError::NotAnAccount(_)), "{e}");
+        let r = Embedded::open(&dir.path().join("r.json"), &[]).expect("open");
+        assert!(matches!(
+            r.ensure_twin("farmer-1", None),
+            Err(RegistryError::NotAnAccount(_))
+        ));
     }
 }

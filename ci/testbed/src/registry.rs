@@ -2,9 +2,12 @@
 //! the farm LAN for the sandbox and the benchmarks.
 //!
 //! A child process bound to the farm's host address; killed and reaped on
-//! drop. Limits: one registry per farm; its state file lives in the farm's
-//! run directory and goes with it.
+//! drop. Farm 1 is owned by a real farmer account: one given, or a farmer
+//! key made with `agent sign new-key` in the farm's run directory, so
+//! signed requests work on the farm's nodes. Limits: one registry per farm;
+//! its state file and the key live in the run directory and go with it.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ pub enum RegistryError {
     Spawn(#[source] std::io::Error),
     #[error("the registry did not answer on {0}")]
     NotUp(String),
+    #[error("cannot make the farmer key {path}: {reason}")]
+    FarmerKey { path: PathBuf, reason: String },
 }
 
 /// A running registry.
@@ -28,12 +33,42 @@ pub enum RegistryError {
 pub struct Registry {
     child: Child,
     url: String,
+    farmer: String,
+    farmer_key: Option<PathBuf>,
+}
+
+/// Makes a farmer key at `path` with `agent sign new-key`; its account.
+pub fn new_farmer_key(path: &Path) -> Result<String, RegistryError> {
+    let agent = crate::bin_dir()?.join("agent");
+    let failed = |reason: String| RegistryError::FarmerKey {
+        path: path.to_owned(),
+        reason,
+    };
+    let out = Command::new(agent)
+        .args(["sign", "new-key", "--key"])
+        .arg(path)
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 impl Registry {
     /// Starts the registry for `farm` on `port`, with farm 1 owned by
-    /// `farmer` (an SS58 account) when given.
+    /// `farmer` (an SS58 account) when given, else by a new farmer key
+    /// written to the farm's run directory (`farmer.key`).
     pub fn start(farm: &Farm, port: u16, farmer: Option<&str>) -> Result<Registry, RegistryError> {
+        let (farmer, farmer_key) = match farmer {
+            Some(account) => (account.to_owned(), None),
+            None => {
+                let path = farm.dir().join("farmer.key");
+                (new_farmer_key(&path)?, Some(path))
+            }
+        };
         let agent = crate::bin_dir()?.join("agent");
         let listen = format!("{}:{port}", farm.host_ip());
         let log =
@@ -42,10 +77,8 @@ impl Registry {
         cmd.args([
             "registry", "--listen", &listen, "--farm", "farm-one", "--state",
         ])
-        .arg(farm.dir().join("registry.json"));
-        if let Some(account) = farmer {
-            cmd.args(["--farmer", account]);
-        }
+        .arg(farm.dir().join("registry.json"))
+        .args(["--farmer", &farmer]);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
@@ -54,6 +87,8 @@ impl Registry {
         let registry = Registry {
             child,
             url: format!("http://{listen}"),
+            farmer,
+            farmer_key,
         };
         let probe = format!("{}/v1/farms/1", registry.url);
         let up = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
@@ -69,6 +104,16 @@ impl Registry {
     /// `http://host:port`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The account that owns farm 1.
+    pub fn farmer(&self) -> &str {
+        &self.farmer
+    }
+
+    /// The farmer's key, when the registry made it.
+    pub fn farmer_key(&self) -> Option<&Path> {
+        self.farmer_key.as_deref()
     }
 }
 

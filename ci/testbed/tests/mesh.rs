@@ -286,10 +286,6 @@ fn bad_requests_get_a_4xx_and_change_nothing() {
         .expect("ip");
 
     let short = "AQEBAQEBAQEBAQEBAQEBAQ==";
-    let ok_peer = format!(
-        r#"{{"public_key":"{}","endpoints":["10.9.9.9:51820"],"public_endpoint":true}}"#,
-        keys[1].public
-    );
     let mesh_with = |key: &str, port: &str, prefix: &str| {
         format!(r#"{{"private_key":"{key}","listen_port":{port},"prefix":"{prefix}"}}"#)
     };
@@ -340,49 +336,6 @@ fn bad_requests_get_a_4xx_and_change_nothing() {
         ("/v1/mesh", "{".to_owned(), "bad request body"),
         (
             "/v1/mesh/peers",
-            peers_with("not base64!", "10.0.0.1:51820"),
-            "peer 0: public_key",
-        ),
-        (
-            "/v1/mesh/peers",
-            peers_with(short, "10.0.0.1:51820"),
-            "decodes to 16 bytes",
-        ),
-        (
-            "/v1/mesh/peers",
-            format!("[{ok_peer},{ok_peer}]"),
-            "is also peer 0",
-        ),
-        (
-            "/v1/mesh/peers",
-            peers_with(&keys[0].public, "10.0.0.1:51820"),
-            "this node's own key",
-        ),
-        (
-            "/v1/mesh/peers",
-            peers_with(&keys[1].public, "10.0.0.1"),
-            "is not ip:port",
-        ),
-        (
-            "/v1/mesh/peers",
-            peers_with(&keys[1].public, "node1:51820"),
-            "is not ip:port",
-        ),
-        (
-            "/v1/mesh/peers",
-            peers_with(&keys[1].public, "10.0.0.1:0"),
-            "has port 0",
-        ),
-        (
-            "/v1/mesh/peers",
-            format!(
-                r#"[{{"public_key":"{}","public_endpoint":true}}]"#,
-                keys[1].public
-            ),
-            "no endpoints",
-        ),
-        (
-            "/v1/mesh/peers",
             r#"[{"public_key":"x","public_endpoint":true,"color":"red"}]"#.to_owned(),
             "color",
         ),
@@ -407,10 +360,87 @@ fn bad_requests_get_a_4xx_and_change_nothing() {
             );
         }
     }
+    // A bad peer in a list is skipped and named; the good peer beside it
+    // stays as it was.
+    let good = mesh::peers_body(&[entry(&farm, 1, &keys[1], true)]);
+    let good = good
+        .trim()
+        .strip_prefix('[')
+        .and_then(|g| g.strip_suffix(']'))
+        .expect("a JSON list")
+        .to_owned();
+    let one = |list: String| {
+        list.trim()
+            .strip_prefix('[')
+            .and_then(|g| g.strip_suffix(']'))
+            .expect("a JSON list")
+            .to_owned()
+    };
+    let skipped: Vec<(String, &str)> = vec![
+        (
+            one(peers_with("not base64!", "10.0.0.1:51820")),
+            "peer 1: public_key",
+        ),
+        (
+            one(peers_with(short, "10.0.0.1:51820")),
+            "decodes to 16 bytes",
+        ),
+        (good.clone(), "is also peer 0"),
+        (
+            one(peers_with(&keys[0].public, "10.0.0.1:51820")),
+            "this node's own key",
+        ),
+        (
+            one(peers_with(
+                &mesh::keys().expect("wg genkey").public,
+                "10.0.0.1",
+            )),
+            "is not ip:port",
+        ),
+        (
+            one(peers_with(
+                &mesh::keys().expect("wg genkey").public,
+                "node1:51820",
+            )),
+            "is not ip:port",
+        ),
+        (
+            one(peers_with(
+                &mesh::keys().expect("wg genkey").public,
+                "10.0.0.1:0",
+            )),
+            "has port 0",
+        ),
+        (
+            format!(
+                r#"{{"public_key":"{}","public_endpoint":true}}"#,
+                mesh::keys().expect("wg genkey").public
+            ),
+            "no endpoints",
+        ),
+    ];
+    for (bad_peer, why) in &skipped {
+        let body = format!("[{good},{bad_peer}]");
+        let (status, answer) = put(a, "/v1/mesh/peers", &body);
+        assert_eq!(status, 200, "{body}: {answer}");
+        let applied: Applied =
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert_eq!(applied.skipped.len(), 1, "{body}: {applied:?}");
+        assert!(
+            applied.skipped[0].contains(why),
+            "{body}: {:?} lacks {why:?}",
+            applied.skipped
+        );
+        assert_eq!(
+            (applied.added, applied.removed, applied.unchanged),
+            (0, 0, 1),
+            "{body}"
+        );
+    }
     assert_eq!(
         get(a, "/v1/mesh"),
         before,
-        "a refused request changed the mesh"
+        "a refused request or a skipped peer changed the mesh"
     );
     let addr_after = a
         .exec(&["ip", "-6", "addr", "show", "dev", "mesh0"])

@@ -16,11 +16,18 @@ struct Registry {
 }
 
 impl Registry {
+    /// Farm 1 is owned by a farmer key kept beside the state file.
     fn start(farm: &Farm, state: &Path, port: u16) -> Registry {
-        Registry::start_owned(farm, state, port, None)
+        let key = state.with_extension("farmer.key");
+        let farmer = if key.exists() {
+            agent::cli::sign::account(&key).expect("the farmer key")
+        } else {
+            agent::cli::sign::new_key(&key).expect("a farmer key")
+        };
+        Registry::start_owned(farm, state, port, &farmer)
     }
 
-    fn start_owned(farm: &Farm, state: &Path, port: u16, farmer: Option<&str>) -> Registry {
+    fn start_owned(farm: &Farm, state: &Path, port: u16, farmer: &str) -> Registry {
         let listen = format!("{}:{port}", farm.host_ip());
         let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
         let mut cmd = Command::new(agent);
@@ -32,10 +39,8 @@ impl Registry {
             "test-farm",
             "--state",
         ])
-        .arg(state);
-        if let Some(account) = farmer {
-            cmd.args(["--farmer", account]);
-        }
+        .arg(state)
+        .args(["--farmer", farmer]);
         let child = cmd
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -311,10 +316,47 @@ fn curl_headers(cli_output: &str) -> Vec<(&str, String)> {
         .collect()
 }
 
+fn account_of(node: &grove_testbed::Node) -> String {
+    let mut account = None;
+    let known = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        account = chain(node).account;
+        account.is_some()
+    });
+    assert!(known, "{} has no account", node.name());
+    account.expect("an account")
+}
+
+fn wait_farmer(node: &grove_testbed::Node, farmer: &str) {
+    let known = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        chain(node).farmer.as_deref() == Some(farmer)
+    });
+    assert!(
+        known,
+        "{} never learnt its farmer: {:?}",
+        node.name(),
+        chain(node)
+    );
+}
+
 #[test]
-fn only_the_farmer_changes_the_node() {
-    let farm = farm(1, |_| None);
-    let node = farm.node(0);
+fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
+    );
+    // Each node has a pool (so a cache that outlives the agent) and node 0
+    // a foreign disk to wipe.
+    let spec = || {
+        NodeSpec::default()
+            .disks(vec![DiskSpec::ssd(512), DiskSpec::ssd(256)])
+            .config(
+                grove_testbed::Daemon::Agent,
+                "[chain]\nuptime_interval_secs = 2\n",
+            )
+    };
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec(), spec()]).without_agents())
+        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let (node, other) = (farm.node(0), farm.node(1));
     let dir = tempfile::tempdir().expect("tempdir");
     let farmer_key = dir.path().join("farmer.key");
     let stranger_key = dir.path().join("stranger.key");
@@ -334,36 +376,47 @@ fn only_the_farmer_changes_the_node() {
         &farm,
         &dir.path().join("registry.json"),
         port() + 500,
-        Some(&farmer),
+        &farmer,
     );
 
-    node.disks()[0]
+    node.disks()[1]
         .format_ext4_with_file("data", b"farmer data")
         .expect("ext4");
-    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url))
-        .expect("cmdline");
-    node.start_agent().expect("boot");
-    node.wait_api(Duration::from_secs(30)).expect("API up");
-    let known = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        chain(node).farmer.as_deref() == Some(farmer.as_str())
-    });
-    assert!(known, "the node never learnt its farmer: {:?}", chain(node));
+    for n in [node, other] {
+        n.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url))
+            .expect("cmdline");
+        n.start_agent().expect("boot");
+        n.wait_api(Duration::from_secs(30)).expect("API up");
+    }
+    for n in [node, other] {
+        wait_farmer(n, &farmer);
+    }
+    let account = account_of(node);
 
     let api = node.api_url().expect("url");
-    let disks: Vec<storaged::storage::Disk> =
-        serde_json::from_str(&http_get(&format!("{api}/v1/disks")).expect("disks").1)
-            .expect("json");
-    let serial = disks[0].device.serial.to_string();
+    let other_api = other.api_url().expect("url");
+    let foreign = || -> storaged::storage::Disk {
+        let disks: Vec<storaged::storage::Disk> =
+            serde_json::from_str(&http_get(&format!("{api}/v1/disks")).expect("disks").1)
+                .expect("json");
+        disks
+            .into_iter()
+            .find(|d| d.device.size_bytes == 256 << 20)
+            .expect("the 256 MiB disk")
+    };
+    let serial = foreign().device.serial.to_string();
     let path = format!("/v1/disks/{serial}/wipe");
     let url = format!("{api}{path}");
-    let sign_as = |key: &Path| {
+    let sign_as = |key: &Path, for_node: &str, path: &str| {
         agent_cli(&[
             "sign",
             "request",
             "--key",
             key.to_str().expect("utf-8"),
+            "--node",
+            for_node,
             "--path",
-            &path,
+            path,
         ])
     };
 
@@ -371,7 +424,7 @@ fn only_the_farmer_changes_the_node() {
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("signed by the farmer"), "{body}");
 
-    let stranger = sign_as(&stranger_key);
+    let stranger = sign_as(&stranger_key, &account, &path);
     let (code, body) = post(&url, &curl_headers(&stranger));
     assert_eq!(code, 403, "{body}");
 
@@ -382,9 +435,12 @@ fn only_the_farmer_changes_the_node() {
     let old = (agent::clock::unix_ms() / 1000) as i64 - 120;
     let skewed = agent::auth::sign(
         seed.keys().signing(),
-        "POST",
-        &path,
-        b"",
+        agent::auth::Request {
+            target: &account,
+            method: "POST",
+            path: &path,
+            body: b"",
+        },
         old,
         "skewed-nonce",
     );
@@ -392,13 +448,22 @@ fn only_the_farmer_changes_the_node() {
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("120 s away"), "{body}");
 
-    let still: Vec<storaged::storage::Disk> =
-        serde_json::from_str(&http_get(&format!("{api}/v1/disks")).expect("disks").1)
-            .expect("json");
-    assert_eq!(still[0].pool, None, "a refused request changed the disk");
+    // Signed for the other node: refused here.
+    let for_other = sign_as(&farmer_key, &account_of(other), &path);
+    let (code, body) = post(&url, &curl_headers(&for_other));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("does not verify"), "{body}");
 
-    let signed_text = sign_as(&farmer_key);
+    assert_eq!(foreign().pool, None, "a refused request changed the disk");
+
+    let signed_text = sign_as(&farmer_key, &account, &path);
     let signed = curl_headers(&signed_text);
+    // The same request, replayed to another node of the farm.
+    let (code, body) = post(&format!("{other_api}{path}"), &signed);
+    assert_eq!(
+        code, 401,
+        "a request for one node was taken by another: {body}"
+    );
     let (code, body) = post(&url, &signed);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"class\":\"ours\""), "{body}");
@@ -406,20 +471,45 @@ fn only_the_farmer_changes_the_node() {
     assert_eq!(code, 401, "a replay was accepted: {body}");
     assert!(body.contains("already used"), "{body}");
 
-    let reboot_text = agent_cli(&[
-        "sign",
-        "request",
-        "--key",
-        farmer_key.to_str().expect("utf-8"),
-        "--path",
-        "/v1/reboot",
-    ]);
+    let reboot_text = sign_as(&farmer_key, &account, "/v1/reboot");
     let reboot = curl_headers(&reboot_text);
+    let (code, body) = post(&format!("{other_api}/v1/reboot"), &reboot);
+    assert_eq!(code, 401, "another node took the reboot: {body}");
+    assert!(other.agent_exit().is_none(), "the other node rebooted");
     let (code, body) = post(&format!("{api}/v1/reboot"), &reboot);
     assert_eq!(code, 202, "{body}");
+    let signed_at = Instant::now();
     let stopped = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         node.agent_exit().is_some()
     });
     assert!(stopped, "the agent did not stop for the reboot");
     assert_eq!(node.agent_exit().and_then(|e| e.code()), Some(0));
+
+    // After the restart, the same requests are still spent.
+    node.stop_agent().expect("clean up after the reboot");
+    node.start_agent().expect("boot again");
+    node.wait_api(Duration::from_secs(30))
+        .expect("API up again");
+    wait_farmer(node, &farmer);
+    assert!(
+        signed_at.elapsed() < Duration::from_secs(50),
+        "the restart took {:?}: the replay would be refused for its age, not as a replay",
+        signed_at.elapsed()
+    );
+    for (what, url, headers) in [
+        ("reboot", format!("{api}/v1/reboot"), &reboot),
+        ("wipe", url.clone(), &signed),
+    ] {
+        let (code, body) = post(&url, headers);
+        assert_eq!(code, 401, "the {what} was replayed after a restart: {body}");
+        assert!(body.contains("already used"), "{what}: {body}");
+    }
+    assert!(
+        node.agent_exit().is_none(),
+        "the replayed reboot stopped the agent"
+    );
+    // A fresh request still works.
+    let fresh_text = sign_as(&farmer_key, &account, "/v1/reboot");
+    let (code, body) = post(&format!("{api}/v1/reboot"), &curl_headers(&fresh_text));
+    assert_eq!(code, 202, "{body}");
 }

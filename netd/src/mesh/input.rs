@@ -1,9 +1,11 @@
 //! What the mesh API accepts, and its validation into typed values.
 //!
 //! Request bodies are plain serde structs with strings; [`parse_mesh`] and
-//! [`parse_peers`] check everything (keys, port, prefix, endpoints,
+//! [`parse_peer_list`] check everything (keys, port, prefix, endpoints,
 //! duplicates, our own key) before anything is touched, so a refused
-//! request changes nothing and its error names the field and the peer.
+//! request changes nothing and its error names the field and the peer. A
+//! peer list is taken peer by peer: a bad peer is skipped and reported,
+//! the others are applied.
 //! Limits: a peer's first endpoint is the one WireGuard uses; the others
 //! are kept and shown but not tried.
 
@@ -157,55 +159,85 @@ pub fn parse_mesh(req: &MeshRequest) -> Result<MeshSettings, InputError> {
     })
 }
 
-/// Checks `PUT /v1/mesh/peers` for a node whose own key is `own`.
+/// Checks a stored peer list for a node whose own key is `own`: any bad
+/// entry refuses the whole list.
 pub fn parse_peers(reqs: &[PeerRequest], own: &PublicKey) -> Result<Vec<Peer>, InputError> {
+    let (peers, mut skipped) = parse_peer_list(reqs, own);
+    if skipped.is_empty() {
+        Ok(peers)
+    } else {
+        Err(skipped.swap_remove(0))
+    }
+}
+
+/// Checks `PUT /v1/mesh/peers` for a node whose own key is `own`: the good
+/// peers, and why each bad one was skipped. One bad entry (a malformed key
+/// in the registry, say) never costs the node its other peers; of two
+/// entries with one key, the first is kept.
+pub fn parse_peer_list(reqs: &[PeerRequest], own: &PublicKey) -> (Vec<Peer>, Vec<InputError>) {
     let mut seen: BTreeMap<PublicKey, usize> = BTreeMap::new();
     let mut peers = Vec::with_capacity(reqs.len());
+    let mut skipped = Vec::new();
     for (index, req) in reqs.iter().enumerate() {
-        let key: PublicKey = req
-            .public_key
-            .parse()
-            .map_err(|source| InputError::PeerKey { index, source })?;
-        if &key == own {
-            return Err(InputError::OwnKey { index, key });
+        match parse_peer(index, req, own, &seen) {
+            Ok(peer) => {
+                seen.insert(peer.key, index);
+                peers.push(peer);
+            }
+            Err(e) => skipped.push(e),
         }
-        if let Some(first) = seen.insert(key, index) {
-            return Err(InputError::Duplicate {
-                key,
-                first,
-                second: index,
-            });
-        }
-        if RegionPrefix::reserved_for(&key) {
-            return Err(InputError::ReservedAddress { key });
-        }
-        let mut endpoints = Vec::with_capacity(req.endpoints.len());
-        for text in &req.endpoints {
-            let endpoint: SocketAddr = text.parse().map_err(|source| InputError::Endpoint {
+    }
+    (peers, skipped)
+}
+
+fn parse_peer(
+    index: usize,
+    req: &PeerRequest,
+    own: &PublicKey,
+    seen: &BTreeMap<PublicKey, usize>,
+) -> Result<Peer, InputError> {
+    let key: PublicKey = req
+        .public_key
+        .parse()
+        .map_err(|source| InputError::PeerKey { index, source })?;
+    if &key == own {
+        return Err(InputError::OwnKey { index, key });
+    }
+    if let Some(first) = seen.get(&key) {
+        return Err(InputError::Duplicate {
+            key,
+            first: *first,
+            second: index,
+        });
+    }
+    if RegionPrefix::reserved_for(&key) {
+        return Err(InputError::ReservedAddress { key });
+    }
+    let mut endpoints = Vec::with_capacity(req.endpoints.len());
+    for text in &req.endpoints {
+        let endpoint: SocketAddr = text.parse().map_err(|source| InputError::Endpoint {
+            index,
+            key,
+            endpoint: text.clone(),
+            source,
+        })?;
+        if endpoint.port() == 0 {
+            return Err(InputError::EndpointPort {
                 index,
                 key,
                 endpoint: text.clone(),
-                source,
-            })?;
-            if endpoint.port() == 0 {
-                return Err(InputError::EndpointPort {
-                    index,
-                    key,
-                    endpoint: text.clone(),
-                });
-            }
-            endpoints.push(endpoint);
+            });
         }
-        if req.public_endpoint && endpoints.is_empty() {
-            return Err(InputError::NoEndpoint { index, key });
-        }
-        peers.push(Peer {
-            key,
-            endpoints,
-            public_endpoint: req.public_endpoint,
-        });
+        endpoints.push(endpoint);
     }
-    Ok(peers)
+    if req.public_endpoint && endpoints.is_empty() {
+        return Err(InputError::NoEndpoint { index, key });
+    }
+    Ok(Peer {
+        key,
+        endpoints,
+        public_endpoint: req.public_endpoint,
+    })
 }
 
 #[cfg(test)]
@@ -302,6 +334,32 @@ mod tests {
             let err = parse_peers(&reqs, &own).expect_err(why).to_string();
             assert!(err.contains(why), "{why}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bad_peer_is_skipped_and_the_others_are_kept() {
+        let own: PublicKey = PUBLIC.parse().expect("valid");
+        let list = vec![
+            peer(&key(1), &["10.0.0.1:51820"], true),
+            peer("not a key", &[], false),
+            peer(&key(2), &["10.0.0.2"], true),
+            peer(PUBLIC, &[], false),
+            peer(&key(1), &[], false),
+            peer(&key(3), &[], false),
+        ];
+        let (peers, skipped) = parse_peer_list(&list, &own);
+        let kept: Vec<String> = peers.iter().map(|p| p.key.to_string()).collect();
+        assert_eq!(kept, vec![key(1), key(3)]);
+        let why: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(why[0].starts_with("peer 1: public_key"), "{why:?}");
+        assert!(why[1].contains("is not ip:port"), "{why:?}");
+        assert!(why[2].contains("own key"), "{why:?}");
+        assert!(why[3].contains("is also peer 0"), "{why:?}");
+        assert!(
+            parse_peers(&list, &own).is_err(),
+            "a stored list stays strict"
+        );
     }
 
     #[test]

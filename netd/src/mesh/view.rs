@@ -72,12 +72,15 @@ pub struct PeerView {
 }
 
 /// What a `PUT` changed on the device.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Applied {
     pub added: usize,
     pub updated: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// Peers of the list that were not taken, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 impl From<&Changes> for Applied {
@@ -87,6 +90,7 @@ impl From<&Changes> for Applied {
             updated: c.update.len(),
             removed: c.remove.len(),
             unchanged: c.unchanged,
+            skipped: Vec::new(),
         }
     }
 }

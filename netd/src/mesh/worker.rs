@@ -187,9 +187,14 @@ impl Worker {
             .as_ref()
             .map(|c| c.settings.clone())
             .ok_or(MeshError::NotConfigured)?;
-        let peers = input::parse_peers(requests, &settings.public_key)?;
+        let (peers, skipped) = input::parse_peer_list(requests, &settings.public_key);
+        for e in &skipped {
+            tracing::warn!(ifname = %self.ifname, error = %e, "mesh peer skipped");
+        }
         let changes = self.converge(&settings, &peers, false).await?;
-        Ok(Applied::from(&changes))
+        let mut applied = Applied::from(&changes);
+        applied.skipped = skipped.iter().map(ToString::to_string).collect();
+        Ok(applied)
     }
 
     async fn show(&mut self) -> Result<MeshView, MeshError> {

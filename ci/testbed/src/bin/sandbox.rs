@@ -100,6 +100,7 @@ fn main() -> ExitCode {
         "embedded registry {registry_url} (farm 1), state {}",
         farm.dir().join("registry.json").display()
     );
+    print_signing(&registry, &farm);
     println!("Ctrl-C or SIGTERM tears the farm down.");
     match signals.wait() {
         Ok(signal) => println!("{signal}: tearing down..."),
@@ -153,6 +154,49 @@ fn wait_for_api(node: &Node) -> Result<(), String> {
         }
         _ => Err(format!("{url} did not answer within {API_TIMEOUT:?}")),
     }
+}
+
+/// Where the farmer key is, and how to sign a request to a node with it.
+fn print_signing(registry: &grove_testbed::registry::Registry, farm: &Farm) {
+    let agent = grove_testbed::bin_dir()
+        .map(|d| d.join("agent").display().to_string())
+        .unwrap_or_else(|_| "agent".to_owned());
+    let Some(key) = registry.farmer_key() else {
+        println!("farm 1 is owned by {}", registry.farmer());
+        return;
+    };
+    println!(
+        "farmer key {} (account {}), owner of farm 1",
+        key.display(),
+        registry.farmer()
+    );
+    println!("sign a request to one node with it, for example a reboot:");
+    for node in farm.nodes() {
+        let (Ok(api), Some(account)) = (node.api_url(), node_account(node)) else {
+            continue;
+        };
+        println!(
+            "  {}: eval curl -X POST {api}/v1/reboot $({agent} sign request --key {} --node {account} --path /v1/reboot)",
+            node.name(),
+            key.display()
+        );
+    }
+}
+
+/// The node's account, once the node knows its farmer (before that, a
+/// signed request is answered 503).
+fn node_account(node: &Node) -> Option<String> {
+    let url = format!("{}/v1/chain", node.api_url().ok()?);
+    let mut account = None;
+    wait_until(API_TIMEOUT, Duration::from_millis(250), || {
+        account = http_get(&url).ok().and_then(|(_, body)| {
+            let farmer = grove_testbed::mesh::json_field(&body, "farmer")?;
+            (farmer != "null").then_some(())?;
+            grove_testbed::mesh::json_field(&body, "account")
+        });
+        account.is_some()
+    });
+    account
 }
 
 fn teardown(mut farm: Farm, code: ExitCode) -> ExitCode {

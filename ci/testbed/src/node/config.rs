@@ -115,8 +115,13 @@ impl ConfigDir {
     }
 }
 
+/// The API's address, in `extra`'s own `[api]` table when it has one.
 fn agent_toml(extra: &str) -> String {
-    let mut text = format!("[api]\nlisten = \"{API_LISTEN}\"\n");
+    let listen = format!("[api]\nlisten = \"{API_LISTEN}\"\n");
+    if extra.lines().any(|l| l.trim() == "[api]") {
+        return extra.replacen("[api]\n", &listen, 1);
+    }
+    let mut text = listen;
     if !extra.is_empty() {
         text.push('\n');
         text.push_str(extra);
