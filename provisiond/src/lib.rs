@@ -5,6 +5,7 @@
 //! [`client::ProvisiondClient`] is how `agent` and the other daemons reach it.
 
 pub mod client;
+pub mod deployment;
 
 use std::path::PathBuf;
 
