@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod deployment;
+pub mod store;
 
 use std::path::PathBuf;
 
