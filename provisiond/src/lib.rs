@@ -7,6 +7,7 @@
 pub mod client;
 pub mod deployment;
 pub mod store;
+pub mod update;
 
 use std::path::PathBuf;
 
