@@ -4,6 +4,7 @@
 //! and calls [`run`]. It serves its API on `/run/grove/provisiond.sock`, and
 //! [`client::ProvisiondClient`] is how `agent` and the other daemons reach it.
 
+pub mod capacity;
 pub mod client;
 pub mod deployment;
 pub mod store;
