@@ -298,6 +298,16 @@ impl Deployment {
         DeploymentHash(Md5::digest(self.challenge().as_bytes()).into())
     }
 
+    /// Verifies the twins' signatures over this deployment's hash; returns
+    /// the weight reached.
+    pub fn verify(
+        &self,
+        keys: &impl signature::TwinKeys,
+    ) -> Result<u64, signature::SignatureError> {
+        self.signature_requirement
+            .verify(self.twin_id, &self.hash(), keys)
+    }
+
     /// The names of the workload types this deployment holds, once each.
     pub fn kinds(&self) -> BTreeSet<WorkloadType> {
         self.workloads.iter().map(|w| w.kind).collect()

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::deployment::Deployment;
+
 /// contract id → [`DeploymentRecord`] as JSON.
 const DEPLOYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deployments");
 /// (contract id, workload name) → [`WorkloadResult`] as JSON.
@@ -98,6 +100,54 @@ pub struct DeploymentRecord {
     pub hash: String,
     /// The deployment as its client sent it.
     pub wire: String,
+}
+
+/// Why a stored deployment cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the stored deployment of contract {contract} no longer parses: {source}")]
+    Parse {
+        contract: u64,
+        source: crate::deployment::DeploymentError,
+    },
+    #[error(
+        "the stored deployment of contract {contract} hashes to {found}, it was accepted as {recorded}"
+    )]
+    Hash {
+        contract: u64,
+        recorded: String,
+        found: String,
+    },
+}
+
+impl DeploymentRecord {
+    /// The record of a deployment accepted from `wire`.
+    pub fn new(deployment: &Deployment, wire: &[u8]) -> Self {
+        Self {
+            contract_id: deployment.contract_id,
+            twin_id: deployment.twin_id,
+            version: deployment.version,
+            hash: deployment.hash().hex(),
+            wire: String::from_utf8_lossy(wire).into_owned(),
+        }
+    }
+
+    /// Parses the stored deployment again and checks it still has the hash
+    /// it was accepted with.
+    pub fn restore(&self) -> Result<Deployment, RestoreError> {
+        let contract = self.contract_id;
+        let deployment = Deployment::parse(self.wire.as_bytes())
+            .map_err(|source| RestoreError::Parse { contract, source })?;
+        let found = deployment.hash().hex();
+        if found != self.hash {
+            return Err(RestoreError::Hash {
+                contract,
+                recorded: self.hash.clone(),
+                found,
+            });
+        }
+        Ok(deployment)
+    }
 }
 
 /// The provisioning store.

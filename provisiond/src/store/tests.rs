@@ -145,6 +145,39 @@ fn removing_a_result_keeps_its_history() {
 }
 
 #[test]
+fn a_stored_deployment_restores_only_with_its_hash() {
+    let wire = include_str!("../../tests/data/zos-vectors.json");
+    let vectors: serde_json::Value = serde_json::from_str(wire).expect("vectors");
+    let text = vectors[0]["wire_json"].as_str().expect("wire").to_owned();
+    let deployment = Deployment::parse(text.as_bytes()).expect("parses");
+    let record = DeploymentRecord::new(&deployment, text.as_bytes());
+    assert_eq!(record.hash, vectors[0]["md5_hex"].as_str().expect("md5"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("provision.redb");
+    {
+        let store = Store::open(&path).expect("open");
+        let mut batch = store.batch().expect("batch");
+        batch.put_deployment(&record).expect("put");
+        batch.commit().expect("commit");
+    }
+    let store = Store::open(&path).expect("reopen");
+    let loaded = store.deployments().expect("list");
+    assert_eq!(loaded[0].restore().expect("restores"), deployment);
+
+    let tampered = DeploymentRecord {
+        wire: text.replace("\"size\":10737418240", "\"size\":10737418241"),
+        ..record.clone()
+    };
+    assert!(matches!(tampered.restore(), Err(RestoreError::Hash { .. })));
+    let broken = DeploymentRecord {
+        wire: "{".to_owned(),
+        ..record
+    };
+    assert!(matches!(broken.restore(), Err(RestoreError::Parse { .. })));
+}
+
+#[test]
 fn a_second_open_of_the_same_file_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("provision.redb");

@@ -17,6 +17,9 @@ use crate::deployment::challenge::{Challenge, ChallengeExt};
 use crate::deployment::net::IpNet;
 
 /// A value that must never be printed: `Debug` shows a placeholder.
+///
+/// `Serialize` writes the value, for the node's own store; an answer to a
+/// client is built without it.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
