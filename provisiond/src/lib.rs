@@ -10,6 +10,7 @@
 //! [`update`] (zos's update rules). The engine, its drivers and the API that
 //! join them are not written yet.
 
+pub mod admission;
 pub mod capacity;
 pub mod client;
 pub mod deployment;
