@@ -668,6 +668,11 @@ fn bad_input_is_refused_naming_the_field() {
     for (what, body) in malformed {
         assert!(Deployment::parse(body).is_err(), "{what} was accepted");
     }
+    let twice = wire(&v).replacen("{\"version\":0,", "{\"version\":0,\"version\":0,", 1);
+    assert!(
+        Deployment::parse(twice.as_bytes()).is_err(),
+        "a key given twice was accepted"
+    );
     let mut trailing = wire(&v).to_owned();
     trailing.push_str(" x");
     assert!(
