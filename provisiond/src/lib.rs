@@ -3,10 +3,21 @@
 //! The library holds all of the daemon's logic; `main.rs` only parses flags
 //! and calls [`run`]. It serves its API on `/run/grove/provisiond.sock`, and
 //! [`client::ProvisiondClient`] is how `agent` and the other daemons reach it.
+//!
+//! The parts so far: [`deployment`] (zos's wire format, checks, hash and
+//! signatures), [`store`] (the durable record of deployments, results and
+//! history), [`capacity`] (the ledger that refuses what does not fit) and
+//! [`update`] (zos's update rules). The engine, its drivers and the API that
+//! join them are not written yet.
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod capacity;
 pub mod client;
+pub mod deployment;
+pub mod store;
+pub mod update;
 
 use std::path::PathBuf;
 
