@@ -200,10 +200,24 @@ impl ChainStatus {
     }
 }
 
+/// How long after start the node waits for its LAN address before it
+/// registers without a mesh endpoint.
+const MESH_GRACE: Duration = Duration::from_secs(60);
+
 /// The chain task's shared status.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chain {
     status: RwLock<ChainStatus>,
+    started: Instant,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self {
+            status: RwLock::default(),
+            started: Instant::now(),
+        }
+    }
 }
 
 /// What the registration is made from, asked anew before each one.
@@ -423,6 +437,7 @@ impl Chain {
             self.refresh_queue(&queue).await;
             if ok {
                 backoff.reset();
+                self.answered();
             }
             if sources.mesh.enabled && !mesh_configured {
                 mesh_configured = self.configure_mesh(&sources, &keys).await;
@@ -494,6 +509,9 @@ impl Chain {
                 *known = Known::default();
             }
         }
+        if connected == Connected::Same {
+            return true;
+        }
         let genesis = backend_genesis(backend);
         let reset = matches!(connected, Connected::Reset { .. });
         self.update(|s| {
@@ -504,13 +522,18 @@ impl Chain {
                 s.refusal = None;
             }
             s.genesis = genesis;
-            if !s.connected {
-                s.error = None;
-            }
+            s.error = None;
+        });
+        self.answered();
+        true
+    }
+
+    /// The registry answered.
+    fn answered(&self) {
+        self.update(|s| {
             s.connected = true;
             s.unreachable_since = None;
         });
-        true
     }
 
     /// The farm's owner (read without funds), then the node's twin.
@@ -568,8 +591,19 @@ impl Chain {
         let Some(twin) = known.twin else {
             return false;
         };
-        let registration = registration(sources, farm_id, twin).await;
+        let registration = match registration(sources, farm_id, twin).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(e);
+                return false;
+            }
+        };
         let mesh = self.mesh_info(sources, keys).await;
+        if sources.mesh.enabled && mesh.is_none() && self.started.elapsed() < MESH_GRACE {
+            // netd has no LAN address yet: register once it has, rather
+            // than twice.
+            return false;
+        }
         let wanted = (registration, mesh);
         if known.registered.as_ref() == Some(&wanted) {
             return true;
@@ -834,18 +868,29 @@ fn backend_genesis(backend: &Backend) -> Option<String> {
     }
 }
 
-async fn registration(sources: &Sources, farm_id: u32, twin_id: u32) -> NodeRegistration {
+/// What the node would register now; an error while storaged or netd do
+/// not answer, so a half-known node is never registered over a whole one.
+async fn registration(
+    sources: &Sources,
+    farm_id: u32,
+    twin_id: u32,
+) -> Result<NodeRegistration, String> {
     let proc_root = sources.proc_root.clone();
     let host = tokio::task::spawn_blocking(move || crate::hostinfo::HostInfo::read(&proc_root))
         .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading host facts failed");
-            crate::hostinfo::HostInfo::default()
-        });
-    let capacity = sources.storaged.capacity().await.ok();
-    let interfaces = sources.netd.interfaces().await.unwrap_or_default();
-    let node = crate::operator::capacity::node_capacity(&host, capacity.as_ref());
-    NodeRegistration {
+        .map_err(|e| format!("reading host facts failed: {e}"))?;
+    let capacity = sources
+        .storaged
+        .capacity()
+        .await
+        .map_err(|e| format!("waiting for storaged's capacity: {e}"))?;
+    let interfaces = sources
+        .netd
+        .interfaces()
+        .await
+        .map_err(|e| format!("waiting for netd's interfaces: {e}"))?;
+    let node = crate::operator::capacity::node_capacity(&host, Some(&capacity));
+    Ok(NodeRegistration {
         farm_id,
         twin_id,
         resources: Resources {
@@ -866,7 +911,7 @@ async fn registration(sources: &Sources, farm_id: u32, twin_id: u32) -> NodeRegi
         serial_number: dmi_serial().unwrap_or_else(|| "Not Specified".to_owned()),
         virtualized: virtualized(&sources.proc_root),
         secure_boot: secure_boot(),
-    }
+    })
 }
 
 fn host_uptime(proc_root: &std::path::Path) -> Option<u64> {
