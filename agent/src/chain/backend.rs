@@ -234,7 +234,7 @@ impl TfchainBackend {
 #[derive(Debug)]
 pub enum Backend {
     Embedded(EmbeddedClient),
-    Tfchain(TfchainBackend),
+    Tfchain(Box<TfchainBackend>),
 }
 
 impl Backend {

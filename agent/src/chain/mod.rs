@@ -395,7 +395,7 @@ impl Chain {
             },
             ChainBackend::Tfchain => {
                 let l = &config.location;
-                Backend::Tfchain(TfchainBackend::new(
+                Backend::Tfchain(Box::new(TfchainBackend::new(
                     &url,
                     keys.signing().clone(),
                     crate::tfchain::calls::Location {
@@ -404,7 +404,7 @@ impl Chain {
                         latitude: l.latitude.clone(),
                         longitude: l.longitude.clone(),
                     },
-                ))
+                )))
             }
         };
         let account = keys.public().account;

@@ -8,3 +8,4 @@ pub mod mesh;
 pub mod stats;
 pub mod storage;
 pub mod tenant;
+pub mod tfchain;
