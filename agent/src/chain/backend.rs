@@ -308,6 +308,23 @@ impl Backend {
         }
     }
 
+    /// Whether `twin` is still the twin of `account` (read only): a chain
+    /// restarted empty, or a registry that lost its state, no longer has it.
+    pub async fn has_twin(&self, account: &str, twin: u32) -> Result<bool, BackendError> {
+        match self {
+            Backend::Embedded(client) => match client.twin(twin).await {
+                Ok(t) => Ok(t.account == account),
+                Err(grove_daemon::client::ClientError::Status { status, .. })
+                    if status == hyper::StatusCode::NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(embedded(e)),
+            },
+            Backend::Tfchain(t) => Ok(t.chain()?.twin().await? == Some(twin)),
+        }
+    }
+
     /// The node's entry, and whether it holds what `wanted` and `mesh` say.
     pub async fn registered(
         &self,

@@ -243,7 +243,18 @@ struct Known {
     registered: Option<Wanted>,
     /// What the registry refused for good: not sent again.
     refused: Option<Wanted>,
+    /// A node was just created: its first uptime goes out now, not at the
+    /// next interval.
+    report_now: bool,
+    /// When the twin and node were last read back from the registry.
+    verified: Option<Instant>,
+    /// What the node last sent.
+    sent: Option<Wanted>,
 }
+
+/// How often the node reads its twin and node back from the registry, to
+/// notice a registry that lost them (or a connection that died quietly).
+const VERIFY_EVERY: Duration = Duration::from_secs(15);
 
 /// Capped exponential backoff.
 #[derive(Debug)]
@@ -418,6 +429,10 @@ impl Chain {
         let mut known = Known::default();
         let mut backoff = Backoff::new();
         loop {
+            if known.report_now && Instant::now() < next_uptime {
+                known.report_now = false;
+                next_uptime = Instant::now();
+            }
             if Instant::now() >= next_uptime {
                 let uptime = host_uptime(&sources.proc_root).unwrap_or(booted.elapsed().as_secs());
                 self.enqueue(&queue, uptime).await;
@@ -502,6 +517,7 @@ impl Chain {
             Connected::New => {
                 tracing::info!("connected to the registry");
                 known.twin = None;
+                known.node = None;
                 known.registered = None;
             }
             Connected::Reset { was, now } => {
@@ -544,6 +560,33 @@ impl Chain {
         farm_id: u32,
         account: &str,
     ) -> bool {
+        if let Some(twin) = known.twin
+            && known.verified.is_none_or(|at| at.elapsed() >= VERIFY_EVERY)
+        {
+            match backend.has_twin(account, twin).await {
+                Ok(true) => {
+                    known.verified = Some(Instant::now());
+                    // The node is read back too.
+                    known.registered = None;
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        twin,
+                        "the registry no longer has the node's twin: registering again"
+                    );
+                    *known = Known::default();
+                    self.update(|s| {
+                        s.twin_id = None;
+                        s.node_id = None;
+                        s.refusal = None;
+                    });
+                }
+                Err(e) => {
+                    self.failed(backend, &e);
+                    return false;
+                }
+            }
+        }
         if known.farmer.is_none() {
             match backend.farmer(farm_id).await {
                 Ok(farmer) => {
@@ -560,6 +603,7 @@ impl Chain {
             match backend.twin(account).await {
                 Ok(twin) => {
                     known.twin = Some(twin);
+                    known.verified = Some(Instant::now());
                     let tfchain = backend.is_tfchain();
                     self.update(|s| {
                         s.twin_id = Some(twin);
@@ -627,12 +671,23 @@ impl Chain {
         };
         let id = match existing {
             Some(found) if found.same => found.id,
+            // Sent already, and the registry keeps it otherwise than sent:
+            // sending it again would change nothing and cost a fee.
+            Some(found) if known.sent.as_ref() == Some(&wanted) => {
+                tracing::warn!(
+                    node = found.id,
+                    "the registry holds the node otherwise than it was sent; not sent again"
+                );
+                found.id
+            }
             found => {
                 match backend
                     .register(&wanted.0, wanted.1.as_ref(), found.map(|f| f.id))
                     .await
                 {
                     Ok(id) => {
+                        known.report_now = found.is_none();
+                        known.sent = Some(wanted.clone());
                         tracing::info!(
                             node = id,
                             update = found.is_some(),
@@ -745,6 +800,7 @@ impl Chain {
         for (seq, report) in uptime {
             match backend.report_uptime(node, &report).await {
                 Ok(delivered) => {
+                    known.report_now = false;
                     if let Err(e) = blocking(queue, move |q| q.remove(seq)).await {
                         self.fail(e);
                         return false;
