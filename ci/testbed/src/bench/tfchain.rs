@@ -117,6 +117,7 @@ async fn one_run(url: &str, flow: &Path, run: usize) -> Result<Sample, BenchErro
     .clone();
     time_travel(url, now()).await?;
     let farm_id = alice_farm(&client, run).await?;
+    eprintln!("  run {}: farm {farm_id}", run + 1);
     let seed = Seed::generate().map_err(fail)?;
     fund(&client, &seed).await?;
 
@@ -129,6 +130,7 @@ async fn one_run(url: &str, flow: &Path, run: usize) -> Result<Sample, BenchErro
     let (chain, task) = start(&proxy.url, farm_id, &seed, &dir, &sockets);
     let registered = wait_for(&chain, Duration::from_secs(120), |s| s.node_id.is_some()).await?;
     let agent_registration = started.elapsed();
+    eprintln!("  run {}: the agent registered", run + 1);
     let _ = registered;
     wait_for(&chain, Duration::from_secs(60), |s| {
         s.last_uptime_report.is_some() && s.queue_length == 0
@@ -136,6 +138,7 @@ async fn one_run(url: &str, flow: &Path, run: usize) -> Result<Sample, BenchErro
     .await?;
 
     let flow_registration = run_flow(flow, url).await?;
+    eprintln!("  run {}: flow.js done", run + 1);
 
     // Reconnect: cut, wait until reports queue, restore.
     let before = chain.status().last_uptime_report.map_or(0, |r| r.seq);
