@@ -159,10 +159,9 @@ impl ChainStatus {
         if self.backend.is_none() {
             return out;
         }
+        // A node booted without a farm or registry has nothing to report
+        // to; `/v1/chain` says so, and the node itself may be fine.
         if self.url.is_none() || self.farm_id.is_none() {
-            if let Some(e) = &self.error {
-                out.push(format!("chain: {e}"));
-            }
             return out;
         }
         if let Some(since) = self.unreachable_since {
