@@ -452,16 +452,20 @@ mod faults {
     pub const GIB: u64 = 1 << 30;
 
     /// storaged's `/v1/capacity` on a socket, with an SSD size the test
-    /// changes: the chain task's source of SRU.
+    /// changes: the chain task's source of SRU; and netd's
+    /// `/v1/interfaces` (none) on another.
     pub struct Storage {
         pub ssd: Arc<AtomicU64>,
         pub socket: PathBuf,
+        pub netd: PathBuf,
         task: tokio::task::JoinHandle<()>,
+        netd_task: tokio::task::JoinHandle<()>,
     }
 
     impl Drop for Storage {
         fn drop(&mut self) {
             self.task.abort();
+            self.netd_task.abort();
         }
     }
 
@@ -487,7 +491,22 @@ mod faults {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Storage { ssd, socket, task }
+        let netd = dir.join("netd.sock");
+        let listener = tokio::net::UnixListener::bind(&netd).expect("bind");
+        let app = axum::Router::new().route(
+            "/v1/interfaces",
+            axum::routing::get(|| async { axum::Json(serde_json::json!([])) }),
+        );
+        let netd_task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Storage {
+            ssd,
+            socket,
+            netd,
+            task,
+            netd_task,
+        }
     }
 
     /// A TCP proxy to the chain that the test cuts (every connection
@@ -603,7 +622,7 @@ mod faults {
         let sources = Sources {
             identity: Arc::new(agent::identity::Identity::with_seed(seed)),
             storaged: storaged::client::StoragedClient::new(storage.socket.clone()),
-            netd: netd::client::NetdClient::new(dir.join("no-netd.sock")),
+            netd: netd::client::NetdClient::new(storage.netd.clone()),
             proc_root: "/proc".into(),
             mesh: MeshConfig {
                 enabled: false,
@@ -737,7 +756,10 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
     })
     .await;
     let reason = refused.refusal.clone().expect("refusal");
-    assert!(reason.contains("100 GiB") && reason.contains("4.0 GiB"), "{reason}");
+    assert!(
+        reason.contains("100 GiB") && reason.contains("4.0 GiB"),
+        "{reason}"
+    );
     let problems = refused.problems(now());
     assert_eq!(problems.len(), 1, "one reason: {problems:?}");
     eprintln!("/v1/status reason: {}", problems[0]);
@@ -750,7 +772,11 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
         .expect("balance");
     // Several rounds of the task go by (one every 5 s).
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(faults::nonce(&client, &seed).await, sent, "an extrinsic was sent");
+    assert_eq!(
+        faults::nonce(&client, &seed).await,
+        sent,
+        "an extrinsic was sent"
+    );
     let after = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
         .await
         .expect("connect")
@@ -759,10 +785,15 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
         .expect("balance");
     assert_eq!(after, balance, "a fee was paid");
     assert_eq!(node.chain.status().node_id, None);
-    assert_eq!(node.chain.status().refusals.get("InvalidSRUInput"), Some(&1));
+    assert_eq!(
+        node.chain.status().refusals.get("InvalidSRUInput"),
+        Some(&1)
+    );
 
     // A pool is added: the node registers.
-    storage.ssd.store(200 * GIB, std::sync::atomic::Ordering::SeqCst);
+    storage
+        .ssd
+        .store(200 * GIB, std::sync::atomic::Ordering::SeqCst);
     let registered = faults::wait_for(&node.chain, Duration::from_secs(60), "a node id", |s| {
         s.node_id.is_some() && s.queue_length == 0 && s.last_uptime_report.is_some()
     })
@@ -772,10 +803,15 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
     assert_eq!(faults::node_sru(id).await, 200 * GIB);
 
     // A pool breaks: the chain follows within a minute.
-    storage.ssd.store(150 * GIB, std::sync::atomic::Ordering::SeqCst);
+    storage
+        .ssd
+        .store(150 * GIB, std::sync::atomic::Ordering::SeqCst);
     let start = Instant::now();
     while faults::node_sru(id).await != 150 * GIB {
-        assert!(start.elapsed() < Duration::from_secs(60), "SRU not updated within a minute");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "SRU not updated within a minute"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("SRU on chain followed the node in {:?}", start.elapsed());
@@ -809,9 +845,12 @@ async fn cut_and_restore(cut: Duration) -> Duration {
     let proxy = faults::Proxy::to(&url()).await;
     let interval = 4;
     let node = faults::start(&proxy.url, farm_id, &seed, dir.path(), &storage, interval);
-    faults::wait_for(&node.chain, Duration::from_secs(60), "registered and reporting", |s| {
-        s.node_id.is_some() && s.last_uptime_report.is_some()
-    })
+    faults::wait_for(
+        &node.chain,
+        Duration::from_secs(60),
+        "registered and reporting",
+        |s| s.node_id.is_some() && s.last_uptime_report.is_some(),
+    )
     .await;
 
     proxy.cut();
@@ -822,14 +861,19 @@ async fn cut_and_restore(cut: Duration) -> Duration {
     .await;
     let problems = during.problems(now());
     assert!(
-        problems.iter().any(|p| p.contains("cannot reach the registry")),
+        problems
+            .iter()
+            .any(|p| p.contains("cannot reach the registry")),
         "{problems:?}"
     );
     tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
     let before = node.chain.status();
     let sent_before = faults::nonce(&client, &seed).await;
     let queued = before.queue_length;
-    let last_before = before.last_uptime_report.expect("a report before the cut").seq;
+    let last_before = before
+        .last_uptime_report
+        .expect("a report before the cut")
+        .seq;
     eprintln!("cut for {:?}: {queued} reports queued", cut_at.elapsed());
 
     proxy.restore();
@@ -842,9 +886,12 @@ async fn cut_and_restore(cut: Duration) -> Duration {
     )
     .await;
     let reconnect = restored.elapsed();
-    let resumed = faults::wait_for(&node.chain, Duration::from_secs(30), "the queue empty", |s| {
-        s.queue_length == 0 && s.connected
-    })
+    let resumed = faults::wait_for(
+        &node.chain,
+        Duration::from_secs(30),
+        "the queue empty",
+        |s| s.queue_length == 0 && s.connected,
+    )
     .await;
     let delivered = resumed.last_uptime_report.expect("report").seq;
     let sent = faults::nonce(&client, &seed).await - sent_before;
@@ -854,7 +901,13 @@ async fn cut_and_restore(cut: Duration) -> Duration {
         sent >= 1 && sent <= 1 + made_since,
         "{sent} extrinsics for a backlog of {queued} and {made_since} new reports"
     );
-    assert!(resumed.problems(now()).is_empty(), "{:?}", resumed.problems(now()));
+    // Chain time under chopsticks stands still between blocks, so a skew
+    // may show after a long cut; nothing else may.
+    let problems = resumed.problems(now());
+    assert!(
+        problems.iter().all(|p| p.contains("clock is off")),
+        "{problems:?}"
+    );
     eprintln!(
         "reconnect: first report delivered {reconnect:?} after the chain answered again (report {}, {sent} extrinsic(s))",
         after.last_uptime_report.expect("report").seq
@@ -867,14 +920,20 @@ async fn cut_and_restore(cut: Duration) -> Duration {
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn a_network_cut_of_10_s_then_reports_resume_without_loss_or_duplicate() {
     let reconnect = cut_and_restore(Duration::from_secs(10)).await;
-    assert!(reconnect <= Duration::from_secs(15), "reconnect took {reconnect:?}");
+    assert!(
+        reconnect <= Duration::from_secs(15),
+        "reconnect took {reconnect:?}"
+    );
 }
 
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn a_network_cut_of_2_minutes_then_reports_resume_without_loss_or_duplicate() {
     let reconnect = cut_and_restore(Duration::from_secs(120)).await;
-    assert!(reconnect <= Duration::from_secs(15), "reconnect took {reconnect:?}");
+    assert!(
+        reconnect <= Duration::from_secs(15),
+        "reconnect took {reconnect:?}"
+    );
 }
 
 /// An agent restarted with reports queued, a registration of an older
@@ -919,14 +978,20 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
     }
     let storage = faults::storage(dir.path(), 200 * GIB).await;
     let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
-    let s = faults::wait_for(&node.chain, Duration::from_secs(60), "registered and delivered", |s| {
-        s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0
-    })
+    let s = faults::wait_for(
+        &node.chain,
+        Duration::from_secs(60),
+        "registered and delivered",
+        |s| s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0,
+    )
     .await;
     assert!(queue.is_empty());
     // accept the terms, create the twin, create the node, one report.
     assert_eq!(faults::nonce(&client, &seed).await, 4);
-    eprintln!("after a restart with 3 reports queued: node {:?}, report {:?}", s.node_id, s.last_uptime_report);
+    eprintln!(
+        "after a restart with 3 reports queued: node {:?}, report {:?}",
+        s.node_id, s.last_uptime_report
+    );
 }
 
 /// Chain time 10 minutes ahead of the node's clock: reports go with the
@@ -952,7 +1017,11 @@ async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
         problems.iter().any(|p| p.contains(&format!("by {skew} s"))),
         "{problems:?}"
     );
-    assert_eq!(s.refusals.get("transient"), None, "a report was refused: {s:?}");
+    assert_eq!(
+        s.refusals.get("transient"),
+        None,
+        "a report was refused: {s:?}"
+    );
     eprintln!("with chain time 10 min off: {problems:?}");
     faults::time_travel(now()).await;
 }
@@ -968,26 +1037,37 @@ async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = faults::storage(dir.path(), 200 * GIB).await;
     let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
-    let s = faults::wait_for(&node.chain, Duration::from_secs(60), "waiting for funds", |s| {
-        s.funds.starts_with("waiting for funds")
-    })
+    let s = faults::wait_for(
+        &node.chain,
+        Duration::from_secs(60),
+        "waiting for funds",
+        |s| s.funds.starts_with("waiting for funds"),
+    )
     .await;
-    assert!(s.farmer.is_some(), "the farmer is read without funds: {s:?}");
+    assert!(
+        s.farmer.is_some(),
+        "the farmer is read without funds: {s:?}"
+    );
     let problems = s.problems(now());
     assert!(
-        problems.iter().any(|p| p.contains(&account) && p.contains("1 TFT")),
+        problems
+            .iter()
+            .any(|p| p.contains(&account) && p.contains("1 TFT")),
         "{problems:?}"
     );
     faults::fund(&client, &seed).await;
     let funded = Instant::now();
-    faults::wait_for(&node.chain, Duration::from_secs(15), "a node id after funding", |s| {
-        s.node_id.is_some()
-    })
+    faults::wait_for(
+        &node.chain,
+        Duration::from_secs(15),
+        "a node id after funding",
+        |s| s.node_id.is_some(),
+    )
     .await;
     eprintln!("registered {:?} after funding", funded.elapsed());
 }
 
-/// The chain restarted empty (a new genesis): the node registers again by
+/// The chain restarted empty (all its state gone): the node registers again by
 /// itself within 30 s of its farm and funds being there again.
 #[tokio::test]
 #[ignore = "needs a TFChain and TFCHAIN_RUN, the script that restarts it (run.sh beside the metadata)"]
@@ -995,7 +1075,10 @@ async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() 
     let script = std::env::var("TFCHAIN_RUN")
         .expect("set TFCHAIN_RUN to the script that starts the chain (`SCRIPT stop` stops it)");
     let restart = || {
-        let stop = std::process::Command::new(&script).arg("stop").status().expect("stop");
+        let stop = std::process::Command::new(&script)
+            .arg("stop")
+            .status()
+            .expect("stop");
         assert!(stop.success(), "{script} stop: {stop}");
         let start = std::process::Command::new(&script).output().expect("start");
         assert!(start.status.success(), "{script}: {start:?}");
@@ -1009,26 +1092,35 @@ async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() 
     let storage = faults::storage(dir.path(), 200 * GIB).await;
     let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
     let first = faults::wait_for(&node.chain, Duration::from_secs(60), "registered", |s| {
-        s.node_id.is_some() && s.queue_length == 0
+        s.node_id.is_some() && s.queue_length == 0 && s.last_report_at.is_some()
     })
     .await;
+    let reported = first.last_report_at.expect("a report before the reset");
 
     restart();
     let (client, again) = faults::farm().await;
     assert_eq!(again, farm_id, "the farm id after the reset");
     faults::fund(&client, &seed).await;
     let ready = Instant::now();
-    let s = faults::wait_for(&node.chain, Duration::from_secs(30), "registered again", |s| {
-        s.genesis != first.genesis && s.node_id.is_some() && s.twin_id.is_some()
-    })
+    // Under chopsticks the genesis hash stays the same across restarts: the
+    // node finds the reset by reading its twin and node again on reconnect.
+    let s = faults::wait_for(
+        &node.chain,
+        Duration::from_secs(30),
+        "registered again",
+        |s| s.node_id.is_some() && s.twin_id.is_some() && s.last_report_at > Some(reported),
+    )
     .await;
-    let twin = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
+    let chain = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
         .await
-        .expect("connect")
-        .twin()
-        .await
-        .expect("twin");
+        .expect("connect");
+    let twin = chain.twin().await.expect("twin");
     assert_eq!(s.twin_id, twin, "the twin is the new chain's");
+    let node_on_chain = chain
+        .node_of_twin(twin.expect("a twin on the new chain"))
+        .await
+        .expect("node");
+    assert_eq!(s.node_id, node_on_chain, "the node is the new chain's");
     eprintln!(
         "registered again {:?} after the reset chain had the farm and funds: node {:?}",
         ready.elapsed(),

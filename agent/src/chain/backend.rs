@@ -234,7 +234,7 @@ impl TfchainBackend {
 #[derive(Debug)]
 pub enum Backend {
     Embedded(EmbeddedClient),
-    Tfchain(TfchainBackend),
+    Tfchain(Box<TfchainBackend>),
 }
 
 impl Backend {
@@ -312,6 +312,23 @@ impl Backend {
                 Ok(twin.id)
             }
             Backend::Tfchain(t) => Ok(t.chain()?.ensure_twin(None).await?),
+        }
+    }
+
+    /// Whether `twin` is still the twin of `account` (read only): a chain
+    /// restarted empty, or a registry that lost its state, no longer has it.
+    pub async fn has_twin(&self, account: &str, twin: u32) -> Result<bool, BackendError> {
+        match self {
+            Backend::Embedded(client) => match client.twin(twin).await {
+                Ok(t) => Ok(t.account == account),
+                Err(grove_daemon::client::ClientError::Status { status, .. })
+                    if status == hyper::StatusCode::NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(embedded(e)),
+            },
+            Backend::Tfchain(t) => Ok(t.chain()?.twin().await? == Some(twin)),
         }
     }
 

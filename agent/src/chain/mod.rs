@@ -159,10 +159,9 @@ impl ChainStatus {
         if self.backend.is_none() {
             return out;
         }
+        // A node booted without a farm or registry has nothing to report
+        // to; `/v1/chain` says so, and the node itself may be fine.
         if self.url.is_none() || self.farm_id.is_none() {
-            if let Some(e) = &self.error {
-                out.push(format!("chain: {e}"));
-            }
             return out;
         }
         if let Some(since) = self.unreachable_since {
@@ -200,10 +199,24 @@ impl ChainStatus {
     }
 }
 
+/// How long after start the node waits for its LAN address before it
+/// registers without a mesh endpoint.
+const MESH_GRACE: Duration = Duration::from_secs(60);
+
 /// The chain task's shared status.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chain {
     status: RwLock<ChainStatus>,
+    started: Instant,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self {
+            status: RwLock::default(),
+            started: Instant::now(),
+        }
+    }
 }
 
 /// What the registration is made from, asked anew before each one.
@@ -229,7 +242,18 @@ struct Known {
     registered: Option<Wanted>,
     /// What the registry refused for good: not sent again.
     refused: Option<Wanted>,
+    /// A node was just created: its first uptime goes out now, not at the
+    /// next interval.
+    report_now: bool,
+    /// When the twin and node were last read back from the registry.
+    verified: Option<Instant>,
+    /// What the node last sent.
+    sent: Option<Wanted>,
 }
+
+/// How often the node reads its twin and node back from the registry, to
+/// notice a registry that lost them (or a connection that died quietly).
+const VERIFY_EVERY: Duration = Duration::from_secs(15);
 
 /// Capped exponential backoff.
 #[derive(Debug)]
@@ -381,7 +405,7 @@ impl Chain {
             },
             ChainBackend::Tfchain => {
                 let l = &config.location;
-                Backend::Tfchain(TfchainBackend::new(
+                Backend::Tfchain(Box::new(TfchainBackend::new(
                     &url,
                     keys.signing().clone(),
                     crate::tfchain::calls::Location {
@@ -390,7 +414,7 @@ impl Chain {
                         latitude: l.latitude.clone(),
                         longitude: l.longitude.clone(),
                     },
-                ))
+                )))
             }
         };
         let account = keys.public().account;
@@ -404,6 +428,10 @@ impl Chain {
         let mut known = Known::default();
         let mut backoff = Backoff::new();
         loop {
+            if known.report_now && Instant::now() < next_uptime {
+                known.report_now = false;
+                next_uptime = Instant::now();
+            }
             if Instant::now() >= next_uptime {
                 let uptime = host_uptime(&sources.proc_root).unwrap_or(booted.elapsed().as_secs());
                 self.enqueue(&queue, uptime).await;
@@ -423,6 +451,7 @@ impl Chain {
             self.refresh_queue(&queue).await;
             if ok {
                 backoff.reset();
+                self.answered();
             }
             if sources.mesh.enabled && !mesh_configured {
                 mesh_configured = self.configure_mesh(&sources, &keys).await;
@@ -487,12 +516,16 @@ impl Chain {
             Connected::New => {
                 tracing::info!("connected to the registry");
                 known.twin = None;
+                known.node = None;
                 known.registered = None;
             }
             Connected::Reset { was, now } => {
                 tracing::warn!(was = %was, now = %now, "the chain was reset: registering again");
                 *known = Known::default();
             }
+        }
+        if connected == Connected::Same {
+            return true;
         }
         let genesis = backend_genesis(backend);
         let reset = matches!(connected, Connected::Reset { .. });
@@ -504,13 +537,18 @@ impl Chain {
                 s.refusal = None;
             }
             s.genesis = genesis;
-            if !s.connected {
-                s.error = None;
-            }
+            s.error = None;
+        });
+        self.answered();
+        true
+    }
+
+    /// The registry answered.
+    fn answered(&self) {
+        self.update(|s| {
             s.connected = true;
             s.unreachable_since = None;
         });
-        true
     }
 
     /// The farm's owner (read without funds), then the node's twin.
@@ -521,6 +559,33 @@ impl Chain {
         farm_id: u32,
         account: &str,
     ) -> bool {
+        if let Some(twin) = known.twin
+            && known.verified.is_none_or(|at| at.elapsed() >= VERIFY_EVERY)
+        {
+            match backend.has_twin(account, twin).await {
+                Ok(true) => {
+                    known.verified = Some(Instant::now());
+                    // The node is read back too.
+                    known.registered = None;
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        twin,
+                        "the registry no longer has the node's twin: registering again"
+                    );
+                    *known = Known::default();
+                    self.update(|s| {
+                        s.twin_id = None;
+                        s.node_id = None;
+                        s.refusal = None;
+                    });
+                }
+                Err(e) => {
+                    self.failed(backend, &e);
+                    return false;
+                }
+            }
+        }
         if known.farmer.is_none() {
             match backend.farmer(farm_id).await {
                 Ok(farmer) => {
@@ -537,6 +602,7 @@ impl Chain {
             match backend.twin(account).await {
                 Ok(twin) => {
                     known.twin = Some(twin);
+                    known.verified = Some(Instant::now());
                     let tfchain = backend.is_tfchain();
                     self.update(|s| {
                         s.twin_id = Some(twin);
@@ -568,8 +634,19 @@ impl Chain {
         let Some(twin) = known.twin else {
             return false;
         };
-        let registration = registration(sources, farm_id, twin).await;
+        let registration = match registration(sources, farm_id, twin).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(e);
+                return false;
+            }
+        };
         let mesh = self.mesh_info(sources, keys).await;
+        if sources.mesh.enabled && mesh.is_none() && self.started.elapsed() < MESH_GRACE {
+            // netd has no LAN address yet: register once it has, rather
+            // than twice.
+            return false;
+        }
         let wanted = (registration, mesh);
         if known.registered.as_ref() == Some(&wanted) {
             return true;
@@ -593,12 +670,23 @@ impl Chain {
         };
         let id = match existing {
             Some(found) if found.same => found.id,
+            // Sent already, and the registry keeps it otherwise than sent:
+            // sending it again would change nothing and cost a fee.
+            Some(found) if known.sent.as_ref() == Some(&wanted) => {
+                tracing::warn!(
+                    node = found.id,
+                    "the registry holds the node otherwise than it was sent; not sent again"
+                );
+                found.id
+            }
             found => {
                 match backend
                     .register(&wanted.0, wanted.1.as_ref(), found.map(|f| f.id))
                     .await
                 {
                     Ok(id) => {
+                        known.report_now = found.is_none();
+                        known.sent = Some(wanted.clone());
                         tracing::info!(
                             node = id,
                             update = found.is_some(),
@@ -711,6 +799,7 @@ impl Chain {
         for (seq, report) in uptime {
             match backend.report_uptime(node, &report).await {
                 Ok(delivered) => {
+                    known.report_now = false;
                     if let Err(e) = blocking(queue, move |q| q.remove(seq)).await {
                         self.fail(e);
                         return false;
@@ -834,17 +923,28 @@ fn backend_genesis(backend: &Backend) -> Option<String> {
     }
 }
 
-async fn registration(sources: &Sources, farm_id: u32, twin_id: u32) -> NodeRegistration {
+/// What the node would register now; an error while storaged or netd do
+/// not answer, so a half-known node is never registered over a whole one.
+async fn registration(
+    sources: &Sources,
+    farm_id: u32,
+    twin_id: u32,
+) -> Result<NodeRegistration, String> {
     let host = tokio::task::spawn_blocking(crate::hostinfo::HostInfo::read)
         .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading host facts failed");
-            crate::hostinfo::HostInfo::default()
-        });
-    let capacity = sources.storaged.capacity().await.ok();
-    let interfaces = sources.netd.interfaces().await.unwrap_or_default();
-    let node = crate::operator::capacity::node_capacity(&host, capacity.as_ref());
-    NodeRegistration {
+        .map_err(|e| format!("reading host facts failed: {e}"))?;
+    let capacity = sources
+        .storaged
+        .capacity()
+        .await
+        .map_err(|e| format!("waiting for storaged's capacity: {e}"))?;
+    let interfaces = sources
+        .netd
+        .interfaces()
+        .await
+        .map_err(|e| format!("waiting for netd's interfaces: {e}"))?;
+    let node = crate::operator::capacity::node_capacity(&host, Some(&capacity));
+    Ok(NodeRegistration {
         farm_id,
         twin_id,
         resources: Resources {
@@ -865,7 +965,7 @@ async fn registration(sources: &Sources, farm_id: u32, twin_id: u32) -> NodeRegi
         serial_number: dmi_serial().unwrap_or_else(|| "Not Specified".to_owned()),
         virtualized: virtualized(&sources.proc_root),
         secure_boot: secure_boot(),
-    }
+    })
 }
 
 fn host_uptime(proc_root: &std::path::Path) -> Option<u64> {

@@ -27,6 +27,7 @@ pub struct NodeView {
     pub node: NodeReport,
     pub services: Vec<ServiceStatus>,
     pub capacity: NodeCapacity,
+    pub chain: crate::chain::ChainStatus,
 }
 
 /// `host:port` from `http://host:port[/]` or `host:port`.
@@ -50,11 +51,12 @@ pub fn parse_address(url: &str) -> Result<String, StatusError> {
 pub async fn fetch(url: &str) -> Result<NodeView, StatusError> {
     let address = parse_address(url)?;
     let client = SocketClient::tcp(&address).with_timeout(std::time::Duration::from_secs(5));
-    let (status, node, services, capacity) = tokio::try_join!(
+    let (status, node, services, capacity, chain) = tokio::try_join!(
         client.get::<StatusReport>("/v1/status"),
         client.get::<NodeReport>("/v1/node"),
         client.get::<Vec<ServiceStatus>>("/v1/services"),
         client.get::<NodeCapacity>("/v1/capacity"),
+        client.get::<crate::chain::ChainStatus>("/v1/chain"),
     )?;
     Ok(NodeView {
         address,
@@ -62,7 +64,55 @@ pub async fn fetch(url: &str) -> Result<NodeView, StatusError> {
         node,
         services,
         capacity,
+        chain,
     })
+}
+
+/// The node on the registry, one line each.
+fn chain_lines(out: &mut String, c: &crate::chain::ChainStatus, now: u64) {
+    let or = |v: Option<String>, none: &str| v.unwrap_or_else(|| none.to_owned());
+    let backend = c
+        .backend
+        .map(|b| format!("{b:?}").to_lowercase())
+        .unwrap_or_else(|| "none".into());
+    let reachable = if c.connected {
+        "connected".to_owned()
+    } else {
+        match c.unreachable_since {
+            Some(since) => format!("unreachable for {} s", now.saturating_sub(since)),
+            None => "not connected yet".to_owned(),
+        }
+    };
+    let last = c
+        .last_report_at
+        .map(|at| format!("{} s ago", now.saturating_sub(at)))
+        .unwrap_or_else(|| "none yet".into());
+    for (k, val) in [
+        (
+            "registry",
+            format!("{backend} {} ({reachable})", or(c.url.clone(), "-")),
+        ),
+        (
+            "node id",
+            or(c.node_id.map(|n| n.to_string()), "not registered"),
+        ),
+        ("twin", or(c.twin_id.map(|n| n.to_string()), "-")),
+        ("farmer", or(c.farmer.clone(), "unknown")),
+        ("funds", c.funds.clone()),
+        (
+            "reports",
+            format!("{} queued, last delivered {last}", c.queue_length),
+        ),
+        (
+            "clock",
+            c.clock_skew_secs
+                .map(|s| format!("{s} s off the chain's"))
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("refusal", or(c.refusal.clone(), "-")),
+    ] {
+        let _ = writeln!(out, "{k:<10}{val}");
+    }
 }
 
 fn gib(n: u64) -> String {
@@ -98,6 +148,8 @@ pub fn render(v: &NodeView) -> String {
     for (i, r) in v.status.reasons.iter().enumerate() {
         let _ = writeln!(out, "{:<10}{r}", if i == 0 { "reasons" } else { "" });
     }
+    let _ = writeln!(out);
+    chain_lines(&mut out, &v.chain, crate::clock::unix_ms() / 1000);
     let _ = writeln!(
         out,
         "\n{:<12}{:<10}{:>8}{:>10}  LAST EXIT",
@@ -142,6 +194,32 @@ pub fn render(v: &NodeView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chain_lines_say_what_is_wrong() {
+        let c = crate::chain::ChainStatus {
+            backend: Some(crate::boot::ChainBackend::Tfchain),
+            url: Some("ws://chain:9944".into()),
+            unreachable_since: Some(100),
+            funds: "waiting for funds: send at least 1 TFT to 5Node".into(),
+            queue_length: 3,
+            clock_skew_secs: Some(-600),
+            refusal: Some("TFChain refuses a node with less than 100 GiB of SSD".into()),
+            ..Default::default()
+        };
+        let mut out = String::new();
+        chain_lines(&mut out, &c, 160);
+        for needle in [
+            "tfchain ws://chain:9944 (unreachable for 60 s)",
+            "not registered",
+            "send at least 1 TFT to 5Node",
+            "3 queued, last delivered none yet",
+            "-600 s off the chain's",
+            "100 GiB of SSD",
+        ] {
+            assert!(out.contains(needle), "{needle} missing from {out}");
+        }
+    }
 
     #[test]
     fn addresses() {

@@ -1,5 +1,6 @@
 //! Nodes on the embedded registry: registration, uptime reports, a
-//! registry outage that loses nothing, and a farm that does not exist.
+//! registry outage that loses nothing, a farm that does not exist, capacity
+//! that follows the node, and a status that tells the truth.
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -274,6 +275,11 @@ fn a_farm_that_does_not_exist_is_named_and_the_node_keeps_running() {
     });
     assert!(named, "{last:?}");
     assert_eq!(last.node_id, None);
+    let reasons = status(node).reasons;
+    assert!(
+        reasons.iter().any(|r| r.contains("farm 99 does not exist")),
+        "{reasons:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(node.agent_pid().is_some(), "the agent stopped");
     let services: Vec<agent::supervisor::ServiceStatus> = serde_json::from_str(
@@ -512,4 +518,166 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     let fresh_text = sign_as(&farmer_key, &account, "/v1/reboot");
     let (code, body) = post(&format!("{api}/v1/reboot"), &curl_headers(&fresh_text));
     assert_eq!(code, 202, "{body}");
+}
+
+fn status(node: &grove_testbed::Node) -> agent::operator::status::StatusReport {
+    let (_, body) = http_get(&format!("{}/v1/status", node.api_url().expect("url"))).expect("GET");
+    serde_json::from_str(&body).expect("status")
+}
+
+/// How often the agent told the registry something new about the node.
+fn registrations(node: &grove_testbed::Node) -> usize {
+    std::fs::read_to_string(node.agent_log())
+        .unwrap_or_default()
+        .matches("the registry now holds what the node has")
+        .count()
+}
+
+/// The embedded registry follows the node's capacity: a broken pool changes
+/// the registered HRU within a minute, and an agent restart with nothing
+/// changed sends no registration. `/v1/status` turns degraded while the
+/// registry is down, names it, and clears once it is back; an agent
+/// restarted with reports queued registers and delivers them.
+#[test]
+fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
+    );
+    let spec = NodeSpec::default()
+        .disks(vec![DiskSpec::ssd(512), DiskSpec::hdd(512)])
+        .config(
+            grove_testbed::Daemon::Agent,
+            "[chain]\nuptime_interval_secs = 2\n",
+        );
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
+        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("registry.json");
+    let port = port() + 2000;
+    let mut registry = Registry::start(&farm, &state, port);
+    let node = farm.node(0);
+    node.set_cmdline(&format!(
+        "grove.farm=1 grove.chain=embedded grove.chain.url={}",
+        registry.url
+    ))
+    .expect("cmdline");
+    node.start_agent().expect("boot");
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    let mut last = ChainStatus::default();
+    let registered = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        last = chain(node);
+        last.node_id.is_some() && last.last_uptime_report.is_some() && last.connected
+    });
+    assert!(registered, "never registered: {last:?}\n{}", farm.logs(20));
+    let id = last.node_id.expect("node id");
+    let registered_node = |registry: &Registry| -> Node {
+        let nodes: Vec<Node> = registry.get("/v1/nodes?farm_id=1");
+        nodes
+            .into_iter()
+            .find(|n| n.id == id)
+            .expect("the node is registered")
+    };
+    assert_eq!(
+        registered_node(&registry).registration.resources.hru,
+        512 << 20
+    );
+    // The first registration may come before netd knows the LAN address;
+    // the node updates it once it does.
+    let complete = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let n = registered_node(&registry);
+        n.mesh.is_some()
+            && n.registration
+                .interfaces
+                .iter()
+                .any(|i| i.name == "eth0" && !i.ips.is_empty())
+    });
+    assert!(complete, "{:?}", registered_node(&registry));
+    eprintln!("registered: {:?}", registered_node(&registry));
+    let sent = registrations(node);
+    assert!(sent >= 1, "no registration logged");
+    let settled = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        status(node)
+            .reasons
+            .iter()
+            .all(|r| !r.starts_with("chain:"))
+    });
+    assert!(settled, "{:?}", status(node));
+
+    // An agent restart with nothing changed: the node is read back, found
+    // the same, and nothing is sent.
+    node.stop_agent().expect("stop");
+    node.start_agent().expect("boot");
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    let reporting = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        last = chain(node);
+        last.node_id == Some(id) && last.last_uptime_report.is_some()
+    });
+    assert!(reporting, "{last:?}\n{}", farm.logs(20));
+    assert_eq!(
+        registrations(node),
+        sent,
+        "a registration was sent though nothing changed"
+    );
+
+    // A pool breaks: the registry hears of it within a minute.
+    let hdd = node
+        .disks()
+        .iter()
+        .find(|d| d.rotational())
+        .expect("the HDD");
+    let _gone = hdd.detach().expect("detach");
+    let pulled = Instant::now();
+    let followed = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        registered_node(&registry).registration.resources.hru == 0
+    });
+    assert!(
+        followed,
+        "HRU still {} a minute after the pool broke\n{}",
+        registered_node(&registry).registration.resources.hru,
+        farm.logs(20)
+    );
+    eprintln!(
+        "registered HRU followed a broken pool in {:?}",
+        pulled.elapsed()
+    );
+
+    // The registry goes down: the status says so, with the URL and for how long.
+    registry.stop();
+    let mut report = status(node);
+    let degraded = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        report = status(node);
+        report.state == agent::operator::status::NodeState::Degraded
+            && report
+                .reasons
+                .iter()
+                .any(|r| r.contains("cannot reach the registry") && r.contains(&registry.url))
+    });
+    assert!(degraded, "{report:?}");
+    let queued = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        chain(node).queue_length >= 2
+    });
+    assert!(queued, "{:?}", chain(node));
+
+    // Restarted with reports queued, while the registry is still down.
+    node.stop_agent().expect("stop");
+    node.start_agent().expect("boot");
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    let registry = Registry::start(&farm, &state, port);
+    let drained = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        last = chain(node);
+        last.node_id == Some(id) && last.queue_length == 0 && last.connected
+    });
+    assert!(drained, "{last:?}\n{}", farm.logs(20));
+    let cleared = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        report = status(node);
+        report.reasons.iter().all(|r| !r.starts_with("chain:"))
+    });
+    assert!(cleared, "{report:?}");
+    let uptime: Vec<UptimeReport> = registry.get(&format!("/v1/nodes/{id}/uptime"));
+    let seqs: Vec<u64> = uptime.iter().map(|r| r.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] == 1),
+        "a report went missing or came twice: {seqs:?}"
+    );
 }

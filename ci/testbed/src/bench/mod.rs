@@ -8,3 +8,5 @@ pub mod mesh;
 pub mod stats;
 pub mod storage;
 pub mod tenant;
+#[cfg(feature = "tfchain")]
+pub mod tfchain;

@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation|storage|agent|mesh|tenant [--runs N]
+//!     bench foundation|storage|agent|mesh|tenant|tfchain [--runs N]
 
 use std::process::ExitCode;
 
@@ -23,8 +23,15 @@ fn main() -> ExitCode {
         Some("storage") => grove_testbed::bench::storage::run(runs),
         Some("mesh") => grove_testbed::bench::mesh::run(runs),
         Some("tenant") => grove_testbed::bench::tenant::run(runs),
+        #[cfg(feature = "tfchain")]
+        Some("tfchain") => grove_testbed::bench::tfchain::run(runs),
+        #[cfg(not(feature = "tfchain"))]
+        Some("tfchain") => {
+            eprintln!("bench: built without the tfchain feature; run it through ci/bench");
+            return ExitCode::from(64);
+        }
         _ => {
-            eprintln!("usage: bench foundation|storage|agent|mesh|tenant [--runs N]");
+            eprintln!("usage: bench foundation|storage|agent|mesh|tenant|tfchain [--runs N]");
             return ExitCode::from(64);
         }
     };
