@@ -233,7 +233,7 @@ impl TfchainBackend {
 /// One of the two registries.
 #[derive(Debug)]
 pub enum Backend {
-    Embedded(EmbeddedClient),
+    Embedded(Box<EmbeddedClient>),
     Tfchain(Box<TfchainBackend>),
 }
 

@@ -395,7 +395,7 @@ impl Chain {
         };
         let mut backend = match kind {
             ChainBackend::Embedded => match EmbeddedClient::new(&url, keys.signing().clone()) {
-                Some(c) => Backend::Embedded(c),
+                Some(c) => Backend::Embedded(Box::new(c)),
                 None => {
                     self.fail(format!(
                         "the embedded registry URL {url:?} is not http://HOST:PORT"

@@ -17,7 +17,6 @@ use super::model::{Farm, MeshInfo, Node, NodeRegistration, Twin, UptimeReport};
 /// A registry at `http://host:port`, written to as one node.
 #[derive(Clone)]
 pub struct EmbeddedClient {
-    http: SocketClient,
     reader: RegistryReader,
     key: SigningKey,
 }
@@ -34,7 +33,7 @@ impl std::ops::Deref for EmbeddedClient {
 impl std::fmt::Debug for EmbeddedClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedClient")
-            .field("http", &self.http)
+            .field("registry", &self.reader)
             .field("key", &"<secret>")
             .finish()
     }
@@ -44,10 +43,8 @@ impl EmbeddedClient {
     /// `url` is `http://host:port`; anything else is refused. Writes are
     /// signed with `key`, the node's chain key.
     pub fn new(url: &str, key: SigningKey) -> Option<Self> {
-        let reader = RegistryReader::new(url)?;
         Some(Self {
-            http: reader.http.clone(),
-            reader,
+            reader: RegistryReader::new(url)?,
             key,
         })
     }
@@ -66,12 +63,12 @@ impl EmbeddedClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let encode = |source| ClientError::Encode {
-            path: self.http.path().to_owned(),
+            path: self.reader.http.path().to_owned(),
             source,
         };
         let bytes = serde_json::to_vec(body).map_err(encode)?;
         let nonce = crate::auth::nonce().map_err(|source| ClientError::Connect {
-            path: self.http.path().to_owned(),
+            path: self.reader.http.path().to_owned(),
             source,
         })?;
         let headers = crate::auth::sign(
@@ -85,7 +82,7 @@ impl EmbeddedClient {
             (crate::clock::unix_ms() / 1000) as i64,
             &nonce,
         );
-        self.http
+        self.reader.http
             .call_with_headers(Method::POST, path, &headers, bytes)
             .await
     }
@@ -99,8 +96,6 @@ impl EmbeddedClient {
         .await
     }
 
-
-
     pub async fn register(
         &self,
         registration: &NodeRegistration,
@@ -108,7 +103,7 @@ impl EmbeddedClient {
     ) -> Result<Node, ClientError> {
         let mut body =
             serde_json::to_value(registration).map_err(|source| ClientError::Encode {
-                path: self.http.path().to_owned(),
+                path: self.reader.http.path().to_owned(),
                 source,
             })?;
         body["mesh"] = serde_json::to_value(mesh).unwrap_or_default();
@@ -123,7 +118,6 @@ impl EmbeddedClient {
         self.write(&format!("/v1/nodes/{node}/uptime"), report)
             .await
     }
-
 }
 
 /// A registry at `http://host:port`, read by anyone: its reads need no key.
