@@ -39,13 +39,28 @@ pub struct Registry {
 
 /// Makes a farmer key at `path` with `agent sign new-key`; its account.
 pub fn new_farmer_key(path: &Path) -> Result<String, RegistryError> {
+    farmer_key(path, "new-key")
+}
+
+/// The farm's farmer key at `path`: the one already there (a registry
+/// started again for the same farm keeps its farmer), else a new one.
+fn farm_farmer_key(path: &Path) -> Result<String, RegistryError> {
+    if path.exists() {
+        farmer_key(path, "account")
+    } else {
+        new_farmer_key(path)
+    }
+}
+
+/// Runs `agent sign ACTION --key PATH`, which prints the key's account.
+fn farmer_key(path: &Path, action: &str) -> Result<String, RegistryError> {
     let agent = crate::bin_dir()?.join("agent");
     let failed = |reason: String| RegistryError::FarmerKey {
         path: path.to_owned(),
         reason,
     };
     let out = Command::new(agent)
-        .args(["sign", "new-key", "--key"])
+        .args(["sign", action, "--key"])
         .arg(path)
         .output()
         .map_err(|e| failed(e.to_string()))?;
@@ -66,7 +81,7 @@ impl Registry {
             Some(account) => (account.to_owned(), None),
             None => {
                 let path = farm.dir().join("farmer.key");
-                (new_farmer_key(&path)?, Some(path))
+                (farm_farmer_key(&path)?, Some(path))
             }
         };
         let agent = crate::bin_dir()?.join("agent");
