@@ -933,6 +933,19 @@ async fn registration(
     let host = tokio::task::spawn_blocking(crate::hostinfo::HostInfo::read)
         .await
         .map_err(|e| format!("reading host facts failed: {e}"))?;
+    // Until storaged is ready (the identity settled, this node's pools
+    // told apart from others'), its capacity is not yet the node's.
+    let ready = sources
+        .storaged
+        .ready()
+        .await
+        .map_err(|e| format!("waiting for storaged: {e}"))?;
+    if !ready.ready {
+        return Err(format!(
+            "waiting for storaged: {}",
+            ready.waiting_for.as_deref().unwrap_or("not ready")
+        ));
+    }
     let capacity = sources
         .storaged
         .capacity()

@@ -82,7 +82,8 @@ impl EmbeddedClient {
             (crate::clock::unix_ms() / 1000) as i64,
             &nonce,
         );
-        self.reader.http
+        self.reader
+            .http
             .call_with_headers(Method::POST, path, &headers, bytes)
             .await
     }
