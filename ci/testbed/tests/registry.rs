@@ -145,8 +145,17 @@ fn nodes_register_report_uptime_and_lose_nothing_in_an_outage() {
     unique.dedup();
     assert_eq!(unique.len(), 3, "{ids:?}");
 
-    let nodes: Vec<Node> = registry.get("/v1/nodes?farm_id=1");
-    assert_eq!(nodes.len(), 3);
+    // A node registers with what it has at once and follows its pools as
+    // storaged brings them up: the registry holds each node's SSD soon.
+    let mut nodes: Vec<Node> = Vec::new();
+    let whole = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        nodes = registry.get("/v1/nodes?farm_id=1");
+        nodes.len() == 3
+            && nodes
+                .iter()
+                .all(|n| n.registration.resources.sru == 512 << 20)
+    });
+    assert!(whole, "{nodes:?}");
     for n in &nodes {
         assert_eq!(n.registration.resources.sru, 512 << 20, "{n:?}");
         assert!(n.registration.resources.cru > 0 && n.registration.resources.mru > 0);
