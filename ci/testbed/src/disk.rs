@@ -258,6 +258,28 @@ impl Disk {
         Ok(outcome)
     }
 
+    /// Pulls the disk but keeps its loop device: the image is emptied so the
+    /// device reports no media, and the device stays attached until the
+    /// farm is torn down. Unlike [`Disk::detach`], the device's number is
+    /// never freed while the node still follows it, so another farm's new
+    /// disk cannot appear under it. Its contents are lost.
+    pub fn pull(&self) -> Result<(), DiskError> {
+        OpenOptions::new()
+            .write(true)
+            .open(&self.file)
+            .and_then(|f| f.set_len(0))
+            .map_err(|source| DiskError::Image {
+                file: self.file.clone(),
+                source,
+            })?;
+        loopdev::set_capacity(&self.device).map_err(|source| DiskError::Loop {
+            file: self.file.clone(),
+            source,
+        })?;
+        self.attached.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Makes an ext4 filesystem holding one file `name` (relative, may hold
     /// directories) with `contents`.
     pub fn format_ext4_with_file(&self, name: &str, contents: &[u8]) -> Result<(), DiskError> {

@@ -109,7 +109,7 @@ fn the_identity_survives_the_loss_of_the_cache_disk_and_never_leaks() {
         .iter()
         .find(|d| d.path() == cache_pool.device)
         .expect("the cache disk");
-    dead.detach().expect("the cache disk dies");
+    dead.pull().expect("the cache disk dies");
     node.start_agent().expect("boot again");
 
     let after = wait_identity(&farm, node, 1);

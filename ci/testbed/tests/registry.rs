@@ -155,7 +155,34 @@ fn nodes_register_report_uptime_and_lose_nothing_in_an_outage() {
                 .iter()
                 .all(|n| n.registration.resources.sru == 512 << 20)
     });
-    assert!(whole, "{nodes:?}");
+    assert!(
+        whole,
+        "{nodes:?}\n{}",
+        farm.nodes()
+            .iter()
+            .map(|n| {
+                let api = n.api_url().expect("url");
+                let get = |path: &str| {
+                    http_get(&format!("{api}{path}"))
+                        .map(|(_, body)| body)
+                        .unwrap_or_default()
+                };
+                let log = std::fs::read_to_string(n.dir().join("agent.log")).unwrap_or_default();
+                let storage: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("\"target\":\"storaged"))
+                    .collect();
+                format!(
+                    "{}: disks {} capacity {}\n{}",
+                    n.name(),
+                    get("/v1/disks"),
+                    get("/v1/capacity"),
+                    storage.join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     for n in &nodes {
         assert_eq!(n.registration.resources.sru, 512 << 20, "{n:?}");
         assert!(n.registration.resources.cru > 0 && n.registration.resources.mru > 0);
@@ -482,6 +509,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     let (code, body) = post(&url, &signed);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"class\":\"ours\""), "{body}");
+    let wiped_at = Instant::now();
     let (code, body) = post(&url, &signed);
     assert_eq!(code, 401, "a replay was accepted: {body}");
     assert!(body.contains("already used"), "{body}");
@@ -523,6 +551,32 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
         node.agent_exit().is_none(),
         "the replayed reboot stopped the agent"
     );
+    // The wiped disk became a pool: the registry holds the larger SSD
+    // within a minute of the wipe.
+    let id = chain(node).node_id.expect("the node is registered");
+    let registered_sru = || -> Option<u64> {
+        let nodes: Vec<Node> = registry.get("/v1/nodes?farm_id=1");
+        nodes
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.registration.resources.sru)
+    };
+    let grown = wait_until(
+        Duration::from_secs(60).saturating_sub(wiped_at.elapsed()),
+        Duration::from_millis(500),
+        || registered_sru() == Some((512 + 256) << 20),
+    );
+    assert!(
+        grown,
+        "the registered SRU is {:?} a minute after the wipe, not 768 MiB\n{}",
+        registered_sru(),
+        farm.logs(20)
+    );
+    eprintln!(
+        "registered SRU followed the wiped disk within {:?}",
+        wiped_at.elapsed()
+    );
+
     // A fresh request still works.
     let fresh_text = sign_as(&farmer_key, &account, "/v1/reboot");
     let (code, body) = post(&format!("{api}/v1/reboot"), &curl_headers(&fresh_text));
@@ -635,7 +689,7 @@ fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
         .iter()
         .find(|d| d.rotational())
         .expect("the HDD");
-    let _gone = hdd.detach().expect("detach");
+    hdd.pull().expect("pull the HDD");
     let pulled = Instant::now();
     let followed = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
         registered_node(&registry).registration.resources.hru == 0
