@@ -995,6 +995,11 @@ fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouche
         })
     });
     assert!(knows, "the node never learnt its farmer\n{}", farm.logs(30));
+    let (_, chain) = grove_testbed::http_get(&format!("{api}/v1/chain")).expect("GET /v1/chain");
+    let account = serde_json::from_str::<Value>(&chain).expect("json")["account"]
+        .as_str()
+        .expect("the node's account")
+        .to_owned();
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let serial = disk_by_path(&disks, s.path()).device.serial.to_string();
 
@@ -1008,6 +1013,8 @@ fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouche
         "request",
         "--key",
         &farmer_key.display().to_string(),
+        "--node",
+        &account,
         "--path",
         &path,
     ]);
