@@ -474,7 +474,12 @@ mod faults {
         let socket = dir.join("storaged.sock");
         let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
         let served = ssd.clone();
-        let app = axum::Router::new().route(
+        let app = axum::Router::new()
+            .route(
+                "/ready",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"ready": true})) }),
+            )
+            .route(
             "/v1/capacity",
             axum::routing::get(move || {
                 let ssd = served.load(Ordering::SeqCst);

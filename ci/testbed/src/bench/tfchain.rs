@@ -291,7 +291,12 @@ impl StandIns {
         let storaged = dir.join("storaged.sock");
         let netd = dir.join("netd.sock");
         let ssd = 200 * GIB;
-        let capacity = axum::Router::new().route(
+        let capacity = axum::Router::new()
+            .route(
+                "/ready",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"ready": true})) }),
+            )
+            .route(
             "/v1/capacity",
             axum::routing::get(move || async move {
                 axum::Json(serde_json::json!({
