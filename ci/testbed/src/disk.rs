@@ -245,25 +245,13 @@ impl Disk {
         let outcome = loopdev::detach_once(&self.device, &self.file).map_err(loop_error)?;
         self.attached.store(false, Ordering::SeqCst);
         if outcome == Detached::Autoclear {
-            OpenOptions::new()
-                .write(true)
-                .open(&self.file)
-                .and_then(|f| f.set_len(0))
-                .map_err(|source| DiskError::Image {
-                    file: self.file.clone(),
-                    source,
-                })?;
-            loopdev::set_capacity(&self.device).map_err(loop_error)?;
+            self.empty_media()?;
         }
         Ok(outcome)
     }
 
-    /// Pulls the disk but keeps its loop device: the image is emptied so the
-    /// device reports no media, and the device stays attached until the
-    /// farm is torn down. Unlike [`Disk::detach`], the device's number is
-    /// never freed while the node still follows it, so another farm's new
-    /// disk cannot appear under it. Its contents are lost.
-    pub fn pull(&self) -> Result<(), DiskError> {
+    /// Empties the image and makes the device see it: it reports no media.
+    fn empty_media(&self) -> Result<(), DiskError> {
         OpenOptions::new()
             .write(true)
             .open(&self.file)
@@ -275,7 +263,16 @@ impl Disk {
         loopdev::set_capacity(&self.device).map_err(|source| DiskError::Loop {
             file: self.file.clone(),
             source,
-        })?;
+        })
+    }
+
+    /// Pulls the disk but keeps its loop device: the image is emptied so the
+    /// device reports no media, and the device stays attached until the
+    /// farm is torn down. Unlike [`Disk::detach`], the device's number is
+    /// never freed while the node still follows it, so another farm's new
+    /// disk cannot appear under it. Its contents are lost.
+    pub fn pull(&self) -> Result<(), DiskError> {
+        self.empty_media()?;
         self.attached.store(false, Ordering::SeqCst);
         Ok(())
     }

@@ -254,7 +254,7 @@ fn nodes_register_report_uptime_and_lose_nothing_in_an_outage() {
         during
             .error
             .as_deref()
-            .is_some_and(|e| e.contains("not delivered")),
+            .is_some_and(|e| e.contains("not delivered") || e.contains("cannot reach the registry")),
         "{during:?}"
     );
     let outage = down.elapsed();
@@ -553,7 +553,18 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     );
     // The wiped disk became a pool: the registry holds the larger SSD
     // within a minute of the wipe.
-    let id = chain(node).node_id.expect("the node is registered");
+    // After the restart the node reads its registration back first.
+    let mut id = None;
+    let known = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        id = chain(node).node_id;
+        id.is_some()
+    });
+    assert!(
+        known,
+        "the node never read its registration back: {:?}",
+        chain(node)
+    );
+    let id = id.expect("the node is registered");
     let registered_sru = || -> Option<u64> {
         let nodes: Vec<Node> = registry.get("/v1/nodes?farm_id=1");
         nodes
