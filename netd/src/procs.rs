@@ -120,7 +120,15 @@ mod tests {
                 && args.get(1).is_some_and(|a| *a == b"1234.5")
         };
         assert!(alive(&proc_root.join(pid.to_string())));
-        assert_eq!(find(proc_root, matches), [pid]);
+        // The kernel fills a new program's arguments in a moment after
+        // the spawn returns; until then the cmdline reads empty.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = find(proc_root, matches);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            found = find(proc_root, matches);
+        }
+        assert_eq!(found, [pid]);
         assert!(kill_all(proc_root, &[pid], Duration::from_secs(5)).is_empty());
         let _reaped = child.wait();
         assert!(find(proc_root, matches).is_empty());
