@@ -20,21 +20,20 @@ pub const ALIVE_WINDOW: Duration = Duration::from_secs(3600);
 pub enum AliveError {
     #[error("no registry to ask: the boot parameters name no farm or no registry URL")]
     NoRegistry,
-    #[error("the registry is TFChain, where uptime is not read yet")]
-    Tfchain,
+    #[error(transparent)]
+    Tfchain(#[from] crate::tfchain::client::TfchainError),
+    #[error("the registry has no farm {0}")]
+    NoFarm(u32),
     #[error("the registry URL {0} is not http://host:port")]
     BadUrl(String),
     #[error("cannot ask the registry: {0}")]
     Registry(#[from] grove_daemon::client::ClientError),
 }
 
-/// The unix second of the last uptime report of the node whose account is
-/// `account`, in this node's farm; `None` if it never reported (or is not
-/// registered there).
-pub async fn last_uptime(params: &BootParams, account: &str) -> Result<Option<u64>, AliveError> {
-    if params.chain.backend == ChainBackend::Tfchain {
-        return Err(AliveError::Tfchain);
-    }
+/// The account that owns the node's farm, read from the registry: for a
+/// node that has no identity yet (its chain task has not started), to
+/// check the farmer's signature on its identity choice.
+pub async fn farm_owner(params: &BootParams) -> Result<String, AliveError> {
     let url = params
         .chain
         .url
@@ -43,6 +42,31 @@ pub async fn last_uptime(params: &BootParams, account: &str) -> Result<Option<u6
     let (Some(url), Some(farm)) = (url, params.farm_id) else {
         return Err(AliveError::NoRegistry);
     };
+    if params.chain.backend == ChainBackend::Tfchain {
+        return crate::tfchain::uptime::farm_owner(&url, farm)
+            .await?
+            .ok_or(AliveError::NoFarm(farm));
+    }
+    let client = RegistryReader::new(&url).ok_or_else(|| AliveError::BadUrl(url.clone()))?;
+    let farm_record = client.farm(farm).await?.ok_or(AliveError::NoFarm(farm))?;
+    Ok(client.twin(farm_record.twin_id).await?.account)
+}
+
+/// The unix second of the last uptime report of the node whose account is
+/// `account`, in this node's farm; `None` if it never reported (or is not
+/// registered there).
+pub async fn last_uptime(params: &BootParams, account: &str) -> Result<Option<u64>, AliveError> {
+    let url = params
+        .chain
+        .url
+        .clone()
+        .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()));
+    let (Some(url), Some(farm)) = (url, params.farm_id) else {
+        return Err(AliveError::NoRegistry);
+    };
+    if params.chain.backend == ChainBackend::Tfchain {
+        return Ok(crate::tfchain::uptime::last_uptime(&url, account, ALIVE_WINDOW).await?);
+    }
     let client = RegistryReader::new(&url).ok_or_else(|| AliveError::BadUrl(url.clone()))?;
     for node in client.nodes(farm).await? {
         let twin = client.twin(node.registration.twin_id).await?;

@@ -3,3 +3,4 @@
 
 pub mod calls;
 pub mod client;
+pub mod uptime;
