@@ -3,10 +3,13 @@
 //!
 //! The `GET` routes only read snapshots (supervisor statuses, the parsed
 //! command line, the background snapshot of the daemons' answers and the
-//! host's usage), so reading cannot change the node. The two `POST` routes
-//! (`/v1/reboot`, `/v1/disks/{serial}/wipe`) change it, and only with the
-//! farm owner's signature for this node, checked by [`crate::auth`] before
-//! anything else. On TCP, [`serve_tcp`] holds at most `max_connections`
+//! host's usage), so reading cannot change the node. The three `POST`
+//! routes (`/v1/reboot`, `/v1/disks/{serial}/wipe`, `/v1/identity/choice`)
+//! change it, and only with the farm owner's signature for this node,
+//! checked by [`crate::auth`] before anything else. A node that waits for
+//! its identity has no account yet: the farmer's choice is then signed for
+//! its machine (`machine:ID`, as `/v1/node` shows it), and the farm owner
+//! is read from the registry on the spot. On TCP, [`serve_tcp`] holds at most `max_connections`
 //! connections, closes one whose headers do not arrive in time, and closes
 //! one idle for `idle_timeout_secs`, so held connections cannot pile up fds
 //! and memory.
@@ -49,6 +52,10 @@ pub struct NodeReport {
     pub boot: BootReport,
     /// The node's identity, once storage is up.
     pub identity: Option<crate::identity::store::IdentityReport>,
+    /// Why the node has no identity and how the farmer answers, while it
+    /// waits for the farmer's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<crate::identity::choice::WaitingReport>,
 }
 
 /// The boot parameters and the ones that were refused.
@@ -79,6 +86,8 @@ pub enum OperatorApiError {
     UnknownService(String),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Choice(#[from] crate::identity::choice::ChoiceError),
     #[error("{daemon}: {message}")]
     Refused {
         daemon: &'static str,
@@ -99,6 +108,7 @@ impl IntoResponse for OperatorApiError {
             OperatorApiError::UnknownService(_) => StatusCode::NOT_FOUND,
             OperatorApiError::Daemon { .. } => StatusCode::BAD_GATEWAY,
             OperatorApiError::Refused { status, .. } => *status,
+            OperatorApiError::Choice(e) => e.status(),
             OperatorApiError::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
@@ -124,6 +134,10 @@ pub fn routes(state: ApiState) -> Router {
         .route("/", get(dashboard))
         .route("/v1/reboot", axum::routing::post(reboot))
         .route("/v1/disks/{serial}/wipe", axum::routing::post(wipe))
+        .route(
+            crate::identity::choice::PATH,
+            axum::routing::post(choose_identity),
+        )
         .with_state(state)
 }
 
@@ -131,6 +145,7 @@ async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
     let host = state.snapshot.get().host.clone();
     Json(NodeReport {
         identity: state.identity.report(),
+        waiting: state.identity.waiting(),
         host,
         boot: BootReport {
             cmdline: state.cmdline.raw.clone(),
@@ -192,6 +207,7 @@ fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
         capacity: facts.capacity.as_ref().map_err(Clone::clone),
         uplink: facts.uplink.as_ref().map_err(Clone::clone),
         identity: identity.as_ref(),
+        waiting: state.identity.waiting().as_ref(),
         chain: &chain,
     })
 }
@@ -285,7 +301,8 @@ async fn chain(State(state): State<ApiState>) -> Json<crate::chain::ChainStatus>
     Json(state.chain.status())
 }
 
-/// Checks that a change was signed by the farm's owner, for this node.
+/// Checks that a change was signed by the farm's owner, for this node (its
+/// account, or its machine while it waits for its identity).
 async fn authorize(
     state: &ApiState,
     method: &'static str,
@@ -294,14 +311,26 @@ async fn authorize(
     body: axum::body::Bytes,
 ) -> Result<(), OperatorApiError> {
     use crate::auth::{AuthError, Presented};
-    let farmer = state.chain.status().farmer.ok_or_else(|| {
-        AuthError::NoFarmer("the node has not reached its registry yet".to_owned())
-    })?;
     let node = state
         .identity
-        .keys()
-        .map(|k| k.public().account)
+        .signing_target()
         .ok_or_else(|| AuthError::NoFarmer("the node's identity is not loaded yet".to_owned()))?;
+    let farmer = match state.chain.status().farmer {
+        Some(farmer) => farmer,
+        // The chain task starts with the identity: a waiting node reads
+        // its farm's owner itself.
+        None if state.identity.keys().is_none() => {
+            crate::identity::alive::farm_owner(&state.cmdline.params)
+                .await
+                .map_err(|e| AuthError::NoFarmer(e.to_string()))?
+        }
+        None => {
+            return Err(AuthError::NoFarmer(
+                "the node has not reached its registry yet".to_owned(),
+            )
+            .into());
+        }
+    };
     let header = |name: &str| {
         headers
             .get(name)
@@ -403,6 +432,31 @@ async fn wipe(
             source,
         }),
     }
+}
+
+/// `POST /v1/identity/choice`: the farmer's answer to a node that waits
+/// for its identity.
+async fn choose_identity(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::identity::choice::Chosen>, OperatorApiError> {
+    authorize(
+        &state,
+        "POST",
+        crate::identity::choice::PATH.to_owned(),
+        &headers,
+        body.clone(),
+    )
+    .await?;
+    let choice = crate::identity::choice::parse(&body)?;
+    tracing::warn!(choice = ?choice, "identity choice made by the farmer");
+    // Adopting remounts pools and sets up the cache: more than the usual
+    // few seconds.
+    let storaged = storaged::client::StoragedClient::default()
+        .with_timeout(std::time::Duration::from_secs(60));
+    let chosen = state.identity.choose(&storaged, choice).await?;
+    Ok(Json(chosen))
 }
 
 /// How the operator API treats TCP connections.

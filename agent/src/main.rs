@@ -52,6 +52,29 @@ enum SignAction {
         #[arg(long, default_value = "")]
         body: String,
     },
+    /// Answer a node that waits for its identity: print the headers and
+    /// the body of its signed `POST /v1/identity/choice`, as curl
+    /// arguments.
+    Identity {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The waiting node, as `GET /v1/node` shows it under
+        /// `waiting.target` (`machine:ID`).
+        #[arg(long, value_name = "TARGET")]
+        node: String,
+        /// Adopt the identity of this account, found on a pool attached to
+        /// the node.
+        #[arg(
+            long,
+            value_name = "ACCOUNT",
+            conflicts_with = "fresh",
+            required_unless_present = "fresh"
+        )]
+        adopt: Option<String>,
+        /// Start as a new node, on the node's blank disks only.
+        #[arg(long)]
+        fresh: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +182,18 @@ fn sign(action: SignAction) -> ExitCode {
             for (name, value) in headers {
                 println!("-H '{name}: {value}'");
             }
+        }),
+        SignAction::Identity {
+            key,
+            node,
+            adopt,
+            fresh: _,
+        } => sign::identity_choice(&key, &node, adopt.as_deref()).map(|(headers, body)| {
+            for (name, value) in headers {
+                println!("-H '{name}: {value}'");
+            }
+            println!("-H 'content-type: application/json'");
+            println!("-d '{body}'");
         }),
     };
     match result {

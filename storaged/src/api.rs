@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::guard::GuardError;
 use crate::pool::kind::DiskKind;
-use crate::storage::{Capacity, Disk, IdentityState, PoolReport, Storage, StorageError};
+use crate::storage::{
+    Capacity, Disk, IdentityChoice, IdentityState, PoolReport, Storage, StorageError,
+};
 use crate::types::{DiskSerial, ResourceName};
 use crate::volume::{Resource, ResourceKind};
 
@@ -72,11 +74,14 @@ impl IntoResponse for RequestError {
                 StorageError::ZeroSize { .. } => StatusCode::BAD_REQUEST,
                 StorageError::Duplicate { .. }
                 | StorageError::Settled { .. }
+                | StorageError::NotWaiting { .. }
+                | StorageError::NoBlankPool
+                | StorageError::NotFresh { .. }
                 | StorageError::NotWipeable { .. }
                 | StorageError::PoolBroken { .. } => StatusCode::CONFLICT,
-                StorageError::NotFound { .. } | StorageError::UnknownDisk(_) => {
-                    StatusCode::NOT_FOUND
-                }
+                StorageError::NotFound { .. }
+                | StorageError::UnknownDisk(_)
+                | StorageError::NoPoolOf { .. } => StatusCode::NOT_FOUND,
                 StorageError::NoSpace { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 StorageError::Guard(g) => match g {
                     GuardError::Vanished { .. } => StatusCode::NOT_FOUND,
@@ -104,6 +109,7 @@ pub fn routes(storage: Shared) -> Router {
         .route("/v1/disks/{serial}/wipe", post(wipe))
         .route("/v1/pools", get(pools))
         .route("/v1/identity", get(identity).post(settle))
+        .route("/v1/identity/choice", post(choose))
         .route("/v1/capacity", get(capacity))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
         .route("/v1/volumes/{name}", delete(delete_volume))
@@ -142,6 +148,13 @@ async fn settle(State(s): State<Shared>, body: Bytes) -> Result<Json<IdentitySta
     let req: SettleRequest =
         serde_path_to_error::deserialize(&mut de).map_err(RequestError::Body)?;
     with(s, move |st| st.settle(req.account)).await.map(Json)
+}
+
+async fn choose(State(s): State<Shared>, body: Bytes) -> Result<Json<IdentityState>, RequestError> {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let choice: IdentityChoice =
+        serde_path_to_error::deserialize(&mut de).map_err(RequestError::Body)?;
+    with(s, move |st| st.choose(&choice)).await.map(Json)
 }
 
 async fn capacity(State(s): State<Shared>) -> Result<Json<Capacity>, RequestError> {

@@ -62,6 +62,16 @@ impl StoragedClient {
             .await
     }
 
+    /// Passes on the farmer's choice for a node waiting for its identity.
+    pub async fn choose(
+        &self,
+        choice: &crate::storage::IdentityChoice,
+    ) -> Result<crate::storage::IdentityState, ClientError> {
+        self.socket
+            .call(hyper::Method::POST, "/v1/identity/choice", Some(choice))
+            .await
+    }
+
     pub async fn capacity(&self) -> Result<crate::report::Capacity, ClientError> {
         self.socket.get("/v1/capacity").await
     }

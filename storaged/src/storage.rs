@@ -87,6 +87,16 @@ pub enum StorageError {
     Guard(#[from] GuardError),
     #[error("the node's identity is already settled as {was}; {asked} was asked")]
     Settled { was: String, asked: String },
+    #[error("the node is not waiting for the farmer's choice: {why}")]
+    NotWaiting { why: String },
+    #[error("no pool attached holds account {account}; the accounts found are: {found}")]
+    NoPoolOf { account: String, found: String },
+    #[error(
+        "no blank disk to keep a new identity on: every pool attached is another node's; attach a blank disk, then ask again"
+    )]
+    NoBlankPool,
+    #[error("account {account} is already on pool {pool}: a fresh identity must be new")]
+    NotFresh { account: String, pool: PoolLabel },
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]
@@ -161,6 +171,22 @@ impl Inner {
 pub struct IdentityState {
     pub settled: bool,
     pub account: Option<String>,
+    /// This machine's id, as recorded on the pools it makes: what the
+    /// farmer's signed choice names while the node has no account.
+    #[serde(default)]
+    pub machine: Option<String>,
+}
+
+/// The farmer's answer to a node waiting for its identity
+/// (`POST /v1/identity/choice`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentityChoice {
+    /// Take the identity another machine's pools hold, and those pools.
+    Adopt(String),
+    /// Start as a new node with this new account, on this machine's blank
+    /// pools only.
+    Fresh(String),
 }
 
 /// The cache status before the node's identity is settled.
@@ -518,6 +544,7 @@ impl Storage {
         IdentityState {
             settled: inner.settled.is_some(),
             account: inner.settled.clone().flatten(),
+            machine: self.layout.machine.clone(),
         }
     }
 
@@ -543,26 +570,7 @@ impl Storage {
         }
         inner.settled = Some(account.clone());
         match &account {
-            Some(account) => {
-                for pool in inner
-                    .pools
-                    .iter_mut()
-                    .filter(|p| p.is_healthy() && !p.other_machine && p.meta.account.is_none())
-                {
-                    pool::record_account(pool, account)?;
-                }
-                // The node adopted the identity another machine's pools
-                // hold (the agent checked that its node is not alive):
-                // those pools are this node's now.
-                for pool in inner.pools.iter_mut().filter(|p| {
-                    p.is_healthy() && p.other_machine && p.meta.account.as_ref() == Some(account)
-                }) {
-                    tracing::warn!(pool = %pool.label(), account = %account, "pool adopted with its identity");
-                    pool::adopt(pool, self.layout.machine.as_deref())?;
-                }
-                let own = inner.own_pools();
-                inner.cache = cache::ensure(&own, &self.layout.cache_dir, free_bytes)?;
-            }
+            Some(account) => self.take_account(&mut inner, account)?,
             None => {
                 inner.cache = unsettled_cache(
                     &self.layout.cache_dir,
@@ -574,6 +582,106 @@ impl Storage {
         drop(inner);
         let _ = self.settled_tx.send(true);
         Ok(self.identity())
+    }
+
+    /// The farmer's signed choice for a node that waits (settled with no
+    /// identity): adopt the account another machine's pools hold, or start
+    /// fresh with a new account on this machine's blank pools. Checked
+    /// whole before anything is written; another node's pools are never
+    /// written unless adopted by name. The same choice again, once taken,
+    /// changes nothing. Blocking.
+    pub fn choose(&self, choice: &IdentityChoice) -> Result<IdentityState, StorageError> {
+        let _one = self.one_change();
+        let mut inner = self.lock();
+        let account = match choice {
+            IdentityChoice::Adopt(a) | IdentityChoice::Fresh(a) => a,
+        };
+        match &inner.settled {
+            Some(None) => {}
+            Some(Some(was)) if was == account => {
+                drop(inner);
+                return Ok(self.identity());
+            }
+            Some(Some(was)) => {
+                return Err(StorageError::NotWaiting {
+                    why: format!("its identity is account {was}"),
+                });
+            }
+            None => {
+                return Err(StorageError::NotWaiting {
+                    why: "its identity is not settled yet".to_owned(),
+                });
+            }
+        }
+        let healthy = || inner.pools.iter().filter(|p| p.is_healthy());
+        match choice {
+            IdentityChoice::Adopt(_) => {
+                if !healthy().any(|p| p.other_machine && p.meta.account.as_ref() == Some(account)) {
+                    let mut found: Vec<String> = healthy()
+                        .filter(|p| p.other_machine)
+                        .map(|p| {
+                            p.meta
+                                .account
+                                .clone()
+                                .unwrap_or_else(|| "unknown".to_owned())
+                        })
+                        .collect();
+                    found.sort();
+                    found.dedup();
+                    return Err(StorageError::NoPoolOf {
+                        account: account.clone(),
+                        found: if found.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            found.join(", ")
+                        },
+                    });
+                }
+            }
+            IdentityChoice::Fresh(_) => {
+                if let Some(p) = inner
+                    .pools
+                    .iter()
+                    .find(|p| p.meta.account.as_ref() == Some(account))
+                {
+                    return Err(StorageError::NotFresh {
+                        account: account.clone(),
+                        pool: p.label().clone(),
+                    });
+                }
+                if !healthy().any(|p| !p.other_machine && p.meta.account.is_none()) {
+                    return Err(StorageError::NoBlankPool);
+                }
+            }
+        }
+        tracing::warn!(choice = ?choice, "the farmer chose the node's identity");
+        inner.settled = Some(Some(account.clone()));
+        self.take_account(&mut inner, account)?;
+        tracing::info!(account = %account, cache_pool = ?inner.cache.pool, "node identity settled");
+        drop(inner);
+        Ok(self.identity())
+    }
+
+    /// The node is `account`: pools of this machine without an account take
+    /// it; another machine's pools of `account` are adopted (the node took
+    /// their identity); the cache goes on a pool of that account only.
+    fn take_account(&self, inner: &mut Inner, account: &str) -> Result<(), StorageError> {
+        for pool in inner
+            .pools
+            .iter_mut()
+            .filter(|p| p.is_healthy() && !p.other_machine && p.meta.account.is_none())
+        {
+            pool::record_account(pool, account)?;
+        }
+        for pool in inner.pools.iter_mut().filter(|p| {
+            p.is_healthy() && p.other_machine && p.meta.account.as_deref() == Some(account)
+        }) {
+            tracing::warn!(pool = %pool.label(), account = %account, "pool adopted with its identity");
+            pool::adopt(pool, self.layout.machine.as_deref())?;
+        }
+        let own = inner.own_pools();
+        inner.cache = cache::ensure(&own, &self.layout.cache_dir, free_bytes)?;
+        Ok(())
     }
 
     /// Trips once the node's identity is settled.

@@ -6,6 +6,10 @@
 //! --path P [--body B]` prints the four headers of a request signed for
 //! that one node (its account, as `GET /v1/node` shows it), ready for
 //! `curl`; no other node accepts it, and the node accepts it once.
+//! `agent sign identity --key FILE --node TARGET (--adopt ACCOUNT |
+//! --fresh)` answers a node that waits for its identity: it prints the
+//! headers and the body of `POST /v1/identity/choice`, signed for the
+//! target `/v1/node` shows under `waiting` (`machine:ID`).
 
 use std::path::{Path, PathBuf};
 
@@ -26,8 +30,12 @@ pub enum SignError {
     Method(String),
     #[error("{0:?} is not a path: it must start with /")]
     Path(String),
-    #[error("{0:?} is not a node's account (SS58, as GET /v1/node shows it)")]
+    #[error(
+        "{0:?} is not a node's account (SS58) or waiting machine (machine:ID), as GET /v1/node shows it"
+    )]
     Node(String),
+    #[error("{0:?} is not an account to adopt (SS58, or 32 bytes of hex)")]
+    Adopt(String),
 }
 
 /// Makes a new farmer key at `path`; answers its account.
@@ -73,7 +81,10 @@ pub fn headers(
     if !request_path.starts_with('/') {
         return Err(SignError::Path(request_path.to_owned()));
     }
-    if crate::auth::account_key(node).is_none() {
+    let machine = node
+        .strip_prefix("machine:")
+        .is_some_and(|id| !id.is_empty() && !id.chars().any(char::is_control));
+    if crate::auth::account_key(node).is_none() && !machine {
         return Err(SignError::Node(node.to_owned()));
     }
     let seed = load(path)?;
@@ -90,6 +101,28 @@ pub fn headers(
         now,
         &nonce,
     ))
+}
+
+/// The headers and body of the farmer's identity choice for the node
+/// `node` (its waiting machine, `machine:ID`): adopt `adopt`, or start
+/// fresh.
+pub fn identity_choice(
+    path: &Path,
+    node: &str,
+    adopt: Option<&str>,
+) -> Result<(Vec<(&'static str, String)>, String), SignError> {
+    use crate::identity::choice::{Choice, ChoiceBody, PATH as CHOICE};
+    let choice = match adopt {
+        Some(account) => Choice::Adopt(
+            crate::identity::choice::parse_account(account)
+                .ok_or_else(|| SignError::Adopt(account.to_owned()))?,
+        ),
+        None => Choice::Fresh,
+    };
+    let body = serde_json::to_string(&ChoiceBody::of(&choice))
+        .map_err(|e| SignError::Adopt(e.to_string()))?;
+    let headers = headers(path, node, "POST", CHOICE, body.as_bytes())?;
+    Ok((headers, body))
 }
 
 #[cfg(test)]
@@ -147,5 +180,49 @@ mod tests {
             Err(SignError::Node(_))
         ));
         assert!(headers(&dir.path().join("missing"), &node, "POST", "/x", b"").is_err());
+    }
+
+    #[test]
+    fn an_identity_choice_is_signed_for_the_waiting_machine_with_its_body() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("farmer.key");
+        let farmer = new_key(&key).expect("new key");
+        let adopted = new_key(&dir.path().join("old-node.key")).expect("a node's key");
+        let (h, body) =
+            identity_choice(&key, "machine:m-1", Some(&adopted)).expect("signed choice");
+        assert_eq!(body, format!("{{\"adopt\":\"{adopted}\"}}"));
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        let presented = crate::auth::Presented {
+            signer: get(crate::auth::HEADER_SIGNER),
+            timestamp: get(crate::auth::HEADER_TIMESTAMP),
+            nonce: get(crate::auth::HEADER_NONCE),
+            signature: get(crate::auth::HEADER_SIGNATURE),
+        };
+        let now = (crate::clock::unix_ms() / 1000) as i64;
+        let request = |target| crate::auth::Request {
+            target,
+            method: "POST",
+            path: crate::identity::choice::PATH,
+            body: body.as_bytes(),
+        };
+        assert_eq!(
+            crate::auth::verify(request("machine:m-1"), presented, now).map(|v| v.signer),
+            Ok(farmer)
+        );
+        assert_eq!(
+            crate::auth::verify(request("machine:m-2"), presented, now),
+            Err(crate::auth::AuthError::BadSignature),
+            "signed for one machine, refused by another"
+        );
+        let (_, fresh) = identity_choice(&key, "machine:m-1", None).expect("fresh");
+        assert_eq!(fresh, "{\"fresh\":true}");
+        assert!(matches!(
+            identity_choice(&key, "machine:m-1", Some("nobody")),
+            Err(SignError::Adopt(_))
+        ));
+        assert!(matches!(
+            identity_choice(&key, "machine:", None),
+            Err(SignError::Node(_))
+        ));
     }
 }

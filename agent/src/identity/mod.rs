@@ -5,20 +5,23 @@
 //! and keeps the seed on the system cache with a copy on every pool of this
 //! node. The identity is settled before storaged mounts the cache (it is
 //! told the account, and puts the cache only on pools of that account), so
-//! a disk moved in from another node never changes who this node is. The
-//! seed is never logged and never served.
+//! a disk moved in from another node never changes who this node is. A
+//! node that cannot tell who it is waits, and [`choice`] takes the farmer's
+//! signed answer. The seed is never logged and never served.
 
 pub mod alive;
+pub mod choice;
 pub mod keys;
 pub mod store;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use storaged::client::StoragedClient;
 
-use self::keys::NodeKeys;
+use self::choice::WaitingReport;
+use self::keys::{NodeKeys, Seed};
 use self::store::{IdentityReport, PoolDir};
 
 /// The identity once loaded, shared with whoever needs the keys.
@@ -26,16 +29,35 @@ use self::store::{IdentityReport, PoolDir};
 pub struct Identity {
     report: RwLock<Option<IdentityReport>>,
     keys: RwLock<Option<Arc<NodeKeys>>>,
+    /// Why the node has no identity and how the farmer answers, while it
+    /// waits.
+    waiting: RwLock<Option<WaitingReport>>,
+    /// Held by one round of [`Identity::maintain`] or one farmer's choice
+    /// at a time; holds the pool labels the identity was last stored for.
+    turn: tokio::sync::Mutex<Option<Vec<String>>>,
+    cache_dir: OnceLock<PathBuf>,
 }
+
+/// The pools storaged has mounted, each with the seed copy it holds.
+type Seen = Vec<(PoolDir, Option<Seed>)>;
 
 impl Identity {
     /// An identity given outright, for a host without storage (tools,
     /// tests against a chain).
     pub fn with_seed(seed: &keys::Seed) -> Self {
         Self {
-            report: RwLock::new(None),
             keys: RwLock::new(Some(Arc::new(seed.keys()))),
+            ..Self::default()
         }
+    }
+
+    /// Why the node has no identity yet and how the farmer answers, while
+    /// it waits for the farmer's choice.
+    pub fn waiting(&self) -> Option<WaitingReport> {
+        self.waiting
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn report(&self) -> Option<IdentityReport> {
@@ -58,13 +80,15 @@ impl Identity {
         cache_dir: PathBuf,
         params: crate::boot::BootParams,
     ) {
-        let mut known_pools = None;
+        let _ = self.cache_dir.set(cache_dir.clone());
         let mut waiting_logged = false;
         loop {
-            let pause = match self
-                .step(&storaged, &cache_dir, &params, &mut known_pools)
-                .await
-            {
+            let result = {
+                let mut known_pools = self.turn.lock().await;
+                self.step(&storaged, &cache_dir, &params, &mut known_pools)
+                    .await
+            };
+            let pause = match result {
                 Ok(Step::Settled) => Duration::from_secs(2),
                 Ok(Step::Waiting(others)) => {
                     if !waiting_logged {
@@ -82,14 +106,11 @@ impl Identity {
         }
     }
 
-    async fn step(
-        &self,
+    /// The pools storaged has mounted, with the seed each holds, their
+    /// labels, and storaged's report of them.
+    async fn look(
         storaged: &StoragedClient,
-        cache_dir: &std::path::Path,
-        params: &crate::boot::BootParams,
-        known_pools: &mut Option<Vec<String>>,
-    ) -> Result<Step, StepError> {
-        let state = storaged.identity().await?;
+    ) -> Result<(Seen, Vec<String>, Vec<storaged::storage::PoolReport>), StepError> {
         let pools = storaged.pools().await?;
         let dirs: Vec<PoolDir> = pools
             .iter()
@@ -101,10 +122,7 @@ impl Identity {
             })
             .collect();
         let labels: Vec<String> = dirs.iter().map(|d| d.label.clone()).collect();
-        if state.settled && known_pools.as_ref() == Some(&labels) && self.keys().is_some() {
-            return Ok(Step::Settled);
-        }
-        let mut seen = tokio::task::spawn_blocking(move || {
+        let seen = tokio::task::spawn_blocking(move || {
             dirs.into_iter()
                 .map(|d| {
                     let seed = store::seed_on(&d).unwrap_or_else(|e| {
@@ -116,6 +134,21 @@ impl Identity {
                 .collect::<Vec<_>>()
         })
         .await?;
+        Ok((seen, labels, pools))
+    }
+
+    async fn step(
+        &self,
+        storaged: &StoragedClient,
+        cache_dir: &std::path::Path,
+        params: &crate::boot::BootParams,
+        known_pools: &mut Option<Vec<String>>,
+    ) -> Result<Step, StepError> {
+        let state = storaged.identity().await?;
+        let (mut seen, labels, _) = Self::look(storaged).await?;
+        if state.settled && known_pools.as_ref() == Some(&labels) && self.keys().is_some() {
+            return Ok(Step::Settled);
+        }
         let (seed, from_pool) = match store::settle(&seen) {
             store::Settled::Wait { others, adoptable } => {
                 match adoptable.filter(|_| !state.settled) {
@@ -134,6 +167,7 @@ impl Identity {
                             storaged.settle(None).await?;
                             let mut others = others;
                             others.push(reason);
+                            self.wait(&seen, &state, &others);
                             return Ok(Step::Waiting(others));
                         }
                     },
@@ -141,6 +175,7 @@ impl Identity {
                         if !state.settled {
                             storaged.settle(None).await?;
                         }
+                        self.wait(&seen, &state, &others);
                         return Ok(Step::Waiting(others));
                     }
                 }
@@ -157,6 +192,28 @@ impl Identity {
         if !state.settled {
             storaged.settle(Some(account)).await?;
         }
+        self.finish(storaged, cache_dir, seen, seed, from_pool)
+            .await?;
+        *known_pools = Some(labels);
+        Ok(Step::Settled)
+    }
+
+    /// Notes why the node waits, for `/v1/node` and the status.
+    fn wait(&self, seen: &Seen, state: &storaged::storage::IdentityState, reasons: &[String]) {
+        let report = choice::waiting_report(seen, state.machine.as_deref(), reasons);
+        *self.waiting.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
+    }
+
+    /// Stores the settled seed (on the cache storaged has mounted, and on
+    /// every pool of this node) and makes it the node's.
+    async fn finish(
+        &self,
+        storaged: &StoragedClient,
+        cache_dir: &std::path::Path,
+        seen: Seen,
+        seed: Seed,
+        from_pool: Option<String>,
+    ) -> Result<IdentityReport, StepError> {
         let persistent = storaged.capacity().await?.cache.pool.is_some();
         let dir = cache_dir.to_owned();
         let (seed, report) = tokio::task::spawn_blocking(move || {
@@ -173,9 +230,9 @@ impl Identity {
             tracing::warn!(warning = %w, "node identity");
         }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(seed.keys()));
-        *self.report.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
-        *known_pools = Some(labels);
-        Ok(Step::Settled)
+        *self.report.write().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        *self.waiting.write().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(report)
     }
 }
 
@@ -208,7 +265,7 @@ enum Step {
 
 /// Why one round of [`Identity::maintain`] did not finish.
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub enum StepError {
     #[error("cannot ask storaged: {0}")]
     Storaged(#[from] grove_daemon::client::ClientError),
     #[error("identity task failed: {0}")]

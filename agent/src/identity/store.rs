@@ -174,6 +174,16 @@ fn write_seed(path: &Path, seed: &Seed) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// Writes a new node's seed on `pools` (this machine's blank pools, before
+/// storaged is told the account), so a crash right after still finds it.
+/// Blocking.
+pub fn keep_on(pools: &[PoolDir], seed: &Seed) -> Result<(), IdentityError> {
+    for pool in pools.iter().filter(|p| p.this_machine) {
+        write_seed(&pool.mount_point.join(POOL_FILE), seed)?;
+    }
+    Ok(())
+}
+
 /// The seed a settled identity stands for, and the pool it came from:
 /// drawn fresh for a new node; an error while the farmer must choose.
 pub fn seed_of(settled: Settled) -> Result<(Seed, Option<String>), IdentityError> {

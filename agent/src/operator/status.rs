@@ -45,6 +45,8 @@ pub struct Inputs<'a> {
     pub capacity: Result<&'a Capacity, String>,
     pub uplink: Result<&'a UplinkReport, String>,
     pub identity: Option<&'a IdentityReport>,
+    /// Why the node has no identity, while it waits for the farmer.
+    pub waiting: Option<&'a crate::identity::choice::WaitingReport>,
     /// What is wrong with the node on the registry (see
     /// [`crate::chain::ChainStatus::problems`]).
     pub chain: &'a [String],
@@ -115,9 +117,13 @@ pub fn evaluate(i: &Inputs<'_>) -> StatusReport {
             reasons.push(format!("network does not answer: {e}"));
         }
     }
-    match i.identity {
-        Some(id) => reasons.extend(id.warnings.iter().map(|w| format!("identity: {w}"))),
-        None => {
+    match (i.identity, i.waiting) {
+        (Some(id), _) => reasons.extend(id.warnings.iter().map(|w| format!("identity: {w}"))),
+        (None, Some(w)) => {
+            reasons.extend(w.reasons.iter().map(|r| format!("identity: {r}")));
+            reasons.push(format!("identity: {}", w.answer));
+        }
+        (None, None) => {
             coming_up = true;
             reasons.push("identity: not loaded yet".to_owned());
         }
@@ -201,6 +207,7 @@ mod tests {
             capacity: Ok(&c),
             uplink: Ok(&u),
             identity: Some(&id),
+            waiting: None,
             chain: &[],
         });
         assert_eq!(r.state, NodeState::Ready, "{r:?}");
@@ -218,6 +225,7 @@ mod tests {
             capacity: Ok(&c),
             uplink: Ok(&u),
             identity: None,
+            waiting: None,
             chain: &[],
         };
         assert_eq!(evaluate(&inputs).state, NodeState::Booting);
@@ -248,6 +256,7 @@ mod tests {
             capacity: Ok(&c),
             uplink: Ok(&u),
             identity: Some(&id),
+            waiting: None,
             chain: &[],
         });
         assert_eq!(r.state, NodeState::Degraded);
@@ -270,6 +279,7 @@ mod tests {
             capacity: Err("connection refused".into()),
             uplink: Err("connection refused".into()),
             identity: Some(&identity()),
+            waiting: None,
             chain: &[],
         });
         assert_eq!(unreachable.state, NodeState::Degraded);
@@ -288,6 +298,7 @@ mod tests {
             capacity: Ok(&c),
             uplink: Ok(&u),
             identity: Some(&id),
+            waiting: None,
             chain: &chain,
         });
         assert_eq!(r.state, NodeState::Degraded, "{r:?}");
