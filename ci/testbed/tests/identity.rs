@@ -319,3 +319,346 @@ fn a_moved_in_pool_never_changes_who_a_node_is() {
         .expect("touch");
     assert!(out.status.success(), "the adopted pool is not writable");
 }
+
+/// The agent CLI's answer on stdout.
+fn agent_cli(args: &[&str]) -> String {
+    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
+    let out = std::process::Command::new(agent)
+        .args(args)
+        .output()
+        .expect("agent runs");
+    assert!(out.status.success(), "agent {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// POSTs `body` to the node's identity choice with the header lines (`-H
+/// 'name: value'`) `agent sign` printed, if any.
+fn post_choice(node: &Node, signed: &str, body: &str) -> (u16, String) {
+    let url = format!(
+        "{}{}",
+        node.api_url().expect("url"),
+        agent::identity::choice::PATH
+    );
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", &url, "-d", body]);
+    for header in signed
+        .lines()
+        .filter_map(|l| l.strip_prefix("-H '")?.strip_suffix('\''))
+    {
+        cmd.args(["-H", header]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status line");
+    (code.parse().expect("a status"), body.to_owned())
+}
+
+/// The body `agent sign identity` printed (`-d '...'`).
+fn signed_body(signed: &str) -> String {
+    signed
+        .lines()
+        .find_map(|l| l.strip_prefix("-d '")?.strip_suffix('\''))
+        .expect("a body")
+        .to_owned()
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned()
+}
+
+/// Waits until the node waits for the farmer's choice, and answers what
+/// `/v1/node` says about it.
+fn wait_waiting(
+    farm: &Farm,
+    node: &Node,
+    accounts: usize,
+) -> agent::identity::choice::WaitingReport {
+    node.wait_api(Duration::from_secs(30)).expect("API up");
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        last = node_report(node);
+        last.as_ref()
+            .and_then(|r| r.waiting.as_ref())
+            .is_some_and(|w| w.accounts.len() == accounts)
+    });
+    assert!(ok, "the node never waited: {last:?}\n{}", farm.logs(40));
+    let report = last.expect("a report");
+    assert!(report.identity.is_none(), "{report:?}");
+    report.waiting.expect("waiting")
+}
+
+/// What storaged holds the node to be.
+fn storaged_identity(node: &Node) -> storaged::storage::IdentityState {
+    let socket = node.socket(Daemon::Storaged).expect("storaged");
+    serde_json::from_str(&unix_get(&socket, "/v1/identity").expect("identity").1).expect("json")
+}
+
+/// The account of the twin that registered the node `node_id` on the
+/// embedded registry.
+fn registered_account(
+    registry: &grove_testbed::registry::Registry,
+    node_id: u32,
+) -> Option<String> {
+    let (_, nodes) = http_get(&format!("{}/v1/nodes?farm_id=1", registry.url())).ok()?;
+    let nodes: Vec<agent::registry::model::Node> = serde_json::from_str(&nodes).ok()?;
+    let node = nodes.into_iter().find(|n| n.id == node_id)?;
+    let (_, twin) = http_get(&format!(
+        "{}/v1/twins/{}",
+        registry.url(),
+        node.registration.twin_id
+    ))
+    .ok()?;
+    serde_json::from_str::<agent::registry::model::Twin>(&twin)
+        .ok()
+        .map(|t| t.account)
+}
+
+/// Waits until the node is registered, and answers its account on the
+/// registry.
+fn wait_registered(
+    farm: &Farm,
+    node: &Node,
+    registry: &grove_testbed::registry::Registry,
+) -> String {
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        last = http_get(&format!("{}/v1/chain", node.api_url().expect("url")))
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<agent::chain::ChainStatus>(&body).ok())
+            .and_then(|s| s.node_id)
+            .and_then(|id| registered_account(registry, id));
+        last.is_some()
+    });
+    assert!(ok, "the node never registered\n{}", farm.logs(40));
+    last.expect("an account")
+}
+
+#[test]
+fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
+    let farm = Farm::start(
+        FarmSpec::with_nodes(vec![NodeSpec::default().disks(vec![
+            DiskSpec::ssd(1024),
+            DiskSpec::ssd(1024),
+            DiskSpec::ssd(1024),
+        ])])
+        .without_agents(),
+    )
+    .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let node = farm.node(0);
+    let (disk_x, disk_y, blank) = (&node.disks()[0], &node.disks()[1], &node.disks()[2]);
+    let registry_port = 18_600 + (std::process::id() % 1000) as u16;
+    let registry = grove_testbed::registry::Registry::start(&farm, registry_port, None)
+        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
+    let farmer_key = registry
+        .farmer_key()
+        .expect("the registry made the farmer's key")
+        .display()
+        .to_string();
+    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url()))
+        .expect("cmdline");
+    node.set_config(Daemon::Agent, "[chain]\nuptime_interval_secs = 2\n")
+        .expect("agent config");
+
+    // Two other nodes each make a pool with their own identity.
+    as_machine(node, "machine-x", &[disk_x]);
+    node.start_agent().expect("boot node X");
+    let x = wait_identity(&farm, node, 1).public.account;
+    node.kill_agent().expect("power off");
+    as_machine(node, "machine-y", &[disk_y]);
+    node.start_agent().expect("boot node Y");
+    let y = wait_identity(&farm, node, 1).public.account;
+    node.kill_agent().expect("power off");
+    assert_ne!(x, y);
+
+    // A new machine given both pools takes neither: it waits, names both
+    // accounts and says how to answer.
+    as_machine(node, "new-machine", &[disk_x, disk_y]);
+    node.start_agent().expect("boot the new machine");
+    let waiting = wait_waiting(&farm, node, 2);
+    assert_eq!(waiting.accounts, [x.clone(), y.clone()], "{waiting:?}");
+    assert_eq!(waiting.target.as_deref(), Some("machine:new-machine"));
+    let (_, status) =
+        http_get(&format!("{}/v1/status", node.api_url().expect("url"))).expect("status");
+    assert!(
+        status.contains(agent::identity::choice::PATH) && status.contains("agent sign identity"),
+        "{status}"
+    );
+    let seeds =
+        |node: &Node| -> Vec<String> { pools(node).iter().map(|p| seed_on(node, p)).collect() };
+    let before = seeds(node);
+
+    // Refused, each changing nothing: unsigned; an account not found; the
+    // same signed request again; a request signed for another machine.
+    let adopt_x = format!("{{\"adopt\":{x:?}}}");
+    let (code, body) = post_choice(node, "", &adopt_x);
+    assert_eq!(code, 401, "unsigned: {body}");
+    let stranger = agent_cli(&["sign", "account", "--key", &farmer_key]);
+    let signed = agent_cli(&[
+        "sign",
+        "identity",
+        "--key",
+        &farmer_key,
+        "--node",
+        "machine:new-machine",
+        "--adopt",
+        &stranger,
+    ]);
+    let (code, body) = post_choice(node, &signed, &signed_body(&signed));
+    assert_eq!(code, 404, "an account not found: {body}");
+    assert!(body.contains(&stranger) && body.contains(&x), "{body}");
+    let (code, body) = post_choice(node, &signed, &signed_body(&signed));
+    assert_eq!(code, 401, "a replay: {body}");
+    assert!(body.contains("already used"), "{body}");
+    let elsewhere = agent_cli(&[
+        "sign",
+        "identity",
+        "--key",
+        &farmer_key,
+        "--node",
+        "machine:other-machine",
+        "--adopt",
+        &x,
+    ]);
+    let (code, body) = post_choice(node, &elsewhere, &signed_body(&elsewhere));
+    assert_eq!(code, 401, "signed for another machine: {body}");
+    let signed = agent_cli(&[
+        "sign",
+        "identity",
+        "--key",
+        &farmer_key,
+        "--node",
+        "machine:new-machine",
+        "--adopt",
+        &x,
+    ]);
+    let (code, body) = post_choice(node, &signed, "{\"adopt\":\"5Whatever\"}");
+    assert_eq!(code, 401, "a body other than the one signed: {body}");
+    assert_eq!(seeds(node), before, "a refused choice changed a pool");
+    assert_eq!(storaged_identity(node).account, None);
+    assert!(wait_waiting(&farm, node, 2).accounts.contains(&x));
+
+    // The farmer adopts X: the node is X, on X's pool, and registered as X.
+    let signed = agent_cli(&[
+        "sign",
+        "identity",
+        "--key",
+        &farmer_key,
+        "--node",
+        "machine:new-machine",
+        "--adopt",
+        &x,
+    ]);
+    let (code, body) = post_choice(node, &signed, &signed_body(&signed));
+    assert_eq!(code, 200, "{body}\n{}", farm.logs(40));
+    let chosen: agent::identity::choice::Chosen = serde_json::from_str(&body).expect("json");
+    assert_eq!(chosen.account, x);
+    assert!(chosen.changed);
+    let adopted = wait_identity(&farm, node, 1);
+    assert_eq!(adopted.public.account, x);
+    assert_eq!(wait_registered(&farm, node, &registry), x);
+    let now = pools(node);
+    let on_x = now
+        .iter()
+        .find(|p| p.device == disk_x.path())
+        .expect("X's pool");
+    let on_y = now
+        .iter()
+        .find(|p| p.device == disk_y.path())
+        .expect("Y's pool");
+    assert!(on_x.this_node && on_x.cache, "{on_x:?}");
+    assert!(!on_y.this_node && !on_y.cache, "{on_y:?}");
+    assert_eq!(seed_on(node, on_y), before[1], "Y's seed changed");
+
+    // Not waiting any more: another choice is refused; the same one again
+    // changes nothing.
+    let signed = agent_cli(&[
+        "sign",
+        "request",
+        "--key",
+        &farmer_key,
+        "--node",
+        &x,
+        "--path",
+        agent::identity::choice::PATH,
+        "--body",
+        &format!("{{\"adopt\":{y:?}}}"),
+    ]);
+    let (code, body) = post_choice(node, &signed, &format!("{{\"adopt\":{y:?}}}"));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("not waiting"), "{body}");
+    let signed = agent_cli(&[
+        "sign",
+        "request",
+        "--key",
+        &farmer_key,
+        "--node",
+        &x,
+        "--path",
+        agent::identity::choice::PATH,
+        "--body",
+        &adopt_x,
+    ]);
+    let (code, body) = post_choice(node, &signed, &adopt_x);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"changed\":false"), "{body}");
+
+    // A restart keeps the choice.
+    node.kill_agent().expect("power off");
+    node.start_agent().expect("boot again");
+    let again = wait_identity(&farm, node, 1);
+    assert_eq!(
+        again.public.account, x,
+        "the choice did not survive a restart"
+    );
+    assert_eq!(again.source, Source::Cache);
+    node.kill_agent().expect("power off");
+
+    // Another new machine, given both pools and a blank disk, starts fresh:
+    // a new account, and the other nodes' pools stay byte-identical.
+    as_machine(node, "fresh-machine", &[disk_x, disk_y, blank]);
+    node.start_agent().expect("boot the fresh machine");
+    let waiting = wait_waiting(&farm, node, 2);
+    assert_eq!(waiting.target.as_deref(), Some("machine:fresh-machine"));
+    let foreign = [disk_x.file(), disk_y.file()].map(|f| (f.to_owned(), sha256(f)));
+    let signed = agent_cli(&[
+        "sign",
+        "identity",
+        "--key",
+        &farmer_key,
+        "--node",
+        "machine:fresh-machine",
+        "--fresh",
+    ]);
+    let (code, body) = post_choice(node, &signed, &signed_body(&signed));
+    assert_eq!(code, 200, "{body}\n{}", farm.logs(40));
+    let fresh = wait_identity(&farm, node, 1);
+    assert_ne!(fresh.public.account, x);
+    assert_ne!(fresh.public.account, y);
+    assert_eq!(fresh.source, Source::Created);
+    assert_eq!(
+        wait_registered(&farm, node, &registry),
+        fresh.public.account
+    );
+    let now = pools(node);
+    let on_blank = now
+        .iter()
+        .find(|p| p.device == blank.path())
+        .expect("the new pool");
+    assert!(on_blank.this_node && on_blank.cache, "{on_blank:?}");
+    for (file, digest) in &foreign {
+        assert_eq!(&sha256(file), digest, "{} was written", file.display());
+    }
+    node.kill_agent().expect("power off");
+    for (file, digest) in &foreign {
+        assert_eq!(&sha256(file), digest, "{} was written", file.display());
+    }
+}
