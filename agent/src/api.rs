@@ -318,8 +318,19 @@ async fn authorize(
     let farmer = match state.chain.status().farmer {
         Some(farmer) => farmer,
         // The chain task starts with the identity: a waiting node reads
-        // its farm's owner itself.
+        // its farm's owner itself, once the signature holds (a stranger's
+        // unsigned request costs no registry read).
         None if state.identity.keys().is_none() => {
+            crate::auth::verify(
+                crate::auth::Request {
+                    target: &node,
+                    method,
+                    path: &path,
+                    body: &body,
+                },
+                Presented::from_headers(headers),
+                (crate::clock::unix_ms() / 1000) as i64,
+            )?;
             crate::identity::alive::farm_owner(&state.cmdline.params)
                 .await
                 .map_err(|e| AuthError::NoFarmer(e.to_string()))?

@@ -401,6 +401,25 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_seed_kept_before_a_crash_is_who_the_node_boots_as() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cache = root.path().join("cache");
+        let mut pools = pools(root.path(), 2);
+        let stranger = Seed::generate().expect("random");
+        pools[1].this_machine = false;
+        write_seed(&pools[1].mount_point.join(POOL_FILE), &stranger).expect("moved-in disk");
+        assert!(matches!(settle(&seen(&pools)), Settled::Wait { .. }));
+        // The farmer chose a fresh start: the new seed goes on the blank
+        // pool of this machine first; the node crashes right after.
+        let fresh = Seed::generate().expect("random");
+        keep_on(&pools, &fresh).expect("kept");
+        let (booted, report) = boot(&cache, &pools);
+        assert_eq!(booted, fresh, "the chosen identity was lost in the crash");
+        assert_eq!(report.copies, ["grove-p0"]);
+        assert_eq!(seed_on(&pools[1]).expect("read"), Some(stranger), "written");
+    }
+
+    #[test]
     fn own_pools_that_disagree_go_by_majority_and_the_odd_one_is_kept() {
         let root = tempfile::tempdir().expect("tempdir");
         let cache = root.path().join("cache");

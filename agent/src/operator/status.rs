@@ -234,6 +234,43 @@ mod tests {
     }
 
     #[test]
+    fn a_node_waiting_for_its_identity_says_why_and_how_to_answer() {
+        let services = [service("netd", ServiceState::Running, 0)];
+        let (c, u) = (capacity(), uplink("bound"));
+        let waiting = crate::identity::choice::WaitingReport {
+            reasons: vec!["pool grove-a is another node's pool (account 5A)".into()],
+            accounts: vec!["5A".into()],
+            target: Some("machine:m".into()),
+            answer: "waiting for the farmer's signed choice: POST /v1/identity/choice".into(),
+        };
+        let r = evaluate(&Inputs {
+            agent_uptime: BOOT_GRACE,
+            services: &services,
+            boot_errors: 0,
+            capacity: Ok(&c),
+            uplink: Ok(&u),
+            identity: None,
+            waiting: Some(&waiting),
+            chain: &[],
+        });
+        assert_eq!(r.state, NodeState::Degraded, "{r:?}");
+        assert!(
+            r.reasons
+                .contains(&"identity: pool grove-a is another node's pool (account 5A)".to_owned()),
+            "{:?}",
+            r.reasons
+        );
+        assert!(
+            r.reasons
+                .iter()
+                .any(|w| w.contains("POST /v1/identity/choice")),
+            "{:?}",
+            r.reasons
+        );
+        assert!(!r.reasons.iter().any(|w| w.contains("not loaded yet")));
+    }
+
+    #[test]
     fn every_problem_is_named() {
         let mut dead = service("netd", ServiceState::Backoff, 3);
         dead.last_exit = Some(crate::supervisor::service::ExitRecord {

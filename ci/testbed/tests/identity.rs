@@ -542,6 +542,18 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
     ]);
     let (code, body) = post_choice(node, &signed, "{\"adopt\":\"5Whatever\"}");
     assert_eq!(code, 401, "a body other than the one signed: {body}");
+    let fresh_here = agent_cli(&[
+        "sign",
+        "identity",
+        "--key",
+        &farmer_key,
+        "--node",
+        "machine:new-machine",
+        "--fresh",
+    ]);
+    let (code, body) = post_choice(node, &fresh_here, &signed_body(&fresh_here));
+    assert_eq!(code, 409, "a fresh start with no blank disk: {body}");
+    assert!(body.contains("no blank disk"), "{body}");
     assert_eq!(seeds(node), before, "a refused choice changed a pool");
     assert_eq!(storaged_identity(node).account, None);
     assert!(wait_waiting(&farm, node, 2).accounts.contains(&x));
