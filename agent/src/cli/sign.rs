@@ -38,6 +38,9 @@ pub enum SignError {
     Adopt(String),
 }
 
+/// The four signature headers, by name.
+pub type Headers = Vec<(&'static str, String)>;
+
 /// Makes a new farmer key at `path`; answers its account.
 pub fn new_key(path: &Path) -> Result<String, SignError> {
     if path.exists() {
@@ -110,7 +113,7 @@ pub fn identity_choice(
     path: &Path,
     node: &str,
     adopt: Option<&str>,
-) -> Result<(Vec<(&'static str, String)>, String), SignError> {
+) -> Result<(Headers, String), SignError> {
     use crate::identity::choice::{Choice, ChoiceBody, PATH as CHOICE};
     let choice = match adopt {
         Some(account) => Choice::Adopt(

@@ -1,11 +1,13 @@
-//! Whether another identity's node is alive: its last uptime report, read
-//! from what the registry already serves.
+//! What the identity reads from the registry without a key of its own:
+//! whether another identity's node is alive, and the farm's owner.
 //!
-//! Read-only: the embedded registry's public GET endpoints (the farm's
-//! nodes, each node's twin, its uptime reports). A node is alive when it
-//! reported uptime within [`ALIVE_WINDOW`]. Limits: only the node's own
-//! farm is searched; on TFChain nothing is read yet, so the answer is "cannot
-//! tell" and the caller refuses to adopt.
+//! Read-only. On the embedded registry, its public GET endpoints (the
+//! farm's nodes, each node's twin, its uptime reports); on TFChain, the
+//! block bodies of the last hour ([`crate::tfchain::uptime`]: the runtime
+//! keeps no last uptime). A node is alive when it reported uptime within
+//! [`ALIVE_WINDOW`]. Limits: on the embedded registry only the node's own
+//! farm is searched; a registry that cannot be read means "cannot tell",
+//! and the caller refuses to adopt.
 
 use std::time::Duration;
 

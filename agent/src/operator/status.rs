@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_node_waiting_for_its_identity_says_why_and_how_to_answer() {
-        let services = [service("netd", ServiceState::Running, 0)];
+        let services = [service("netd", ServiceState::Ready, 0)];
         let (c, u) = (capacity(), uplink("bound"));
         let waiting = crate::identity::choice::WaitingReport {
             reasons: vec!["pool grove-a is another node's pool (account 5A)".into()],
