@@ -311,10 +311,14 @@ async fn authorize(
     body: axum::body::Bytes,
 ) -> Result<(), OperatorApiError> {
     use crate::auth::{AuthError, Presented};
-    let node = state
-        .identity
-        .signing_target()
-        .ok_or_else(|| AuthError::NoFarmer("the node's identity is not loaded yet".to_owned()))?;
+    let node = state.identity.signing_target().ok_or_else(|| {
+        AuthError::NoFarmer(match state.identity.waiting() {
+            Some(_) => {
+                "the node waits for its identity but has no machine id to sign for".to_owned()
+            }
+            None => "the node's identity is not loaded yet".to_owned(),
+        })
+    })?;
     let farmer = match state.chain.status().farmer {
         Some(farmer) => farmer,
         // The chain task starts with the identity: a waiting node reads

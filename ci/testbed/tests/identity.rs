@@ -554,6 +554,20 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
     let (code, body) = post_choice(node, &fresh_here, &signed_body(&fresh_here));
     assert_eq!(code, 409, "a fresh start with no blank disk: {body}");
     assert!(body.contains("no blank disk"), "{body}");
+    // storaged, told directly, checks the choice again.
+    let socket = node.socket(Daemon::Storaged).expect("storaged");
+    for (body, code, says) in [
+        (format!("{{\"adopt\":{stranger:?}}}"), 404, x.as_str()),
+        (format!("{{\"fresh\":{x:?}}}"), 409, "already on pool"),
+        ("{\"adopt\":1}".to_owned(), 400, "bad request body"),
+        ("{\"keep\":\"5x\"}".to_owned(), 400, "bad request body"),
+    ] {
+        let (status, answer) =
+            grove_testbed::unix_post(&socket, "/v1/identity/choice", body.as_bytes())
+                .expect("post");
+        assert_eq!(status, code, "{body}: {answer}");
+        assert!(answer.contains(says), "{body}: {answer}");
+    }
     assert_eq!(seeds(node), before, "a refused choice changed a pool");
     assert_eq!(storaged_identity(node).account, None);
     assert!(wait_waiting(&farm, node, 2).accounts.contains(&x));
@@ -622,6 +636,12 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
     let (code, body) = post_choice(node, &signed, &adopt_x);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"changed\":false"), "{body}");
+    let socket = node.socket(Daemon::Storaged).expect("storaged");
+    let other = format!("{{\"adopt\":{y:?}}}");
+    let (status, answer) =
+        grove_testbed::unix_post(&socket, "/v1/identity/choice", other.as_bytes()).expect("post");
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains(&x), "{answer}");
 
     // A restart keeps the choice.
     node.kill_agent().expect("power off");
