@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 use crate::boot::{BootParams, ChainBackend};
 use crate::identity::Identity;
 use crate::registry::client::EmbeddedClient;
-use crate::registry::model::{Interface, MeshInfo, NodeRegistration, Resources, UptimeReport};
+use crate::registry::model::{
+    ContractResources, Interface, MeshInfo, NodeRegistration, Resources, UptimeReport,
+};
 use backend::{Backend, BackendError, Connected, TfchainBackend};
 use queue::{Queue, Report};
 
@@ -208,6 +210,10 @@ const MESH_GRACE: Duration = Duration::from_secs(60);
 pub struct Chain {
     status: RwLock<ChainStatus>,
     started: Instant,
+    /// The report queue, once the task opened it.
+    queue: std::sync::OnceLock<Queue>,
+    /// Wakes the task when a report is queued from outside.
+    wake: tokio::sync::Notify,
 }
 
 impl Default for Chain {
@@ -215,6 +221,8 @@ impl Default for Chain {
         Self {
             status: RwLock::default(),
             started: Instant::now(),
+            queue: std::sync::OnceLock::new(),
+            wake: tokio::sync::Notify::new(),
         }
     }
 }
@@ -419,6 +427,9 @@ impl Chain {
         };
         let account = keys.public().account;
         self.update(|s| s.account = Some(account.clone()));
+        if self.queue.set(queue.clone()).is_err() {
+            tracing::warn!("the chain task ran twice; reports queue to the first one's queue");
+        }
 
         let booted = Instant::now();
         let mut next_uptime = Instant::now();
@@ -466,14 +477,17 @@ impl Chain {
             } else {
                 backoff.next()
             };
-            tokio::time::sleep(
+            let sleep = tokio::time::sleep(
                 wait.min(
                     next_uptime
                         .saturating_duration_since(Instant::now())
                         .max(Duration::from_millis(200)),
                 ),
-            )
-            .await;
+            );
+            tokio::select! {
+                () = sleep => {}
+                () = self.wake.notified() => {}
+            }
         }
     }
 
@@ -741,7 +755,7 @@ impl Chain {
         if let Ok(entries) = blocking(queue, Queue::reports).await {
             let oldest = entries.iter().find_map(|(_, r)| match r {
                 Report::Uptime(u) => Some(u.timestamp),
-                Report::Register { .. } => None,
+                Report::Register { .. } | Report::ContractResources { .. } => None,
             });
             self.update(|s| {
                 s.queue_length = entries.len();
@@ -761,9 +775,11 @@ impl Chain {
             }
         };
         let mut uptime = Vec::new();
+        let mut resources = Vec::new();
         for (seq, report) in entries {
             match report {
                 Report::Uptime(u) => uptime.push((seq, u)),
+                Report::ContractResources { reports } => resources.push((seq, reports)),
                 Report::Register { .. } => {
                     tracing::info!(
                         report = seq,
@@ -795,6 +811,12 @@ impl Chain {
                 self.fail(e);
                 return false;
             }
+        }
+        if !self
+            .deliver_resources(backend, node, queue, resources)
+            .await
+        {
+            return false;
         }
         for (seq, report) in uptime {
             match backend.report_uptime(node, &report).await {
@@ -834,6 +856,90 @@ impl Chain {
             }
         }
         true
+    }
+
+    /// Delivers the newest queued contract resources report; the older
+    /// ones are superseded (each report is the whole list, and the
+    /// registry keeps only the last per contract). False when the registry
+    /// did not take it (kept for the next try); a report refused for good
+    /// is dropped with its reason, never sent again.
+    async fn deliver_resources(
+        &self,
+        backend: &mut Backend,
+        node: u32,
+        queue: &Queue,
+        mut resources: Vec<(u64, Vec<ContractResources>)>,
+    ) -> bool {
+        let Some((seq, reports)) = resources.pop() else {
+            return true;
+        };
+        if !resources.is_empty() {
+            tracing::info!(
+                reports = resources.len(),
+                newest = seq,
+                "older contract resources reports superseded by the newest"
+            );
+            let older: Vec<u64> = resources.iter().map(|(s, _)| *s).collect();
+            let removed = blocking(queue, move |q| {
+                older.into_iter().try_for_each(|s| q.remove(s))
+            })
+            .await;
+            if let Err(e) = removed {
+                self.fail(e);
+                return false;
+            }
+        }
+        let outcome = if reports.is_empty() {
+            Ok(())
+        } else {
+            backend.report_contract_resources(node, &reports).await
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    report = seq,
+                    contracts = reports.len(),
+                    "contract resources delivered"
+                );
+            }
+            Err(e @ BackendError::Permanent { .. }) => {
+                tracing::error!(report = seq, reason = %e, "contract resources report dropped: the registry refuses it for good");
+                self.failed(backend, &e);
+            }
+            Err(e) => {
+                self.failed(backend, &e);
+                self.fail(format!(
+                    "contract resources report {seq} not delivered, kept in the queue: {e}"
+                ));
+                return false;
+            }
+        }
+        if let Err(e) = blocking(queue, move |q| q.remove(seq)).await {
+            self.fail(e);
+            return false;
+        }
+        true
+    }
+
+    /// Queues what each of the node's contracts uses, for
+    /// `reportContractResources`: written durably before this returns,
+    /// delivered once the node is registered (a newer report supersedes
+    /// it). Fails while the chain task has not opened its queue.
+    pub async fn queue_contract_resources(
+        &self,
+        reports: Vec<ContractResources>,
+    ) -> Result<u64, String> {
+        let Some(queue) = self.queue.get() else {
+            return Err("the chain task has not opened its report queue yet".to_owned());
+        };
+        let seq = blocking(queue, move |q| {
+            let seq = q.next_seq()?;
+            q.push(seq, &Report::ContractResources { reports })?;
+            Ok(seq)
+        })
+        .await?;
+        self.wake.notify_one();
+        Ok(seq)
     }
 
     /// Where the region reaches this node's `mesh0`: its LAN address.
