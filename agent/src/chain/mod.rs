@@ -1170,6 +1170,160 @@ mod tests {
         assert_eq!(s.problems(1_000).len(), 5);
     }
 
+    /// An embedded registry on a free port with one farm, a node of key 2
+    /// and a contract of twin key 5 on it; answers the URL, the node's id
+    /// and the contract's id.
+    async fn registry_with_a_contract(
+        dir: &std::path::Path,
+    ) -> (String, u32, u64, tokio::task::JoinHandle<()>) {
+        use crate::registry::embedded::{Embedded, routes};
+        use ed25519_dalek::SigningKey;
+        let farmer = SigningKey::from_bytes(&[1; 32]);
+        let farmer_account = crate::identity::keys::ss58(&farmer.verifying_key().to_bytes(), 42);
+        let r = Embedded::open(&dir.join("r.json"), std::slice::from_ref(&farmer_account))
+            .expect("open");
+        let owner = r.ensure_twin(&farmer_account, None).expect("twin");
+        let farm = r.create_farm("farm-one", owner.id).expect("farm");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, routes(Arc::new(r)))
+                .await
+                .expect("serve");
+        });
+        let mut nodes = Vec::new();
+        for byte in [2, 3] {
+            let node =
+                EmbeddedClient::new(&url, SigningKey::from_bytes(&[byte; 32])).expect("client");
+            let twin = node.ensure_twin().await.expect("node twin");
+            let registration = NodeRegistration {
+                farm_id: farm.id,
+                twin_id: twin.id,
+                resources: Resources::default(),
+                interfaces: vec![],
+                serial_number: String::new(),
+                virtualized: true,
+                secure_boot: false,
+            };
+            nodes.push(node.register(&registration, None).await.expect("node").id);
+        }
+        let tenant = EmbeddedClient::new(&url, SigningKey::from_bytes(&[5; 32])).expect("client");
+        let twin = tenant.ensure_twin().await.expect("tenant twin");
+        let hash =
+            crate::registry::model::DeploymentHash::parse("0123456789abcdef0123456789abcdef")
+                .expect("hash");
+        // The contract is on the second node: the first reporting on it is
+        // refused for good.
+        let contract = tenant
+            .create_contract(twin.id, nodes[1], &hash, 0)
+            .await
+            .expect("contract");
+        (url, nodes[1], contract.contract_id, task)
+    }
+
+    fn uses(contract_id: u64, cru: u64) -> Vec<ContractResources> {
+        vec![ContractResources {
+            contract_id,
+            used: Resources {
+                cru,
+                ..Resources::default()
+            },
+        }]
+    }
+
+    #[tokio::test]
+    async fn contract_resources_wait_in_the_queue_the_newest_is_delivered_and_a_refusal_for_good_is_dropped()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, node, contract, task) = registry_with_a_contract(dir.path()).await;
+        let chain = Chain::default();
+        assert!(
+            chain
+                .queue_contract_resources(uses(contract, 1))
+                .await
+                .is_err(),
+            "no queue yet"
+        );
+        let queue = Queue::open(&dir.path().join("queue")).expect("queue");
+        chain.queue.set(queue.clone()).expect("first queue");
+        chain
+            .queue_contract_resources(uses(contract, 1))
+            .await
+            .expect("queued");
+        chain
+            .queue_contract_resources(uses(contract, 2))
+            .await
+            .expect("queued");
+        let node_key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let mut known = Known {
+            node: Some(node),
+            ..Known::default()
+        };
+
+        // The registry does not answer: the newest report is kept (the
+        // older one says nothing it does not).
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("address");
+        let mut down = Backend::Embedded(Box::new(
+            EmbeddedClient::new(&format!("http://{free}"), node_key.clone()).expect("client"),
+        ));
+        assert!(!chain.report(&mut down, &mut known, &queue).await);
+        let kept = queue.reports().expect("reports");
+        assert_eq!(
+            kept.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+            [Report::ContractResources {
+                reports: uses(contract, 2)
+            }]
+        );
+        let error = chain.status().error.unwrap_or_default();
+        assert!(error.contains("kept in the queue"), "{error}");
+
+        // It answers: the newest goes out, the older is superseded.
+        let mut up = Backend::Embedded(Box::new(
+            EmbeddedClient::new(&url, node_key).expect("client"),
+        ));
+        assert!(chain.report(&mut up, &mut known, &queue).await);
+        assert!(queue.is_empty());
+        let reader = crate::registry::client::RegistryReader::new(&url).expect("reader");
+        let stored = reader
+            .contract_resources(contract)
+            .await
+            .expect("read")
+            .expect("delivered");
+        assert_eq!((stored.node_id, stored.used.cru), (node, 2));
+
+        // Another node reporting on the contract: refused for good, said
+        // in words, dropped, never sent again.
+        let other_key = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        let mut other = Backend::Embedded(Box::new(
+            EmbeddedClient::new(&url, other_key).expect("client"),
+        ));
+        let mut other_known = Known {
+            node: Some(node - 1),
+            ..Known::default()
+        };
+        chain
+            .queue_contract_resources(uses(contract, 9))
+            .await
+            .expect("queued");
+        assert!(chain.report(&mut other, &mut other_known, &queue).await);
+        assert!(queue.is_empty(), "a refusal for good is not kept");
+        let refusal = chain.status().refusal.unwrap_or_default();
+        assert!(refusal.contains("403"), "{refusal}");
+        let stored = reader
+            .contract_resources(contract)
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(stored.used.cru, 2, "the refused report changed nothing");
+        task.abort();
+    }
+
     #[test]
     fn backoff_is_capped_at_ten_seconds() {
         let mut b = Backoff::new();

@@ -271,3 +271,59 @@ pub struct ContractResourcesReport {
     /// Unix seconds when the registry took it.
     pub at: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployment_hash_is_32_lowercase_hex_characters_in_json_and_raw_bytes_round_trip() {
+        let text = "0123456789abcdef0123456789abcdef";
+        let hash = DeploymentHash::parse(text).expect("hex");
+        assert_eq!(&hash.0, text.as_bytes());
+        let json = serde_json::to_string(&hash).expect("encode");
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(
+            serde_json::from_str::<DeploymentHash>(&json).expect("decode"),
+            hash
+        );
+        for bad in [
+            "",
+            "0123456789abcdef",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcdeg",
+            "0123456789abcdef0123456789abcdef0",
+        ] {
+            assert!(DeploymentHash::parse(bad).is_err(), "{bad:?}");
+            assert!(
+                serde_json::from_str::<DeploymentHash>(&format!("\"{bad}\"")).is_err(),
+                "{bad:?}"
+            );
+        }
+        let raw = DeploymentHash([0xfe; 32]);
+        let json = serde_json::to_string(&raw).expect("encode");
+        assert_eq!(json, format!("\"0x{}\"", "fe".repeat(32)));
+        assert_eq!(
+            serde_json::from_str::<DeploymentHash>(&json).expect("decode"),
+            raw
+        );
+    }
+
+    #[test]
+    fn a_twin_key_is_the_key_of_its_account() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]).verifying_key();
+        let twin = Twin {
+            id: 3,
+            account: crate::identity::keys::ss58(&key.to_bytes(), 42),
+            relay: None,
+        };
+        let k = TwinKey::of(&twin).expect("an account");
+        assert_eq!(k.key_bytes(), Some(key.to_bytes()));
+        assert_eq!(k.account, twin.account);
+        let not_an_account = Twin {
+            account: "farmer-1".into(),
+            ..twin
+        };
+        assert_eq!(TwinKey::of(&not_an_account), None);
+    }
+}

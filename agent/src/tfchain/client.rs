@@ -1045,3 +1045,94 @@ fn node_contract(v: &Value) -> Option<NodeContract> {
         state,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(state: Value, contract_type: Value) -> Value {
+        Value::named_composite([
+            ("version", Value::u128(4)),
+            ("state", state),
+            ("contract_id", Value::u128(9)),
+            ("twin_id", Value::u128(5)),
+            ("contract_type", contract_type),
+            ("solution_provider_id", Value::unnamed_variant("None", [])),
+        ])
+    }
+
+    fn node_data(hash: &[u8]) -> Value {
+        Value::unnamed_variant(
+            "NodeContract",
+            [Value::named_composite([
+                ("node_id", Value::u128(3)),
+                ("deployment_hash", Value::from_bytes(hash)),
+                ("deployment_data", Value::from_bytes(b"")),
+                ("public_ips", Value::u128(1)),
+                ("public_ips_list", Value::unnamed_composite([])),
+            ])],
+        )
+    }
+
+    /// The stored `Contract` as the runtime's types decode it.
+    #[test]
+    fn a_stored_node_contract_reads_with_its_owner_node_hash_and_state() {
+        let hash = b"0123456789abcdef0123456789abcdef";
+        let created = node_contract(&stored(
+            Value::unnamed_variant("Created", []),
+            node_data(hash),
+        ))
+        .expect("a node contract");
+        assert_eq!(
+            created,
+            NodeContract {
+                contract_id: 9,
+                node_id: 3,
+                twin_id: 5,
+                deployment_hash: DeploymentHash(*hash),
+                public_ips: 1,
+                state: ContractState::Created,
+            }
+        );
+        let grace = node_contract(&stored(
+            Value::unnamed_variant("GracePeriod", [Value::u128(100)]),
+            node_data(hash),
+        ))
+        .expect("in grace");
+        assert_eq!(grace.state, ContractState::GracePeriod);
+        let deleted = node_contract(&stored(
+            Value::unnamed_variant("Deleted", [Value::unnamed_variant("CanceledByUser", [])]),
+            node_data(hash),
+        ))
+        .expect("deleted");
+        assert_eq!(deleted.state, ContractState::Deleted);
+        // Bytes that are not hex are carried as they are, never as a hash
+        // some deployment could match.
+        let raw = node_contract(&stored(
+            Value::unnamed_variant("Created", []),
+            node_data(&[0xff; 32]),
+        ))
+        .expect("raw bytes");
+        assert!(!raw.deployment_hash.is_hex());
+        assert!(raw.deployment_hash.to_string().starts_with("0x"));
+    }
+
+    #[test]
+    fn a_rent_or_name_contract_or_a_short_hash_is_not_a_node_contract() {
+        let rent = Value::unnamed_variant(
+            "RentContract",
+            [Value::named_composite([("node_id", Value::u128(3))])],
+        );
+        assert_eq!(
+            node_contract(&stored(Value::unnamed_variant("Created", []), rent)),
+            None
+        );
+        assert_eq!(
+            node_contract(&stored(
+                Value::unnamed_variant("Created", []),
+                node_data(b"short")
+            )),
+            None
+        );
+    }
+}
