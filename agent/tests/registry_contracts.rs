@@ -442,3 +442,82 @@ async fn a_slow_a_refusing_and_a_lying_registry_are_errors_or_left_out_never_bel
     assert_eq!(read.node_id, 2);
     liar.stop().await;
 }
+
+/// Waits for the next change from the watcher.
+async fn next_change(
+    rx: &mut tokio::sync::mpsc::Receiver<agent::chain::contracts::ContractChange>,
+    within: Duration,
+) -> agent::chain::contracts::ContractChange {
+    tokio::time::timeout(within, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no contract change within {within:?}"))
+        .expect("the watcher runs")
+}
+
+#[tokio::test]
+async fn the_node_sees_its_contracts_made_updated_and_cancelled_within_seconds_even_after_an_outage()
+ {
+    use agent::chain::contracts::{ContractChange, watch};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("r.json");
+    let free = tokio::net::TcpListener::bind(any_port())
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("address");
+    let url = format!("http://{free}");
+    // The registry is down when the watcher starts.
+    let shutdown = grove_daemon::shutdown::Shutdown::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let node_key = key(2);
+    let watcher_backend = Backend::Embedded(Box::new(
+        EmbeddedClient::new(&url, node_key.clone()).expect("client"),
+    ));
+    let served = serve(&state, free).await;
+    let (_, node_id) = node(&url, &node_key).await;
+    served.stop().await;
+    let watcher = tokio::spawn(watch(watcher_backend, node_id, tx, shutdown.clone()));
+
+    let served = serve(&state, free).await;
+    let tenant = Tenant::connect(&url, key(5)).await.expect("tenant");
+    let hash = DeploymentHash::parse(HASH).expect("hash");
+    let id = tenant
+        .create_node_contract(node_id, hash.0, 0)
+        .await
+        .expect("contract");
+    let made = Instant::now();
+    match next_change(&mut rx, Duration::from_secs(20)).await {
+        ContractChange::Active(c) => assert_eq!((c.contract_id, c.deployment_hash), (id, hash)),
+        other => panic!("{other:?}"),
+    }
+    eprintln!("made, seen after {:?}", made.elapsed());
+    let hash2 = DeploymentHash::parse(HASH2).expect("hash");
+    tenant
+        .update_node_contract(id, hash2.0)
+        .await
+        .expect("update");
+    match next_change(&mut rx, Duration::from_secs(5)).await {
+        ContractChange::Active(c) => assert_eq!(c.deployment_hash, hash2),
+        other => panic!("{other:?}"),
+    }
+
+    // Gone and back: the watcher keeps going, and sees the cancel made
+    // once the registry is back.
+    served.stop().await;
+    // An outage of 3 s: longer than a poll, so the watcher meets it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let served = serve(&state, free).await;
+    tenant.cancel_contract(id).await.expect("cancel");
+    let cancelled = Instant::now();
+    match next_change(&mut rx, Duration::from_secs(20)).await {
+        ContractChange::Gone(c) => assert_eq!(c.contract_id, id),
+        other => panic!("{other:?}"),
+    }
+    eprintln!("cancel seen after {:?}", cancelled.elapsed());
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .expect("the watcher stops on shutdown")
+        .expect("the watcher ran");
+    served.stop().await;
+}

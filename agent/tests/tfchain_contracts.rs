@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent::chain::backend::{Backend, BackendError, TfchainBackend};
+use agent::chain::contracts::ContractChange;
 use agent::registry::model::{
     ContractResources, ContractState, DeploymentHash, Interface, NodeRegistration, Resources,
 };
@@ -411,7 +412,25 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
     );
 
     // The owner cancels: the node sees the event within seconds, and the
-    // contract gone from storage.
+    // contract gone from storage; the node's contract watch says it is
+    // gone.
+    let shutdown = grove_daemon::shutdown::Shutdown::new();
+    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(16);
+    let watcher = tokio::spawn(agent::chain::contracts::watch(
+        Backend::Tfchain(Box::new(TfchainBackend::new(
+            &url(),
+            node_key.clone(),
+            Location::default(),
+        ))),
+        node_id,
+        changes_tx,
+        shutdown.clone(),
+    ));
+    let first = tokio::time::timeout(Duration::from_secs(30), changes.recv())
+        .await
+        .expect("the watch reads the contracts within 30 s")
+        .expect("the watch runs");
+    assert_eq!(first, ContractChange::Active(updated.clone()));
     let cancelled_at = Instant::now();
     tenant
         .cancel_contract(contract_id)
@@ -429,6 +448,20 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         cancelled_at.elapsed(),
         seen.block
     );
+    let gone = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("the watch sees the cancel within 10 s")
+        .expect("the watch runs");
+    assert_eq!(gone, ContractChange::Gone(updated.clone()));
+    eprintln!(
+        "the node's contract watch saw {contract_id} gone {:?} after the cancel was sent",
+        cancelled_at.elapsed()
+    );
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the watch stops on shutdown")
+        .expect("the watch ran");
     assert_eq!(node.contract(contract_id).await.expect("read"), None);
     assert!(node.node_contracts(node_id).await.expect("read").is_empty());
     assert_eq!(tenant.contract(contract_id).await.expect("read"), None);

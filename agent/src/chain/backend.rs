@@ -513,6 +513,20 @@ impl Backend {
         }
     }
 
+    /// Sends every event about node `node_id`'s contracts until the
+    /// connection ends (TFChain). The embedded registry has no events: the
+    /// future never ends, and its readers poll.
+    pub async fn follow_contract_events(
+        &self,
+        node_id: u32,
+        to: tokio::sync::mpsc::Sender<crate::tfchain::client::ChainEvent>,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Embedded(_) => std::future::pending().await,
+            Backend::Tfchain(t) => Ok(t.chain()?.follow_events(node_id, to).await?),
+        }
+    }
+
     /// The region's nodes' mesh details, where the registry keeps them.
     pub async fn peers(&self, farm_id: u32) -> Option<Vec<MeshInfo>> {
         match self {

@@ -22,6 +22,7 @@
 //! Queue files are written and scanned off the async runtime.
 
 pub mod backend;
+pub mod contracts;
 pub mod queue;
 
 use std::collections::BTreeMap;
