@@ -10,13 +10,16 @@
 //! is registered and updated by its twin's account, and its mesh key must
 //! be the one derived from that account; uptime is reported by the node's
 //! account; a farm is created by its owner, who must be one of the
-//! registry's farmers. Entries are checked before they are stored (keys,
+//! registry's farmers; a node contract is made, updated and cancelled by
+//! the account of the twin that owns it, and its resources are reported by
+//! its node's account. Entries are checked before they are stored (keys,
 //! endpoints, how many interfaces, body size), writes are rate-limited per
 //! account, and a replayed write is refused. Every change is written to
 //! the state file atomically before it is answered. Limits: as on TFChain,
 //! any twin may register a node in any farm; used nonces are kept in
 //! memory, so after a restart writes signed before it are refused (the
-//! nodes sign again).
+//! nodes sign again); contracts are never billed, so none enters a grace
+//! period, and farms have no public IPs to rent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

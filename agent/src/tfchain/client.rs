@@ -1,4 +1,6 @@
-//! The node on a live TFChain: its twin, its node, its uptime reports.
+//! The node on a live TFChain: its twin, its node, its uptime reports, its
+//! contracts and their events; and a tenant's node contracts, sent with
+//! the tenant's own key.
 //!
 //! `subxt` talks to the chain (RPC, metadata, nonce, mortality, fees) and
 //! signs with the node's own ed25519 key as `MultiSignature::Ed25519`; the
