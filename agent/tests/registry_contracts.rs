@@ -408,6 +408,12 @@ async fn a_slow_a_refusing_and_a_lying_registry_are_errors_or_left_out_never_bel
             )
             .route("/v1/twins/5", get(move || async move { Json(twin) }))
             .route("/v1/twins/9", get(move || async move { Json(wrong_id) }))
+            .route(
+                "/v1/twins/10",
+                get(|| async {
+                    Json(json!({"id": 10, "account": "farmer-1", "relay": null, "account_key": null}))
+                }),
+            )
             .route("/v1/contracts/6", get(|| async { "{not json" }))
             .route(
                 "/v1/contracts/7",
@@ -434,6 +440,8 @@ async fn a_slow_a_refusing_and_a_lying_registry_are_errors_or_left_out_never_bel
         .await
         .expect_err("another twin answered");
     assert!(e.to_string().contains("answered twin 6"), "{e}");
+    let e = backend.twin_key(10).await.expect_err("not an account");
+    assert!(e.to_string().contains("is not an account"), "{e}");
     let e = backend.contract(6).await.expect_err("not JSON");
     assert!(matches!(e, BackendError::Unreachable(_)), "{e:?}");
     // A contract for another node reads as what it is: the node's own

@@ -264,7 +264,7 @@ impl RegistryReader {
                 view.twin.account
             ))
         })?;
-        if key.account_key != view.account_key {
+        if view.account_key.as_deref() != Some(key.account_key.as_str()) {
             return Err(lie(format!(
                 "twin {id}: the served account key is not the key of its account {}",
                 view.twin.account

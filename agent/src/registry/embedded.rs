@@ -784,8 +784,9 @@ type Shared = Arc<Embedded>;
 pub struct TwinView {
     #[serde(flatten)]
     pub twin: Twin,
-    /// Hex of the account's 32-byte public key.
-    pub account_key: String,
+    /// Hex of the account's 32-byte public key; `null` for a twin whose
+    /// account is not one (a state file edited by hand).
+    pub account_key: Option<String>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RegistryError> {
@@ -836,12 +837,8 @@ pub fn routes(registry: Shared) -> Router {
                         .get(&id)
                         .cloned()
                         .ok_or(RegistryError::NoTwin(id))?;
-                    let key = TwinKey::of(&twin)
-                        .ok_or_else(|| RegistryError::NotAnAccount(twin.account.clone()))?;
-                    Ok::<_, RegistryError>(Json(TwinView {
-                        twin,
-                        account_key: key.account_key,
-                    }))
+                    let account_key = TwinKey::of(&twin).map(|k| k.account_key);
+                    Ok::<_, RegistryError>(Json(TwinView { twin, account_key }))
                 },
             ),
         )
