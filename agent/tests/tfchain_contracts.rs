@@ -476,3 +476,168 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
     );
     follow.abort();
 }
+
+/// A TCP proxy to the chain that the test cuts (every connection dropped,
+/// new ones refused) and restores.
+struct Proxy {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    async fn to(upstream: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let target = upstream
+            .strip_prefix("ws://")
+            .expect("a ws:// URL")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("addr"));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, g) = (cut.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let (c, g, target) = (c.clone(), g.clone(), target.clone());
+                tokio::spawn(async move {
+                    let born = g.load(Ordering::SeqCst);
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let pipe = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let cut_off = async {
+                        while !c.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = pipe => {}
+                        () = cut_off => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            url,
+            cut,
+            generation,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The chain cut off when the node's contract watch starts, then cut again
+/// while the tenant cancels: the watch sees the contract once the chain is
+/// back, and the cancel once it is back again, each within 30 s.
+#[tokio::test]
+#[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored"]
+async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_cancel() {
+    let client = Tfchain::connect(&url(), SigningKey::from_bytes(&[9; 32]))
+        .await
+        .expect("connect")
+        .client()
+        .clone();
+    time_travel_to_now().await;
+    let (node_key, node_id) = registered_node(&client).await;
+    let tenant_key = fresh_key();
+    fund(&client, &tenant_key).await;
+    let tenant = Tenant::connect(&url(), tenant_key)
+        .await
+        .expect("the tenant connects");
+    tenant.ensure_twin().await.expect("the tenant's twin");
+
+    let proxy = Proxy::to(&url()).await;
+    proxy.cut();
+    let shutdown = grove_daemon::shutdown::Shutdown::new();
+    let (tx, mut changes) = tokio::sync::mpsc::channel(16);
+    let watcher = tokio::spawn(agent::chain::contracts::watch(
+        Backend::Tfchain(Box::new(TfchainBackend::new(
+            &proxy.url,
+            node_key,
+            Location::default(),
+        ))),
+        node_id,
+        tx,
+        shutdown.clone(),
+    ));
+    let hash = DeploymentHash::parse("abcdefabcdefabcdefabcdefabcdef01").expect("hash");
+    let contract_id = tenant
+        .create_node_contract(node_id, hash.0, 0)
+        .await
+        .expect("createNodeContract");
+    assert!(
+        changes.try_recv().is_err(),
+        "nothing can be seen through a cut"
+    );
+    proxy.restore();
+    let restored = Instant::now();
+    let seen = tokio::time::timeout(Duration::from_secs(30), changes.recv())
+        .await
+        .expect("the contract seen within 30 s of the chain coming back")
+        .expect("the watch runs");
+    match seen {
+        ContractChange::Active(c) => {
+            assert_eq!((c.contract_id, c.deployment_hash), (contract_id, hash))
+        }
+        other => panic!("{other:?}"),
+    }
+    eprintln!(
+        "down at start: contract {contract_id} seen {:?} after the chain came back",
+        restored.elapsed()
+    );
+
+    proxy.cut();
+    tenant
+        .cancel_contract(contract_id)
+        .await
+        .expect("cancelContract");
+    // The outage lasts 5 s past the cancel.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.restore();
+    let restored = Instant::now();
+    let gone = tokio::time::timeout(Duration::from_secs(30), changes.recv())
+        .await
+        .expect("the cancel seen within 30 s of the chain coming back")
+        .expect("the watch runs");
+    assert!(
+        matches!(&gone, ContractChange::Gone(c) if c.contract_id == contract_id),
+        "{gone:?}"
+    );
+    eprintln!(
+        "cut during the cancel: seen {:?} after the chain came back",
+        restored.elapsed()
+    );
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(15), watcher)
+        .await
+        .expect("the watch stops on shutdown")
+        .expect("the watch ran");
+}
