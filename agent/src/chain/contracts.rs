@@ -85,7 +85,11 @@ pub async fn watch(
     let mut known = Known::default();
     let mut backoff = Duration::from_secs(1);
     loop {
-        if let Err(e) = backend.connect().await {
+        let connected = tokio::select! {
+            c = backend.connect() => c,
+            () = shutdown.wait() => return,
+        };
+        if let Err(e) = connected {
             tracing::warn!(node = node_id, error = %e, "contract watch: cannot connect");
         } else if follow(&backend, node_id, poll, &mut known, &to, &shutdown).await {
             return;
@@ -116,7 +120,11 @@ async fn follow(
     let follower = backend.follow_contract_events(node_id, tx);
     tokio::pin!(follower);
     loop {
-        match backend.node_contracts(node_id).await {
+        let read = tokio::select! {
+            r = backend.node_contracts(node_id) => r,
+            () = shutdown.wait() => return true,
+        };
+        match read {
             Ok(list) => {
                 for change in known.update(list) {
                     tracing::info!(node = node_id, change = ?change, "contract change");
