@@ -7,6 +7,11 @@
 //! cancel it, and the owner's `cancelContract` makes it gone, seen by the
 //! node within seconds.
 //!
+//! Contracts do not depend on chain time, so these tests never move it:
+//! under chopsticks, moving chain time back (it runs 6 s ahead per block)
+//! makes the next block fail to build ("Timestamp slot must match
+//! `CurrentSlot`") and the extrinsic in it with it.
+//!
 //! Run with `TFCHAIN_WS=ws://127.0.0.1:8000 cargo test -p agent --test
 //! tfchain_contracts -- --ignored --test-threads=1` (the tests share the
 //! dev account Alice, so they run one at a time).
@@ -160,17 +165,6 @@ async fn fund(client: &OnlineClient<SubstrateConfig>, key: &SigningKey) {
     .await;
 }
 
-/// Chain time moved to the wall clock, as a live chain keeps it.
-async fn time_travel_to_now() {
-    let rpc = subxt::rpcs::RpcClient::from_insecure_url(&url())
-        .await
-        .expect("rpc");
-    let _: serde_json::Value = rpc
-        .request("dev_timeTravel", subxt::rpcs::rpc_params![now() * 1000])
-        .await
-        .expect("dev_timeTravel");
-}
-
 fn fresh_key() -> SigningKey {
     let seed = agent::identity::keys::Seed::generate().expect("seed");
     seed.keys().signing().clone()
@@ -255,7 +249,6 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         .expect("connect")
         .client()
         .clone();
-    time_travel_to_now().await;
     let (node_key, node_id) = registered_node(&client).await;
     eprintln!("node {node_id} registered");
 
@@ -565,7 +558,6 @@ async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_c
         .expect("connect")
         .client()
         .clone();
-    time_travel_to_now().await;
     let (node_key, node_id) = registered_node(&client).await;
     let tenant_key = fresh_key();
     fund(&client, &tenant_key).await;
