@@ -15,7 +15,9 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 
 use crate::registry::client::EmbeddedClient;
-use crate::registry::model::{MeshInfo, NodeRegistration, UptimeReport};
+use crate::registry::model::{
+    ContractResources, MeshInfo, NodeContract, NodeRegistration, TwinKey, UptimeReport,
+};
 use crate::tfchain::calls::Location;
 use crate::tfchain::client::{NodeRecord, Tfchain, TfchainError};
 
@@ -441,6 +443,87 @@ impl Backend {
                     skew_secs: Some(skew),
                 })
             }
+        }
+    }
+
+    /// Contract `id`, or `None` when there is none (on TFChain a cancelled
+    /// contract is removed from storage, so it reads as `None` there).
+    pub async fn contract(&self, id: u64) -> Result<Option<NodeContract>, BackendError> {
+        match self {
+            Backend::Embedded(client) => client.contract(id).await.map_err(embedded),
+            Backend::Tfchain(t) => Ok(t.chain()?.contract(id).await?),
+        }
+    }
+
+    /// The active (Created or GracePeriod) contracts on node `node_id`.
+    pub async fn node_contracts(&self, node_id: u32) -> Result<Vec<NodeContract>, BackendError> {
+        let contracts = match self {
+            Backend::Embedded(client) => client.node_contracts(node_id).await.map_err(embedded)?,
+            Backend::Tfchain(t) => t.chain()?.active_node_contracts(node_id).await?,
+        };
+        // A registry that answers another node's contract, or a dead one,
+        // among this node's is not believed.
+        let (ours, others): (Vec<_>, Vec<_>) = contracts
+            .into_iter()
+            .partition(|c| c.node_id == node_id && c.state.is_active());
+        for c in &others {
+            tracing::warn!(
+                contract = c.contract_id,
+                node = c.node_id,
+                state = c.state.as_str(),
+                asked = node_id,
+                "the registry listed a contract that is not an active one of this node; left out"
+            );
+        }
+        Ok(ours)
+    }
+
+    /// Twin `id` with its account key, or `None` when there is no such
+    /// twin.
+    pub async fn twin_key(&self, id: u32) -> Result<Option<TwinKey>, BackendError> {
+        match self {
+            Backend::Embedded(client) => client.twin_key(id).await.map_err(embedded),
+            Backend::Tfchain(t) => Ok(t.chain()?.twin_key(id).await?),
+        }
+    }
+
+    /// Delivers what node `node`'s contracts use.
+    pub async fn report_contract_resources(
+        &self,
+        node: u32,
+        reports: &[ContractResources],
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Embedded(client) => client
+                .report_contract_resources(node, reports)
+                .await
+                .map(drop)
+                .map_err(embedded),
+            Backend::Tfchain(t) => {
+                let uses: Vec<crate::tfchain::calls::ContractUse> = reports
+                    .iter()
+                    .map(|r| crate::tfchain::calls::ContractUse {
+                        contract_id: r.contract_id,
+                        used: r.used,
+                    })
+                    .collect();
+                t.chain()?.report_contract_resources(&uses).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends every event about node `node_id`'s contracts until the
+    /// connection ends (TFChain). The embedded registry has no events: the
+    /// future never ends, and its readers poll.
+    pub async fn follow_contract_events(
+        &self,
+        node_id: u32,
+        to: tokio::sync::mpsc::Sender<crate::tfchain::client::ChainEvent>,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Embedded(_) => std::future::pending().await,
+            Backend::Tfchain(t) => Ok(t.chain()?.follow_events(node_id, to).await?),
         }
     }
 

@@ -22,6 +22,7 @@
 //! Queue files are written and scanned off the async runtime.
 
 pub mod backend;
+pub mod contracts;
 pub mod queue;
 
 use std::collections::BTreeMap;
@@ -36,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use crate::boot::{BootParams, ChainBackend};
 use crate::identity::Identity;
 use crate::registry::client::EmbeddedClient;
-use crate::registry::model::{Interface, MeshInfo, NodeRegistration, Resources, UptimeReport};
+use crate::registry::model::{
+    ContractResources, Interface, MeshInfo, NodeRegistration, Resources, UptimeReport,
+};
 use backend::{Backend, BackendError, Connected, TfchainBackend};
 use queue::{Queue, Report};
 
@@ -208,6 +211,10 @@ const MESH_GRACE: Duration = Duration::from_secs(60);
 pub struct Chain {
     status: RwLock<ChainStatus>,
     started: Instant,
+    /// The report queue, once the task opened it.
+    queue: std::sync::OnceLock<Queue>,
+    /// Wakes the task when a report is queued from outside.
+    wake: tokio::sync::Notify,
 }
 
 impl Default for Chain {
@@ -215,6 +222,8 @@ impl Default for Chain {
         Self {
             status: RwLock::default(),
             started: Instant::now(),
+            queue: std::sync::OnceLock::new(),
+            wake: tokio::sync::Notify::new(),
         }
     }
 }
@@ -419,6 +428,9 @@ impl Chain {
         };
         let account = keys.public().account;
         self.update(|s| s.account = Some(account.clone()));
+        if self.queue.set(queue.clone()).is_err() {
+            tracing::warn!("the chain task ran twice; reports queue to the first one's queue");
+        }
 
         let booted = Instant::now();
         let mut next_uptime = Instant::now();
@@ -466,14 +478,17 @@ impl Chain {
             } else {
                 backoff.next()
             };
-            tokio::time::sleep(
+            let sleep = tokio::time::sleep(
                 wait.min(
                     next_uptime
                         .saturating_duration_since(Instant::now())
                         .max(Duration::from_millis(200)),
                 ),
-            )
-            .await;
+            );
+            tokio::select! {
+                () = sleep => {}
+                () = self.wake.notified() => {}
+            }
         }
     }
 
@@ -741,7 +756,7 @@ impl Chain {
         if let Ok(entries) = blocking(queue, Queue::reports).await {
             let oldest = entries.iter().find_map(|(_, r)| match r {
                 Report::Uptime(u) => Some(u.timestamp),
-                Report::Register { .. } => None,
+                Report::Register { .. } | Report::ContractResources { .. } => None,
             });
             self.update(|s| {
                 s.queue_length = entries.len();
@@ -761,9 +776,11 @@ impl Chain {
             }
         };
         let mut uptime = Vec::new();
+        let mut resources = Vec::new();
         for (seq, report) in entries {
             match report {
                 Report::Uptime(u) => uptime.push((seq, u)),
+                Report::ContractResources { reports } => resources.push((seq, reports)),
                 Report::Register { .. } => {
                     tracing::info!(
                         report = seq,
@@ -795,6 +812,12 @@ impl Chain {
                 self.fail(e);
                 return false;
             }
+        }
+        if !self
+            .deliver_resources(backend, node, queue, resources)
+            .await
+        {
+            return false;
         }
         for (seq, report) in uptime {
             match backend.report_uptime(node, &report).await {
@@ -834,6 +857,90 @@ impl Chain {
             }
         }
         true
+    }
+
+    /// Delivers the newest queued contract resources report; the older
+    /// ones are superseded (each report is the whole list, and the
+    /// registry keeps only the last per contract). False when the registry
+    /// did not take it (kept for the next try); a report refused for good
+    /// is dropped with its reason, never sent again.
+    async fn deliver_resources(
+        &self,
+        backend: &mut Backend,
+        node: u32,
+        queue: &Queue,
+        mut resources: Vec<(u64, Vec<ContractResources>)>,
+    ) -> bool {
+        let Some((seq, reports)) = resources.pop() else {
+            return true;
+        };
+        if !resources.is_empty() {
+            tracing::info!(
+                reports = resources.len(),
+                newest = seq,
+                "older contract resources reports superseded by the newest"
+            );
+            let older: Vec<u64> = resources.iter().map(|(s, _)| *s).collect();
+            let removed = blocking(queue, move |q| {
+                older.into_iter().try_for_each(|s| q.remove(s))
+            })
+            .await;
+            if let Err(e) = removed {
+                self.fail(e);
+                return false;
+            }
+        }
+        let outcome = if reports.is_empty() {
+            Ok(())
+        } else {
+            backend.report_contract_resources(node, &reports).await
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    report = seq,
+                    contracts = reports.len(),
+                    "contract resources delivered"
+                );
+            }
+            Err(e @ BackendError::Permanent { .. }) => {
+                tracing::error!(report = seq, reason = %e, "contract resources report dropped: the registry refuses it for good");
+                self.failed(backend, &e);
+            }
+            Err(e) => {
+                self.failed(backend, &e);
+                self.fail(format!(
+                    "contract resources report {seq} not delivered, kept in the queue: {e}"
+                ));
+                return false;
+            }
+        }
+        if let Err(e) = blocking(queue, move |q| q.remove(seq)).await {
+            self.fail(e);
+            return false;
+        }
+        true
+    }
+
+    /// Queues what each of the node's contracts uses, for
+    /// `reportContractResources`: written durably before this returns,
+    /// delivered once the node is registered (a newer report supersedes
+    /// it). Fails while the chain task has not opened its queue.
+    pub async fn queue_contract_resources(
+        &self,
+        reports: Vec<ContractResources>,
+    ) -> Result<u64, String> {
+        let Some(queue) = self.queue.get() else {
+            return Err("the chain task has not opened its report queue yet".to_owned());
+        };
+        let seq = blocking(queue, move |q| {
+            let seq = q.next_seq()?;
+            q.push(seq, &Report::ContractResources { reports })?;
+            Ok(seq)
+        })
+        .await?;
+        self.wake.notify_one();
+        Ok(seq)
     }
 
     /// Where the region reaches this node's `mesh0`: its LAN address.
@@ -1062,6 +1169,160 @@ mod tests {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
         assert_eq!(s.problems(1_000).len(), 5);
+    }
+
+    /// An embedded registry on a free port with one farm, a node of key 2
+    /// and a contract of twin key 5 on it; answers the URL, the node's id
+    /// and the contract's id.
+    async fn registry_with_a_contract(
+        dir: &std::path::Path,
+    ) -> (String, u32, u64, tokio::task::JoinHandle<()>) {
+        use crate::registry::embedded::{Embedded, routes};
+        use ed25519_dalek::SigningKey;
+        let farmer = SigningKey::from_bytes(&[1; 32]);
+        let farmer_account = crate::identity::keys::ss58(&farmer.verifying_key().to_bytes(), 42);
+        let r = Embedded::open(&dir.join("r.json"), std::slice::from_ref(&farmer_account))
+            .expect("open");
+        let owner = r.ensure_twin(&farmer_account, None).expect("twin");
+        let farm = r.create_farm("farm-one", owner.id).expect("farm");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, routes(Arc::new(r)))
+                .await
+                .expect("serve");
+        });
+        let mut nodes = Vec::new();
+        for byte in [2, 3] {
+            let node =
+                EmbeddedClient::new(&url, SigningKey::from_bytes(&[byte; 32])).expect("client");
+            let twin = node.ensure_twin().await.expect("node twin");
+            let registration = NodeRegistration {
+                farm_id: farm.id,
+                twin_id: twin.id,
+                resources: Resources::default(),
+                interfaces: vec![],
+                serial_number: String::new(),
+                virtualized: true,
+                secure_boot: false,
+            };
+            nodes.push(node.register(&registration, None).await.expect("node").id);
+        }
+        let tenant = EmbeddedClient::new(&url, SigningKey::from_bytes(&[5; 32])).expect("client");
+        let twin = tenant.ensure_twin().await.expect("tenant twin");
+        let hash =
+            crate::registry::model::DeploymentHash::parse("0123456789abcdef0123456789abcdef")
+                .expect("hash");
+        // The contract is on the second node: the first reporting on it is
+        // refused for good.
+        let contract = tenant
+            .create_contract(twin.id, nodes[1], &hash, 0)
+            .await
+            .expect("contract");
+        (url, nodes[1], contract.contract_id, task)
+    }
+
+    fn uses(contract_id: u64, cru: u64) -> Vec<ContractResources> {
+        vec![ContractResources {
+            contract_id,
+            used: Resources {
+                cru,
+                ..Resources::default()
+            },
+        }]
+    }
+
+    #[tokio::test]
+    async fn contract_resources_wait_in_the_queue_the_newest_is_delivered_and_a_refusal_for_good_is_dropped()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, node, contract, task) = registry_with_a_contract(dir.path()).await;
+        let chain = Chain::default();
+        assert!(
+            chain
+                .queue_contract_resources(uses(contract, 1))
+                .await
+                .is_err(),
+            "no queue yet"
+        );
+        let queue = Queue::open(&dir.path().join("queue")).expect("queue");
+        chain.queue.set(queue.clone()).expect("first queue");
+        chain
+            .queue_contract_resources(uses(contract, 1))
+            .await
+            .expect("queued");
+        chain
+            .queue_contract_resources(uses(contract, 2))
+            .await
+            .expect("queued");
+        let node_key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let mut known = Known {
+            node: Some(node),
+            ..Known::default()
+        };
+
+        // The registry does not answer: the newest report is kept (the
+        // older one says nothing it does not).
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("address");
+        let mut down = Backend::Embedded(Box::new(
+            EmbeddedClient::new(&format!("http://{free}"), node_key.clone()).expect("client"),
+        ));
+        assert!(!chain.report(&mut down, &mut known, &queue).await);
+        let kept = queue.reports().expect("reports");
+        assert_eq!(
+            kept.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+            [Report::ContractResources {
+                reports: uses(contract, 2)
+            }]
+        );
+        let error = chain.status().error.unwrap_or_default();
+        assert!(error.contains("kept in the queue"), "{error}");
+
+        // It answers: the newest goes out, the older is superseded.
+        let mut up = Backend::Embedded(Box::new(
+            EmbeddedClient::new(&url, node_key).expect("client"),
+        ));
+        assert!(chain.report(&mut up, &mut known, &queue).await);
+        assert!(queue.is_empty());
+        let reader = crate::registry::client::RegistryReader::new(&url).expect("reader");
+        let stored = reader
+            .contract_resources(contract)
+            .await
+            .expect("read")
+            .expect("delivered");
+        assert_eq!((stored.node_id, stored.used.cru), (node, 2));
+
+        // Another node reporting on the contract: refused for good, said
+        // in words, dropped, never sent again.
+        let other_key = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        let mut other = Backend::Embedded(Box::new(
+            EmbeddedClient::new(&url, other_key).expect("client"),
+        ));
+        let mut other_known = Known {
+            node: Some(node - 1),
+            ..Known::default()
+        };
+        chain
+            .queue_contract_resources(uses(contract, 9))
+            .await
+            .expect("queued");
+        assert!(chain.report(&mut other, &mut other_known, &queue).await);
+        assert!(queue.is_empty(), "a refusal for good is not kept");
+        let refusal = chain.status().refusal.unwrap_or_default();
+        assert!(refusal.contains("403"), "{refusal}");
+        let stored = reader
+            .contract_resources(contract)
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(stored.used.cru, 2, "the refused report changed nothing");
+        task.abort();
     }
 
     #[test]

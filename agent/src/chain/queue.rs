@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::model::{MeshInfo, NodeRegistration, UptimeReport};
+use crate::registry::model::{ContractResources, MeshInfo, NodeRegistration, UptimeReport};
 
 /// Why the queue could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,11 @@ pub enum Report {
         mesh: Option<MeshInfo>,
     },
     Uptime(UptimeReport),
+    /// What each of the node's contracts uses (`reportContractResources`);
+    /// a newer one supersedes it.
+    ContractResources {
+        reports: Vec<ContractResources>,
+    },
 }
 
 /// The queue directory.

@@ -12,7 +12,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::model::{Farm, MeshInfo, Node, NodeRegistration, Twin, UptimeReport};
+use super::embedded::{ContractRequest, ContractUpdate, TwinView};
+use super::model::{
+    ContractResources, ContractResourcesReport, DeploymentHash, Farm, MeshInfo, Node, NodeContract,
+    NodeRegistration, Twin, TwinKey, UptimeReport,
+};
 
 /// A registry at `http://host:port`, written to as one node.
 #[derive(Clone)]
@@ -119,6 +123,60 @@ impl EmbeddedClient {
         self.write(&format!("/v1/nodes/{node}/uptime"), report)
             .await
     }
+
+    /// Twin `twin_id` (this client's account) makes a node contract.
+    pub async fn create_contract(
+        &self,
+        twin_id: u32,
+        node_id: u32,
+        hash: &DeploymentHash,
+        public_ips: u32,
+    ) -> Result<NodeContract, ClientError> {
+        let request = ContractRequest {
+            twin_id,
+            node_id,
+            deployment_hash: hash.to_string(),
+            public_ips,
+        };
+        self.write("/v1/contracts", &request).await
+    }
+
+    /// The owner sets contract `id`'s deployment hash.
+    pub async fn update_contract(
+        &self,
+        id: u64,
+        hash: &DeploymentHash,
+    ) -> Result<NodeContract, ClientError> {
+        let update = ContractUpdate {
+            deployment_hash: hash.to_string(),
+        };
+        self.write(&format!("/v1/contracts/{id}"), &update).await
+    }
+
+    /// The owner cancels contract `id`.
+    pub async fn cancel_contract(&self, id: u64) -> Result<NodeContract, ClientError> {
+        self.write(&format!("/v1/contracts/{id}/cancel"), &json!({}))
+            .await
+    }
+
+    /// The node reports what its contracts use; answers how many the
+    /// registry stored.
+    pub async fn report_contract_resources(
+        &self,
+        node: u32,
+        reports: &[ContractResources],
+    ) -> Result<usize, ClientError> {
+        self.write(&format!("/v1/nodes/{node}/contracts/resources"), &reports)
+            .await
+    }
+}
+
+fn none_if_missing<T>(result: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match result {
+        Ok(t) => Ok(Some(t)),
+        Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A registry at `http://host:port`, read by anyone: its reads need no key.
@@ -156,6 +214,63 @@ impl RegistryReader {
     }
     pub async fn uptime(&self, node: u32) -> Result<Vec<UptimeReport>, ClientError> {
         self.http.get(&format!("/v1/nodes/{node}/uptime")).await
+    }
+
+    /// Contract `id`, or `None` when the registry has none.
+    pub async fn contract(&self, id: u64) -> Result<Option<NodeContract>, ClientError> {
+        none_if_missing(self.http.get(&format!("/v1/contracts/{id}")).await)
+    }
+
+    /// The active (Created or GracePeriod) contracts on `node`.
+    pub async fn node_contracts(&self, node: u32) -> Result<Vec<NodeContract>, ClientError> {
+        self.http.get(&format!("/v1/nodes/{node}/contracts")).await
+    }
+
+    /// The last resources report for contract `id`.
+    pub async fn contract_resources(
+        &self,
+        id: u64,
+    ) -> Result<Option<ContractResourcesReport>, ClientError> {
+        none_if_missing(
+            self.http
+                .get(&format!("/v1/contracts/{id}/resources"))
+                .await,
+        )
+    }
+
+    /// Twin `id` with its account key, or `None` when there is no such
+    /// twin. The key is derived from the twin's account here: a served
+    /// `account_key` that is not that account's is refused, never used.
+    pub async fn twin_key(&self, id: u32) -> Result<Option<TwinKey>, ClientError> {
+        let Some(view) =
+            none_if_missing(self.http.get::<TwinView>(&format!("/v1/twins/{id}")).await)?
+        else {
+            return Ok(None);
+        };
+        let lie = |message: String| ClientError::Status {
+            path: self.http.path().to_owned(),
+            status: StatusCode::BAD_GATEWAY,
+            message,
+        };
+        if view.twin.id != id {
+            return Err(lie(format!(
+                "asked for twin {id}, the registry answered twin {}",
+                view.twin.id
+            )));
+        }
+        let key = TwinKey::of(&view.twin).ok_or_else(|| {
+            lie(format!(
+                "twin {id}'s account {:?} is not an account",
+                view.twin.account
+            ))
+        })?;
+        if view.account_key.as_deref() != Some(key.account_key.as_str()) {
+            return Err(lie(format!(
+                "twin {id}: the served account key is not the key of its account {}",
+                view.twin.account
+            )));
+        }
+        Ok(Some(key))
     }
 }
 

@@ -10,13 +10,16 @@
 //! is registered and updated by its twin's account, and its mesh key must
 //! be the one derived from that account; uptime is reported by the node's
 //! account; a farm is created by its owner, who must be one of the
-//! registry's farmers. Entries are checked before they are stored (keys,
+//! registry's farmers; a node contract is made, updated and cancelled by
+//! the account of the twin that owns it, and its resources are reported by
+//! its node's account. Entries are checked before they are stored (keys,
 //! endpoints, how many interfaces, body size), writes are rate-limited per
 //! account, and a replayed write is refused. Every change is written to
 //! the state file atomically before it is answered. Limits: as on TFChain,
 //! any twin may register a node in any farm; used nonces are kept in
 //! memory, so after a restart writes signed before it are refused (the
-//! nodes sign again).
+//! nodes sign again); contracts are never billed, so none enters a grace
+//! period, and farms have no public IPs to rent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,7 +36,10 @@ use axum::{Json, Router};
 use grove_daemon::server::ApiError;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Farm, Interface, MeshInfo, Node, NodeRegistration, Twin, UptimeReport};
+use super::model::{
+    ContractResources, ContractResourcesReport, ContractState, DeploymentHash, Farm, Interface,
+    MeshInfo, Node, NodeContract, NodeRegistration, Twin, TwinKey, UptimeReport,
+};
 use crate::auth::{self, AuthError, NonceStore, Presented, Verified};
 
 /// The largest request body the registry reads, in bytes.
@@ -45,6 +51,8 @@ pub const MAX_ADDRESSES: usize = 16;
 /// Writes one account may make in a burst, and per second after it.
 pub const RATE_BURST: f64 = 30.0;
 pub const RATE_PER_SEC: f64 = 5.0;
+/// How many contracts one resources report may name.
+pub const MAX_RESOURCE_REPORTS: usize = 256;
 
 /// Why the registry refused a request or could not keep its state.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +63,10 @@ pub enum RegistryError {
     NoTwin(u32),
     #[error("no node with id {0}")]
     NoNode(u32),
+    #[error("no contract with id {0}")]
+    NoContract(u64),
+    #[error("contract {id}: {why}")]
+    ContractConflict { id: u64, why: String },
     #[error("bad request: {0}")]
     Bad(String),
     #[error("registry writes must be signed by the account they concern: {0}")]
@@ -80,9 +92,11 @@ pub enum RegistryError {
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let status = match &self {
-            RegistryError::NoFarm(_) | RegistryError::NoTwin(_) | RegistryError::NoNode(_) => {
-                StatusCode::NOT_FOUND
-            }
+            RegistryError::NoFarm(_)
+            | RegistryError::NoTwin(_)
+            | RegistryError::NoNode(_)
+            | RegistryError::NoContract(_) => StatusCode::NOT_FOUND,
+            RegistryError::ContractConflict { .. } => StatusCode::CONFLICT,
             RegistryError::Bad(_) | RegistryError::NotAnAccount(_) | RegistryError::NoFarmer => {
                 StatusCode::BAD_REQUEST
             }
@@ -107,6 +121,12 @@ pub struct RegistryState {
     pub farms: BTreeMap<u32, Farm>,
     pub nodes: BTreeMap<u32, Node>,
     pub uptime: BTreeMap<u32, Vec<UptimeReport>>,
+    /// Node contracts by id; a cancelled one stays, `Deleted`.
+    #[serde(default)]
+    pub contracts: BTreeMap<u64, NodeContract>,
+    /// The last resources report per contract.
+    #[serde(default)]
+    pub contract_resources: BTreeMap<u64, ContractResourcesReport>,
 }
 
 /// A token bucket per account.
@@ -512,6 +532,223 @@ impl Embedded {
     }
 }
 
+impl Embedded {
+    /// `POST /v1/contracts`: twin `twin_id` makes a node contract on
+    /// `node_id` for a deployment with hash `hash`, signed by the twin's
+    /// account. As on TFChain, a node holds at most one active contract
+    /// per hash.
+    pub fn create_contract(
+        &self,
+        v: &Verified,
+        request: &ContractRequest,
+    ) -> Result<NodeContract, RegistryError> {
+        let hash = DeploymentHash::parse(&request.deployment_hash).map_err(RegistryError::Bad)?;
+        self.change(|s| {
+            let owner = twin_account(s, request.twin_id)?;
+            if owner != v.signer {
+                return Err(forbidden(
+                    v,
+                    format!("make a contract for twin {}", request.twin_id),
+                ));
+            }
+            let node = s
+                .nodes
+                .get(&request.node_id)
+                .ok_or(RegistryError::NoNode(request.node_id))?;
+            if request.public_ips > 0 {
+                return Err(bad(format!(
+                    "public_ips: farm {} has no public IPs on this registry; ask for 0",
+                    node.registration.farm_id
+                )));
+            }
+            if let Some(c) = active_with_hash(s, request.node_id, &hash) {
+                return Err(RegistryError::ContractConflict {
+                    id: c,
+                    why: format!(
+                        "node {} already has this active contract for hash {hash}",
+                        request.node_id
+                    ),
+                });
+            }
+            self.spend(v)?;
+            let contract_id = s.contracts.keys().next_back().map_or(1, |k| k + 1);
+            let contract = NodeContract {
+                contract_id,
+                node_id: request.node_id,
+                twin_id: request.twin_id,
+                deployment_hash: hash,
+                public_ips: request.public_ips,
+                state: ContractState::Created,
+            };
+            s.contracts.insert(contract_id, contract.clone());
+            Ok(contract)
+        })
+    }
+
+    /// The contract `id` and its owner's account, for a write by `v`.
+    fn owned<'a>(
+        s: &'a RegistryState,
+        v: &Verified,
+        id: u64,
+        what: &str,
+    ) -> Result<&'a NodeContract, RegistryError> {
+        let contract = s.contracts.get(&id).ok_or(RegistryError::NoContract(id))?;
+        if twin_account(s, contract.twin_id)? != v.signer {
+            return Err(forbidden(
+                v,
+                format!("{what} contract {id}: it is twin {}'s", contract.twin_id),
+            ));
+        }
+        Ok(contract)
+    }
+
+    /// `POST /v1/contracts/{id}`: the owner sets a new deployment hash.
+    /// As on TFChain only a contract in state Created is updated.
+    pub fn update_contract(
+        &self,
+        v: &Verified,
+        id: u64,
+        request: &ContractUpdate,
+    ) -> Result<NodeContract, RegistryError> {
+        let hash = DeploymentHash::parse(&request.deployment_hash).map_err(RegistryError::Bad)?;
+        self.change(|s| {
+            let contract = Self::owned(s, v, id, "update")?.clone();
+            if contract.state != ContractState::Created {
+                return Err(RegistryError::ContractConflict {
+                    id,
+                    why: format!(
+                        "is {}: only a contract in state Created is updated",
+                        contract.state.as_str()
+                    ),
+                });
+            }
+            if let Some(other) = active_with_hash(s, contract.node_id, &hash)
+                && other != id
+            {
+                return Err(RegistryError::ContractConflict {
+                    id,
+                    why: format!(
+                        "node {} already has active contract {other} for hash {hash}",
+                        contract.node_id
+                    ),
+                });
+            }
+            self.spend(v)?;
+            let updated = NodeContract {
+                deployment_hash: hash,
+                ..contract
+            };
+            s.contracts.insert(id, updated.clone());
+            Ok(updated)
+        })
+    }
+
+    /// `POST /v1/contracts/{id}/cancel`: the owner cancels; the contract
+    /// turns `Deleted` (TFChain's `NodeContractCanceled`). Cancelling a
+    /// cancelled contract changes nothing and answers it.
+    pub fn cancel_contract(&self, v: &Verified, id: u64) -> Result<NodeContract, RegistryError> {
+        self.change(|s| {
+            let contract = Self::owned(s, v, id, "cancel")?.clone();
+            self.spend(v)?;
+            let cancelled = NodeContract {
+                state: ContractState::Deleted,
+                ..contract
+            };
+            s.contracts.insert(id, cancelled.clone());
+            Ok(cancelled)
+        })
+    }
+
+    /// `POST /v1/nodes/{node}/contracts/resources`, signed by the node's
+    /// account: the last report per contract is kept. As on TFChain, a
+    /// contract that is not (or no longer) there is skipped, and one on
+    /// another node is refused; answers how many were stored.
+    pub fn report_contract_resources(
+        &self,
+        v: &Verified,
+        node: u32,
+        reports: &[ContractResources],
+    ) -> Result<usize, RegistryError> {
+        if reports.len() > MAX_RESOURCE_REPORTS {
+            return Err(bad(format!(
+                "at most {MAX_RESOURCE_REPORTS} contracts per report"
+            )));
+        }
+        self.change(|s| {
+            let twin = s
+                .nodes
+                .get(&node)
+                .map(|n| n.registration.twin_id)
+                .ok_or(RegistryError::NoNode(node))?;
+            if twin_account(s, twin)? != v.signer {
+                return Err(forbidden(
+                    v,
+                    format!("report contract resources for node {node}"),
+                ));
+            }
+            for r in reports {
+                if let Some(c) = s.contracts.get(&r.contract_id)
+                    && c.node_id != node
+                {
+                    return Err(forbidden(
+                        v,
+                        format!(
+                            "report resources of contract {} of node {}",
+                            r.contract_id, c.node_id
+                        ),
+                    ));
+                }
+            }
+            self.spend(v)?;
+            let mut stored = 0;
+            for r in reports {
+                let active = s
+                    .contracts
+                    .get(&r.contract_id)
+                    .is_some_and(|c| c.state.is_active());
+                if active {
+                    s.contract_resources.insert(
+                        r.contract_id,
+                        ContractResourcesReport {
+                            node_id: node,
+                            used: r.used,
+                            at: now(),
+                        },
+                    );
+                    stored += 1;
+                }
+            }
+            Ok(stored)
+        })
+    }
+}
+
+/// The active contract on `node` with `hash`, if any.
+fn active_with_hash(s: &RegistryState, node: u32, hash: &DeploymentHash) -> Option<u64> {
+    s.contracts
+        .values()
+        .find(|c| c.node_id == node && c.deployment_hash == *hash && c.state.is_active())
+        .map(|c| c.contract_id)
+}
+
+/// Body of `POST /v1/contracts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractRequest {
+    pub twin_id: u32,
+    pub node_id: u32,
+    /// 32 lowercase hex characters.
+    pub deployment_hash: String,
+    pub public_ips: u32,
+}
+
+/// Body of `POST /v1/contracts/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractUpdate {
+    pub deployment_hash: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TwinRequest {
@@ -541,6 +778,16 @@ struct NodeQuery {
 }
 
 type Shared = Arc<Embedded>;
+
+/// `GET /v1/twins/{id}`: the twin and its account key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TwinView {
+    #[serde(flatten)]
+    pub twin: Twin,
+    /// Hex of the account's 32-byte public key; `null` for a twin whose
+    /// account is not one (a state file edited by hand).
+    pub account_key: Option<String>,
+}
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RegistryError> {
     serde_json::from_slice(body).map_err(|e| bad(e.to_string()))
@@ -584,12 +831,113 @@ pub fn routes(registry: Shared) -> Router {
             "/v1/twins/{id}",
             get(
                 |State(r): State<Shared>, UrlPath(id): UrlPath<u32>| async move {
-                    r.snapshot()
+                    let twin = r
+                        .snapshot()
                         .twins
                         .get(&id)
                         .cloned()
+                        .ok_or(RegistryError::NoTwin(id))?;
+                    let account_key = TwinKey::of(&twin).map(|k| k.account_key);
+                    Ok::<_, RegistryError>(Json(TwinView { twin, account_key }))
+                },
+            ),
+        )
+        .route(
+            "/v1/contracts",
+            post(
+                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+                    write(r, "/v1/contracts".into(), headers, body, |r, v, body| {
+                        let c: ContractRequest = parse(body)?;
+                        r.create_contract(v, &c)
+                    })
+                    .await
+                },
+            ),
+        )
+        .route(
+            "/v1/contracts/{id}",
+            post(
+                |State(r): State<Shared>,
+                 UrlPath(id): UrlPath<u64>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let path = format!("/v1/contracts/{id}");
+                    write(r, path, headers, body, move |r, v, body| {
+                        let u: ContractUpdate = parse(body)?;
+                        r.update_contract(v, id, &u)
+                    })
+                    .await
+                },
+            )
+            .get(
+                |State(r): State<Shared>, UrlPath(id): UrlPath<u64>| async move {
+                    r.snapshot()
+                        .contracts
+                        .get(&id)
+                        .cloned()
                         .map(Json)
-                        .ok_or(RegistryError::NoTwin(id))
+                        .ok_or(RegistryError::NoContract(id))
+                },
+            ),
+        )
+        .route(
+            "/v1/contracts/{id}/cancel",
+            post(
+                |State(r): State<Shared>,
+                 UrlPath(id): UrlPath<u64>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let path = format!("/v1/contracts/{id}/cancel");
+                    write(r, path, headers, body, move |r, v, _| {
+                        r.cancel_contract(v, id)
+                    })
+                    .await
+                },
+            ),
+        )
+        .route(
+            "/v1/contracts/{id}/resources",
+            get(
+                |State(r): State<Shared>, UrlPath(id): UrlPath<u64>| async move {
+                    r.snapshot()
+                        .contract_resources
+                        .get(&id)
+                        .copied()
+                        .map(Json)
+                        .ok_or(RegistryError::NoContract(id))
+                },
+            ),
+        )
+        .route(
+            "/v1/nodes/{id}/contracts",
+            get(
+                |State(r): State<Shared>, UrlPath(id): UrlPath<u32>| async move {
+                    let s = r.snapshot();
+                    if !s.nodes.contains_key(&id) {
+                        return Err(RegistryError::NoNode(id));
+                    }
+                    Ok(Json(
+                        s.contracts
+                            .into_values()
+                            .filter(|c| c.node_id == id && c.state.is_active())
+                            .collect::<Vec<NodeContract>>(),
+                    ))
+                },
+            ),
+        )
+        .route(
+            "/v1/nodes/{id}/contracts/resources",
+            post(
+                |State(r): State<Shared>,
+                 UrlPath(id): UrlPath<u32>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let path = format!("/v1/nodes/{id}/contracts/resources");
+                    write(r, path, headers, body, move |r, v, body| {
+                        let reports: Vec<ContractResources> = parse(body)?;
+                        r.report_contract_resources(v, id, &reports)
+                    })
+                    .await
                 },
             ),
         )
@@ -1036,6 +1384,280 @@ mod tests {
         assert!(f.r.admit(&stranger, later).is_err());
         // Another account is not held back by the stranger's writes.
         signed(&f.r, &node_key, "/v1/twins", b"t");
+    }
+
+    const HASH: &str = "0123456789abcdef0123456789abcdef";
+    const HASH2: &str = "fedcba9876543210fedcba9876543210";
+
+    fn contract_request(twin_id: u32, node_id: u32, hash: &str) -> ContractRequest {
+        ContractRequest {
+            twin_id,
+            node_id,
+            deployment_hash: hash.to_owned(),
+            public_ips: 0,
+        }
+    }
+
+    /// Makes a contract of `tenant` on `node`, signed by `tenant`.
+    fn contract_of(r: &Embedded, tenant: &SigningKey, node: u32, hash: &str) -> NodeContract {
+        let twin = twin_of(r, tenant);
+        let v = signed(r, tenant, "/v1/contracts", hash.as_bytes());
+        r.create_contract(&v, &contract_request(twin.id, node, hash))
+            .expect("contract")
+    }
+
+    #[test]
+    fn a_twin_makes_updates_and_cancels_its_contract_and_it_survives_a_restart() {
+        let (farmer, node_key, tenant) = (key(1), key(2), key(5));
+        let f = farmed(&farmer);
+        let node = node_of(&f.r, &node_key, f.farm.id);
+        let c = contract_of(&f.r, &tenant, node.id, HASH);
+        assert_eq!(c.contract_id, 1);
+        assert_eq!(c.node_id, node.id);
+        assert_eq!(c.twin_id, twin_of(&f.r, &tenant).id);
+        assert_eq!(c.deployment_hash.to_string(), HASH);
+        assert_eq!(&c.deployment_hash.0, HASH.as_bytes());
+        assert_eq!(c.state, ContractState::Created);
+        assert_eq!(f.r.snapshot().contracts[&1], c);
+
+        let path = "/v1/contracts/1";
+        let v = signed(&f.r, &tenant, path, b"u");
+        let updated =
+            f.r.update_contract(
+                &v,
+                1,
+                &ContractUpdate {
+                    deployment_hash: HASH2.into(),
+                },
+            )
+            .expect("update");
+        assert_eq!(updated.deployment_hash.to_string(), HASH2);
+        assert_eq!(updated.state, ContractState::Created);
+
+        // The node reports what the contract uses; the last report is kept.
+        let used = |cru| ContractResources {
+            contract_id: 1,
+            used: crate::registry::model::Resources {
+                cru,
+                ..Default::default()
+            },
+        };
+        let rpath = format!("/v1/nodes/{}/contracts/resources", node.id);
+        for cru in [1, 2] {
+            let v = signed(&f.r, &node_key, &rpath, &[cru as u8]);
+            assert_eq!(
+                f.r.report_contract_resources(&v, node.id, &[used(cru)])
+                    .expect("report"),
+                1
+            );
+        }
+        assert_eq!(f.r.snapshot().contract_resources[&1].used.cru, 2);
+
+        let v = signed(&f.r, &tenant, "/v1/contracts/1/cancel", b"c");
+        let cancelled = f.r.cancel_contract(&v, 1).expect("cancel");
+        assert_eq!(cancelled.state, ContractState::Deleted);
+        assert_eq!(cancelled.deployment_hash.to_string(), HASH2);
+        // Cancelling again answers the same and changes nothing.
+        let before = f.r.snapshot();
+        let v = signed(&f.r, &tenant, "/v1/contracts/1/cancel", b"c2");
+        assert_eq!(f.r.cancel_contract(&v, 1).expect("again"), cancelled);
+        assert_eq!(f.r.snapshot(), before);
+        // A report for a cancelled contract is skipped, as on TFChain.
+        let v = signed(&f.r, &node_key, &rpath, b"late");
+        assert_eq!(
+            f.r.report_contract_resources(&v, node.id, &[used(9)])
+                .expect("report"),
+            0
+        );
+        // A new contract gets a new id, never the cancelled one's; the
+        // cancelled contract's hash may be used again.
+        let again = contract_of(&f.r, &tenant, node.id, HASH2);
+        assert_eq!(again.contract_id, 2);
+
+        let Farmed { path, r, .. } = f;
+        let kept = r.snapshot();
+        drop(r);
+        let reopened = Embedded::open(&path, &[]).expect("reopen");
+        assert_eq!(reopened.snapshot(), kept, "the state survives a restart");
+        assert_eq!(
+            reopened.snapshot().contracts[&1].state,
+            ContractState::Deleted
+        );
+        assert_eq!(reopened.snapshot().contract_resources[&1].used.cru, 2);
+    }
+
+    #[test]
+    fn a_state_file_from_before_contracts_still_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.json");
+        std::fs::write(&path, br#"{"twins":{},"farms":{},"nodes":{},"uptime":{}}"#).expect("write");
+        let r = Embedded::open(&path, &[]).expect("open");
+        assert!(r.snapshot().contracts.is_empty());
+    }
+
+    #[test]
+    fn contract_writes_by_anyone_but_the_owner_or_with_bad_input_change_nothing() {
+        let (farmer, node_key, tenant, stranger) = (key(1), key(2), key(5), key(6));
+        let f = farmed(&farmer);
+        let node = node_of(&f.r, &node_key, f.farm.id);
+        let other_node = node_of(&f.r, &key(7), f.farm.id);
+        let c = contract_of(&f.r, &tenant, node.id, HASH);
+        let tenant_twin = twin_of(&f.r, &tenant);
+        let stranger_twin = twin_of(&f.r, &stranger);
+        let mine = contract_of(&f.r, &stranger, node.id, HASH2);
+        let v = signed(&f.r, &tenant, "/v1/contracts/9/cancel", b"x");
+        let before = f.r.snapshot();
+
+        // A stranger makes a contract in the tenant's name.
+        let v2 = signed(&f.r, &stranger, "/v1/contracts", b"1");
+        let e =
+            f.r.create_contract(&v2, &contract_request(tenant_twin.id, node.id, HASH2))
+                .expect_err("for another twin");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+        // Unknown twin, unknown node, bad hashes, public IPs.
+        let bad_creates: Vec<(ContractRequest, &str)> = vec![
+            (contract_request(99, node.id, HASH2), "no twin with id 99"),
+            (
+                contract_request(stranger_twin.id, 77, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+                "no node with id 77",
+            ),
+            (
+                contract_request(stranger_twin.id, node.id, "0123456789abcdef"),
+                "not 16 characters",
+            ),
+            (
+                contract_request(
+                    stranger_twin.id,
+                    node.id,
+                    "0123456789ABCDEF0123456789ABCDEF",
+                ),
+                "32 lowercase hex characters (0-9, a-f)",
+            ),
+            (
+                contract_request(
+                    stranger_twin.id,
+                    node.id,
+                    "0123456789abcdef0123456789abcdeg",
+                ),
+                "32 lowercase hex characters (0-9, a-f)",
+            ),
+            (
+                ContractRequest {
+                    public_ips: 1,
+                    ..contract_request(
+                        stranger_twin.id,
+                        node.id,
+                        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                    )
+                },
+                "has no public IPs",
+            ),
+            (
+                contract_request(stranger_twin.id, node.id, HASH),
+                "already has this active contract",
+            ),
+        ];
+        for (request, why) in bad_creates {
+            let v = signed(&f.r, &stranger, "/v1/contracts", why.as_bytes());
+            let e = f.r.create_contract(&v, &request).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+
+        // Update or cancel another twin's contract; a contract of another
+        // node's... the owner is what counts, whoever signs.
+        let update = |hash: &str| ContractUpdate {
+            deployment_hash: hash.to_owned(),
+        };
+        for signer in [&stranger, &node_key, &farmer] {
+            let v = signed(&f.r, signer, "/v1/contracts/1", b"u");
+            let e =
+                f.r.update_contract(
+                    &v,
+                    c.contract_id,
+                    &update("cccccccccccccccccccccccccccccccc"),
+                )
+                .expect_err("not the owner");
+            assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+            let v = signed(&f.r, signer, "/v1/contracts/1/cancel", b"c");
+            let e =
+                f.r.cancel_contract(&v, c.contract_id)
+                    .expect_err("not the owner");
+            assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+        }
+        // The tenant on another twin's contract.
+        let v3 = signed(&f.r, &tenant, "/v1/contracts/2/cancel", b"c");
+        let e =
+            f.r.cancel_contract(&v3, mine.contract_id)
+                .expect_err("another twin's");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+        // Unknown contract, bad hash, and a hash another active contract
+        // on the node holds.
+        let e = f.r.cancel_contract(&v, 9).expect_err("unknown");
+        assert!(matches!(e, RegistryError::NoContract(9)), "{e}");
+        for (hash, why) in [
+            ("xyz", "not 3 characters"),
+            (HASH2, "already has active contract 2"),
+        ] {
+            let v = signed(&f.r, &tenant, "/v1/contracts/1", why.as_bytes());
+            let e =
+                f.r.update_contract(&v, c.contract_id, &update(hash))
+                    .expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+        // Resources: by a stranger, for another node's contract, for an
+        // unknown node.
+        let used = |contract_id| ContractResources {
+            contract_id,
+            used: crate::registry::model::Resources::default(),
+        };
+        let rpath = format!("/v1/nodes/{}/contracts/resources", node.id);
+        let v4 = signed(&f.r, &stranger, &rpath, b"r");
+        let e =
+            f.r.report_contract_resources(&v4, node.id, &[used(1)])
+                .expect_err("stranger");
+        assert!(matches!(e, RegistryError::Forbidden { .. }), "{e}");
+        let opath = format!("/v1/nodes/{}/contracts/resources", other_node.id);
+        let v5 = signed(&f.r, &key(7), &opath, b"r");
+        let e =
+            f.r.report_contract_resources(&v5, other_node.id, &[used(1)])
+                .expect_err("another node's contract");
+        assert!(e.to_string().contains("of node"), "{e}");
+        let v6 = signed(&f.r, &node_key, "/v1/nodes/55/contracts/resources", b"r");
+        let e =
+            f.r.report_contract_resources(&v6, 55, &[used(1)])
+                .expect_err("no node");
+        assert!(matches!(e, RegistryError::NoNode(55)), "{e}");
+
+        assert_eq!(
+            f.r.snapshot(),
+            before,
+            "a refused write changed the registry"
+        );
+
+        // A replayed cancel: the first one takes, the replay is refused.
+        let path = "/v1/contracts/1/cancel";
+        let h = headers(&tenant, path, b"{}");
+        let v = f.r.authenticate(path, &h, b"{}").expect("signed");
+        f.r.cancel_contract(&v, c.contract_id).expect("cancel");
+        let after = f.r.snapshot();
+        let v = f.r.authenticate(path, &h, b"{}").expect("still verifies");
+        let e = f.r.cancel_contract(&v, c.contract_id).expect_err("replay");
+        assert!(
+            matches!(e, RegistryError::Unsigned(AuthError::Replay(_))),
+            "{e}"
+        );
+        // A cancelled contract is not updated.
+        let v = signed(&f.r, &tenant, "/v1/contracts/1", b"late");
+        let e =
+            f.r.update_contract(
+                &v,
+                c.contract_id,
+                &update("dddddddddddddddddddddddddddddddd"),
+            )
+            .expect_err("cancelled");
+        assert!(e.to_string().contains("is Deleted"), "{e}");
+        assert!(matches!(e, RegistryError::ContractConflict { .. }), "{e}");
+        assert_eq!(f.r.snapshot(), after);
     }
 
     #[test]

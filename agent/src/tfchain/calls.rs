@@ -212,6 +212,58 @@ pub fn report_contract_resources(uses: &[ContractUse]) -> Call {
     )
 }
 
+/// `smartContractModule.createNodeContract(nodeId, deploymentHash,
+/// deploymentData, publicIps, solutionProviderId)`, sent by a tenant.
+pub fn create_node_contract(
+    node_id: u32,
+    deployment_hash: &[u8; 32],
+    deployment_data: &[u8],
+    public_ips: u32,
+    solution_provider_id: Option<u64>,
+) -> Call {
+    Call::new(
+        CONTRACTS,
+        "create_node_contract",
+        vec![
+            ("node_id", Value::u128(u128::from(node_id))),
+            ("deployment_hash", bytes(deployment_hash)),
+            ("deployment_data", bytes(deployment_data)),
+            ("public_ips", Value::u128(u128::from(public_ips))),
+            (
+                "solution_provider_id",
+                option(solution_provider_id.map(|id| Value::u128(u128::from(id)))),
+            ),
+        ],
+    )
+}
+
+/// `smartContractModule.updateNodeContract(contractId, deploymentHash,
+/// deploymentData)`, sent by the contract's owner.
+pub fn update_node_contract(
+    contract_id: u64,
+    deployment_hash: &[u8; 32],
+    deployment_data: &[u8],
+) -> Call {
+    Call::new(
+        CONTRACTS,
+        "update_node_contract",
+        vec![
+            ("contract_id", Value::u128(u128::from(contract_id))),
+            ("deployment_hash", bytes(deployment_hash)),
+            ("deployment_data", bytes(deployment_data)),
+        ],
+    )
+}
+
+/// `smartContractModule.cancelContract(contractId)`, sent by the owner.
+pub fn cancel_contract(contract_id: u64) -> Call {
+    Call::new(
+        CONTRACTS,
+        "cancel_contract",
+        vec![("contract_id", Value::u128(u128::from(contract_id)))],
+    )
+}
+
 /// Public traffic one contract used in a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NruReport {
@@ -317,6 +369,16 @@ mod tests {
                 [26, 6],
             ),
             (
+                create_node_contract(3, &[b'a'; 32], b"{}", 0, None),
+                [26, 0],
+            ),
+            (
+                create_node_contract(3, &[b'a'; 32], b"", 1, Some(7)),
+                [26, 0],
+            ),
+            (update_node_contract(9, &[b'b'; 32], b""), [26, 1]),
+            (cancel_contract(9), [26, 2]),
+            (
                 add_nru_reports(&[NruReport {
                     contract_id: 9,
                     timestamp: 1_800_000_000,
@@ -342,6 +404,20 @@ mod tests {
         let mut expected = vec![25, 38];
         expected.extend(0x0102u64.to_le_bytes());
         expected.extend(0x0304u64.to_le_bytes());
+        assert_eq!(data, expected);
+    }
+
+    #[test]
+    fn a_contract_hash_is_32_raw_bytes_without_a_length_prefix() {
+        let data = create_node_contract(0x0102, &[b'f'; 32], b"", 0, None)
+            .encode(&metadata())
+            .expect("encodes");
+        let mut expected = vec![26, 0];
+        expected.extend(0x0102u32.to_le_bytes());
+        expected.extend([b'f'; 32]);
+        expected.push(0); // empty deployment data: compact length 0
+        expected.extend(0u32.to_le_bytes());
+        expected.push(0); // no solution provider
         assert_eq!(data, expected);
     }
 

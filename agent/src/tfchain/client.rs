@@ -1,4 +1,6 @@
-//! The node on a live TFChain: its twin, its node, its uptime reports.
+//! The node on a live TFChain: its twin, its node, its uptime reports, its
+//! contracts and their events; and a tenant's node contracts, sent with
+//! the tenant's own key.
 //!
 //! `subxt` talks to the chain (RPC, metadata, nonce, mortality, fees) and
 //! signs with the node's own ed25519 key as `MultiSignature::Ed25519`; the
@@ -27,7 +29,9 @@ use subxt::utils::{AccountId32, MultiSignature};
 use subxt::{OnlineClient, SubstrateConfig};
 
 use super::calls::{self, Call, Location};
-use crate::registry::model::NodeRegistration;
+use crate::registry::model::{
+    ContractState, DeploymentHash, NodeContract, NodeRegistration, TwinKey,
+};
 
 /// Terms and conditions every account accepts before it gets a twin.
 pub const TC_LINK: &str =
@@ -124,7 +128,10 @@ pub enum Submitted {
 #[serde(rename_all = "snake_case")]
 pub enum ChainEventKind {
     ContractCreated,
+    ContractUpdated,
     NodeContractCanceled,
+    ContractGracePeriodStarted,
+    ContractGracePeriodEnded,
     NodePublicConfigStored,
 }
 
@@ -657,7 +664,8 @@ impl Tfchain {
     }
 
     /// Follows finalized blocks and sends every event about node `id`:
-    /// contracts created on it or cancelled, and its public config. Runs
+    /// contracts created on it, updated, cancelled, entering or leaving
+    /// their grace period, and its public config. Runs
     /// until the receiver goes away or the chain connection ends.
     pub async fn follow_events(
         &self,
@@ -682,8 +690,15 @@ impl Tfchain {
                 let event = event.map_err(|e| err(e.to_string()))?;
                 let kind = match (event.pallet_name(), event.event_name()) {
                     ("SmartContractModule", "ContractCreated") => ChainEventKind::ContractCreated,
+                    ("SmartContractModule", "ContractUpdated") => ChainEventKind::ContractUpdated,
                     ("SmartContractModule", "NodeContractCanceled") => {
                         ChainEventKind::NodeContractCanceled
+                    }
+                    ("SmartContractModule", "ContractGracePeriodStarted") => {
+                        ChainEventKind::ContractGracePeriodStarted
+                    }
+                    ("SmartContractModule", "ContractGracePeriodEnded") => {
+                        ChainEventKind::ContractGracePeriodEnded
                     }
                     ("TfgridModule", "NodePublicConfigStored") => {
                         ChainEventKind::NodePublicConfigStored
@@ -693,7 +708,13 @@ impl Tfchain {
                 let fields = event
                     .decode_fields_unchecked_as::<subxt::ext::scale_value::Composite<()>>()
                     .map_err(|e| err(e.to_string()))?;
-                let value = Value::unnamed_composite(fields.into_values());
+                // Named fields keep their names (`NodeContractCanceled
+                // {contract_id, node_id, twin_id}`): the node is found by
+                // name.
+                let value = Value {
+                    value: subxt::ext::scale_value::ValueDef::Composite(fields),
+                    context: (),
+                };
                 let node = match kind {
                     ChainEventKind::NodePublicConfigStored => value.at(0).and_then(|v| v.as_u128()),
                     _ => find_u128(&value, "node_id"),
@@ -717,6 +738,147 @@ impl Tfchain {
             }
         }
         Ok(())
+    }
+
+    /// Node contract `id`; `None` when there is none, or it is not a node
+    /// contract. TFChain removes a cancelled contract from storage, so a
+    /// contract once seen and now `None` is gone.
+    pub async fn contract(&self, id: u64) -> Result<Option<NodeContract>, TfchainError> {
+        let value = self
+            .fetch(
+                "SmartContractModule",
+                "Contracts",
+                Value::u128(u128::from(id)),
+            )
+            .await?;
+        Ok(value.and_then(|v| node_contract(&v)))
+    }
+
+    /// The active node contracts on node `id`, read one by one.
+    pub async fn active_node_contracts(&self, id: u32) -> Result<Vec<NodeContract>, TfchainError> {
+        let mut out = Vec::new();
+        for contract in self.node_contracts(id).await? {
+            if let Some(c) = self.contract(contract).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Twin `id` and its account key.
+    pub async fn twin_key(&self, id: u32) -> Result<Option<TwinKey>, TfchainError> {
+        let Some(twin) = self
+            .fetch("TfgridModule", "Twins", Value::u128(u128::from(id)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let bytes = twin
+            .at("account_id")
+            .map(flat_bytes)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or(TfchainError::Read {
+                item: "Twins",
+                message: format!("twin {id} has no 32-byte account_id"),
+            })?;
+        Ok(Some(TwinKey::new(id, bytes)))
+    }
+
+    /// What the node last reported contract `id` uses
+    /// (`NodeContractResources`).
+    pub async fn contract_resources(
+        &self,
+        id: u64,
+    ) -> Result<Option<crate::registry::model::Resources>, TfchainError> {
+        let value = self
+            .fetch(
+                "SmartContractModule",
+                "NodeContractResources",
+                Value::u128(u128::from(id)),
+            )
+            .await?;
+        Ok(value.and_then(|v| {
+            let used = v.at("used")?;
+            let n = |name: &str| {
+                used.at(name)
+                    .and_then(|x| x.as_u128())
+                    .and_then(|x| u64::try_from(x).ok())
+            };
+            Some(crate::registry::model::Resources {
+                hru: n("hru")?,
+                sru: n("sru")?,
+                cru: n("cru")?,
+                mru: n("mru")?,
+            })
+        }))
+    }
+
+    /// `reportContractResources`, signed by the node.
+    pub async fn report_contract_resources(
+        &self,
+        uses: &[calls::ContractUse],
+    ) -> Result<Submitted, TfchainError> {
+        self.submit(&calls::report_contract_resources(uses)).await
+    }
+
+    /// `createNodeContract`, signed by the tenant whose key this
+    /// connection holds; answers the new contract, read back by node and
+    /// hash (`ContractIDByNodeIDAndHash`).
+    pub async fn create_node_contract(
+        &self,
+        node_id: u32,
+        hash: &DeploymentHash,
+        deployment_data: &[u8],
+        public_ips: u32,
+    ) -> Result<NodeContract, TfchainError> {
+        self.submit(&calls::create_node_contract(
+            node_id,
+            &hash.0,
+            deployment_data,
+            public_ips,
+            None,
+        ))
+        .await?;
+        let id = self
+            .fetch_keys(
+                "SmartContractModule",
+                "ContractIDByNodeIDAndHash",
+                vec![Value::u128(u128::from(node_id)), Value::from_bytes(hash.0)],
+            )
+            .await?
+            .and_then(|v| v.as_u128())
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|id| *id != 0)
+            .ok_or(TfchainError::Read {
+                item: "ContractIDByNodeIDAndHash",
+                message: format!(
+                    "no contract on node {node_id} for hash {hash} after createNodeContract"
+                ),
+            })?;
+        self.contract(id).await?.ok_or(TfchainError::Read {
+            item: "Contracts",
+            message: format!("contract {id} is not there after createNodeContract"),
+        })
+    }
+
+    /// `updateNodeContract`, signed by the contract's owner.
+    pub async fn update_node_contract(
+        &self,
+        contract_id: u64,
+        hash: &DeploymentHash,
+        deployment_data: &[u8],
+    ) -> Result<Submitted, TfchainError> {
+        self.submit(&calls::update_node_contract(
+            contract_id,
+            &hash.0,
+            deployment_data,
+        ))
+        .await
+    }
+
+    /// `cancelContract`, signed by the contract's owner.
+    pub async fn cancel_contract(&self, contract_id: u64) -> Result<Submitted, TfchainError> {
+        self.submit(&calls::cancel_contract(contract_id)).await
     }
 
     /// The stored `Node` as the chain has it, for checks.
@@ -854,4 +1016,125 @@ fn flat_bytes<T>(v: &Value<T>) -> Vec<u8> {
     }
     walk(v, &mut out);
     out
+}
+
+/// A stored `Contract` as a [`NodeContract`]; `None` for a name or rent
+/// contract, or one whose shape is not the runtime's.
+fn node_contract(v: &Value) -> Option<NodeContract> {
+    use subxt::ext::scale_value::ValueDef;
+    let variant = |x: &Value| match &x.value {
+        ValueDef::Variant(var) => Some(var.name.clone()),
+        _ => None,
+    };
+    let state = match variant(v.at("state")?)?.as_str() {
+        "Created" => ContractState::Created,
+        "GracePeriod" => ContractState::GracePeriod,
+        "Deleted" => ContractState::Deleted,
+        _ => return None,
+    };
+    let data = v.at("contract_type")?;
+    if variant(data)? != "NodeContract" {
+        return None;
+    }
+    let node = data.at(0)?;
+    let hash = <[u8; 32]>::try_from(flat_bytes(node.at("deployment_hash")?)).ok()?;
+    Some(NodeContract {
+        contract_id: u64::try_from(v.at("contract_id")?.as_u128()?).ok()?,
+        node_id: u32::try_from(node.at("node_id")?.as_u128()?).ok()?,
+        twin_id: u32::try_from(v.at("twin_id")?.as_u128()?).ok()?,
+        deployment_hash: DeploymentHash(hash),
+        public_ips: u32::try_from(node.at("public_ips")?.as_u128()?).ok()?,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(state: Value, contract_type: Value) -> Value {
+        Value::named_composite([
+            ("version", Value::u128(4)),
+            ("state", state),
+            ("contract_id", Value::u128(9)),
+            ("twin_id", Value::u128(5)),
+            ("contract_type", contract_type),
+            ("solution_provider_id", Value::unnamed_variant("None", [])),
+        ])
+    }
+
+    fn node_data(hash: &[u8]) -> Value {
+        Value::unnamed_variant(
+            "NodeContract",
+            [Value::named_composite([
+                ("node_id", Value::u128(3)),
+                ("deployment_hash", Value::from_bytes(hash)),
+                ("deployment_data", Value::from_bytes(b"")),
+                ("public_ips", Value::u128(1)),
+                ("public_ips_list", Value::unnamed_composite([])),
+            ])],
+        )
+    }
+
+    /// The stored `Contract` as the runtime's types decode it.
+    #[test]
+    fn a_stored_node_contract_reads_with_its_owner_node_hash_and_state() {
+        let hash = b"0123456789abcdef0123456789abcdef";
+        let created = node_contract(&stored(
+            Value::unnamed_variant("Created", []),
+            node_data(hash),
+        ))
+        .expect("a node contract");
+        assert_eq!(
+            created,
+            NodeContract {
+                contract_id: 9,
+                node_id: 3,
+                twin_id: 5,
+                deployment_hash: DeploymentHash(*hash),
+                public_ips: 1,
+                state: ContractState::Created,
+            }
+        );
+        let grace = node_contract(&stored(
+            Value::unnamed_variant("GracePeriod", [Value::u128(100)]),
+            node_data(hash),
+        ))
+        .expect("in grace");
+        assert_eq!(grace.state, ContractState::GracePeriod);
+        let deleted = node_contract(&stored(
+            Value::unnamed_variant("Deleted", [Value::unnamed_variant("CanceledByUser", [])]),
+            node_data(hash),
+        ))
+        .expect("deleted");
+        assert_eq!(deleted.state, ContractState::Deleted);
+        // Bytes that are not hex are carried as they are, never as a hash
+        // some deployment could match.
+        let raw = node_contract(&stored(
+            Value::unnamed_variant("Created", []),
+            node_data(&[0xff; 32]),
+        ))
+        .expect("raw bytes");
+        assert!(!raw.deployment_hash.is_hex());
+        assert!(raw.deployment_hash.to_string().starts_with("0x"));
+    }
+
+    #[test]
+    fn a_rent_or_name_contract_or_a_short_hash_is_not_a_node_contract() {
+        let rent = Value::unnamed_variant(
+            "RentContract",
+            [Value::named_composite([("node_id", Value::u128(3))])],
+        );
+        assert_eq!(
+            node_contract(&stored(Value::unnamed_variant("Created", []), rent)),
+            None
+        );
+        assert_eq!(
+            node_contract(&stored(
+                Value::unnamed_variant("Created", []),
+                node_data(b"short")
+            )),
+            None
+        );
+    }
 }
