@@ -70,15 +70,9 @@ impl Flags {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        flags: Flags,
-    }
+    type Cli = grove_daemon::cli::Cli<Flags>;
 
     #[test]
     fn built_flags_parse_back_to_the_same_value() {
@@ -93,15 +87,14 @@ mod tests {
             },
         ];
         for flags in cases {
-            let args = std::iter::once("netd".to_owned()).chain(flags.to_args());
-            let parsed = Cli::try_parse_from(args).unwrap();
+            let parsed = Cli::try_parse_args(crate::NAME, flags.to_args()).unwrap();
             assert_eq!(parsed.flags, flags);
         }
     }
 
     #[test]
     fn a_bad_flag_value_is_refused() {
-        assert!(Cli::try_parse_from(["netd", "--vlan", "5000"]).is_err());
-        assert!(Cli::try_parse_from(["netd", "--uplink", "a/b"]).is_err());
+        assert!(Cli::try_parse_args(crate::NAME, ["--vlan", "5000"]).is_err());
+        assert!(Cli::try_parse_args(crate::NAME, ["--uplink", "a/b"]).is_err());
     }
 }

@@ -4,22 +4,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-/// Node networking: uplink bring-up, the regional WireGuard mesh `mesh0`, tenant networks and their firewall.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Cli {
-    #[command(flatten)]
-    daemon: grove_daemon::cli::DaemonArgs,
-    #[command(flatten)]
-    flags: netd::flags::Flags,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let overrides = cli.flags.overrides();
-    grove_daemon::cli::run(netd::NAME, &cli.daemon, move |config, shutdown| {
-        netd::run(config, overrides, shutdown)
-    })
+    grove_daemon::cli::main(
+        netd::NAME,
+        "Node networking: uplink bring-up, the regional WireGuard mesh `mesh0`, tenant networks and their firewall.",
+        |flags: netd::flags::Flags, config, shutdown| {
+            netd::run(config, flags.overrides(), shutdown)
+        },
+    )
 }

@@ -126,24 +126,13 @@ impl FromStr for Ipv4Prefix {
     }
 }
 
-impl TryFrom<String> for Ipv4Prefix {
-    type Error = PrefixError;
-    fn try_from(text: String) -> Result<Self, PrefixError> {
-        text.parse()
-    }
-}
-
-impl From<Ipv4Prefix> for String {
-    fn from(p: Ipv4Prefix) -> String {
-        p.to_string()
-    }
-}
-
 impl fmt::Display for Ipv4Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.len)
     }
 }
+
+grove_daemon::text_value!(Ipv4Prefix);
 
 #[cfg(test)]
 mod tests {

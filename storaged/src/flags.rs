@@ -27,15 +27,9 @@ impl Flags {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        flags: Flags,
-    }
+    type Cli = grove_daemon::cli::Cli<Flags>;
 
     #[test]
     fn built_flags_parse_back_to_the_same_value() {
@@ -46,8 +40,7 @@ mod tests {
             },
         ];
         for flags in cases {
-            let args = std::iter::once("storaged".to_owned()).chain(flags.to_args());
-            let parsed = Cli::try_parse_from(args).unwrap();
+            let parsed = Cli::try_parse_args(crate::NAME, flags.to_args()).unwrap();
             assert_eq!(parsed.flags, flags);
         }
     }

@@ -10,7 +10,6 @@
 //! networks cannot attach workloads of the same name on one node (their
 //! host-side interfaces would collide).
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -83,10 +82,6 @@ fn check(what: &'static str, text: &str) -> Result<(), NameError> {
 pub struct NetId(String);
 
 impl NetId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// `n-<netid>`: the network namespace.
     pub fn namespace(&self) -> String {
         format!("n-{}", self.0)
@@ -126,24 +121,7 @@ impl FromStr for NetId {
     }
 }
 
-impl TryFrom<String> for NetId {
-    type Error = NameError;
-    fn try_from(text: String) -> Result<Self, NameError> {
-        text.parse()
-    }
-}
-
-impl From<NetId> for String {
-    fn from(id: NetId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for NetId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(NetId);
 
 /// A workload's name, as given when it is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -151,10 +129,6 @@ impl fmt::Display for NetId {
 pub struct WorkloadName(String);
 
 impl WorkloadName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// `v-<name>`: the veth end left in the host namespace for the runtime.
     pub fn veth(&self) -> String {
         format!("v-{}", self.0)
@@ -189,24 +163,7 @@ impl FromStr for WorkloadName {
     }
 }
 
-impl TryFrom<String> for WorkloadName {
-    type Error = NameError;
-    fn try_from(text: String) -> Result<Self, NameError> {
-        text.parse()
-    }
-}
-
-impl From<WorkloadName> for String {
-    fn from(name: WorkloadName) -> String {
-        name.0
-    }
-}
-
-impl fmt::Display for WorkloadName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(WorkloadName);
 
 /// Whether `ifname` in the host namespace belongs to a tenant network.
 pub fn is_tenant_link(ifname: &str) -> bool {
