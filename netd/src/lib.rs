@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod client;
 pub mod flags;
+pub mod input;
 pub mod mesh;
 pub mod netlink;
 pub mod netns;

@@ -17,22 +17,7 @@ use serde_json::Value;
 const NETD_TOML: &str = "[uplink]\nmanage = false\n\n[mesh]\nkeepalive_secs = 1\n";
 
 fn start(spec: FarmSpec) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces: run the suite as root (ci/test)"
-    );
-    let farm = Farm::start(spec)
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
-    for node in farm.nodes() {
-        let up = node.wait_answers(Daemon::Netd, "/v1/mesh", Duration::from_secs(60));
-        assert!(
-            up,
-            "netd of {} never answered\n{}",
-            node.name(),
-            farm.logs(40)
-        );
-    }
-    farm
+    Farm::start_answering(spec, Daemon::Netd, "/v1/mesh")
 }
 
 /// A node on LAN 0, or on the LAN behind NAT.

@@ -83,10 +83,6 @@ fn chain(node: &grove_testbed::Node) -> ChainStatus {
 }
 
 fn farm(nodes: usize, cmdline: impl Fn(usize) -> Option<String>) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
     let specs = (0..nodes)
         .map(|i| {
             let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(512)]).config(
@@ -99,8 +95,7 @@ fn farm(nodes: usize, cmdline: impl Fn(usize) -> Option<String>) -> Farm {
             }
         })
         .collect();
-    Farm::start(FarmSpec::with_nodes(specs).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+    Farm::start_for_test(FarmSpec::with_nodes(specs).without_agents())
 }
 
 fn port() -> u16 {
@@ -382,10 +377,6 @@ fn wait_farmer(node: &grove_testbed::Node, farmer: &str) {
 
 #[test]
 fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
     // Each node has a pool (so a cache that outlives the agent) and node 0
     // a foreign disk to wipe.
     let spec = || {
@@ -396,8 +387,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
                 "[chain]\nuptime_interval_secs = 2\n",
             )
     };
-    let farm = Farm::start(FarmSpec::with_nodes(vec![spec(), spec()]).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(vec![spec(), spec()]).without_agents());
     let (node, other) = (farm.node(0), farm.node(1));
     let dir = tempfile::tempdir().expect("tempdir");
     let farmer_key = dir.path().join("farmer.key");
@@ -614,18 +604,13 @@ fn registrations(node: &grove_testbed::Node) -> usize {
 /// restarted with reports queued registers and delivers them.
 #[test]
 fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
     let spec = NodeSpec::default()
         .disks(vec![DiskSpec::ssd(512), DiskSpec::hdd(512)])
         .config(
             grove_testbed::Daemon::Agent,
             "[chain]\nuptime_interval_secs = 2\n",
         );
-    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(vec![spec]).without_agents());
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("registry.json");
     let port = port() + 2000;

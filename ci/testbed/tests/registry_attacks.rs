@@ -183,10 +183,6 @@ fn registration(farm_id: u32, twin_id: u32, mesh: Value) -> Value {
 
 #[test]
 fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
     let specs = (0..3)
         .map(|_| {
             NodeSpec::default().disks(vec![DiskSpec::ssd(512)]).config(
@@ -195,8 +191,7 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
             )
         })
         .collect();
-    let farm = Farm::start(FarmSpec::with_nodes(specs).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(specs).without_agents());
     let registry =
         grove_testbed::registry::Registry::start(&farm, port(), None).expect("the registry");
     let url = registry.url().to_owned();

@@ -20,22 +20,7 @@ const NETD_TOML: &str = "[uplink]\nmanage = false\n";
 const REACH: Duration = Duration::from_secs(20);
 
 fn start(nodes: Vec<NodeSpec>) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces: run the suite as root (ci/test)"
-    );
-    let farm = Farm::start(FarmSpec::with_nodes(nodes))
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
-    for node in farm.nodes() {
-        let up = node.wait_answers(Daemon::Netd, "/v1/networks", Duration::from_secs(60));
-        assert!(
-            up,
-            "netd of {} never answered\n{}",
-            node.name(),
-            farm.logs(40)
-        );
-    }
-    farm
+    Farm::start_answering(FarmSpec::with_nodes(nodes), Daemon::Netd, "/v1/networks")
 }
 
 fn node() -> NodeSpec {

@@ -174,6 +174,7 @@ impl Worker {
             return Err(input::InputError::OwnKey {
                 index,
                 key: settings.public_key,
+                owner: crate::input::Owner::Node,
             }
             .into());
         }
