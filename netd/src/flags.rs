@@ -10,6 +10,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::types::{InterfaceName, Ipv4Cidr, VlanId};
 use crate::uplink::Overrides;
 
+/// What `netd --help` says netd is.
+pub const ABOUT: &str = "Node networking: uplink bring-up, the regional WireGuard mesh `mesh0`, tenant networks and their firewall.";
+
 /// What netd takes on its command line besides the daemon's own flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Flags {
@@ -31,6 +34,15 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// The daemon with these flags: what its binary runs.
+    pub async fn run(
+        self,
+        config: crate::Config,
+        shutdown: grove_daemon::shutdown::Shutdown,
+    ) -> Result<(), crate::NetdError> {
+        crate::run(config, self.overrides(), shutdown).await
+    }
+
     /// The arguments that make netd parse back exactly these flags.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();

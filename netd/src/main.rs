@@ -2,14 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    grove_daemon::cli::main(
-        netd::NAME,
-        "Node networking: uplink bring-up, the regional WireGuard mesh `mesh0`, tenant networks and their firewall.",
-        |flags: netd::flags::Flags, config, shutdown| {
-            netd::run(config, flags.overrides(), shutdown)
-        },
-    )
+fn main() -> std::process::ExitCode {
+    grove_daemon::cli::main(netd::NAME, netd::flags::ABOUT, netd::flags::Flags::run)
 }

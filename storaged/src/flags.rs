@@ -7,6 +7,10 @@
 
 use crate::types::DiskSerial;
 
+/// What `storaged --help` says storaged is.
+pub const ABOUT: &str =
+    "Node storage: disk discovery, one btrfs pool per disk, the system cache, volumes and vdisks.";
+
 /// What storaged takes on its command line besides the daemon's own flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Flags {
@@ -16,6 +20,15 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// The daemon with these flags: what its binary runs.
+    pub async fn run(
+        self,
+        config: crate::Config,
+        shutdown: grove_daemon::shutdown::Shutdown,
+    ) -> Result<(), crate::StoragedError> {
+        crate::run(config, self.wipe, shutdown).await
+    }
+
     /// The arguments that make storaged parse back exactly these flags.
     pub fn to_args(&self) -> Vec<String> {
         self.wipe

@@ -2,14 +2,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
+fn main() -> std::process::ExitCode {
     grove_daemon::cli::main(
         storaged::NAME,
-        "Node storage: disk discovery, one btrfs pool per disk, the system cache, volumes and vdisks.",
-        |flags: storaged::flags::Flags, config, shutdown| {
-            storaged::run(config, flags.wipe, shutdown)
-        },
+        storaged::flags::ABOUT,
+        storaged::flags::Flags::run,
     )
 }
