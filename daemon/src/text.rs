@@ -57,7 +57,7 @@ mod tests {
     use std::str::FromStr;
 
     /// Lower-case ASCII letters only.
-    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     #[serde(try_from = "String", into = "String")]
     struct Word(String);
 
