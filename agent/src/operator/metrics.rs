@@ -281,19 +281,23 @@ mod tests {
             now_secs: 1090,
             host: &host,
         });
-        assert!(text.contains("grove_chain_connected 0\n"));
-        assert!(text.contains("grove_chain_queue_length 3\n"));
-        assert!(text.contains("grove_chain_last_report_age_seconds 90\n"));
-        assert!(text.contains("grove_chain_refusals_total{kind=\"InvalidSRUInput\"} 1\n"));
-        assert!(text.contains("grove_chain_refusals_total{kind=\"unreachable\"} 4\n"));
-        assert!(text.contains("grove_node_state{state=\"degraded\"} 1\n"));
-        assert!(text.contains("grove_node_state{state=\"ready\"} 0\n"));
-        assert!(text.contains("grove_service_restarts_total{service=\"ne\\\"td\"} 2\n"));
-        assert!(text.contains("grove_capacity{resource=\"hru\",kind=\"free\"} 0\n"));
-        assert!(text.contains("grove_service_cpu_seconds_total{service=\"ne\\\"td\"} 2.25\n"));
-        assert!(text.contains("grove_service_resident_memory_bytes{service=\"ne\\\"td\"} 4096\n"));
-        assert!(text.contains("grove_node_cpu_usage_ratio 0.5\n"));
-        assert!(text.contains("grove_node_memory_bytes{kind=\"available\"} 400\n"));
+        for sample in [
+            "grove_chain_connected 0\n",
+            "grove_chain_queue_length 3\n",
+            "grove_chain_last_report_age_seconds 90\n",
+            "grove_chain_refusals_total{kind=\"InvalidSRUInput\"} 1\n",
+            "grove_chain_refusals_total{kind=\"unreachable\"} 4\n",
+            "grove_node_state{state=\"degraded\"} 1\n",
+            "grove_node_state{state=\"ready\"} 0\n",
+            "grove_service_restarts_total{service=\"ne\\\"td\"} 2\n",
+            "grove_capacity{resource=\"hru\",kind=\"free\"} 0\n",
+            "grove_service_cpu_seconds_total{service=\"ne\\\"td\"} 2.25\n",
+            "grove_service_resident_memory_bytes{service=\"ne\\\"td\"} 4096\n",
+            "grove_node_cpu_usage_ratio 0.5\n",
+            "grove_node_memory_bytes{kind=\"available\"} 400\n",
+        ] {
+            assert!(text.contains(sample), "{sample:?} missing from {text}");
+        }
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("a value");

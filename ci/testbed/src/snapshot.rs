@@ -118,6 +118,12 @@ impl HostSnapshot {
         Ok(snap)
     }
 
+    /// What changed on the host since this snapshot, a line per change;
+    /// empty when nothing did.
+    pub fn changed_since(&self) -> Result<String, SnapshotError> {
+        Ok(self.diff(&HostSnapshot::take()?).join("\n"))
+    }
+
     /// Every way `after` differs from `self`, in plain words.
     pub fn diff(&self, after: &HostSnapshot) -> Vec<String> {
         let mut out = Vec::new();

@@ -109,13 +109,8 @@ fn nodes_register_report_uptime_and_lose_nothing_in_an_outage() {
     let state = dir.path().join("registry.json");
     let mut registry = Registry::start(&farm, &state, port());
     for node in farm.nodes() {
-        node.set_cmdline(&format!(
-            "grove.farm=1 grove.chain=embedded grove.chain.url={}",
-            registry.url
-        ))
-        .expect("cmdline");
-        node.start_agent().expect("boot");
-        node.wait_api(Duration::from_secs(30)).expect("API up");
+        node.boot_on_registry(&registry.url)
+            .expect("boots on the registry");
     }
 
     let mut ids = Vec::new();
@@ -331,15 +326,7 @@ fn agent_cli(args: &[&str]) -> String {
 
 /// POSTs with extra headers through curl; answers status and body.
 fn post(url: &str, headers: &[(&str, String)]) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", url]);
-    for (name, value) in headers {
-        cmd.args(["-H", &format!("{name}: {value}")]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("a status line");
-    (code.parse().expect("a status"), body.to_owned())
+    grove_testbed::http::curl_post(url, None, headers).expect("curl answers")
 }
 
 fn curl_headers(cli_output: &str) -> Vec<(&str, String)> {
@@ -616,13 +603,8 @@ fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
     let port = port() + 2000;
     let mut registry = Registry::start(&farm, &state, port);
     let node = farm.node(0);
-    node.set_cmdline(&format!(
-        "grove.farm=1 grove.chain=embedded grove.chain.url={}",
-        registry.url
-    ))
-    .expect("cmdline");
-    node.start_agent().expect("boot");
-    node.wait_api(Duration::from_secs(30)).expect("API up");
+    node.boot_on_registry(&registry.url)
+        .expect("boots on the registry");
     let mut last = ChainStatus::default();
     let registered = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         last = chain(node);

@@ -4,7 +4,6 @@
 //! entries in the registry that the nodes' meshes survive. Every attack is
 //! refused and the victim's state is checked unchanged.
 
-use std::process::Command;
 use std::time::Duration;
 
 use agent::registry::model::{Farm as RegistryFarm, Node, UptimeReport};
@@ -54,22 +53,8 @@ fn post(url: &str, path: &str, body: &[u8], signer: Option<&SigningKey>) -> (u16
 }
 
 fn post_with(url: &str, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("body");
-    std::fs::write(&file, body).expect("body");
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}"])
-        .args(["-H", "content-type: application/json"])
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{url}{path}"));
-    for (name, value) in headers {
-        cmd.args(["-H", &format!("{name}: {value}")]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("a status line");
-    (code.parse().expect("a status"), body.to_owned())
+    grove_testbed::http::curl_post(&format!("{url}{path}"), Some(body), headers)
+        .expect("curl answers")
 }
 
 fn get<T: serde::de::DeserializeOwned>(url: &str, path: &str) -> T {
@@ -201,12 +186,7 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
         "the farmer key is in the run directory"
     );
     for node in farm.nodes() {
-        node.set_cmdline(&format!(
-            "grove.farm=1 grove.chain=embedded grove.chain.url={url}"
-        ))
-        .expect("cmdline");
-        node.start_agent().expect("boot");
-        node.wait_api(Duration::from_secs(30)).expect("API up");
+        node.boot_on_registry(&url).expect("boots on the registry");
     }
     wait_peers(&farm, 2, "the farm's mesh");
     let nodes: Vec<Node> = get(&url, "/v1/nodes?farm_id=1");
