@@ -46,7 +46,8 @@ impl<F: clap::Args> Cli<F> {
     }
 
     /// Parses `args` (without the program name) as daemon `name`'s command
-    /// line: how a test checks what a built command line says.
+    /// line: how a test checks what a built command line says. See
+    /// [`Cli::flags_of`] for the daemon's own flags alone.
     pub fn try_parse_args<I>(name: &'static str, args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator,
@@ -56,6 +57,15 @@ impl<F: clap::Args> Cli<F> {
             std::iter::once(std::ffi::OsString::from(name)).chain(args.into_iter().map(Into::into));
         let matches = Self::command(name, "").try_get_matches_from(argv)?;
         <Self as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
+    /// The daemon's own flags that `args` give daemon `name`.
+    pub fn flags_of<I>(name: &'static str, args: I) -> Result<F, clap::Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_args(name, args).map(|cli| cli.flags)
     }
 }
 

@@ -99,8 +99,7 @@ mod tests {
             },
         ];
         for flags in cases {
-            let parsed = Cli::try_parse_args(crate::NAME, flags.to_args()).unwrap();
-            assert_eq!(parsed.flags, flags);
+            assert_eq!(Cli::flags_of(crate::NAME, flags.to_args()).unwrap(), flags);
         }
     }
 

@@ -16,6 +16,8 @@ pub mod procs;
 pub mod state;
 pub mod sysctl;
 pub mod tenant;
+#[cfg(test)]
+mod testing;
 pub mod types;
 pub mod uplink;
 pub mod wg;

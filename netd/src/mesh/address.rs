@@ -132,10 +132,7 @@ mod tests {
             ("2001:db8:1::/48", "not a unique local"),
             ("fd12:3456:789a:1::/48", "bits set past"),
         ];
-        for (text, why) in cases {
-            let err = text.parse::<RegionPrefix>().expect_err(text).to_string();
-            assert!(err.contains(why), "{text}: {err}");
-        }
+        crate::testing::refused::<RegionPrefix>(cases);
     }
 
     #[test]

@@ -223,10 +223,7 @@ mod tests {
             ("a b", "has ' '"),
             ("é", "has 'é'"),
         ];
-        for (text, why) in cases {
-            let err = text.parse::<NetId>().expect_err(text).to_string();
-            assert!(err.contains(why), "{text:?}: {err}");
-        }
+        crate::testing::refused::<NetId>(cases);
         assert!("a-1".parse::<NetId>().is_ok());
         let err = "".parse::<WorkloadName>().expect_err("empty").to_string();
         assert_eq!(err, "workload name is empty");
