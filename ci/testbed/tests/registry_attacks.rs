@@ -86,19 +86,22 @@ fn wait_peers(farm: &Farm, n: usize, why: &str) {
     }
 }
 
+/// `field` of every node's mesh view, as text, in node order.
+fn of_every_node<T: ToString>(
+    farm: &Farm,
+    what: &str,
+    field: impl Fn(netd::mesh::view::MeshView) -> Option<T>,
+) -> Vec<String> {
+    farm.nodes()
+        .iter()
+        .map(|n| mesh_view(n).and_then(&field).expect(what).to_string())
+        .collect()
+}
+
 /// Waits until the peers of every node of `farm` are the other nodes and
 /// `extra` (WireGuard keys), nothing else.
 fn wait_peer_keys(farm: &Farm, extra: &[String], why: &str) {
-    let keys: Vec<String> = farm
-        .nodes()
-        .iter()
-        .map(|n| {
-            mesh_view(n)
-                .and_then(|v| v.public_key)
-                .expect("a mesh key")
-                .to_string()
-        })
-        .collect();
+    let keys = of_every_node(farm, "a mesh key", |v| v.public_key);
     for (i, node) in farm.nodes().iter().enumerate() {
         let mut expected: Vec<String> = keys
             .iter()
@@ -129,16 +132,7 @@ fn wait_peer_keys(farm: &Farm, extra: &[String], why: &str) {
 
 /// Every node pings every other over mesh0.
 fn assert_mesh_reaches(farm: &Farm) {
-    let addresses: Vec<String> = farm
-        .nodes()
-        .iter()
-        .map(|n| {
-            mesh_view(n)
-                .and_then(|v| v.address)
-                .expect("a mesh address")
-                .to_string()
-        })
-        .collect();
+    let addresses = of_every_node(farm, "a mesh address", |v| v.address);
     for (i, n) in farm.nodes().iter().enumerate() {
         for (j, to) in addresses.iter().enumerate() {
             if i == j {
