@@ -207,14 +207,13 @@ impl HostSnapshot {
             let (kind, rest) = line
                 .split_once(' ')
                 .ok_or_else(|| bad(n, "no value", line))?;
+            let two = |missing| rest.split_once(' ').ok_or_else(|| bad(n, missing, line));
             match kind {
                 "netns" => {
                     snap.netns.insert(rest.to_owned());
                 }
                 "loop" => {
-                    let (dev, file) = rest
-                        .split_once(' ')
-                        .ok_or_else(|| bad(n, "loop without backing file", line))?;
+                    let (dev, file) = two("loop without backing file")?;
                     snap.loops.insert(dev.to_owned(), file.to_owned());
                 }
                 "mount" => *snap.mounts.entry(rest.to_owned()).or_default() += 1,
@@ -222,9 +221,7 @@ impl HostSnapshot {
                     snap.links.insert(rest.to_owned());
                 }
                 "proc" => {
-                    let (pid, comm) = rest
-                        .split_once(' ')
-                        .ok_or_else(|| bad(n, "process without name", line))?;
+                    let (pid, comm) = two("process without name")?;
                     let pid = pid.parse().map_err(|source| SnapshotError::Pid {
                         path: path.to_owned(),
                         line: n,
