@@ -551,17 +551,10 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
     nat.kill_pids(&[u32::try_from(boringtun).expect("a pid")])
         .expect("kill -9 the device");
     let same_netd = nat.daemon_pid(Daemon::Netd).expect("netd runs");
-    let rebuilt = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        let (status, body) = get(nat, "/v1/mesh");
-        status == 200
-            && serde_json::from_str::<MeshView>(&body)
-                .is_ok_and(|v| v.pid.is_some() && v.pid != Some(boringtun))
-    });
-    assert!(rebuilt, "the device was not rebuilt\n{}", farm.logs(30));
-    assert_eq!(
-        nat.daemon_pid(Daemon::Netd),
-        Some(same_netd),
-        "netd itself kept running"
+    assert!(
+        nat.device_rebuilt("/v1/mesh", boringtun, same_netd, Duration::from_secs(20)),
+        "the device was not rebuilt, or netd itself did not keep running\n{}",
+        farm.logs(30)
     );
     let settled = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         snapshot(nat, false) == loose

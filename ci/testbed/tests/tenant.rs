@@ -711,17 +711,15 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     let boringtun = back.pid.expect("userspace WireGuard");
     a.kill_pids(&[u32::try_from(boringtun).expect("a pid")])
         .expect("kill -9 the device");
-    let rebuilt = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        let (status, body) = get(a, "/v1/networks/red");
-        status == 200
-            && serde_json::from_str::<NetworkView>(&body)
-                .is_ok_and(|v| v.pid.is_some() && v.pid != Some(boringtun))
-    });
-    assert!(rebuilt, "the device was not rebuilt\n{}", farm.logs(30));
-    assert_eq!(
-        a.daemon_pid(Daemon::Netd),
-        Some(same_netd),
-        "netd itself kept running"
+    assert!(
+        a.device_rebuilt(
+            "/v1/networks/red",
+            boringtun,
+            same_netd,
+            Duration::from_secs(20)
+        ),
+        "the device was not rebuilt, or netd itself did not keep running\n{}",
+        farm.logs(30)
     );
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
     assert!(tenant::reaches(b, Some("n-red"), ip("10.1.1.1"), REACH));

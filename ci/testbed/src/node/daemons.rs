@@ -134,6 +134,23 @@ impl Node {
         })
     }
 
+    /// Waits up to `within` until netd's view at `path` (the mesh, a
+    /// tenant network) names a userspace WireGuard process other than
+    /// `old`, the one that was killed; true if it does and netd is still
+    /// the process `netd`: the device was rebuilt without a netd restart.
+    pub fn device_rebuilt(&self, path: &str, old: i32, netd: u32, within: Duration) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Device {
+            pid: Option<i32>,
+        }
+        let rebuilt = wait_until(within, Duration::from_millis(50), || {
+            matches!(self.request(Daemon::Netd, "GET", path, None),
+                Ok((200, body)) if serde_json::from_str::<Device>(&body)
+                    .is_ok_and(|d| d.pid.is_some() && d.pid != Some(old)))
+        });
+        rebuilt && self.daemon_pid(Daemon::Netd) == Some(netd)
+    }
+
     /// What the agent says about `daemon`.
     pub fn service(&self, daemon: Daemon) -> Result<ServiceStatus, NodeError> {
         self.get(Daemon::Agent, &format!("/v1/services/{}", daemon.name()))
