@@ -474,25 +474,10 @@ fn snapshot(node: &Node, keep_index: bool) -> String {
 /// Waits until the agent has restarted netd (a pid other than `old`) and
 /// the mesh is back, on a userspace process other than `not_pid` if given.
 fn wait_restored(farm: &Farm, node: &Node, old: u32, not_pid: Option<i32>) -> MeshView {
-    let restarted = node.wait_restarted(Daemon::Netd, old, Duration::from_secs(30));
-    assert!(
-        restarted.is_some(),
-        "netd did not come back\n{}",
-        farm.logs(40)
-    );
-    let mut last = None;
-    let back = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        last = node.get::<MeshView>(Daemon::Netd, "/v1/mesh").ok();
-        last.as_ref().is_some_and(|v| {
-            v.configured && v.pid.is_some() && v.pid != not_pid && !v.peers.is_empty()
-        })
-    });
-    assert!(
-        back,
-        "netd did not come back with the mesh: {last:?}\n{}",
-        farm.logs(40)
-    );
-    last.expect("a view")
+    node.wait_netd_restored(old, "/v1/mesh", |v: &MeshView| {
+        v.configured && v.pid.is_some() && v.pid != not_pid && !v.peers.is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(40)))
 }
 
 #[test]

@@ -590,26 +590,11 @@ fn wait_restored(
     netid: &str,
     not_pid: Option<i32>,
 ) -> NetworkView {
-    let restarted = node.wait_restarted(Daemon::Netd, old, Duration::from_secs(30));
-    assert!(
-        restarted.is_some(),
-        "netd did not come back\n{}",
-        farm.logs(40)
-    );
-    let mut last = None;
-    let back = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        last = node
-            .get::<NetworkView>(Daemon::Netd, &format!("/v1/networks/{netid}"))
-            .ok();
-        last.as_ref()
-            .is_some_and(|v| v.pid.is_some() && v.pid != not_pid)
-    });
-    assert!(
-        back,
-        "netd did not come back with {netid}: {last:?}\n{}",
-        farm.logs(40)
-    );
-    last.expect("a view")
+    let path = format!("/v1/networks/{netid}");
+    node.wait_netd_restored(old, &path, |v: &NetworkView| {
+        v.pid.is_some() && v.pid != not_pid
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(40)))
 }
 
 /// [`tenant::snapshot`] without what a new device changes: interface

@@ -151,6 +151,30 @@ impl Node {
         rebuilt && self.daemon_pid(Daemon::Netd) == Some(netd)
     }
 
+    /// Waits up to 30 s for the agent to restart netd (a pid other than
+    /// `old`), then up to 30 s more until netd's view at `path` satisfies
+    /// `ok`; the view, or what was seen instead.
+    pub fn wait_netd_restored<T: DeserializeOwned + std::fmt::Debug>(
+        &self,
+        old: u32,
+        path: &str,
+        ok: impl Fn(&T) -> bool,
+    ) -> Result<T, String> {
+        const WITHIN: Duration = Duration::from_secs(30);
+        if self.wait_restarted(Daemon::Netd, old, WITHIN).is_none() {
+            return Err("netd did not come back".to_owned());
+        }
+        let mut last = None;
+        let back = wait_until(WITHIN, Duration::from_millis(50), || {
+            last = self.get::<T>(Daemon::Netd, path).ok();
+            last.as_ref().is_some_and(&ok)
+        });
+        match last {
+            Some(view) if back => Ok(view),
+            _ => Err(format!("netd did not come back with {path}: {last:?}")),
+        }
+    }
+
     /// What the agent says about `daemon`.
     pub fn service(&self, daemon: Daemon) -> Result<ServiceStatus, NodeError> {
         self.get(Daemon::Agent, &format!("/v1/services/{}", daemon.name()))
