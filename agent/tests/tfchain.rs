@@ -34,10 +34,14 @@ fn url() -> String {
 /// A client on the agent's backend, and a new farm of Alice's, with chain
 /// time near the wall clock, as a live chain keeps it.
 async fn farm() -> (OnlineClient<SubstrateConfig>, u32) {
-    let client = chain::client(&url()).await.unwrap();
-    chain::time_travel(&url(), now()).await.unwrap();
+    let client = chain::client(&url()).await.expect("TFChain harness");
+    chain::time_travel(&url(), now())
+        .await
+        .expect("TFChain harness");
     let name = format!("grove_{}_{}", now(), std::process::id());
-    let farm = chain::alice_farm(&client, &name).await.unwrap();
+    let farm = chain::alice_farm(&client, &name)
+        .await
+        .expect("TFChain harness");
     (client, farm)
 }
 
@@ -90,7 +94,7 @@ async fn an_unfunded_node_shows_waiting_for_funds_then_gets_its_twin() {
     assert!(shown.is_ok(), "never showed {waiting:?}: {shown:?}");
     eprintln!("/v1/chain funds: {}", node.chain.status().funds);
 
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let funded = chain::wait_for(&node.chain, Duration::from_secs(90), "a twin", |s| {
         s.twin_id.is_some() && s.funds == "funded"
     })
@@ -138,7 +142,7 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
     eprintln!("unfunded: {unfunded}");
 
     // The farmer funds it; then it registers.
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     assert_eq!(node.free_balance().await.expect("balance"), 10 * TFT);
     let twin = node.ensure_twin(None).await.expect("twin");
     let registration = NodeRegistration {
@@ -211,7 +215,9 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
     assert_eq!(again, node_id);
 
     // Chain time only moves per block under chopsticks: bring it to now.
-    chain::time_travel(&url, now()).await.unwrap();
+    chain::time_travel(&url, now())
+        .await
+        .expect("TFChain harness");
     node.report_uptime(42, now())
         .await
         .expect("reportUptimeV2 accepted");
@@ -239,7 +245,7 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
         ],
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let created = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
         .await
         .expect("an event within 30 s")
@@ -264,7 +270,7 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
         vec![("contract_id", Value::u128(u128::from(contract)))],
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     // Under chopsticks a user's cancel shows in storage at once, while no
     // NodeContractCanceled event arrives in time: check the storage.
     let mut gone = false;
@@ -298,9 +304,9 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
 async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_node() {
     let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 4 * GIB).unwrap();
+    let storage = StandIns::start(dir.path(), 4 * GIB).expect("TFChain harness");
     let node = chain::start(
         &url(),
         farm_id,
@@ -314,7 +320,7 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
         s.refusal.is_some()
     })
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let reason = refused.refusal.clone().expect("refusal");
     assert!(
         reason.contains("100 GiB") && reason.contains("4.0 GiB"),
@@ -354,7 +360,7 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
         s.node_id.is_some() && s.queue_length == 0 && s.last_uptime_report.is_some()
     })
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let id = registered.node_id.expect("node id");
     assert_eq!(registered.refusal, None);
     assert_eq!(node_sru(id).await, 200 * GIB);
@@ -388,7 +394,7 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
         s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0
     })
     .await
-    .unwrap();
+    .expect("TFChain harness");
     assert_eq!(again.node_id, Some(id));
     assert_eq!(
         nonce(&client, &seed).await,
@@ -404,10 +410,10 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
 async fn cut_and_restore(cut: Duration) -> Duration {
     let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).unwrap();
-    let proxy = chain::Proxy::to(&url()).await.unwrap();
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
+    let proxy = chain::Proxy::to(&url()).await.expect("TFChain harness");
     let interval = 4;
     let node = chain::start(
         &proxy.url,
@@ -424,7 +430,7 @@ async fn cut_and_restore(cut: Duration) -> Duration {
         |s| s.node_id.is_some() && s.last_uptime_report.is_some(),
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -432,7 +438,7 @@ async fn cut_and_restore(cut: Duration) -> Duration {
         !s.connected && s.queue_length >= 2
     })
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let problems = during.problems(now());
     assert!(
         problems
@@ -459,7 +465,7 @@ async fn cut_and_restore(cut: Duration) -> Duration {
         |s| s.last_uptime_report.is_some_and(|r| r.seq > last_before),
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let reconnect = restored.elapsed();
     let resumed = chain::wait_for(
         &node.chain,
@@ -468,7 +474,7 @@ async fn cut_and_restore(cut: Duration) -> Duration {
         |s| s.queue_length == 0 && s.connected,
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let delivered = resumed.last_uptime_report.expect("report").seq;
     let sent = nonce(&client, &seed).await - sent_before;
     // Reports made after the restore go out one by one; the backlog as one.
@@ -522,7 +528,7 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
 
     let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = Queue::open(&dir.path().join("reports")).expect("queue");
     let stale = Report::Register {
@@ -552,7 +558,7 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
             )
             .expect("push");
     }
-    let storage = StandIns::start(dir.path(), 200 * GIB).unwrap();
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
     let node = chain::start(
         &url(),
         farm_id,
@@ -568,7 +574,7 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
         |s| s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0,
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     assert!(queue.is_empty());
     // accept the terms, create the twin, create the node, one report.
     assert_eq!(nonce(&client, &seed).await, 4);
@@ -585,10 +591,12 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
 async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
     let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.unwrap();
-    chain::time_travel(&url(), now() + 600).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
+    chain::time_travel(&url(), now() + 600)
+        .await
+        .expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).unwrap();
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
     let node = chain::start(
         &url(),
         farm_id,
@@ -601,7 +609,7 @@ async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
         s.last_uptime_report.is_some() && s.queue_length == 0
     })
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let skew = s.clock_skew_secs.expect("the skew is known");
     assert!((-700..=-590).contains(&skew), "skew {skew}");
     let problems = s.problems(now());
@@ -615,7 +623,9 @@ async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
         "a report was refused: {s:?}"
     );
     eprintln!("with chain time 10 min off: {problems:?}");
-    chain::time_travel(&url(), now()).await.unwrap();
+    chain::time_travel(&url(), now())
+        .await
+        .expect("TFChain harness");
 }
 
 /// An unfunded node is degraded with its address and what to send; once
@@ -627,7 +637,7 @@ async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s
     let seed = agent::identity::keys::Seed::generate().expect("seed");
     let account = seed.keys().public().account;
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).unwrap();
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
     let node = chain::start(
         &url(),
         farm_id,
@@ -643,7 +653,7 @@ async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s
         |s| s.funds.starts_with("waiting for funds"),
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     assert!(
         s.farmer.is_some(),
         "the farmer is read without funds: {s:?}"
@@ -655,7 +665,7 @@ async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s
             .any(|p| p.contains(&account) && p.contains("1 TFT")),
         "{problems:?}"
     );
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let funded = Instant::now();
     chain::wait_for(
         &node.chain,
@@ -664,7 +674,7 @@ async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s
         |s| s.node_id.is_some(),
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     eprintln!("registered {:?} after funding", funded.elapsed());
 }
 
@@ -688,9 +698,9 @@ async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() 
     restart();
     let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).unwrap();
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
     let node = chain::start(
         &url(),
         farm_id,
@@ -703,13 +713,13 @@ async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() 
         s.node_id.is_some() && s.queue_length == 0 && s.last_report_at.is_some()
     })
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let reported = first.last_report_at.expect("a report before the reset");
 
     restart();
     let (client, again) = farm().await;
     assert_eq!(again, farm_id, "the farm id after the reset");
-    chain::fund(&client, &seed).await.unwrap();
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let ready = Instant::now();
     // Under chopsticks the genesis hash stays the same across restarts: the
     // node finds the reset by reading its twin and node again on reconnect.
@@ -720,7 +730,7 @@ async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() 
         |s| s.node_id.is_some() && s.twin_id.is_some() && s.last_report_at > Some(reported),
     )
     .await
-    .unwrap();
+    .expect("TFChain harness");
     let chain = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
         .await
         .expect("connect");
