@@ -347,10 +347,14 @@ mod tests {
 
     #[test]
     fn truncated_comms_are_watched() {
-        assert!(is_watched("qemu-system-x86"));
-        assert!(is_watched("boringtun-cli"));
-        assert!(is_watched("agent"));
-        assert!(!is_watched("bash"));
+        for (comm, watched) in [
+            ("qemu-system-x86", true),
+            ("boringtun-cli", true),
+            ("agent", true),
+            ("bash", false),
+        ] {
+            assert_eq!(is_watched(comm), watched, "{comm}");
+        }
     }
 
     #[test]

@@ -243,10 +243,14 @@ mod tests {
 
     #[test]
     fn host_links_are_recognised() {
-        assert!(is_tenant_link("e-net1"));
-        assert!(is_tenant_link("v-web"));
-        assert!(is_tenant_link("w-net1"));
-        assert!(!is_tenant_link("eth0"));
-        assert!(!is_tenant_link("br-grove"));
+        for (ifname, tenant) in [
+            ("e-net1", true),
+            ("v-web", true),
+            ("w-net1", true),
+            ("eth0", false),
+            ("br-grove", false),
+        ] {
+            assert_eq!(is_tenant_link(ifname), tenant, "{ifname}");
+        }
     }
 }
