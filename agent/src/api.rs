@@ -102,6 +102,13 @@ pub enum OperatorApiError {
     },
 }
 
+/// How a failed call to `daemon` is answered: 502, naming it.
+fn daemon_error(
+    daemon: &'static str,
+) -> impl Fn(grove_daemon::client::ClientError) -> OperatorApiError + Copy {
+    move |source| OperatorApiError::Daemon { daemon, source }
+}
+
 impl IntoResponse for OperatorApiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -228,22 +235,12 @@ async fn capacity(State(state): State<ApiState>) -> Json<crate::operator::capaci
 async fn disks(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<storaged::storage::Disk>>, OperatorApiError> {
-    state
-        .storaged
-        .disks()
-        .await
-        .map(Json)
-        .map_err(|source| OperatorApiError::Daemon {
-            daemon: storaged::NAME,
-            source,
-        })
+    let disks = state.storaged.disks().await;
+    disks.map(Json).map_err(daemon_error(storaged::NAME))
 }
 
 async fn network(State(state): State<ApiState>) -> Result<Json<NetworkReport>, OperatorApiError> {
-    let err = |source| OperatorApiError::Daemon {
-        daemon: netd::NAME,
-        source,
-    };
+    let err = daemon_error(netd::NAME);
     let (uplink, interfaces) = tokio::join!(state.netd.uplink(), state.netd.interfaces());
     Ok(Json(NetworkReport {
         uplink: uplink.map_err(err)?,
@@ -254,15 +251,8 @@ async fn network(State(state): State<ApiState>) -> Result<Json<NetworkReport>, O
 /// `GET /v1/mesh`: netd's mesh view as it gives it (never a private key:
 /// the view has no field that could hold one).
 async fn mesh(State(state): State<ApiState>) -> Result<impl IntoResponse, OperatorApiError> {
-    state
-        .netd
-        .mesh()
-        .await
-        .map(Json)
-        .map_err(|source| OperatorApiError::Daemon {
-            daemon: netd::NAME,
-            source,
-        })
+    let mesh = state.netd.mesh().await;
+    mesh.map(Json).map_err(daemon_error(netd::NAME))
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
@@ -442,10 +432,7 @@ async fn wipe(
             status,
             message,
         }),
-        Err(source) => Err(OperatorApiError::Daemon {
-            daemon: storaged::NAME,
-            source,
-        }),
+        Err(source) => Err(daemon_error(storaged::NAME)(source)),
     }
 }
 

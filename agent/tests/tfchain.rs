@@ -16,118 +16,55 @@
 //! Alice, so they run one at a time); `ci/test` does so when `TFCHAIN_WS` is
 //! set.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use agent::registry::model::{Interface, NodeRegistration, Resources};
 use agent::tfchain::calls::Location;
 use agent::tfchain::client::{Tfchain, TfchainError};
+use grove_testbed::chain::{self, Daemons, GIB, StandIns, TFT, alice_submit, now};
 use subxt::dynamic::{At as _, Value};
+use subxt::utils::AccountId32;
 use subxt::{OnlineClient, SubstrateConfig};
-
-const TFT: u128 = 10_000_000;
 
 fn url() -> String {
     std::env::var("TFCHAIN_WS")
         .expect("set TFCHAIN_WS to a TFChain RPC endpoint, e.g. ws://127.0.0.1:8000")
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+/// A client on the agent's backend, and a new farm of Alice's, with chain
+/// time near the wall clock, as a live chain keeps it.
+async fn farm() -> (OnlineClient<SubstrateConfig>, u32) {
+    let client = chain::client(&url()).await.expect("TFChain harness");
+    chain::time_travel(&url(), now())
+        .await
+        .expect("TFChain harness");
+    let name = format!("grove_{}_{}", now(), std::process::id());
+    let farm = chain::alice_farm(&client, &name)
+        .await
+        .expect("TFChain harness");
+    (client, farm)
 }
 
-async fn farmer_submit(
-    client: &OnlineClient<SubstrateConfig>,
-    pallet: &str,
-    call: &str,
-    fields: Vec<(&str, Value)>,
-) {
-    let alice = subxt_signer::sr25519::dev::alice();
-    let payload = subxt::dynamic::tx(
-        pallet,
-        call,
-        subxt::ext::scale_value::Composite::named(
-            fields.into_iter().map(|(k, v)| (k.to_owned(), v)),
-        ),
-    );
+/// How many extrinsics the node's account has sent.
+async fn nonce(client: &OnlineClient<SubstrateConfig>, seed: &agent::identity::keys::Seed) -> u64 {
     let at = client.at_current_block().await.expect("block");
     at.tx()
-        .sign_and_submit_then_watch_default(&payload, &alice)
+        .account_nonce(&AccountId32(seed.keys().verifying().to_bytes()))
         .await
-        .unwrap_or_else(|e| panic!("{pallet}.{call}: {e}"))
-        .wait_for_finalized_success()
-        .await
-        .unwrap_or_else(|e| panic!("{pallet}.{call}: {e}"));
+        .expect("nonce")
 }
 
-async fn farm_id_by_name(client: &OnlineClient<SubstrateConfig>, name: &str) -> Option<u32> {
-    let at = client.at_current_block().await.expect("block");
-    let address = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "FarmIdByName");
-    at.storage()
-        .try_fetch(address, vec![Value::from_bytes(name)])
+async fn node_sru(node: u32) -> u64 {
+    let chain = Tfchain::connect(&url(), ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
         .await
-        .expect("storage")
-        .map(|v| v.decode_as::<u32>().expect("u32"))
-        .filter(|id| *id != 0)
-}
-
-async fn alice_farm(client: &OnlineClient<SubstrateConfig>) -> u32 {
-    let alice = subxt_signer::sr25519::dev::alice()
-        .public_key()
-        .to_account_id();
-    let at = client.at_current_block().await.expect("block");
-    let twin = at
-        .storage()
-        .try_fetch(
-            subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", "TwinIdByAccountID"),
-            vec![Value::from_bytes(alice.0)],
-        )
+        .expect("connect");
+    chain
+        .node_record(node)
         .await
-        .expect("storage");
-    if twin.is_none() {
-        farmer_submit(
-            client,
-            "TfgridModule",
-            "user_accept_tc",
-            vec![
-                (
-                    "document_link",
-                    Value::from_bytes(agent::tfchain::client::TC_LINK),
-                ),
-                (
-                    "document_hash",
-                    Value::from_bytes(agent::tfchain::client::TC_HASH),
-                ),
-            ],
-        )
-        .await;
-        farmer_submit(
-            client,
-            "TfgridModule",
-            "create_twin",
-            vec![
-                ("relay", Value::unnamed_variant("None", [])),
-                ("pk", Value::unnamed_variant("None", [])),
-            ],
-        )
-        .await;
-    }
-    let farm_name = format!("grove_{}_{}", now(), std::process::id());
-    farmer_submit(
-        client,
-        "TfgridModule",
-        "create_farm",
-        vec![
-            ("name", Value::from_bytes(&farm_name)),
-            ("public_ips", Value::unnamed_composite([])),
-        ],
-    )
-    .await;
-    farm_id_by_name(client, &farm_name)
-        .await
-        .expect("the farm exists")
+        .expect("read")
+        .expect("the node exists")
+        .resources
+        .sru
 }
 
 /// The agent's own chain task, as a node runs it: unfunded it says it waits
@@ -135,96 +72,42 @@ async fn alice_farm(client: &OnlineClient<SubstrateConfig>) -> u32 {
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn an_unfunded_node_shows_waiting_for_funds_then_gets_its_twin() {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use agent::boot::{BootParams, ChainBackend, ChainParams};
-    use agent::chain::{Chain, ChainConfig, MeshConfig, Sources};
-
-    let url = url();
-    let client = Tfchain::connect(&url, ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
-        .await
-        .expect("connect")
-        .client()
-        .clone();
-    let farm_id = alice_farm(&client).await;
+    let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
     let account = seed.keys().public().account;
     let dir = tempfile::tempdir().expect("tempdir");
-    let chain = Arc::new(Chain::default());
-    let params = BootParams {
-        farm_id: Some(farm_id),
-        chain: ChainParams {
-            backend: ChainBackend::Tfchain,
-            url: Some(url.clone()),
-            run_mode: None,
-        },
-        ..BootParams::default()
+    // No storaged or netd answers: funds and the twin need neither.
+    let daemons = Daemons {
+        storaged: &dir.path().join("no-storaged.sock"),
+        netd: &dir.path().join("no-netd.sock"),
     };
-    let config = ChainConfig {
-        uptime_interval_secs: 3600,
-        queue_dir: dir.path().join("reports"),
-        ..ChainConfig::default()
-    };
-    let sources = Sources {
-        identity: Arc::new(agent::identity::Identity::with_seed(&seed)),
-        storaged: storaged::client::StoragedClient::new(dir.path().join("no-storaged.sock")),
-        netd: netd::client::NetdClient::new(dir.path().join("no-netd.sock")),
-        proc_root: "/proc".into(),
-        mesh: MeshConfig {
-            enabled: false,
-            ..MeshConfig::default()
-        },
-    };
-    let task = tokio::spawn(chain.clone().run(
-        params,
-        config,
-        sources,
-        grove_daemon::shutdown::Shutdown::new(),
-    ));
+    let node = chain::start(&url(), farm_id, &seed, dir.path(), daemons, 3600);
 
     let waiting = format!("waiting for funds: send at least 1 TFT to {account}");
-    let mut shown = false;
-    for _ in 0..300 {
-        if chain.status().funds == waiting {
-            shown = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(shown, "never showed {waiting:?}: {:?}", chain.status());
-    eprintln!("/v1/chain funds: {}", chain.status().funds);
-
-    farmer_submit(
-        &client,
-        "Balances",
-        "transfer_keep_alive",
-        vec![
-            (
-                "dest",
-                Value::unnamed_variant(
-                    "Id",
-                    [Value::from_bytes(seed.keys().verifying().to_bytes())],
-                ),
-            ),
-            ("value", Value::u128(10 * TFT)),
-        ],
+    let shown = chain::wait_for(
+        &node.chain,
+        Duration::from_secs(30),
+        "waiting for funds",
+        |s| s.funds == waiting,
     )
     .await;
-    let mut twin = None;
-    for _ in 0..900 {
-        let s = chain.status();
-        if s.twin_id.is_some() && s.funds == "funded" {
-            twin = s.twin_id;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    task.abort();
-    let twin = twin.unwrap_or_else(|| panic!("no twin after funding: {:?}", chain.status()));
-    eprintln!("funded; twin {twin}; farmer {:?}", chain.status().farmer);
+    assert!(shown.is_ok(), "never showed {waiting:?}: {shown:?}");
+    eprintln!("/v1/chain funds: {}", node.chain.status().funds);
+
+    chain::fund(&client, &seed).await.expect("TFChain harness");
+    let funded = chain::wait_for(&node.chain, Duration::from_secs(90), "a twin", |s| {
+        s.twin_id.is_some() && s.funds == "funded"
+    })
+    .await;
+    let twin = funded
+        .map(|s| s.twin_id)
+        .unwrap_or_else(|e| panic!("no twin after funding: {e}"));
+    eprintln!(
+        "funded; twin {twin:?}; farmer {:?}",
+        node.chain.status().farmer
+    );
     assert_eq!(
-        chain.status().farmer.as_deref(),
+        node.chain.status().farmer.as_deref(),
         Some(
             agent::identity::keys::ss58(&subxt_signer::sr25519::dev::alice().public_key().0, 42)
                 .as_str()
@@ -236,15 +119,8 @@ async fn an_unfunded_node_shows_waiting_for_funds_then_gets_its_twin() {
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn a_node_registers_on_tfchain_and_reports_uptime() {
     let url = url();
-    // A throwaway node key gives the test a client on the same backend.
-    let client = Tfchain::connect(&url, ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
-        .await
-        .expect("connect")
-        .client()
-        .clone();
-
     // The farmer (the dev account Alice) makes a farm.
-    let farm_id = alice_farm(&client).await;
+    let (client, farm_id) = farm().await;
     eprintln!("farm {farm_id} created by Alice");
 
     // A fresh node key, not funded yet.
@@ -266,19 +142,7 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
     eprintln!("unfunded: {unfunded}");
 
     // The farmer funds it; then it registers.
-    farmer_submit(
-        &client,
-        "Balances",
-        "transfer_keep_alive",
-        vec![
-            (
-                "dest",
-                Value::unnamed_variant("Id", [Value::from_bytes(keys.verifying().to_bytes())]),
-            ),
-            ("value", Value::u128(10 * TFT)),
-        ],
-    )
-    .await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     assert_eq!(node.free_balance().await.expect("balance"), 10 * TFT);
     let twin = node.ensure_twin(None).await.expect("twin");
     let registration = NodeRegistration {
@@ -351,13 +215,9 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
     assert_eq!(again, node_id);
 
     // Chain time only moves per block under chopsticks: bring it to now.
-    let rpc = subxt::rpcs::RpcClient::from_insecure_url(&url)
+    chain::time_travel(&url, now())
         .await
-        .expect("rpc");
-    let _: serde_json::Value = rpc
-        .request("dev_timeTravel", subxt::rpcs::rpc_params![now() * 1000])
-        .await
-        .expect("dev_timeTravel");
+        .expect("TFChain harness");
     node.report_uptime(42, now())
         .await
         .expect("reportUptimeV2 accepted");
@@ -369,7 +229,7 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
         .await
         .expect("connect");
     let follow = tokio::spawn(async move { follower.follow_events(node_id, tx).await });
-    farmer_submit(
+    alice_submit(
         &client,
         "SmartContractModule",
         "create_node_contract",
@@ -384,7 +244,8 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
             ("solution_provider_id", Value::unnamed_variant("None", [])),
         ],
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     let created = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
         .await
         .expect("an event within 30 s")
@@ -402,13 +263,14 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
         "followed: contract {contract} created on node {node_id} (block {})",
         created.block
     );
-    farmer_submit(
+    alice_submit(
         &client,
         "SmartContractModule",
         "cancel_contract",
         vec![("contract_id", Value::u128(u128::from(contract)))],
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     // Under chopsticks a user's cancel shows in storage at once, while no
     // NodeContractCanceled event arrives in time: check the storage.
     let mut gone = false;
@@ -434,332 +296,31 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
 
 // ---- the agent's chain task against the real chain, through faults ----
 
-mod faults {
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
-
-    use agent::boot::{BootParams, ChainBackend, ChainParams};
-    use agent::chain::{Chain, ChainConfig, ChainStatus, MeshConfig, Sources};
-    use agent::identity::keys::Seed;
-    use subxt::dynamic::Value;
-    use subxt::utils::AccountId32;
-    use subxt::{OnlineClient, SubstrateConfig};
-
-    use super::{TFT, alice_farm, farmer_submit, now, url};
-
-    pub const GIB: u64 = 1 << 30;
-
-    /// storaged's `/v1/capacity` on a socket, with an SSD size the test
-    /// changes: the chain task's source of SRU; and netd's
-    /// `/v1/interfaces` (none) on another.
-    pub struct Storage {
-        pub ssd: Arc<AtomicU64>,
-        pub socket: PathBuf,
-        pub netd: PathBuf,
-        task: tokio::task::JoinHandle<()>,
-        netd_task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for Storage {
-        fn drop(&mut self) {
-            self.task.abort();
-            self.netd_task.abort();
-        }
-    }
-
-    pub async fn storage(dir: &Path, ssd_bytes: u64) -> Storage {
-        let ssd = Arc::new(AtomicU64::new(ssd_bytes));
-        let socket = dir.join("storaged.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-        let served = ssd.clone();
-        let app = axum::Router::new()
-            .route(
-                "/ready",
-                axum::routing::get(|| async { axum::Json(serde_json::json!({"ready": true})) }),
-            )
-            .route(
-            "/v1/capacity",
-            axum::routing::get(move || {
-                let ssd = served.load(Ordering::SeqCst);
-                async move {
-                    axum::Json(serde_json::json!({
-                        "ssd": {"total_bytes": ssd, "reserved_bytes": 0, "used_bytes": 0, "free_bytes": ssd},
-                        "hdd": {"total_bytes": 0, "reserved_bytes": 0, "used_bytes": 0, "free_bytes": 0},
-                        "cache": {"mount_point": "/var/cache/grove", "pool": "grove-a", "kind": "ssd", "degraded": null},
-                        "broken_pools": []
-                    }))
-                }
-            }),
-        );
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        let netd = dir.join("netd.sock");
-        let listener = tokio::net::UnixListener::bind(&netd).expect("bind");
-        let app = axum::Router::new().route(
-            "/v1/interfaces",
-            axum::routing::get(|| async { axum::Json(serde_json::json!([])) }),
-        );
-        let netd_task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Storage {
-            ssd,
-            socket,
-            netd,
-            task,
-            netd_task,
-        }
-    }
-
-    /// A TCP proxy to the chain that the test cuts (every connection
-    /// dropped, new ones refused) and restores.
-    pub struct Proxy {
-        pub url: String,
-        cut: Arc<AtomicBool>,
-        generation: Arc<AtomicU64>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for Proxy {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    impl Proxy {
-        pub async fn to(upstream: &str) -> Proxy {
-            let target = upstream
-                .strip_prefix("ws://")
-                .expect("a ws:// URL")
-                .trim_end_matches('/')
-                .to_owned();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let url = format!("ws://{}", listener.local_addr().expect("addr"));
-            let cut = Arc::new(AtomicBool::new(false));
-            let generation = Arc::new(AtomicU64::new(0));
-            let (c, g) = (cut.clone(), generation.clone());
-            let task = tokio::spawn(async move {
-                loop {
-                    let Ok((mut client, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    if c.load(Ordering::SeqCst) {
-                        drop(client);
-                        continue;
-                    }
-                    let (c, g, target) = (c.clone(), g.clone(), target.clone());
-                    tokio::spawn(async move {
-                        let born = g.load(Ordering::SeqCst);
-                        let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                            return;
-                        };
-                        let pipe = tokio::io::copy_bidirectional(&mut client, &mut server);
-                        let cut_off = async {
-                            while !c.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        };
-                        tokio::select! {
-                            _ = pipe => {}
-                            () = cut_off => {}
-                        }
-                    });
-                }
-            });
-            Proxy {
-                url,
-                cut,
-                generation,
-                task,
-            }
-        }
-
-        pub fn cut(&self) {
-            self.cut.store(true, Ordering::SeqCst);
-            self.generation.fetch_add(1, Ordering::SeqCst);
-        }
-
-        pub fn restore(&self) {
-            self.cut.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// The agent's chain task for one node.
-    pub struct Node {
-        pub chain: Arc<Chain>,
-        pub task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for Node {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    pub fn start(
-        url: &str,
-        farm_id: u32,
-        seed: &Seed,
-        dir: &Path,
-        storage: &Storage,
-        interval_secs: u64,
-    ) -> Node {
-        let chain = Arc::new(Chain::default());
-        let params = BootParams {
-            farm_id: Some(farm_id),
-            chain: ChainParams {
-                backend: ChainBackend::Tfchain,
-                url: Some(url.to_owned()),
-                run_mode: None,
-            },
-            ..BootParams::default()
-        };
-        let config = ChainConfig {
-            uptime_interval_secs: interval_secs,
-            queue_dir: dir.join("reports"),
-            ..ChainConfig::default()
-        };
-        let sources = Sources {
-            identity: Arc::new(agent::identity::Identity::with_seed(seed)),
-            storaged: storaged::client::StoragedClient::new(storage.socket.clone()),
-            netd: netd::client::NetdClient::new(storage.netd.clone()),
-            proc_root: "/proc".into(),
-            mesh: MeshConfig {
-                enabled: false,
-                ..MeshConfig::default()
-            },
-        };
-        let task = tokio::spawn(chain.clone().run(
-            params,
-            config,
-            sources,
-            grove_daemon::shutdown::Shutdown::new(),
-        ));
-        Node { chain, task }
-    }
-
-    /// The status once `ok` holds, within `deadline`.
-    pub async fn wait_for(
-        chain: &Chain,
-        deadline: Duration,
-        what: &str,
-        ok: impl Fn(&ChainStatus) -> bool,
-    ) -> ChainStatus {
-        let start = Instant::now();
-        loop {
-            let s = chain.status();
-            if ok(&s) {
-                return s;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "{what}: not within {deadline:?}: {s:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub async fn client() -> OnlineClient<SubstrateConfig> {
-        agent::tfchain::client::Tfchain::connect(
-            &url(),
-            ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
-        )
-        .await
-        .expect("connect")
-        .client()
-        .clone()
-    }
-
-    pub async fn fund(client: &OnlineClient<SubstrateConfig>, seed: &Seed) {
-        farmer_submit(
-            client,
-            "Balances",
-            "transfer_keep_alive",
-            vec![
-                (
-                    "dest",
-                    Value::unnamed_variant(
-                        "Id",
-                        [Value::from_bytes(seed.keys().verifying().to_bytes())],
-                    ),
-                ),
-                ("value", Value::u128(10 * TFT)),
-            ],
-        )
-        .await;
-    }
-
-    /// How many extrinsics the node's account has sent.
-    pub async fn nonce(client: &OnlineClient<SubstrateConfig>, seed: &Seed) -> u64 {
-        let at = client.at_current_block().await.expect("block");
-        at.tx()
-            .account_nonce(&AccountId32(seed.keys().verifying().to_bytes()))
-            .await
-            .expect("nonce")
-    }
-
-    pub async fn node_sru(node: u32) -> u64 {
-        let chain = agent::tfchain::client::Tfchain::connect(
-            &url(),
-            ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
-        )
-        .await
-        .expect("connect");
-        chain
-            .node_record(node)
-            .await
-            .expect("read")
-            .expect("the node exists")
-            .resources
-            .sru
-    }
-
-    /// Chain time, moved to `secs` (unix) for the next block.
-    pub async fn time_travel(secs: u64) {
-        let rpc = subxt::rpcs::RpcClient::from_insecure_url(&url())
-            .await
-            .expect("rpc");
-        let _: serde_json::Value = rpc
-            .request("dev_timeTravel", subxt::rpcs::rpc_params![secs * 1000])
-            .await
-            .expect("dev_timeTravel");
-    }
-
-    pub async fn farm() -> (OnlineClient<SubstrateConfig>, u32) {
-        let client = client().await;
-        // Chain time near the wall clock, as a live chain keeps it.
-        time_travel(now()).await;
-        let farm = alice_farm(&client).await;
-        (client, farm)
-    }
-}
-
-use std::time::{Duration, Instant};
-
-use faults::GIB;
-
 /// A node under 100 GiB of SSD sends nothing and says why; capacity that
 /// grows registers it, capacity that changes updates it within a minute,
 /// and an agent restart with nothing changed sends no `updateNode`.
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_node() {
-    let (client, farm_id) = faults::farm().await;
+    let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    faults::fund(&client, &seed).await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = faults::storage(dir.path(), 4 * GIB).await;
-    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
+    let storage = StandIns::start(dir.path(), 4 * GIB).expect("TFChain harness");
+    let node = chain::start(
+        &url(),
+        farm_id,
+        &seed,
+        dir.path(),
+        Daemons::from(&storage),
+        3600,
+    );
 
-    let refused = faults::wait_for(&node.chain, Duration::from_secs(60), "a refusal", |s| {
+    let refused = chain::wait_for(&node.chain, Duration::from_secs(60), "a refusal", |s| {
         s.refusal.is_some()
     })
-    .await;
+    .await
+    .expect("TFChain harness");
     let reason = refused.refusal.clone().expect("refusal");
     assert!(
         reason.contains("100 GiB") && reason.contains("4.0 GiB"),
@@ -768,7 +329,7 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
     let problems = refused.problems(now());
     assert_eq!(problems.len(), 1, "one reason: {problems:?}");
     eprintln!("/v1/status reason: {}", problems[0]);
-    let sent = faults::nonce(&client, &seed).await;
+    let sent = nonce(&client, &seed).await;
     let balance = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
         .await
         .expect("connect")
@@ -777,11 +338,7 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
         .expect("balance");
     // Several rounds of the task go by (one every 5 s).
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(
-        faults::nonce(&client, &seed).await,
-        sent,
-        "an extrinsic was sent"
-    );
+    assert_eq!(nonce(&client, &seed).await, sent, "an extrinsic was sent");
     let after = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
         .await
         .expect("connect")
@@ -799,20 +356,21 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
     storage
         .ssd
         .store(200 * GIB, std::sync::atomic::Ordering::SeqCst);
-    let registered = faults::wait_for(&node.chain, Duration::from_secs(60), "a node id", |s| {
+    let registered = chain::wait_for(&node.chain, Duration::from_secs(60), "a node id", |s| {
         s.node_id.is_some() && s.queue_length == 0 && s.last_uptime_report.is_some()
     })
-    .await;
+    .await
+    .expect("TFChain harness");
     let id = registered.node_id.expect("node id");
     assert_eq!(registered.refusal, None);
-    assert_eq!(faults::node_sru(id).await, 200 * GIB);
+    assert_eq!(node_sru(id).await, 200 * GIB);
 
     // A pool breaks: the chain follows within a minute.
     storage
         .ssd
         .store(150 * GIB, std::sync::atomic::Ordering::SeqCst);
     let start = Instant::now();
-    while faults::node_sru(id).await != 150 * GIB {
+    while node_sru(id).await != 150 * GIB {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "SRU not updated within a minute"
@@ -823,15 +381,23 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
 
     // An agent restart with nothing changed: one uptime report, no update.
     drop(node);
-    let before = faults::nonce(&client, &seed).await;
-    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
-    let again = faults::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
+    let before = nonce(&client, &seed).await;
+    let node = chain::start(
+        &url(),
+        farm_id,
+        &seed,
+        dir.path(),
+        Daemons::from(&storage),
+        3600,
+    );
+    let again = chain::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
         s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0
     })
-    .await;
+    .await
+    .expect("TFChain harness");
     assert_eq!(again.node_id, Some(id));
     assert_eq!(
-        faults::nonce(&client, &seed).await,
+        nonce(&client, &seed).await,
         before + 1,
         "a restart with nothing changed sends the uptime report only"
     );
@@ -842,28 +408,37 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
 /// queue empties (no loss). Answers the time from the chain answering again
 /// to the first delivered report.
 async fn cut_and_restore(cut: Duration) -> Duration {
-    let (client, farm_id) = faults::farm().await;
+    let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    faults::fund(&client, &seed).await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = faults::storage(dir.path(), 200 * GIB).await;
-    let proxy = faults::Proxy::to(&url()).await;
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
+    let proxy = chain::Proxy::to(&url()).await.expect("TFChain harness");
     let interval = 4;
-    let node = faults::start(&proxy.url, farm_id, &seed, dir.path(), &storage, interval);
-    faults::wait_for(
+    let node = chain::start(
+        &proxy.url,
+        farm_id,
+        &seed,
+        dir.path(),
+        Daemons::from(&storage),
+        interval,
+    );
+    chain::wait_for(
         &node.chain,
         Duration::from_secs(60),
         "registered and reporting",
         |s| s.node_id.is_some() && s.last_uptime_report.is_some(),
     )
-    .await;
+    .await
+    .expect("TFChain harness");
 
     proxy.cut();
     let cut_at = Instant::now();
-    let during = faults::wait_for(&node.chain, Duration::from_secs(60), "the cut seen", |s| {
+    let during = chain::wait_for(&node.chain, Duration::from_secs(60), "the cut seen", |s| {
         !s.connected && s.queue_length >= 2
     })
-    .await;
+    .await
+    .expect("TFChain harness");
     let problems = during.problems(now());
     assert!(
         problems
@@ -873,7 +448,7 @@ async fn cut_and_restore(cut: Duration) -> Duration {
     );
     tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
     let before = node.chain.status();
-    let sent_before = faults::nonce(&client, &seed).await;
+    let sent_before = nonce(&client, &seed).await;
     let queued = before.queue_length;
     let last_before = before
         .last_uptime_report
@@ -883,23 +458,25 @@ async fn cut_and_restore(cut: Duration) -> Duration {
 
     proxy.restore();
     let restored = Instant::now();
-    let after = faults::wait_for(
+    let after = chain::wait_for(
         &node.chain,
         Duration::from_secs(60),
         "a report after the cut",
         |s| s.last_uptime_report.is_some_and(|r| r.seq > last_before),
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     let reconnect = restored.elapsed();
-    let resumed = faults::wait_for(
+    let resumed = chain::wait_for(
         &node.chain,
         Duration::from_secs(30),
         "the queue empty",
         |s| s.queue_length == 0 && s.connected,
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     let delivered = resumed.last_uptime_report.expect("report").seq;
-    let sent = faults::nonce(&client, &seed).await - sent_before;
+    let sent = nonce(&client, &seed).await - sent_before;
     // Reports made after the restore go out one by one; the backlog as one.
     let made_since = delivered.saturating_sub(last_before + queued as u64);
     assert!(
@@ -949,9 +526,9 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
     use agent::chain::queue::{Queue, Report};
     use agent::registry::model::UptimeReport;
 
-    let (client, farm_id) = faults::farm().await;
+    let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    faults::fund(&client, &seed).await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = Queue::open(&dir.path().join("reports")).expect("queue");
     let stale = Report::Register {
@@ -981,18 +558,26 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
             )
             .expect("push");
     }
-    let storage = faults::storage(dir.path(), 200 * GIB).await;
-    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
-    let s = faults::wait_for(
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
+    let node = chain::start(
+        &url(),
+        farm_id,
+        &seed,
+        dir.path(),
+        Daemons::from(&storage),
+        3600,
+    );
+    let s = chain::wait_for(
         &node.chain,
         Duration::from_secs(60),
         "registered and delivered",
         |s| s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0,
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     assert!(queue.is_empty());
     // accept the terms, create the twin, create the node, one report.
-    assert_eq!(faults::nonce(&client, &seed).await, 4);
+    assert_eq!(nonce(&client, &seed).await, 4);
     eprintln!(
         "after a restart with 3 reports queued: node {:?}, report {:?}",
         s.node_id, s.last_uptime_report
@@ -1004,17 +589,27 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
-    let (client, farm_id) = faults::farm().await;
+    let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    faults::fund(&client, &seed).await;
-    faults::time_travel(now() + 600).await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
+    chain::time_travel(&url(), now() + 600)
+        .await
+        .expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = faults::storage(dir.path(), 200 * GIB).await;
-    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
-    let s = faults::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
+    let node = chain::start(
+        &url(),
+        farm_id,
+        &seed,
+        dir.path(),
+        Daemons::from(&storage),
+        3600,
+    );
+    let s = chain::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
         s.last_uptime_report.is_some() && s.queue_length == 0
     })
-    .await;
+    .await
+    .expect("TFChain harness");
     let skew = s.clock_skew_secs.expect("the skew is known");
     assert!((-700..=-590).contains(&skew), "skew {skew}");
     let problems = s.problems(now());
@@ -1028,7 +623,9 @@ async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
         "a report was refused: {s:?}"
     );
     eprintln!("with chain time 10 min off: {problems:?}");
-    faults::time_travel(now()).await;
+    chain::time_travel(&url(), now())
+        .await
+        .expect("TFChain harness");
 }
 
 /// An unfunded node is degraded with its address and what to send; once
@@ -1036,19 +633,27 @@ async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s_of_funding() {
-    let (client, farm_id) = faults::farm().await;
+    let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
     let account = seed.keys().public().account;
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = faults::storage(dir.path(), 200 * GIB).await;
-    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
-    let s = faults::wait_for(
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
+    let node = chain::start(
+        &url(),
+        farm_id,
+        &seed,
+        dir.path(),
+        Daemons::from(&storage),
+        3600,
+    );
+    let s = chain::wait_for(
         &node.chain,
         Duration::from_secs(60),
         "waiting for funds",
         |s| s.funds.starts_with("waiting for funds"),
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     assert!(
         s.farmer.is_some(),
         "the farmer is read without funds: {s:?}"
@@ -1060,15 +665,16 @@ async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s
             .any(|p| p.contains(&account) && p.contains("1 TFT")),
         "{problems:?}"
     );
-    faults::fund(&client, &seed).await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let funded = Instant::now();
-    faults::wait_for(
+    chain::wait_for(
         &node.chain,
         Duration::from_secs(15),
         "a node id after funding",
         |s| s.node_id.is_some(),
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     eprintln!("registered {:?} after funding", funded.elapsed());
 }
 
@@ -1090,32 +696,41 @@ async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() 
     };
     // From an empty chain, so the farm gets the same id after the reset.
     restart();
-    let (client, farm_id) = faults::farm().await;
+    let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
-    faults::fund(&client, &seed).await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = faults::storage(dir.path(), 200 * GIB).await;
-    let node = faults::start(&url(), farm_id, &seed, dir.path(), &storage, 3600);
-    let first = faults::wait_for(&node.chain, Duration::from_secs(60), "registered", |s| {
+    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
+    let node = chain::start(
+        &url(),
+        farm_id,
+        &seed,
+        dir.path(),
+        Daemons::from(&storage),
+        3600,
+    );
+    let first = chain::wait_for(&node.chain, Duration::from_secs(60), "registered", |s| {
         s.node_id.is_some() && s.queue_length == 0 && s.last_report_at.is_some()
     })
-    .await;
+    .await
+    .expect("TFChain harness");
     let reported = first.last_report_at.expect("a report before the reset");
 
     restart();
-    let (client, again) = faults::farm().await;
+    let (client, again) = farm().await;
     assert_eq!(again, farm_id, "the farm id after the reset");
-    faults::fund(&client, &seed).await;
+    chain::fund(&client, &seed).await.expect("TFChain harness");
     let ready = Instant::now();
     // Under chopsticks the genesis hash stays the same across restarts: the
     // node finds the reset by reading its twin and node again on reconnect.
-    let s = faults::wait_for(
+    let s = chain::wait_for(
         &node.chain,
         Duration::from_secs(30),
         "registered again",
         |s| s.node_id.is_some() && s.twin_id.is_some() && s.last_report_at > Some(reported),
     )
-    .await;
+    .await
+    .expect("TFChain harness");
     let chain = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
         .await
         .expect("connect");

@@ -26,6 +26,70 @@ pub struct DaemonArgs {
     pub log: Option<String>,
 }
 
+/// A daemon's whole command line: the flags every daemon takes, then its
+/// own `F`.
+#[derive(Debug, clap::Parser)]
+pub struct Cli<F: clap::Args> {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    #[command(flatten)]
+    pub flags: F,
+}
+
+impl<F: clap::Args> Cli<F> {
+    /// The command line of daemon `name`, described by `about` in `--help`.
+    pub fn command(name: &'static str, about: &'static str) -> clap::Command {
+        <Self as clap::CommandFactory>::command()
+            .name(name)
+            .about(about)
+            .version(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// Parses `args` (without the program name) as daemon `name`'s command
+    /// line: how a test checks what a built command line says. See
+    /// [`Cli::flags_of`] for the daemon's own flags alone.
+    pub fn try_parse_args<I>(name: &'static str, args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<std::ffi::OsString> + Clone,
+    {
+        let argv =
+            std::iter::once(std::ffi::OsString::from(name)).chain(args.into_iter().map(Into::into));
+        let matches = Self::command(name, "").try_get_matches_from(argv)?;
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
+    /// The daemon's own flags that `args` give daemon `name`.
+    pub fn flags_of<I>(name: &'static str, args: I) -> Result<F, clap::Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_args(name, args).map(|cli| cli.flags)
+    }
+}
+
+/// A daemon binary's whole `main`: parses its command line, then runs
+/// `body` with its own flags through [`run`].
+pub fn main<F, C, E, B, Fut>(name: &'static str, about: &'static str, body: B) -> ExitCode
+where
+    F: clap::Args,
+    C: DeserializeOwned + Default,
+    E: Failure,
+    B: FnOnce(F, C, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let matches = Cli::<F>::command(name, about).get_matches();
+    let cli = match <Cli<F> as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let flags = cli.flags;
+    run(name, &cli.daemon, move |config, shutdown| {
+        body(flags, config, shutdown)
+    })
+}
+
 /// An error a daemon's `run` can end with.
 pub trait Failure: std::error::Error {
     /// True when the error is the operator's configuration, not the host.

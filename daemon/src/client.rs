@@ -114,49 +114,6 @@ impl SocketClient {
         headers: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        tokio::time::timeout(self.timeout, self.exchange(method, uri, headers, body))
-            .await
-            .map_err(|_elapsed| ClientError::Timeout {
-                path: self.path.clone(),
-                timeout: self.timeout,
-            })?
-    }
-
-    async fn exchange(
-        &self,
-        method: Method,
-        uri: &str,
-        headers: &[(&str, String)],
-        body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
-        let http = |source| ClientError::Http {
-            path: self.path.clone(),
-            source,
-        };
-        let connect = |source| ClientError::Connect {
-            path: self.path.clone(),
-            source,
-        };
-        let (mut sender, conn) = match &self.tcp {
-            Some(address) => {
-                let stream = tokio::net::TcpStream::connect(address)
-                    .await
-                    .map_err(connect)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(http)?;
-                (sender, tokio::spawn(conn))
-            }
-            None => {
-                let stream = tokio::net::UnixStream::connect(&self.path)
-                    .await
-                    .map_err(connect)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(http)?;
-                (sender, tokio::spawn(conn))
-            }
-        };
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -173,6 +130,42 @@ impl SocketClient {
                 path: self.path.clone(),
                 source,
             })?;
+        tokio::time::timeout(self.timeout, self.exchange(req))
+            .await
+            .map_err(|_elapsed| ClientError::Timeout {
+                path: self.path.clone(),
+                timeout: self.timeout,
+            })?
+    }
+
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let http = |source| ClientError::Http {
+            path: self.path.clone(),
+            source,
+        };
+        let connect = |source| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        };
+        let (mut sender, conn) = match &self.tcp {
+            Some(address) => handshake(
+                tokio::net::TcpStream::connect(address)
+                    .await
+                    .map_err(connect)?,
+            )
+            .await
+            .map_err(http)?,
+            None => handshake(
+                tokio::net::UnixStream::connect(&self.path)
+                    .await
+                    .map_err(connect)?,
+            )
+            .await
+            .map_err(http)?,
+        };
         let resp = sender.send_request(req).await.map_err(http)?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(http)?.to_bytes();
@@ -271,4 +264,70 @@ impl SocketClient {
     pub async fn info(&self) -> Result<Info, ClientError> {
         self.get("/v1/info").await
     }
+}
+
+/// An HTTP/1.1 connection over `stream`, driven by its own task.
+async fn handshake<S>(
+    stream: S,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    ),
+    hyper::Error,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    Ok((sender, tokio::spawn(conn)))
+}
+
+/// A daemon's typed client `$client`, reaching daemon `$name` (its crate's
+/// `NAME`) at its socket under [`crate::RUN_DIR`] by default: the
+/// constructor, the timeout and the standard `/ready` and `/info` calls
+/// every daemon answers. The daemon's crate adds its own calls in an
+/// `impl` of its own, through the `socket` field.
+#[macro_export]
+macro_rules! daemon_client {
+    ($(#[$doc:meta])* $client:ident, $name:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $client {
+            socket: $crate::client::SocketClient,
+        }
+
+        impl Default for $client {
+            fn default() -> Self {
+                Self::new($crate::socket_path($name))
+            }
+        }
+
+        impl $client {
+            /// A client of the daemon listening on `socket`.
+            pub fn new(socket: impl Into<::std::path::PathBuf>) -> Self {
+                Self {
+                    socket: $crate::client::SocketClient::new(socket),
+                }
+            }
+
+            /// Bounds every call to `timeout`.
+            pub fn with_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+                self.socket = self.socket.with_timeout(timeout);
+                self
+            }
+
+            /// `GET /ready`.
+            pub async fn ready(
+                &self,
+            ) -> Result<$crate::server::ReadyReport, $crate::client::ClientError> {
+                self.socket.ready().await
+            }
+
+            /// `GET /v1/info`.
+            pub async fn info(&self) -> Result<$crate::server::Info, $crate::client::ClientError> {
+                self.socket.info().await
+            }
+        }
+    };
 }

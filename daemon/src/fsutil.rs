@@ -58,6 +58,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteErr
     result.map_err(err)
 }
 
+/// Writes `text` to `rel` under `root`, making the directories between:
+/// how tests build a `/sys` or `/proc` of their own. Not atomic, not
+/// synced: never for state.
+pub fn write_tree(root: &Path, rel: &str, text: &str) -> std::io::Result<()> {
+    let path = root.join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

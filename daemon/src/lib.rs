@@ -17,6 +17,7 @@ pub mod log;
 pub mod parent;
 pub mod server;
 pub mod shutdown;
+pub mod text;
 
 /// Exit code for a configuration the daemon refuses (sysexits `EX_USAGE`).
 pub const EXIT_BAD_CONFIG: u8 = 64;

@@ -6,10 +6,7 @@
 //! Limits: one request per call; the socket client bounds each with its
 //! timeout.
 
-use std::path::PathBuf;
-
-use grove_daemon::client::{ClientError, SocketClient};
-use grove_daemon::server::{Info, ReadyReport};
+use grove_daemon::client::ClientError;
 
 pub use crate::mesh::input::{MeshRequest, PeerRequest as MeshPeerRequest};
 pub use crate::mesh::view::{Applied, MeshView, PeerView as MeshPeerView};
@@ -20,39 +17,13 @@ pub use crate::tenant::input::{
 pub use crate::tenant::view::{AttachmentView, NetworkView};
 pub use crate::uplink::{Interface, UplinkReport, UplinkState};
 
-/// A client for `netd`.
-#[derive(Clone, Debug)]
-pub struct NetdClient {
-    socket: SocketClient,
-}
-
-impl Default for NetdClient {
-    fn default() -> Self {
-        Self::new(grove_daemon::socket_path(crate::NAME))
-    }
-}
+grove_daemon::daemon_client!(
+    /// A client for `netd`.
+    NetdClient,
+    crate::NAME
+);
 
 impl NetdClient {
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self {
-            socket: SocketClient::new(socket),
-        }
-    }
-
-    /// Bounds every call to `timeout`.
-    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.socket = self.socket.with_timeout(timeout);
-        self
-    }
-
-    pub async fn ready(&self) -> Result<ReadyReport, ClientError> {
-        self.socket.ready().await
-    }
-
-    pub async fn info(&self) -> Result<Info, ClientError> {
-        self.socket.info().await
-    }
-
     /// `GET /v1/uplink`.
     pub async fn uplink(&self) -> Result<UplinkReport, ClientError> {
         self.socket.get("/v1/uplink").await

@@ -10,6 +10,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::types::{InterfaceName, Ipv4Cidr, VlanId};
 use crate::uplink::Overrides;
 
+/// What `netd --help` says netd is.
+pub const ABOUT: &str = "Node networking: uplink bring-up, the regional WireGuard mesh `mesh0`, tenant networks and their firewall.";
+
 /// What netd takes on its command line besides the daemon's own flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Flags {
@@ -31,6 +34,15 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// The daemon with these flags: what its binary runs.
+    pub async fn run(
+        self,
+        config: crate::Config,
+        shutdown: grove_daemon::shutdown::Shutdown,
+    ) -> Result<(), crate::NetdError> {
+        crate::run(config, self.overrides(), shutdown).await
+    }
+
     /// The arguments that make netd parse back exactly these flags.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();
@@ -70,15 +82,9 @@ impl Flags {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        flags: Flags,
-    }
+    type Cli = grove_daemon::cli::Cli<Flags>;
 
     #[test]
     fn built_flags_parse_back_to_the_same_value() {
@@ -93,15 +99,13 @@ mod tests {
             },
         ];
         for flags in cases {
-            let args = std::iter::once("netd".to_owned()).chain(flags.to_args());
-            let parsed = Cli::try_parse_from(args).unwrap();
-            assert_eq!(parsed.flags, flags);
+            assert_eq!(Cli::flags_of(crate::NAME, flags.to_args()).unwrap(), flags);
         }
     }
 
     #[test]
     fn a_bad_flag_value_is_refused() {
-        assert!(Cli::try_parse_from(["netd", "--vlan", "5000"]).is_err());
-        assert!(Cli::try_parse_from(["netd", "--uplink", "a/b"]).is_err());
+        assert!(Cli::try_parse_args(crate::NAME, ["--vlan", "5000"]).is_err());
+        assert!(Cli::try_parse_args(crate::NAME, ["--uplink", "a/b"]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod client;
 pub mod flags;
+pub mod input;
 pub mod mesh;
 pub mod netlink;
 pub mod netns;
@@ -15,6 +16,8 @@ pub mod procs;
 pub mod state;
 pub mod sysctl;
 pub mod tenant;
+#[cfg(test)]
+mod testing;
 pub mod types;
 pub mod uplink;
 pub mod wg;

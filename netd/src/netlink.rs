@@ -15,7 +15,7 @@
 //! them only on point-to-point tunnels).
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -419,28 +419,17 @@ impl Netlink {
         }
     }
 
-    /// Makes `address/len` the only IPv4 address of `name`; true if
-    /// anything changed. IPv6 addresses are left alone.
-    pub async fn ensure_only_ipv4(
+    /// Makes `address/len` the only address of its family on `name`; true
+    /// if anything changed. Addresses of the other family are left alone;
+    /// an IPv6 address goes without duplicate detection (a point-to-point
+    /// tunnel has nobody to detect duplicates with).
+    pub async fn ensure_only_address(
         &self,
         name: &str,
-        address: Ipv4Addr,
+        address: impl Into<IpAddr>,
         len: u8,
     ) -> Result<bool, NetlinkError> {
-        self.ensure_only(name, IpAddr::V4(address), len).await
-    }
-
-    /// Makes `address/len` the only IPv6 address of `name`, without
-    /// duplicate detection (a point-to-point tunnel has nobody to detect
-    /// duplicates with); true if anything changed. IPv4 addresses are left
-    /// alone.
-    pub async fn ensure_only_ipv6(
-        &self,
-        name: &str,
-        address: Ipv6Addr,
-        len: u8,
-    ) -> Result<bool, NetlinkError> {
-        self.ensure_only(name, IpAddr::V6(address), len).await
+        self.ensure_only(name, address.into(), len).await
     }
 
     async fn ensure_only(

@@ -126,24 +126,13 @@ impl FromStr for Ipv4Prefix {
     }
 }
 
-impl TryFrom<String> for Ipv4Prefix {
-    type Error = PrefixError;
-    fn try_from(text: String) -> Result<Self, PrefixError> {
-        text.parse()
-    }
-}
-
-impl From<Ipv4Prefix> for String {
-    fn from(p: Ipv4Prefix) -> String {
-        p.to_string()
-    }
-}
-
 impl fmt::Display for Ipv4Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.len)
     }
 }
+
+grove_daemon::text_value!(Ipv4Prefix);
 
 #[cfg(test)]
 mod tests {
@@ -171,9 +160,8 @@ mod tests {
                 "host bits set past /16 (the network is 10.1.0.0/16)",
             ),
         ];
-        for (text, why) in cases {
-            let err = text.parse::<Ipv4Prefix>().expect_err(text).to_string();
-            assert!(err.contains(why), "{text}: {err}");
+        let errors = crate::testing::refused::<Ipv4Prefix>(cases);
+        for ((text, _), err) in cases.iter().zip(errors) {
             assert!(err.contains(text), "{text}: {err}");
         }
     }

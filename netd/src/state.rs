@@ -4,9 +4,58 @@
 //! Under `<cache>/netd` when the system cache is mounted (it survives a
 //! reboot), else under `<run>/netd`; reads look in both, the preferred one
 //! first, so state written before the cache was mounted is still found.
+//! Both are JSON read through [`read_json`], in directories made by
+//! [`ensure_dir`], failing with one [`FileError`].
 //! Limits: a path set in the configuration is the only place looked.
 
 use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// Why a state file could not be read, or its directory made.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a {what} state file: {source}")]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The JSON state file at `path`, a `what` state file. Blocking.
+pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T, FileError> {
+    let bytes = std::fs::read(path).map_err(|source| FileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| FileError::Parse {
+        path: path.to_owned(),
+        what,
+        source,
+    })
+}
+
+/// Makes the directory `path` and its parents, if missing. Blocking.
+pub fn ensure_dir(path: &Path) -> Result<(), FileError> {
+    std::fs::create_dir_all(path).map_err(|source| FileError::Dir {
+        path: path.to_owned(),
+        source,
+    })
+}
 
 /// Where one piece of state is written and read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,10 +36,6 @@ pub struct InterfaceName(String);
 impl InterfaceName {
     /// IFNAMSIZ less the terminating NUL.
     pub const MAX_LEN: usize = 15;
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for InterfaceName {
@@ -63,24 +59,7 @@ impl FromStr for InterfaceName {
     }
 }
 
-impl TryFrom<String> for InterfaceName {
-    type Error = TypeError;
-    fn try_from(s: String) -> Result<Self, TypeError> {
-        s.parse()
-    }
-}
-
-impl From<InterfaceName> for String {
-    fn from(n: InterfaceName) -> String {
-        n.0
-    }
-}
-
-impl fmt::Display for InterfaceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(InterfaceName);
 
 /// An IPv4 address with its prefix length, as in `10.0.0.5/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,24 +88,13 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
-impl TryFrom<String> for Ipv4Cidr {
-    type Error = TypeError;
-    fn try_from(s: String) -> Result<Self, TypeError> {
-        s.parse()
-    }
-}
-
-impl From<Ipv4Cidr> for String {
-    fn from(c: Ipv4Cidr) -> String {
-        c.to_string()
-    }
-}
-
 impl fmt::Display for Ipv4Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
+
+grove_daemon::text_value!(Ipv4Cidr);
 
 /// An 802.1Q VLAN id, 1 to 4094.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -7,6 +7,10 @@
 
 use crate::types::DiskSerial;
 
+/// What `storaged --help` says storaged is.
+pub const ABOUT: &str =
+    "Node storage: disk discovery, one btrfs pool per disk, the system cache, volumes and vdisks.";
+
 /// What storaged takes on its command line besides the daemon's own flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Flags {
@@ -16,6 +20,15 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// The daemon with these flags: what its binary runs.
+    pub async fn run(
+        self,
+        config: crate::Config,
+        shutdown: grove_daemon::shutdown::Shutdown,
+    ) -> Result<(), crate::StoragedError> {
+        crate::run(config, self.wipe, shutdown).await
+    }
+
     /// The arguments that make storaged parse back exactly these flags.
     pub fn to_args(&self) -> Vec<String> {
         self.wipe
@@ -27,15 +40,9 @@ impl Flags {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        flags: Flags,
-    }
+    type Cli = grove_daemon::cli::Cli<Flags>;
 
     #[test]
     fn built_flags_parse_back_to_the_same_value() {
@@ -46,9 +53,7 @@ mod tests {
             },
         ];
         for flags in cases {
-            let args = std::iter::once("storaged".to_owned()).chain(flags.to_args());
-            let parsed = Cli::try_parse_from(args).unwrap();
-            assert_eq!(parsed.flags, flags);
+            assert_eq!(Cli::flags_of(crate::NAME, flags.to_args()).unwrap(), flags);
         }
     }
 }

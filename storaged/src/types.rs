@@ -3,7 +3,6 @@
 //! A [`DiskSerial`] names a disk across reboots: the kernel command line and
 //! the wipe API name disks by it, never by `/dev` path, which can change.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -27,10 +26,6 @@ pub struct DiskSerial(String);
 
 impl DiskSerial {
     pub const MAX_LEN: usize = 128;
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for DiskSerial {
@@ -52,24 +47,7 @@ impl FromStr for DiskSerial {
     }
 }
 
-impl TryFrom<String> for DiskSerial {
-    type Error = SerialError;
-    fn try_from(s: String) -> Result<Self, SerialError> {
-        s.parse()
-    }
-}
-
-impl From<DiskSerial> for String {
-    fn from(s: DiskSerial) -> String {
-        s.0
-    }
-}
-
-impl fmt::Display for DiskSerial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(DiskSerial);
 
 #[cfg(test)]
 mod tests {
@@ -116,10 +94,6 @@ pub struct PoolLabel(String);
 
 impl PoolLabel {
     pub const PREFIX: &'static str = "grove-";
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for PoolLabel {
@@ -139,24 +113,7 @@ impl FromStr for PoolLabel {
     }
 }
 
-impl TryFrom<String> for PoolLabel {
-    type Error = NameError;
-    fn try_from(s: String) -> Result<Self, NameError> {
-        s.parse()
-    }
-}
-
-impl From<PoolLabel> for String {
-    fn from(l: PoolLabel) -> String {
-        l.0
-    }
-}
-
-impl fmt::Display for PoolLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(PoolLabel);
 
 /// The name of a volume or vdisk: 1 to 64 of `[A-Za-z0-9._-]`, never `.` or
 /// `..`, so it is always a single path component.
@@ -166,10 +123,6 @@ pub struct ResourceName(String);
 
 impl ResourceName {
     pub const MAX_LEN: usize = 64;
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for ResourceName {
@@ -194,24 +147,7 @@ impl FromStr for ResourceName {
     }
 }
 
-impl TryFrom<String> for ResourceName {
-    type Error = NameError;
-    fn try_from(s: String) -> Result<Self, NameError> {
-        s.parse()
-    }
-}
-
-impl From<ResourceName> for String {
-    fn from(n: ResourceName) -> String {
-        n.0
-    }
-}
-
-impl fmt::Display for ResourceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(ResourceName);
 
 #[cfg(test)]
 mod name_tests {

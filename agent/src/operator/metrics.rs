@@ -34,6 +34,14 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _infallible = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A family with one sample per daemon that has a value.
+struct ServiceFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&ServiceStatus) -> Option<String>,
+}
+
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::new();
     family(
@@ -64,64 +72,38 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Boot parameters that were refused.",
     );
     let _ = writeln!(out, "grove_boot_parameter_errors {}", s.boot_errors);
-    family(
-        &mut out,
-        "grove_service_up",
-        "gauge",
-        "1 when the daemon answers /ready.",
-    );
-    for svc in s.services {
-        let up = u8::from(svc.state == ServiceState::Ready);
-        let _ = writeln!(
-            out,
-            "grove_service_up{{service=\"{}\"}} {up}",
-            escape(&svc.name)
-        );
-    }
-    family(
-        &mut out,
-        "grove_service_restarts_total",
-        "counter",
-        "Times the agent restarted the daemon.",
-    );
-    for svc in s.services {
-        let _ = writeln!(
-            out,
-            "grove_service_restarts_total{{service=\"{}\"}} {}",
-            escape(&svc.name),
-            svc.restarts
-        );
-    }
-    family(
-        &mut out,
-        "grove_service_cpu_seconds_total",
-        "counter",
-        "CPU time the daemon's current process has used.",
-    );
-    for svc in s.services {
-        if let Some(usage) = &svc.usage {
-            let _ = writeln!(
-                out,
-                "grove_service_cpu_seconds_total{{service=\"{}\"}} {}",
-                escape(&svc.name),
-                usage.cpu_seconds
-            );
-        }
-    }
-    family(
-        &mut out,
-        "grove_service_resident_memory_bytes",
-        "gauge",
-        "Resident memory of the daemon's current process.",
-    );
-    for svc in s.services {
-        if let Some(usage) = &svc.usage {
-            let _ = writeln!(
-                out,
-                "grove_service_resident_memory_bytes{{service=\"{}\"}} {}",
-                escape(&svc.name),
-                usage.rss_bytes
-            );
+    let per_service = [
+        ServiceFamily {
+            name: "grove_service_up",
+            kind: "gauge",
+            help: "1 when the daemon answers /ready.",
+            value: |svc| Some(u64::from(svc.state == ServiceState::Ready).to_string()),
+        },
+        ServiceFamily {
+            name: "grove_service_restarts_total",
+            kind: "counter",
+            help: "Times the agent restarted the daemon.",
+            value: |svc| Some(svc.restarts.to_string()),
+        },
+        ServiceFamily {
+            name: "grove_service_cpu_seconds_total",
+            kind: "counter",
+            help: "CPU time the daemon's current process has used.",
+            value: |svc| svc.usage.as_ref().map(|u| u.cpu_seconds.to_string()),
+        },
+        ServiceFamily {
+            name: "grove_service_resident_memory_bytes",
+            kind: "gauge",
+            help: "Resident memory of the daemon's current process.",
+            value: |svc| svc.usage.as_ref().map(|u| u.rss_bytes.to_string()),
+        },
+    ];
+    for f in per_service {
+        family(&mut out, f.name, f.kind, f.help);
+        for svc in s.services {
+            if let Some(v) = (f.value)(svc) {
+                let _ = writeln!(out, "{}{{service=\"{}\"}} {v}", f.name, escape(&svc.name));
+            }
         }
     }
     if let Some(percent) = s.host.cpu.usage_percent {
@@ -299,19 +281,23 @@ mod tests {
             now_secs: 1090,
             host: &host,
         });
-        assert!(text.contains("grove_chain_connected 0\n"));
-        assert!(text.contains("grove_chain_queue_length 3\n"));
-        assert!(text.contains("grove_chain_last_report_age_seconds 90\n"));
-        assert!(text.contains("grove_chain_refusals_total{kind=\"InvalidSRUInput\"} 1\n"));
-        assert!(text.contains("grove_chain_refusals_total{kind=\"unreachable\"} 4\n"));
-        assert!(text.contains("grove_node_state{state=\"degraded\"} 1\n"));
-        assert!(text.contains("grove_node_state{state=\"ready\"} 0\n"));
-        assert!(text.contains("grove_service_restarts_total{service=\"ne\\\"td\"} 2\n"));
-        assert!(text.contains("grove_capacity{resource=\"hru\",kind=\"free\"} 0\n"));
-        assert!(text.contains("grove_service_cpu_seconds_total{service=\"ne\\\"td\"} 2.25\n"));
-        assert!(text.contains("grove_service_resident_memory_bytes{service=\"ne\\\"td\"} 4096\n"));
-        assert!(text.contains("grove_node_cpu_usage_ratio 0.5\n"));
-        assert!(text.contains("grove_node_memory_bytes{kind=\"available\"} 400\n"));
+        for sample in [
+            "grove_chain_connected 0\n",
+            "grove_chain_queue_length 3\n",
+            "grove_chain_last_report_age_seconds 90\n",
+            "grove_chain_refusals_total{kind=\"InvalidSRUInput\"} 1\n",
+            "grove_chain_refusals_total{kind=\"unreachable\"} 4\n",
+            "grove_node_state{state=\"degraded\"} 1\n",
+            "grove_node_state{state=\"ready\"} 0\n",
+            "grove_service_restarts_total{service=\"ne\\\"td\"} 2\n",
+            "grove_capacity{resource=\"hru\",kind=\"free\"} 0\n",
+            "grove_service_cpu_seconds_total{service=\"ne\\\"td\"} 2.25\n",
+            "grove_service_resident_memory_bytes{service=\"ne\\\"td\"} 4096\n",
+            "grove_node_cpu_usage_ratio 0.5\n",
+            "grove_node_memory_bytes{kind=\"available\"} 400\n",
+        ] {
+            assert!(text.contains(sample), "{sample:?} missing from {text}");
+        }
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("a value");

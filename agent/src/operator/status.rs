@@ -196,20 +196,31 @@ mod tests {
         }
     }
 
+    /// Five seconds after boot, no boot errors, storaged and netd answering,
+    /// no chain problem.
+    fn healthy<'a>(
+        services: &'a [ServiceStatus],
+        capacity: &'a Capacity,
+        uplink: &'a UplinkReport,
+        identity: Option<&'a IdentityReport>,
+    ) -> Inputs<'a> {
+        Inputs {
+            agent_uptime: Duration::from_secs(5),
+            services,
+            boot_errors: 0,
+            capacity: Ok(capacity),
+            uplink: Ok(uplink),
+            identity,
+            waiting: None,
+            chain: &[],
+        }
+    }
+
     #[test]
     fn all_well_is_ready() {
         let services = [service("storaged", ServiceState::Ready, 0)];
         let (c, u, id) = (capacity(), uplink("bound"), identity());
-        let r = evaluate(&Inputs {
-            agent_uptime: Duration::from_secs(5),
-            services: &services,
-            boot_errors: 0,
-            capacity: Ok(&c),
-            uplink: Ok(&u),
-            identity: Some(&id),
-            waiting: None,
-            chain: &[],
-        });
+        let r = evaluate(&healthy(&services, &c, &u, Some(&id)));
         assert_eq!(r.state, NodeState::Ready, "{r:?}");
         assert_eq!(r.account.as_deref(), Some("5Abc"));
     }
@@ -218,16 +229,7 @@ mod tests {
     fn coming_up_is_booting_then_degraded_after_the_grace() {
         let services = [service("netd", ServiceState::Starting, 0)];
         let (c, u) = (capacity(), uplink("probing"));
-        let mut inputs = Inputs {
-            agent_uptime: Duration::from_secs(5),
-            services: &services,
-            boot_errors: 0,
-            capacity: Ok(&c),
-            uplink: Ok(&u),
-            identity: None,
-            waiting: None,
-            chain: &[],
-        };
+        let mut inputs = healthy(&services, &c, &u, None);
         assert_eq!(evaluate(&inputs).state, NodeState::Booting);
         inputs.agent_uptime = BOOT_GRACE;
         assert_eq!(evaluate(&inputs).state, NodeState::Degraded);
@@ -287,14 +289,8 @@ mod tests {
         let mut id = identity();
         id.warnings = vec!["pool grove-c holds another node's identity".into()];
         let r = evaluate(&Inputs {
-            agent_uptime: Duration::from_secs(5),
-            services: &services,
             boot_errors: 2,
-            capacity: Ok(&c),
-            uplink: Ok(&u),
-            identity: Some(&id),
-            waiting: None,
-            chain: &[],
+            ..healthy(&services, &c, &u, Some(&id))
         });
         assert_eq!(r.state, NodeState::Degraded);
         let all = r.reasons.join("\n");
@@ -329,14 +325,8 @@ mod tests {
         let (c, u, id) = (capacity(), uplink("bound"), identity());
         let chain = vec!["chain: waiting for funds: send at least 1 TFT to 5Abc".to_owned()];
         let r = evaluate(&Inputs {
-            agent_uptime: Duration::from_secs(5),
-            services: &services,
-            boot_errors: 0,
-            capacity: Ok(&c),
-            uplink: Ok(&u),
-            identity: Some(&id),
-            waiting: None,
             chain: &chain,
+            ..healthy(&services, &c, &u, Some(&id))
         });
         assert_eq!(r.state, NodeState::Degraded, "{r:?}");
         assert_eq!(r.reasons, chain);

@@ -77,6 +77,14 @@ pub fn resolve(program: &str) -> PathBuf {
         .unwrap_or_else(|| Path::new(program).to_owned())
 }
 
+/// How a `command` that could not be started fails.
+fn cannot_start(command: &str) -> impl FnOnce(std::io::Error) -> CmdError + '_ {
+    move |source| CmdError::Spawn {
+        command: command.to_owned(),
+        source,
+    }
+}
+
 /// Runs `program args...`, returning its stdout when it exits 0.
 pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, CmdError> {
     let command = command_line(program, args);
@@ -84,10 +92,7 @@ pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, CmdErro
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| CmdError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(cannot_start(&command))?;
     checked(command, output)
 }
 
@@ -105,10 +110,7 @@ pub fn run_with_input<S: AsRef<OsStr>>(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CmdError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(cannot_start(&command))?;
     let fed = match child.stdin.take() {
         Some(mut stdin) => stdin.write_all(input),
         None => Ok(()),
@@ -131,10 +133,7 @@ pub fn output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output, CmdE
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| CmdError::Spawn {
-            command: command_line(program, args),
-            source,
-        })
+        .map_err(cannot_start(&command_line(program, args)))
 }
 
 fn checked(command: String, output: Output) -> Result<String, CmdError> {

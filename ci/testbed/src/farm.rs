@@ -11,13 +11,14 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::bins::{self, BinError};
 use crate::lan::{Lan, LanError};
 use crate::netns::{self, NetnsError};
 use crate::node::{API_TIMEOUT, Node, NodeError, Placement};
 use crate::run::{RunDir, RunError};
-use crate::spec::{FarmSpec, SpecError};
+use crate::spec::{Daemon, FarmSpec, SpecError};
 use crate::subnet::{Subnet, SubnetError, SubnetLock};
 use crate::sweep::{self, SweepError};
 
@@ -77,6 +78,32 @@ pub struct Farm {
 }
 
 impl Farm {
+    /// The suites' way in: [`Farm::start`], run as root, or a panic that
+    /// says why not with the whole chain of causes.
+    pub fn start_for_test(spec: FarmSpec) -> Farm {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
+        );
+        Farm::start(spec).unwrap_or_else(|e| panic!("farm did not start: {}", crate::report(&e)))
+    }
+
+    /// [`Farm::start_for_test`], then every node's `daemon` answering
+    /// `GET path` within a minute, or a panic with the farm's logs.
+    pub fn start_answering(spec: FarmSpec, daemon: Daemon, path: &str) -> Farm {
+        let farm = Farm::start_for_test(spec);
+        for node in farm.nodes() {
+            let up = node.wait_answers(daemon, path, Duration::from_secs(60));
+            assert!(
+                up,
+                "{daemon} of {} never answered {path}\n{}",
+                node.name(),
+                farm.logs(40)
+            );
+        }
+        farm
+    }
+
     /// Builds the farm `spec` describes and, unless told not to, starts
     /// every node's agent and waits until each operator API accepts
     /// connections.

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
 
 /// How long a request may take unless the caller says otherwise.
@@ -110,37 +111,75 @@ pub fn http_get_timeout(url: &str, timeout: Duration) -> Result<(u16, String), H
     exchange(stream, url, &authority, &path)
 }
 
+/// A status code and a body.
+pub type Answer = Result<(u16, String), HttpError>;
+
 /// GETs `path` from the HTTP server on the Unix socket `socket`, like
 /// `curl --unix-socket`.
-pub fn unix_get(socket: &std::path::Path, path: &str) -> Result<(u16, String), HttpError> {
+pub fn unix_get(socket: &Path, path: &str) -> Answer {
     unix_request(socket, "GET", path, None)
 }
 
 /// PUTs the JSON `body` to `path` on the Unix socket `socket`.
-pub fn unix_put(
-    socket: &std::path::Path,
-    path: &str,
-    body: &[u8],
-) -> Result<(u16, String), HttpError> {
+pub fn unix_put(socket: &Path, path: &str, body: &[u8]) -> Answer {
     unix_request(socket, "PUT", path, Some(body))
 }
 
 /// POSTs the JSON `body` to `path` on the Unix socket `socket`.
-pub fn unix_post(
-    socket: &std::path::Path,
-    path: &str,
-    body: &[u8],
-) -> Result<(u16, String), HttpError> {
+pub fn unix_post(socket: &Path, path: &str, body: &[u8]) -> Answer {
     unix_request(socket, "POST", path, Some(body))
 }
 
 /// DELETEs `path` on the Unix socket `socket`.
-pub fn unix_delete(socket: &std::path::Path, path: &str) -> Result<(u16, String), HttpError> {
+pub fn unix_delete(socket: &Path, path: &str) -> Answer {
     unix_request(socket, "DELETE", path, None)
 }
 
+/// POSTs to `url` through `curl`, with extra `headers` and a JSON `body`
+/// (sent on its stdin) if any: for requests as a stranger on the LAN makes
+/// them, signed or not.
+pub fn curl_post(url: &str, body: Option<&[u8]>, headers: &[(&str, String)]) -> Answer {
+    let io = |source| HttpError::Io {
+        url: url.to_owned(),
+        source,
+    };
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    if body.is_some() {
+        cmd.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+        ]);
+    }
+    for (name, value) in headers {
+        cmd.args(["-H", &format!("{name}: {value}")]);
+    }
+    let mut child = cmd.spawn().map_err(io)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(body.unwrap_or_default()).map_err(io)?;
+    }
+    let out = child.wait_with_output().map_err(io)?;
+    let text = String::from_utf8(out.stdout).map_err(|source| HttpError::NotUtf8 {
+        url: url.to_owned(),
+        source,
+    })?;
+    let bad = |line: &str| HttpError::BadResponse {
+        url: url.to_owned(),
+        source: ResponseError::StatusLine(line.to_owned()),
+    };
+    let (body, code) = text.rsplit_once('\n').ok_or_else(|| bad(&text))?;
+    let code = code
+        .parse()
+        .map_err(|_not_a_number: std::num::ParseIntError| bad(code))?;
+    Ok((code, body.to_owned()))
+}
+
 pub(crate) fn unix_request(
-    socket: &std::path::Path,
+    socket: &Path,
     method: &str,
     path: &str,
     body: Option<&[u8]>,

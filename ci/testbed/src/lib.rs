@@ -16,6 +16,8 @@
 
 pub mod bench;
 pub mod bins;
+#[cfg(feature = "tfchain")]
+pub mod chain;
 pub mod cmd;
 pub mod disk;
 pub mod dnsmasq;

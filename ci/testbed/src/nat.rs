@@ -88,55 +88,21 @@ impl Nat {
         let lan_ns = legs.lan_netns;
         let wan_cidr = outside.cidr(last);
         let lan_cidr = inside.cidr(1);
-        let steps: [&[&str]; 9] = [
-            &[
-                "-n",
-                lan_ns,
-                "link",
-                "add",
-                wan_port.as_str(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                WAN,
-                "netns",
+        // Each leg: a veth from the LAN namespace's switch into the router.
+        for (port, inner, bridge) in [
+            (wan_port.as_str(), WAN, outside_bridge.as_str()),
+            (lan_port.as_str(), LAN, inside_bridge.as_str()),
+        ] {
+            let add = [
+                "-n", lan_ns, "link", "add", port, "type", "veth", "peer", "name", inner, "netns",
                 ns,
-            ],
-            &[
-                "-n",
-                lan_ns,
-                "link",
-                "set",
-                wan_port.as_str(),
-                "master",
-                outside_bridge.as_str(),
-                "up",
-            ],
-            &[
-                "-n",
-                lan_ns,
-                "link",
-                "add",
-                lan_port.as_str(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                LAN,
-                "netns",
-                ns,
-            ],
-            &[
-                "-n",
-                lan_ns,
-                "link",
-                "set",
-                lan_port.as_str(),
-                "master",
-                inside_bridge.as_str(),
-                "up",
-            ],
+            ];
+            let plug = ["-n", lan_ns, "link", "set", port, "master", bridge, "up"];
+            for args in [&add[..], &plug[..]] {
+                cmd::run("ip", args).map_err(|source| nat.setup_error(source))?;
+            }
+        }
+        let steps: [&[&str]; 5] = [
             &["-n", ns, "addr", "add", &wan_cidr, "dev", WAN],
             &["-n", ns, "addr", "add", &lan_cidr, "dev", LAN],
             &["-n", ns, "link", "set", WAN, "up"],

@@ -118,6 +118,12 @@ impl HostSnapshot {
         Ok(snap)
     }
 
+    /// What changed on the host since this snapshot, a line per change;
+    /// empty when nothing did.
+    pub fn changed_since(&self) -> Result<String, SnapshotError> {
+        Ok(self.diff(&HostSnapshot::take()?).join("\n"))
+    }
+
     /// Every way `after` differs from `self`, in plain words.
     pub fn diff(&self, after: &HostSnapshot) -> Vec<String> {
         let mut out = Vec::new();
@@ -201,14 +207,13 @@ impl HostSnapshot {
             let (kind, rest) = line
                 .split_once(' ')
                 .ok_or_else(|| bad(n, "no value", line))?;
+            let two = |missing| rest.split_once(' ').ok_or_else(|| bad(n, missing, line));
             match kind {
                 "netns" => {
                     snap.netns.insert(rest.to_owned());
                 }
                 "loop" => {
-                    let (dev, file) = rest
-                        .split_once(' ')
-                        .ok_or_else(|| bad(n, "loop without backing file", line))?;
+                    let (dev, file) = two("loop without backing file")?;
                     snap.loops.insert(dev.to_owned(), file.to_owned());
                 }
                 "mount" => *snap.mounts.entry(rest.to_owned()).or_default() += 1,
@@ -216,9 +221,7 @@ impl HostSnapshot {
                     snap.links.insert(rest.to_owned());
                 }
                 "proc" => {
-                    let (pid, comm) = rest
-                        .split_once(' ')
-                        .ok_or_else(|| bad(n, "process without name", line))?;
+                    let (pid, comm) = two("process without name")?;
                     let pid = pid.parse().map_err(|source| SnapshotError::Pid {
                         path: path.to_owned(),
                         line: n,
@@ -344,10 +347,14 @@ mod tests {
 
     #[test]
     fn truncated_comms_are_watched() {
-        assert!(is_watched("qemu-system-x86"));
-        assert!(is_watched("boringtun-cli"));
-        assert!(is_watched("agent"));
-        assert!(!is_watched("bash"));
+        for (comm, watched) in [
+            ("qemu-system-x86", true),
+            ("boringtun-cli", true),
+            ("agent", true),
+            ("bash", false),
+        ] {
+            assert_eq!(is_watched(comm), watched, "{comm}");
+        }
     }
 
     #[test]

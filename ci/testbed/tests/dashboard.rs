@@ -20,12 +20,7 @@ use grove_testbed::{Daemon, Farm, FarmSpec, Node, http_get, unix_put, wait_until
 use serde_json::Value;
 
 fn start(spec: FarmSpec) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
-    Farm::start(spec)
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+    Farm::start_for_test(spec)
 }
 
 fn get(node: &Node, path: &str) -> Option<String> {

@@ -12,12 +12,7 @@ use grove_testbed::{
 use storaged::storage::PoolReport;
 
 fn start(spec: NodeSpec) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
-    Farm::start(FarmSpec::with_nodes(vec![spec]))
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+    Farm::start_for_test(FarmSpec::with_nodes(vec![spec]))
 }
 
 fn node_report(node: &Node) -> Option<NodeReport> {
@@ -160,13 +155,12 @@ fn seed_on(node: &Node, pool: &PoolReport) -> String {
 
 #[test]
 fn a_moved_in_pool_never_changes_who_a_node_is() {
-    let farm = Farm::start(
+    let farm = Farm::start_for_test(
         FarmSpec::with_nodes(vec![
             NodeSpec::default().disks(vec![DiskSpec::ssd(1024), DiskSpec::hdd(2048)]),
         ])
         .without_agents(),
-    )
-    .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    );
     let node = farm.node(0);
     let (own_disk, moved_disk) = (&node.disks()[0], &node.disks()[1]);
 

@@ -17,22 +17,7 @@ use serde_json::Value;
 const NETD_TOML: &str = "[uplink]\nmanage = false\n\n[mesh]\nkeepalive_secs = 1\n";
 
 fn start(spec: FarmSpec) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces: run the suite as root (ci/test)"
-    );
-    let farm = Farm::start(spec)
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
-    for node in farm.nodes() {
-        let up = node.wait_answers(Daemon::Netd, "/v1/mesh", Duration::from_secs(60));
-        assert!(
-            up,
-            "netd of {} never answered\n{}",
-            node.name(),
-            farm.logs(40)
-        );
-    }
-    farm
+    Farm::start_answering(spec, Daemon::Netd, "/v1/mesh")
 }
 
 /// A node on LAN 0, or on the LAN behind NAT.
@@ -489,25 +474,10 @@ fn snapshot(node: &Node, keep_index: bool) -> String {
 /// Waits until the agent has restarted netd (a pid other than `old`) and
 /// the mesh is back, on a userspace process other than `not_pid` if given.
 fn wait_restored(farm: &Farm, node: &Node, old: u32, not_pid: Option<i32>) -> MeshView {
-    let restarted = node.wait_restarted(Daemon::Netd, old, Duration::from_secs(30));
-    assert!(
-        restarted.is_some(),
-        "netd did not come back\n{}",
-        farm.logs(40)
-    );
-    let mut last = None;
-    let back = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        last = node.get::<MeshView>(Daemon::Netd, "/v1/mesh").ok();
-        last.as_ref().is_some_and(|v| {
-            v.configured && v.pid.is_some() && v.pid != not_pid && !v.peers.is_empty()
-        })
-    });
-    assert!(
-        back,
-        "netd did not come back with the mesh: {last:?}\n{}",
-        farm.logs(40)
-    );
-    last.expect("a view")
+    node.wait_netd_restored(old, "/v1/mesh", |v: &MeshView| {
+        v.configured && v.pid.is_some() && v.pid != not_pid && !v.peers.is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(40)))
 }
 
 #[test]
@@ -566,17 +536,10 @@ fn a_restarted_netd_restores_mesh0_exactly_and_the_key_never_leaks() {
     nat.kill_pids(&[u32::try_from(boringtun).expect("a pid")])
         .expect("kill -9 the device");
     let same_netd = nat.daemon_pid(Daemon::Netd).expect("netd runs");
-    let rebuilt = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        let (status, body) = get(nat, "/v1/mesh");
-        status == 200
-            && serde_json::from_str::<MeshView>(&body)
-                .is_ok_and(|v| v.pid.is_some() && v.pid != Some(boringtun))
-    });
-    assert!(rebuilt, "the device was not rebuilt\n{}", farm.logs(30));
-    assert_eq!(
-        nat.daemon_pid(Daemon::Netd),
-        Some(same_netd),
-        "netd itself kept running"
+    assert!(
+        nat.device_rebuilt("/v1/mesh", boringtun, same_netd, Duration::from_secs(20)),
+        "the device was not rebuilt, or netd itself did not keep running\n{}",
+        farm.logs(30)
     );
     let settled = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         snapshot(nat, false) == loose

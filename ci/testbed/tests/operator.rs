@@ -9,12 +9,7 @@ use agent::operator::status::{NodeState, StatusReport};
 use grove_testbed::{DiskSpec, Farm, FarmSpec, Node, NodeSpec, http_get, wait_until};
 
 fn start(spec: NodeSpec) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
-    Farm::start(FarmSpec::with_nodes(vec![spec]))
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+    Farm::start_for_test(FarmSpec::with_nodes(vec![spec]))
 }
 
 fn get(node: &Node, path: &str) -> (u16, String) {

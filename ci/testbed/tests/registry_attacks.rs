@@ -4,7 +4,6 @@
 //! entries in the registry that the nodes' meshes survive. Every attack is
 //! refused and the victim's state is checked unchanged.
 
-use std::process::Command;
 use std::time::Duration;
 
 use agent::registry::model::{Farm as RegistryFarm, Node, UptimeReport};
@@ -54,22 +53,8 @@ fn post(url: &str, path: &str, body: &[u8], signer: Option<&SigningKey>) -> (u16
 }
 
 fn post_with(url: &str, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("body");
-    std::fs::write(&file, body).expect("body");
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}"])
-        .args(["-H", "content-type: application/json"])
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{url}{path}"));
-    for (name, value) in headers {
-        cmd.args(["-H", &format!("{name}: {value}")]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("a status line");
-    (code.parse().expect("a status"), body.to_owned())
+    grove_testbed::http::curl_post(&format!("{url}{path}"), Some(body), headers)
+        .expect("curl answers")
 }
 
 fn get<T: serde::de::DeserializeOwned>(url: &str, path: &str) -> T {
@@ -101,19 +86,22 @@ fn wait_peers(farm: &Farm, n: usize, why: &str) {
     }
 }
 
+/// `field` of every node's mesh view, as text, in node order.
+fn of_every_node<T: ToString>(
+    farm: &Farm,
+    what: &str,
+    field: impl Fn(netd::mesh::view::MeshView) -> Option<T>,
+) -> Vec<String> {
+    farm.nodes()
+        .iter()
+        .map(|n| mesh_view(n).and_then(&field).expect(what).to_string())
+        .collect()
+}
+
 /// Waits until the peers of every node of `farm` are the other nodes and
 /// `extra` (WireGuard keys), nothing else.
 fn wait_peer_keys(farm: &Farm, extra: &[String], why: &str) {
-    let keys: Vec<String> = farm
-        .nodes()
-        .iter()
-        .map(|n| {
-            mesh_view(n)
-                .and_then(|v| v.public_key)
-                .expect("a mesh key")
-                .to_string()
-        })
-        .collect();
+    let keys = of_every_node(farm, "a mesh key", |v| v.public_key);
     for (i, node) in farm.nodes().iter().enumerate() {
         let mut expected: Vec<String> = keys
             .iter()
@@ -144,16 +132,7 @@ fn wait_peer_keys(farm: &Farm, extra: &[String], why: &str) {
 
 /// Every node pings every other over mesh0.
 fn assert_mesh_reaches(farm: &Farm) {
-    let addresses: Vec<String> = farm
-        .nodes()
-        .iter()
-        .map(|n| {
-            mesh_view(n)
-                .and_then(|v| v.address)
-                .expect("a mesh address")
-                .to_string()
-        })
-        .collect();
+    let addresses = of_every_node(farm, "a mesh address", |v| v.address);
     for (i, n) in farm.nodes().iter().enumerate() {
         for (j, to) in addresses.iter().enumerate() {
             if i == j {
@@ -183,10 +162,6 @@ fn registration(farm_id: u32, twin_id: u32, mesh: Value) -> Value {
 
 #[test]
 fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
     let specs = (0..3)
         .map(|_| {
             NodeSpec::default().disks(vec![DiskSpec::ssd(512)]).config(
@@ -195,8 +170,7 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
             )
         })
         .collect();
-    let farm = Farm::start(FarmSpec::with_nodes(specs).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(specs).without_agents());
     let registry =
         grove_testbed::registry::Registry::start(&farm, port(), None).expect("the registry");
     let url = registry.url().to_owned();
@@ -206,12 +180,7 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
         "the farmer key is in the run directory"
     );
     for node in farm.nodes() {
-        node.set_cmdline(&format!(
-            "grove.farm=1 grove.chain=embedded grove.chain.url={url}"
-        ))
-        .expect("cmdline");
-        node.start_agent().expect("boot");
-        node.wait_api(Duration::from_secs(30)).expect("API up");
+        node.boot_on_registry(&url).expect("boots on the registry");
     }
     wait_peers(&farm, 2, "the farm's mesh");
     let nodes: Vec<Node> = get(&url, "/v1/nodes?farm_id=1");

@@ -21,19 +21,13 @@ const HDD: DiskSpec = DiskSpec {
 };
 
 fn start(spec: NodeSpec) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
-    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]))
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(vec![spec]));
     wait_storage(&farm);
     farm
 }
 
 fn start_without_agent(spec: NodeSpec) -> Farm {
-    Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+    Farm::start_for_test(FarmSpec::with_nodes(vec![spec]).without_agents())
 }
 
 /// Sends one request to the node's storaged; answers status and body.

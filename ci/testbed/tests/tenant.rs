@@ -20,22 +20,7 @@ const NETD_TOML: &str = "[uplink]\nmanage = false\n";
 const REACH: Duration = Duration::from_secs(20);
 
 fn start(nodes: Vec<NodeSpec>) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces: run the suite as root (ci/test)"
-    );
-    let farm = Farm::start(FarmSpec::with_nodes(nodes))
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
-    for node in farm.nodes() {
-        let up = node.wait_answers(Daemon::Netd, "/v1/networks", Duration::from_secs(60));
-        assert!(
-            up,
-            "netd of {} never answered\n{}",
-            node.name(),
-            farm.logs(40)
-        );
-    }
-    farm
+    Farm::start_answering(FarmSpec::with_nodes(nodes), Daemon::Netd, "/v1/networks")
 }
 
 fn node() -> NodeSpec {
@@ -605,26 +590,11 @@ fn wait_restored(
     netid: &str,
     not_pid: Option<i32>,
 ) -> NetworkView {
-    let restarted = node.wait_restarted(Daemon::Netd, old, Duration::from_secs(30));
-    assert!(
-        restarted.is_some(),
-        "netd did not come back\n{}",
-        farm.logs(40)
-    );
-    let mut last = None;
-    let back = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-        last = node
-            .get::<NetworkView>(Daemon::Netd, &format!("/v1/networks/{netid}"))
-            .ok();
-        last.as_ref()
-            .is_some_and(|v| v.pid.is_some() && v.pid != not_pid)
-    });
-    assert!(
-        back,
-        "netd did not come back with {netid}: {last:?}\n{}",
-        farm.logs(40)
-    );
-    last.expect("a view")
+    let path = format!("/v1/networks/{netid}");
+    node.wait_netd_restored(old, &path, |v: &NetworkView| {
+        v.pid.is_some() && v.pid != not_pid
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(40)))
 }
 
 /// [`tenant::snapshot`] without what a new device changes: interface
@@ -726,17 +696,15 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     let boringtun = back.pid.expect("userspace WireGuard");
     a.kill_pids(&[u32::try_from(boringtun).expect("a pid")])
         .expect("kill -9 the device");
-    let rebuilt = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        let (status, body) = get(a, "/v1/networks/red");
-        status == 200
-            && serde_json::from_str::<NetworkView>(&body)
-                .is_ok_and(|v| v.pid.is_some() && v.pid != Some(boringtun))
-    });
-    assert!(rebuilt, "the device was not rebuilt\n{}", farm.logs(30));
-    assert_eq!(
-        a.daemon_pid(Daemon::Netd),
-        Some(same_netd),
-        "netd itself kept running"
+    assert!(
+        a.device_rebuilt(
+            "/v1/networks/red",
+            boringtun,
+            same_netd,
+            Duration::from_secs(20)
+        ),
+        "the device was not rebuilt, or netd itself did not keep running\n{}",
+        farm.logs(30)
     );
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
     assert!(tenant::reaches(b, Some("n-red"), ip("10.1.1.1"), REACH));

@@ -42,6 +42,30 @@ fn require_root() {
     );
 }
 
+/// An executable shell script `name` in `dir` running `body`.
+fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Nothing of farm run `run` is left: no namespace of its, no host link.
+fn assert_run_gone(run: &str) {
+    let namespaces = grove_testbed::netns::list().expect("list");
+    assert!(
+        !namespaces
+            .iter()
+            .any(|n| n.starts_with(&format!("gtb-{run}-"))),
+        "{namespaces:?}"
+    );
+    assert!(
+        !Path::new("/sys/class/net")
+            .join(format!("gtb{run}h0"))
+            .exists()
+    );
+}
+
 fn text(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
@@ -164,13 +188,8 @@ fn two_nodes_with_two_nics_and_two_disks_leave_nothing_behind() {
 
     farm.teardown().expect("clean teardown");
     farm.teardown().expect("a second teardown is a no-op");
-    let after = HostSnapshot::take().expect("snapshot after");
-    let diff = before.diff(&after);
-    assert!(
-        diff.is_empty(),
-        "the farm left traces:\n{}",
-        diff.join("\n")
-    );
+    let changed = before.changed_since().expect("snapshot after");
+    assert!(changed.is_empty(), "the farm left traces:\n{changed}");
 }
 
 #[test]
@@ -188,13 +207,11 @@ fn dnsmasq_leases_an_address_to_an_unaddressed_node() {
     assert!(node.lan_ip().is_err(), "no address before DHCP");
 
     let script_dir = tempfile::tempdir().expect("tempdir");
-    let script = script_dir.path().join("bound.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\nexit 0\n",
-    )
-    .expect("write script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let script = script(
+        &script_dir,
+        "bound.sh",
+        "[ \"$1\" = bound ] && ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\nexit 0\n",
+    );
     let up = node
         .exec_in_netns(&["ip", "link", "set", "eth0", "up"])
         .expect("ip runs");
@@ -495,13 +512,11 @@ fn stand_in_agent_runs_inside_the_node_and_dies_with_it() {
 fn an_agent_that_exits_at_boot_fails_the_farm_naming_its_log() {
     let _host = shared();
     let bin = tempfile::tempdir().expect("tempdir");
-    let agent = bin.path().join("agent");
-    std::fs::write(
-        &agent,
-        "#!/bin/sh\necho 'refusing configuration' >&2\nexit 64\n",
-    )
-    .expect("write");
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script(
+        &bin,
+        "agent",
+        "echo 'refusing configuration' >&2\nexit 64\n",
+    );
     let err = Farm::start(FarmSpec::nodes(1).bin_dir(bin.path())).expect_err("agent exits");
     let message = grove_testbed::report(&err);
     assert!(message.contains("exit status: 64"), "{message}");
@@ -561,13 +576,7 @@ fn stale_farms_are_cleaned() {
         cleaned.iter().any(|r| r.as_str() == run),
         "{run} not in {cleaned:?}"
     );
-    let namespaces = grove_testbed::netns::list().expect("list");
-    assert!(
-        !namespaces
-            .iter()
-            .any(|n| n.starts_with(&format!("gtb-{run}-"))),
-        "{namespaces:?}"
-    );
+    assert_run_gone(&run);
     assert!(!dir.exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
@@ -580,11 +589,6 @@ fn stale_farms_are_cleaned() {
             .iter()
             .any(|(_, b)| b.starts_with(image.to_str().expect("utf-8"))),
         "{loops:?}"
-    );
-    assert!(
-        !Path::new("/sys/class/net")
-            .join(format!("gtb{run}h0"))
-            .exists()
     );
 }
 
@@ -601,19 +605,8 @@ fn a_panicking_test_leaves_nothing_behind() {
     .join();
     assert!(outcome.is_err(), "the thread panicked");
     let (run, dir) = rx.recv().expect("run id");
-    let namespaces = grove_testbed::netns::list().expect("list");
-    assert!(
-        !namespaces
-            .iter()
-            .any(|n| n.starts_with(&format!("gtb-{run}-"))),
-        "{namespaces:?}"
-    );
+    assert_run_gone(&run);
     assert!(!dir.exists(), "{} removed", dir.display());
-    assert!(
-        !Path::new("/sys/class/net")
-            .join(format!("gtb{run}h0"))
-            .exists()
-    );
 }
 
 #[test]

@@ -9,12 +9,7 @@ use grove_testbed::{
 use netd::uplink::{UplinkReport, UplinkState};
 
 fn start(spec: FarmSpec) -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces: run the suite as root (ci/test)"
-    );
-    Farm::start(spec)
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)))
+    Farm::start_for_test(spec)
 }
 
 fn uplink(node: &Node) -> Option<UplinkReport> {

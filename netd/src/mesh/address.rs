@@ -105,19 +105,6 @@ impl FromStr for RegionPrefix {
     }
 }
 
-impl TryFrom<String> for RegionPrefix {
-    type Error = AddressError;
-    fn try_from(text: String) -> Result<Self, AddressError> {
-        text.parse()
-    }
-}
-
-impl From<RegionPrefix> for String {
-    fn from(p: RegionPrefix) -> String {
-        p.to_string()
-    }
-}
-
 impl fmt::Display for RegionPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut bytes = [0u8; 16];
@@ -125,6 +112,8 @@ impl fmt::Display for RegionPrefix {
         write!(f, "{}/{REGION_LEN}", Ipv6Addr::from(bytes))
     }
 }
+
+grove_daemon::text_value!(RegionPrefix);
 
 #[cfg(test)]
 mod tests {
@@ -143,10 +132,7 @@ mod tests {
             ("2001:db8:1::/48", "not a unique local"),
             ("fd12:3456:789a:1::/48", "bits set past"),
         ];
-        for (text, why) in cases {
-            let err = text.parse::<RegionPrefix>().expect_err(text).to_string();
-            assert!(err.contains(why), "{text}: {err}");
-        }
+        crate::testing::refused::<RegionPrefix>(cases);
     }
 
     #[test]

@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::address::{AddressError, RegionPrefix};
-use crate::wg::key::KeyError;
+use super::address::RegionPrefix;
+use crate::input::Owner;
+pub use crate::input::{InputError, body};
 use crate::wg::{PrivateKey, PublicKey};
 
 /// `PUT /v1/mesh`. Never `Debug`-printed whole: it holds the private key.
@@ -59,51 +60,6 @@ pub struct PeerRequest {
     pub public_endpoint: bool,
 }
 
-/// Why a request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum InputError {
-    #[error("bad request body: {0}")]
-    Body(#[source] serde_path_to_error::Error<serde_json::Error>),
-    #[error("private_key: {0}")]
-    PrivateKey(#[source] KeyError),
-    #[error("listen_port: 0 is not a port")]
-    PortZero,
-    #[error("prefix: {0}")]
-    Prefix(#[source] AddressError),
-    #[error("key {key} gives the reserved address <prefix>::0 (its first 8 bytes are zero)")]
-    ReservedAddress { key: PublicKey },
-    #[error("peer {index}: public_key: {source}")]
-    PeerKey {
-        index: usize,
-        #[source]
-        source: KeyError,
-    },
-    #[error("peer {second}: public key {key} is also peer {first}")]
-    Duplicate {
-        key: PublicKey,
-        first: usize,
-        second: usize,
-    },
-    #[error("peer {index}: public key {key} is this node's own key")]
-    OwnKey { index: usize, key: PublicKey },
-    #[error("peer {index} ({key}): endpoint {endpoint:?} is not ip:port: {source}")]
-    Endpoint {
-        index: usize,
-        key: PublicKey,
-        endpoint: String,
-        #[source]
-        source: std::net::AddrParseError,
-    },
-    #[error("peer {index} ({key}): endpoint {endpoint:?} has port 0")]
-    EndpointPort {
-        index: usize,
-        key: PublicKey,
-        endpoint: String,
-    },
-    #[error("peer {index} ({key}): has a public endpoint but no endpoints")]
-    NoEndpoint { index: usize, key: PublicKey },
-}
-
 /// This node's mesh settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshSettings {
@@ -131,12 +87,6 @@ impl Peer {
             public_endpoint: self.public_endpoint,
         }
     }
-}
-
-/// Parses a JSON body, naming the path of a bad field.
-pub fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(InputError::Body)
 }
 
 /// Checks `PUT /v1/mesh`.
@@ -196,39 +146,13 @@ fn parse_peer(
     own: &PublicKey,
     seen: &BTreeMap<PublicKey, usize>,
 ) -> Result<Peer, InputError> {
-    let key: PublicKey = req
-        .public_key
-        .parse()
-        .map_err(|source| InputError::PeerKey { index, source })?;
-    if &key == own {
-        return Err(InputError::OwnKey { index, key });
-    }
-    if let Some(first) = seen.get(&key) {
-        return Err(InputError::Duplicate {
-            key,
-            first: *first,
-            second: index,
-        });
-    }
+    let key = crate::input::parse_key(index, &req.public_key, own, Owner::Node, seen)?;
     if RegionPrefix::reserved_for(&key) {
         return Err(InputError::ReservedAddress { key });
     }
     let mut endpoints = Vec::with_capacity(req.endpoints.len());
     for text in &req.endpoints {
-        let endpoint: SocketAddr = text.parse().map_err(|source| InputError::Endpoint {
-            index,
-            key,
-            endpoint: text.clone(),
-            source,
-        })?;
-        if endpoint.port() == 0 {
-            return Err(InputError::EndpointPort {
-                index,
-                key,
-                endpoint: text.clone(),
-            });
-        }
-        endpoints.push(endpoint);
+        endpoints.push(crate::input::parse_endpoint(index, key, text)?);
     }
     if req.public_endpoint && endpoints.is_empty() {
         return Err(InputError::NoEndpoint { index, key });

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use grove_daemon::fsutil::{self, WriteError};
 use serde::{Deserialize, Serialize};
 
-use crate::state::Location;
+use crate::state::{self, FileError, Location};
 
 use super::input::{self, InputError, MeshRequest, MeshSettings, Peer, PeerRequest};
 
@@ -22,29 +22,13 @@ pub const FILE: &str = "mesh.json";
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not a mesh state file: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path} holds a configuration the API would refuse: {source}")]
     Invalid {
         path: PathBuf,
         #[source]
         source: InputError,
-    },
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
     },
     #[error("cannot encode the mesh state: {0}")]
     Encode(#[source] serde_json::Error),
@@ -88,14 +72,7 @@ impl StateFile {
         let Some(path) = self.read_from.iter().find(|p| p.is_file()) else {
             return Ok(None);
         };
-        let bytes = std::fs::read(path).map_err(|source| StateError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let saved: Saved = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
-            path: path.clone(),
-            source,
-        })?;
+        let saved: Saved = state::read_json(path, "mesh")?;
         let invalid = |source| StateError::Invalid {
             path: path.clone(),
             source,
@@ -108,10 +85,7 @@ impl StateFile {
     /// Replaces the file with `settings` and `peers`, mode 0600.
     pub fn save(&self, settings: &MeshSettings, peers: &[Peer]) -> Result<(), StateError> {
         if let Some(dir) = self.write_to.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
+            state::ensure_dir(dir)?;
         }
         let saved = Saved {
             mesh: MeshRequest {

@@ -174,6 +174,7 @@ impl Worker {
             return Err(input::InputError::OwnKey {
                 index,
                 key: settings.public_key,
+                owner: crate::input::Owner::Node,
             }
             .into());
         }
@@ -256,7 +257,7 @@ impl Worker {
         };
         self.links.ensure_link(&self.ifname, &up).await?;
         (self.links)
-            .ensure_only_ipv6(&self.ifname, address, MESH_LEN)
+            .ensure_only_address(&self.ifname, address, MESH_LEN)
             .await?;
         let (state, saved_settings, saved_peers) =
             (self.state.clone(), settings.clone(), peers.to_vec());

@@ -127,7 +127,7 @@ pub(crate) async fn converge(env: &Env, live: &mut Live) -> Result<(), TenantErr
         .ensure_bridge(&bridge, netid.bridge_mac())
         .await?;
     live.inside
-        .ensure_only_ipv4(&bridge, spec.gateway(), spec.subnet.prefix_len())
+        .ensure_only_address(&bridge, spec.gateway(), spec.subnet.prefix_len())
         .await?;
     live.inside.ensure_link(&bridge, &up).await?;
 
@@ -186,12 +186,12 @@ async fn egress(env: &Env, live: &Live) -> Result<(), TenantError> {
     let (sysctls, ifname) = (env.sysctls.clone(), host_end.clone());
     blocking(move || Ok(sysctls.no_ipv6(&ifname)?)).await?;
     env.host
-        .ensure_only_ipv4(&host_end, slot.host(), EgressSlot::LEN)
+        .ensure_only_address(&host_end, slot.host(), EgressSlot::LEN)
         .await?;
     let up = LinkSettings::up();
     env.host.ensure_link(&host_end, &up).await?;
     live.inside
-        .ensure_only_ipv4(EGRESS_INSIDE, slot.inside(), EgressSlot::LEN)
+        .ensure_only_address(EGRESS_INSIDE, slot.inside(), EgressSlot::LEN)
         .await?;
     live.inside.ensure_link(EGRESS_INSIDE, &up).await?;
     let default = Route {

@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::names::{NameError, NetId, WorkloadName};
-use super::prefix::{Ipv4Prefix, PrefixError};
-use crate::wg::key::KeyError;
+use super::names::{NetId, WorkloadName};
+use super::prefix::Ipv4Prefix;
+use crate::input::Owner;
+pub use crate::input::{InputError, body};
 use crate::wg::{PrivateKey, PublicKey};
 
 /// The length of a tenant's range.
@@ -94,87 +95,6 @@ pub struct AttachRequest {
     pub kind: AttachKind,
 }
 
-/// Why a request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum InputError {
-    #[error("bad request body: {0}")]
-    Body(#[source] serde_path_to_error::Error<serde_json::Error>),
-    #[error("{0}")]
-    Name(#[source] NameError),
-    #[error("ip_range: {0}")]
-    Range(#[source] PrefixError),
-    #[error("ip_range: {range} is a /{}, not a /{RANGE_LEN}", .range.prefix_len())]
-    RangeLength { range: Ipv4Prefix },
-    #[error("subnet: {0}")]
-    Subnet(#[source] PrefixError),
-    #[error("subnet: {subnet} is a /{}, not a /{SUBNET_LEN}", .subnet.prefix_len())]
-    SubnetLength { subnet: Ipv4Prefix },
-    #[error("subnet: {subnet} is not inside ip_range {range}")]
-    SubnetOutside {
-        subnet: Ipv4Prefix,
-        range: Ipv4Prefix,
-    },
-    #[error("private_key: {0}")]
-    PrivateKey(#[source] KeyError),
-    #[error("listen_port: 0 is not a port")]
-    PortZero,
-    #[error("peer {index}: public_key: {source}")]
-    PeerKey {
-        index: usize,
-        #[source]
-        source: KeyError,
-    },
-    #[error("peer {index}: public key {key} is this network's own key")]
-    OwnKey { index: usize, key: PublicKey },
-    #[error("peer {second}: public key {key} is also peer {first}")]
-    Duplicate {
-        key: PublicKey,
-        first: usize,
-        second: usize,
-    },
-    #[error("peer {index} ({key}): endpoint {endpoint:?} is not ip:port: {source}")]
-    Endpoint {
-        index: usize,
-        key: PublicKey,
-        endpoint: String,
-        #[source]
-        source: std::net::AddrParseError,
-    },
-    #[error("peer {index} ({key}): endpoint {endpoint:?} has port 0")]
-    EndpointPort {
-        index: usize,
-        key: PublicKey,
-        endpoint: String,
-    },
-    #[error("peer {index} ({key}): allowed_ips: {source}")]
-    AllowedIp {
-        index: usize,
-        key: PublicKey,
-        #[source]
-        source: PrefixError,
-    },
-    #[error("peer {index} ({key}): allowed_ips: {prefix} would take all traffic; egress is NAT's")]
-    AllowedDefault {
-        index: usize,
-        key: PublicKey,
-        prefix: Ipv4Prefix,
-    },
-    #[error("peer {index} ({key}): allowed_ips: {prefix} overlaps this node's subnet {subnet}")]
-    AllowedLocal {
-        index: usize,
-        key: PublicKey,
-        prefix: Ipv4Prefix,
-        subnet: Ipv4Prefix,
-    },
-    #[error("peer {second}: allowed_ips: {prefix} overlaps {other} of peer {first}")]
-    AllowedShared {
-        prefix: Ipv4Prefix,
-        second: usize,
-        other: Ipv4Prefix,
-        first: usize,
-    },
-}
-
 /// A network as this node realises it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkSpec {
@@ -231,12 +151,6 @@ pub struct Attach {
     pub kind: AttachKind,
 }
 
-/// Parses a JSON body, naming the path of a bad field.
-pub fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(InputError::Body)
-}
-
 /// Checks `POST /v1/networks` on its own.
 pub fn parse_network(req: &NetworkRequest) -> Result<NetworkSpec, InputError> {
     let netid: NetId = req.netid.parse().map_err(InputError::Name)?;
@@ -280,39 +194,13 @@ fn parse_peers(
     let mut routed: Vec<(Ipv4Prefix, usize)> = Vec::new();
     let mut peers = Vec::with_capacity(reqs.len());
     for (index, req) in reqs.iter().enumerate() {
-        let key: PublicKey = req
-            .public_key
-            .parse()
-            .map_err(|source| InputError::PeerKey { index, source })?;
-        if &key == own {
-            return Err(InputError::OwnKey { index, key });
-        }
-        if let Some(first) = keys.insert(key, index) {
-            return Err(InputError::Duplicate {
-                key,
-                first,
-                second: index,
-            });
-        }
-        let endpoint = match &req.endpoint {
-            None => None,
-            Some(text) => {
-                let endpoint: SocketAddr = text.parse().map_err(|source| InputError::Endpoint {
-                    index,
-                    key,
-                    endpoint: text.clone(),
-                    source,
-                })?;
-                if endpoint.port() == 0 {
-                    return Err(InputError::EndpointPort {
-                        index,
-                        key,
-                        endpoint: text.clone(),
-                    });
-                }
-                Some(endpoint)
-            }
-        };
+        let key = crate::input::parse_key(index, &req.public_key, own, Owner::Network, &keys)?;
+        keys.insert(key, index);
+        let endpoint = req
+            .endpoint
+            .as_deref()
+            .map(|text| crate::input::parse_endpoint(index, key, text))
+            .transpose()?;
         let mut allowed_ips = Vec::with_capacity(req.allowed_ips.len());
         for text in &req.allowed_ips {
             let prefix: Ipv4Prefix =

@@ -10,7 +10,6 @@
 //! networks cannot attach workloads of the same name on one node (their
 //! host-side interfaces would collide).
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -83,10 +82,6 @@ fn check(what: &'static str, text: &str) -> Result<(), NameError> {
 pub struct NetId(String);
 
 impl NetId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// `n-<netid>`: the network namespace.
     pub fn namespace(&self) -> String {
         format!("n-{}", self.0)
@@ -126,24 +121,7 @@ impl FromStr for NetId {
     }
 }
 
-impl TryFrom<String> for NetId {
-    type Error = NameError;
-    fn try_from(text: String) -> Result<Self, NameError> {
-        text.parse()
-    }
-}
-
-impl From<NetId> for String {
-    fn from(id: NetId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for NetId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(NetId);
 
 /// A workload's name, as given when it is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -151,10 +129,6 @@ impl fmt::Display for NetId {
 pub struct WorkloadName(String);
 
 impl WorkloadName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// `v-<name>`: the veth end left in the host namespace for the runtime.
     pub fn veth(&self) -> String {
         format!("v-{}", self.0)
@@ -189,24 +163,7 @@ impl FromStr for WorkloadName {
     }
 }
 
-impl TryFrom<String> for WorkloadName {
-    type Error = NameError;
-    fn try_from(text: String) -> Result<Self, NameError> {
-        text.parse()
-    }
-}
-
-impl From<WorkloadName> for String {
-    fn from(name: WorkloadName) -> String {
-        name.0
-    }
-}
-
-impl fmt::Display for WorkloadName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+grove_daemon::checked_name!(WorkloadName);
 
 /// Whether `ifname` in the host namespace belongs to a tenant network.
 pub fn is_tenant_link(ifname: &str) -> bool {
@@ -266,10 +223,7 @@ mod tests {
             ("a b", "has ' '"),
             ("é", "has 'é'"),
         ];
-        for (text, why) in cases {
-            let err = text.parse::<NetId>().expect_err(text).to_string();
-            assert!(err.contains(why), "{text:?}: {err}");
-        }
+        crate::testing::refused::<NetId>(cases);
         assert!("a-1".parse::<NetId>().is_ok());
         let err = "".parse::<WorkloadName>().expect_err("empty").to_string();
         assert_eq!(err, "workload name is empty");
@@ -289,10 +243,14 @@ mod tests {
 
     #[test]
     fn host_links_are_recognised() {
-        assert!(is_tenant_link("e-net1"));
-        assert!(is_tenant_link("v-web"));
-        assert!(is_tenant_link("w-net1"));
-        assert!(!is_tenant_link("eth0"));
-        assert!(!is_tenant_link("br-grove"));
+        for (ifname, tenant) in [
+            ("e-net1", true),
+            ("v-web", true),
+            ("w-net1", true),
+            ("eth0", false),
+            ("br-grove", false),
+        ] {
+            assert_eq!(is_tenant_link(ifname), tenant, "{ifname}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use grove_daemon::fsutil::{self, WriteError};
 use serde::{Deserialize, Serialize};
 
-use crate::state::Location;
+use crate::state::{self, FileError, Location};
 
 use super::input::{self, InputError, NetworkRequest};
 use super::names::NetId;
@@ -24,18 +24,8 @@ pub const DIR: &str = "networks";
 /// Why a state file could not be read, written or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not a tenant network state file: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path} holds a network the API would refuse: {source}")]
     Invalid {
         path: PathBuf,
@@ -44,12 +34,6 @@ pub enum StateError {
     },
     #[error("{path} holds network {netid}, not the one its name says")]
     Misnamed { path: PathBuf, netid: NetId },
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot encode the state of network {netid}: {source}")]
     Encode {
         netid: NetId,
@@ -129,10 +113,7 @@ impl StateDir {
 
     /// Replaces the file of `network`, mode 0600. Blocking.
     pub fn save(&self, network: &Network) -> Result<(), StateError> {
-        std::fs::create_dir_all(&self.write_to).map_err(|source| StateError::Dir {
-            path: self.write_to.clone(),
-            source,
-        })?;
+        state::ensure_dir(&self.write_to)?;
         let saved = Saved {
             network: network.spec.to_request(),
             egress_slot: network.slot,
@@ -162,14 +143,7 @@ impl StateDir {
 }
 
 fn load(path: &Path) -> Result<Network, StateError> {
-    let bytes = std::fs::read(path).map_err(|source| StateError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let saved: Saved = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
+    let saved: Saved = state::read_json(path, "tenant network")?;
     let spec = input::parse_network(&saved.network).map_err(|source| StateError::Invalid {
         path: path.to_owned(),
         source,

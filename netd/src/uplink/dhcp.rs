@@ -170,33 +170,12 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<Option<Lease>, DhcpError> {
     let tries = timeout.as_secs().clamp(1, 30).to_string();
-    let mut child = tokio::process::Command::new(udhcpc);
-    child
-        .args([
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            &tries,
-            "-T",
-            "1",
-            "-A",
-            "1",
-            "-i",
-            ifname.as_str(),
-            "-s",
-        ])
-        .arg(hook)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    crate::procs::die_with_parent(&mut child);
-    let mut child = child.spawn().map_err(|source| DhcpError::Spawn {
-        program: udhcpc.to_owned(),
-        ifname: ifname.clone(),
-        source,
-    })?;
+    let mut child = start_udhcpc(
+        udhcpc,
+        hook,
+        ifname,
+        &["-f", "-q", "-n", "-t", &tries, "-T", "1", "-A", "1"],
+    )?;
     let mut out = Vec::new();
     if let Some(mut stdout) = child.stdout.take() {
         let read = stdout.read_to_end(&mut out);
@@ -215,6 +194,30 @@ pub async fn probe(
         .into_iter()
         .find(|e| e.kind == "bound")
         .and_then(|e| e.lease))
+}
+
+/// Starts `udhcpc` with `args` on `ifname`, `hook` as its script: events
+/// on its stdout, killed when dropped and when netd dies.
+fn start_udhcpc(
+    udhcpc: &Path,
+    hook: &Path,
+    ifname: &InterfaceName,
+    args: &[&str],
+) -> Result<tokio::process::Child, DhcpError> {
+    let mut cmd = tokio::process::Command::new(udhcpc);
+    cmd.args(args)
+        .args(["-i", ifname.as_str(), "-s"])
+        .arg(hook)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    crate::procs::die_with_parent(&mut cmd);
+    cmd.spawn().map_err(|source| DhcpError::Spawn {
+        program: udhcpc.to_owned(),
+        ifname: ifname.clone(),
+        source,
+    })
 }
 
 /// Pids of udhcpc processes (`udhcpc`, by file name) in this network
@@ -241,33 +244,12 @@ impl Client {
         ifname: &InterfaceName,
         previous: Option<Ipv4Addr>,
     ) -> Result<Self, DhcpError> {
-        let mut cmd = tokio::process::Command::new(udhcpc);
-        cmd.args([
-            "-f",
-            "-t",
-            "4",
-            "-T",
-            "2",
-            "-A",
-            "3",
-            "-i",
-            ifname.as_str(),
-            "-s",
-        ])
-        .arg(hook);
-        if let Some(ip) = previous {
-            cmd.arg("-r").arg(ip.to_string());
+        let previous = previous.map(|ip| ip.to_string());
+        let mut args = vec!["-f", "-t", "4", "-T", "2", "-A", "3"];
+        if let Some(ip) = &previous {
+            args.extend(["-r", ip.as_str()]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        crate::procs::die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().map_err(|source| DhcpError::Spawn {
-            program: udhcpc.to_owned(),
-            ifname: ifname.clone(),
-            source,
-        })?;
+        let mut child = start_udhcpc(udhcpc, hook, ifname, &args)?;
         let (tx, events) = mpsc::channel(16);
         if let Some(mut stdout) = child.stdout.take() {
             tokio::spawn(async move {

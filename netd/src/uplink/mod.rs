@@ -573,7 +573,7 @@ impl Uplink {
             prefix: lease.prefix,
         };
         (self.links)
-            .ensure_only_ipv4(bridge.as_str(), address.addr, address.prefix)
+            .ensure_only_address(bridge.as_str(), address.addr, address.prefix)
             .await?;
         if let Some(gw) = lease.router {
             let default = Route {

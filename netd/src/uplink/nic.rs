@@ -147,9 +147,7 @@ mod tests {
     use super::*;
 
     fn write(root: &Path, rel: &str, text: &str) {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
+        grove_daemon::fsutil::write_tree(root, rel, text).expect("write a fixture");
     }
 
     fn grove_bridge(name: &str) -> bool {

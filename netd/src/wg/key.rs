@@ -52,6 +52,13 @@ impl PublicKey {
     }
 }
 
+/// The key in `bytes`, or the length they have instead of [`KEY_LEN`].
+fn key_bytes(bytes: &[u8]) -> Result<[u8; KEY_LEN], usize> {
+    bytes
+        .try_into()
+        .map_err(|_wrong_len: std::array::TryFromSliceError| bytes.len())
+}
+
 impl FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(text: &str) -> Result<Self, KeyError> {
@@ -59,30 +66,11 @@ impl FromStr for PublicKey {
             text: text.to_owned(),
             source,
         })?;
-        let key: [u8; KEY_LEN] =
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(
-                    |_wrong_len: std::array::TryFromSliceError| KeyError::PublicLength {
-                        text: text.to_owned(),
-                        len: bytes.len(),
-                    },
-                )?;
+        let key = key_bytes(&bytes).map_err(|len| KeyError::PublicLength {
+            text: text.to_owned(),
+            len,
+        })?;
         Ok(Self(key))
-    }
-}
-
-impl TryFrom<String> for PublicKey {
-    type Error = KeyError;
-    fn try_from(text: String) -> Result<Self, KeyError> {
-        text.parse()
-    }
-}
-
-impl From<PublicKey> for String {
-    fn from(key: PublicKey) -> String {
-        key.to_string()
     }
 }
 
@@ -91,6 +79,8 @@ impl fmt::Display for PublicKey {
         f.write_str(&base64::encode(self.0))
     }
 }
+
+grove_daemon::text_value!(PublicKey);
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,15 +96,7 @@ impl PrivateKey {
     /// Parses base64; errors never contain the text.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let bytes = base64::decode(text).map_err(KeyError::PrivateNotBase64)?;
-        let key: [u8; KEY_LEN] =
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(
-                    |_wrong_len: std::array::TryFromSliceError| KeyError::PrivateLength {
-                        len: bytes.len(),
-                    },
-                )?;
+        let key = key_bytes(&bytes).map_err(|len| KeyError::PrivateLength { len })?;
         Ok(Self(key))
     }
 

@@ -247,13 +247,19 @@ mod tests {
         assert!(sample_offsets(100).is_empty());
     }
 
-    #[test]
-    fn data_is_found_at_either_end_or_in_the_middle() {
+    /// A sparse file of `size` bytes, all zero, in a directory of its own.
+    fn sparse_image(size: u64) -> (tempfile::TempDir, std::path::PathBuf, std::fs::File) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("img");
-        let size = 64 * EDGE;
         let f = std::fs::File::create(&path).expect("create");
         f.set_len(size).expect("sparse");
+        (dir, path, f)
+    }
+
+    #[test]
+    fn data_is_found_at_either_end_or_in_the_middle() {
+        let size = 64 * EDGE;
+        let (_dir, path, f) = sparse_image(size);
         assert_eq!(find_data(&path, size).expect("read"), None);
         f.write_at(b"x", size - 10).expect("write tail");
         assert_eq!(find_data(&path, size).expect("read"), Some(size - 10));
@@ -268,11 +274,8 @@ mod tests {
 
     #[test]
     fn a_backup_gpt_header_alone_is_found() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("img");
         let size = 8 * EDGE;
-        let f = std::fs::File::create(&path).expect("create");
-        f.set_len(size).expect("sparse");
+        let (_dir, path, f) = sparse_image(size);
         assert_eq!(backup_gpt(&path, size).expect("read"), None);
         f.write_at(b"EFI PART", size - 512).expect("backup header");
         assert_eq!(backup_gpt(&path, size).expect("read"), Some(size - 512));

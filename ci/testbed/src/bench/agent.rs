@@ -60,7 +60,7 @@ pub fn run(_runs: usize) -> Result<(), BenchError> {
         return Err(BenchError::NotReady(Duration::from_secs(60)));
     }
     std::thread::sleep(Duration::from_secs(3));
-    let agent_rss = node.agent_pid().map(rss_kib).unwrap_or(0);
+    let agent_rss = node.agent_pid().map(crate::proc::rss_kib).unwrap_or(0);
 
     let url = format!("{api}/v1/status");
     let script = farm.dir().join("poll.lua");
@@ -138,17 +138,6 @@ fn parse_wrk(text: &str) -> Wrk {
         }
     }
     w
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

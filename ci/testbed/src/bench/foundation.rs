@@ -68,9 +68,9 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
         }
         std::thread::sleep(Duration::from_secs(2));
         let agent = node.agent_pid().ok_or(BenchError::NotReady(took))?;
-        let mut rss_kib = vec![("agent".to_owned(), rss(agent))];
+        let mut rss_kib = vec![("agent".to_owned(), crate::proc::rss_kib(agent))];
         for child in crate::proc::descendants(agent) {
-            rss_kib.push((comm(child.pid), rss(child.pid)));
+            rss_kib.push((comm(child.pid), crate::proc::rss_kib(child.pid)));
         }
         results.push(Run {
             ready: took,
@@ -135,17 +135,6 @@ fn report(results: &[Run], mut floor: Vec<Duration>) {
         "  ratio to the floor: {:.1}x",
         p50.as_secs_f64() / floor50.as_secs_f64().max(1e-9)
     );
-}
-
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn comm(pid: u32) -> String {

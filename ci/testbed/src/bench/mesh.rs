@@ -43,15 +43,7 @@ fn node_spec() -> NodeSpec {
 
 fn start(nodes: usize) -> Result<Farm, BenchError> {
     let farm = Farm::start(FarmSpec::with_nodes(vec![node_spec(); nodes]))?;
-    for node in farm.nodes() {
-        let up = crate::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
-            node.socket(Daemon::Netd)
-                .is_ok_and(|s| matches!(http::unix_get(&s, "/v1/mesh"), Ok((200, _))))
-        });
-        if !up {
-            return Err(BenchError::NotReady(Duration::from_secs(60)));
-        }
-    }
+    super::all_answer(&farm, Daemon::Netd, "/v1/mesh")?;
     Ok(farm)
 }
 

@@ -41,15 +41,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
 fn start(nodes: usize) -> Result<Farm, BenchError> {
     let spec = NodeSpec::default().config(Daemon::Netd, NETD_TOML);
     let farm = Farm::start(FarmSpec::with_nodes(vec![spec; nodes]))?;
-    for node in farm.nodes() {
-        let up = crate::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
-            node.socket(Daemon::Netd)
-                .is_ok_and(|s| matches!(http::unix_get(&s, "/v1/networks"), Ok((200, _))))
-        });
-        if !up {
-            return Err(BenchError::NotReady(Duration::from_secs(60)));
-        }
-    }
+    super::all_answer(&farm, Daemon::Netd, "/v1/networks")?;
     Ok(farm)
 }
 

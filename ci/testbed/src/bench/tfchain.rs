@@ -11,33 +11,20 @@
 //! and restores.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use agent::boot::{BootParams, ChainBackend, ChainParams};
-use agent::chain::{Chain, ChainConfig, ChainStatus, MeshConfig, Sources};
 use agent::identity::keys::Seed;
-use subxt::dynamic::Value;
-use subxt::{OnlineClient, SubstrateConfig};
 
 use super::foundation::BenchError;
 use super::stats::{ms, summary};
+use crate::chain::{self, Daemons, GIB, Proxy, StandIns};
 
 /// The target for reconnect.
 pub const RECONNECT_TARGET: Duration = Duration::from_secs(15);
-const TFT: u128 = 10_000_000;
-const GIB: u64 = 1 << 30;
 const CUT: Duration = Duration::from_secs(10);
 
 fn fail(what: impl std::fmt::Display) -> BenchError {
     BenchError::Spawn(std::io::Error::other(what.to_string()))
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// One run's measurements.
@@ -106,33 +93,35 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
 }
 
 async fn one_run(url: &str, flow: &Path, run: usize) -> Result<Sample, BenchError> {
-    // A throwaway key gives a client on the agent's own backend.
-    let client = agent::tfchain::client::Tfchain::connect(
-        url,
-        ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
-    )
-    .await
-    .map_err(fail)?
-    .client()
-    .clone();
-    time_travel(url, now()).await?;
-    let farm_id = alice_farm(&client, run).await?;
+    let client = chain::client(url).await.map_err(fail)?;
+    chain::time_travel(url, chain::now()).await.map_err(fail)?;
+    let name = format!("grove_bench_{}_{}_{run}", chain::now(), std::process::id());
+    let farm_id = chain::alice_farm(&client, &name).await.map_err(fail)?;
     eprintln!("  run {}: farm {farm_id}", run + 1);
     let seed = Seed::generate().map_err(fail)?;
-    fund(&client, &seed).await?;
+    chain::fund(&client, &seed).await.map_err(fail)?;
 
     let dir =
         std::env::temp_dir().join(format!("grove-bench-tfchain-{}-{run}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(BenchError::Spawn)?;
-    let sockets = StandIns::start(&dir)?;
-    let proxy = Proxy::to(url).await?;
+    let stand_ins = StandIns::start(&dir, 200 * GIB).map_err(fail)?;
+    let proxy = Proxy::to(url).await.map_err(fail)?;
     let started = Instant::now();
-    let (chain, task) = start(&proxy.url, farm_id, &seed, &dir, &sockets);
-    let registered = wait_for(&chain, Duration::from_secs(120), |s| s.node_id.is_some()).await?;
+    let node = chain::start(
+        &proxy.url,
+        farm_id,
+        &seed,
+        &dir,
+        Daemons::from(&stand_ins),
+        4,
+    );
+    wait(&node.chain, Duration::from_secs(120), "registered", |s| {
+        s.node_id.is_some()
+    })
+    .await?;
     let agent_registration = started.elapsed();
     eprintln!("  run {}: the agent registered", run + 1);
-    let _ = registered;
-    wait_for(&chain, Duration::from_secs(60), |s| {
+    wait(&node.chain, Duration::from_secs(60), "reporting", |s| {
         s.last_uptime_report.is_some() && s.queue_length == 0
     })
     .await?;
@@ -141,28 +130,42 @@ async fn one_run(url: &str, flow: &Path, run: usize) -> Result<Sample, BenchErro
     eprintln!("  run {}: flow.js done", run + 1);
 
     // Reconnect: cut, wait until reports queue, restore.
-    let before = chain.status().last_uptime_report.map_or(0, |r| r.seq);
+    let before = node.chain.status().last_uptime_report.map_or(0, |r| r.seq);
     proxy.cut();
-    wait_for(&chain, Duration::from_secs(60), |s| {
+    wait(&node.chain, Duration::from_secs(60), "the cut seen", |s| {
         !s.connected && s.queue_length >= 1
     })
     .await?;
     tokio::time::sleep(CUT).await;
     proxy.restore();
     let restored = Instant::now();
-    wait_for(&chain, Duration::from_secs(60), |s| {
-        s.last_uptime_report.is_some_and(|r| r.seq > before)
-    })
+    wait(
+        &node.chain,
+        Duration::from_secs(60),
+        "a report after the cut",
+        |s| s.last_uptime_report.is_some_and(|r| r.seq > before),
+    )
     .await?;
     let reconnect = restored.elapsed();
-    task.abort();
-    drop(sockets);
+    drop(node);
+    drop(stand_ins);
     let _removed = std::fs::remove_dir_all(&dir);
     Ok(Sample {
         agent_registration,
         flow_registration,
         reconnect,
     })
+}
+
+async fn wait(
+    chain: &agent::chain::Chain,
+    deadline: Duration,
+    what: &str,
+    ok: impl Fn(&agent::chain::ChainStatus) -> bool,
+) -> Result<agent::chain::ChainStatus, BenchError> {
+    chain::wait_for(chain, deadline, what, ok)
+        .await
+        .map_err(fail)
 }
 
 /// `node flow.js URL`: its connect time plus its node's three calls.
@@ -210,320 +213,6 @@ fn parse_flow(text: &str) -> Option<Duration> {
         total += after.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_millis(total))
-}
-
-fn start(
-    url: &str,
-    farm_id: u32,
-    seed: &Seed,
-    dir: &Path,
-    sockets: &StandIns,
-) -> (Arc<Chain>, tokio::task::JoinHandle<()>) {
-    let chain = Arc::new(Chain::default());
-    let params = BootParams {
-        farm_id: Some(farm_id),
-        chain: ChainParams {
-            backend: ChainBackend::Tfchain,
-            url: Some(url.to_owned()),
-            run_mode: None,
-        },
-        ..BootParams::default()
-    };
-    let config = ChainConfig {
-        uptime_interval_secs: 4,
-        queue_dir: dir.join("reports"),
-        ..ChainConfig::default()
-    };
-    let sources = Sources {
-        identity: Arc::new(agent::identity::Identity::with_seed(seed)),
-        storaged: storaged::client::StoragedClient::new(sockets.storaged.clone()),
-        netd: netd::client::NetdClient::new(sockets.netd.clone()),
-        proc_root: "/proc".into(),
-        mesh: MeshConfig {
-            enabled: false,
-            ..MeshConfig::default()
-        },
-    };
-    let task = tokio::spawn(chain.clone().run(
-        params,
-        config,
-        sources,
-        grove_daemon::shutdown::Shutdown::new(),
-    ));
-    (chain, task)
-}
-
-async fn wait_for(
-    chain: &Chain,
-    deadline: Duration,
-    ok: impl Fn(&ChainStatus) -> bool,
-) -> Result<ChainStatus, BenchError> {
-    let start = Instant::now();
-    loop {
-        let s = chain.status();
-        if ok(&s) {
-            return Ok(s);
-        }
-        if start.elapsed() > deadline {
-            return Err(fail(format!(
-                "the chain task did not get there in {deadline:?}: {s:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// storaged's capacity and netd's interfaces on local sockets.
-struct StandIns {
-    storaged: PathBuf,
-    netd: PathBuf,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for StandIns {
-    fn drop(&mut self) {
-        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
-    }
-}
-
-impl StandIns {
-    fn start(dir: &Path) -> Result<StandIns, BenchError> {
-        let storaged = dir.join("storaged.sock");
-        let netd = dir.join("netd.sock");
-        let ssd = 200 * GIB;
-        let capacity = axum::Router::new()
-            .route(
-                "/ready",
-                axum::routing::get(|| async { axum::Json(serde_json::json!({"ready": true})) }),
-            )
-            .route(
-            "/v1/capacity",
-            axum::routing::get(move || async move {
-                axum::Json(serde_json::json!({
-                    "ssd": {"total_bytes": ssd, "reserved_bytes": 0, "used_bytes": 0, "free_bytes": ssd},
-                    "hdd": {"total_bytes": 0, "reserved_bytes": 0, "used_bytes": 0, "free_bytes": 0},
-                    "cache": {"mount_point": "/var/cache/grove", "pool": "grove-a", "kind": "ssd", "degraded": null},
-                    "broken_pools": []
-                }))
-            }),
-        );
-        let interfaces = axum::Router::new().route(
-            "/v1/interfaces",
-            axum::routing::get(|| async { axum::Json(serde_json::json!([])) }),
-        );
-        let mut tasks = Vec::new();
-        for (path, app) in [(&storaged, capacity), (&netd, interfaces)] {
-            let listener = tokio::net::UnixListener::bind(path).map_err(BenchError::Spawn)?;
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            }));
-        }
-        Ok(StandIns {
-            storaged,
-            netd,
-            tasks,
-        })
-    }
-}
-
-/// A TCP proxy to the chain that can be cut (every connection dropped, new
-/// ones refused) and restored.
-struct Proxy {
-    url: String,
-    cut: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Proxy {
-    async fn to(upstream: &str) -> Result<Proxy, BenchError> {
-        let target = upstream
-            .strip_prefix("ws://")
-            .ok_or_else(|| fail("TFCHAIN_WS must be a ws:// URL"))?
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(BenchError::Spawn)?;
-        let url = format!("ws://{}", listener.local_addr().map_err(BenchError::Spawn)?);
-        let cut = Arc::new(AtomicBool::new(false));
-        let generation = Arc::new(AtomicU64::new(0));
-        let (c, g) = (cut.clone(), generation.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if c.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let (c, g, target) = (c.clone(), g.clone(), target.clone());
-                tokio::spawn(async move {
-                    let born = g.load(Ordering::SeqCst);
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let pipe = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    let cut_off = async {
-                        while !c.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    };
-                    tokio::select! {
-                        _ = pipe => {}
-                        () = cut_off => {}
-                    }
-                });
-            }
-        });
-        Ok(Proxy {
-            url,
-            cut,
-            generation,
-            task,
-        })
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-async fn time_travel(url: &str, secs: u64) -> Result<(), BenchError> {
-    let rpc = subxt::rpcs::RpcClient::from_insecure_url(url)
-        .await
-        .map_err(fail)?;
-    let _: serde_json::Value = rpc
-        .request("dev_timeTravel", subxt::rpcs::rpc_params![secs * 1000])
-        .await
-        .map_err(fail)?;
-    Ok(())
-}
-
-async fn alice_submit(
-    client: &OnlineClient<SubstrateConfig>,
-    pallet: &str,
-    call: &str,
-    fields: Vec<(&str, Value)>,
-) -> Result<(), BenchError> {
-    let alice = subxt_signer::sr25519::dev::alice();
-    let payload = subxt::dynamic::tx(
-        pallet,
-        call,
-        subxt::ext::scale_value::Composite::named(
-            fields.into_iter().map(|(k, v)| (k.to_owned(), v)),
-        ),
-    );
-    let at = client.at_current_block().await.map_err(fail)?;
-    at.tx()
-        .sign_and_submit_then_watch_default(&payload, &alice)
-        .await
-        .map_err(|e| fail(format!("{pallet}.{call}: {e}")))?
-        .wait_for_finalized_success()
-        .await
-        .map_err(|e| fail(format!("{pallet}.{call}: {e}")))?;
-    Ok(())
-}
-
-async fn fetch(
-    client: &OnlineClient<SubstrateConfig>,
-    item: &str,
-    key: Value,
-) -> Result<Option<u32>, BenchError> {
-    let at = client.at_current_block().await.map_err(fail)?;
-    let address = subxt::dynamic::storage::<Vec<Value>, Value>("TfgridModule", item);
-    let value = at
-        .storage()
-        .try_fetch(address, vec![key])
-        .await
-        .map_err(fail)?;
-    Ok(value
-        .map(|v| v.decode_as::<u32>())
-        .transpose()
-        .map_err(fail)?
-        .filter(|id| *id != 0))
-}
-
-/// A new farm of the dev account Alice.
-async fn alice_farm(client: &OnlineClient<SubstrateConfig>, run: usize) -> Result<u32, BenchError> {
-    let alice = subxt_signer::sr25519::dev::alice()
-        .public_key()
-        .to_account_id();
-    if fetch(client, "TwinIdByAccountID", Value::from_bytes(alice.0))
-        .await?
-        .is_none()
-    {
-        alice_submit(
-            client,
-            "TfgridModule",
-            "user_accept_tc",
-            vec![
-                (
-                    "document_link",
-                    Value::from_bytes(agent::tfchain::client::TC_LINK),
-                ),
-                (
-                    "document_hash",
-                    Value::from_bytes(agent::tfchain::client::TC_HASH),
-                ),
-            ],
-        )
-        .await?;
-        alice_submit(
-            client,
-            "TfgridModule",
-            "create_twin",
-            vec![
-                ("relay", Value::unnamed_variant("None", [])),
-                ("pk", Value::unnamed_variant("None", [])),
-            ],
-        )
-        .await?;
-    }
-    let name = format!("grove_bench_{}_{}_{run}", now(), std::process::id());
-    alice_submit(
-        client,
-        "TfgridModule",
-        "create_farm",
-        vec![
-            ("name", Value::from_bytes(&name)),
-            ("public_ips", Value::unnamed_composite([])),
-        ],
-    )
-    .await?;
-    fetch(client, "FarmIdByName", Value::from_bytes(&name))
-        .await?
-        .ok_or_else(|| fail("the farm was not created"))
-}
-
-async fn fund(client: &OnlineClient<SubstrateConfig>, seed: &Seed) -> Result<(), BenchError> {
-    alice_submit(
-        client,
-        "Balances",
-        "transfer_keep_alive",
-        vec![
-            (
-                "dest",
-                Value::unnamed_variant(
-                    "Id",
-                    [Value::from_bytes(seed.keys().verifying().to_bytes())],
-                ),
-            ),
-            ("value", Value::u128(10 * TFT)),
-        ],
-    )
-    .await
 }
 
 #[cfg(test)]

@@ -134,6 +134,47 @@ impl Node {
         })
     }
 
+    /// Waits up to `within` until netd's view at `path` (the mesh, a
+    /// tenant network) names a userspace WireGuard process other than
+    /// `old`, the one that was killed; true if it does and netd is still
+    /// the process `netd`: the device was rebuilt without a netd restart.
+    pub fn device_rebuilt(&self, path: &str, old: i32, netd: u32, within: Duration) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Device {
+            pid: Option<i32>,
+        }
+        let rebuilt = wait_until(within, Duration::from_millis(50), || {
+            matches!(self.request(Daemon::Netd, "GET", path, None),
+                Ok((200, body)) if serde_json::from_str::<Device>(&body)
+                    .is_ok_and(|d| d.pid.is_some() && d.pid != Some(old)))
+        });
+        rebuilt && self.daemon_pid(Daemon::Netd) == Some(netd)
+    }
+
+    /// Waits up to 30 s for the agent to restart netd (a pid other than
+    /// `old`), then up to 30 s more until netd's view at `path` satisfies
+    /// `ok`; the view, or what was seen instead.
+    pub fn wait_netd_restored<T: DeserializeOwned + std::fmt::Debug>(
+        &self,
+        old: u32,
+        path: &str,
+        ok: impl Fn(&T) -> bool,
+    ) -> Result<T, String> {
+        const WITHIN: Duration = Duration::from_secs(30);
+        if self.wait_restarted(Daemon::Netd, old, WITHIN).is_none() {
+            return Err("netd did not come back".to_owned());
+        }
+        let mut last = None;
+        let back = wait_until(WITHIN, Duration::from_millis(50), || {
+            last = self.get::<T>(Daemon::Netd, path).ok();
+            last.as_ref().is_some_and(&ok)
+        });
+        match last {
+            Some(view) if back => Ok(view),
+            _ => Err(format!("netd did not come back with {path}: {last:?}")),
+        }
+    }
+
     /// What the agent says about `daemon`.
     pub fn service(&self, daemon: Daemon) -> Result<ServiceStatus, NodeError> {
         self.get(Daemon::Agent, &format!("/v1/services/{}", daemon.name()))

@@ -148,6 +148,17 @@ impl Node {
         self.running_pid().map(drop)
     }
 
+    /// Boots the node in farm 1 on the embedded registry at `url`: the
+    /// kernel command line says so, the agent starts, and its operator API
+    /// answers within 30 s.
+    pub fn boot_on_registry(&self, url: &str) -> Result<(), NodeError> {
+        self.set_cmdline(&format!(
+            "grove.farm=1 grove.chain=embedded grove.chain.url={url}"
+        ))?;
+        self.start_agent()?;
+        self.wait_api(Duration::from_secs(30))
+    }
+
     /// Starts the agent: a boot with fresh `/run`, `/var/cache` and `/mnt`.
     pub fn start_agent(&self) -> Result<(), NodeError> {
         let mut state = self.state();
@@ -219,14 +230,7 @@ impl Node {
         if let Some(id) = state.id {
             proc::signal(id, Signal::SIGKILL).map_err(|source| self.kill_error(source))?;
         }
-        if let Some(mut child) = state.child.take() {
-            let status = child.wait().map_err(|source| NodeError::Reap {
-                node: self.name.clone(),
-                source,
-            })?;
-            state.exit = Some(status);
-        }
-        state.id = None;
+        self.reap(&mut state)?;
         Ok(())
     }
 
@@ -244,6 +248,20 @@ impl Node {
             })
             .map(|p| p.pid)
             .collect()
+    }
+
+    /// Waits for the agent process, if this node started one, and forgets
+    /// it.
+    fn reap(&self, state: &mut AgentState) -> Result<(), NodeError> {
+        if let Some(mut child) = state.child.take() {
+            let status = child.wait().map_err(|source| NodeError::Reap {
+                node: self.name.clone(),
+                source,
+            })?;
+            state.exit = Some(status);
+        }
+        state.id = None;
+        Ok(())
     }
 
     /// Kills the agent, `tree` and everything in the node's namespaces, then
@@ -266,14 +284,7 @@ impl Node {
             all.extend(tree.iter().copied());
             all
         });
-        if let Some(mut child) = state.child.take() {
-            let status = child.wait().map_err(|source| NodeError::Reap {
-                node: self.name.clone(),
-                source,
-            })?;
-            state.exit = Some(status);
-        }
-        state.id = None;
+        self.reap(state)?;
         state.mnt = None;
         killed.map_err(|source| self.kill_error(source))
     }
