@@ -23,6 +23,10 @@ const RESULTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("resul
 /// (contract id, sequence) → [`Change`] as JSON.
 const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("history");
 
+/// contract id → the engine's record of the deployment (its status, what it
+/// holds, the job in progress) as JSON; see [`crate::engine::EngineRecord`].
+const ENGINE: TableDefinition<u64, &[u8]> = TableDefinition::new("engine");
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -186,6 +190,7 @@ impl Store {
             txn.open_table(DEPLOYMENTS).map_err(|e| opened(e.into()))?;
             txn.open_table(RESULTS).map_err(|e| opened(e.into()))?;
             txn.open_table(HISTORY).map_err(|e| opened(e.into()))?;
+            txn.open_table(ENGINE).map_err(|e| opened(e.into()))?;
         }
         txn.commit().map_err(|e| opened(e.into()))?;
         Ok(Self { db })
@@ -236,6 +241,23 @@ impl Store {
                 break;
             }
             out.insert(name.to_owned(), decode("result", contract, bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The engine's records, by contract id, as the engine wrote them.
+    pub fn engine_records<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<BTreeMap<u64, T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("begin a read"))?;
+        let table = txn.open_table(ENGINE).map_err(db("open engine"))?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter().map_err(db("list engine records"))? {
+            let (key, bytes) = entry.map_err(db("list engine records"))?;
+            out.insert(
+                key.value(),
+                decode("engine record", key.value(), bytes.value())?,
+            );
         }
         Ok(out)
     }
@@ -336,6 +358,16 @@ impl Batch {
         Ok(())
     }
 
+    /// Records (or replaces) the engine's record of `contract`.
+    pub fn put_engine<T: Serialize>(&mut self, contract: u64, record: &T) -> Result<(), StoreError> {
+        let bytes = encode("engine record", record)?;
+        let mut table = self.txn.open_table(ENGINE).map_err(db("open engine"))?;
+        table
+            .insert(contract, bytes.as_slice())
+            .map_err(db("write an engine record"))?;
+        Ok(())
+    }
+
     /// Forgets a deployment wholly: the record, its results, its history.
     pub fn remove_deployment(&mut self, contract: u64) -> Result<(), StoreError> {
         {
@@ -344,6 +376,10 @@ impl Batch {
                 .open_table(DEPLOYMENTS)
                 .map_err(db("open deployments"))?;
             table.remove(contract).map_err(db("remove a deployment"))?;
+        }
+        {
+            let mut table = self.txn.open_table(ENGINE).map_err(db("open engine"))?;
+            table.remove(contract).map_err(db("remove an engine record"))?;
         }
         {
             let mut table = self.txn.open_table(RESULTS).map_err(db("open results"))?;
