@@ -195,7 +195,24 @@ impl Engine {
             if !self.current(contract, generation) {
                 return Outcome::Aborted;
             }
-            match f().await {
+            let Some(wake) = self.state().entries.get(&contract).map(|e| e.wake.clone()) else {
+                return Outcome::Aborted;
+            };
+            let call = f();
+            tokio::pin!(call);
+            // A job that changes (a removal) stops a call that hangs.
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut call => break answer,
+                    () = wake.notified() => {
+                        if !self.current(contract, generation) {
+                            wake.notify_one();
+                            return Outcome::Aborted;
+                        }
+                    }
+                }
+            };
+            match answer {
                 Ok(v) => return Outcome::Done(v),
                 Err(DriverError::Refused(message)) => return Outcome::Failed(message),
                 Err(DriverError::Unavailable(message)) => {
@@ -367,6 +384,11 @@ async fn apply(
     };
     match failed {
         None => {
+            // The removed workloads were held while the update ran.
+            let mut allocation = allocation.clone();
+            allocation
+                .disks
+                .retain(|p| target.workload(&p.disk.workload).is_some());
             record.state = DeploymentState::Ok;
             record.allocation = allocation.clone();
             record.failure = None;
