@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use grove_daemon::client::{ClientError, SocketClient};
 use grove_daemon::server::{Info, ReadyReport};
 
-use crate::api::{
-    CapacityView, ChangeView, ContractUsage, DeploymentView, NodeFacts, Submission,
-};
+use crate::api::{CapacityView, ChangeView, ContractUsage, DeploymentView, NodeFacts, Submission};
 
 /// A client for `provisiond`.
 #[derive(Clone, Debug)]

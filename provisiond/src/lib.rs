@@ -192,7 +192,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
     readiness.set_ready();
     let api = server::routes(engine.clone());
     let served =
-        grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown).await;
+        grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown)
+            .await;
     engine.shutdown().await;
     served?;
     Ok(())

@@ -16,9 +16,7 @@ use grove_daemon::server::ApiError;
 use serde::Deserialize;
 
 use crate::admission::AdmissionError;
-use crate::api::{
-    CapacityView, ChangeView, ContractUsage, DeploymentView, NodeFacts, Submission,
-};
+use crate::api::{CapacityView, ChangeView, ContractUsage, DeploymentView, NodeFacts, Submission};
 use crate::engine::{Engine, EngineError};
 
 /// The largest request body: a deployment with its facts.
@@ -90,7 +88,10 @@ async fn deploy(
     body: Bytes,
 ) -> Result<(StatusCode, Json<DeploymentView>), Response> {
     let s = submission(&body).map_err(IntoResponse::into_response)?;
-    let view = engine.deploy(&s).await.map_err(IntoResponse::into_response)?;
+    let view = engine
+        .deploy(&s)
+        .await
+        .map_err(IntoResponse::into_response)?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
@@ -112,7 +113,10 @@ struct ListQuery {
     twin: Option<u32>,
 }
 
-async fn list(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> Json<Vec<DeploymentView>> {
+async fn list(
+    State(engine): State<Engine>,
+    Query(q): Query<ListQuery>,
+) -> Json<Vec<DeploymentView>> {
     Json(engine.deployments(q.twin))
 }
 

@@ -32,7 +32,10 @@ async fn a_deployment_is_made_in_order_and_removed_in_reverse() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    let view = engine.deploy(&submission(&three(1, 3000))).await.expect("admitted");
+    let view = engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
     assert_eq!(view.state, DeploymentState::Deploying);
     let view = settle(&engine, 1).await;
     assert_eq!(view.state, DeploymentState::Ok, "{view:?}");
@@ -56,7 +59,11 @@ async fn a_deployment_is_made_in_order_and_removed_in_reverse() {
     assert_eq!(view.state, DeploymentState::Deleted);
     assert!(fake.names().is_empty(), "{:?}", fake.names());
     let calls = fake.lock().calls.clone();
-    assert_eq!(calls[3], format!("remove network {net}"), "the network goes first");
+    assert_eq!(
+        calls[3],
+        format!("remove network {net}"),
+        "the network goes first"
+    );
     assert_eq!(engine.capacity().used.sru, 0, "capacity released");
     assert!(engine.usage().is_empty());
 }
@@ -66,11 +73,15 @@ async fn a_failing_workload_rolls_back_its_version_with_the_daemons_words() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     let net = netid(TWIN, "net");
-    fake.lock()
-        .fail
-        .insert(net.clone(), "listen_port 3000 is in use on this node".into());
+    fake.lock().fail.insert(
+        net.clone(),
+        "listen_port 3000 is in use on this node".into(),
+    );
     let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine.deploy(&submission(&three(1, 3000))).await.expect("admitted");
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
     let view = settle(&engine, 1).await;
     assert_eq!(view.state, DeploymentState::Error);
     let failure = view.failure.clone().expect("a failure");
@@ -91,12 +102,16 @@ async fn a_failed_update_leaves_the_previous_version_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine.deploy(&submission(&three(1, 3000))).await.expect("admitted");
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
     assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
     let before = fake.lock().held.clone();
-    fake.lock()
-        .fail
-        .insert(disk_name(1, "more"), "pool ssd1 has 1 GiB free, asked 2 GiB".into());
+    fake.lock().fail.insert(
+        disk_name(1, "more"),
+        "pool ssd1 has 1 GiB free, asked 2 GiB".into(),
+    );
     let update = signed(
         TWIN,
         1,
@@ -108,7 +123,10 @@ async fn a_failed_update_leaves_the_previous_version_unchanged() {
             volume(1, "more", 2 * GIB),
         ],
     );
-    let view = engine.update(1, &submission(&update)).await.expect("admitted");
+    let view = engine
+        .update(1, &submission(&update))
+        .await
+        .expect("admitted");
     assert_eq!(view.state, DeploymentState::Updating);
     let view = settle(&engine, 1).await;
     assert_eq!(view.state, DeploymentState::Unchanged, "{view:?}");
@@ -140,7 +158,10 @@ async fn an_update_adds_changes_and_removes_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine.deploy(&submission(&three(1, 3000))).await.expect("admitted");
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
     settle(&engine, 1).await;
     let update = signed(
         TWIN,
@@ -152,7 +173,10 @@ async fn an_update_adds_changes_and_removes_by_name() {
             volume(1, "more", GIB),
         ],
     );
-    engine.update(1, &submission(&update)).await.expect("admitted");
+    engine
+        .update(1, &submission(&update))
+        .await
+        .expect("admitted");
     let view = settle(&engine, 1).await;
     assert_eq!(view.state, DeploymentState::Ok);
     assert_eq!(view.version, 1);
@@ -165,8 +189,11 @@ async fn an_update_adds_changes_and_removes_by_name() {
     assert!(!held.contains_key(&(WorkloadType::Volume, disk_name(1, "data"))));
     assert_eq!(engine.capacity().used.sru, 4 * GIB);
     let changes = engine.changes(1).await.expect("history");
-    assert!(changes.iter().any(|c| c.workload == "data"
-        && c.state == provisiond::store::WorkloadState::Deleted));
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.workload == "data" && c.state == provisiond::store::WorkloadState::Deleted)
+    );
 }
 
 #[tokio::test]
@@ -183,7 +210,11 @@ async fn bad_input_is_refused_naming_the_rule_and_changes_nothing() {
     let cases: Vec<(&str, provisiond::api::Submission, &str)> = vec![
         ("bad signature", forged, "signature"),
         ("another node", other_node, "not this node"),
-        ("too big", submission(&big), "asks 11 GiB of SRU, 10 GiB is free"),
+        (
+            "too big",
+            submission(&big),
+            "asks 11 GiB of SRU, 10 GiB is free",
+        ),
     ];
     for (what, s, want) in cases {
         let error = engine.deploy(&s).await.expect_err(what);
@@ -191,7 +222,9 @@ async fn bad_input_is_refused_naming_the_rule_and_changes_nothing() {
     }
     assert!(matches!(
         engine.deploy(&submission(&big)).await,
-        Err(EngineError::Admission(provisiond::admission::AdmissionError::Capacity(_)))
+        Err(EngineError::Admission(
+            provisiond::admission::AdmissionError::Capacity(_)
+        ))
     ));
     assert!(engine.deployments(None).is_empty());
     assert!(fake.lock().calls.is_empty());
@@ -199,7 +232,10 @@ async fn bad_input_is_refused_naming_the_rule_and_changes_nothing() {
     engine.deploy(&submission(&wire)).await.expect("admitted");
     let again = signed(TWIN, 3, 0, vec![network(0, "net", 3001)]);
     let error = engine.deploy(&submission(&again)).await.expect_err("taken");
-    assert!(error.to_string().contains("already deployed by contract 1"), "{error}");
+    assert!(
+        error.to_string().contains("already deployed by contract 1"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -208,8 +244,16 @@ async fn a_hanging_deployment_does_not_delay_another() {
     let fake = FakeNode::default();
     fake.lock().hang.insert(netid(TWIN, "net"));
     let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine.deploy(&submission(&three(1, 3000))).await.expect("admitted");
-    let other = signed(8, 2, 0, vec![network(0, "net", 3001), zmount(0, "disk", GIB)]);
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+    let other = signed(
+        8,
+        2,
+        0,
+        vec![network(0, "net", 3001), zmount(0, "disk", GIB)],
+    );
     let started = Instant::now();
     engine.deploy(&submission(&other)).await.expect("admitted");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -218,18 +262,30 @@ async fn a_hanging_deployment_does_not_delay_another() {
         if view.state == DeploymentState::Ok {
             break;
         }
-        assert!(Instant::now() < deadline, "blocked behind the hanging one: {view:?}");
+        assert!(
+            Instant::now() < deadline,
+            "blocked behind the hanging one: {view:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    assert_eq!(engine.deployment(1).expect("exists").state, DeploymentState::Deploying);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        engine.deployment(1).expect("exists").state,
+        DeploymentState::Deploying
+    );
     // Cancelling the hanging one still removes it.
     fake.lock().hang.clear();
     engine.remove(1).await.expect("removal admitted");
     assert_eq!(settle(&engine, 1).await.state, DeploymentState::Deleted);
     assert_eq!(
         fake.names(),
-        [disk_name(2, "disk"), netid(8, "net")].into_iter().collect()
+        [disk_name(2, "disk"), netid(8, "net")]
+            .into_iter()
+            .collect()
     );
 }
 
@@ -239,7 +295,10 @@ async fn an_unavailable_daemon_is_waited_for_not_failed() {
     let fake = FakeNode::default();
     fake.lock().unavailable.insert(disk_name(1, "disk"), 3);
     let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine.deploy(&submission(&three(1, 3000))).await.expect("admitted");
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
     assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
 }
 
@@ -254,7 +313,11 @@ async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() 
             u32::try_from(c).expect("small") + 100,
             c,
             0,
-            vec![network(0, "net", 3000 + u16::try_from(c).expect("small")), zmount(0, "disk", GIB), volume(0, "data", GIB)],
+            vec![
+                network(0, "net", 3000 + u16::try_from(c).expect("small")),
+                zmount(0, "disk", GIB),
+                volume(0, "data", GIB),
+            ],
         );
         engine.deploy(&submission(&wire)).await.expect("admitted");
     }
@@ -267,8 +330,13 @@ async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() 
     // workload it does not want; and something that is not provisiond's.
     {
         let mut o = fake.lock();
-        for name in [disk_name(500, "disk"), disk_name(1, "gone"), "tenant-x".to_owned()] {
-            o.held.insert((WorkloadType::Zmount, name), serde_json::Value::Null);
+        for name in [
+            disk_name(500, "disk"),
+            disk_name(1, "gone"),
+            "tenant-x".to_owned(),
+        ] {
+            o.held
+                .insert((WorkloadType::Zmount, name), serde_json::Value::Null);
         }
     }
     let started = Instant::now();
@@ -284,7 +352,12 @@ async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() 
     assert!(names.contains("tenant-x"), "not provisiond's: left alone");
     assert_eq!(names.len(), 301);
     assert_eq!(engine.deployments(None).len(), 100);
-    assert!(engine.deployments(None).iter().all(|d| d.state == DeploymentState::Ok));
+    assert!(
+        engine
+            .deployments(None)
+            .iter()
+            .all(|d| d.state == DeploymentState::Ok)
+    );
     assert_eq!(engine.capacity().used.sru, 200 * GIB);
 }
 

@@ -102,7 +102,10 @@ impl Drivers {
     }
 
     /// The real drivers: storaged's and netd's clients.
-    pub fn node(storaged: storaged::client::StoragedClient, netd: netd::client::NetdClient) -> Self {
+    pub fn node(
+        storaged: storaged::client::StoragedClient,
+        netd: netd::client::NetdClient,
+    ) -> Self {
         Self::new(vec![
             Arc::new(storage::ZmountDriver::new(storaged.clone())),
             Arc::new(storage::VolumeDriver::new(storaged)),
@@ -171,7 +174,9 @@ mod tests {
     fn names_are_recognised_and_nothing_else() {
         assert_eq!(disk_name(42, "data_1"), "c42-data_1");
         assert!(is_disk_name("c42-data_1"));
-        for other in ["c-x", "c042-x", "d42-x", "c42", "c4x-y", "c42-a-b", "cache", ""] {
+        for other in [
+            "c-x", "c042-x", "d42-x", "c42", "c4x-y", "c42-a-b", "cache", "",
+        ] {
             assert!(!is_disk_name(other), "{other}");
         }
         let id = netid(7, "net");

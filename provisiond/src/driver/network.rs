@@ -135,7 +135,9 @@ impl Driver for NetworkDriver {
         Box::pin(async move {
             match self.netd.delete_network(object).await {
                 Ok(_) => Ok(()),
-                Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(()),
+                Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                    Ok(())
+                }
                 Err(e) => Err(e.into()),
             }
         })

@@ -46,7 +46,9 @@ pub enum EngineError {
     Submission { field: String, problem: String },
     #[error("the node's id is not known yet")]
     NoNodeId,
-    #[error("contract {contract} already has a deployment: update it with PUT /v1/deployments/{contract}")]
+    #[error(
+        "contract {contract} already has a deployment: update it with PUT /v1/deployments/{contract}"
+    )]
     Exists { contract: u64 },
     #[error("no deployment of contract {contract}")]
     NotFound { contract: u64 },
@@ -164,7 +166,9 @@ fn result(state: WorkloadState, message: impl Into<String>) -> WorkloadResult {
 }
 
 /// The registry's facts as admission reads them.
-fn facts(submission: &Submission) -> Result<(Option<Contract>, BTreeMap<u32, [u8; 32]>), EngineError> {
+fn facts(
+    submission: &Submission,
+) -> Result<(Option<Contract>, BTreeMap<u32, [u8; 32]>), EngineError> {
     let contract = match &submission.contract {
         None => None,
         Some(c) => {
@@ -237,7 +241,10 @@ impl Engine {
                 results,
             } = loaded;
             let Some(engine) = engine else {
-                tracing::error!(contract, "a stored deployment has no engine record; it is left alone");
+                tracing::error!(
+                    contract,
+                    "a stored deployment has no engine record; it is left alone"
+                );
                 state.unreadable.insert(contract);
                 continue;
             };
@@ -307,14 +314,15 @@ impl Engine {
             .filter(|(_, e)| e.engine.state != DeploymentState::Deleted)
             .map(|(c, _)| *c)
             .collect();
-        tracing::info!(deployments = live.len(), "deployments restored from the store");
+        tracing::info!(
+            deployments = live.len(),
+            "deployments restored from the store"
+        );
         for contract in live {
             engine.spawn_task(contract);
         }
         let sweeper = engine.clone();
-        engine
-            .tasks()
-            .spawn(async move { sweeper.sweep().await });
+        engine.tasks().spawn(async move { sweeper.sweep().await });
         Ok(engine)
     }
 
@@ -348,6 +356,10 @@ impl Engine {
     pub async fn shutdown(&self) {
         let mut tasks = std::mem::take(&mut *self.tasks());
         tasks.shutdown().await;
+        // A store write already on a blocking thread runs to its end.
+        while Arc::strong_count(&self.shared.store) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Sets the node's id (the agent knows it once the node is registered).
@@ -742,8 +754,12 @@ impl Engine {
                     continue;
                 }
                 match driver.remove(&object).await {
-                    Ok(()) => tracing::info!(kind = %driver.kind(), %object, "removed an object no deployment wants"),
-                    Err(error) => tracing::warn!(kind = %driver.kind(), %object, %error, "cannot remove an object no deployment wants"),
+                    Ok(()) => {
+                        tracing::info!(kind = %driver.kind(), %object, "removed an object no deployment wants")
+                    }
+                    Err(error) => {
+                        tracing::warn!(kind = %driver.kind(), %object, %error, "cannot remove an object no deployment wants")
+                    }
                 }
             }
         }

@@ -55,10 +55,15 @@ pub(super) fn deployment(entry: &Entry) -> DeploymentView {
             w["result"] = result;
         }
     }
-    let failure: Option<Failure> = entry.engine.failure.clone().or_else(|| match &entry.engine.job {
-        Some(Job::RollBack { failure, .. }) => Some(failure.clone()),
-        _ => None,
-    });
+    let failure: Option<Failure> =
+        entry
+            .engine
+            .failure
+            .clone()
+            .or_else(|| match &entry.engine.job {
+                Some(Job::RollBack { failure, .. }) => Some(failure.clone()),
+                _ => None,
+            });
     DeploymentView {
         contract_id: record.contract_id,
         twin_id: record.twin_id,

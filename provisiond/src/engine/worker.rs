@@ -72,7 +72,17 @@ pub(super) async fn run(engine: Engine, contract: u64) {
                 target,
                 allocation,
                 previous_running,
-            }) => apply(&engine, contract, &s, &target, &allocation, previous_running).await,
+            }) => {
+                apply(
+                    &engine,
+                    contract,
+                    &s,
+                    &target,
+                    &allocation,
+                    previous_running,
+                )
+                .await
+            }
             Some(Job::RollBack {
                 failure,
                 previous_running,
@@ -130,10 +140,11 @@ impl Engine {
         loop {
             let store = self.shared.store.clone();
             let g = f.clone();
-            let done: Result<(), EngineError> = match tokio::task::spawn_blocking(move || g(&store)).await {
-                Ok(r) => r.map_err(EngineError::from),
-                Err(e) => Err(e.into()),
-            };
+            let done: Result<(), EngineError> =
+                match tokio::task::spawn_blocking(move || g(&store)).await {
+                    Ok(r) => r.map_err(EngineError::from),
+                    Err(e) => Err(e.into()),
+                };
             match done {
                 Ok(()) => return,
                 Err(error) => {
@@ -247,16 +258,24 @@ impl Engine {
             workload: w,
             pool,
         };
-        self.call(contract, generation, || driver.ensure(target)).await
+        self.call(contract, generation, || driver.ensure(target))
+            .await
     }
 
-    async fn delete(&self, contract: u64, generation: u64, d: &Deployment, w: &Workload) -> Outcome<()> {
+    async fn delete(
+        &self,
+        contract: u64,
+        generation: u64,
+        d: &Deployment,
+        w: &Workload,
+    ) -> Outcome<()> {
         let driver = match self.driver(w) {
             Ok(d) => d,
             Err(message) => return Outcome::Failed(message),
         };
         let object = driver.object(d.twin_id, contract, w.name.as_str());
-        self.call(contract, generation, || driver.remove(&object)).await
+        self.call(contract, generation, || driver.remove(&object))
+            .await
     }
 
     /// Ends a job: writes `engine` (and `record`, the new stored version)
@@ -338,9 +357,17 @@ async fn apply(
             continue;
         }
         engine
-            .record(contract, version, name, result(WorkloadState::Init, format!("deploying version {version}")))
+            .record(
+                contract,
+                version,
+                name,
+                result(WorkloadState::Init, format!("deploying version {version}")),
+            )
             .await;
-        match engine.ensure(contract, s.generation, target, &w, allocation).await {
+        match engine
+            .ensure(contract, s.generation, target, &w, allocation)
+            .await
+        {
             Outcome::Done(data) => {
                 let mut r = result(WorkloadState::Ok, "");
                 r.data = data;
@@ -363,7 +390,12 @@ async fn apply(
             }
             let why = format!("removing: not in version {version}");
             engine
-                .record(contract, version, name, result(WorkloadState::Init, why.clone()))
+                .record(
+                    contract,
+                    version,
+                    name,
+                    result(WorkloadState::Init, why.clone()),
+                )
                 .await;
             match engine.delete(contract, s.generation, previous, &w).await {
                 Outcome::Done(()) => engine.forget(contract, version, name, &why).await,
@@ -407,14 +439,21 @@ async fn apply(
         Some((name, failure)) => {
             tracing::warn!(version, workload = %name, cause = %failure.message, "a workload failed; rolling back");
             engine
-                .record(contract, version, &name, result(WorkloadState::Error, failure.message.clone()))
+                .record(
+                    contract,
+                    version,
+                    &name,
+                    result(WorkloadState::Error, failure.message.clone()),
+                )
                 .await;
             record.job = Some(Job::RollBack {
                 failed: target_record.clone(),
                 failure,
                 previous_running,
             });
-            engine.finish(contract, s.generation, record, None, None).await;
+            engine
+                .finish(contract, s.generation, record, None, None)
+                .await;
         }
     }
 }
@@ -432,7 +471,10 @@ async fn rollback(
     };
     let previous = previous_running.then_some(&s.deployment);
     let version = failed.version;
-    let cause = format!("workload '{}' failed: {}", failure.workload, failure.message);
+    let cause = format!(
+        "workload '{}' failed: {}",
+        failure.workload, failure.message
+    );
     for w in sorted(failed, true) {
         let name = w.name.as_str();
         if previous.is_some_and(|p| p.workload(name).is_some()) {
@@ -441,7 +483,12 @@ async fn rollback(
         let is_cause = name == failure.workload;
         if !is_cause {
             engine
-                .record(contract, version, name, result(WorkloadState::Init, format!("rolling back: {cause}")))
+                .record(
+                    contract,
+                    version,
+                    name,
+                    result(WorkloadState::Init, format!("rolling back: {cause}")),
+                )
                 .await;
         }
         let removed = match engine.delete(contract, s.generation, failed, &w).await {
@@ -456,13 +503,30 @@ async fn rollback(
             (_, true, None) => {}
             (_, _, Some(message)) => {
                 engine
-                    .record(contract, version, name, result(WorkloadState::Error, format!("{cause}; rollback could not remove it: {message}")))
+                    .record(
+                        contract,
+                        version,
+                        name,
+                        result(
+                            WorkloadState::Error,
+                            format!("{cause}; rollback could not remove it: {message}"),
+                        ),
+                    )
                     .await;
             }
-            (Some(_), false, None) => engine.forget(contract, version, name, &format!("rolled back: {cause}")).await,
+            (Some(_), false, None) => {
+                engine
+                    .forget(contract, version, name, &format!("rolled back: {cause}"))
+                    .await
+            }
             (None, false, None) => {
                 engine
-                    .record(contract, version, name, result(WorkloadState::Error, format!("rolled back: {cause}")))
+                    .record(
+                        contract,
+                        version,
+                        name,
+                        result(WorkloadState::Error, format!("rolled back: {cause}")),
+                    )
                     .await;
             }
         }
@@ -474,16 +538,35 @@ async fn rollback(
             let mut r = result(WorkloadState::Unchanged, message.clone());
             if failed.workload(name) != Some(&w) {
                 engine
-                    .record(contract, version, name, result(WorkloadState::Init, format!("rolling back to version {}", previous.version)))
+                    .record(
+                        contract,
+                        version,
+                        name,
+                        result(
+                            WorkloadState::Init,
+                            format!("rolling back to version {}", previous.version),
+                        ),
+                    )
                     .await;
-                match engine.ensure(contract, s.generation, previous, &w, &s.allocation).await {
+                match engine
+                    .ensure(contract, s.generation, previous, &w, &s.allocation)
+                    .await
+                {
                     Outcome::Done(data) => r.data = data,
                     Outcome::Failed(m) => {
-                        r = result(WorkloadState::Error, format!("{message}; rollback failed: {m}"));
+                        r = result(
+                            WorkloadState::Error,
+                            format!("{message}; rollback failed: {m}"),
+                        );
                     }
                     Outcome::Aborted => return,
                 }
-            } else if let Some(old) = engine.state().entries.get(&contract).and_then(|e| e.results.get(name)) {
+            } else if let Some(old) = engine
+                .state()
+                .entries
+                .get(&contract)
+                .and_then(|e| e.results.get(name))
+            {
                 r.data = old.data.clone();
             }
             engine.record(contract, previous.version, name, r).await;
@@ -506,7 +589,9 @@ async fn rollback(
         record.allocation = Allocation::default();
         None
     };
-    engine.finish(contract, s.generation, record, None, hold).await;
+    engine
+        .finish(contract, s.generation, record, None, hold)
+        .await;
     tracing::info!(version, "rolled back");
 }
 
@@ -529,18 +614,33 @@ async fn remove(engine: &Engine, contract: u64, s: &Snapshot) {
     for (d, w) in steps {
         let name = w.name.as_str();
         engine
-            .record(contract, version, name, result(WorkloadState::Init, "removing: the contract was cancelled"))
+            .record(
+                contract,
+                version,
+                name,
+                result(WorkloadState::Init, "removing: the contract was cancelled"),
+            )
             .await;
         match engine.delete(contract, s.generation, d, &w).await {
             Outcome::Done(()) => {
                 engine
-                    .record(contract, version, name, result(WorkloadState::Deleted, "the contract was cancelled"))
+                    .record(
+                        contract,
+                        version,
+                        name,
+                        result(WorkloadState::Deleted, "the contract was cancelled"),
+                    )
                     .await;
             }
             Outcome::Failed(message) => {
                 tracing::warn!(workload = name, %message, "cannot remove a workload; the next start sweeps it");
                 engine
-                    .record(contract, version, name, result(WorkloadState::Error, format!("cannot remove: {message}")))
+                    .record(
+                        contract,
+                        version,
+                        name,
+                        result(WorkloadState::Error, format!("cannot remove: {message}")),
+                    )
                     .await;
             }
             Outcome::Aborted => return,
@@ -556,7 +656,9 @@ async fn remove(engine: &Engine, contract: u64, s: &Snapshot) {
     record.state = DeploymentState::Deleted;
     record.job = None;
     record.allocation = Allocation::default();
-    engine.finish(contract, s.generation, record, None, None).await;
+    engine
+        .finish(contract, s.generation, record, None, None)
+        .await;
     tracing::info!("deployment removed");
 }
 
@@ -571,9 +673,14 @@ async fn converge(engine: &Engine, contract: u64, s: &Snapshot) {
             .entries
             .get(&contract)
             .and_then(|e| e.results.get(name).cloned());
-        let after = match engine.ensure(contract, s.generation, d, &w, &s.allocation).await {
+        let after = match engine
+            .ensure(contract, s.generation, d, &w, &s.allocation)
+            .await
+        {
             Outcome::Done(data) => {
-                let mut r = before.clone().unwrap_or_else(|| result(WorkloadState::Ok, ""));
+                let mut r = before
+                    .clone()
+                    .unwrap_or_else(|| result(WorkloadState::Ok, ""));
                 if r.state != WorkloadState::Unchanged {
                     r.state = WorkloadState::Ok;
                     r.message = String::new();

@@ -359,7 +359,11 @@ impl Batch {
     }
 
     /// Records (or replaces) the engine's record of `contract`.
-    pub fn put_engine<T: Serialize>(&mut self, contract: u64, record: &T) -> Result<(), StoreError> {
+    pub fn put_engine<T: Serialize>(
+        &mut self,
+        contract: u64,
+        record: &T,
+    ) -> Result<(), StoreError> {
         let bytes = encode("engine record", record)?;
         let mut table = self.txn.open_table(ENGINE).map_err(db("open engine"))?;
         table
@@ -379,7 +383,9 @@ impl Batch {
         }
         {
             let mut table = self.txn.open_table(ENGINE).map_err(db("open engine"))?;
-            table.remove(contract).map_err(db("remove an engine record"))?;
+            table
+                .remove(contract)
+                .map_err(db("remove an engine record"))?;
         }
         {
             let mut table = self.txn.open_table(RESULTS).map_err(db("open results"))?;

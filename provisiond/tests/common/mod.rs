@@ -123,15 +123,19 @@ impl FakeNode {
 
     pub fn drivers(&self) -> Drivers {
         Drivers::new(
-            [WorkloadType::Network, WorkloadType::Zmount, WorkloadType::Volume]
-                .into_iter()
-                .map(|kind| {
-                    Arc::new(FakeDriver {
-                        kind,
-                        node: self.clone(),
-                    }) as Arc<dyn Driver>
-                })
-                .collect(),
+            [
+                WorkloadType::Network,
+                WorkloadType::Zmount,
+                WorkloadType::Volume,
+            ]
+            .into_iter()
+            .map(|kind| {
+                Arc::new(FakeDriver {
+                    kind,
+                    node: self.clone(),
+                }) as Arc<dyn Driver>
+            })
+            .collect(),
         )
     }
 
