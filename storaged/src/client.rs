@@ -87,7 +87,9 @@ impl StoragedClient {
         name: &str,
         request: &crate::volume::VolumeRequest,
     ) -> Result<crate::volume::VolumeView, ClientError> {
-        self.socket.put(&format!("/v1/volumes/{name}"), request).await
+        self.socket
+            .put(&format!("/v1/volumes/{name}"), request)
+            .await
     }
 
     /// Deletes volume `name`; absent is not an error.
@@ -105,7 +107,9 @@ impl StoragedClient {
         name: &str,
         request: &crate::volume::VdiskRequest,
     ) -> Result<crate::volume::VdiskView, ClientError> {
-        self.socket.put(&format!("/v1/vdisks/{name}"), request).await
+        self.socket
+            .put(&format!("/v1/vdisks/{name}"), request)
+            .await
     }
 
     /// Deletes vdisk `name`; absent is not an error.

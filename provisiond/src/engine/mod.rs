@@ -165,10 +165,13 @@ fn result(state: WorkloadState, message: impl Into<String>) -> WorkloadResult {
     }
 }
 
+/// The twins' account keys, by twin.
+type Keys = BTreeMap<u32, [u8; 32]>;
+
 /// The registry's facts as admission reads them.
 fn facts(
     submission: &Submission,
-) -> Result<(Option<Contract>, BTreeMap<u32, [u8; 32]>), EngineError> {
+) -> Result<(Option<Contract>, Keys), EngineError> {
     let contract = match &submission.contract {
         None => None,
         Some(c) => {
