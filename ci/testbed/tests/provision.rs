@@ -1,0 +1,174 @@
+//! provisiond in a testbed node with the real storaged and netd: a
+//! deployment of a network, a zmount and a volume reaches `ok` through
+//! provisiond's socket; the node then has a quota'd subvolume, a vdisk file
+//! of the size asked and the network's namespace; cancelling the contract
+//! removes all of it and frees the capacity.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, wait_until};
+use provisiond::api::{ContractFacts, DeploymentState, DeploymentView, Submission, TwinKeyFacts};
+use provisiond::client::ProvisiondClient;
+use provisiond::deployment::Deployment;
+use provisiond::deployment::sign::sign_ed25519;
+use provisiond::driver::{disk_name, netid};
+use serde_json::json;
+
+const NODE_ID: u32 = 1;
+const TWIN: u32 = 21;
+const CONTRACT: u64 = 4;
+const MIB: u64 = 1 << 20;
+const SSD: DiskSpec = DiskSpec {
+    size_mb: 2048,
+    rotational: false,
+};
+
+fn start() -> Farm {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
+    );
+    let spec = NodeSpec::default()
+        .disks(vec![SSD])
+        .config(Daemon::Netd, "[uplink]\nmanage = false\n")
+        .config(Daemon::Provisiond, &format!("node_id = {NODE_ID}\n"));
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]))
+        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let node = farm.node(0);
+    assert!(
+        node.wait_answers(Daemon::Provisiond, "/v1/capacity", Duration::from_secs(90)),
+        "provisiond never answered\n{}",
+        farm.logs(60)
+    );
+    farm
+}
+
+fn client(node: &Node) -> ProvisiondClient {
+    ProvisiondClient::new(node.socket(Daemon::Provisiond).expect("node runs"))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[21; 32])
+}
+
+fn deployment() -> String {
+    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": CONTRACT,
+        "metadata": "", "description": "", "expiration": 0,
+        "signature_requirement": {"requests": [{"twin_id": TWIN, "required": false, "weight": 1}],
+            "weight_required": 1, "signatures": [], "signature_style": ""},
+        "workloads": [
+            {"version": 0, "name": "net", "type": "network", "metadata": "", "description": "",
+             "data": {"ip_range": "10.77.0.0/16", "subnet": "10.77.1.0/24",
+                      "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+                      "wireguard_listen_port": 3400, "peers": []}},
+            {"version": 0, "name": "disk", "type": "zmount", "metadata": "", "description": "",
+             "data": {"size": 100 * MIB}},
+            {"version": 0, "name": "data", "type": "volume", "metadata": "", "description": "",
+             "data": {"size": 50 * MIB}}]});
+    sign_ed25519(&wire.to_string(), TWIN, &key()).expect("signs")
+}
+
+fn submission(wire: &str) -> Submission {
+    let d = Deployment::parse(wire.as_bytes()).expect("parses");
+    Submission {
+        deployment: wire.to_owned(),
+        contract: Some(ContractFacts {
+            contract_id: CONTRACT,
+            node_id: NODE_ID,
+            twin_id: TWIN,
+            state: "Created".into(),
+            deployment_hash: d.hash().hex(),
+        }),
+        twins: vec![TwinKeyFacts {
+            twin_id: TWIN,
+            account_key: hex::encode(key().verifying_key().to_bytes()),
+        }],
+    }
+}
+
+fn wait_state(node: &Node, farm: &Farm, state: DeploymentState) -> DeploymentView {
+    let client = client(node);
+    let mut last = None;
+    let reached = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        let view = block_on(client.deployment(CONTRACT)).expect("deployment answers");
+        let done = view.state == state;
+        last = Some(view);
+        done
+    });
+    let last = last.expect("asked at least once");
+    assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(60));
+    last
+}
+
+fn run(node: &Node, argv: &[&str]) -> (bool, String) {
+    let out = node.exec(argv).expect("runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_network_a_zmount_and_a_volume_are_made_and_removed_for_real() {
+    let farm = start();
+    let node = farm.node(0);
+    let storaged = storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
+    let wire = deployment();
+    let admitted = block_on(client(node).deploy(&submission(&wire))).expect("admitted");
+    assert_eq!(admitted.state, DeploymentState::Deploying);
+    let view = wait_state(node, &farm, DeploymentState::Ok);
+    for name in ["net", "disk", "data"] {
+        assert_eq!(view.workload_state(name), Some("ok"), "{name}: {view:?}");
+    }
+    assert!(!serde_json::to_string(&view).expect("json").contains("yAnz5TF"));
+
+    let vdisk = block_on(storaged.vdisks())
+        .expect("vdisks")
+        .into_iter()
+        .find(|v| v.name == disk_name(CONTRACT, "disk"))
+        .expect("the zmount's vdisk");
+    let path = vdisk.path.display().to_string();
+    let (ok, size) = run(node, &["stat", "-c", "%s", &path]);
+    assert!(ok, "{size}");
+    assert_eq!(size.trim(), (100 * MIB).to_string());
+    let volume = block_on(storaged.volumes())
+        .expect("volumes")
+        .into_iter()
+        .find(|v| v.name == disk_name(CONTRACT, "data"))
+        .expect("the volume");
+    let vpath = volume.path.display().to_string();
+    let (ok, out) = run(node, &["btrfs", "subvolume", "show", &vpath]);
+    assert!(ok, "a subvolume: {out}");
+    let (ok, out) = run(node, &["btrfs", "qgroup", "show", "-re", "--raw", &vpath]);
+    assert!(ok && out.contains(&(50 * MIB).to_string()), "limited to 50 MiB: {out}");
+    let namespace = format!("n-{}", netid(TWIN, "net"));
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(netns.contains(&namespace), "{netns}");
+    let capacity = block_on(client(node).capacity()).expect("capacity");
+    assert_eq!(capacity.used.sru, 150 * MIB);
+    assert_eq!(capacity.wireguard_ports, vec![3400]);
+
+    block_on(client(node).remove(CONTRACT)).expect("removal admitted");
+    wait_state(node, &farm, DeploymentState::Deleted);
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(!netns.contains(&namespace), "{netns}");
+    assert!(!run(node, &["stat", &path]).0, "the vdisk file is gone");
+    assert!(!run(node, &["stat", &vpath]).0, "the subvolume is gone");
+    assert!(block_on(storaged.vdisks()).expect("vdisks").is_empty());
+    assert!(block_on(storaged.volumes()).expect("volumes").is_empty());
+    let capacity = block_on(client(node).capacity()).expect("capacity");
+    assert_eq!(capacity.used.sru, 0);
+}
