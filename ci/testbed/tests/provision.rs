@@ -2,7 +2,9 @@
 //! deployment of a network, a zmount and a volume reaches `ok` through
 //! provisiond's socket; the node then has a quota'd subvolume, a vdisk file
 //! of the size asked and the network's namespace; cancelling the contract
-//! removes all of it and frees the capacity.
+//! removes all of it and frees the capacity. A network alone, and a network
+//! whose port netd refuses (rolled back with netd's words), show the
+//! network driver on its own.
 
 use std::time::Duration;
 
@@ -61,19 +63,33 @@ fn key() -> SigningKey {
 }
 
 fn deployment() -> String {
-    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": CONTRACT,
+    with_workloads(
+        CONTRACT,
+        vec![
+            network("net", 200, 3400),
+            json!(
+            {"version": 0, "name": "disk", "type": "zmount", "metadata": "", "description": "",
+             "data": {"size": 100 * MIB}}),
+            json!(
+            {"version": 0, "name": "data", "type": "volume", "metadata": "", "description": "",
+             "data": {"size": 50 * MIB}}),
+        ],
+    )
+}
+
+fn network(name: &str, range: u8, port: u16) -> serde_json::Value {
+    json!({"version": 0, "name": name, "type": "network", "metadata": "", "description": "",
+           "data": {"ip_range": format!("10.{range}.0.0/16"), "subnet": format!("10.{range}.1.0/24"),
+                    "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+                    "wireguard_listen_port": port, "peers": []}})
+}
+
+fn with_workloads(contract: u64, workloads: Vec<serde_json::Value>) -> String {
+    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": contract,
         "metadata": "", "description": "", "expiration": 0,
         "signature_requirement": {"requests": [{"twin_id": TWIN, "required": false, "weight": 1}],
             "weight_required": 1, "signatures": [], "signature_style": ""},
-        "workloads": [
-            {"version": 0, "name": "net", "type": "network", "metadata": "", "description": "",
-             "data": {"ip_range": "10.77.0.0/16", "subnet": "10.77.1.0/24",
-                      "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
-                      "wireguard_listen_port": 3400, "peers": []}},
-            {"version": 0, "name": "disk", "type": "zmount", "metadata": "", "description": "",
-             "data": {"size": 100 * MIB}},
-            {"version": 0, "name": "data", "type": "volume", "metadata": "", "description": "",
-             "data": {"size": 50 * MIB}}]});
+        "workloads": workloads});
     sign_ed25519(&wire.to_string(), TWIN, &key()).expect("signs")
 }
 
@@ -82,7 +98,7 @@ fn submission(wire: &str) -> Submission {
     Submission {
         deployment: wire.to_owned(),
         contract: Some(ContractFacts {
-            contract_id: CONTRACT,
+            contract_id: d.contract_id,
             node_id: NODE_ID,
             twin_id: TWIN,
             state: "Created".into(),
@@ -95,11 +111,11 @@ fn submission(wire: &str) -> Submission {
     }
 }
 
-fn wait_state(node: &Node, farm: &Farm, state: DeploymentState) -> DeploymentView {
+fn wait_state(node: &Node, farm: &Farm, contract: u64, state: DeploymentState) -> DeploymentView {
     let client = client(node);
     let mut last = None;
     let reached = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
-        let view = block_on(client.deployment(CONTRACT)).expect("deployment answers");
+        let view = block_on(client.deployment(contract)).expect("deployment answers");
         let done = view.state == state;
         last = Some(view);
         done
@@ -125,15 +141,20 @@ fn run(node: &Node, argv: &[&str]) -> (bool, String) {
 fn a_network_a_zmount_and_a_volume_are_made_and_removed_for_real() {
     let farm = start();
     let node = farm.node(0);
-    let storaged = storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
+    let storaged =
+        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
     let wire = deployment();
     let admitted = block_on(client(node).deploy(&submission(&wire))).expect("admitted");
     assert_eq!(admitted.state, DeploymentState::Deploying);
-    let view = wait_state(node, &farm, DeploymentState::Ok);
+    let view = wait_state(node, &farm, CONTRACT, DeploymentState::Ok);
     for name in ["net", "disk", "data"] {
         assert_eq!(view.workload_state(name), Some("ok"), "{name}: {view:?}");
     }
-    assert!(!serde_json::to_string(&view).expect("json").contains("yAnz5TF"));
+    assert!(
+        !serde_json::to_string(&view)
+            .expect("json")
+            .contains("yAnz5TF")
+    );
 
     let vdisk = block_on(storaged.vdisks())
         .expect("vdisks")
@@ -153,7 +174,10 @@ fn a_network_a_zmount_and_a_volume_are_made_and_removed_for_real() {
     let (ok, out) = run(node, &["btrfs", "subvolume", "show", &vpath]);
     assert!(ok, "a subvolume: {out}");
     let (ok, out) = run(node, &["btrfs", "qgroup", "show", "-re", "--raw", &vpath]);
-    assert!(ok && out.contains(&(50 * MIB).to_string()), "limited to 50 MiB: {out}");
+    assert!(
+        ok && out.contains(&(50 * MIB).to_string()),
+        "limited to 50 MiB: {out}"
+    );
     let namespace = format!("n-{}", netid(TWIN, "net"));
     let (_, netns) = run(node, &["ip", "netns", "list"]);
     assert!(netns.contains(&namespace), "{netns}");
@@ -162,7 +186,7 @@ fn a_network_a_zmount_and_a_volume_are_made_and_removed_for_real() {
     assert_eq!(capacity.wireguard_ports, vec![3400]);
 
     block_on(client(node).remove(CONTRACT)).expect("removal admitted");
-    wait_state(node, &farm, DeploymentState::Deleted);
+    wait_state(node, &farm, CONTRACT, DeploymentState::Deleted);
     let (_, netns) = run(node, &["ip", "netns", "list"]);
     assert!(!netns.contains(&namespace), "{netns}");
     assert!(!run(node, &["stat", &path]).0, "the vdisk file is gone");
@@ -171,4 +195,51 @@ fn a_network_a_zmount_and_a_volume_are_made_and_removed_for_real() {
     assert!(block_on(storaged.volumes()).expect("volumes").is_empty());
     let capacity = block_on(client(node).capacity()).expect("capacity");
     assert_eq!(capacity.used.sru, 0);
+}
+
+#[test]
+fn a_network_alone_is_made_and_a_refused_one_fails_with_netds_words() {
+    let farm = start();
+    let node = farm.node(0);
+    let first = with_workloads(5, vec![network("net", 201, 3500)]);
+    block_on(client(node).deploy(&submission(&first))).expect("admitted");
+    let view = wait_state(node, &farm, 5, DeploymentState::Ok);
+    let id = netid(TWIN, "net");
+    assert_eq!(
+        view.result("net").expect("result")["data"]["netid"],
+        id.as_str()
+    );
+    let namespace = format!("n-{id}");
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(netns.contains(&namespace), "{netns}");
+
+    // Another network on the same port: netd refuses, the deployment says so.
+    let second = with_workloads(6, vec![network("other", 202, 3500)]);
+    block_on(client(node).deploy(&submission(&second))).expect("admitted");
+    let view = wait_state(node, &farm, 6, DeploymentState::Error);
+    let failure = view.failure.expect("a failure");
+    assert_eq!(failure.workload, "other");
+    assert!(
+        failure.message.contains("listen_port 3500") && failure.message.contains(&id),
+        "netd's own words: {}",
+        failure.message
+    );
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(
+        !netns.contains(&format!("n-{}", netid(TWIN, "other"))),
+        "{netns}"
+    );
+
+    block_on(client(node).remove(5)).expect("removal admitted");
+    wait_state(node, &farm, 5, DeploymentState::Deleted);
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(!netns.contains(&namespace), "{netns}");
+    let networks: Vec<serde_json::Value> = block_on(
+        netd::client::NetdClient::new(node.socket(Daemon::Netd).expect("runs")).networks(),
+    )
+    .expect("networks")
+    .into_iter()
+    .map(|n| json!(n.netid))
+    .collect();
+    assert!(networks.is_empty(), "{networks:?}");
 }

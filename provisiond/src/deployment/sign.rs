@@ -14,11 +14,10 @@ use super::{Deployment, DeploymentError};
 /// text to send.
 pub fn sign_ed25519(wire: &str, twin: u32, key: &SigningKey) -> Result<String, DeploymentError> {
     let hash = Deployment::parse(wire.as_bytes())?.hash();
-    let mut value: Value =
-        serde_json::from_str(wire).map_err(|source| DeploymentError::Json {
-            path: ".".to_owned(),
-            source,
-        })?;
+    let mut value: Value = serde_json::from_str(wire).map_err(|source| DeploymentError::Json {
+        path: ".".to_owned(),
+        source,
+    })?;
     let entry = json!({
         "twin_id": twin,
         "signature": hex::encode(key.sign(&hash.0).to_bytes()),

@@ -45,7 +45,13 @@ impl From<ClientError> for DriverError {
             ClientError::Status {
                 status, message, ..
             } if *status != hyper::StatusCode::SERVICE_UNAVAILABLE => {
-                DriverError::Refused(message.clone())
+                // The daemon's own words; a bare status (a route the daemon
+                // lacks) says which call was refused, and how.
+                if message.trim().is_empty() {
+                    DriverError::Refused(error.to_string())
+                } else {
+                    DriverError::Refused(message.clone())
+                }
             }
             ClientError::Status { .. }
             | ClientError::Connect { .. }
@@ -56,6 +62,11 @@ impl From<ClientError> for DriverError {
             }
         }
     }
+}
+
+/// Whether `error` is a 404: a delete of something already gone.
+pub(crate) fn is_not_found(error: &ClientError) -> bool {
+    matches!(error, ClientError::Status { status, .. } if *status == hyper::StatusCode::NOT_FOUND)
 }
 
 /// What a driver makes: one workload of one deployment.

@@ -8,13 +8,11 @@
 //! refusal carries netd's words. The result `data` names the netid, the
 //! namespace and the node's public key; never the private key.
 
-use grove_daemon::client::ClientError;
-use hyper::StatusCode;
 use netd::client::{NetdClient, NetworkPeerRequest, NetworkRequest, NetworkView};
 use netd::tenant::input::{NetworkSpec, parse_network};
 use serde_json::json;
 
-use super::{Driver, DriverError, DriverFuture, Target, is_netid, netid};
+use super::{Driver, DriverError, DriverFuture, Target, is_netid, is_not_found, netid};
 use crate::deployment::workload::network::Network;
 use crate::deployment::workload::{WorkloadData, WorkloadType};
 
@@ -32,7 +30,7 @@ impl NetworkDriver {
     async fn current(&self, id: &str) -> Result<Option<NetworkView>, DriverError> {
         match self.netd.network(id).await {
             Ok(view) => Ok(Some(view)),
-            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -135,9 +133,7 @@ impl Driver for NetworkDriver {
         Box::pin(async move {
             match self.netd.delete_network(object).await {
                 Ok(_) => Ok(()),
-                Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
-                    Ok(())
-                }
+                Err(e) if is_not_found(&e) => Ok(()),
                 Err(e) => Err(e.into()),
             }
         })

@@ -11,7 +11,7 @@ use serde_json::json;
 use storaged::client::StoragedClient;
 use storaged::volume::{VdiskRequest, VolumeRequest};
 
-use super::{Driver, DriverError, DriverFuture, Target, disk_name, is_disk_name};
+use super::{Driver, DriverError, DriverFuture, Target, disk_name, is_disk_name, is_not_found};
 use crate::deployment::workload::{WorkloadData, WorkloadType};
 
 fn size_and_pool(target: &Target<'_>) -> Result<(u64, String), DriverError> {
@@ -89,8 +89,11 @@ impl Driver for ZmountDriver {
 
     fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
         Box::pin(async move {
-            self.storaged.delete_vdisk(object).await?;
-            Ok(())
+            match self.storaged.delete_vdisk(object).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         })
     }
 
@@ -162,8 +165,11 @@ impl Driver for VolumeDriver {
 
     fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
         Box::pin(async move {
-            self.storaged.delete_volume(object).await?;
-            Ok(())
+            match self.storaged.delete_volume(object).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         })
     }
 

@@ -169,9 +169,7 @@ fn result(state: WorkloadState, message: impl Into<String>) -> WorkloadResult {
 type Keys = BTreeMap<u32, [u8; 32]>;
 
 /// The registry's facts as admission reads them.
-fn facts(
-    submission: &Submission,
-) -> Result<(Option<Contract>, Keys), EngineError> {
+fn facts(submission: &Submission) -> Result<(Option<Contract>, Keys), EngineError> {
     let contract = match &submission.contract {
         None => None,
         Some(c) => {

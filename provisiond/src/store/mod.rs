@@ -184,6 +184,12 @@ impl Store {
             path: path.to_owned(),
             source: Box::new(source),
         };
+        if !path.exists() {
+            Self::create(path).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })?;
+        }
         let db = Database::create(path).map_err(|e| opened(e.into()))?;
         let txn = db.begin_write().map_err(|e| opened(e.into()))?;
         {
@@ -194,6 +200,37 @@ impl Store {
         }
         txn.commit().map_err(|e| opened(e.into()))?;
         Ok(Self { db })
+    }
+
+    /// Makes a new, empty store beside `path` and renames it into place, so
+    /// a crash while the file is first written leaves no file rather than
+    /// one redb cannot read.
+    fn create(path: &Path) -> Result<(), redb::Error> {
+        let mut temp = path.as_os_str().to_owned();
+        temp.push(".new");
+        let temp = PathBuf::from(temp);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        {
+            let db = Database::create(&temp)?;
+            let txn = db.begin_write()?;
+            txn.open_table(DEPLOYMENTS)?;
+            txn.commit()?;
+        }
+        std::fs::File::open(&temp)?.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Starts a change; nothing is visible or durable until [`Batch::commit`].
