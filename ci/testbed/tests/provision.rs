@@ -34,7 +34,7 @@ fn start() -> Farm {
     let spec = NodeSpec::default()
         .disks(vec![SSD])
         .config(Daemon::Netd, "[uplink]\nmanage = false\n")
-        .config(Daemon::Provisiond, &format!("node_id = {NODE_ID}\n"));
+        .config(Daemon::Provisiond, format!("node_id = {NODE_ID}\n"));
     let farm = Farm::start(FarmSpec::with_nodes(vec![spec]))
         .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
     let node = farm.node(0);

@@ -187,7 +187,7 @@ impl Store {
         if !path.exists() {
             Self::create(path).map_err(|source| StoreError::Open {
                 path: path.to_owned(),
-                source: Box::new(source),
+                source,
             })?;
         }
         let db = Database::create(path).map_err(|e| opened(e.into()))?;
@@ -205,30 +205,36 @@ impl Store {
     /// Makes a new, empty store beside `path` and renames it into place, so
     /// a crash while the file is first written leaves no file rather than
     /// one redb cannot read.
-    fn create(path: &Path) -> Result<(), redb::Error> {
+    fn create(path: &Path) -> Result<(), Box<redb::Error>> {
+        let boxed = |e: redb::Error| Box::new(e);
         let mut temp = path.as_os_str().to_owned();
         temp.push(".new");
         let temp = PathBuf::from(temp);
         match std::fs::remove_file(&temp) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(boxed(e.into())),
         }
         {
-            let db = Database::create(&temp)?;
-            let txn = db.begin_write()?;
-            txn.open_table(DEPLOYMENTS)?;
-            txn.commit()?;
+            let db = Database::create(&temp).map_err(|e| boxed(e.into()))?;
+            let txn = db.begin_write().map_err(|e| boxed(e.into()))?;
+            txn.open_table(DEPLOYMENTS).map_err(|e| boxed(e.into()))?;
+            txn.commit().map_err(|e| boxed(e.into()))?;
         }
-        std::fs::File::open(&temp)?.sync_all()?;
-        std::fs::rename(&temp, path)?;
+        let io = |e: std::io::Error| boxed(e.into());
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&temp, path).map_err(io)?;
         if let Some(dir) = path.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
             } else {
                 dir
             };
-            std::fs::File::open(dir)?.sync_all()?;
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
         }
         Ok(())
     }
