@@ -243,3 +243,73 @@ fn a_network_alone_is_made_and_a_refused_one_fails_with_netds_words() {
     .collect();
     assert!(networks.is_empty(), "{networks:?}");
 }
+
+/// The tenant networks netd holds.
+fn netids(node: &Node) -> Vec<String> {
+    let netd = netd::client::NetdClient::new(node.socket(Daemon::Netd).expect("runs"));
+    let mut ids: Vec<String> = block_on(netd.networks())
+        .expect("networks")
+        .into_iter()
+        .map(|n| n.netid)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn kill_and_wait(node: &Node, farm: &Farm, daemon: Daemon) {
+    let old = node
+        .kill_daemon(daemon)
+        .unwrap_or_else(|e| panic!("kill {daemon:?}: {e}\n{}", farm.logs(40)));
+    assert!(
+        node.wait_restarted(daemon, old, Duration::from_secs(60))
+            .is_some(),
+        "{daemon:?} was not restarted\n{}",
+        farm.logs(60)
+    );
+}
+
+#[test]
+fn kills_of_provisiond_and_netd_during_deploy_and_remove_converge() {
+    let farm = start();
+    let node = farm.node(0);
+    let contracts: Vec<u64> = (10..14).collect();
+    let mut want = Vec::new();
+    // provisiond killed at a later moment after each admission.
+    for (i, contract) in contracts.iter().enumerate() {
+        let range = 210 + u8::try_from(i).expect("small");
+        let name = format!("n{contract}");
+        let port = 3600 + u16::try_from(i).expect("small");
+        let wire = with_workloads(*contract, vec![network(&name, range, port)]);
+        block_on(client(node).deploy(&submission(&wire))).expect("admitted");
+        std::thread::sleep(Duration::from_millis(40 * u64::try_from(i).expect("small")));
+        kill_and_wait(node, &farm, Daemon::Provisiond);
+        wait_state(node, &farm, *contract, DeploymentState::Ok);
+        want.push(netid(TWIN, &name));
+        want.sort();
+        assert_eq!(
+            netids(node),
+            want,
+            "contract {contract}: one network each, no orphan"
+        );
+    }
+    // netd killed right after an admission: provisiond waits for it.
+    let wire = with_workloads(20, vec![network("n20", 220, 3620)]);
+    block_on(client(node).deploy(&submission(&wire))).expect("admitted");
+    kill_and_wait(node, &farm, Daemon::Netd);
+    wait_state(node, &farm, 20, DeploymentState::Ok);
+    want.push(netid(TWIN, "n20"));
+    want.sort();
+    assert_eq!(netids(node), want);
+    // provisiond killed during each removal.
+    for (i, contract) in contracts.iter().chain([20].iter()).enumerate() {
+        block_on(client(node).remove(*contract)).expect("removal admitted");
+        std::thread::sleep(Duration::from_millis(30 * u64::try_from(i).expect("small")));
+        kill_and_wait(node, &farm, Daemon::Provisiond);
+        wait_state(node, &farm, *contract, DeploymentState::Deleted);
+    }
+    assert!(netids(node).is_empty(), "{:?}", netids(node));
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(!netns.contains("n-p-"), "{netns}");
+    let capacity = block_on(client(node).capacity()).expect("capacity");
+    assert!(capacity.wireguard_ports.is_empty(), "{capacity:?}");
+}
