@@ -414,8 +414,15 @@ impl Engine {
             };
             let admitted = checks.create(wire, contract.as_ref())?;
             let id = admitted.deployment.contract_id;
-            if state.entries.contains_key(&id) || state.unreadable.contains(&id) {
-                return Err(EngineError::Exists { contract: id });
+            match state.entries.get(&id) {
+                Some(e) if e.engine.state == DeploymentState::Deleted => {
+                    return Err(EngineError::Removed { contract: id });
+                }
+                Some(_) => return Err(EngineError::Exists { contract: id }),
+                None if state.unreadable.contains(&id) => {
+                    return Err(EngineError::Exists { contract: id });
+                }
+                None => {}
             }
             check_networks(&state, &admitted.deployment)?;
             admitted
