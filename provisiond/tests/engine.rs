@@ -386,3 +386,111 @@ async fn an_answer_never_holds_a_private_key() {
         ""
     );
 }
+
+#[tokio::test]
+async fn the_engines_own_refusals_name_their_rule_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    fake.lock().hang.insert(disk_name(1, "disk"));
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    let wire = three(1, 3000);
+    let mut bad_key = submission(&wire);
+    bad_key.twins[0].account_key = "zz".into();
+    let mut short_key = submission(&wire);
+    short_key.twins[0].account_key = "00".repeat(31);
+    let mut bad_state = submission(&wire);
+    bad_state.contract.as_mut().expect("contract").state = "Active".into();
+    let mut short_hash = submission(&wire);
+    short_hash
+        .contract
+        .as_mut()
+        .expect("contract")
+        .deployment_hash = "abc".into();
+    for (what, s, want) in [
+        (
+            "a key that is not hex",
+            bad_key,
+            "twins[0].account_key: is not hex",
+        ),
+        ("a key of 31 bytes", short_key, "must be 32 bytes, has 31"),
+        (
+            "an unknown contract state",
+            bad_state,
+            "\"Active\" is not Created",
+        ),
+        ("a short hash", short_hash, "must be 32 characters, has 3"),
+    ] {
+        let error = engine.deploy(&s).await.expect_err(what);
+        assert!(error.to_string().contains(want), "{what}: {error}");
+    }
+    assert!(engine.deployments(None).is_empty());
+
+    engine.deploy(&submission(&wire)).await.expect("admitted");
+    let update = signed(TWIN, 1, 1, vec![network(0, "net", 3000)]);
+    let error = engine
+        .update(1, &submission(&update))
+        .await
+        .expect_err("busy");
+    assert!(
+        matches!(error, EngineError::Busy { contract: 1, .. }),
+        "{error}"
+    );
+    let error = engine
+        .update(2, &submission(&update))
+        .await
+        .expect_err("none");
+    assert!(
+        matches!(error, EngineError::NotFound { contract: 2 }),
+        "{error}"
+    );
+    fake.lock().hang.clear();
+    engine.remove(1).await.expect("removal admitted");
+    assert_eq!(settle(&engine, 1).await.state, DeploymentState::Deleted);
+    let error = engine
+        .deploy(&submission(&wire))
+        .await
+        .expect_err("removed");
+    assert!(
+        matches!(error, EngineError::Removed { contract: 1 }),
+        "{error}"
+    );
+    let error = engine
+        .update(1, &submission(&update))
+        .await
+        .expect_err("removed");
+    assert!(
+        matches!(error, EngineError::Removed { contract: 1 }),
+        "{error}"
+    );
+    let error = engine.remove(9).await.expect_err("none");
+    assert!(
+        matches!(error, EngineError::NotFound { contract: 9 }),
+        "{error}"
+    );
+    assert!(fake.names().is_empty());
+
+    // Without a node id, nothing is admitted.
+    let other = tempfile::tempdir().expect("tempdir");
+    let store = provisiond::store::Store::open(&other.path().join("s.redb")).expect("opens");
+    let blind = provisiond::engine::Engine::start(
+        provisiond::engine::EngineConfig {
+            node_id: None,
+            node: node(100),
+            retry: Duration::from_millis(10),
+        },
+        store,
+        fake.drivers(),
+    )
+    .await
+    .expect("starts");
+    let error = blind
+        .deploy(&submission(&three(5, 3005)))
+        .await
+        .expect_err("no id");
+    assert!(matches!(error, EngineError::NoNodeId), "{error}");
+    blind.set_node_id(NODE);
+    blind
+        .deploy(&submission(&three(5, 3005)))
+        .await
+        .expect("admitted once known");
+}
