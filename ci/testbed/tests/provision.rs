@@ -313,3 +313,90 @@ fn kills_of_provisiond_and_netd_during_deploy_and_remove_converge() {
     let capacity = block_on(client(node).capacity()).expect("capacity");
     assert!(capacity.wireguard_ports.is_empty(), "{capacity:?}");
 }
+
+fn disk(version: u32, name: &str, kind: &str, size: u64) -> serde_json::Value {
+    json!({"version": version, "name": name, "type": kind, "metadata": "", "description": "",
+           "data": {"size": size}})
+}
+
+fn signed_version(contract: u64, version: u32, workloads: Vec<serde_json::Value>) -> String {
+    let mut wire: serde_json::Value =
+        serde_json::from_str(&with_workloads(contract, workloads)).expect("json");
+    wire["version"] = json!(version);
+    wire["signature_requirement"]["signatures"] = json!([]);
+    sign_ed25519(&wire.to_string(), TWIN, &key()).expect("signs")
+}
+
+#[test]
+fn an_update_grows_and_adds_for_real_and_kills_of_storaged_and_provisiond_converge() {
+    let farm = start();
+    let node = farm.node(0);
+    let storaged =
+        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
+    let v0 = signed_version(
+        30,
+        0,
+        vec![
+            network("net", 230, 3700),
+            disk(0, "disk", "zmount", 100 * MIB),
+            disk(0, "data", "volume", 50 * MIB),
+        ],
+    );
+    block_on(client(node).deploy(&submission(&v0))).expect("admitted");
+    // storaged killed while the disks are made: provisiond waits for it.
+    kill_and_wait(node, &farm, Daemon::Storaged);
+    wait_state(node, &farm, 30, DeploymentState::Ok);
+
+    // The update grows the zmount and adds a volume; provisiond is killed
+    // right after admitting it.
+    let v1 = signed_version(
+        30,
+        1,
+        vec![
+            network("net", 230, 3700),
+            disk(1, "disk", "zmount", 150 * MIB),
+            disk(0, "data", "volume", 50 * MIB),
+            disk(1, "more", "volume", 20 * MIB),
+        ],
+    );
+    block_on(client(node).update(30, &submission(&v1))).expect("admitted");
+    kill_and_wait(node, &farm, Daemon::Provisiond);
+    let view = wait_state(node, &farm, 30, DeploymentState::Ok);
+    assert_eq!(view.version, 1, "{view:?}");
+    let vdisk = block_on(storaged.vdisks())
+        .expect("vdisks")
+        .into_iter()
+        .find(|v| v.name == disk_name(30, "disk"))
+        .expect("the vdisk");
+    let (ok, size) = run(
+        node,
+        &["stat", "-c", "%s", &vdisk.path.display().to_string()],
+    );
+    assert!(ok, "{size}");
+    assert_eq!(size.trim(), (150 * MIB).to_string(), "grown in place");
+    let mut volumes: Vec<String> = block_on(storaged.volumes())
+        .expect("volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    volumes.sort();
+    assert_eq!(volumes, vec![disk_name(30, "data"), disk_name(30, "more")]);
+    assert_eq!(
+        block_on(storaged.vdisks()).expect("vdisks").len(),
+        1,
+        "no duplicate"
+    );
+    let capacity = block_on(client(node).capacity()).expect("capacity");
+    assert_eq!(capacity.used.sru, 220 * MIB);
+
+    // A removal with provisiond killed in its middle frees everything.
+    block_on(client(node).remove(30)).expect("removal admitted");
+    std::thread::sleep(Duration::from_millis(30));
+    kill_and_wait(node, &farm, Daemon::Provisiond);
+    wait_state(node, &farm, 30, DeploymentState::Deleted);
+    assert!(block_on(storaged.vdisks()).expect("vdisks").is_empty());
+    assert!(block_on(storaged.volumes()).expect("volumes").is_empty());
+    assert!(netids(node).is_empty());
+    let capacity = block_on(client(node).capacity()).expect("capacity");
+    assert_eq!(capacity.used.sru, 0);
+}
