@@ -5,6 +5,7 @@
 //! only grows them; when it refuses a size because the object is already
 //! larger (a rollback or a restore after a grown update), the object is
 //! kept as it is: nothing is lost and the workload still has its bytes.
+//! A refusal while storaged is not ready is retried, not a verdict.
 //! Results are zos's: `{"volume_id"}` for a zmount, `{"id"}` for a volume.
 
 use serde_json::json;
@@ -13,6 +14,23 @@ use storaged::volume::{VdiskRequest, VolumeRequest};
 
 use super::{Driver, DriverError, DriverFuture, Target, disk_name, is_disk_name, is_not_found};
 use crate::deployment::workload::{WorkloadData, WorkloadType};
+
+/// A refusal from a storaged that is not ready (after a restart, until the
+/// agent settles the node's identity again) is no verdict: the call is
+/// tried again once storaged is ready.
+async fn verdict(storaged: &StoragedClient, error: DriverError) -> DriverError {
+    let DriverError::Refused(message) = error else {
+        return error;
+    };
+    match storaged.ready().await {
+        Ok(report) if report.ready => DriverError::Refused(message),
+        Ok(report) => DriverError::Unavailable(format!(
+            "storaged is not ready ({}): {message}",
+            report.waiting_for.unwrap_or_default()
+        )),
+        Err(e) => DriverError::Unavailable(format!("storaged is not ready ({e}): {message}")),
+    }
+}
 
 fn size_and_pool(target: &Target<'_>) -> Result<(u64, String), DriverError> {
     let size = match &target.workload.data {
@@ -67,7 +85,7 @@ impl Driver for ZmountDriver {
             match self.storaged.ensure_vdisk(&name, &request).await {
                 Ok(view) => Ok(json!({ "volume_id": view.name })),
                 Err(error) => {
-                    let error = DriverError::from(error);
+                    let error = verdict(&self.storaged, error.into()).await;
                     let DriverError::Refused(_) = error else {
                         return Err(error);
                     };
@@ -92,7 +110,7 @@ impl Driver for ZmountDriver {
             match self.storaged.delete_vdisk(object).await {
                 Ok(_) => Ok(()),
                 Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(verdict(&self.storaged, e.into()).await),
             }
         })
     }
@@ -143,7 +161,7 @@ impl Driver for VolumeDriver {
             match self.storaged.ensure_volume(&name, &request).await {
                 Ok(view) => Ok(json!({ "id": view.name })),
                 Err(error) => {
-                    let error = DriverError::from(error);
+                    let error = verdict(&self.storaged, error.into()).await;
                     let DriverError::Refused(_) = error else {
                         return Err(error);
                     };
@@ -168,7 +186,7 @@ impl Driver for VolumeDriver {
             match self.storaged.delete_volume(object).await {
                 Ok(_) => Ok(()),
                 Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(verdict(&self.storaged, e.into()).await),
             }
         })
     }
