@@ -320,10 +320,11 @@ fn disk(version: u32, name: &str, kind: &str, size: u64) -> serde_json::Value {
 }
 
 fn signed_version(contract: u64, version: u32, workloads: Vec<serde_json::Value>) -> String {
-    let mut wire: serde_json::Value =
-        serde_json::from_str(&with_workloads(contract, workloads)).expect("json");
-    wire["version"] = json!(version);
-    wire["signature_requirement"]["signatures"] = json!([]);
+    let wire = json!({"version": version, "twin_id": TWIN, "contract_id": contract,
+        "metadata": "", "description": "", "expiration": 0,
+        "signature_requirement": {"requests": [{"twin_id": TWIN, "required": false, "weight": 1}],
+            "weight_required": 1, "signatures": [], "signature_style": ""},
+        "workloads": workloads});
     sign_ed25519(&wire.to_string(), TWIN, &key()).expect("signs")
 }
 
