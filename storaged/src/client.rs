@@ -90,4 +90,44 @@ impl StoragedClient {
     pub async fn disks(&self) -> Result<Vec<crate::report::Disk>, ClientError> {
         self.socket.get("/v1/disks").await
     }
+
+    /// Makes, keeps or grows volume `name` (`PUT /v1/volumes/{name}`).
+    pub async fn ensure_volume(
+        &self,
+        name: &str,
+        request: &crate::volume::VolumeRequest,
+    ) -> Result<crate::volume::VolumeView, ClientError> {
+        self.socket
+            .put(&format!("/v1/volumes/{name}"), request)
+            .await
+    }
+
+    /// Deletes volume `name`; absent is not an error.
+    pub async fn delete_volume(&self, name: &str) -> Result<crate::volume::Removed, ClientError> {
+        self.socket.delete(&format!("/v1/volumes/{name}")).await
+    }
+
+    pub async fn volumes(&self) -> Result<Vec<crate::volume::VolumeView>, ClientError> {
+        self.socket.get("/v1/volumes").await
+    }
+
+    /// Makes, keeps or grows vdisk `name` (`PUT /v1/vdisks/{name}`).
+    pub async fn ensure_vdisk(
+        &self,
+        name: &str,
+        request: &crate::volume::VdiskRequest,
+    ) -> Result<crate::volume::VdiskView, ClientError> {
+        self.socket
+            .put(&format!("/v1/vdisks/{name}"), request)
+            .await
+    }
+
+    /// Deletes vdisk `name`; absent is not an error.
+    pub async fn delete_vdisk(&self, name: &str) -> Result<crate::volume::Removed, ClientError> {
+        self.socket.delete(&format!("/v1/vdisks/{name}")).await
+    }
+
+    pub async fn vdisks(&self) -> Result<Vec<crate::volume::VdiskView>, ClientError> {
+        self.socket.get("/v1/vdisks").await
+    }
 }

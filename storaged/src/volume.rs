@@ -364,3 +364,50 @@ mod tests {
         assert_eq!(u.get("a"), Some(&5259264));
     }
 }
+
+// The socket API of volumes and vdisks by name, as provisiond's drivers
+// call it (`PUT`/`DELETE /v1/volumes/{name}`, `PUT`/`DELETE
+// /v1/vdisks/{name}`). Minimal: the shapes and the client only; the
+// handlers come with storaged's volume work.
+
+/// `PUT /v1/volumes/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRequest {
+    /// The pool's label.
+    pub pool: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// A volume as storaged answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub pool: String,
+    pub size: u64,
+    pub used: u64,
+    pub path: PathBuf,
+}
+
+/// `PUT /v1/vdisks/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiskRequest {
+    pub pool: String,
+    pub size: u64,
+}
+
+/// A vdisk as storaged answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiskView {
+    pub name: String,
+    pub pool: String,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// What a `DELETE` of a volume or vdisk answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub name: String,
+    pub existed: bool,
+}
