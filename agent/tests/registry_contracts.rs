@@ -75,6 +75,16 @@ fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("address")
 }
 
+/// A port nothing listens on, and the registry URL on it.
+async fn free_port() -> (SocketAddr, String) {
+    let free = tokio::net::TcpListener::bind(any_port())
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("address");
+    (free, format!("http://{free}"))
+}
+
 /// A node of `k` registered on the registry at `url`.
 async fn node(url: &str, k: &SigningKey) -> (EmbeddedClient, u32) {
     let client = EmbeddedClient::new(url, k.clone()).expect("client");
@@ -275,13 +285,7 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
 async fn down_at_start_gone_and_back_and_restarted_empty() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("r.json");
-    // A port nothing listens on.
-    let free = tokio::net::TcpListener::bind(any_port())
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("address");
-    let url = format!("http://{free}");
+    let (free, url) = free_port().await;
     let backend = Backend::Embedded(Box::new(EmbeddedClient::new(&url, key(2)).expect("client")));
     let started = Instant::now();
     let e = backend.contract(1).await.expect_err("down at start");
@@ -468,12 +472,7 @@ async fn the_node_sees_its_contracts_made_updated_and_cancelled_within_seconds_e
     use agent::chain::contracts::{ContractChange, watch};
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("r.json");
-    let free = tokio::net::TcpListener::bind(any_port())
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("address");
-    let url = format!("http://{free}");
+    let (free, url) = free_port().await;
     // The registry is down when the watcher starts.
     let shutdown = grove_daemon::shutdown::Shutdown::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);

@@ -18,8 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent::registry::model::{Interface, NodeRegistration, Resources};
-use agent::tfchain::calls::Location;
+use agent::registry::model::{NodeRegistration, Resources};
 use agent::tfchain::client::{Tfchain, TfchainError};
 use grove_testbed::chain::{self, Daemons, GIB, StandIns, TFT, alice_submit, now};
 use subxt::dynamic::{At as _, Value};
@@ -145,30 +144,14 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
     chain::fund(&client, &seed).await.expect("TFChain harness");
     assert_eq!(node.free_balance().await.expect("balance"), 10 * TFT);
     let twin = node.ensure_twin(None).await.expect("twin");
-    let registration = NodeRegistration {
+    let registration = chain::registration(
         farm_id,
-        twin_id: twin,
-        resources: Resources {
-            hru: 1024 << 30,
-            sru: 512 << 30,
-            cru: 8,
-            mru: 16 << 30,
-        },
-        interfaces: vec![Interface {
-            name: "br-grove".into(),
-            mac: "02:00:00:aa:bb:cc".into(),
-            ips: vec!["10.77.0.10/24".into()],
-        }],
-        serial_number: "grove-test-serial".into(),
-        virtualized: true,
-        secure_boot: false,
-    };
-    let location = Location {
-        city: "Ghent".into(),
-        country: "Belgium".into(),
-        latitude: "51.0543".into(),
-        longitude: "3.7174".into(),
-    };
+        twin,
+        "grove-test-serial".into(),
+        "02:00:00:aa:bb:cc",
+        "10.77.0.10/24",
+    );
+    let location = chain::location();
     let node_id = node
         .register(twin, &registration, &location)
         .await

@@ -16,153 +16,28 @@
 //! tfchain_contracts -- --ignored --test-threads=1` (the tests share the
 //! dev account Alice, so they run one at a time).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use agent::chain::backend::{Backend, BackendError, TfchainBackend};
 use agent::chain::contracts::ContractChange;
-use agent::registry::model::{
-    ContractResources, ContractState, DeploymentHash, Interface, NodeRegistration, Resources,
-};
+use agent::registry::model::{ContractResources, ContractState, DeploymentHash, Resources};
 use agent::registry::tenant::{Tenant, TenantError};
 use agent::tfchain::calls::Location;
 use agent::tfchain::client::{ChainEvent, ChainEventKind, Tfchain, TfchainError};
 use ed25519_dalek::SigningKey;
-use subxt::dynamic::Value;
+use grove_testbed::chain::{self, Proxy, now};
 use subxt::{OnlineClient, SubstrateConfig};
-
-const TFT: u128 = 10_000_000;
 
 fn url() -> String {
     std::env::var("TFCHAIN_WS")
         .expect("set TFCHAIN_WS to a TFChain RPC endpoint, e.g. ws://127.0.0.1:8000")
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// A call signed by the dev account Alice, the farmer.
-async fn farmer_submit(
-    client: &OnlineClient<SubstrateConfig>,
-    pallet: &str,
-    call: &str,
-    fields: Vec<(&str, Value)>,
-) {
-    let alice = subxt_signer::sr25519::dev::alice();
-    let payload = subxt::dynamic::tx(
-        pallet,
-        call,
-        subxt::ext::scale_value::Composite::named(
-            fields.into_iter().map(|(k, v)| (k.to_owned(), v)),
-        ),
-    );
-    let at = client.at_current_block().await.expect("block");
-    at.tx()
-        .sign_and_submit_then_watch_default(&payload, &alice)
-        .await
-        .unwrap_or_else(|e| panic!("{pallet}.{call}: {e}"))
-        .wait_for_finalized_success()
-        .await
-        .unwrap_or_else(|e| panic!("{pallet}.{call}: {e}"));
-}
-
-async fn read(
-    client: &OnlineClient<SubstrateConfig>,
-    pallet: &str,
-    item: &str,
-    key: Value,
-) -> Option<Value> {
-    let at = client.at_current_block().await.expect("block");
-    let address = subxt::dynamic::storage::<Vec<Value>, Value>(pallet, item);
-    at.storage()
-        .try_fetch(address, vec![key])
-        .await
-        .expect("storage")
-        .map(|v| v.decode().expect("decodes").remove_context())
-}
-
-/// A farm of Alice's (her twin made first if the chain has none).
-async fn alice_farm(client: &OnlineClient<SubstrateConfig>) -> u32 {
-    let alice = subxt_signer::sr25519::dev::alice()
-        .public_key()
-        .to_account_id();
-    let twin = read(
-        client,
-        "TfgridModule",
-        "TwinIdByAccountID",
-        Value::from_bytes(alice.0),
-    )
-    .await;
-    if twin.is_none() {
-        farmer_submit(
-            client,
-            "TfgridModule",
-            "user_accept_tc",
-            vec![
-                (
-                    "document_link",
-                    Value::from_bytes(agent::tfchain::client::TC_LINK),
-                ),
-                (
-                    "document_hash",
-                    Value::from_bytes(agent::tfchain::client::TC_HASH),
-                ),
-            ],
-        )
-        .await;
-        farmer_submit(
-            client,
-            "TfgridModule",
-            "create_twin",
-            vec![
-                ("relay", Value::unnamed_variant("None", [])),
-                ("pk", Value::unnamed_variant("None", [])),
-            ],
-        )
-        .await;
-    }
-    let name = format!("grove_c_{}_{}", now(), std::process::id());
-    farmer_submit(
-        client,
-        "TfgridModule",
-        "create_farm",
-        vec![
-            ("name", Value::from_bytes(&name)),
-            ("public_ips", Value::unnamed_composite([])),
-        ],
-    )
-    .await;
-    read(
-        client,
-        "TfgridModule",
-        "FarmIdByName",
-        Value::from_bytes(&name),
-    )
-    .await
-    .and_then(|v| v.as_u128())
-    .and_then(|n| u32::try_from(n).ok())
-    .filter(|id| *id != 0)
-    .expect("the farm exists")
-}
-
 /// Alice sends 10 TFT to the account of `key`.
 async fn fund(client: &OnlineClient<SubstrateConfig>, key: &SigningKey) {
-    farmer_submit(
-        client,
-        "Balances",
-        "transfer_keep_alive",
-        vec![
-            (
-                "dest",
-                Value::unnamed_variant("Id", [Value::from_bytes(key.verifying_key().to_bytes())]),
-            ),
-            ("value", Value::u128(10 * TFT)),
-        ],
-    )
-    .await;
+    chain::fund_account(client, key.verifying_key().to_bytes())
+        .await
+        .expect("TFChain harness");
 }
 
 fn fresh_key() -> SigningKey {
@@ -170,43 +45,24 @@ fn fresh_key() -> SigningKey {
     seed.keys().signing().clone()
 }
 
-/// A funded node with a twin, registered on a farm of Alice's.
+/// A funded node with a twin, registered on a new farm of Alice's.
 async fn registered_node(client: &OnlineClient<SubstrateConfig>) -> (SigningKey, u32) {
-    let farm_id = alice_farm(client).await;
+    let name = format!("grove_c_{}_{}", now(), std::process::id());
+    let farm_id = chain::alice_farm(client, &name)
+        .await
+        .expect("TFChain harness");
     let key = fresh_key();
-    fund(client, &key).await;
-    let node = Tfchain::connect(&url(), key.clone())
-        .await
-        .expect("connect as the node");
-    let twin = node.ensure_twin(None).await.expect("the node's twin");
-    let registration = NodeRegistration {
-        farm_id,
-        twin_id: twin,
-        resources: Resources {
-            hru: 0,
-            sru: 512 << 30,
-            cru: 8,
-            mru: 16 << 30,
-        },
-        interfaces: vec![Interface {
-            name: "br-grove".into(),
-            mac: "02:00:00:aa:bb:dd".into(),
-            ips: vec!["10.77.0.11/24".into()],
-        }],
-        serial_number: "grove-contracts-test".into(),
-        virtualized: true,
-        secure_boot: false,
-    };
-    let location = Location {
-        city: "Ghent".into(),
-        country: "Belgium".into(),
-        latitude: "51.05".into(),
-        longitude: "3.72".into(),
-    };
-    let node_id = node
-        .register(twin, &registration, &location)
-        .await
-        .expect("createNode");
+    let (_, node_id) = chain::registered_node(client, &url(), key.clone(), |twin| {
+        chain::registration(
+            farm_id,
+            twin,
+            "grove-contracts-test".into(),
+            "02:00:00:aa:bb:dd",
+            "10.77.0.11/24",
+        )
+    })
+    .await
+    .expect("TFChain harness");
     (key, node_id)
 }
 
@@ -244,11 +100,7 @@ async fn event(
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored"]
 async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees_its_cancel() {
-    let client = Tfchain::connect(&url(), SigningKey::from_bytes(&[9; 32]))
-        .await
-        .expect("connect")
-        .client()
-        .clone();
+    let client = chain::client(&url()).await.expect("TFChain harness");
     let (node_key, node_id) = registered_node(&client).await;
     eprintln!("node {node_id} registered");
 
@@ -470,94 +322,13 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
     follow.abort();
 }
 
-/// A TCP proxy to the chain that the test cuts (every connection dropped,
-/// new ones refused) and restores.
-struct Proxy {
-    url: String,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Proxy {
-    async fn to(upstream: &str) -> Proxy {
-        use std::sync::atomic::Ordering;
-        let target = upstream
-            .strip_prefix("ws://")
-            .expect("a ws:// URL")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("ws://{}", listener.local_addr().expect("addr"));
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (c, g) = (cut.clone(), generation.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if c.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let (c, g, target) = (c.clone(), g.clone(), target.clone());
-                tokio::spawn(async move {
-                    let born = g.load(Ordering::SeqCst);
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let pipe = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    let cut_off = async {
-                        while !c.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    };
-                    tokio::select! {
-                        _ = pipe => {}
-                        () = cut_off => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            url,
-            cut,
-            generation,
-            task,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// The chain cut off when the node's contract watch starts, then cut again
 /// while the tenant cancels: the watch sees the contract once the chain is
 /// back, and the cancel once it is back again, each within 30 s.
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored"]
 async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_cancel() {
-    let client = Tfchain::connect(&url(), SigningKey::from_bytes(&[9; 32]))
-        .await
-        .expect("connect")
-        .client()
-        .clone();
+    let client = chain::client(&url()).await.expect("TFChain harness");
     let (node_key, node_id) = registered_node(&client).await;
     let tenant_key = fresh_key();
     fund(&client, &tenant_key).await;
@@ -566,7 +337,7 @@ async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_c
         .expect("the tenant connects");
     tenant.ensure_twin().await.expect("the tenant's twin");
 
-    let proxy = Proxy::to(&url()).await;
+    let proxy = Proxy::to(&url()).await.expect("TFChain harness");
     proxy.cut();
     let shutdown = grove_daemon::shutdown::Shutdown::new();
     let (tx, mut changes) = tokio::sync::mpsc::channel(16);

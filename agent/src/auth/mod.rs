@@ -395,14 +395,16 @@ impl RequestVerifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn key(byte: u8) -> SigningKey {
+    /// A test key made of one repeated byte.
+    pub(crate) fn key(byte: u8) -> SigningKey {
         SigningKey::from_bytes(&[byte; 32])
     }
 
-    fn account(k: &SigningKey) -> String {
+    /// The account of `k`, as signed requests name it.
+    pub(crate) fn account(k: &SigningKey) -> String {
         crate::identity::keys::ss58(&k.verifying_key().to_bytes(), 42)
     }
 

@@ -32,18 +32,24 @@ pub enum AliveError {
     Registry(#[from] grove_daemon::client::ClientError),
 }
 
-/// The account that owns the node's farm, read from the registry: for a
-/// node that has no identity yet (its chain task has not started), to
-/// check the farmer's signature on its identity choice.
-pub async fn farm_owner(params: &BootParams) -> Result<String, AliveError> {
+/// The registry's URL and the node's farm, from the boot parameters.
+fn registry(params: &BootParams) -> Result<(String, u32), AliveError> {
     let url = params
         .chain
         .url
         .clone()
         .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()));
-    let (Some(url), Some(farm)) = (url, params.farm_id) else {
-        return Err(AliveError::NoRegistry);
-    };
+    match (url, params.farm_id) {
+        (Some(url), Some(farm)) => Ok((url, farm)),
+        _ => Err(AliveError::NoRegistry),
+    }
+}
+
+/// The account that owns the node's farm, read from the registry: for a
+/// node that has no identity yet (its chain task has not started), to
+/// check the farmer's signature on its identity choice.
+pub async fn farm_owner(params: &BootParams) -> Result<String, AliveError> {
+    let (url, farm) = registry(params)?;
     if params.chain.backend == ChainBackend::Tfchain {
         return crate::tfchain::uptime::farm_owner(&url, farm)
             .await?
@@ -58,14 +64,7 @@ pub async fn farm_owner(params: &BootParams) -> Result<String, AliveError> {
 /// `account`, in this node's farm; `None` if it never reported (or is not
 /// registered there).
 pub async fn last_uptime(params: &BootParams, account: &str) -> Result<Option<u64>, AliveError> {
-    let url = params
-        .chain
-        .url
-        .clone()
-        .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()));
-    let (Some(url), Some(farm)) = (url, params.farm_id) else {
-        return Err(AliveError::NoRegistry);
-    };
+    let (url, farm) = registry(params)?;
     if params.chain.backend == ChainBackend::Tfchain {
         return Ok(crate::tfchain::uptime::last_uptime(&url, account, ALIVE_WINDOW).await?);
     }

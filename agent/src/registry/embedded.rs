@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use grove_daemon::server::ApiError;
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,14 @@ pub struct Embedded {
     farmers: Vec<String>,
     nonces: NonceStore,
     buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Adds the record `make` builds under the next free id of `map`.
+fn insert_next<V: Clone>(map: &mut BTreeMap<u32, V>, make: impl FnOnce(u32) -> V) -> V {
+    let id = map.keys().next_back().map_or(1, |k| k + 1);
+    let record = make(id);
+    map.insert(id, record.clone());
+    record
 }
 
 fn now() -> u64 {
@@ -373,14 +381,11 @@ impl Embedded {
             if let Some(t) = s.twins.values().find(|t| t.account == account) {
                 return Ok(t.clone());
             }
-            let id = s.twins.keys().next_back().map_or(1, |k| k + 1);
-            let twin = Twin {
+            Ok(insert_next(&mut s.twins, |id| Twin {
                 id,
                 account: account.to_owned(),
                 relay,
-            };
-            s.twins.insert(id, twin.clone());
-            Ok(twin)
+            }))
         })
     }
 
@@ -427,14 +432,11 @@ impl Embedded {
             }
             return Ok(f.clone());
         }
-        let id = s.farms.keys().next_back().map_or(1, |k| k + 1);
-        let farm = Farm {
+        Ok(insert_next(&mut s.farms, |id| Farm {
             id,
             name: name.to_owned(),
             twin_id,
-        };
-        s.farms.insert(id, farm.clone());
-        Ok(farm)
+        }))
     }
 
     /// `POST /v1/farms`, signed by the owner, one of the registry's farmers.
@@ -810,19 +812,67 @@ async fn write<T: Send + 'static>(
     .map(Json)
 }
 
+/// A signed write at the fixed `path`: `apply` gets the body.
+fn signed<T: Serialize + Send + 'static>(
+    path: &'static str,
+    apply: fn(&Embedded, &Verified, &[u8]) -> Result<T, RegistryError>,
+) -> MethodRouter<Shared> {
+    post(
+        move |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+            write(r, path.into(), headers, body, apply).await
+        },
+    )
+}
+
+/// A signed write on the object `id` names, at `{prefix}/{id}{suffix}`:
+/// the path signed is the one made from the parsed id.
+fn signed_on<Id, T>(
+    prefix: &'static str,
+    suffix: &'static str,
+    apply: fn(&Embedded, &Verified, Id, &[u8]) -> Result<T, RegistryError>,
+) -> MethodRouter<Shared>
+where
+    Id: serde::de::DeserializeOwned + std::fmt::Display + Copy + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    post(
+        move |State(r): State<Shared>,
+              UrlPath(id): UrlPath<Id>,
+              headers: HeaderMap,
+              body: Bytes| async move {
+            let path = format!("{prefix}/{id}{suffix}");
+            write(r, path, headers, body, move |r, v, body| {
+                apply(r, v, id, body)
+            })
+            .await
+        },
+    )
+}
+
+/// A read of the one object `id` names; `missing` when there is none.
+fn one<Id, V>(
+    pick: fn(&RegistryState, Id) -> Option<V>,
+    missing: fn(Id) -> RegistryError,
+) -> MethodRouter<Shared>
+where
+    Id: serde::de::DeserializeOwned + Copy + Send + 'static,
+    V: Serialize + Send + 'static,
+{
+    get(
+        move |State(r): State<Shared>, UrlPath(id): UrlPath<Id>| async move {
+            pick(&r.snapshot(), id).map(Json).ok_or_else(|| missing(id))
+        },
+    )
+}
+
 pub fn routes(registry: Shared) -> Router {
     Router::new()
         .route(
             "/v1/twins",
-            post(
-                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
-                    write(r, "/v1/twins".into(), headers, body, |r, v, body| {
-                        let t: TwinRequest = parse(body)?;
-                        r.signed_twin(v, &t.account, t.relay)
-                    })
-                    .await
-                },
-            )
+            signed("/v1/twins", |r, v, body| {
+                let t: TwinRequest = parse(body)?;
+                r.signed_twin(v, &t.account, t.relay)
+            })
             .get(|State(r): State<Shared>| async move {
                 Json(r.snapshot().twins.into_values().collect::<Vec<Twin>>())
             }),
@@ -844,68 +894,31 @@ pub fn routes(registry: Shared) -> Router {
         )
         .route(
             "/v1/contracts",
-            post(
-                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
-                    write(r, "/v1/contracts".into(), headers, body, |r, v, body| {
-                        let c: ContractRequest = parse(body)?;
-                        r.create_contract(v, &c)
-                    })
-                    .await
-                },
-            ),
+            signed("/v1/contracts", |r, v, body| {
+                r.create_contract(v, &parse::<ContractRequest>(body)?)
+            }),
         )
         .route(
             "/v1/contracts/{id}",
-            post(
-                |State(r): State<Shared>,
-                 UrlPath(id): UrlPath<u64>,
-                 headers: HeaderMap,
-                 body: Bytes| async move {
-                    let path = format!("/v1/contracts/{id}");
-                    write(r, path, headers, body, move |r, v, body| {
-                        let u: ContractUpdate = parse(body)?;
-                        r.update_contract(v, id, &u)
-                    })
-                    .await
-                },
-            )
-            .get(
-                |State(r): State<Shared>, UrlPath(id): UrlPath<u64>| async move {
-                    r.snapshot()
-                        .contracts
-                        .get(&id)
-                        .cloned()
-                        .map(Json)
-                        .ok_or(RegistryError::NoContract(id))
-                },
-            ),
+            signed_on("/v1/contracts", "", |r, v, id, body| {
+                r.update_contract(v, id, &parse::<ContractUpdate>(body)?)
+            })
+            .merge(one(
+                |s, id| s.contracts.get(&id).cloned(),
+                RegistryError::NoContract,
+            )),
         )
         .route(
             "/v1/contracts/{id}/cancel",
-            post(
-                |State(r): State<Shared>,
-                 UrlPath(id): UrlPath<u64>,
-                 headers: HeaderMap,
-                 body: Bytes| async move {
-                    let path = format!("/v1/contracts/{id}/cancel");
-                    write(r, path, headers, body, move |r, v, _| {
-                        r.cancel_contract(v, id)
-                    })
-                    .await
-                },
-            ),
+            signed_on("/v1/contracts", "/cancel", |r, v, id, _| {
+                r.cancel_contract(v, id)
+            }),
         )
         .route(
             "/v1/contracts/{id}/resources",
-            get(
-                |State(r): State<Shared>, UrlPath(id): UrlPath<u64>| async move {
-                    r.snapshot()
-                        .contract_resources
-                        .get(&id)
-                        .copied()
-                        .map(Json)
-                        .ok_or(RegistryError::NoContract(id))
-                },
+            one(
+                |s, id| s.contract_resources.get(&id).copied(),
+                RegistryError::NoContract,
             ),
         )
         .route(
@@ -927,56 +940,28 @@ pub fn routes(registry: Shared) -> Router {
         )
         .route(
             "/v1/nodes/{id}/contracts/resources",
-            post(
-                |State(r): State<Shared>,
-                 UrlPath(id): UrlPath<u32>,
-                 headers: HeaderMap,
-                 body: Bytes| async move {
-                    let path = format!("/v1/nodes/{id}/contracts/resources");
-                    write(r, path, headers, body, move |r, v, body| {
-                        let reports: Vec<ContractResources> = parse(body)?;
-                        r.report_contract_resources(v, id, &reports)
-                    })
-                    .await
-                },
-            ),
+            signed_on("/v1/nodes", "/contracts/resources", |r, v, id, body| {
+                let reports: Vec<ContractResources> = parse(body)?;
+                r.report_contract_resources(v, id, &reports)
+            }),
         )
         .route(
             "/v1/farms",
-            post(
-                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
-                    write(r, "/v1/farms".into(), headers, body, |r, v, body| {
-                        let f: FarmRequest = parse(body)?;
-                        r.signed_farm(v, &f.name, f.twin_id)
-                    })
-                    .await
-                },
-            ),
+            signed("/v1/farms", |r, v, body| {
+                let f: FarmRequest = parse(body)?;
+                r.signed_farm(v, &f.name, f.twin_id)
+            }),
         )
         .route(
             "/v1/farms/{id}",
-            get(
-                |State(r): State<Shared>, UrlPath(id): UrlPath<u32>| async move {
-                    r.snapshot()
-                        .farms
-                        .get(&id)
-                        .cloned()
-                        .map(Json)
-                        .ok_or(RegistryError::NoFarm(id))
-                },
-            ),
+            one(|s, id| s.farms.get(&id).cloned(), RegistryError::NoFarm),
         )
         .route(
             "/v1/nodes",
-            post(
-                |State(r): State<Shared>, headers: HeaderMap, body: Bytes| async move {
-                    write(r, "/v1/nodes".into(), headers, body, |r, v, body| {
-                        let n: NodeRequest = parse(body)?;
-                        r.register_node(v, n.registration, n.mesh)
-                    })
-                    .await
-                },
-            )
+            signed("/v1/nodes", |r, v, body| {
+                let n: NodeRequest = parse(body)?;
+                r.register_node(v, n.registration, n.mesh)
+            })
             .get(
                 |State(r): State<Shared>, Query(q): Query<NodeQuery>| async move {
                     let nodes: Vec<Node> = r
@@ -992,32 +977,13 @@ pub fn routes(registry: Shared) -> Router {
         )
         .route(
             "/v1/nodes/{id}",
-            get(
-                |State(r): State<Shared>, UrlPath(id): UrlPath<u32>| async move {
-                    r.snapshot()
-                        .nodes
-                        .get(&id)
-                        .cloned()
-                        .map(Json)
-                        .ok_or(RegistryError::NoNode(id))
-                },
-            ),
+            one(|s, id| s.nodes.get(&id).cloned(), RegistryError::NoNode),
         )
         .route(
             "/v1/nodes/{id}/uptime",
-            post(
-                |State(r): State<Shared>,
-                 UrlPath(id): UrlPath<u32>,
-                 headers: HeaderMap,
-                 body: Bytes| async move {
-                    let path = format!("/v1/nodes/{id}/uptime");
-                    write(r, path, headers, body, move |r, v, body| {
-                        let u: UptimeReport = parse(body)?;
-                        r.report_uptime(v, id, u)
-                    })
-                    .await
-                },
-            )
+            signed_on("/v1/nodes", "/uptime", |r, v, id, body| {
+                r.report_uptime(v, id, parse::<UptimeReport>(body)?)
+            })
             .get(
                 |State(r): State<Shared>, UrlPath(id): UrlPath<u32>| async move {
                     Json(r.snapshot().uptime.get(&id).cloned().unwrap_or_default())
@@ -1087,16 +1053,9 @@ impl grove_daemon::cli::Failure for ServeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::tests::{account, key};
     use crate::registry::model::Resources;
     use ed25519_dalek::SigningKey;
-
-    fn key(byte: u8) -> SigningKey {
-        SigningKey::from_bytes(&[byte; 32])
-    }
-
-    fn account(k: &SigningKey) -> String {
-        crate::identity::keys::ss58(&k.verifying_key().to_bytes(), 42)
-    }
 
     fn registration(farm_id: u32, twin_id: u32) -> NodeRegistration {
         NodeRegistration {

@@ -211,24 +211,33 @@ impl std::fmt::Debug for Tfchain {
     }
 }
 
+/// The RPC connection to `url` (`ws://` allowed) and a client over the
+/// legacy RPC methods.
+pub(crate) async fn connect_legacy(
+    url: &str,
+) -> Result<(subxt::rpcs::RpcClient, OnlineClient<SubstrateConfig>), TfchainError> {
+    let connect = |message: String| TfchainError::Connect {
+        url: url.to_owned(),
+        message,
+    };
+    let rpc = if url.starts_with("ws://") {
+        subxt::rpcs::RpcClient::from_insecure_url(url).await
+    } else {
+        subxt::rpcs::RpcClient::from_url(url).await
+    }
+    .map_err(|e| connect(e.to_string()))?;
+    let backend = subxt::backend::LegacyBackend::builder().build(rpc.clone());
+    let client = OnlineClient::<SubstrateConfig>::from_backend(std::sync::Arc::new(backend))
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    Ok((rpc, client))
+}
+
 impl Tfchain {
     /// Connects over the legacy RPC methods, which every TFChain node (and
     /// chopsticks) serves.
     pub async fn connect(url: &str, key: SigningKey) -> Result<Self, TfchainError> {
-        let connect = |message: String| TfchainError::Connect {
-            url: url.to_owned(),
-            message,
-        };
-        let rpc = if url.starts_with("ws://") {
-            subxt::rpcs::RpcClient::from_insecure_url(url).await
-        } else {
-            subxt::rpcs::RpcClient::from_url(url).await
-        }
-        .map_err(|e| connect(e.to_string()))?;
-        let backend = subxt::backend::LegacyBackend::builder().build(rpc);
-        let client = OnlineClient::<SubstrateConfig>::from_backend(std::sync::Arc::new(backend))
-            .await
-            .map_err(|e| connect(e.to_string()))?;
+        let (_, client) = connect_legacy(url).await?;
         let account = crate::identity::keys::ss58(
             &key.verifying_key().to_bytes(),
             crate::identity::keys::SS58_PREFIX,

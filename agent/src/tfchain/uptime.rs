@@ -74,20 +74,7 @@ pub async fn last_uptime(
 }
 
 async fn connect(url: &str) -> Result<(Methods, OnlineClient<SubstrateConfig>), TfchainError> {
-    let connect_error = |message: String| TfchainError::Connect {
-        url: url.to_owned(),
-        message,
-    };
-    let rpc = if url.starts_with("ws://") {
-        subxt::rpcs::RpcClient::from_insecure_url(url).await
-    } else {
-        subxt::rpcs::RpcClient::from_url(url).await
-    }
-    .map_err(|e| connect_error(e.to_string()))?;
-    let backend = subxt::backend::LegacyBackend::builder().build(rpc.clone());
-    let client = OnlineClient::<SubstrateConfig>::from_backend(std::sync::Arc::new(backend))
-        .await
-        .map_err(|e| connect_error(e.to_string()))?;
+    let (rpc, client) = super::client::connect_legacy(url).await?;
     Ok((Methods::new(rpc), client))
 }
 

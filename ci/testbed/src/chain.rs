@@ -17,6 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agent::boot::{BootParams, ChainBackend, ChainParams};
 use agent::chain::{Chain, ChainConfig, ChainStatus, MeshConfig, Sources};
 use agent::identity::keys::Seed;
+use agent::registry::model::{Interface, NodeRegistration, Resources};
+use agent::tfchain::calls::Location;
+use agent::tfchain::client::Tfchain;
 use subxt::dynamic::Value;
 use subxt::{OnlineClient, SubstrateConfig};
 
@@ -65,12 +68,9 @@ pub fn now() -> u64 {
 
 /// A client on the agent's own backend, through a throwaway key.
 pub async fn client(url: &str) -> Result<OnlineClient<SubstrateConfig>, HarnessError> {
-    let chain = agent::tfchain::client::Tfchain::connect(
-        url,
-        ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
-    )
-    .await
-    .map_err(chain_error(format!("connect to {url}")))?;
+    let chain = Tfchain::connect(url, ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
+        .await
+        .map_err(chain_error(format!("connect to {url}")))?;
     Ok(chain.client().clone())
 }
 
@@ -188,6 +188,14 @@ pub async fn alice_farm(
 
 /// Alice sends the node of `seed` 10 TFT.
 pub async fn fund(client: &OnlineClient<SubstrateConfig>, seed: &Seed) -> Result<(), HarnessError> {
+    fund_account(client, seed.keys().verifying().to_bytes()).await
+}
+
+/// Alice sends the account of public key `public` 10 TFT.
+pub async fn fund_account(
+    client: &OnlineClient<SubstrateConfig>,
+    public: [u8; 32],
+) -> Result<(), HarnessError> {
     alice_submit(
         client,
         "Balances",
@@ -195,15 +203,74 @@ pub async fn fund(client: &OnlineClient<SubstrateConfig>, seed: &Seed) -> Result
         vec![
             (
                 "dest",
-                Value::unnamed_variant(
-                    "Id",
-                    [Value::from_bytes(seed.keys().verifying().to_bytes())],
-                ),
+                Value::unnamed_variant("Id", [Value::from_bytes(public)]),
             ),
             ("value", Value::u128(10 * TFT)),
         ],
     )
     .await
+}
+
+/// A node's registration in `farm_id` as twin `twin_id`: 1 TiB HDD, 512
+/// GiB SSD, 8 cores, 16 GiB memory, one interface with `mac` and `ip`.
+pub fn registration(
+    farm_id: u32,
+    twin_id: u32,
+    serial_number: String,
+    mac: &str,
+    ip: &str,
+) -> NodeRegistration {
+    NodeRegistration {
+        farm_id,
+        twin_id,
+        resources: Resources {
+            hru: 1024 * GIB,
+            sru: 512 * GIB,
+            cru: 8,
+            mru: 16 * GIB,
+        },
+        interfaces: vec![Interface {
+            name: "br-grove".into(),
+            mac: mac.into(),
+            ips: vec![ip.into()],
+        }],
+        serial_number,
+        virtualized: true,
+        secure_boot: false,
+    }
+}
+
+/// Where test nodes stand.
+pub fn location() -> Location {
+    Location {
+        city: "Ghent".into(),
+        country: "Belgium".into(),
+        latitude: "51.0543".into(),
+        longitude: "3.7174".into(),
+    }
+}
+
+/// The node of `key`, funded by Alice, with a twin and registered as
+/// `registration(farm_id, twin, ..)` says: its client and node id.
+pub async fn registered_node(
+    client: &OnlineClient<SubstrateConfig>,
+    url: &str,
+    key: ed25519_dalek::SigningKey,
+    registration: impl FnOnce(u32) -> NodeRegistration,
+) -> Result<(Tfchain, u32), HarnessError> {
+    fund_account(client, key.verifying_key().to_bytes()).await?;
+    let node = Tfchain::connect(url, key)
+        .await
+        .map_err(chain_error(format!("connect to {url} as the node")))?;
+    let twin = node
+        .ensure_twin(None)
+        .await
+        .map_err(chain_error("the node's twin"))?;
+    let node_id = node
+        .register(twin, &registration(twin), &location())
+        .await
+        .map_err(chain_error("createNode"))?;
+    Ok((node, node_id))
 }
 
 /// Chain time, moved to `secs` (unix) for the next block.
