@@ -9,7 +9,6 @@
 //! tfchain_alive -- --ignored --test-threads=1` (the dev account Alice
 //! signs the farmer's calls, so tests against one chain run one at a time).
 
-use agent::boot::{BootParams, ChainBackend, ChainParams};
 use agent::identity::alive;
 use agent::identity::keys::Seed;
 use agent::tfchain::client::Tfchain;
@@ -50,15 +49,7 @@ async fn a_node_that_reported_uptime_is_alive_and_one_that_never_did_is_not() {
     let farm_id = chain::alice_farm(&client, &format!("grove_{}_{}", now(), std::process::id()))
         .await
         .expect("TFChain harness");
-    let params = BootParams {
-        farm_id: Some(farm_id),
-        chain: ChainParams {
-            backend: ChainBackend::Tfchain,
-            url: Some(url.clone()),
-            run_mode: None,
-        },
-        ..BootParams::default()
-    };
+    let params = chain::boot_params(&url, farm_id);
 
     // The farm's owner, as a waiting node reads it to check a choice.
     assert_eq!(

@@ -83,14 +83,13 @@ impl AuthError {
 }
 
 /// The bytes that are signed.
-pub fn message(
-    target: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    timestamp: i64,
-    nonce: &str,
-) -> Vec<u8> {
+pub fn message(request: &Request<'_>, timestamp: i64, nonce: &str) -> Vec<u8> {
+    let Request {
+        target,
+        method,
+        path,
+        body,
+    } = request;
     let digest: String = Sha256::digest(body)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -116,14 +115,7 @@ pub fn sign(
     timestamp: i64,
     nonce: &str,
 ) -> Vec<(&'static str, String)> {
-    let signature = key.sign(&message(
-        request.target,
-        request.method,
-        request.path,
-        request.body,
-        timestamp,
-        nonce,
-    ));
+    let signature = key.sign(&message(&request, timestamp, nonce));
     let signer = crate::identity::keys::ss58(
         &key.verifying_key().to_bytes(),
         crate::identity::keys::SS58_PREFIX,
@@ -225,14 +217,7 @@ pub fn verify(request: Request<'_>, h: Presented<'_>, now: i64) -> Result<Verifi
             reason: "an ed25519 signature is 64 bytes".into(),
         })?;
     key.verify(
-        &message(
-            request.target,
-            request.method,
-            request.path,
-            request.body,
-            timestamp,
-            nonce,
-        ),
+        &message(&request, timestamp, nonce),
         &Signature::from_bytes(&raw),
     )
     .map_err(|_mismatch: ed25519_dalek::SignatureError| AuthError::BadSignature)?;

@@ -93,23 +93,28 @@ pub fn tfchain_rules(r: &NodeRegistration) -> Result<(), BackendError> {
             message,
         })
     };
-    if r.resources.sru < 100 * GIB {
-        return refuse(
+    // (what the node has, the least the chain takes, its error, what it
+    // is, what to do about it).
+    let floors = [
+        (
+            r.resources.sru,
+            100,
             "InvalidSRUInput",
-            format!(
-                "TFChain refuses a node with less than 100 GiB of SSD (SRU); this node has {}: add SSD storage (nothing was sent, no fee paid)",
-                gib(r.resources.sru)
-            ),
-        );
-    }
-    if r.resources.mru < 2 * GIB {
-        return refuse(
-            "InvalidMRUInput",
-            format!(
-                "TFChain refuses a node with less than 2 GiB of memory (MRU); this node has {} (nothing was sent, no fee paid)",
-                gib(r.resources.mru)
-            ),
-        );
+            "SSD (SRU)",
+            ": add SSD storage",
+        ),
+        (r.resources.mru, 2, "InvalidMRUInput", "memory (MRU)", ""),
+    ];
+    for (has, least_gib, kind, what, remedy) in floors {
+        if has < least_gib * GIB {
+            return refuse(
+                kind,
+                format!(
+                    "TFChain refuses a node with less than {least_gib} GiB of {what}; this node has {}{remedy} (nothing was sent, no fee paid)",
+                    gib(has)
+                ),
+            );
+        }
     }
     if r.resources.cru < 1 {
         return refuse(

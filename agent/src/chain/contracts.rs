@@ -170,30 +170,28 @@ mod tests {
 
     #[test]
     fn changes_are_the_new_the_changed_and_the_gone() {
-        let mut known = Known::default();
+        use ContractChange::{Active, Gone};
         let a = contract(1, b'a', ContractState::Created);
         let b = contract(2, b'b', ContractState::Created);
-        assert_eq!(
-            known.update(vec![a.clone(), b.clone()]),
-            [
-                ContractChange::Active(a.clone()),
-                ContractChange::Active(b.clone())
-            ]
-        );
-        assert!(known.update(vec![a.clone(), b.clone()]).is_empty());
         let b2 = contract(2, b'c', ContractState::Created);
         let a_grace = contract(1, b'a', ContractState::GracePeriod);
-        assert_eq!(
-            known.update(vec![a_grace.clone(), b2.clone()]),
-            [
-                ContractChange::Active(a_grace.clone()),
-                ContractChange::Active(b2.clone())
-            ]
-        );
-        assert_eq!(
-            known.update(vec![b2.clone()]),
-            [ContractChange::Gone(a_grace)]
-        );
-        assert_eq!(known.update(vec![]), [ContractChange::Gone(b2)]);
+        // (what the chain lists, in turn; the changes it makes).
+        let steps = [
+            (
+                vec![a.clone(), b.clone()],
+                vec![Active(a.clone()), Active(b.clone())],
+            ),
+            (vec![a.clone(), b], vec![]),
+            (
+                vec![a_grace.clone(), b2.clone()],
+                vec![Active(a_grace.clone()), Active(b2.clone())],
+            ),
+            (vec![b2.clone()], vec![Gone(a_grace)]),
+            (vec![], vec![Gone(b2)]),
+        ];
+        let mut known = Known::default();
+        for (step, (listed, changes)) in steps.into_iter().enumerate() {
+            assert_eq!(known.update(listed), changes, "step {step}");
+        }
     }
 }

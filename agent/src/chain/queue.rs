@@ -184,14 +184,20 @@ mod tests {
         })
     }
 
-    #[test]
-    fn fifo_survives_reopening_and_never_reuses_a_number() {
+    /// A new queue holding uptime reports 1 to `n`.
+    fn queue_of(n: u64) -> (tempfile::TempDir, Queue) {
         let dir = tempfile::tempdir().expect("tempdir");
         let q = Queue::open(dir.path()).expect("open");
-        for _ in 0..3 {
+        for _ in 0..n {
             let seq = q.next_seq().expect("seq");
             q.push(seq, &uptime(seq)).expect("push");
         }
+        (dir, q)
+    }
+
+    #[test]
+    fn fifo_survives_reopening_and_never_reuses_a_number() {
+        let (dir, _written) = queue_of(3);
         let q = Queue::open(dir.path()).expect("reopen");
         assert_eq!(q.len(), 3);
         let (seq, report) = q.front().expect("front").expect("a report");
@@ -205,12 +211,7 @@ mod tests {
 
     #[test]
     fn reports_lists_everything_and_remove_through_drops_the_older_ones() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let q = Queue::open(dir.path()).expect("open");
-        for _ in 0..4 {
-            let seq = q.next_seq().expect("seq");
-            q.push(seq, &uptime(seq)).expect("push");
-        }
+        let (dir, q) = queue_of(4);
         std::fs::write(dir.path().join("00000000000000000009.json"), b"not json").expect("write");
         let all = q.reports().expect("reports");
         assert_eq!(

@@ -271,6 +271,15 @@ mod tests {
             .collect()
     }
 
+    /// A scratch root, the cache directory in it and `n` pools of this
+    /// machine.
+    fn machine(n: usize) -> (tempfile::TempDir, PathBuf, Vec<PoolDir>) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cache = root.path().join("cache");
+        let pools = pools(root.path(), n);
+        (root, cache, pools)
+    }
+
     fn seen_of(pools: &[PoolDir]) -> Vec<(PoolDir, Option<Seed>)> {
         seen(pools)
     }
@@ -290,9 +299,7 @@ mod tests {
 
     #[test]
     fn created_once_then_loaded_with_a_copy_on_every_pool() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cache = root.path().join("cache");
-        let pools = pools(root.path(), 2);
+        let (_root, cache, pools) = machine(2);
         let (seed, first) = boot(&cache, &pools);
         assert_eq!(first.source, Source::Created);
         assert_eq!(first.copies, ["grove-p0", "grove-p1"]);
@@ -310,9 +317,7 @@ mod tests {
 
     #[test]
     fn a_lost_cache_is_recovered_from_the_pools() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cache = root.path().join("cache");
-        let pools = pools(root.path(), 3);
+        let (_root, cache, pools) = machine(3);
         let (seed, first) = boot(&cache, &pools);
         std::fs::remove_dir_all(&cache).expect("lose the cache");
         std::fs::remove_dir_all(&pools[0].mount_point).expect("lose a pool too");
@@ -333,9 +338,7 @@ mod tests {
 
     #[test]
     fn another_machines_pool_never_changes_who_the_node_is() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cache = root.path().join("cache");
-        let mut pools = pools(root.path(), 3);
+        let (_root, cache, mut pools) = machine(3);
         let (seed, _) = boot(&cache, &pools[..1]);
         // Two pools of another node, more than this node's one.
         let stranger = Seed::generate().expect("random");
@@ -402,9 +405,7 @@ mod tests {
 
     #[test]
     fn a_fresh_seed_kept_before_a_crash_is_who_the_node_boots_as() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cache = root.path().join("cache");
-        let mut pools = pools(root.path(), 2);
+        let (_root, cache, mut pools) = machine(2);
         let stranger = Seed::generate().expect("random");
         pools[1].this_machine = false;
         write_seed(&pools[1].mount_point.join(POOL_FILE), &stranger).expect("moved-in disk");
@@ -421,9 +422,7 @@ mod tests {
 
     #[test]
     fn own_pools_that_disagree_go_by_majority_and_the_odd_one_is_kept() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cache = root.path().join("cache");
-        let pools = pools(root.path(), 3);
+        let (_root, cache, pools) = machine(3);
         let (seed, _) = boot(&cache, &pools[..2]);
         let odd = Seed::generate().expect("random");
         write_seed(&pools[2].mount_point.join(POOL_FILE), &odd).expect("odd copy");
@@ -436,9 +435,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_cache_copy_is_reported_and_the_pools_win() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cache = root.path().join("cache");
-        let pools = pools(root.path(), 1);
+        let (_root, cache, pools) = machine(1);
         let (seed, _) = boot(&cache, &pools);
         std::fs::write(cache.join(CACHE_FILE), "garbage").expect("corrupt");
         let (loaded, report) = boot(&cache, &pools);

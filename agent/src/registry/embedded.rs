@@ -378,13 +378,10 @@ impl Embedded {
             check_text("relay", relay, 253)?;
         }
         self.change(|s| {
-            if let Some(t) = s.twins.values().find(|t| t.account == account) {
-                return Ok(t.clone());
-            }
-            Ok(insert_next(&mut s.twins, |id| Twin {
-                id,
-                account: account.to_owned(),
-                relay,
+            let known = s.twins.values().find(|t| t.account == account).cloned();
+            Ok(known.unwrap_or_else(|| {
+                let account = account.to_owned();
+                insert_next(&mut s.twins, |id| Twin { id, account, relay })
             }))
         })
     }

@@ -466,6 +466,19 @@ impl<'a> From<&'a StandIns> for Daemons<'a> {
     }
 }
 
+/// The boot parameters of a node in farm `farm_id` on the TFChain at `url`.
+pub fn boot_params(url: &str, farm_id: u32) -> BootParams {
+    BootParams {
+        farm_id: Some(farm_id),
+        chain: ChainParams {
+            backend: ChainBackend::Tfchain,
+            url: Some(url.to_owned()),
+            run_mode: None,
+        },
+        ..BootParams::default()
+    }
+}
+
 /// Runs the chain task of the node of `seed` in farm `farm_id` against the
 /// TFChain at `url`, its queue in `dir`, an uptime report every
 /// `interval_secs`.
@@ -478,15 +491,7 @@ pub fn start(
     interval_secs: u64,
 ) -> Node {
     let chain = Arc::new(Chain::default());
-    let params = BootParams {
-        farm_id: Some(farm_id),
-        chain: ChainParams {
-            backend: ChainBackend::Tfchain,
-            url: Some(url.to_owned()),
-            run_mode: None,
-        },
-        ..BootParams::default()
-    };
+    let params = boot_params(url, farm_id);
     let config = ChainConfig {
         uptime_interval_secs: interval_secs,
         queue_dir: dir.join("reports"),
