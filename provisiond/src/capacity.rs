@@ -267,33 +267,30 @@ impl Ledger {
 
     /// All the node has.
     pub fn total(&self) -> Resources {
-        let mut total = Resources {
-            cru: self.node.cores,
-            mru: self.node.memory,
-            ..Resources::default()
-        };
-        for pool in &self.node.pools {
-            match pool.kind {
-                PoolKind::Ssd => total.sru = total.sru.saturating_add(pool.size),
-                PoolKind::Hdd => total.hru = total.hru.saturating_add(pool.size),
-            }
-        }
-        total
+        self.with_pools(self.node.cores, self.node.memory, |pool| pool.size)
     }
 
     /// What the system keeps: memory, and what it holds on the pools.
     pub fn reserved(&self) -> Resources {
-        let mut reserved = Resources {
-            mru: self.memory_reserve(),
+        self.with_pools(0, self.memory_reserve(), |pool| pool.system)
+    }
+
+    /// `cru` and `mru`, with `bytes` of each pool added to SRU or HRU by
+    /// its kind.
+    fn with_pools(&self, cru: u64, mru: u64, bytes: impl Fn(&Pool) -> u64) -> Resources {
+        let mut sum = Resources {
+            cru,
+            mru,
             ..Resources::default()
         };
         for pool in &self.node.pools {
-            match pool.kind {
-                PoolKind::Ssd => reserved.sru = reserved.sru.saturating_add(pool.system),
-                PoolKind::Hdd => reserved.hru = reserved.hru.saturating_add(pool.system),
-            }
+            let on = match pool.kind {
+                PoolKind::Ssd => &mut sum.sru,
+                PoolKind::Hdd => &mut sum.hru,
+            };
+            *on = on.saturating_add(bytes(pool));
         }
-        reserved
+        sum
     }
 
     /// What the deployments hold.

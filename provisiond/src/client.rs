@@ -1,46 +1,17 @@
 //! The typed client for `provisiond`'s socket API; the shapes are in
 //! [`crate::api`].
 
-use std::path::PathBuf;
-
-use grove_daemon::client::{ClientError, SocketClient};
-use grove_daemon::server::{Info, ReadyReport};
+use grove_daemon::client::ClientError;
 
 use crate::api::{CapacityView, ChangeView, ContractUsage, DeploymentView, NodeFacts, Submission};
 
-/// A client for `provisiond`.
-#[derive(Clone, Debug)]
-pub struct ProvisiondClient {
-    socket: SocketClient,
-}
-
-impl Default for ProvisiondClient {
-    fn default() -> Self {
-        Self::new(grove_daemon::socket_path(crate::NAME))
-    }
-}
+grove_daemon::daemon_client!(
+    /// A client for `provisiond`.
+    ProvisiondClient,
+    crate::NAME
+);
 
 impl ProvisiondClient {
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self {
-            socket: SocketClient::new(socket),
-        }
-    }
-
-    /// Bounds every call to `timeout`.
-    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.socket = self.socket.with_timeout(timeout);
-        self
-    }
-
-    pub async fn ready(&self) -> Result<ReadyReport, ClientError> {
-        self.socket.ready().await
-    }
-
-    pub async fn info(&self) -> Result<Info, ClientError> {
-        self.socket.info().await
-    }
-
     /// Submits a new deployment (`POST /v1/deployments`); answers once it
     /// is admitted, before its workloads are made.
     pub async fn deploy(&self, s: &Submission) -> Result<DeploymentView, ClientError> {

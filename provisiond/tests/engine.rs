@@ -10,7 +10,7 @@ use provisiond::api::DeploymentState;
 use provisiond::capacity::GIB;
 use provisiond::deployment::workload::WorkloadType;
 use provisiond::driver::{disk_name, netid};
-use provisiond::engine::EngineError;
+use provisiond::engine::{Engine, EngineError};
 
 const TWIN: u32 = 7;
 
@@ -27,11 +27,25 @@ fn three(contract: u64, port: u16) -> String {
     )
 }
 
+/// An engine over `fake` on a new store, with `ssd_gib` of SSD.
+async fn engine_on(fake: &FakeNode, ssd_gib: u64) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = start(&dir.path().join("s.redb"), fake, ssd_gib).await;
+    (dir, engine)
+}
+
+/// Submits contract 1's three workloads.
+async fn deploy_three(engine: &Engine) {
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+}
+
 #[tokio::test]
 async fn a_deployment_is_made_in_order_and_removed_in_reverse() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    let (_dir, engine) = engine_on(&fake, 100).await;
     let view = engine
         .deploy(&submission(&three(1, 3000)))
         .await
@@ -70,18 +84,14 @@ async fn a_deployment_is_made_in_order_and_removed_in_reverse() {
 
 #[tokio::test]
 async fn a_failing_workload_rolls_back_its_version_with_the_daemons_words() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     let net = netid(TWIN, "net");
     fake.lock().fail.insert(
         net.clone(),
         "listen_port 3000 is in use on this node".into(),
     );
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine
-        .deploy(&submission(&three(1, 3000)))
-        .await
-        .expect("admitted");
+    let (_dir, engine) = engine_on(&fake, 100).await;
+    deploy_three(&engine).await;
     let view = settle(&engine, 1).await;
     assert_eq!(view.state, DeploymentState::Error);
     let failure = view.failure.clone().expect("a failure");
@@ -99,13 +109,9 @@ async fn a_failing_workload_rolls_back_its_version_with_the_daemons_words() {
 
 #[tokio::test]
 async fn a_failed_update_leaves_the_previous_version_unchanged() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine
-        .deploy(&submission(&three(1, 3000)))
-        .await
-        .expect("admitted");
+    let (_dir, engine) = engine_on(&fake, 100).await;
+    deploy_three(&engine).await;
     assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
     let before = fake.lock().held.clone();
     fake.lock().fail.insert(
@@ -155,13 +161,9 @@ async fn a_failed_update_leaves_the_previous_version_unchanged() {
 
 #[tokio::test]
 async fn an_update_adds_changes_and_removes_by_name() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine
-        .deploy(&submission(&three(1, 3000)))
-        .await
-        .expect("admitted");
+    let (_dir, engine) = engine_on(&fake, 100).await;
+    deploy_three(&engine).await;
     settle(&engine, 1).await;
     let update = signed(
         TWIN,
@@ -198,9 +200,8 @@ async fn an_update_adds_changes_and_removes_by_name() {
 
 #[tokio::test]
 async fn bad_input_is_refused_naming_the_rule_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
-    let engine = start(&dir.path().join("s.redb"), &fake, 10).await;
+    let (_dir, engine) = engine_on(&fake, 10).await;
     let wire = three(1, 3000);
     let mut forged = submission(&wire);
     forged.twins[0].account_key = hex::encode(key(99).verifying_key().to_bytes());
@@ -240,14 +241,10 @@ async fn bad_input_is_refused_naming_the_rule_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_hanging_deployment_does_not_delay_another() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     fake.lock().hang.insert(netid(TWIN, "net"));
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine
-        .deploy(&submission(&three(1, 3000)))
-        .await
-        .expect("admitted");
+    let (_dir, engine) = engine_on(&fake, 100).await;
+    deploy_three(&engine).await;
     let other = signed(
         8,
         2,
@@ -291,14 +288,10 @@ async fn a_hanging_deployment_does_not_delay_another() {
 
 #[tokio::test]
 async fn an_unavailable_daemon_is_waited_for_not_failed() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     fake.lock().unavailable.insert(disk_name(1, "disk"), 3);
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
-    engine
-        .deploy(&submission(&three(1, 3000)))
-        .await
-        .expect("admitted");
+    let (_dir, engine) = engine_on(&fake, 100).await;
+    deploy_three(&engine).await;
     assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
 }
 
@@ -364,9 +357,8 @@ async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() 
 
 #[tokio::test]
 async fn an_answer_never_holds_a_private_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    let (_dir, engine) = engine_on(&fake, 100).await;
     let wire = three(1, 3000);
     let secret = wg_key(9);
     assert!(wire.contains(&secret));
@@ -389,10 +381,9 @@ async fn an_answer_never_holds_a_private_key() {
 
 #[tokio::test]
 async fn the_engines_own_refusals_name_their_rule_and_change_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::default();
     fake.lock().hang.insert(disk_name(1, "disk"));
-    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    let (_dir, engine) = engine_on(&fake, 100).await;
     let wire = three(1, 3000);
     let mut bad_key = submission(&wire);
     bad_key.twins[0].account_key = "zz".into();

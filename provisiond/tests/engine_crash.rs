@@ -13,37 +13,10 @@ use std::time::Duration;
 
 use common::*;
 use provisiond::api::DeploymentState;
-use provisiond::capacity::GIB;
 use provisiond::driver::{disk_name, netid};
 use provisiond::engine::Engine;
 
 const TWIN: u32 = 7;
-
-fn v0() -> String {
-    signed(
-        TWIN,
-        1,
-        0,
-        vec![
-            network(0, "net", 3000),
-            zmount(0, "disk", GIB),
-            volume(0, "data", GIB),
-        ],
-    )
-}
-
-fn v1() -> String {
-    signed(
-        TWIN,
-        1,
-        1,
-        vec![
-            network(0, "net", 3000),
-            zmount(1, "disk", 2 * GIB),
-            volume(1, "more", GIB),
-        ],
-    )
-}
 
 /// Stops `engine` once the fake node has seen `calls` calls, or when it
 /// settled before.
@@ -91,11 +64,14 @@ async fn a_stop_at_any_point_converges() {
             let base = match phase {
                 "deploy" => 0,
                 _ => {
-                    engine.deploy(&submission(&v0())).await.expect("admitted");
+                    engine
+                        .deploy(&submission(&first_version(TWIN)))
+                        .await
+                        .expect("admitted");
                     assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
                     if phase == "remove" {
                         engine
-                            .update(1, &submission(&v1()))
+                            .update(1, &submission(&second_version(TWIN)))
                             .await
                             .expect("admitted");
                         assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
@@ -104,10 +80,15 @@ async fn a_stop_at_any_point_converges() {
                 }
             };
             match phase {
-                "deploy" => drop(engine.deploy(&submission(&v0())).await.expect("admitted")),
+                "deploy" => drop(
+                    engine
+                        .deploy(&submission(&first_version(TWIN)))
+                        .await
+                        .expect("admitted"),
+                ),
                 "update" => drop(
                     engine
-                        .update(1, &submission(&v1()))
+                        .update(1, &submission(&second_version(TWIN)))
                         .await
                         .expect("admitted"),
                 ),

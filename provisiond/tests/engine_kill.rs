@@ -23,7 +23,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, fork, pipe};
 use provisiond::api::DeploymentState;
-use provisiond::capacity::GIB;
 use provisiond::deployment::workload::WorkloadType;
 use provisiond::driver::{
     Driver, DriverError, DriverFuture, Drivers, Target, disk_name, is_disk_name, is_netid, netid,
@@ -75,10 +74,7 @@ impl Driver for FileDriver {
     }
 
     fn object(&self, twin: u32, contract: u64, name: &str) -> String {
-        match self.kind {
-            WorkloadType::Network => netid(twin, name),
-            _ => disk_name(contract, name),
-        }
+        object_name(self.kind, twin, contract, name)
     }
 
     fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, serde_json::Value> {
@@ -166,30 +162,13 @@ async fn engine(dir: &Path, progress: Option<std::fs::File>) -> Engine {
     .expect("engine starts")
 }
 
-fn v0() -> String {
-    signed(
-        TWIN,
-        1,
-        0,
-        vec![
-            network(0, "net", 3000),
-            zmount(0, "disk", GIB),
-            volume(0, "data", GIB),
-        ],
-    )
-}
-
-fn v1() -> String {
-    signed(
-        TWIN,
-        1,
-        1,
-        vec![
-            network(0, "net", 3000),
-            zmount(1, "disk", 2 * GIB),
-            volume(1, "more", GIB),
-        ],
-    )
+/// A runtime of its own, for a forked child or after one was killed.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn held(dir: &Path) -> BTreeSet<String> {
@@ -228,12 +207,15 @@ fn made_once(dir: &Path, round: usize) {
 async fn sequence(engine: &Engine, from: Option<(DeploymentState, u32)>) {
     use DeploymentState::*;
     if from.is_none() {
-        engine.deploy(&submission(&v0())).await.expect("admitted");
+        engine
+            .deploy(&submission(&first_version(TWIN)))
+            .await
+            .expect("admitted");
         assert_eq!(settle(engine, 1).await.state, Ok);
     }
     if from.is_none() || from == Some((Ok, 0)) {
         engine
-            .update(1, &submission(&v1()))
+            .update(1, &submission(&second_version(TWIN)))
             .await
             .expect("admitted");
         assert_eq!(settle(engine, 1).await.state, Ok);
@@ -269,12 +251,7 @@ fn a_kill_at_any_moment_converges_to_what_the_store_recorded() {
             ForkResult::Child => {
                 drop(reader);
                 let progress = std::fs::File::from(writer);
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async {
+                runtime().block_on(async {
                     let engine = engine(dir.path(), Some(progress)).await;
                     sequence(&engine, None).await;
                 });
@@ -299,12 +276,7 @@ fn a_kill_at_any_moment_converges_to_what_the_store_recorded() {
         kill(child, Signal::SIGKILL).expect("kill");
         waitpid(child, None).expect("wait");
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        runtime().block_on(async {
             let engine = engine(dir.path(), None).await;
             assert!(
                 engine.settled(Duration::from_secs(30)).await,

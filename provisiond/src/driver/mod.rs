@@ -118,8 +118,8 @@ impl Drivers {
         netd: netd::client::NetdClient,
     ) -> Self {
         Self::new(vec![
-            Arc::new(storage::ZmountDriver::new(storaged.clone())),
-            Arc::new(storage::VolumeDriver::new(storaged)),
+            Arc::new(storage::DiskDriver::zmount(storaged.clone())),
+            Arc::new(storage::DiskDriver::volume(storaged)),
             Arc::new(network::NetworkDriver::new(netd)),
         ])
     }

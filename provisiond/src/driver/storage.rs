@@ -8,6 +8,7 @@
 //! A refusal while storaged is not ready is retried, not a verdict.
 //! Results are zos's: `{"volume_id"}` for a zmount, `{"id"}` for a volume.
 
+use grove_daemon::client::ClientError;
 use serde_json::json;
 use storaged::client::StoragedClient;
 use storaged::volume::{VdiskRequest, VolumeRequest};
@@ -53,97 +54,98 @@ fn size_and_pool(target: &Target<'_>) -> Result<(u64, String), DriverError> {
     Ok((size, pool.to_owned()))
 }
 
-/// `zmount` → a vdisk.
+/// What a [`DiskDriver`] makes: a zmount is a vdisk, a volume a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disk {
+    Vdisk,
+    Volume,
+}
+
+impl Disk {
+    /// The key of the object's name in the workload's result.
+    fn result_key(self) -> &'static str {
+        match self {
+            Disk::Vdisk => "volume_id",
+            Disk::Volume => "id",
+        }
+    }
+}
+
+/// `zmount` → a vdisk; `volume` → a volume.
 #[derive(Debug, Clone)]
-pub struct ZmountDriver {
+pub struct DiskDriver {
     storaged: StoragedClient,
+    disk: Disk,
 }
 
-impl ZmountDriver {
-    pub fn new(storaged: StoragedClient) -> Self {
-        Self { storaged }
-    }
-}
-
-impl Driver for ZmountDriver {
-    fn kind(&self) -> WorkloadType {
-        WorkloadType::Zmount
+impl DiskDriver {
+    /// The zmount driver.
+    pub fn zmount(storaged: StoragedClient) -> Self {
+        Self {
+            storaged,
+            disk: Disk::Vdisk,
+        }
     }
 
-    fn object(&self, _twin: u32, contract: u64, name: &str) -> String {
-        disk_name(contract, name)
+    /// The volume driver.
+    pub fn volume(storaged: StoragedClient) -> Self {
+        Self {
+            storaged,
+            disk: Disk::Volume,
+        }
     }
 
-    fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, serde_json::Value> {
-        Box::pin(async move {
-            let (size, pool) = size_and_pool(&target)?;
-            let name = self.object(target.twin, target.contract, target.workload.name.as_str());
-            let request = VdiskRequest {
-                pool: pool.clone(),
-                size,
-            };
-            match self.storaged.ensure_vdisk(&name, &request).await {
-                Ok(view) => Ok(json!({ "volume_id": view.name })),
-                Err(error) => {
-                    let error = verdict(&self.storaged, error.into()).await;
-                    let DriverError::Refused(_) = error else {
-                        return Err(error);
-                    };
-                    let larger = self
-                        .storaged
-                        .vdisks()
-                        .await?
-                        .into_iter()
-                        .any(|v| v.name == name && v.pool == pool && v.size >= size);
-                    if larger {
-                        Ok(json!({ "volume_id": name }))
-                    } else {
-                        Err(error)
-                    }
-                }
-            }
-        })
+    /// Makes (or grows) the object `name`.
+    async fn ensure_disk(&self, name: &str, pool: &str, size: u64) -> Result<(), ClientError> {
+        let pool = pool.to_owned();
+        match self.disk {
+            Disk::Vdisk => self
+                .storaged
+                .ensure_vdisk(name, &VdiskRequest { pool, size })
+                .await
+                .map(drop),
+            Disk::Volume => self
+                .storaged
+                .ensure_volume(name, &VolumeRequest { pool, size })
+                .await
+                .map(drop),
+        }
     }
 
-    fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
-        Box::pin(async move {
-            match self.storaged.delete_vdisk(object).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(verdict(&self.storaged, e.into()).await),
-            }
-        })
+    async fn delete_disk(&self, name: &str) -> Result<(), ClientError> {
+        match self.disk {
+            Disk::Vdisk => self.storaged.delete_vdisk(name).await.map(drop),
+            Disk::Volume => self.storaged.delete_volume(name).await.map(drop),
+        }
     }
 
-    fn objects(&self) -> DriverFuture<'_, Vec<String>> {
-        Box::pin(async move {
-            Ok(self
+    /// Every object of this kind: (name, pool, size).
+    async fn disks(&self) -> Result<Vec<(String, String, u64)>, ClientError> {
+        Ok(match self.disk {
+            Disk::Vdisk => self
                 .storaged
                 .vdisks()
                 .await?
                 .into_iter()
-                .map(|v| v.name)
-                .filter(|n| is_disk_name(n))
-                .collect())
+                .map(|v| (v.name, v.pool, v.size))
+                .collect(),
+            Disk::Volume => self
+                .storaged
+                .volumes()
+                .await?
+                .into_iter()
+                .map(|v| (v.name, v.pool, v.size))
+                .collect(),
         })
     }
 }
 
-/// `volume` → a volume.
-#[derive(Debug, Clone)]
-pub struct VolumeDriver {
-    storaged: StoragedClient,
-}
-
-impl VolumeDriver {
-    pub fn new(storaged: StoragedClient) -> Self {
-        Self { storaged }
-    }
-}
-
-impl Driver for VolumeDriver {
+impl Driver for DiskDriver {
     fn kind(&self) -> WorkloadType {
-        WorkloadType::Volume
+        match self.disk {
+            Disk::Vdisk => WorkloadType::Zmount,
+            Disk::Volume => WorkloadType::Volume,
+        }
     }
 
     fn object(&self, _twin: u32, contract: u64, name: &str) -> String {
@@ -154,37 +156,31 @@ impl Driver for VolumeDriver {
         Box::pin(async move {
             let (size, pool) = size_and_pool(&target)?;
             let name = self.object(target.twin, target.contract, target.workload.name.as_str());
-            let request = VolumeRequest {
-                pool: pool.clone(),
-                size,
+            let result = serde_json::Value::Object(
+                [(self.disk.result_key().to_owned(), json!(name))]
+                    .into_iter()
+                    .collect(),
+            );
+            let Err(error) = self.ensure_disk(&name, &pool, size).await else {
+                return Ok(result);
             };
-            match self.storaged.ensure_volume(&name, &request).await {
-                Ok(view) => Ok(json!({ "id": view.name })),
-                Err(error) => {
-                    let error = verdict(&self.storaged, error.into()).await;
-                    let DriverError::Refused(_) = error else {
-                        return Err(error);
-                    };
-                    let larger = self
-                        .storaged
-                        .volumes()
-                        .await?
-                        .into_iter()
-                        .any(|v| v.name == name && v.pool == pool && v.size >= size);
-                    if larger {
-                        Ok(json!({ "id": name }))
-                    } else {
-                        Err(error)
-                    }
-                }
-            }
+            let error = verdict(&self.storaged, error.into()).await;
+            let DriverError::Refused(_) = error else {
+                return Err(error);
+            };
+            let larger = self
+                .disks()
+                .await?
+                .into_iter()
+                .any(|(n, p, s)| n == name && p == pool && s >= size);
+            if larger { Ok(result) } else { Err(error) }
         })
     }
 
     fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
         Box::pin(async move {
-            match self.storaged.delete_volume(object).await {
-                Ok(_) => Ok(()),
+            match self.delete_disk(object).await {
+                Ok(()) => Ok(()),
                 Err(e) if is_not_found(&e) => Ok(()),
                 Err(e) => Err(verdict(&self.storaged, e.into()).await),
             }
@@ -194,11 +190,10 @@ impl Driver for VolumeDriver {
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
             Ok(self
-                .storaged
-                .volumes()
+                .disks()
                 .await?
                 .into_iter()
-                .map(|v| v.name)
+                .map(|(name, _, _)| name)
                 .filter(|n| is_disk_name(n))
                 .collect())
         })

@@ -21,6 +21,13 @@ fn result(state: WorkloadState, message: &str) -> WorkloadResult {
     }
 }
 
+/// A new store in a scratch directory.
+fn new_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("provision.redb")).expect("open");
+    (dir, store)
+}
+
 fn put(store: &Store, contract: u64, names: &[&str]) {
     let mut batch = store.batch().expect("batch");
     batch.put_deployment(&record(contract, 0)).expect("put");
@@ -94,8 +101,7 @@ fn an_uncommitted_batch_leaves_nothing() {
 
 #[test]
 fn removing_a_deployment_takes_only_its_own_rows() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("provision.redb")).expect("open");
+    let (_dir, store) = new_store();
     // 1 and 10 sort next to each other; 2 after both as numbers.
     put(&store, 1, &["a", "b"]);
     put(&store, 10, &["a"]);
@@ -119,8 +125,7 @@ fn removing_a_deployment_takes_only_its_own_rows() {
 
 #[test]
 fn removing_a_result_keeps_its_history() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("provision.redb")).expect("open");
+    let (_dir, store) = new_store();
     put(&store, 3, &["a", "b"]);
     let mut batch = store.batch().expect("batch");
     batch.remove_result(3, "a").expect("remove");

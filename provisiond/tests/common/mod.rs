@@ -65,6 +65,44 @@ pub fn signed(twin: u32, contract: u64, version: u32, workloads: Vec<Value>) -> 
 }
 
 /// The submission of `wire` with a matching contract on this node.
+/// Version 0 of contract 1 of `twin` in the crash tests: a network, a
+/// zmount and a volume.
+pub fn first_version(twin: u32) -> String {
+    signed(
+        twin,
+        1,
+        0,
+        vec![
+            network(0, "net", 3000),
+            zmount(0, "disk", GIB),
+            volume(0, "data", GIB),
+        ],
+    )
+}
+
+/// Version 1: the zmount grown, the volume replaced by another.
+pub fn second_version(twin: u32) -> String {
+    signed(
+        twin,
+        1,
+        1,
+        vec![
+            network(0, "net", 3000),
+            zmount(1, "disk", 2 * GIB),
+            volume(1, "more", GIB),
+        ],
+    )
+}
+
+/// The object a fake driver of `kind` holds for a workload, named as the
+/// real drivers name it.
+pub fn object_name(kind: WorkloadType, twin: u32, contract: u64, name: &str) -> String {
+    match kind {
+        WorkloadType::Network => netid(twin, name),
+        _ => disk_name(contract, name),
+    }
+}
+
 pub fn submission(wire: &str) -> Submission {
     let d = Deployment::parse(wire.as_bytes()).expect("parses");
     Submission {
@@ -157,10 +195,7 @@ impl Driver for FakeDriver {
     }
 
     fn object(&self, twin: u32, contract: u64, name: &str) -> String {
-        match self.kind {
-            WorkloadType::Network => netid(twin, name),
-            _ => disk_name(contract, name),
-        }
+        object_name(self.kind, twin, contract, name)
     }
 
     fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, Value> {
