@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::*;
 use provisiond::api::DeploymentState;
-use provisiond::driver::{disk_name, netid};
 use provisiond::engine::Engine;
 
 const TWIN: u32 = 7;
@@ -41,18 +40,8 @@ fn no_duplicates(fake: &FakeNode) {
 
 #[tokio::test]
 async fn a_stop_at_any_point_converges() {
-    let want_v0: BTreeSet<String> = [
-        disk_name(1, "disk"),
-        disk_name(1, "data"),
-        netid(TWIN, "net"),
-    ]
-    .into();
-    let want_v1: BTreeSet<String> = [
-        disk_name(1, "disk"),
-        disk_name(1, "more"),
-        netid(TWIN, "net"),
-    ]
-    .into();
+    let want_v0 = first_objects(TWIN);
+    let want_v1 = second_objects(TWIN);
     let mut points = 0;
     for phase in ["deploy", "update", "remove"] {
         for cut in 0..6 {

@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, fork, pipe};
 use provisiond::api::DeploymentState;
 use provisiond::deployment::workload::WorkloadType;
 use provisiond::driver::{
-    Driver, DriverError, DriverFuture, Drivers, Target, disk_name, is_disk_name, is_netid, netid,
+    Driver, DriverError, DriverFuture, Drivers, Target, is_disk_name, is_netid,
 };
 use provisiond::engine::{Engine, EngineConfig};
 use provisiond::store::Store;
@@ -129,23 +129,14 @@ impl Driver for FileDriver {
 
 fn drivers(dir: &Path, progress: Option<std::fs::File>) -> Drivers {
     let progress = progress.map(|f| Arc::new(std::sync::Mutex::new(f)));
-    Drivers::new(
-        [
-            WorkloadType::Network,
-            WorkloadType::Zmount,
-            WorkloadType::Volume,
-        ]
-        .into_iter()
-        .map(|kind| {
-            std::fs::create_dir_all(dir.join(kind.as_str())).expect("dir");
-            Arc::new(FileDriver {
-                kind,
-                dir: dir.to_owned(),
-                progress: progress.clone(),
-            }) as Arc<dyn Driver>
+    every_kind(|kind| {
+        std::fs::create_dir_all(dir.join(kind.as_str())).expect("dir");
+        Arc::new(FileDriver {
+            kind,
+            dir: dir.to_owned(),
+            progress: progress.clone(),
         })
-        .collect(),
-    )
+    })
 }
 
 async fn engine(dir: &Path, progress: Option<std::fs::File>) -> Engine {
@@ -228,18 +219,8 @@ async fn sequence(engine: &Engine, from: Option<(DeploymentState, u32)>) {
 
 #[test]
 fn a_kill_at_any_moment_converges_to_what_the_store_recorded() {
-    let want_v0: BTreeSet<String> = [
-        disk_name(1, "disk"),
-        disk_name(1, "data"),
-        netid(TWIN, "net"),
-    ]
-    .into();
-    let want_v1: BTreeSet<String> = [
-        disk_name(1, "disk"),
-        disk_name(1, "more"),
-        netid(TWIN, "net"),
-    ]
-    .into();
+    let want_v0 = first_objects(TWIN);
+    let want_v1 = second_objects(TWIN);
     let mut states = BTreeSet::new();
     for round in 0..20usize {
         let dir = tempfile::tempdir().expect("tempdir");

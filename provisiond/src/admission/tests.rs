@@ -25,6 +25,19 @@ fn vector_a() -> (String, [u8; 32]) {
     (wire, key)
 }
 
+/// The checks of node [`NODE`], which supports every type.
+fn checks<'a>(
+    keys: &'a BTreeMap<u32, [u8; 32]>,
+    ledger: &'a Ledger,
+) -> Checks<'a, BTreeMap<u32, [u8; 32]>> {
+    Checks {
+        node_id: NODE,
+        supported: &WorkloadType::ALL,
+        keys,
+        ledger,
+    }
+}
+
 fn ledger(ssd_gib: u64) -> Ledger {
     Ledger::new(Node {
         cores: 8,
@@ -54,12 +67,7 @@ fn a_good_deployment_passes_with_its_plan() {
     let (wire, key) = vector_a();
     let keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
     let ledger = ledger(100);
-    let checks = Checks {
-        node_id: NODE,
-        supported: &WorkloadType::ALL,
-        keys: &keys,
-        ledger: &ledger,
-    };
+    let checks = checks(&keys, &ledger);
     let admitted = checks
         .create(wire.as_bytes(), Some(&contract(&wire)))
         .expect("admitted");
@@ -144,12 +152,7 @@ fn each_rule_refuses_naming_itself() {
         let mut keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
         edit(&mut wire, &mut contract, &mut keys);
         let ledger = ledger(100);
-        let checks = Checks {
-            node_id: NODE,
-            supported: &WorkloadType::ALL,
-            keys: &keys,
-            ledger: &ledger,
-        };
+        let checks = checks(&keys, &ledger);
         let error = checks
             .create(wire.as_bytes(), Some(&contract))
             .expect_err(what)
@@ -166,12 +169,7 @@ fn unsupported_types_and_capacity_are_refused() {
     let (wire, key) = vector_a();
     let keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
     let small = ledger(10);
-    let checks = Checks {
-        node_id: NODE,
-        supported: &WorkloadType::ALL,
-        keys: &keys,
-        ledger: &small,
-    };
+    let checks = checks(&keys, &small);
     let error = checks
         .create(wire.as_bytes(), Some(&contract(&wire)))
         .expect_err("10.5 GiB asked, 10 GiB there")
@@ -207,12 +205,7 @@ fn an_update_is_checked_against_the_running_version() {
     let current = Deployment::parse(wire.as_bytes()).expect("parses");
     let keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
     let ledger = ledger(100);
-    let checks = Checks {
-        node_id: NODE,
-        supported: &WorkloadType::ALL,
-        keys: &keys,
-        ledger: &ledger,
-    };
+    let checks = checks(&keys, &ledger);
     // The same deployment again is not version + 1.
     let error = checks
         .update(&current, wire.as_bytes(), Some(&contract(&wire)))

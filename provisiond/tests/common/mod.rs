@@ -94,6 +94,40 @@ pub fn second_version(twin: u32) -> String {
     )
 }
 
+/// The objects [`first_version`] makes for `twin`.
+pub fn first_objects(twin: u32) -> BTreeSet<String> {
+    [
+        disk_name(1, "disk"),
+        disk_name(1, "data"),
+        netid(twin, "net"),
+    ]
+    .into()
+}
+
+/// The objects [`second_version`] leaves.
+pub fn second_objects(twin: u32) -> BTreeSet<String> {
+    [
+        disk_name(1, "disk"),
+        disk_name(1, "more"),
+        netid(twin, "net"),
+    ]
+    .into()
+}
+
+/// Drivers for networks, zmounts and volumes, each made by `make`.
+pub fn every_kind(make: impl Fn(WorkloadType) -> Arc<dyn Driver>) -> Drivers {
+    Drivers::new(
+        [
+            WorkloadType::Network,
+            WorkloadType::Zmount,
+            WorkloadType::Volume,
+        ]
+        .into_iter()
+        .map(make)
+        .collect(),
+    )
+}
+
 /// The object a fake driver of `kind` holds for a workload, named as the
 /// real drivers name it.
 pub fn object_name(kind: WorkloadType, twin: u32, contract: u64, name: &str) -> String {
@@ -160,21 +194,12 @@ impl FakeNode {
     }
 
     pub fn drivers(&self) -> Drivers {
-        Drivers::new(
-            [
-                WorkloadType::Network,
-                WorkloadType::Zmount,
-                WorkloadType::Volume,
-            ]
-            .into_iter()
-            .map(|kind| {
-                Arc::new(FakeDriver {
-                    kind,
-                    node: self.clone(),
-                }) as Arc<dyn Driver>
+        every_kind(|kind| {
+            Arc::new(FakeDriver {
+                kind,
+                node: self.clone(),
             })
-            .collect(),
-        )
+        })
     }
 
     /// The names the fake holds, of every type.
