@@ -220,36 +220,34 @@ mod tests {
     }
 
     #[test]
-    fn add_change_remove_by_name_removals_last_in_reverse() {
-        let next = deployment(
-            1,
-            7,
-            100,
-            vec![network(1, 3001), disk(1, "disk", 20), volume(1, "more", 1)],
-        );
-        assert_eq!(
-            ops(&plan_update(&current(), &next).expect("valid update")),
-            vec![
-                (Op::Change, "disk"),
-                (Op::Add, "more"),
-                (Op::Change, "net"),
-                (Op::Remove, "data"),
-            ]
-        );
-    }
-
-    #[test]
-    fn untouched_workloads_are_left_alone() {
-        let next = deployment(
-            1,
-            7,
-            100,
-            vec![network(0, 3000), disk(1, "disk", 10), volume(0, "data", 5)],
-        );
-        assert_eq!(
-            ops(&plan_update(&current(), &next).expect("valid update")),
-            vec![(Op::Change, "disk")]
-        );
+    fn updates_add_change_and_remove_by_name_and_leave_the_rest_alone() {
+        // (what the update is, its workloads, the steps it takes:
+        // removals last, in reverse).
+        let cases = [
+            (
+                "add, change, remove",
+                vec![network(1, 3001), disk(1, "disk", 20), volume(1, "more", 1)],
+                vec![
+                    (Op::Change, "disk"),
+                    (Op::Add, "more"),
+                    (Op::Change, "net"),
+                    (Op::Remove, "data"),
+                ],
+            ),
+            (
+                "untouched workloads are left alone",
+                vec![network(0, 3000), disk(1, "disk", 10), volume(0, "data", 5)],
+                vec![(Op::Change, "disk")],
+            ),
+        ];
+        for (what, workloads, want) in cases {
+            let next = deployment(1, 7, 100, workloads);
+            assert_eq!(
+                ops(&plan_update(&current(), &next).expect("valid update")),
+                want,
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -147,6 +147,25 @@ pub struct Embedded {
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
+/// Refuses `what` for node `node` unless `v` is signed by the node's own
+/// account.
+fn signed_by_node(
+    s: &RegistryState,
+    v: &Verified,
+    node: u32,
+    what: &str,
+) -> Result<(), RegistryError> {
+    let twin = s
+        .nodes
+        .get(&node)
+        .map(|n| n.registration.twin_id)
+        .ok_or(RegistryError::NoNode(node))?;
+    if twin_account(s, twin)? != v.signer {
+        return Err(forbidden(v, format!("{what} for node {node}")));
+    }
+    Ok(())
+}
+
 /// Adds the record `make` builds under the next free id of `map`.
 fn insert_next<V: Clone>(map: &mut BTreeMap<u32, V>, make: impl FnOnce(u32) -> V) -> V {
     let id = map.keys().next_back().map_or(1, |k| k + 1);
@@ -512,14 +531,7 @@ impl Embedded {
         report: UptimeReport,
     ) -> Result<bool, RegistryError> {
         self.change(|s| {
-            let twin = s
-                .nodes
-                .get(&node)
-                .map(|n| n.registration.twin_id)
-                .ok_or(RegistryError::NoNode(node))?;
-            if twin_account(s, twin)? != v.signer {
-                return Err(forbidden(v, format!("report uptime for node {node}")));
-            }
+            signed_by_node(s, v, node, "report uptime")?;
             self.spend(v)?;
             let reports = s.uptime.entry(node).or_default();
             if reports.last().is_some_and(|r| r.seq >= report.seq) {
@@ -674,17 +686,7 @@ impl Embedded {
             )));
         }
         self.change(|s| {
-            let twin = s
-                .nodes
-                .get(&node)
-                .map(|n| n.registration.twin_id)
-                .ok_or(RegistryError::NoNode(node))?;
-            if twin_account(s, twin)? != v.signer {
-                return Err(forbidden(
-                    v,
-                    format!("report contract resources for node {node}"),
-                ));
-            }
+            signed_by_node(s, v, node, "report contract resources")?;
             for r in reports {
                 if let Some(c) = s.contracts.get(&r.contract_id)
                     && c.node_id != node

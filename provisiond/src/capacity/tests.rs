@@ -178,31 +178,34 @@ fn deployments_add_up() {
     );
 }
 
+/// The pool `allocation` placed disk `workload` on.
+fn pool_of<'a>(allocation: &'a Allocation, workload: &str) -> &'a str {
+    &allocation
+        .disks
+        .iter()
+        .find(|p| p.disk.workload == workload)
+        .expect("placed")
+        .pool
+}
+
 #[test]
 fn an_update_grows_in_place_beside_what_it_removes() {
     let mut ledger = Ledger::new(node());
     let first = ledger
         .plan(1, &demand(vec![zmount("disk", 10), volume("old", 60)]))
         .expect("fits");
-    let disk_pool = first
-        .disks
-        .iter()
-        .find(|p| p.disk.workload == "disk")
-        .expect("placed")
-        .pool
-        .clone();
+    let disk_pool = pool_of(&first, "disk").to_owned();
     ledger.hold(1, first.clone());
 
     // Growing within the pool's room works, on the same pool.
     let grown = ledger
         .plan(1, &demand(vec![zmount("disk", 45), volume("old", 60)]))
         .expect("grows");
-    let placed = grown
-        .disks
-        .iter()
-        .find(|p| p.disk.workload == "disk")
-        .expect("placed");
-    assert_eq!(placed.pool, disk_pool, "a disk never moves pool");
+    assert_eq!(
+        pool_of(&grown, "disk"),
+        disk_pool,
+        "a disk never moves pool"
+    );
 
     // The removed volume still holds its room while the update runs.
     let too_big = ledger.plan(1, &demand(vec![zmount("disk", 55), volume("old", 60)]));

@@ -248,6 +248,11 @@ pub fn open(
 pub fn record_account(pool: &mut Pool, account: &str) -> Result<(), PoolError> {
     let mut meta = pool.meta.clone();
     meta.account = Some(account.to_owned());
+    replace_meta(pool, meta)
+}
+
+/// Writes `meta` as the pool's record (atomically), then holds it.
+fn replace_meta(pool: &mut Pool, meta: PoolMeta) -> Result<(), PoolError> {
     let bytes = serde_json::to_vec_pretty(&meta).map_err(PoolError::Encode)?;
     grove_daemon::fsutil::write_atomic(
         &pool.mount_point.join(META_DIR).join("pool.json"),
@@ -270,13 +275,7 @@ pub fn adopt(pool: &mut Pool, machine: Option<&str>) -> Result<(), PoolError> {
     )?;
     let mut meta = pool.meta.clone();
     meta.machine = machine.map(str::to_owned);
-    let bytes = serde_json::to_vec_pretty(&meta).map_err(PoolError::Encode)?;
-    grove_daemon::fsutil::write_atomic(
-        &pool.mount_point.join(META_DIR).join("pool.json"),
-        &bytes,
-        0o644,
-    )?;
-    pool.meta = meta;
+    replace_meta(pool, meta)?;
     pool.other_machine = false;
     Ok(())
 }
