@@ -1,4 +1,4 @@
-//! Crash-safe file writes.
+//! Crash-safe file writes, and the directories they go in.
 //!
 //! [`write_atomic`] writes a temp file in the same directory, fsyncs it,
 //! renames it over the target and fsyncs the directory, so after a crash or
@@ -16,6 +16,32 @@ pub struct WriteError {
     pub path: PathBuf,
     #[source]
     pub source: std::io::Error,
+}
+
+/// Why a directory could not be made (or given its mode, or moved into
+/// place).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create {path}: {source}")]
+pub struct DirError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Makes the directory `path` and its parents, if missing; then gives it
+/// permission `mode`, if one is asked. Blocking.
+pub fn ensure_dir(path: &Path, mode: Option<u32>) -> Result<(), DirError> {
+    let made = std::fs::create_dir_all(path).and_then(|()| match mode {
+        Some(mode) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        }
+        None => Ok(()),
+    });
+    made.map_err(|source| DirError {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Atomically replaces `path` with `bytes`, created with permission `mode`.
@@ -73,6 +99,21 @@ pub fn write_tree(root: &Path, rel: &str, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_directory_is_made_with_its_parents_and_mode_and_a_file_in_the_way_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a/b");
+        ensure_dir(&deep, Some(0o700)).expect("made");
+        let mode = std::fs::metadata(&deep).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        ensure_dir(&deep, None).expect("already there");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        let error = ensure_dir(&file.join("sub"), None).expect_err("a file is in the way");
+        assert_eq!(error.path, file.join("sub"));
+        assert!(error.to_string().starts_with("cannot create "), "{error}");
+    }
 
     #[test]
     fn replaces_content_with_the_given_mode_and_leaves_no_temp() {

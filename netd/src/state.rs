@@ -28,12 +28,8 @@ pub enum FileError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Dir(#[from] grove_daemon::fsutil::DirError),
 }
 
 /// The JSON state file at `path`, a `what` state file. Blocking.
@@ -51,10 +47,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result
 
 /// Makes the directory `path` and its parents, if missing. Blocking.
 pub fn ensure_dir(path: &Path) -> Result<(), FileError> {
-    std::fs::create_dir_all(path).map_err(|source| FileError::Dir {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(grove_daemon::fsutil::ensure_dir(path, None)?)
 }
 
 /// Where one piece of state is written and read.

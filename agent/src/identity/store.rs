@@ -26,12 +26,8 @@ pub const POOL_FILE: &str = ".grove/identity/seed";
 /// Why the identity could not be stored.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Dir(#[from] grove_daemon::fsutil::DirError),
     #[error(transparent)]
     Write(#[from] grove_daemon::fsutil::WriteError),
     #[error("cannot draw a random seed: {0}")]
@@ -158,17 +154,7 @@ fn read_seed(path: &Path) -> Result<Option<Seed>, String> {
 
 fn write_seed(path: &Path, seed: &Seed) -> Result<(), IdentityError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| IdentityError::Dir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            |source| IdentityError::Dir {
-                path: dir.to_owned(),
-                source,
-            },
-        )?;
+        grove_daemon::fsutil::ensure_dir(dir, Some(0o700))?;
     }
     grove_daemon::fsutil::write_atomic(path, seed.to_file_text().as_bytes(), 0o600)?;
     Ok(())

@@ -19,6 +19,7 @@ use crate::disk::discover::BlockDevice;
 use crate::disk::guard::{GuardError, Pinned};
 use crate::mounts::{self, MountError};
 use crate::types::{DiskSerial, PoolLabel};
+use grove_daemon::fsutil::DirError;
 use kind::{DiskKind, KindVerdict, LatencyError};
 
 /// Directory on each pool holding Grove's own metadata.
@@ -57,12 +58,8 @@ pub enum PoolError {
         #[source]
         source: CmdError,
     },
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Dir(#[from] grove_daemon::fsutil::DirError),
     #[error(transparent)]
     Meta(#[from] grove_daemon::fsutil::WriteError),
     #[error("cannot encode pool metadata: {0}")]
@@ -335,7 +332,7 @@ fn ensure_layout(mount_point: &Path, meta: &PoolMeta) -> Result<(), PoolError> {
         // New files in a NOCOW directory are NOCOW: vdisks never fragment
         // through copy-on-write.
         cmd::run("chattr", ["+C".as_ref(), tmp.as_os_str()]).map_err(layout)?;
-        std::fs::rename(&tmp, &vdisks).map_err(|source| PoolError::Dir {
+        std::fs::rename(&tmp, &vdisks).map_err(|source| DirError {
             path: vdisks.clone(),
             source,
         })?;
@@ -352,11 +349,8 @@ fn read_meta(mount_point: &Path) -> Option<PoolMeta> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn mkdir(path: &Path) -> Result<(), PoolError> {
-    std::fs::create_dir_all(path).map_err(|source| PoolError::Dir {
-        path: path.to_owned(),
-        source,
-    })
+fn mkdir(path: &Path) -> Result<(), DirError> {
+    grove_daemon::fsutil::ensure_dir(path, None)
 }
 
 fn random_label() -> Result<PoolLabel, PoolError> {
