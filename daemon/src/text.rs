@@ -52,9 +52,24 @@ macro_rules! checked_name {
     };
 }
 
+/// `items` joined by ", " for a message, or "none".
+pub fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::str::FromStr;
+
+    #[test]
+    fn a_list_reads_as_words_and_an_empty_one_as_none() {
+        assert_eq!(super::list_or_none(&[]), "none");
+        assert_eq!(super::list_or_none(&["a".into(), "b".into()]), "a, b");
+    }
 
     /// Lower-case ASCII letters only.
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

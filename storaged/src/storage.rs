@@ -630,11 +630,7 @@ impl Storage {
                     found.dedup();
                     return Err(StorageError::NoPoolOf {
                         account: account.clone(),
-                        found: if found.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            found.join(", ")
-                        },
+                        found: grove_daemon::text::list_or_none(&found),
                     });
                 }
             }

@@ -279,11 +279,7 @@ impl Identity {
                     let names: Vec<String> = found.into_iter().map(|(a, _, _)| a).collect();
                     return Err(ChoiceError::NotFound {
                         account: account.clone(),
-                        found: if names.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            names.join(", ")
-                        },
+                        found: grove_daemon::text::list_or_none(&names),
                     });
                 };
                 storaged

@@ -261,14 +261,12 @@ mod tests {
         let size = 64 * EDGE;
         let (_dir, path, f) = sparse_image(size);
         assert_eq!(find_data(&path, size).expect("read"), None);
-        f.write_at(b"x", size - 10).expect("write tail");
-        assert_eq!(find_data(&path, size).expect("read"), Some(size - 10));
-        f.write_at(b"\0", size - 10).expect("clear tail");
-        f.write_at(b"y", 100).expect("write head");
-        assert_eq!(find_data(&path, size).expect("read"), Some(100));
-        f.write_at(b"\0", 100).expect("clear head");
-        f.write_at(b"z", size / 2 + 7).expect("write middle");
-        assert_eq!(find_data(&path, size).expect("read"), Some(size / 2 + 7));
+        // One byte at a time: at the tail, the head, then the middle.
+        for at in [size - 10, 100, size / 2 + 7] {
+            f.write_at(b"x", at).expect("write");
+            assert_eq!(find_data(&path, size).expect("read"), Some(at), "at {at}");
+            f.write_at(b"\0", at).expect("clear");
+        }
         assert!(find_data(Path::new("/nonexistent/disk"), size).is_err());
     }
 
