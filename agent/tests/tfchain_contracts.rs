@@ -76,6 +76,20 @@ async fn node_backend(key: &SigningKey) -> Backend {
     backend
 }
 
+/// Stops the node's contract watch and waits, up to `within`, for it to
+/// end.
+async fn stop_watch<T>(
+    shutdown: &grove_daemon::shutdown::Shutdown,
+    watcher: tokio::task::JoinHandle<T>,
+    within: Duration,
+) -> T {
+    shutdown.trigger();
+    tokio::time::timeout(within, watcher)
+        .await
+        .expect("the watch stops on shutdown")
+        .expect("the watch ran")
+}
+
 /// Waits for an event of `kind` about `contract` from the follower.
 async fn event(
     rx: &mut tokio::sync::mpsc::Receiver<ChainEvent>,
@@ -302,11 +316,7 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         "the node's contract watch saw {contract_id} gone {:?} after the cancel was sent",
         cancelled_at.elapsed()
     );
-    shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), watcher)
-        .await
-        .expect("the watch stops on shutdown")
-        .expect("the watch ran");
+    stop_watch(&shutdown, watcher, Duration::from_secs(10)).await;
     assert_eq!(node.contract(contract_id).await.expect("read"), None);
     assert!(node.node_contracts(node_id).await.expect("read").is_empty());
     assert_eq!(tenant.contract(contract_id).await.expect("read"), None);
@@ -398,9 +408,5 @@ async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_c
         "cut during the cancel: seen {:?} after the chain came back",
         restored.elapsed()
     );
-    shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(15), watcher)
-        .await
-        .expect("the watch stops on shutdown")
-        .expect("the watch ran");
+    stop_watch(&shutdown, watcher, Duration::from_secs(15)).await;
 }
