@@ -445,20 +445,14 @@ impl Engine {
             .iter()
             .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
             .collect();
-        {
-            let (record, engine, queued) = (record.clone(), engine.clone(), queued.clone());
-            let version = deployment.version;
-            self.write(move |store| {
-                let mut batch = store.batch()?;
-                batch.put_deployment(&record)?;
-                batch.put_engine(id, &engine)?;
-                for (name, r) in &queued {
-                    batch.set_result(id, version, name, r)?;
-                }
-                batch.commit()
-            })
-            .await?;
-        }
+        self.store_admitted(
+            id,
+            Some(record.clone()),
+            engine.clone(),
+            deployment.version,
+            queued.clone(),
+        )
+        .await?;
         {
             let mut state = self.state();
             state.ledger.hold(id, admitted.allocation);
@@ -557,19 +551,14 @@ impl Engine {
                 .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
                 .collect()
         };
-        {
-            let (engine, queued) = (engine.clone(), queued.clone());
-            let version = deployment.version;
-            self.write(move |store| {
-                let mut batch = store.batch()?;
-                batch.put_engine(contract_id, &engine)?;
-                for (name, r) in &queued {
-                    batch.set_result(contract_id, version, name, r)?;
-                }
-                batch.commit()
-            })
-            .await?;
-        }
+        self.store_admitted(
+            contract_id,
+            None,
+            engine.clone(),
+            deployment.version,
+            queued.clone(),
+        )
+        .await?;
         {
             let mut state = self.state();
             state.ledger.hold(contract_id, admitted.allocation);
@@ -646,6 +635,31 @@ impl Engine {
     }
 
     /// Runs a store write on a blocking thread.
+    /// Stores an admitted version of contract `id` in one batch: its
+    /// record when it is new, the engine's record, and the results of its
+    /// queued workloads.
+    async fn store_admitted(
+        &self,
+        id: u64,
+        record: Option<DeploymentRecord>,
+        engine: EngineRecord,
+        version: u32,
+        queued: BTreeMap<String, WorkloadResult>,
+    ) -> Result<(), EngineError> {
+        self.write(move |store| {
+            let mut batch = store.batch()?;
+            if let Some(record) = &record {
+                batch.put_deployment(record)?;
+            }
+            batch.put_engine(id, &engine)?;
+            for (name, r) in &queued {
+                batch.set_result(id, version, name, r)?;
+            }
+            batch.commit()
+        })
+        .await
+    }
+
     async fn write(
         &self,
         f: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
