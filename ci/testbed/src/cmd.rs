@@ -126,6 +126,29 @@ pub fn run_with_input<S: AsRef<OsStr>>(
     checked(command, output)
 }
 
+/// The SHA-256 of the file at `path`, in hex, as `sha256sum` prints it.
+pub fn sha256(path: &Path) -> Result<String, CmdError> {
+    let out = run("sha256sum", &[path])?;
+    Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+/// Runs the workspace's `agent` binary (its CLI) with `args`; its trimmed
+/// stdout.
+pub fn agent_cli(args: &[&str]) -> Result<String, AgentCliError> {
+    let agent = crate::bins::bin_dir()?.join("agent");
+    let out = run(&agent.to_string_lossy(), args)?;
+    Ok(out.trim().to_owned())
+}
+
+/// Why the agent's CLI gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentCliError {
+    #[error(transparent)]
+    Bin(#[from] crate::bins::BinError),
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+}
+
 /// Runs `program args...` and hands back its output whatever the exit
 /// status; only a failure to start is an error.
 pub fn output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output, CmdError> {

@@ -135,6 +135,18 @@ pub fn unix_delete(socket: &Path, path: &str) -> Answer {
     unix_request(socket, "DELETE", path, None)
 }
 
+/// The headers of the `-H 'name: value'` lines that `agent sign` prints.
+pub fn signed_headers(cli_output: &str) -> Vec<(&str, String)> {
+    cli_output
+        .lines()
+        .filter_map(|l| {
+            let inner = l.strip_prefix("-H '")?.strip_suffix('\'')?;
+            let (name, value) = inner.split_once(": ")?;
+            Some((name, value.to_owned()))
+        })
+        .collect()
+}
+
 /// POSTs to `url` through `curl`, with extra `headers` and a JSON `body`
 /// (sent on its stdin) if any: for requests as a stranger on the LAN makes
 /// them, signed or not.

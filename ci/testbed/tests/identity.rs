@@ -316,13 +316,33 @@ fn a_moved_in_pool_never_changes_who_a_node_is() {
 
 /// The agent CLI's answer on stdout.
 fn agent_cli(args: &[&str]) -> String {
-    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
-    let out = std::process::Command::new(agent)
-        .args(args)
-        .output()
-        .expect("agent runs");
-    assert!(out.status.success(), "agent {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    grove_testbed::cmd::agent_cli(args).expect("the agent CLI answers")
+}
+
+/// `agent sign identity` by the farmer of `key` for the waiting node on
+/// `machine`, with the choice `choice` (`--adopt ACCOUNT` or `--fresh`).
+fn sign_identity(key: &str, machine: &str, choice: &[&str]) -> String {
+    let node = format!("machine:{machine}");
+    let mut args = vec!["sign", "identity", "--key", key, "--node", &node];
+    args.extend_from_slice(choice);
+    agent_cli(&args)
+}
+
+/// `agent sign request` by the farmer of `key` of the identity choice
+/// `body` for the node of account `node`.
+fn sign_choice(key: &str, node: &str, body: &str) -> String {
+    agent_cli(&[
+        "sign",
+        "request",
+        "--key",
+        key,
+        "--node",
+        node,
+        "--path",
+        agent::identity::choice::PATH,
+        "--body",
+        body,
+    ])
 }
 
 /// POSTs `body` to the node's identity choice with the header lines (`-H
@@ -333,18 +353,8 @@ fn post_choice(node: &Node, signed: &str, body: &str) -> (u16, String) {
         node.api_url().expect("url"),
         agent::identity::choice::PATH
     );
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", &url, "-d", body]);
-    for header in signed
-        .lines()
-        .filter_map(|l| l.strip_prefix("-H '")?.strip_suffix('\''))
-    {
-        cmd.args(["-H", header]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("a status line");
-    (code.parse().expect("a status"), body.to_owned())
+    let headers = grove_testbed::http::signed_headers(signed);
+    grove_testbed::http::curl_post(&url, Some(body.as_bytes()), &headers).expect("curl answers")
 }
 
 /// The body `agent sign identity` printed (`-d '...'`).
@@ -353,19 +363,6 @@ fn signed_body(signed: &str) -> String {
         .lines()
         .find_map(|l| l.strip_prefix("-d '")?.strip_suffix('\''))
         .expect("a body")
-        .to_owned()
-}
-
-fn sha256(path: &std::path::Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum runs");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a digest")
         .to_owned()
 }
 
@@ -496,55 +493,20 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
     let (code, body) = post_choice(node, "", &adopt_x);
     assert_eq!(code, 401, "unsigned: {body}");
     let stranger = agent_cli(&["sign", "account", "--key", &farmer_key]);
-    let signed = agent_cli(&[
-        "sign",
-        "identity",
-        "--key",
-        &farmer_key,
-        "--node",
-        "machine:new-machine",
-        "--adopt",
-        &stranger,
-    ]);
+    let signed = sign_identity(&farmer_key, "new-machine", &["--adopt", &stranger]);
     let (code, body) = post_choice(node, &signed, &signed_body(&signed));
     assert_eq!(code, 404, "an account not found: {body}");
     assert!(body.contains(&stranger) && body.contains(&x), "{body}");
     let (code, body) = post_choice(node, &signed, &signed_body(&signed));
     assert_eq!(code, 401, "a replay: {body}");
     assert!(body.contains("already used"), "{body}");
-    let elsewhere = agent_cli(&[
-        "sign",
-        "identity",
-        "--key",
-        &farmer_key,
-        "--node",
-        "machine:other-machine",
-        "--adopt",
-        &x,
-    ]);
+    let elsewhere = sign_identity(&farmer_key, "other-machine", &["--adopt", &x]);
     let (code, body) = post_choice(node, &elsewhere, &signed_body(&elsewhere));
     assert_eq!(code, 401, "signed for another machine: {body}");
-    let signed = agent_cli(&[
-        "sign",
-        "identity",
-        "--key",
-        &farmer_key,
-        "--node",
-        "machine:new-machine",
-        "--adopt",
-        &x,
-    ]);
+    let signed = sign_identity(&farmer_key, "new-machine", &["--adopt", &x]);
     let (code, body) = post_choice(node, &signed, "{\"adopt\":\"5Whatever\"}");
     assert_eq!(code, 401, "a body other than the one signed: {body}");
-    let fresh_here = agent_cli(&[
-        "sign",
-        "identity",
-        "--key",
-        &farmer_key,
-        "--node",
-        "machine:new-machine",
-        "--fresh",
-    ]);
+    let fresh_here = sign_identity(&farmer_key, "new-machine", &["--fresh"]);
     let (code, body) = post_choice(node, &fresh_here, &signed_body(&fresh_here));
     assert_eq!(code, 409, "a fresh start with no blank disk: {body}");
     assert!(body.contains("no blank disk"), "{body}");
@@ -567,16 +529,7 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
     assert!(wait_waiting(&farm, node, 2).accounts.contains(&x));
 
     // The farmer adopts X: the node is X, on X's pool, and registered as X.
-    let signed = agent_cli(&[
-        "sign",
-        "identity",
-        "--key",
-        &farmer_key,
-        "--node",
-        "machine:new-machine",
-        "--adopt",
-        &x,
-    ]);
+    let signed = sign_identity(&farmer_key, "new-machine", &["--adopt", &x]);
     let (code, body) = post_choice(node, &signed, &signed_body(&signed));
     assert_eq!(code, 200, "{body}\n{}", farm.logs(40));
     let chosen: agent::identity::choice::Chosen = serde_json::from_str(&body).expect("json");
@@ -600,33 +553,11 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
 
     // Not waiting any more: another choice is refused; the same one again
     // changes nothing.
-    let signed = agent_cli(&[
-        "sign",
-        "request",
-        "--key",
-        &farmer_key,
-        "--node",
-        &x,
-        "--path",
-        agent::identity::choice::PATH,
-        "--body",
-        &format!("{{\"adopt\":{y:?}}}"),
-    ]);
+    let signed = sign_choice(&farmer_key, &x, &format!("{{\"adopt\":{y:?}}}"));
     let (code, body) = post_choice(node, &signed, &format!("{{\"adopt\":{y:?}}}"));
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("not waiting"), "{body}");
-    let signed = agent_cli(&[
-        "sign",
-        "request",
-        "--key",
-        &farmer_key,
-        "--node",
-        &x,
-        "--path",
-        agent::identity::choice::PATH,
-        "--body",
-        &adopt_x,
-    ]);
+    let signed = sign_choice(&farmer_key, &x, &adopt_x);
     let (code, body) = post_choice(node, &signed, &adopt_x);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"changed\":false"), "{body}");
@@ -654,16 +585,13 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
     node.start_agent().expect("boot the fresh machine");
     let waiting = wait_waiting(&farm, node, 2);
     assert_eq!(waiting.target.as_deref(), Some("machine:fresh-machine"));
-    let foreign = [disk_x.file(), disk_y.file()].map(|f| (f.to_owned(), sha256(f)));
-    let signed = agent_cli(&[
-        "sign",
-        "identity",
-        "--key",
-        &farmer_key,
-        "--node",
-        "machine:fresh-machine",
-        "--fresh",
-    ]);
+    let foreign = [disk_x.file(), disk_y.file()].map(|f| {
+        (
+            f.to_owned(),
+            grove_testbed::cmd::sha256(f).expect("sha256sum"),
+        )
+    });
+    let signed = sign_identity(&farmer_key, "fresh-machine", &["--fresh"]);
     let (code, body) = post_choice(node, &signed, &signed_body(&signed));
     assert_eq!(code, 200, "{body}\n{}", farm.logs(40));
     let fresh = wait_identity(&farm, node, 1);
@@ -681,10 +609,20 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
         .expect("the new pool");
     assert!(on_blank.this_node && on_blank.cache, "{on_blank:?}");
     for (file, digest) in &foreign {
-        assert_eq!(&sha256(file), digest, "{} was written", file.display());
+        assert_eq!(
+            &grove_testbed::cmd::sha256(file).expect("sha256sum"),
+            digest,
+            "{} was written",
+            file.display()
+        );
     }
     node.kill_agent().expect("power off");
     for (file, digest) in &foreign {
-        assert_eq!(&sha256(file), digest, "{} was written", file.display());
+        assert_eq!(
+            &grove_testbed::cmd::sha256(file).expect("sha256sum"),
+            digest,
+            "{} was written",
+            file.display()
+        );
     }
 }

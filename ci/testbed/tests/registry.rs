@@ -318,26 +318,12 @@ fn a_farm_that_does_not_exist_is_named_and_the_node_keeps_running() {
 }
 
 fn agent_cli(args: &[&str]) -> String {
-    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
-    let out = Command::new(agent).args(args).output().expect("agent runs");
-    assert!(out.status.success(), "agent {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    grove_testbed::cmd::agent_cli(args).expect("the agent CLI answers")
 }
 
 /// POSTs with extra headers through curl; answers status and body.
 fn post(url: &str, headers: &[(&str, String)]) -> (u16, String) {
     grove_testbed::http::curl_post(url, None, headers).expect("curl answers")
-}
-
-fn curl_headers(cli_output: &str) -> Vec<(&str, String)> {
-    cli_output
-        .lines()
-        .filter_map(|l| {
-            let inner = l.strip_prefix("-H '")?.strip_suffix('\'')?;
-            let (name, value) = inner.split_once(": ")?;
-            Some((name, value.to_owned()))
-        })
-        .collect()
 }
 
 fn account_of(node: &grove_testbed::Node) -> String {
@@ -444,7 +430,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     assert!(body.contains("signed by the farmer"), "{body}");
 
     let stranger = sign_as(&stranger_key, &account, &path);
-    let (code, body) = post(&url, &curl_headers(&stranger));
+    let (code, body) = post(&url, &grove_testbed::http::signed_headers(&stranger));
     assert_eq!(code, 403, "{body}");
 
     let seed = agent::identity::keys::Seed::from_file_text(
@@ -469,14 +455,14 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
 
     // Signed for the other node: refused here.
     let for_other = sign_as(&farmer_key, &account_of(other), &path);
-    let (code, body) = post(&url, &curl_headers(&for_other));
+    let (code, body) = post(&url, &grove_testbed::http::signed_headers(&for_other));
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("does not verify"), "{body}");
 
     assert_eq!(foreign().pool, None, "a refused request changed the disk");
 
     let signed_text = sign_as(&farmer_key, &account, &path);
-    let signed = curl_headers(&signed_text);
+    let signed = grove_testbed::http::signed_headers(&signed_text);
     // The same request, replayed to another node of the farm.
     let (code, body) = post(&format!("{other_api}{path}"), &signed);
     assert_eq!(
@@ -492,7 +478,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     assert!(body.contains("already used"), "{body}");
 
     let reboot_text = sign_as(&farmer_key, &account, "/v1/reboot");
-    let reboot = curl_headers(&reboot_text);
+    let reboot = grove_testbed::http::signed_headers(&reboot_text);
     let (code, body) = post(&format!("{other_api}/v1/reboot"), &reboot);
     assert_eq!(code, 401, "another node took the reboot: {body}");
     assert!(other.agent_exit().is_none(), "the other node rebooted");
@@ -567,7 +553,10 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
 
     // A fresh request still works.
     let fresh_text = sign_as(&farmer_key, &account, "/v1/reboot");
-    let (code, body) = post(&format!("{api}/v1/reboot"), &curl_headers(&fresh_text));
+    let (code, body) = post(
+        &format!("{api}/v1/reboot"),
+        &grove_testbed::http::signed_headers(&fresh_text),
+    );
     assert_eq!(code, 202, "{body}");
 }
 

@@ -72,16 +72,7 @@ fn wait_storage(farm: &Farm) {
 }
 
 fn sha256(path: &std::path::Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum runs");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a digest")
-        .to_owned()
+    grove_testbed::cmd::sha256(path).expect("sha256sum")
 }
 
 fn disk_by_path<'a>(disks: &'a [Disk], path: &std::path::Path) -> &'a Disk {
@@ -929,29 +920,13 @@ fn every_kind_of_foreign_disk_is_foreign_and_untouched_through_boot_restart_and_
 }
 
 fn agent_cli(args: &[&str]) -> String {
-    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
-    let out = std::process::Command::new(agent)
-        .args(args)
-        .output()
-        .expect("agent runs");
-    assert!(out.status.success(), "agent {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    grove_testbed::cmd::agent_cli(args).expect("the agent CLI answers")
 }
 
 /// POSTs to the operator API with the headers `agent sign request` printed.
 fn signed_post(url: &str, cli_output: &str) -> (u16, String) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "-X", "POST", "-w", "\n%{http_code}", url]);
-    for header in cli_output
-        .lines()
-        .filter_map(|l| l.strip_prefix("-H '")?.strip_suffix('\''))
-    {
-        cmd.args(["-H", header]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("a status line");
-    (code.parse().expect("a status"), body.to_owned())
+    let headers = grove_testbed::http::signed_headers(cli_output);
+    grove_testbed::http::curl_post(url, None, &headers).expect("curl answers")
 }
 
 #[test]
