@@ -119,6 +119,18 @@ fn the_identity_survives_the_loss_of_the_cache_disk_and_never_leaks() {
 }
 
 /// Points the node's storaged at `disks` only, as the machine `machine`.
+/// An embedded registry on `port`, and `node` set to boot on it (farm 1)
+/// and report uptime every 2 s.
+fn booting_on_a_registry(farm: &Farm, node: &Node, port: u16) -> grove_testbed::registry::Registry {
+    let registry = grove_testbed::registry::Registry::start(farm, port, None)
+        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
+    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url()))
+        .expect("cmdline");
+    node.set_config(Daemon::Agent, "[chain]\nuptime_interval_secs = 2\n")
+        .expect("agent config");
+    registry
+}
+
 fn as_machine(node: &Node, machine: &str, disks: &[&grove_testbed::Disk]) {
     let id_file = node.dir().join(format!("{machine}.id"));
     std::fs::write(&id_file, format!("{machine}\n")).expect("machine id");
@@ -165,12 +177,7 @@ fn a_moved_in_pool_never_changes_who_a_node_is() {
     let (own_disk, moved_disk) = (&node.disks()[0], &node.disks()[1]);
 
     let registry_port = 18_400 + (std::process::id() % 1000) as u16;
-    let registry = grove_testbed::registry::Registry::start(&farm, registry_port, None)
-        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
-    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url()))
-        .expect("cmdline");
-    node.set_config(Daemon::Agent, "[chain]\nuptime_interval_secs = 2\n")
-        .expect("agent config");
+    let registry = booting_on_a_registry(&farm, node, registry_port);
 
     // Another node makes the larger pool, with its own identity, and
     // reports uptime.
@@ -447,17 +454,12 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
     let node = farm.node(0);
     let (disk_x, disk_y, blank) = (&node.disks()[0], &node.disks()[1], &node.disks()[2]);
     let registry_port = 18_600 + (std::process::id() % 1000) as u16;
-    let registry = grove_testbed::registry::Registry::start(&farm, registry_port, None)
-        .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
+    let registry = booting_on_a_registry(&farm, node, registry_port);
     let farmer_key = registry
         .farmer_key()
         .expect("the registry made the farmer's key")
         .display()
         .to_string();
-    node.set_cmdline(&format!("grove.farm=1 grove.chain.url={}", registry.url()))
-        .expect("cmdline");
-    node.set_config(Daemon::Agent, "[chain]\nuptime_interval_secs = 2\n")
-        .expect("agent config");
 
     // Two other nodes each make a pool with their own identity.
     as_machine(node, "machine-x", &[disk_x]);
