@@ -610,21 +610,17 @@ fn a_node_given_two_identities_waits_for_the_farmers_signed_choice() {
         .find(|p| p.device == blank.path())
         .expect("the new pool");
     assert!(on_blank.this_node && on_blank.cache, "{on_blank:?}");
-    for (file, digest) in &foreign {
-        assert_eq!(
-            &grove_testbed::cmd::sha256(file).expect("sha256sum"),
-            digest,
-            "{} was written",
-            file.display()
-        );
-    }
+    let untouched = || {
+        for (file, digest) in &foreign {
+            assert_eq!(
+                &grove_testbed::cmd::sha256(file).expect("sha256sum"),
+                digest,
+                "{} was written",
+                file.display()
+            );
+        }
+    };
+    untouched();
     node.kill_agent().expect("power off");
-    for (file, digest) in &foreign {
-        assert_eq!(
-            &grove_testbed::cmd::sha256(file).expect("sha256sum"),
-            digest,
-            "{} was written",
-            file.display()
-        );
-    }
+    untouched();
 }
