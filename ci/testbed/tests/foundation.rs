@@ -15,6 +15,13 @@ fn start(spec: FarmSpec) -> Farm {
     Farm::start_for_test(spec)
 }
 
+/// A farm of one node, ready within 20 s.
+fn one_ready_node() -> Farm {
+    let farm = start(FarmSpec::nodes(1));
+    wait_ready(&farm, farm.node(0), Duration::from_secs(20));
+    farm
+}
+
 fn url(node: &Node, path: &str) -> String {
     format!("{}{path}", node.api_url().expect("node has a LAN address"))
 }
@@ -43,9 +50,8 @@ fn service(node: &Node, name: &str) -> ServiceStatus {
 
 #[test]
 fn every_daemon_answers_in_its_node_and_the_operator_api_answers_on_the_lan() {
-    let farm = start(FarmSpec::nodes(1));
+    let farm = one_ready_node();
     let node = farm.node(0);
-    wait_ready(&farm, node, Duration::from_secs(20));
 
     // Inside the node, at the production paths, as an operator would ask.
     for daemon in Daemon::ALL {
@@ -109,9 +115,8 @@ fn every_daemon_answers_in_its_node_and_the_operator_api_answers_on_the_lan() {
 
 #[test]
 fn a_killed_netd_is_restarted_within_two_seconds() {
-    let farm = start(FarmSpec::nodes(1));
+    let farm = one_ready_node();
     let node = farm.node(0);
-    wait_ready(&farm, node, Duration::from_secs(20));
     let before = service(node, "netd");
     let pid = before.pid.expect("netd runs");
 
@@ -158,9 +163,8 @@ fn a_killed_netd_is_restarted_within_two_seconds() {
 /// ends with exactly one of each daemon, each the one the new agent runs.
 #[test]
 fn a_new_agent_after_kill_9_of_the_agent_alone_runs_one_of_each_daemon() {
-    let farm = start(FarmSpec::nodes(1));
+    let farm = one_ready_node();
     let node = farm.node(0);
-    wait_ready(&farm, node, Duration::from_secs(20));
     let daemons = [Daemon::Storaged, Daemon::Netd, Daemon::Provisiond];
     let before: Vec<u32> = daemons
         .iter()
@@ -260,9 +264,8 @@ fn a_daemon_with_a_bad_config_is_shown_failing_and_the_others_run() {
 
 #[test]
 fn sigterm_stops_every_daemon_cleanly() {
-    let farm = start(FarmSpec::nodes(1));
+    let farm = one_ready_node();
     let node = farm.node(0);
-    wait_ready(&farm, node, Duration::from_secs(20));
     let pids: Vec<u32> = get::<Vec<ServiceStatus>>(node, "/v1/services")
         .iter()
         .filter_map(|s| s.pid)
