@@ -576,6 +576,22 @@ fn status(node: &grove_testbed::Node) -> agent::operator::status::StatusReport {
     serde_json::from_str(&body).expect("status")
 }
 
+/// The NICs and bridges netd reports now, as the node registers them.
+fn netd_interfaces(node: &grove_testbed::Node) -> Vec<agent::registry::model::Interface> {
+    let (_, body) = http_get(&format!("{}/v1/network", node.api_url().expect("url"))).expect("GET");
+    let report: agent::api::NetworkReport = serde_json::from_str(&body).expect("network");
+    report
+        .interfaces
+        .into_iter()
+        .filter(|i| i.kind == "nic" || i.kind == "bridge")
+        .map(|i| agent::registry::model::Interface {
+            name: i.name,
+            mac: i.mac,
+            ips: i.addresses,
+        })
+        .collect()
+}
+
 /// How often the agent told the registry something new about the node.
 fn registrations(node: &grove_testbed::Node) -> usize {
     std::fs::read_to_string(node.agent_log())
@@ -634,6 +650,18 @@ fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
                 .any(|i| i.name == "eth0" && !i.ips.is_empty())
     });
     assert!(complete, "{:?}", registered_node(&registry));
+    // Addresses keep arriving after the first lease (IPv6 link-local and
+    // SLAAC ones); the node follows them. "Nothing changed" below starts
+    // once the registry holds the addresses netd has now.
+    let current = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        registered_node(&registry).registration.interfaces == netd_interfaces(node)
+    });
+    assert!(
+        current,
+        "the registry never caught up with netd: {:?} vs {:?}",
+        registered_node(&registry).registration.interfaces,
+        netd_interfaces(node)
+    );
     eprintln!("registered: {:?}", registered_node(&registry));
     let sent = registrations(node);
     assert!(sent >= 1, "no registration logged");
