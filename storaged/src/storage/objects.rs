@@ -391,7 +391,8 @@ mod tests {
             reason: "its disk d is gone".to_owned(),
             since_ms: 0,
         };
-        let cases: Vec<(Option<Option<String>>, Pool, Option<&str>)> = vec![
+        type Settled = Option<Option<String>>;
+        let cases: Vec<(Settled, Pool, Option<&str>)> = vec![
             (
                 ours.clone(),
                 pool(Some("A"), false, PoolState::Mounted),

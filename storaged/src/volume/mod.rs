@@ -367,17 +367,33 @@ fn sync_dir(handle: &File, dir: &Path) -> Result<(), VolumeError> {
     })
 }
 
-/// Level-0 qgroups of `btrfs qgroup show -re --raw`: id → (referenced,
-/// limit, path as btrfs shows it).
-fn parse_qgroups(text: &str) -> HashMap<u64, (u64, Option<u64>, String)> {
+/// A level-0 qgroup: one subvolume's accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Qgroup {
+    referenced: u64,
+    limit: Option<u64>,
+    /// As btrfs shows it: relative to the pool, or `<stale>` once the
+    /// subvolume is deleted.
+    path: String,
+}
+
+/// Level-0 qgroups of `btrfs qgroup show -re --raw`, by subvolume id.
+fn parse_qgroups(text: &str) -> HashMap<u64, Qgroup> {
     text.lines()
         .filter_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let id = cols.first()?.strip_prefix("0/")?.parse().ok()?;
-            let rfer = cols.get(1)?.parse().ok()?;
+            let referenced = cols.get(1)?.parse().ok()?;
             let limit = cols.get(3)?.parse().ok();
             let path = cols.get(5..).map(|p| p.join(" ")).unwrap_or_default();
-            Some((id, (rfer, limit, path)))
+            Some((
+                id,
+                Qgroup {
+                    referenced,
+                    limit,
+                    path,
+                },
+            ))
         })
         .collect()
 }
@@ -397,12 +413,20 @@ mod tests {
                     1/100                0            0            none           none   \n";
         let q = parse_qgroups(text);
         assert_eq!(q.len(), 4);
-        assert_eq!(
-            q.get(&256),
-            Some(&(5259264, Some(52428800), "volumes/a".to_owned()))
-        );
-        assert_eq!(q.get(&257), Some(&(16384, None, "cache".to_owned())));
-        assert_eq!(q.get(&258).map(|e| e.2.as_str()), Some("<stale>"));
+        let q = |id, referenced, limit, path: &str| {
+            assert_eq!(
+                q.get(&id),
+                Some(&Qgroup {
+                    referenced,
+                    limit,
+                    path: path.to_owned()
+                }),
+                "0/{id}"
+            );
+        };
+        q(256, 5259264, Some(52428800), "volumes/a");
+        q(257, 16384, None, "cache");
+        q(258, 0, Some(10000000), "<stale>");
     }
 
     #[test]

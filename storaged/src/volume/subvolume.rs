@@ -7,6 +7,7 @@
 //! so `btrfs qgroup show` keeps no stale entry. Limits: the btrfs tool is
 //! the interface (btrfs-progs 6.x output, `-re --raw`).
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use crate::cmd::{self, CmdError, CmdFailure};
 use crate::pool::{Pool, VOLUMES_DIR};
 use crate::types::ResourceName;
 
-use super::{Found, Kind, TEMP_PREFIX, VolumeError};
+use super::{Found, Kind, Qgroup, TEMP_PREFIX, VolumeError};
 
 /// The inode number of every btrfs subvolume's root directory.
 const SUBVOLUME_ROOT_INO: u64 = 256;
@@ -34,10 +35,8 @@ fn is_subvolume(meta: &std::fs::Metadata) -> bool {
     meta.is_dir() && meta.ino() == SUBVOLUME_ROOT_INO
 }
 
-/// Level-0 qgroups of the pool: id → (referenced, limit, path).
-fn qgroups(
-    pool: &Pool,
-) -> Result<std::collections::HashMap<u64, (u64, Option<u64>, String)>, VolumeError> {
+/// Level-0 qgroups of the pool, by subvolume id.
+fn qgroups(pool: &Pool) -> Result<HashMap<u64, Qgroup>, VolumeError> {
     let mount = pool.mount_point.as_os_str();
     let out = btrfs(
         "read the qgroups of",
@@ -59,9 +58,9 @@ pub(super) fn scan(pool: &Pool) -> Result<Vec<Found>, VolumeError> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let by_path: std::collections::HashMap<String, (u64, Option<u64>)> = qgroups(pool)?
+    let by_path: HashMap<String, (u64, Option<u64>)> = qgroups(pool)?
         .into_values()
-        .map(|(rfer, limit, path)| (path, (rfer, limit)))
+        .map(|q| (q.path, (q.referenced, q.limit)))
         .collect();
     Ok(entries
         .into_iter()
@@ -227,8 +226,8 @@ pub(super) fn sweep(pool: &Pool) -> Result<Vec<PathBuf>, VolumeError> {
             _ => tracing::warn!(path = %tmp.display(), "not a subvolume: left alone"),
         }
     }
-    for (id, (_, _, path)) in qgroups(pool)? {
-        if id >= FIRST_SUBVOLUME_ID && path == "<stale>" {
+    for (id, q) in qgroups(pool)? {
+        if id >= FIRST_SUBVOLUME_ID && q.path == "<stale>" {
             tracing::info!(qgroup = %format!("0/{id}"), pool = %pool.label(), "removing the qgroup of a deleted subvolume");
             forget_qgroup(pool, id)?;
             removed.push(pool.mount_point.join(format!("0/{id}")));
