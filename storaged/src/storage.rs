@@ -214,7 +214,11 @@ impl Storage {
             .pools
             .iter()
             .map(|p| {
-                let allocated = allocated_bytes(p);
+                // A broken pool cannot be looked at: what it held when last seen.
+                let allocated = match inner.seen.get(p.label()) {
+                    Some(seen) if !p.is_healthy() => seen.allocated(),
+                    _ => allocated_bytes(p),
+                };
                 let reserved = reserve(p);
                 let this_node = inner.own(p);
                 let settled = inner.settled.as_ref().and_then(Option::as_ref);

@@ -691,6 +691,11 @@ fn a_pool_whose_disk_leaves_shows_its_objects_as_broken_and_refuses_changes() {
         bed.vdisks(),
         bed.log()
     );
+    assert_eq!(
+        bed.pool().allocated_bytes,
+        32 * MIB,
+        "a broken pool shows what it held"
+    );
     let volumes = bed.volumes();
     assert_eq!(volumes.len(), 1);
     let why = volumes[0].broken.as_deref().expect("broken");

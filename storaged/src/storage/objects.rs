@@ -205,15 +205,31 @@ impl Storage {
                     }
                     .into());
                 }
-                let objects = looked
-                    .iter()
-                    .find(|l| &l.pool == label)
-                    .map(|l| &l.objects)
-                    .ok_or_else(|| VolumeError::Unusable {
-                        kind: kind.as_str(),
-                        pool: label.clone(),
-                        why: "it cannot be read".to_owned(),
-                    })?;
+                let objects = match looked.iter().find(|l| &l.pool == label) {
+                    Some(Looked {
+                        objects,
+                        broken: None,
+                        ..
+                    }) => objects,
+                    Some(Looked {
+                        broken: Some(why), ..
+                    }) => {
+                        return Err(VolumeError::Unusable {
+                            kind: kind.as_str(),
+                            pool: label.clone(),
+                            why: why.clone(),
+                        }
+                        .into());
+                    }
+                    None => {
+                        return Err(VolumeError::Unusable {
+                            kind: kind.as_str(),
+                            pool: label.clone(),
+                            why: "it was not looked at".to_owned(),
+                        }
+                        .into());
+                    }
+                };
                 check_room(pool, objects, kind, name, size)?;
                 volume::make(pool, kind, name, size)?;
                 tracing::info!(kind = kind.as_str(), name = %name, pool = %label, size, "made");
