@@ -90,13 +90,19 @@ fn volume_status(e: &VolumeError) -> StatusCode {
         | VolumeError::UnknownPool { .. }
         | VolumeError::Unusable { .. }
         | VolumeError::OnUnusablePool { .. } => StatusCode::CONFLICT,
-        VolumeError::NoRoom { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        // The pool ran out of space although the accounting said it fits.
+        VolumeError::NoRoom { .. }
+        | VolumeError::Sys {
+            errno: nix::errno::Errno::ENOSPC,
+            ..
+        } => StatusCode::INSUFFICIENT_STORAGE,
         VolumeError::Tool { .. }
         | VolumeError::Io { .. }
         | VolumeError::Sys { .. }
         | VolumeError::SubvolumeId { .. }
         | VolumeError::TooLarge { .. }
-        | VolumeError::NotASubvolume { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        | VolumeError::NotASubvolume { .. }
+        | VolumeError::NestedStuck { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

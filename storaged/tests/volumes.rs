@@ -715,7 +715,9 @@ fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
     let mut bed = Bed::new();
     let label = bed.label();
     let mount = bed.mount();
-    let size = 400 * MIB;
+    // Large enough that preallocating takes a while, small enough that two
+    // rounds' worth fit a 1 GiB pool while btrfs frees the last one.
+    let size = 200 * MIB;
     let mut outcomes = Vec::new();
     // The last round is never cut short: both are made whole.
     let delays = [0u64, 1, 2, 4, 8, 15, 30, 60, 120, 60_000];
@@ -807,4 +809,77 @@ fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
         last.2 && last.3,
         "an uninterrupted round made nothing: {outcomes:?}"
     );
+}
+
+#[test]
+fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
+    let bed = Bed::new();
+    let label = bed.label();
+    let mount = bed.mount();
+    let volume = bed.ensure_volume("nest", &label, 64 * MIB).expect("volume");
+    let keep = bed.ensure_volume("keep", &label, 16 * MIB).expect("volume");
+    std::fs::write(keep.path.join("data"), b"kept").expect("write");
+    std::fs::write(mount.join("cache/marker"), b"node state").expect("write");
+    let cache_id = run(
+        "btrfs",
+        &[
+            "inspect-internal",
+            "rootid",
+            mount.join("cache").to_str().expect("utf-8"),
+        ],
+    );
+    let keep_id = run(
+        "btrfs",
+        &[
+            "inspect-internal",
+            "rootid",
+            keep.path.to_str().expect("utf-8"),
+        ],
+    );
+    // What a tenant may make inside its volume, including a name that reads
+    // as another line of `btrfs subvolume list` naming the cache and the
+    // other volume.
+    let tricky = format!(
+        "x\nID {} gen 1 top level 5 path cache\nID {} gen 1 top level 256 path keep",
+        cache_id.trim(),
+        keep_id.trim()
+    );
+    std::fs::create_dir(volume.path.join("d")).expect("dir");
+    for rel in ["n 1", "d/n2", "d/n2/n3", tricky.as_str()] {
+        run(
+            "btrfs",
+            &[
+                "subvolume",
+                "create",
+                volume.path.join(rel).to_str().expect("utf-8"),
+            ],
+        );
+    }
+    std::os::unix::fs::symlink(&keep.path, volume.path.join("d/link")).expect("symlink");
+
+    let removed = bed
+        .block(bed.client().delete_volume("nest"))
+        .expect("delete");
+    assert!(removed.existed);
+    assert!(!volume.path.exists());
+    let list = run(
+        "btrfs",
+        &["subvolume", "list", mount.to_str().expect("utf-8")],
+    );
+    let paths: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split(" path ").nth(1))
+        .collect();
+    assert_eq!(paths, ["cache", "volumes/keep"], "{list}");
+    let left: Vec<String> = qgroups(&mount).into_iter().map(|q| q.2).collect();
+    assert_eq!(left, ["cache", "volumes/keep"]);
+    assert_eq!(
+        std::fs::read(mount.join("cache/marker")).expect("cache"),
+        b"node state"
+    );
+    assert_eq!(
+        std::fs::read(keep.path.join("data")).expect("keep"),
+        b"kept"
+    );
+    assert_eq!(bed.volumes().len(), 1);
 }

@@ -185,6 +185,8 @@ pub enum VolumeError {
         #[source]
         source: std::num::TryFromIntError,
     },
+    #[error("the subvolumes {ids:?} inside {path} cannot be deleted")]
+    NestedStuck { path: PathBuf, ids: Vec<u64> },
     #[error("{path} is not a subvolume of its own (id {id})")]
     NotASubvolume { path: PathBuf, id: u64 },
 }

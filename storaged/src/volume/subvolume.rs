@@ -162,17 +162,107 @@ fn delete(pool: &Pool, path: &Path) -> Result<(), VolumeError> {
             id,
         });
     }
+    match delete_by_id(pool, id) {
+        Err(VolumeError::Tool { source, .. }) if not_empty(&source) => {
+            for nested in delete_nested(pool, path)? {
+                forget_qgroup(pool, nested)?;
+            }
+            delete_by_id(pool, id)?;
+        }
+        other => other?,
+    }
+    forget_qgroup(pool, id)
+}
+
+/// Deletes the subvolume `id` by its id: no path inside a volume, which its
+/// tenant may have changed, is ever followed.
+fn delete_by_id(pool: &Pool, id: u64) -> Result<(), VolumeError> {
+    let id_text = id.to_string();
     btrfs(
-        "delete the subvolume",
-        path,
+        "delete a subvolume of",
+        &pool.mount_point,
         &[
             "subvolume".as_ref(),
             "delete".as_ref(),
             "--commit-after".as_ref(),
-            path.as_os_str(),
+            "--subvolid".as_ref(),
+            id_text.as_ref(),
+            pool.mount_point.as_os_str(),
         ],
+    )
+    .map(drop)
+}
+
+fn not_empty(e: &CmdError) -> bool {
+    matches!(e.failure(), CmdFailure::Failed { stderr, .. } if stderr.contains("Directory not empty"))
+}
+
+/// Deletes every subvolume made inside the subvolume at `path` (a tenant
+/// may make them in a volume), innermost first; answers their ids. Which
+/// ones are inside is the kernel's answer for each id
+/// (`subvolid-resolve`), never a path read from a listing, so a subvolume
+/// named to look like another line of it changes nothing.
+fn delete_nested(pool: &Pool, path: &Path) -> Result<Vec<u64>, VolumeError> {
+    let rel = path
+        .strip_prefix(&pool.mount_point)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned();
+    let inside = format!("{rel}/");
+    let mount = pool.mount_point.as_os_str();
+    let listing = btrfs(
+        "list the subvolumes of",
+        &pool.mount_point,
+        &["subvolume".as_ref(), "list".as_ref(), mount],
     )?;
-    forget_qgroup(pool, id)
+    let mut ids: Vec<u64> = listing
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("ID ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .filter(|id: &u64| *id >= FIRST_SUBVOLUME_ID)
+        .filter(|id| {
+            let id_text = id.to_string();
+            cmd::run(
+                "btrfs",
+                [
+                    "inspect-internal".as_ref(),
+                    "subvolid-resolve".as_ref(),
+                    id_text.as_ref(),
+                    mount,
+                ],
+            )
+            .is_ok_and(|resolved| resolved.trim_end_matches('\n').starts_with(&inside))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut deleted = Vec::new();
+    // Innermost first: a subvolume with others inside refuses, and goes in
+    // a later round.
+    while !ids.is_empty() {
+        let before = deleted.len();
+        let mut left = Vec::new();
+        for id in ids {
+            match delete_by_id(pool, id) {
+                Ok(()) => deleted.push(id),
+                Err(VolumeError::Tool { ref source, .. }) if not_empty(source) => left.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        if deleted.len() == before {
+            return Err(VolumeError::NestedStuck {
+                path: path.to_owned(),
+                ids: left,
+            });
+        }
+        ids = left;
+    }
+    Ok(deleted)
 }
 
 /// Waits until the deleted subvolume `id` is cleaned, then destroys its
