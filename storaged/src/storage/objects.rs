@@ -20,22 +20,28 @@ struct Looked {
     broken: Option<String>,
 }
 
-/// Why `pool` takes no new volumes or vdisks, or `None` when it does.
-fn unusable(settled: &Option<Option<String>>, pool: &Pool) -> Option<String> {
+/// Why `pool` takes no new volumes or vdisks, or `None` when it does: the
+/// decision is [`Inner::own`]'s, the one rule for what is this node's.
+fn unusable(inner: &Inner, pool: &Pool) -> Option<String> {
+    (!inner.own(pool)).then(|| why_not_own(&inner.settled, pool))
+}
+
+/// In words, why a pool is not this node's.
+fn why_not_own(settled: &Option<Option<String>>, pool: &Pool) -> String {
     if let PoolState::Broken { reason, .. } = &pool.state {
-        return Some(format!("it is broken: {reason}"));
+        return format!("it is broken: {reason}");
     }
     let theirs = pool.meta.account.as_deref().unwrap_or("unknown");
     if pool.other_machine {
-        return Some(format!("it is another machine's pool (account {theirs})"));
+        return format!("it is another machine's pool (account {theirs})");
     }
     match settled {
-        None => Some("the node's identity is not settled yet".to_owned()),
-        Some(None) => Some("the node has no identity yet".to_owned()),
+        None => "the node's identity is not settled yet".to_owned(),
+        Some(None) => "the node has no identity yet".to_owned(),
         Some(Some(ours)) if pool.meta.account.as_deref() != Some(ours.as_str()) => {
-            Some(format!("it is another node's pool (account {theirs})"))
+            format!("it is another node's pool (account {theirs})")
         }
-        Some(Some(_)) => None,
+        Some(Some(_)) => "it is not this node's pool".to_owned(),
     }
 }
 
@@ -71,7 +77,7 @@ fn look(inner: &mut Inner) -> Vec<Looked> {
     for pool in inner.pools.iter().filter(|p| !p.other_machine) {
         let label = pool.label().clone();
         let last = || inner.seen.get(&label).cloned().unwrap_or_default();
-        match unusable(&inner.settled, pool) {
+        match unusable(inner, pool) {
             None => match volume::scan(pool) {
                 Ok(objects) => out.push(Looked {
                     pool: label,
@@ -197,7 +203,7 @@ impl Storage {
             }
             None => {
                 let pool = pool_of(&inner, label)?;
-                if let Some(why) = unusable(&inner.settled, pool) {
+                if let Some(why) = unusable(&inner, pool) {
                     return Err(VolumeError::Unusable {
                         kind: kind.as_str(),
                         pool: label.clone(),
@@ -401,54 +407,43 @@ mod tests {
     }
 
     #[test]
-    fn only_a_healthy_pool_of_this_node_takes_objects() {
+    fn the_refusal_says_why_a_pool_is_not_this_nodes() {
         let ours = Some(Some("A".to_owned()));
         let broken = PoolState::Broken {
             reason: "its disk d is gone".to_owned(),
             since_ms: 0,
         };
         type Settled = Option<Option<String>>;
-        let cases: Vec<(Settled, Pool, Option<&str>)> = vec![
-            (
-                ours.clone(),
-                pool(Some("A"), false, PoolState::Mounted),
-                None,
-            ),
+        let cases: Vec<(Settled, Pool, &str)> = vec![
             (
                 ours.clone(),
                 pool(Some("B"), false, PoolState::Mounted),
-                Some("another node's pool (account B)"),
+                "another node's pool (account B)",
             ),
             (
                 ours.clone(),
                 pool(Some("A"), true, PoolState::Mounted),
-                Some("another machine's pool (account A)"),
+                "another machine's pool (account A)",
             ),
             (
                 ours.clone(),
                 pool(Some("A"), false, broken),
-                Some("broken: its disk d is gone"),
+                "broken: its disk d is gone",
             ),
             (
                 None,
                 pool(Some("A"), false, PoolState::Mounted),
-                Some("not settled"),
+                "not settled",
             ),
             (
                 Some(None),
                 pool(None, false, PoolState::Mounted),
-                Some("no identity"),
+                "no identity",
             ),
         ];
-        for (settled, p, want) in cases {
-            let got = unusable(&settled, &p);
-            match want {
-                None => assert_eq!(got, None),
-                Some(needle) => {
-                    let got = got.expect("refused");
-                    assert!(got.contains(needle), "{got}");
-                }
-            }
+        for (settled, p, needle) in cases {
+            let got = why_not_own(&settled, &p);
+            assert!(got.contains(needle), "{got}");
         }
     }
 
