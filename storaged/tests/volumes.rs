@@ -143,7 +143,12 @@ impl Bed {
         let booted = wait_for(Duration::from_secs(60), || {
             self.block(client.identity()).is_ok()
         });
-        assert!(booted, "storaged did not boot\n{}", self.log());
+        assert!(
+            booted,
+            "storaged did not boot\n{}\n{}",
+            self.log(),
+            btrfs_tools_running()
+        );
         self.block(client.settle(Some(account.to_owned())))
             .unwrap_or_else(|e| panic!("settle: {e}\n{}", self.log()));
         let ready = wait_for(Duration::from_secs(30), || {
@@ -246,6 +251,22 @@ impl Drop for Bed {
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
         let _ = std::fs::remove_dir_all(&self.disks);
     }
+}
+
+/// The btrfs tools running now, with their kernel stacks: what a boot that
+/// does not finish waits on.
+fn btrfs_tools_running() -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("btrfs ") {
+            let stack = std::fs::read_to_string(dir.join("stack")).unwrap_or_default();
+            out.push_str(&format!("{}: {cmdline}\n{stack}\n", dir.display()));
+        }
+    }
+    out
 }
 
 /// Level-0 qgroups of subvolumes: (id, limit, path).

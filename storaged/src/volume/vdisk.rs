@@ -112,7 +112,10 @@ pub(super) fn remove(pool: &Pool, name: &ResourceName) -> Result<bool, VolumeErr
     }
 }
 
-/// Removes the file at `path` durably.
+/// Removes the file at `path` and commits the pool's transaction
+/// (`syncfs`): the removal is durable, and btrfs hands its space back now
+/// rather than at its next periodic commit, so what the accounting calls
+/// free is free.
 fn remove_file(path: &Path) -> Result<(), VolumeError> {
     std::fs::remove_file(path).map_err(|source| VolumeError::Io {
         op: "remove",
@@ -120,7 +123,11 @@ fn remove_file(path: &Path) -> Result<(), VolumeError> {
         source,
     })?;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    super::sync_dir(&super::open_dir(dir)?, dir)
+    nix::unistd::syncfs(super::open_dir(dir)?).map_err(|errno| VolumeError::Sys {
+        op: "commit the removal of",
+        path: path.to_owned(),
+        errno,
+    })
 }
 
 pub(super) fn sweep(pool: &Pool) -> Result<Vec<PathBuf>, VolumeError> {
