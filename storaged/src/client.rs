@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use grove_daemon::client::{ClientError, SocketClient};
 use grove_daemon::server::{Info, ReadyReport};
 
+use crate::volume::{Removed, VdiskRequest, VdiskView, VolumeRequest, VolumeView};
+
 /// A client for `storaged`.
 #[derive(Clone, Debug)]
 pub struct StoragedClient {
@@ -89,5 +91,47 @@ impl StoragedClient {
 
     pub async fn disks(&self) -> Result<Vec<crate::report::Disk>, ClientError> {
         self.socket.get("/v1/disks").await
+    }
+
+    /// Makes the volume `name`, leaves it as it is, or grows it (`PUT
+    /// /v1/volumes/{name}`).
+    pub async fn ensure_volume(
+        &self,
+        name: &str,
+        request: &VolumeRequest,
+    ) -> Result<VolumeView, ClientError> {
+        self.socket
+            .put(&format!("/v1/volumes/{name}"), request)
+            .await
+    }
+
+    /// Removes the volume `name`; `existed: false` when there was none.
+    pub async fn delete_volume(&self, name: &str) -> Result<Removed, ClientError> {
+        self.socket.delete(&format!("/v1/volumes/{name}")).await
+    }
+
+    pub async fn volumes(&self) -> Result<Vec<VolumeView>, ClientError> {
+        self.socket.get("/v1/volumes").await
+    }
+
+    /// Makes the vdisk `name`, leaves it as it is, or grows it (`PUT
+    /// /v1/vdisks/{name}`).
+    pub async fn ensure_vdisk(
+        &self,
+        name: &str,
+        request: &VdiskRequest,
+    ) -> Result<VdiskView, ClientError> {
+        self.socket
+            .put(&format!("/v1/vdisks/{name}"), request)
+            .await
+    }
+
+    /// Removes the vdisk `name`; `existed: false` when there was none.
+    pub async fn delete_vdisk(&self, name: &str) -> Result<Removed, ClientError> {
+        self.socket.delete(&format!("/v1/vdisks/{name}")).await
+    }
+
+    pub async fn vdisks(&self) -> Result<Vec<VdiskView>, ClientError> {
+        self.socket.get("/v1/vdisks").await
     }
 }
