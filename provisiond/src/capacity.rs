@@ -148,6 +148,19 @@ impl Demand {
     }
 }
 
+/// One pool's bytes, for `/v1/capacity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolUsage {
+    pub label: String,
+    pub kind: PoolKind,
+    pub size: u64,
+    /// Kept by the system (the cache).
+    pub system: u64,
+    /// Held by deployments.
+    pub used: u64,
+    pub free: u64,
+}
+
 /// A disk on its pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placed {
@@ -407,7 +420,33 @@ impl Ledger {
         })
     }
 
-    /// Records what `contract` holds, after its workloads are made.
+    /// What the node has.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Each pool: its size, what the system keeps, what deployments hold,
+    /// and what is free.
+    pub fn pools(&self) -> Vec<PoolUsage> {
+        let free = self.pool_free(None);
+        self.node
+            .pools
+            .iter()
+            .map(|p| {
+                let free = free.get(&p.label).map_or(0, |(_, bytes)| *bytes);
+                PoolUsage {
+                    label: p.label.clone(),
+                    kind: p.kind,
+                    size: p.size,
+                    system: p.system,
+                    used: p.size.saturating_sub(p.system).saturating_sub(free),
+                    free,
+                }
+            })
+            .collect()
+    }
+
+    /// Records what `contract` holds (reserved at admission).
     pub fn hold(&mut self, contract: u64, allocation: Allocation) {
         self.held.insert(contract, allocation);
     }

@@ -4,28 +4,40 @@
 //! and calls [`run`]. It serves its API on `/run/grove/provisiond.sock`, and
 //! [`client::ProvisiondClient`] is how `agent` and the other daemons reach it.
 //!
-//! The parts so far: [`deployment`] (zos's wire format, checks, hash and
-//! signatures), [`store`] (the durable record of deployments, results and
-//! history), [`capacity`] (the ledger that refuses what does not fit) and
-//! [`update`] (zos's update rules). The engine, its drivers and the API that
-//! join them are not written yet.
+//! The parts: [`deployment`] (zos's wire format, checks, hash and
+//! signatures), [`admission`] (every check before anything is touched),
+//! [`store`] (the durable record of deployments, results and history),
+//! [`capacity`] (the ledger that refuses what does not fit), [`update`]
+//! (zos's update rules), [`engine`] (admission, then each deployment's
+//! ordered work, recorded step by step, restored at start), [`driver`] (one
+//! per workload type, over storaged's and netd's clients) and [`server`]
+//! (the socket API, shapes in [`api`]).
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod api;
 pub mod capacity;
 pub mod client;
 pub mod deployment;
+pub mod driver;
+pub mod engine;
+pub mod server;
 pub mod store;
 pub mod update;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use axum::Router;
 use grove_daemon::cli::Failure;
 use grove_daemon::server::{Identity, Readiness, ServerError};
 use grove_daemon::shutdown::Shutdown;
 use serde::Deserialize;
+
+use crate::capacity::{Node, Pool, PoolKind};
+use crate::driver::Drivers;
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::store::{Store, StoreError};
 
 /// The daemon's name: its socket, its log field, its service name in `agent`.
 pub const NAME: &str = "provisiond";
@@ -36,12 +48,29 @@ pub const NAME: &str = "provisiond";
 pub struct Config {
     /// The API socket.
     pub socket: PathBuf,
+    /// The store; `provisiond/deployments.redb` in [`grove_daemon::CACHE_DIR`]
+    /// when unset.
+    pub store: Option<PathBuf>,
+    /// The node's id on the registry; the agent may also give it with
+    /// `PUT /v1/node` once it knows it.
+    pub node_id: Option<u32>,
+    /// storaged's socket.
+    pub storaged: PathBuf,
+    /// netd's socket.
+    pub netd: PathBuf,
+    /// `/proc`, for the node's cores and memory.
+    pub proc: PathBuf,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             socket: grove_daemon::socket_path(NAME),
+            store: None,
+            node_id: None,
+            storaged: grove_daemon::socket_path("storaged"),
+            netd: grove_daemon::socket_path("netd"),
+            proc: PathBuf::from("/proc"),
         }
     }
 }
@@ -51,15 +80,121 @@ impl Default for Config {
 pub enum ProvisiondError {
     #[error(transparent)]
     Serve(#[from] ServerError),
+    #[error("cannot make the store's directory {path}: {source}")]
+    StoreDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot read {path}: {source}")]
+    Host {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Failure for ProvisiondError {}
 
-/// Runs the daemon until `shutdown` trips.
+/// The node's cores (`processor` lines of `cpuinfo`) and memory (`MemTotal`).
+pub fn host(proc: &Path) -> Result<(u64, u64), ProvisiondError> {
+    let read = |name: &str| {
+        let path = proc.join(name);
+        std::fs::read_to_string(&path).map_err(|source| ProvisiondError::Host { path, source })
+    };
+    let cores = read("cpuinfo")?
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let memory_kib = read("meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((
+        u64::try_from(cores).unwrap_or(u64::MAX),
+        memory_kib.saturating_mul(1024),
+    ))
+}
+
+/// The node's pools as storaged reports them: mounted, of this node.
+async fn pools(storaged: &storaged::client::StoragedClient, shutdown: &Shutdown) -> Vec<Pool> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match storaged.pools().await {
+            Ok(pools) => {
+                return pools
+                    .into_iter()
+                    .filter(|p| p.this_node && p.is_mounted())
+                    .map(|p| Pool {
+                        label: p.label.to_string(),
+                        kind: match p.kind {
+                            storaged::pool::kind::DiskKind::Ssd => PoolKind::Ssd,
+                            storaged::pool::kind::DiskKind::Hdd => PoolKind::Hdd,
+                        },
+                        size: p.size_bytes,
+                        system: p.reserved_bytes,
+                    })
+                    .collect();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read storaged's pools yet");
+                if shutdown.is_triggered() {
+                    return Vec::new();
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` trips: restores every deployment from
+/// the store before it accepts new ones.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
-    let readiness = Readiness::default();
-    let api = Router::new();
-    grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown).await?;
+    let readiness = Readiness::waiting("restoring deployments");
+    let path = config.store.clone().unwrap_or_else(|| {
+        Path::new(grove_daemon::CACHE_DIR)
+            .join(NAME)
+            .join("deployments.redb")
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ProvisiondError::StoreDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(EngineError::from)??;
+    let storaged = storaged::client::StoragedClient::new(&config.storaged)
+        .with_timeout(Duration::from_secs(300));
+    let netd = netd::client::NetdClient::new(&config.netd).with_timeout(Duration::from_secs(120));
+    let (cores, memory) = host(&config.proc)?;
+    let node = Node {
+        cores,
+        memory,
+        pools: pools(&storaged, &shutdown).await,
+    };
+    let engine = Engine::start(
+        EngineConfig {
+            node_id: config.node_id,
+            node,
+            retry: Duration::from_millis(200),
+        },
+        store,
+        Drivers::node(storaged, netd),
+    )
+    .await?;
+    readiness.set_ready();
+    let api = server::routes(engine.clone());
+    let served =
+        grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown)
+            .await;
+    engine.shutdown().await;
+    served?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 pub mod challenge;
 pub mod name;
 pub mod net;
+pub mod sign;
 pub mod signature;
 pub mod workload;
 

@@ -23,6 +23,10 @@ const RESULTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("resul
 /// (contract id, sequence) → [`Change`] as JSON.
 const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("history");
 
+/// contract id → the engine's record of the deployment (its status, what it
+/// holds, the job in progress) as JSON; see [`crate::engine::EngineRecord`].
+const ENGINE: TableDefinition<u64, &[u8]> = TableDefinition::new("engine");
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -180,15 +184,59 @@ impl Store {
             path: path.to_owned(),
             source: Box::new(source),
         };
+        if !path.exists() {
+            Self::create(path).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
         let db = Database::create(path).map_err(|e| opened(e.into()))?;
         let txn = db.begin_write().map_err(|e| opened(e.into()))?;
         {
             txn.open_table(DEPLOYMENTS).map_err(|e| opened(e.into()))?;
             txn.open_table(RESULTS).map_err(|e| opened(e.into()))?;
             txn.open_table(HISTORY).map_err(|e| opened(e.into()))?;
+            txn.open_table(ENGINE).map_err(|e| opened(e.into()))?;
         }
         txn.commit().map_err(|e| opened(e.into()))?;
         Ok(Self { db })
+    }
+
+    /// Makes a new, empty store beside `path` and renames it into place, so
+    /// a crash while the file is first written leaves no file rather than
+    /// one redb cannot read.
+    fn create(path: &Path) -> Result<(), Box<redb::Error>> {
+        let boxed = |e: redb::Error| Box::new(e);
+        let mut temp = path.as_os_str().to_owned();
+        temp.push(".new");
+        let temp = PathBuf::from(temp);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(boxed(e.into())),
+        }
+        {
+            let db = Database::create(&temp).map_err(|e| boxed(e.into()))?;
+            let txn = db.begin_write().map_err(|e| boxed(e.into()))?;
+            txn.open_table(DEPLOYMENTS).map_err(|e| boxed(e.into()))?;
+            txn.commit().map_err(|e| boxed(e.into()))?;
+        }
+        let io = |e: std::io::Error| boxed(e.into());
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&temp, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Starts a change; nothing is visible or durable until [`Batch::commit`].
@@ -236,6 +284,23 @@ impl Store {
                 break;
             }
             out.insert(name.to_owned(), decode("result", contract, bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The engine's records, by contract id, as the engine wrote them.
+    pub fn engine_records<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<BTreeMap<u64, T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("begin a read"))?;
+        let table = txn.open_table(ENGINE).map_err(db("open engine"))?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter().map_err(db("list engine records"))? {
+            let (key, bytes) = entry.map_err(db("list engine records"))?;
+            out.insert(
+                key.value(),
+                decode("engine record", key.value(), bytes.value())?,
+            );
         }
         Ok(out)
     }
@@ -336,6 +401,20 @@ impl Batch {
         Ok(())
     }
 
+    /// Records (or replaces) the engine's record of `contract`.
+    pub fn put_engine<T: Serialize>(
+        &mut self,
+        contract: u64,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = encode("engine record", record)?;
+        let mut table = self.txn.open_table(ENGINE).map_err(db("open engine"))?;
+        table
+            .insert(contract, bytes.as_slice())
+            .map_err(db("write an engine record"))?;
+        Ok(())
+    }
+
     /// Forgets a deployment wholly: the record, its results, its history.
     pub fn remove_deployment(&mut self, contract: u64) -> Result<(), StoreError> {
         {
@@ -344,6 +423,12 @@ impl Batch {
                 .open_table(DEPLOYMENTS)
                 .map_err(db("open deployments"))?;
             table.remove(contract).map_err(db("remove a deployment"))?;
+        }
+        {
+            let mut table = self.txn.open_table(ENGINE).map_err(db("open engine"))?;
+            table
+                .remove(contract)
+                .map_err(db("remove an engine record"))?;
         }
         {
             let mut table = self.txn.open_table(RESULTS).map_err(db("open results"))?;

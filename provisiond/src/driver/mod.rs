@@ -1,0 +1,202 @@
+//! Workload drivers: the engine's only way to touch the node.
+//!
+//! One [`Driver`] per workload type turns a workload into one object on the
+//! node (network → netd's tenant network, zmount → storaged's vdisk, volume
+//! → storaged's volume) with an idempotent `ensure`, removes it by its
+//! name, and lists the objects that carry provisiond's naming, so the
+//! engine can sweep what no deployment wants. Object names are derived from
+//! the deployment, never stored: `c<contract>-<workload>` for disks and
+//! volumes, `p-<11 hex>` of (twin, network name) for networks. Limits: a
+//! driver reports a refusal as the daemon's own text, and a daemon that is
+//! down or slow as [`DriverError::Unavailable`], which the engine retries.
+
+pub mod network;
+pub mod storage;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use grove_daemon::client::ClientError;
+use md5::{Digest, Md5};
+
+use crate::deployment::Workload;
+use crate::deployment::workload::WorkloadType;
+
+/// What a driver call returns.
+pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DriverError>> + Send + 'a>>;
+
+/// Why a driver call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// The daemon answered and refused: the workload fails with its text.
+    #[error("{0}")]
+    Refused(String),
+    /// The daemon could not be reached or did not answer: the outcome is
+    /// unknown, and the idempotent call is tried again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ClientError> for DriverError {
+    fn from(error: ClientError) -> Self {
+        match &error {
+            ClientError::Status {
+                status, message, ..
+            } if *status != hyper::StatusCode::SERVICE_UNAVAILABLE => {
+                // The daemon's own words; a bare status (a route the daemon
+                // lacks) says which call was refused, and how.
+                if message.trim().is_empty() {
+                    DriverError::Refused(error.to_string())
+                } else {
+                    DriverError::Refused(message.clone())
+                }
+            }
+            ClientError::Status { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Http { .. }
+            | ClientError::Timeout { .. } => DriverError::Unavailable(error.to_string()),
+            ClientError::Build { .. } | ClientError::Decode { .. } | ClientError::Encode { .. } => {
+                DriverError::Refused(error.to_string())
+            }
+        }
+    }
+}
+
+/// Whether `error` is a 404: a delete of something already gone.
+pub(crate) fn is_not_found(error: &ClientError) -> bool {
+    matches!(error, ClientError::Status { status, .. } if *status == hyper::StatusCode::NOT_FOUND)
+}
+
+/// What a driver makes: one workload of one deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub contract: u64,
+    pub twin: u32,
+    pub workload: &'a Workload,
+    /// The pool the capacity ledger placed the workload's disk on.
+    pub pool: Option<&'a str>,
+}
+
+/// The driver of one workload type.
+pub trait Driver: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> WorkloadType;
+
+    /// The name of the object that workload `name` of `contract` (of `twin`)
+    /// is on the node.
+    fn object(&self, twin: u32, contract: u64, name: &str) -> String;
+
+    /// Makes the object, or leaves it as it is when it already matches;
+    /// answers the workload's result `data` in zos's shape.
+    fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, serde_json::Value>;
+
+    /// Removes the object named `object`; an absent one is not an error.
+    fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()>;
+
+    /// Every object of this type on the node named as provisiond names its
+    /// objects (and nothing else).
+    fn objects(&self) -> DriverFuture<'_, Vec<String>>;
+}
+
+/// The drivers of a node, by workload type.
+#[derive(Debug, Clone, Default)]
+pub struct Drivers {
+    by_kind: BTreeMap<WorkloadType, Arc<dyn Driver>>,
+}
+
+impl Drivers {
+    pub fn new(drivers: Vec<Arc<dyn Driver>>) -> Self {
+        Self {
+            by_kind: drivers.into_iter().map(|d| (d.kind(), d)).collect(),
+        }
+    }
+
+    /// The real drivers: storaged's and netd's clients.
+    pub fn node(
+        storaged: storaged::client::StoragedClient,
+        netd: netd::client::NetdClient,
+    ) -> Self {
+        Self::new(vec![
+            Arc::new(storage::ZmountDriver::new(storaged.clone())),
+            Arc::new(storage::VolumeDriver::new(storaged)),
+            Arc::new(network::NetworkDriver::new(netd)),
+        ])
+    }
+
+    pub fn get(&self, kind: WorkloadType) -> Option<&Arc<dyn Driver>> {
+        self.by_kind.get(&kind)
+    }
+
+    /// The types this node has drivers for.
+    pub fn kinds(&self) -> Vec<WorkloadType> {
+        self.by_kind.keys().copied().collect()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Driver>> {
+        self.by_kind.values()
+    }
+}
+
+/// `c<contract>-<workload>`: a disk's or a volume's name (at most 58 of
+/// storaged's 64 characters).
+pub fn disk_name(contract: u64, workload: &str) -> String {
+    format!("c{contract}-{workload}")
+}
+
+/// Whether `name` is a disk or volume name provisiond makes.
+pub fn is_disk_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('c') else {
+        return false;
+    };
+    let Some((contract, workload)) = rest.split_once('-') else {
+        return false;
+    };
+    !contract.is_empty()
+        && contract.bytes().all(|b| b.is_ascii_digit())
+        && !contract.starts_with('0')
+        && crate::deployment::name::Name::new(workload).is_ok()
+}
+
+/// `p-` and 11 hex digits of the MD5 of (twin, network name): a network's
+/// netid on the node, 13 characters as netd allows. A twin's network of one
+/// name is one netid, on every node.
+pub fn netid(twin: u32, network: &str) -> String {
+    let digest = Md5::digest(format!("{twin}:{network}").as_bytes());
+    let mut id = hex::encode(digest);
+    id.truncate(11);
+    format!("p-{id}")
+}
+
+/// Whether `netid` is a netid provisiond makes.
+pub fn is_netid(netid: &str) -> bool {
+    netid.len() == 13
+        && netid.starts_with("p-")
+        && netid[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_recognised_and_nothing_else() {
+        assert_eq!(disk_name(42, "data_1"), "c42-data_1");
+        assert!(is_disk_name("c42-data_1"));
+        for other in [
+            "c-x", "c042-x", "d42-x", "c42", "c4x-y", "c42-a-b", "cache", "",
+        ] {
+            assert!(!is_disk_name(other), "{other}");
+        }
+        let id = netid(7, "net");
+        assert_eq!(id, netid(7, "net"), "deterministic");
+        assert_ne!(id, netid(8, "net"));
+        assert_ne!(id, netid(7, "net2"));
+        assert!(is_netid(&id), "{id}");
+        for other in ["p-123", "q-0123456789a", "p-0123456789A", "tenant1"] {
+            assert!(!is_netid(other), "{other}");
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The engine's logic on a fake node: order, all or nothing, updates,
+//! independence, restore and sweep, and what an answer never holds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use provisiond::api::DeploymentState;
+use provisiond::capacity::GIB;
+use provisiond::deployment::workload::WorkloadType;
+use provisiond::driver::{disk_name, netid};
+use provisiond::engine::EngineError;
+
+const TWIN: u32 = 7;
+
+fn three(contract: u64, port: u16) -> String {
+    signed(
+        TWIN,
+        contract,
+        0,
+        vec![
+            network(0, "net", port),
+            zmount(0, "disk", GIB),
+            volume(0, "data", GIB),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_deployment_is_made_in_order_and_removed_in_reverse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    let view = engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+    assert_eq!(view.state, DeploymentState::Deploying);
+    let view = settle(&engine, 1).await;
+    assert_eq!(view.state, DeploymentState::Ok, "{view:?}");
+    for name in ["net", "disk", "data"] {
+        assert_eq!(view.workload_state(name), Some("ok"), "{name}");
+    }
+    let calls = fake.lock().calls.clone();
+    let net = netid(TWIN, "net");
+    assert_eq!(
+        calls,
+        vec![
+            format!("ensure zmount {}", disk_name(1, "disk")),
+            format!("ensure volume {}", disk_name(1, "data")),
+            format!("ensure network {net}"),
+        ],
+        "disks and volumes first, then the network"
+    );
+    assert_eq!(engine.capacity().used.sru, 2 * GIB);
+    engine.remove(1).await.expect("removal admitted");
+    let view = settle(&engine, 1).await;
+    assert_eq!(view.state, DeploymentState::Deleted);
+    assert!(fake.names().is_empty(), "{:?}", fake.names());
+    let calls = fake.lock().calls.clone();
+    assert_eq!(
+        calls[3],
+        format!("remove network {net}"),
+        "the network goes first"
+    );
+    assert_eq!(engine.capacity().used.sru, 0, "capacity released");
+    assert!(engine.usage().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_workload_rolls_back_its_version_with_the_daemons_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    let net = netid(TWIN, "net");
+    fake.lock().fail.insert(
+        net.clone(),
+        "listen_port 3000 is in use on this node".into(),
+    );
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+    let view = settle(&engine, 1).await;
+    assert_eq!(view.state, DeploymentState::Error);
+    let failure = view.failure.clone().expect("a failure");
+    assert_eq!(failure.workload, "net");
+    assert_eq!(failure.message, "listen_port 3000 is in use on this node");
+    assert_eq!(view.workload_state("net"), Some("error"));
+    assert_eq!(
+        view.result("net").expect("result")["message"],
+        "listen_port 3000 is in use on this node"
+    );
+    assert_eq!(view.workload_state("disk"), Some("error"));
+    assert!(fake.names().is_empty(), "rolled back: {:?}", fake.names());
+    assert_eq!(engine.capacity().used.sru, 0, "nothing held");
+}
+
+#[tokio::test]
+async fn a_failed_update_leaves_the_previous_version_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+    assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
+    let before = fake.lock().held.clone();
+    fake.lock().fail.insert(
+        disk_name(1, "more"),
+        "pool ssd1 has 1 GiB free, asked 2 GiB".into(),
+    );
+    let update = signed(
+        TWIN,
+        1,
+        1,
+        vec![
+            network(0, "net", 3000),
+            zmount(1, "disk", 2 * GIB),
+            volume(0, "data", GIB),
+            volume(1, "more", 2 * GIB),
+        ],
+    );
+    let view = engine
+        .update(1, &submission(&update))
+        .await
+        .expect("admitted");
+    assert_eq!(view.state, DeploymentState::Updating);
+    let view = settle(&engine, 1).await;
+    assert_eq!(view.state, DeploymentState::Unchanged, "{view:?}");
+    assert_eq!(view.version, 0, "the previous version shows");
+    for name in ["net", "disk", "data"] {
+        assert_eq!(view.workload_state(name), Some("unchanged"), "{name}");
+        let message = view.result(name).expect("result")["message"]
+            .as_str()
+            .expect("text")
+            .to_owned();
+        assert!(
+            message.contains("pool ssd1 has 1 GiB free, asked 2 GiB"),
+            "{message}"
+        );
+    }
+    assert_eq!(view.failure.expect("failure").workload, "more");
+    let after = fake.lock().held.clone();
+    assert!(!after.contains_key(&(WorkloadType::Volume, disk_name(1, "more"))));
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "the same objects run"
+    );
+    assert_eq!(engine.capacity().used.sru, 2 * GIB, "the old holding again");
+}
+
+#[tokio::test]
+async fn an_update_adds_changes_and_removes_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+    settle(&engine, 1).await;
+    let update = signed(
+        TWIN,
+        1,
+        1,
+        vec![
+            network(0, "net", 3000),
+            zmount(1, "disk", 3 * GIB),
+            volume(1, "more", GIB),
+        ],
+    );
+    engine
+        .update(1, &submission(&update))
+        .await
+        .expect("admitted");
+    let view = settle(&engine, 1).await;
+    assert_eq!(view.state, DeploymentState::Ok);
+    assert_eq!(view.version, 1);
+    let held = fake.lock().held.clone();
+    assert_eq!(
+        held[&(WorkloadType::Zmount, disk_name(1, "disk"))]["size"],
+        3 * GIB
+    );
+    assert!(held.contains_key(&(WorkloadType::Volume, disk_name(1, "more"))));
+    assert!(!held.contains_key(&(WorkloadType::Volume, disk_name(1, "data"))));
+    assert_eq!(engine.capacity().used.sru, 4 * GIB);
+    let changes = engine.changes(1).await.expect("history");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.workload == "data" && c.state == provisiond::store::WorkloadState::Deleted)
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_rule_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    let engine = start(&dir.path().join("s.redb"), &fake, 10).await;
+    let wire = three(1, 3000);
+    let mut forged = submission(&wire);
+    forged.twins[0].account_key = hex::encode(key(99).verifying_key().to_bytes());
+    let mut other_node = submission(&wire);
+    other_node.contract.as_mut().expect("contract").node_id = NODE + 1;
+    let big = signed(TWIN, 2, 0, vec![zmount(0, "big", 11 * GIB)]);
+    let cases: Vec<(&str, provisiond::api::Submission, &str)> = vec![
+        ("bad signature", forged, "signature"),
+        ("another node", other_node, "not this node"),
+        (
+            "too big",
+            submission(&big),
+            "asks 11 GiB of SRU, 10 GiB is free",
+        ),
+    ];
+    for (what, s, want) in cases {
+        let error = engine.deploy(&s).await.expect_err(what);
+        assert!(error.to_string().contains(want), "{what}: {error}");
+    }
+    assert!(matches!(
+        engine.deploy(&submission(&big)).await,
+        Err(EngineError::Admission(
+            provisiond::admission::AdmissionError::Capacity(_)
+        ))
+    ));
+    assert!(engine.deployments(None).is_empty());
+    assert!(fake.lock().calls.is_empty());
+    // A second contract of the same twin may not take the same network.
+    engine.deploy(&submission(&wire)).await.expect("admitted");
+    let again = signed(TWIN, 3, 0, vec![network(0, "net", 3001)]);
+    let error = engine.deploy(&submission(&again)).await.expect_err("taken");
+    assert!(
+        error.to_string().contains("already deployed by contract 1"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_deployment_does_not_delay_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    fake.lock().hang.insert(netid(TWIN, "net"));
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+    let other = signed(
+        8,
+        2,
+        0,
+        vec![network(0, "net", 3001), zmount(0, "disk", GIB)],
+    );
+    let started = Instant::now();
+    engine.deploy(&submission(&other)).await.expect("admitted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = engine.deployment(2).expect("exists");
+        if view.state == DeploymentState::Ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blocked behind the hanging one: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        engine.deployment(1).expect("exists").state,
+        DeploymentState::Deploying
+    );
+    // Cancelling the hanging one still removes it.
+    fake.lock().hang.clear();
+    engine.remove(1).await.expect("removal admitted");
+    assert_eq!(settle(&engine, 1).await.state, DeploymentState::Deleted);
+    assert_eq!(
+        fake.names(),
+        [disk_name(2, "disk"), netid(8, "net")]
+            .into_iter()
+            .collect()
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_daemon_is_waited_for_not_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    fake.lock().unavailable.insert(disk_name(1, "disk"), 3);
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    engine
+        .deploy(&submission(&three(1, 3000)))
+        .await
+        .expect("admitted");
+    assert_eq!(settle(&engine, 1).await.state, DeploymentState::Ok);
+}
+
+#[tokio::test]
+async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    let fake = FakeNode::default();
+    let engine = start(&path, &fake, 1000).await;
+    for c in 1..=100u64 {
+        let wire = signed(
+            u32::try_from(c).expect("small") + 100,
+            c,
+            0,
+            vec![
+                network(0, "net", 3000 + u16::try_from(c).expect("small")),
+                zmount(0, "disk", GIB),
+                volume(0, "data", GIB),
+            ],
+        );
+        engine.deploy(&submission(&wire)).await.expect("admitted");
+    }
+    assert!(engine.settled(Duration::from_secs(30)).await);
+    engine.shutdown().await;
+    drop(engine);
+    let made = fake.lock().made.len();
+    assert_eq!(made, 300);
+    // Orphans: one of a contract the store does not know, one of a
+    // workload it does not want; and something that is not provisiond's.
+    {
+        let mut o = fake.lock();
+        for name in [
+            disk_name(500, "disk"),
+            disk_name(1, "gone"),
+            "tenant-x".to_owned(),
+        ] {
+            o.held
+                .insert((WorkloadType::Zmount, name), serde_json::Value::Null);
+        }
+    }
+    let started = Instant::now();
+    let engine = start(&path, &fake, 1000).await;
+    assert!(engine.settled(Duration::from_secs(30)).await);
+    let took = started.elapsed();
+    let size = std::fs::metadata(&path).expect("store").len();
+    eprintln!("100 deployments restored in {took:?}; the store is {size} bytes");
+    assert!(took < Duration::from_secs(2), "restore took {took:?}");
+    assert_eq!(fake.lock().made.len(), made, "nothing made twice");
+    let names = fake.names();
+    assert!(!names.contains(&disk_name(500, "disk")));
+    assert!(!names.contains(&disk_name(1, "gone")));
+    assert!(names.contains("tenant-x"), "not provisiond's: left alone");
+    assert_eq!(names.len(), 301);
+    assert_eq!(engine.deployments(None).len(), 100);
+    assert!(
+        engine
+            .deployments(None)
+            .iter()
+            .all(|d| d.state == DeploymentState::Ok)
+    );
+    assert_eq!(engine.capacity().used.sru, 200 * GIB);
+}
+
+#[tokio::test]
+async fn an_answer_never_holds_a_private_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    let wire = three(1, 3000);
+    let secret = wg_key(9);
+    assert!(wire.contains(&secret));
+    let view = engine.deploy(&submission(&wire)).await.expect("admitted");
+    settle(&engine, 1).await;
+    for text in [
+        serde_json::to_string(&view).expect("json"),
+        serde_json::to_string(&engine.deployment(1).expect("view")).expect("json"),
+        serde_json::to_string(&engine.deployments(Some(TWIN))).expect("json"),
+        serde_json::to_string(&engine.changes(1).await.expect("changes")).expect("json"),
+        format!("{:?}", engine.deployment(1).expect("view")),
+    ] {
+        assert!(!text.contains(&secret), "{text}");
+    }
+    assert_eq!(
+        engine.deployment(1).expect("view").deployment["workloads"][0]["data"]["wireguard_private_key"],
+        ""
+    );
+}
