@@ -34,6 +34,7 @@ use crate::supervisor::{ServiceStatus, Supervisor};
 pub struct ApiState {
     pub snapshot: Arc<crate::operator::snapshot::Snapshot>,
     pub chain: Arc<crate::chain::Chain>,
+    pub provisioning: Arc<crate::provision::Provisioning>,
     pub verifier: Arc<crate::auth::RequestVerifier>,
     pub stop: crate::stop::Stop,
     pub supervisor: Arc<Supervisor>,
@@ -138,6 +139,7 @@ pub fn routes(state: ApiState) -> Router {
             crate::identity::choice::PATH,
             axum::routing::post(choose_identity),
         )
+        .merge(crate::provision::api::routes())
         .with_state(state)
 }
 
@@ -221,8 +223,18 @@ fn node_capacity(state: &ApiState) -> crate::operator::capacity::NodeCapacity {
     crate::operator::capacity::node_capacity(&facts.host, facts.capacity.as_ref().ok())
 }
 
-async fn capacity(State(state): State<ApiState>) -> Json<crate::operator::capacity::NodeCapacity> {
-    Json(node_capacity(&state))
+fn capacity_report(state: &ApiState) -> crate::operator::capacity::CapacityReport {
+    let facts = state.snapshot.get();
+    crate::operator::capacity::with_deployments(
+        node_capacity(state),
+        facts.deployments.as_ref().ok(),
+    )
+}
+
+async fn capacity(
+    State(state): State<ApiState>,
+) -> Json<crate::operator::capacity::CapacityReport> {
+    Json(capacity_report(&state))
 }
 
 async fn disks(
@@ -266,7 +278,8 @@ async fn mesh(State(state): State<ApiState>) -> Result<impl IntoResponse, Operat
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    let (status, capacity) = (status_report(&state), node_capacity(&state));
+    let (status, report) = (status_report(&state), capacity_report(&state));
+    let capacity = report.node;
     let services = state.supervisor.statuses();
     let facts = state.snapshot.get();
     let text = crate::operator::metrics::render(&crate::operator::metrics::Snapshot {
@@ -277,6 +290,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         chain: &state.chain.status(),
         now_secs: crate::clock::unix_ms() / 1000,
         host: &facts.host,
+        deployments: report.deployments.as_ref(),
     });
     (
         [(
