@@ -127,6 +127,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/services/{name}/logs", get(logs))
         .route("/v1/status", get(status))
         .route("/v1/chain", get(chain))
+        .route("/v1/provision", get(provision))
         .route("/v1/capacity", get(capacity))
         .route("/v1/disks", get(disks))
         .route("/v1/network", get(network))
@@ -309,6 +310,11 @@ async fn dashboard() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
         DASHBOARD,
     )
+}
+
+/// `GET /v1/provision`: the glue between the registry and provisiond.
+async fn provision(State(state): State<ApiState>) -> Json<crate::provision::ProvisionStatus> {
+    Json(state.provisioning.status())
 }
 
 async fn chain(State(state): State<ApiState>) -> Json<crate::chain::ChainStatus> {
