@@ -516,6 +516,35 @@ fn bad_requests_over_the_api_get_a_4xx_naming_the_problem_and_change_nothing() {
         )
     };
     let other_words = format!("twin {other_twin}'s");
+    let missing_words = format!("twin {other_twin}");
+    let unknown = agent::cli::tenant::prepare(
+        &json!({"version": 0, "workloads": [{"name": "x", "type": "teleport", "data": {}}]})
+            .to_string(),
+        twin,
+        contract,
+    )
+    .expect("prepared");
+    // Twin `other_twin` is required to sign and does not.
+    let unsigned_request = {
+        let mut v: Value = serde_json::from_str(&wire(&key, twin, 0, 23 * MIB)).expect("json");
+        v["signature_requirement"]["requests"]
+            .as_array_mut()
+            .expect("requests")
+            .push(json!({"twin_id": other_twin, "required": true, "weight": 1}));
+        v["signature_requirement"]["weight_required"] = json!(2);
+        let text = v.to_string();
+        let id = block_on(tenant.create_node_contract(a_id, hash(&text), 0)).expect("contract");
+        v["contract_id"] = json!(id);
+        provisiond::deployment::sign::sign_ed25519(&v.to_string(), twin, &key).expect("signed")
+    };
+    // Version 1 of the good deployment, its zmount smaller.
+    let shrink = {
+        let mut v: Value =
+            serde_json::from_str(&wire(&key, twin, contract, 5 * MIB)).expect("json");
+        v["version"] = json!(1);
+        v["workloads"][0]["version"] = json!(1);
+        provisiond::deployment::sign::sign_ed25519(&v.to_string(), twin, &key).expect("signed")
+    };
     let cases: Vec<(&str, (u16, String), u16, &str)> = vec![
         (
             "bad signature",
@@ -591,6 +620,61 @@ fn bad_requests_over_the_api_get_a_4xx_naming_the_problem_and_change_nothing() {
             post(&key, twin, other_hash.as_bytes()),
             403,
             "hash",
+        ),
+        (
+            "a stale request",
+            {
+                let body = good.as_bytes();
+                let mut h = agent::auth::sign(
+                    &key,
+                    agent::auth::Request {
+                        target: &account,
+                        method: "POST",
+                        path: "/v1/deployments",
+                        body,
+                    },
+                    (agent::clock::unix_ms() / 1000) as i64 - 600,
+                    &agent::auth::nonce().expect("nonce"),
+                );
+                h.push((agent::provision::api::HEADER_TWIN, twin.to_string()));
+                send(a, Method::POST, "/v1/deployments", &h, body)
+            },
+            401,
+            "away from the node's clock",
+        ),
+        (
+            "unsigned",
+            send(a, Method::POST, "/v1/deployments", &[], good.as_bytes()),
+            401,
+            "missing",
+        ),
+        (
+            "an unknown type",
+            post(&key, twin, unknown.as_bytes()),
+            400,
+            "teleport",
+        ),
+        (
+            "a missing required signature",
+            post(&key, twin, unsigned_request.as_bytes()),
+            403,
+            &missing_words,
+        ),
+        (
+            "a shrinking zmount",
+            {
+                let path = format!("/v1/deployments/{contract}");
+                let body = shrink.as_bytes();
+                send(
+                    a,
+                    Method::PUT,
+                    &path,
+                    &signed(&key, &account, twin, "PUT", &path, body),
+                    body,
+                )
+            },
+            400,
+            "disk",
         ),
         (
             "malformed JSON",
