@@ -269,7 +269,8 @@ fn tenant(
     };
     let wait = std::time::Duration::from_secs(wait_secs);
     let result: Result<(), TenantCliError> = runtime.block_on(async {
-        let session = Session::open(key, registry, node).await?;
+        let make_twin = matches!(action, TenantAction::Deploy { .. });
+        let session = Session::open(key, registry, node, make_twin).await?;
         match action {
             TenantAction::Deploy { file } => {
                 let id = session.deploy(&file).await?;

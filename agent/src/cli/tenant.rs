@@ -70,6 +70,8 @@ pub enum TenantCliError {
     NodeFacts(&'static str),
     #[error(transparent)]
     Registry(#[from] TenantError),
+    #[error("{0} has no twin on the registry yet: `deploy` makes one")]
+    NoTwin(String),
     #[error("contract {0} does not exist on the registry")]
     NoContract(u64),
     #[error("cannot draw a nonce: {0}")]
@@ -275,12 +277,25 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects to the registry (making the twin where it is missing) and
-    /// to the node.
-    pub async fn open(key: &Path, registry: &str, node: &str) -> Result<Self, TenantCliError> {
+    /// Connects to the registry and to the node; `make_twin`: the twin is
+    /// made where it is missing (a deploy), else it must exist (reads and
+    /// cancels never make one).
+    pub async fn open(
+        key: &Path,
+        registry: &str,
+        node: &str,
+        make_twin: bool,
+    ) -> Result<Self, TenantCliError> {
         let key = load_key(key)?;
         let tenant = Tenant::connect(registry, key.clone()).await?;
-        let twin = tenant.ensure_twin().await?;
+        let twin = if make_twin {
+            tenant.ensure_twin().await?
+        } else {
+            tenant
+                .twin_id()
+                .await?
+                .ok_or_else(|| TenantCliError::NoTwin(tenant.account()))?
+        };
         let node = NodeApi::connect(node, key.clone(), twin).await?;
         Ok(Self {
             tenant,
