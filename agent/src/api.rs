@@ -199,10 +199,11 @@ fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
     let facts = state.snapshot.get();
     let services = state.supervisor.statuses();
     let identity = state.identity.report();
-    let chain = state
+    let mut chain = state
         .chain
         .status()
         .problems(crate::clock::unix_ms() / 1000);
+    chain.extend(state.provisioning.status().problems());
     crate::operator::status::evaluate(&crate::operator::status::Inputs {
         agent_uptime: state.started.elapsed(),
         services: &services,

@@ -60,9 +60,26 @@ pub struct ProvisionStatus {
     pub forgotten: Vec<u64>,
     /// Cancelled contracts whose removal provisiond has not taken yet.
     pub pending_removals: Vec<u64>,
-    /// The sequence number of the last usage report queued.
+    /// The sequence number of the last usage report queued (since the
+    /// agent started).
     pub last_report: Option<u64>,
+    /// How many times the usage was compared with the last report.
+    pub usage_checks: u64,
     pub error: Option<String>,
+}
+
+impl ProvisionStatus {
+    /// What makes the node degraded: deployments whose contracts the
+    /// registry lost.
+    pub fn problems(&self) -> Vec<String> {
+        if self.forgotten.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "the registry no longer knows contract(s) {:?} but did not cancel them: their deployments are kept",
+            self.forgotten
+        )]
+    }
 }
 
 /// Reads of the registry on a connection of their own, shared by the
@@ -513,6 +530,7 @@ impl Provisioning {
     ) -> Result<(), GlueError> {
         let now = to_resources(self.client.usage().await?);
         let last = reported.as_deref().unwrap_or(&[]);
+        self.update(|s| s.usage_checks += 1);
         if now == last {
             return Ok(());
         }

@@ -34,8 +34,24 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 
 struct Setup {
     farm: Farm,
-    registry: grove_testbed::registry::Registry,
+    registry: std::cell::RefCell<Option<grove_testbed::registry::Registry>>,
+    registry_url: String,
+    port: u16,
     dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// The registry stopped and started again with nothing: no twins,
+    /// nodes or contracts.
+    fn restart_registry_empty(&self) {
+        drop(self.registry.borrow_mut().take());
+        let state = self.farm.dir().join("registry.json");
+        std::fs::remove_file(&state).expect("the registry's state");
+        *self.registry.borrow_mut() = Some(
+            grove_testbed::registry::Registry::start(&self.farm, self.port, None)
+                .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e))),
+        );
+    }
 }
 
 fn start(nodes: usize) -> Setup {
@@ -56,40 +72,46 @@ fn start(nodes: usize) -> Setup {
         ))
         .expect("cmdline");
         node.start_agent().expect("boot");
-        node.wait_api(Duration::from_secs(60)).expect("API up");
     }
     for node in farm.nodes() {
-        let api = node.api_url().expect("url");
-        let mut last = String::new();
-        let ready = wait_until(Duration::from_secs(90), Duration::from_millis(200), || {
-            let chain = http_get(&format!("{api}/v1/chain")).map(|(_, b)| b);
-            let glue = http_get(&format!("{api}/v1/provision")).map(|(_, b)| b);
-            last = format!("{chain:?} {glue:?}");
-            // provisiond was given the node id the registry gave.
-            let given = |b: &str| {
-                serde_json::from_str::<Value>(b)
-                    .map(|v| v["node_id"].clone())
-                    .ok()
-            };
-            match (chain, glue) {
-                (Ok(c), Ok(g)) => {
-                    given(&c).is_some_and(|id| !id.is_null()) && given(&c) == given(&g)
-                }
-                _ => false,
-            }
-        });
-        assert!(
-            ready,
-            "{} not registered or provisiond not up: {last}\n{}",
-            node.name(),
-            farm.logs(40)
-        );
+        wait_glue(&farm, node);
     }
     Setup {
+        registry_url: registry.url().to_owned(),
         farm,
-        registry,
+        registry: std::cell::RefCell::new(Some(registry)),
+        port,
         dir: tempfile::tempdir().expect("tempdir"),
     }
+}
+
+/// Waits until the node's API answers, it is registered, and provisiond
+/// was given its node id.
+fn wait_glue(farm: &Farm, node: &Node) {
+    node.wait_api(Duration::from_secs(60)).expect("API up");
+    let api = node.api_url().expect("url");
+    let mut last = String::new();
+    let ready = wait_until(Duration::from_secs(90), Duration::from_millis(200), || {
+        let chain = http_get(&format!("{api}/v1/chain")).map(|(_, b)| b);
+        let glue = http_get(&format!("{api}/v1/provision")).map(|(_, b)| b);
+        last = format!("{chain:?} {glue:?}");
+        // provisiond was given the node id the registry gave.
+        let given = |b: &str| {
+            serde_json::from_str::<Value>(b)
+                .map(|v| v["node_id"].clone())
+                .ok()
+        };
+        match (chain, glue) {
+            (Ok(c), Ok(g)) => given(&c).is_some_and(|id| !id.is_null()) && given(&c) == given(&g),
+            _ => false,
+        }
+    });
+    assert!(
+        ready,
+        "{} not registered or provisiond not up: {last}\n{}",
+        node.name(),
+        farm.logs(40)
+    );
 }
 
 /// A tenant's twin key file.
@@ -106,7 +128,7 @@ fn cli(setup: &Setup, key: &Path, node: &Node, args: &[&str]) -> (bool, String) 
         .arg("tenant")
         .arg("--key")
         .arg(key)
-        .args(["--registry", setup.registry.url()])
+        .args(["--registry", setup.registry_url.as_str()])
         .args(["--node", &node.api_url().expect("url")])
         .args(["--wait-secs", "120"])
         .args(args)
@@ -229,7 +251,7 @@ fn a_tenant_deploys_a_network_across_two_nodes_updates_and_cancels_with_the_comm
     }
     let account = agent::cli::sign::account(&key).expect("account");
     let tenant = block_on(Tenant::connect(
-        setup.registry.url(),
+        setup.registry_url.as_str(),
         agent::cli::sign::signing_key(&key).expect("key"),
     ))
     .expect("registry");
@@ -445,9 +467,13 @@ fn bad_requests_over_the_api_get_a_4xx_naming_the_problem_and_change_nothing() {
     );
     let key = agent::cli::sign::signing_key(&key_path).expect("key");
     let other_key = agent::cli::sign::signing_key(&other_path).expect("key");
-    let tenant = block_on(Tenant::connect(setup.registry.url(), key.clone())).expect("registry");
-    let other =
-        block_on(Tenant::connect(setup.registry.url(), other_key.clone())).expect("registry");
+    let tenant =
+        block_on(Tenant::connect(setup.registry_url.as_str(), key.clone())).expect("registry");
+    let other = block_on(Tenant::connect(
+        setup.registry_url.as_str(),
+        other_key.clone(),
+    ))
+    .expect("registry");
     let twin = block_on(tenant.ensure_twin()).expect("twin");
     let other_twin = block_on(other.ensure_twin()).expect("twin");
     let (account, a_id, b_id) = (node_account(a), node_id(a), node_id(b));
@@ -730,7 +756,7 @@ fn bad_requests_over_the_api_get_a_4xx_naming_the_problem_and_change_nothing() {
     let reported = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
         http_get(&format!(
             "{}/v1/contracts/{contract}/resources",
-            setup.registry.url()
+            setup.registry_url.as_str()
         ))
         .is_ok_and(|(s, body)| s == 200 && body.contains(&(10 * MIB).to_string()))
     });
@@ -738,5 +764,100 @@ fn bad_requests_over_the_api_get_a_4xx_naming_the_problem_and_change_nothing() {
         reported,
         "the contract's resources reach the registry\n{}",
         farm.logs(40)
+    );
+}
+
+/// The glue's status, `GET /v1/provision`.
+fn glue(node: &Node) -> Value {
+    let (_, body) =
+        http_get(&format!("{}/v1/provision", node.api_url().expect("url"))).expect("GET");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// The registry's last resources report of `contract`, if any.
+fn resources(setup: &Setup, contract: u64) -> Option<Value> {
+    let (status, body) = http_get(&format!(
+        "{}/v1/contracts/{contract}/resources",
+        setup.registry_url
+    ))
+    .ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).expect("json"))
+}
+
+#[test]
+fn only_a_cancel_removes_a_deployment_even_one_made_while_the_agent_was_down() {
+    let setup = start(1);
+    let node = setup.farm.node(0);
+    let key = tenant_key(setup.dir.path(), "tenant");
+    let mut contracts = Vec::new();
+    for (i, size) in [30 * MIB, 31 * MIB].into_iter().enumerate() {
+        let file = write(
+            setup.dir.path(),
+            &format!("d{i}.json"),
+            &json!({"version": 0, "workloads": [disk("disk", "zmount", size, 0)]}),
+        );
+        let (ok, out) = cli(&setup, &key, node, &["deploy", &file.display().to_string()]);
+        assert!(ok, "{out}\n{}", setup.farm.logs(40));
+        contracts.push(contract_of(&out));
+    }
+    let reported = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        contracts.iter().all(|c| resources(&setup, *c).is_some())
+    });
+    assert!(reported, "usage reported\n{}", setup.farm.logs(40));
+    let first = resources(&setup, contracts[0]).expect("reported");
+    assert_eq!(first["used"]["sru"], 30 * MIB);
+
+    // An agent restart with nothing changed queues no report.
+    node.stop_agent().expect("stop");
+    node.start_agent().expect("start");
+    wait_glue(&setup.farm, node);
+    let checked = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        glue(node)["usage_checks"].as_u64() >= Some(2)
+    });
+    assert!(checked, "{}\n{}", glue(node), setup.farm.logs(40));
+    assert!(glue(node)["last_report"].is_null(), "{}", glue(node));
+    assert_eq!(resources(&setup, contracts[0]), Some(first));
+
+    // A cancel while the agent is down is acted on when it starts.
+    node.stop_agent().expect("stop");
+    let tenant = block_on(Tenant::connect(
+        &setup.registry_url,
+        agent::cli::sign::signing_key(&key).expect("key"),
+    ))
+    .expect("registry");
+    block_on(tenant.cancel_contract(contracts[1])).expect("cancel");
+    node.start_agent().expect("start");
+    wait_glue(&setup.farm, node);
+    let removed = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        block_on(provisiond(node).deployment(contracts[1]))
+            .is_ok_and(|d| d.state == DeploymentState::Deleted)
+    });
+    assert!(removed, "{}", setup.farm.logs(40));
+    let kept = block_on(provisiond(node).deployment(contracts[0])).expect("held");
+    assert_eq!(kept.state, DeploymentState::Ok);
+
+    // A registry that restarts empty forgot the contract but did not
+    // cancel it: the deployment stays, and the node says so.
+    setup.restart_registry_empty();
+    let forgotten = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        glue(node)["forgotten"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!(contracts[0])))
+    });
+    assert!(forgotten, "{}\n{}", glue(node), setup.farm.logs(40));
+    let (_, status) =
+        http_get(&format!("{}/v1/status", node.api_url().expect("url"))).expect("GET");
+    assert!(
+        status.contains("did not cancel them"),
+        "the node says it is degraded: {status}"
+    );
+    let kept = block_on(provisiond(node).deployment(contracts[0])).expect("held");
+    assert_eq!(kept.state, DeploymentState::Ok);
+    assert!(
+        block_on(storaged(node).vdisks())
+            .expect("vdisks")
+            .iter()
+            .any(|v| v.name == disk_name(contracts[0], "disk")),
+        "the vdisk is kept"
     );
 }
