@@ -534,6 +534,13 @@ impl Provisioning {
         if now == last {
             return Ok(());
         }
+        if now.is_empty() {
+            // Nothing to report (the registry skips cancelled contracts):
+            // a call that would only cost a fee on TFChain.
+            save_reported(&sources.reported, &now).await?;
+            *reported = Some(now);
+            return Ok(());
+        }
         let seq = sources
             .chain
             .queue_contract_resources(now.clone())

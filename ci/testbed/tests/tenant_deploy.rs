@@ -344,6 +344,21 @@ fn a_tenant_deploys_a_network_across_two_nodes_updates_and_cancels_with_the_comm
             .iter()
             .any(|v| v.name == disk_name(contracts[0], "more") && v.size == 20 * MIB)
     );
+    let url = a.api_url().expect("url");
+    let signing = agent::cli::sign::signing_key(&key).expect("key");
+    let api = block_on(NodeApi::connect(&url, signing, twin)).expect("node");
+    let path = format!("/v1/deployments/{}/changes", contracts[0]);
+    let changes = block_on(api.call(Method::GET, &path, b"")).expect("changes");
+    let versions: Vec<u64> = changes
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["version"].as_u64())
+        .collect();
+    assert!(
+        versions.contains(&0) && versions.contains(&1),
+        "the history holds both versions: {changes}"
+    );
     let held = block_on(provisiond(a).capacity())
         .expect("capacity")
         .used
