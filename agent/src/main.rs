@@ -274,7 +274,12 @@ fn tenant(
         match action {
             TenantAction::Deploy { file } => {
                 let id = session.deploy(&file).await?;
-                session.follow(id, wait).await?;
+                if let Err(e) = session.follow(id, wait).await {
+                    if matches!(e, TenantCliError::Failed(_)) {
+                        session.abandon(id).await;
+                    }
+                    return Err(e);
+                }
                 println!("contract {id}: every workload is ok");
             }
             TenantAction::Update { file, contract } => {

@@ -12,8 +12,8 @@
 //!   (the contract id is not part of the hash), sets the contract id,
 //!   signs, sends it, and follows it until every workload is `ok`, or one
 //!   fails (then prints the node's own reason and exits non-zero). A
-//!   deployment the node refuses has its contract cancelled again, so a
-//!   refusal costs nothing further.
+//!   deployment the node refuses, or whose first version fails, has its
+//!   contract cancelled again, so it costs nothing further.
 //! - `update FILE`: the same for a new version of a deployment (the file
 //!   holds its `contract_id`, or `--contract`): the contract's hash is
 //!   updated first, and set back if the node refuses the update.
@@ -408,6 +408,15 @@ impl Session {
                 return Err(TenantCliError::Timeout(wait.as_secs()));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A first version that failed leaves nothing on the node: its
+    /// contract is cancelled so it costs nothing further.
+    pub async fn abandon(&self, id: u64) {
+        match self.tenant.cancel_contract(id).await {
+            Ok(()) => println!("contract {id} cancelled: nothing of it runs on the node"),
+            Err(e) => println!("contract {id} could not be cancelled: {e}"),
         }
     }
 

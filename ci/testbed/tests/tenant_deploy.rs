@@ -365,6 +365,38 @@ fn a_tenant_deploys_a_network_across_two_nodes_updates_and_cancels_with_the_comm
         .sru;
     assert_eq!(held, 270 * MIB);
 
+    // A workload that fails: the node's own reason, a non-zero exit, and
+    // the contract cancelled again.
+    let taken = write(
+        setup.dir.path(),
+        "taken.json",
+        &json!({"version": 0, "workloads": [
+            {"name": "other", "type": "network", "version": 0,
+             "data": {"ip_range": "10.94.0.0/16", "subnet": "10.94.1.0/24",
+                      "wireguard_private_key": keys[0].private, "wireguard_listen_port": PORT,
+                      "peers": []}},
+        ]}),
+    );
+    let (ok, out) = cli(&setup, &key, a, &["deploy", &taken.display().to_string()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("workload 'other' failed") && out.contains(&format!("{PORT}")),
+        "the node's own reason: {out}"
+    );
+    assert!(!out.contains(&keys[0].private), "{out}");
+    let failed: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("contract ")?.split(' ').next()?.parse().ok())
+        .expect("the contract");
+    let contract = block_on(tenant.contract(failed))
+        .expect("read")
+        .expect("kept");
+    assert_eq!(
+        contract.state,
+        agent::registry::model::ContractState::Deleted,
+        "{out}"
+    );
+
     // Cancelling frees everything within 10 s.
     let started = Instant::now();
     let (ok, out) = cli(&setup, &key, a, &["cancel", &contracts[0].to_string()]);
