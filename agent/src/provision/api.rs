@@ -23,7 +23,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -121,8 +121,8 @@ pub fn routes() -> Router<ApiState> {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
-/// Checks that the request was signed for this node by the twin it names;
-/// answers the twin. The nonce is spent last, once everything else holds.
+/// Checks that the request was signed for this node by the twin it names
+/// (over the path as sent); answers the twin. The nonce is spent last, once everything else holds.
 async fn authorize(
     state: &ApiState,
     method: &'static str,
@@ -191,10 +191,11 @@ async fn capacity(State(state): State<ApiState>) -> Result<Json<CapacityView>, T
 
 async fn list(
     State(state): State<ApiState>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Vec<DeploymentView>>, TenantApiError> {
-    let twin = authorize(&state, "GET", "/v1/deployments", &headers, &body).await?;
+    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
     state
         .provisioning
         .client
@@ -220,28 +221,22 @@ async fn owned(state: &ApiState, id: u64, twin: u32) -> Result<DeploymentView, T
 async fn one(
     State(state): State<ApiState>,
     Path(id): Path<u64>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<DeploymentView>, TenantApiError> {
-    let twin = authorize(
-        &state,
-        "GET",
-        &format!("/v1/deployments/{id}"),
-        &headers,
-        &body,
-    )
-    .await?;
+    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
     owned(&state, id, twin).await.map(Json)
 }
 
 async fn changes(
     State(state): State<ApiState>,
     Path(id): Path<u64>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Vec<ChangeView>>, TenantApiError> {
-    let path = format!("/v1/deployments/{id}/changes");
-    let twin = authorize(&state, "GET", &path, &headers, &body).await?;
+    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
     owned(&state, id, twin).await?;
     state
         .provisioning
@@ -254,10 +249,11 @@ async fn changes(
 
 async fn deploy(
     State(state): State<ApiState>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<DeploymentView>), TenantApiError> {
-    let twin = authorize(&state, "POST", "/v1/deployments", &headers, &body).await?;
+    let twin = authorize(&state, "POST", uri.path(), &headers, &body).await?;
     let submission = submission(&state, twin, None, &body).await?;
     let view = state
         .provisioning
@@ -277,17 +273,11 @@ async fn deploy(
 async fn update(
     State(state): State<ApiState>,
     Path(id): Path<u64>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<DeploymentView>), TenantApiError> {
-    let twin = authorize(
-        &state,
-        "PUT",
-        &format!("/v1/deployments/{id}"),
-        &headers,
-        &body,
-    )
-    .await?;
+    let twin = authorize(&state, "PUT", uri.path(), &headers, &body).await?;
     // Another twin's deployment is not found, as on a read.
     owned(&state, id, twin).await?;
     let submission = submission(&state, twin, Some(id), &body).await?;
