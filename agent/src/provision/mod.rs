@@ -349,11 +349,14 @@ impl Provisioning {
                 account,
                 own_twin: sources.chain.status().twin_id,
             };
-            if given
-                && tokio::time::Instant::now() >= next_reconcile
-                && self.reconcile(&ctx, &mut pending).await.is_ok()
-            {
-                next_reconcile = tokio::time::Instant::now() + RECONCILE;
+            if given && tokio::time::Instant::now() >= next_reconcile {
+                match self.reconcile(&ctx, &mut pending).await {
+                    Ok(()) => next_reconcile = tokio::time::Instant::now() + RECONCILE,
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "the deployments were not checked against the registry yet"
+                    ),
+                }
             }
             if given {
                 self.remove_pending(&ctx, &mut pending).await;
