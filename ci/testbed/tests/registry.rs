@@ -650,11 +650,17 @@ fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
                 .any(|i| i.name == "eth0" && !i.ips.is_empty())
     });
     assert!(complete, "{:?}", registered_node(&registry));
-    // Addresses keep arriving after the first lease (IPv6 link-local and
-    // SLAAC ones); the node follows them. "Nothing changed" below starts
-    // once the registry holds the addresses netd has now.
+    // Addresses keep arriving after the first lease: the LAN announces an
+    // IPv6 prefix, and the SLAAC address comes when it comes. The node
+    // follows them. "Nothing changed" below starts once the registry holds
+    // the SLAAC address and everything else netd has now.
+    let prefix = farm.lan_subnet().ipv6_prefix();
     let current = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-        registered_node(&registry).registration.interfaces == netd_interfaces(node)
+        let registered = registered_node(&registry).registration.interfaces;
+        registered
+            .iter()
+            .any(|i| i.ips.iter().any(|ip| ip.starts_with(&prefix)))
+            && registered == netd_interfaces(node)
     });
     assert!(
         current,
