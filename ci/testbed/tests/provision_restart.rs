@@ -332,8 +332,9 @@ fn a_whole_node_restart_restores_every_deployment_once_with_its_contents() {
     for contract in [40, 41, 42] {
         wait_state(node, &farm, contract, DeploymentState::Ok, within);
     }
-    // `ok` is what provisiond recorded; the objects are brought back by
-    // its restore, which may still be running: wait for them.
+    // `ok` is what provisiond recorded, and netd lists a network as soon as
+    // it has read its record: right after the boot a namespace may still be
+    // being rebuilt, so wait for every object to be there.
     let mut after = None;
     let restored = wait_until(within, Duration::from_millis(100), || {
         let now = objects(node);
