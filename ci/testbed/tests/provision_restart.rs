@@ -332,27 +332,19 @@ fn a_whole_node_restart_restores_every_deployment_once_with_its_contents() {
     for contract in [40, 41, 42] {
         wait_state(node, &farm, contract, DeploymentState::Ok, within);
     }
-    // `ok` is what provisiond recorded, and netd lists a network as soon as
-    // it has read its record: right after the boot a namespace may still be
-    // being rebuilt, so wait for every object to be there.
-    let mut after = None;
-    let restored = wait_until(within, Duration::from_millis(100), || {
-        let now = objects(node);
-        let namespaces = netns_list(node);
-        let done = now == before
-            && now
-                .networks
-                .iter()
-                .all(|(_, ns)| namespaces.contains(ns.as_str()));
-        after = Some(now);
-        done
-    });
-    assert!(
-        restored,
-        "restored objects differ:\nbefore {before:?}\nafter {after:?}\n{}\n{}",
-        netns_list(node),
-        farm.logs(80)
-    );
+    // netd and storaged rebuild what they had before they answer, and the
+    // agent starts provisiond only once both are ready: the objects are
+    // there as soon as the deployments say `ok`, each exactly once.
+    let after = objects(node);
+    assert_eq!(after, before, "restored objects\n{}", farm.logs(80));
+    let namespaces = netns_list(node);
+    for (_, ns) in &after.networks {
+        assert_eq!(
+            namespaces.matches(ns.as_str()).count(),
+            1,
+            "{ns}: {namespaces}"
+        );
+    }
     eprintln!(
         "every deployment ok with its objects {} ms after the boot",
         booted.elapsed().as_millis()
@@ -376,16 +368,8 @@ fn a_whole_node_restart_restores_every_deployment_once_with_its_contents() {
     let mut ports_after = used_after.wireguard_ports.clone();
     ports_after.sort_unstable();
     assert_eq!(ports_after, ports);
-    // Nothing made twice: one namespace per network, nothing else of
-    // provisiond's.
-    let namespaces = netns_list(node);
-    for (_, ns) in &before.networks {
-        assert_eq!(
-            namespaces.matches(ns.as_str()).count(),
-            1,
-            "{ns}: {namespaces}"
-        );
-    }
+    // Asked again after the checks above: still nothing made twice.
+    assert_eq!(objects(node), before);
 }
 
 /// Sends SIGSTOP or SIGCONT to `pid`.
