@@ -298,10 +298,14 @@ fn a_whole_node_restart_restores_every_deployment_once_with_its_contents() {
         assert!(ok, "{out}");
     }
     let contents_before = vdisk_contents(node, &before);
-    for (size, mark) in &contents_before {
-        assert_eq!(mark, MARK, "the mark was written");
-        assert!(size == &(100 * MIB).to_string() || size == &(64 * MIB).to_string());
-    }
+    let sizes: Vec<(String, String)> = [100 * MIB, 64 * MIB]
+        .iter()
+        .map(|size| (size.to_string(), MARK.to_owned()))
+        .collect();
+    assert_eq!(
+        contents_before, sizes,
+        "c40-disk then c41-root, each marked"
+    );
     let used_before = block_on(client(node).capacity()).expect("capacity");
     assert_eq!(used_before.used.sru, (100 + 50 + 64 + 30) * MIB);
     let mut ports = used_before.wireguard_ports.clone();
