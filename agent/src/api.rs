@@ -34,6 +34,7 @@ use crate::supervisor::{ServiceStatus, Supervisor};
 pub struct ApiState {
     pub snapshot: Arc<crate::operator::snapshot::Snapshot>,
     pub chain: Arc<crate::chain::Chain>,
+    pub provisioning: Arc<crate::provision::Provisioning>,
     pub verifier: Arc<crate::auth::RequestVerifier>,
     pub stop: crate::stop::Stop,
     pub supervisor: Arc<Supervisor>,
@@ -133,6 +134,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/v1/services/{name}/logs", get(logs))
         .route("/v1/status", get(status))
         .route("/v1/chain", get(chain))
+        .route("/v1/provision", get(provision))
         .route("/v1/capacity", get(capacity))
         .route("/v1/disks", get(disks))
         .route("/v1/network", get(network))
@@ -145,6 +147,7 @@ pub fn routes(state: ApiState) -> Router {
             crate::identity::choice::PATH,
             axum::routing::post(choose_identity),
         )
+        .merge(crate::provision::api::routes())
         .with_state(state)
 }
 
@@ -203,10 +206,11 @@ fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
     let facts = state.snapshot.get();
     let services = state.supervisor.statuses();
     let identity = state.identity.report();
-    let chain = state
+    let mut chain = state
         .chain
         .status()
         .problems(crate::clock::unix_ms() / 1000);
+    chain.extend(state.provisioning.status().problems());
     crate::operator::status::evaluate(&crate::operator::status::Inputs {
         agent_uptime: state.started.elapsed(),
         services: &services,
@@ -228,8 +232,18 @@ fn node_capacity(state: &ApiState) -> crate::operator::capacity::NodeCapacity {
     crate::operator::capacity::node_capacity(&facts.host, facts.capacity.as_ref().ok())
 }
 
-async fn capacity(State(state): State<ApiState>) -> Json<crate::operator::capacity::NodeCapacity> {
-    Json(node_capacity(&state))
+fn capacity_report(state: &ApiState) -> crate::operator::capacity::CapacityReport {
+    let facts = state.snapshot.get();
+    crate::operator::capacity::with_deployments(
+        node_capacity(state),
+        facts.deployments.as_ref().ok(),
+    )
+}
+
+async fn capacity(
+    State(state): State<ApiState>,
+) -> Json<crate::operator::capacity::CapacityReport> {
+    Json(capacity_report(&state))
 }
 
 async fn disks(
@@ -256,7 +270,8 @@ async fn mesh(State(state): State<ApiState>) -> Result<impl IntoResponse, Operat
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    let (status, capacity) = (status_report(&state), node_capacity(&state));
+    let (status, report) = (status_report(&state), capacity_report(&state));
+    let capacity = report.node;
     let services = state.supervisor.statuses();
     let facts = state.snapshot.get();
     let text = crate::operator::metrics::render(&crate::operator::metrics::Snapshot {
@@ -267,6 +282,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         chain: &state.chain.status(),
         now_secs: crate::clock::unix_ms() / 1000,
         host: &facts.host,
+        deployments: report.deployments.as_ref(),
     });
     (
         [(
@@ -285,6 +301,11 @@ async fn dashboard() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
         DASHBOARD,
     )
+}
+
+/// `GET /v1/provision`: the glue between the registry and provisiond.
+async fn provision(State(state): State<ApiState>) -> Json<crate::provision::ProvisionStatus> {
+    Json(state.provisioning.status())
 }
 
 async fn chain(State(state): State<ApiState>) -> Json<crate::chain::ChainStatus> {

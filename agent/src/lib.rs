@@ -17,6 +17,7 @@ pub mod config;
 pub mod hostinfo;
 pub mod identity;
 pub mod operator;
+pub mod provision;
 pub mod registry;
 pub mod stop;
 pub mod supervisor;
@@ -233,14 +234,38 @@ fn start_tasks(
             ),
         ),
     );
+    let provisioning = Arc::new(provision::Provisioning::default());
+    tasks.spawn(
+        "provisioning",
+        tasks::until(
+            shutdown.clone(),
+            provisioning.clone().run(
+                provision::GlueSources {
+                    chain: chain.clone(),
+                    identity: node_identity.clone(),
+                    params: cmdline.params.clone(),
+                    config: config.chain.clone(),
+                    reported: config
+                        .identity
+                        .cache_dir
+                        .join("provision")
+                        .join("reported.json"),
+                },
+                shutdown.clone(),
+            ),
+        ),
+    );
     let snapshot = Arc::new(operator::snapshot::Snapshot::default());
     tasks.spawn(
         "snapshot",
         tasks::until(
             shutdown.clone(),
-            snapshot
-                .clone()
-                .refresh_forever(storaged(), netd(), supervisor.clone()),
+            snapshot.clone().refresh_forever(
+                storaged(),
+                netd(),
+                provisiond::client::ProvisiondClient::default().with_timeout(CLIENT_TIMEOUT),
+                supervisor.clone(),
+            ),
         ),
     );
     api::ApiState {
@@ -251,6 +276,7 @@ fn start_tasks(
         )),
         stop: stop.clone(),
         chain,
+        provisioning,
         storaged: storaged(),
         netd: netd(),
         started: std::time::Instant::now(),

@@ -109,12 +109,56 @@ enum Command {
         #[arg(long, value_name = "URL")]
         node: String,
     },
+    /// A tenant's deployments on a node, with a twin key.
+    Tenant {
+        /// The twin key (an ed25519 seed made by `agent sign new-key`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The registry: http://HOST:PORT (embedded) or ws(s)://HOST:PORT (TFChain).
+        #[arg(long, value_name = "URL")]
+        registry: String,
+        /// The node's operator API, http://HOST:PORT.
+        #[arg(long, value_name = "URL")]
+        node: String,
+        /// How long to follow a deployment, in seconds.
+        #[arg(long, default_value_t = agent::cli::tenant::WAIT.as_secs())]
+        wait_secs: u64,
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantAction {
+    /// Creates the contract, signs and sends the deployment in FILE, and
+    /// follows it until every workload is ok or one fails.
+    Deploy { file: PathBuf },
+    /// Sends a new version of a deployment and follows it.
+    Update {
+        file: PathBuf,
+        /// The contract, when the file does not name it.
+        #[arg(long)]
+        contract: Option<u64>,
+    },
+    /// One deployment, as the node holds it.
+    Get { contract: u64 },
+    /// The twin's deployments on the node.
+    List,
+    /// Cancels the contract and follows the node until it is removed.
+    Cancel { contract: u64 },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Status { node }) => status(&node),
+        Some(Command::Tenant {
+            key,
+            registry,
+            node,
+            wait_secs,
+            action,
+        }) => tenant(&key, &registry, &node, wait_secs, action),
         Some(Command::Sign { action }) => sign(action),
         Some(Command::Registry {
             listen,
@@ -201,6 +245,73 @@ fn sign(action: SignAction) -> ExitCode {
         Err(e) => {
             eprintln!("agent sign: {e}");
             ExitCode::from(64)
+        }
+    }
+}
+
+fn tenant(
+    key: &std::path::Path,
+    registry: &str,
+    node: &str,
+    wait_secs: u64,
+    action: TenantAction,
+) -> ExitCode {
+    use agent::cli::tenant::{Session, TenantCliError, progress};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent tenant: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let wait = std::time::Duration::from_secs(wait_secs);
+    let result: Result<(), TenantCliError> = runtime.block_on(async {
+        let make_twin = matches!(action, TenantAction::Deploy { .. });
+        let session = Session::open(key, registry, node, make_twin).await?;
+        match action {
+            TenantAction::Deploy { file } => {
+                let id = session.deploy(&file).await?;
+                if let Err(e) = session.follow(id, wait).await {
+                    if matches!(e, TenantCliError::Failed(_)) {
+                        session.abandon(id).await;
+                    }
+                    return Err(e);
+                }
+                println!("contract {id}: every workload is ok");
+            }
+            TenantAction::Update { file, contract } => {
+                let id = session.update(&file, contract).await?;
+                session.follow(id, wait).await?;
+                println!("contract {id}: every workload is ok");
+            }
+            TenantAction::Get { contract } => {
+                let view = session.node.deployment(contract).await?;
+                let text = serde_json::to_string_pretty(&view).unwrap_or_default();
+                println!("{text}");
+            }
+            TenantAction::List => {
+                for view in session.node.deployments().await? {
+                    println!("{}", progress(&view));
+                }
+            }
+            TenantAction::Cancel { contract } => session.cancel(contract, wait).await?,
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(
+            e @ (TenantCliError::Key(_) | TenantCliError::Read { .. } | TenantCliError::NodeUrl(_)),
+        ) => {
+            eprintln!("agent tenant: {e}");
+            ExitCode::from(64)
+        }
+        Err(e) => {
+            eprintln!("agent tenant: {e}");
+            ExitCode::FAILURE
         }
     }
 }

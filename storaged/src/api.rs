@@ -10,29 +10,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use grove_daemon::server::ApiError;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::guard::GuardError;
-use crate::pool::kind::DiskKind;
 use crate::storage::{
     Capacity, Disk, IdentityChoice, IdentityState, PoolReport, Storage, StorageError,
 };
-use crate::types::{DiskSerial, ResourceName};
-use crate::volume::{Resource, ResourceKind};
-
-/// `POST /v1/volumes` and `POST /v1/vdisks`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRequest {
-    pub name: String,
-    pub size_bytes: u64,
-    /// Only on pools of this kind.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_kind: Option<DiskKind>,
-}
+use crate::types::{DiskSerial, PoolLabel, ResourceName};
+use crate::volume::{Removed, VdiskRequest, VdiskView, VolumeError, VolumeRequest, VolumeView};
 
 /// `POST /v1/identity`: the node's account as the agent settled it, or
 /// `null` for a node that has none yet (waiting for the farmer).
@@ -71,18 +59,15 @@ impl IntoResponse for RequestError {
             }
             RequestError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
             RequestError::Storage(e) => match e {
-                StorageError::ZeroSize { .. } => StatusCode::BAD_REQUEST,
-                StorageError::Duplicate { .. }
-                | StorageError::Settled { .. }
+                StorageError::Settled { .. }
                 | StorageError::NotWaiting { .. }
                 | StorageError::NoBlankPool
                 | StorageError::NotFresh { .. }
-                | StorageError::NotWipeable { .. }
-                | StorageError::PoolBroken { .. } => StatusCode::CONFLICT,
-                StorageError::NotFound { .. }
-                | StorageError::UnknownDisk(_)
-                | StorageError::NoPoolOf { .. } => StatusCode::NOT_FOUND,
-                StorageError::NoSpace { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                | StorageError::NotWipeable { .. } => StatusCode::CONFLICT,
+                StorageError::UnknownDisk(_) | StorageError::NoPoolOf { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                StorageError::Volume(v) => volume_status(v),
                 StorageError::Guard(g) => match g {
                     GuardError::Vanished { .. } => StatusCode::NOT_FOUND,
                     GuardError::Changed { .. } | GuardError::Busy { .. } => StatusCode::CONFLICT,
@@ -94,12 +79,36 @@ impl IntoResponse for RequestError {
                 | StorageError::Discover(_)
                 | StorageError::Wipe { .. }
                 | StorageError::Pool(_)
-                | StorageError::Volume(_)
                 | StorageError::Cache(_)
                 | StorageError::Probe(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         };
         ApiError::new(status, self.to_string()).into_response()
+    }
+}
+
+/// The status of a volume or vdisk refusal or failure.
+fn volume_status(e: &VolumeError) -> StatusCode {
+    match e {
+        VolumeError::ZeroSize { .. } => StatusCode::BAD_REQUEST,
+        VolumeError::OnlyGrows { .. }
+        | VolumeError::OtherPool { .. }
+        | VolumeError::UnknownPool { .. }
+        | VolumeError::Unusable { .. }
+        | VolumeError::OnUnusablePool { .. } => StatusCode::CONFLICT,
+        // The pool ran out of space although the accounting said it fits.
+        VolumeError::NoRoom { .. }
+        | VolumeError::Sys {
+            errno: nix::errno::Errno::ENOSPC,
+            ..
+        } => StatusCode::INSUFFICIENT_STORAGE,
+        VolumeError::Tool { .. }
+        | VolumeError::Io { .. }
+        | VolumeError::Sys { .. }
+        | VolumeError::SubvolumeId { .. }
+        | VolumeError::TooLarge { .. }
+        | VolumeError::NotASubvolume { .. }
+        | VolumeError::NestedStuck { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -111,10 +120,13 @@ pub fn routes(storage: Shared) -> Router {
         .route("/v1/identity", get(identity).post(settle))
         .route("/v1/identity/choice", post(choose))
         .route("/v1/capacity", get(capacity))
-        .route("/v1/volumes", get(list_volumes).post(create_volume))
-        .route("/v1/volumes/{name}", delete(delete_volume))
-        .route("/v1/vdisks", get(list_vdisks).post(create_vdisk))
-        .route("/v1/vdisks/{name}", delete(delete_vdisk))
+        .route("/v1/volumes", get(volumes))
+        .route(
+            "/v1/volumes/{name}",
+            put(ensure_volume).delete(delete_volume),
+        )
+        .route("/v1/vdisks", get(vdisks))
+        .route("/v1/vdisks/{name}", put(ensure_vdisk).delete(delete_vdisk))
         .with_state(storage)
 }
 
@@ -169,66 +181,66 @@ async fn wipe(
     with(s, move |st| st.wipe(&serial)).await.map(Json)
 }
 
-fn parse_create(body: &Bytes) -> Result<(ResourceName, u64, Option<DiskKind>), RequestError> {
+/// A request body, or a 400 naming the bad field.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, RequestError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let req: CreateRequest =
-        serde_path_to_error::deserialize(&mut de).map_err(RequestError::Body)?;
-    let name = req.name.parse().map_err(RequestError::Name)?;
-    Ok((name, req.size_bytes, req.disk_kind))
+    serde_path_to_error::deserialize(&mut de).map_err(RequestError::Body)
 }
 
-async fn create(
-    s: Shared,
-    kind: ResourceKind,
+fn parse_name(name: &str) -> Result<ResourceName, RequestError> {
+    name.parse().map_err(RequestError::Name)
+}
+
+fn parse_pool(pool: &str) -> Result<PoolLabel, RequestError> {
+    pool.parse().map_err(RequestError::Name)
+}
+
+async fn volumes(State(s): State<Shared>) -> Result<Json<Vec<VolumeView>>, RequestError> {
+    with(s, |st| Ok(st.volumes())).await.map(Json)
+}
+
+async fn vdisks(State(s): State<Shared>) -> Result<Json<Vec<VdiskView>>, RequestError> {
+    with(s, |st| Ok(st.vdisks())).await.map(Json)
+}
+
+async fn ensure_volume(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Resource>), RequestError> {
-    let (name, size, disk_kind) = parse_create(&body)?;
-    let r = with(s, move |st| st.create(kind, &name, size, disk_kind)).await?;
-    Ok((StatusCode::CREATED, Json(r)))
-}
-
-async fn remove(s: Shared, kind: ResourceKind, name: String) -> Result<StatusCode, RequestError> {
-    let name: ResourceName = name.parse().map_err(RequestError::Name)?;
-    with(s, move |st| st.delete(kind, &name)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn list_volumes(State(s): State<Shared>) -> Result<Json<Vec<Resource>>, RequestError> {
-    with(s, |st| Ok(st.list(ResourceKind::Volume)))
+) -> Result<Json<VolumeView>, RequestError> {
+    let name = parse_name(&name)?;
+    let req: VolumeRequest = parse(&body)?;
+    let pool = parse_pool(&req.pool)?;
+    with(s, move |st| st.ensure_volume(&name, &pool, req.size))
         .await
         .map(Json)
 }
 
-async fn list_vdisks(State(s): State<Shared>) -> Result<Json<Vec<Resource>>, RequestError> {
-    with(s, |st| Ok(st.list(ResourceKind::Vdisk)))
+async fn ensure_vdisk(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<VdiskView>, RequestError> {
+    let name = parse_name(&name)?;
+    let req: VdiskRequest = parse(&body)?;
+    let pool = parse_pool(&req.pool)?;
+    with(s, move |st| st.ensure_vdisk(&name, &pool, req.size))
         .await
         .map(Json)
-}
-
-async fn create_volume(
-    State(s): State<Shared>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Resource>), RequestError> {
-    create(s, ResourceKind::Volume, body).await
-}
-
-async fn create_vdisk(
-    State(s): State<Shared>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Resource>), RequestError> {
-    create(s, ResourceKind::Vdisk, body).await
 }
 
 async fn delete_volume(
     State(s): State<Shared>,
     Path(name): Path<String>,
-) -> Result<StatusCode, RequestError> {
-    remove(s, ResourceKind::Volume, name).await
+) -> Result<Json<Removed>, RequestError> {
+    let name = parse_name(&name)?;
+    with(s, move |st| st.delete_volume(&name)).await.map(Json)
 }
 
 async fn delete_vdisk(
     State(s): State<Shared>,
     Path(name): Path<String>,
-) -> Result<StatusCode, RequestError> {
-    remove(s, ResourceKind::Vdisk, name).await
+) -> Result<Json<Removed>, RequestError> {
+    let name = parse_name(&name)?;
+    with(s, move |st| st.delete_vdisk(&name)).await.map(Json)
 }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use grove_daemon::client::{ClientError, SocketClient};
 use grove_daemon::server::{Info, ReadyReport};
 
+use crate::volume::{Removed, VdiskRequest, VdiskView, VolumeRequest, VolumeView};
+
 /// A client for `storaged`.
 #[derive(Clone, Debug)]
 pub struct StoragedClient {
@@ -91,43 +93,45 @@ impl StoragedClient {
         self.socket.get("/v1/disks").await
     }
 
-    /// Makes, keeps or grows volume `name` (`PUT /v1/volumes/{name}`).
+    /// Makes the volume `name`, leaves it as it is, or grows it (`PUT
+    /// /v1/volumes/{name}`).
     pub async fn ensure_volume(
         &self,
         name: &str,
-        request: &crate::volume::VolumeRequest,
-    ) -> Result<crate::volume::VolumeView, ClientError> {
+        request: &VolumeRequest,
+    ) -> Result<VolumeView, ClientError> {
         self.socket
             .put(&format!("/v1/volumes/{name}"), request)
             .await
     }
 
-    /// Deletes volume `name`; absent is not an error.
-    pub async fn delete_volume(&self, name: &str) -> Result<crate::volume::Removed, ClientError> {
+    /// Removes the volume `name`; `existed: false` when there was none.
+    pub async fn delete_volume(&self, name: &str) -> Result<Removed, ClientError> {
         self.socket.delete(&format!("/v1/volumes/{name}")).await
     }
 
-    pub async fn volumes(&self) -> Result<Vec<crate::volume::VolumeView>, ClientError> {
+    pub async fn volumes(&self) -> Result<Vec<VolumeView>, ClientError> {
         self.socket.get("/v1/volumes").await
     }
 
-    /// Makes, keeps or grows vdisk `name` (`PUT /v1/vdisks/{name}`).
+    /// Makes the vdisk `name`, leaves it as it is, or grows it (`PUT
+    /// /v1/vdisks/{name}`).
     pub async fn ensure_vdisk(
         &self,
         name: &str,
-        request: &crate::volume::VdiskRequest,
-    ) -> Result<crate::volume::VdiskView, ClientError> {
+        request: &VdiskRequest,
+    ) -> Result<VdiskView, ClientError> {
         self.socket
             .put(&format!("/v1/vdisks/{name}"), request)
             .await
     }
 
-    /// Deletes vdisk `name`; absent is not an error.
-    pub async fn delete_vdisk(&self, name: &str) -> Result<crate::volume::Removed, ClientError> {
+    /// Removes the vdisk `name`; `existed: false` when there was none.
+    pub async fn delete_vdisk(&self, name: &str) -> Result<Removed, ClientError> {
         self.socket.delete(&format!("/v1/vdisks/{name}")).await
     }
 
-    pub async fn vdisks(&self) -> Result<Vec<crate::volume::VdiskView>, ClientError> {
+    pub async fn vdisks(&self) -> Result<Vec<VdiskView>, ClientError> {
         self.socket.get("/v1/vdisks").await
     }
 }

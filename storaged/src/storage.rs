@@ -11,6 +11,9 @@
 //! through a [`Pinned`] device, checked at that moment to still be the disk
 //! that was looked at. Disk changes (rescans, wipes) run one at a time.
 
+mod objects;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -26,8 +29,8 @@ use crate::mounts::{self, MountEntry};
 use crate::pool::kind::DiskKind;
 use crate::pool::{self, Pool, PoolError, PoolState};
 pub use crate::report::{Capacity, Disk, KindCapacity, PoolReport};
-use crate::types::{DiskSerial, PoolLabel, ResourceName};
-use crate::volume::{self, Resource, ResourceKind, VolumeError};
+use crate::types::{DiskSerial, PoolLabel};
+use crate::volume::{self, PoolObjects, VolumeError};
 
 /// Share of each pool kept free for btrfs metadata and the cache.
 pub const RESERVE_PERCENT: u64 = 5;
@@ -37,27 +40,6 @@ pub const RESERVE_PERCENT: u64 = 5;
 pub enum StorageError {
     #[error(transparent)]
     Discover(#[from] DiscoverError),
-    #[error("{kind} size must be more than 0 bytes")]
-    ZeroSize { kind: &'static str },
-    #[error("a {kind} named {name} already exists on pool {pool}")]
-    Duplicate {
-        kind: &'static str,
-        name: ResourceName,
-        pool: PoolLabel,
-    },
-    #[error("no {kind} named {name}")]
-    NotFound {
-        kind: &'static str,
-        name: ResourceName,
-    },
-    #[error(
-        "no pool has room for {requested} bytes; the largest free space is {largest} bytes{on}"
-    )]
-    NoSpace {
-        requested: u64,
-        largest: u64,
-        on: String,
-    },
     #[error("no disk with serial {0}")]
     UnknownDisk(DiskSerial),
     #[error("disk {serial} is {class} and cannot be wiped: {reason}")]
@@ -65,12 +47,6 @@ pub enum StorageError {
         serial: DiskSerial,
         class: &'static str,
         reason: String,
-    },
-    #[error("the {kind} {name} is on pool {pool}, which is broken")]
-    PoolBroken {
-        kind: &'static str,
-        name: ResourceName,
-        pool: PoolLabel,
     },
     #[error("cannot wipe {device}: {source}")]
     Wipe {
@@ -149,6 +125,9 @@ struct Inner {
     /// The node's account once the agent settled it (`Some(None)`: settled
     /// with no identity, waiting for the farmer).
     settled: Option<Option<String>>,
+    /// The volumes and vdisks of each pool of this machine as last looked
+    /// at, shown for a pool that broke since.
+    seen: HashMap<PoolLabel, PoolObjects>,
 }
 
 impl Inner {
@@ -222,7 +201,8 @@ impl Storage {
             disks.push(disk);
             pools.extend(pool);
         }
-        let inner = Inner {
+        let mut inner = Inner {
+            seen: HashMap::new(),
             cache: unsettled_cache(
                 &layout.cache_dir,
                 "the node's identity is not settled yet: no cache",
@@ -231,10 +211,8 @@ impl Storage {
             pools,
             settled: None,
         };
-        for pool in inner.pools.iter().filter(|p| !p.other_machine) {
-            if let Err(e) = volume::reconcile(pool) {
-                tracing::warn!(pool = %pool.label(), error = %e, "could not finish interrupted work");
-            }
+        for pool in inner.pools.clone() {
+            objects::clean_up(&mut inner, &pool);
         }
         Ok(Self {
             layout,
@@ -262,7 +240,11 @@ impl Storage {
             .pools
             .iter()
             .map(|p| {
-                let allocated = allocated_bytes(p);
+                // A broken pool cannot be looked at: what it held when last seen.
+                let allocated = match inner.seen.get(p.label()) {
+                    Some(seen) if !p.is_healthy() => seen.allocated(),
+                    _ => allocated_bytes(p),
+                };
                 let reserved = reserve(p);
                 let this_node = inner.own(p);
                 let settled = inner.settled.as_ref().and_then(Option::as_ref);
@@ -324,84 +306,6 @@ impl Storage {
 
     pub fn cache(&self) -> CacheStatus {
         self.lock().cache.clone()
-    }
-
-    /// Every volume or vdisk.
-    pub fn list(&self, kind: ResourceKind) -> Vec<Resource> {
-        let inner = self.lock();
-        inner
-            .pools
-            .iter()
-            .filter(|p| inner.own(p) || (!p.is_healthy() && !p.other_machine))
-            .flat_map(volume::list)
-            .filter(|r| r.kind == kind)
-            .collect()
-    }
-
-    /// Creates a volume or vdisk on the pool with the most free space that
-    /// fits it; with `kind_filter`, only on pools of that kind.
-    pub fn create(
-        &self,
-        kind: ResourceKind,
-        name: &ResourceName,
-        size_bytes: u64,
-        kind_filter: Option<DiskKind>,
-    ) -> Result<Resource, StorageError> {
-        if size_bytes == 0 {
-            return Err(StorageError::ZeroSize {
-                kind: kind.as_str(),
-            });
-        }
-        let inner = self.lock();
-        if let Some((pool, _)) = find(&inner, kind, name) {
-            return Err(StorageError::Duplicate {
-                kind: kind.as_str(),
-                name: name.clone(),
-                pool: pool.label().clone(),
-            });
-        }
-        let candidates = inner
-            .pools
-            .iter()
-            .filter(|p| inner.own(p) && kind_filter.is_none_or(|k| p.kind() == k));
-        let best = candidates.max_by_key(|p| free_bytes(p));
-        let pool = match best {
-            Some(p) if free_bytes(p) >= size_bytes => p,
-            other => {
-                return Err(StorageError::NoSpace {
-                    requested: size_bytes,
-                    largest: other.map(free_bytes).unwrap_or(0),
-                    on: other
-                        .map(|p| format!(" on pool {}", p.label()))
-                        .unwrap_or_default(),
-                });
-            }
-        };
-        volume::create(pool, kind, name, size_bytes)?;
-        volume::list(pool)
-            .into_iter()
-            .find(|r| r.kind == kind && &r.name == name)
-            .ok_or_else(|| StorageError::NotFound {
-                kind: kind.as_str(),
-                name: name.clone(),
-            })
-    }
-
-    pub fn delete(&self, kind: ResourceKind, name: &ResourceName) -> Result<(), StorageError> {
-        let inner = self.lock();
-        let (pool, _) = find(&inner, kind, name).ok_or_else(|| StorageError::NotFound {
-            kind: kind.as_str(),
-            name: name.clone(),
-        })?;
-        if !pool.is_healthy() {
-            return Err(StorageError::PoolBroken {
-                kind: kind.as_str(),
-                name: name.clone(),
-                pool: pool.label().clone(),
-            });
-        }
-        volume::remove(pool, kind, name)?;
-        Ok(())
     }
 
     /// Wipes a foreign disk on the farmer's request and makes it a pool.
@@ -524,11 +428,7 @@ impl Storage {
             changes.arrived.push(disk.device.serial.clone());
             inner.disks.push(disk);
             if let Some(pool) = pool {
-                if !pool.other_machine
-                    && let Err(e) = volume::reconcile(&pool)
-                {
-                    tracing::warn!(pool = %pool.label(), error = %e, "could not finish interrupted work");
-                }
+                objects::clean_up(&mut inner, &pool);
                 adopt_new_pool(&mut inner, pool, &self.layout.cache_dir)?;
             }
         }
@@ -998,28 +898,20 @@ fn wipe_device(pinned: &Pinned) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// The volume or vdisk `name` on a pool of this node (or a broken one of
-/// this machine, so it can be reported).
-fn find<'a>(
-    inner: &'a Inner,
-    kind: ResourceKind,
-    name: &ResourceName,
-) -> Option<(&'a Pool, volume::Record)> {
-    let mine = |p: &&Pool| inner.own(p) || (!p.is_healthy() && !p.other_machine);
-    inner.pools.iter().filter(mine).find_map(|p| {
-        volume::records(p)
-            .into_iter()
-            .find(|r| r.kind == kind && &r.name == name)
-            .map(|r| (p, r))
-    })
-}
-
 fn reserve(pool: &Pool) -> u64 {
     pool.size_bytes / 100 * RESERVE_PERCENT
 }
 
+/// What the pool's volumes and vdisks were given; all of the pool when it
+/// cannot be looked at, so nothing more is placed on it.
 fn allocated_bytes(pool: &Pool) -> u64 {
-    volume::records(pool).iter().map(|r| r.size_bytes).sum()
+    match volume::scan(pool) {
+        Ok(objects) => objects.allocated(),
+        Err(e) => {
+            tracing::debug!(pool = %pool.label(), error = %e, "cannot look at the pool's volumes and vdisks");
+            pool.size_bytes
+        }
+    }
 }
 
 fn free_bytes(pool: &Pool) -> u64 {

@@ -377,6 +377,13 @@ impl RequestVerifier {
         }
         self.nonces.spend(&verified, now)
     }
+
+    /// Spends the nonce of a request verified elsewhere (a tenant's, whose
+    /// signer is checked against its twin): refused if it was spent
+    /// before. Blocking: it writes the nonce record.
+    pub fn spend(&self, verified: &Verified, now: i64) -> Result<(), AuthError> {
+        self.nonces.spend(verified, now)
+    }
 }
 
 #[cfg(test)]

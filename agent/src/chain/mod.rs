@@ -360,11 +360,7 @@ impl Chain {
         sources: Sources,
     ) {
         let kind = params.chain.backend;
-        let url = params
-            .chain
-            .url
-            .clone()
-            .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()));
+        let url = registry_url(&params);
         let interval = Duration::from_secs(config.uptime_interval_secs.max(1));
         self.update(|s| {
             s.backend = Some(kind);
@@ -402,28 +398,11 @@ impl Chain {
                 return;
             }
         };
-        let mut backend = match kind {
-            ChainBackend::Embedded => match EmbeddedClient::new(&url, keys.signing().clone()) {
-                Some(c) => Backend::Embedded(Box::new(c)),
-                None => {
-                    self.fail(format!(
-                        "the embedded registry URL {url:?} is not http://HOST:PORT"
-                    ));
-                    return;
-                }
-            },
-            ChainBackend::Tfchain => {
-                let l = &config.location;
-                Backend::Tfchain(Box::new(TfchainBackend::new(
-                    &url,
-                    keys.signing().clone(),
-                    crate::tfchain::calls::Location {
-                        city: l.city.clone(),
-                        country: l.country.clone(),
-                        latitude: l.latitude.clone(),
-                        longitude: l.longitude.clone(),
-                    },
-                )))
+        let mut backend = match backend_for(kind, &url, keys.signing(), &config.location) {
+            Ok(b) => b,
+            Err(e) => {
+                self.fail(e);
+                return;
             }
         };
         let account = keys.public().account;
@@ -1021,6 +1000,44 @@ impl Chain {
             Err(e) => tracing::warn!(error = %e, "netd refused the mesh peers"),
         }
     }
+}
+
+/// A connection to the node's registry of kind `kind` at `url`, signing
+/// with `key`: one for the chain task, and one each for the readers that
+/// must never wait on it (the contract watch, the tenants' requests).
+pub fn backend_for(
+    kind: ChainBackend,
+    url: &str,
+    key: &ed25519_dalek::SigningKey,
+    location: &LocationConfig,
+) -> Result<Backend, String> {
+    match kind {
+        ChainBackend::Embedded => match EmbeddedClient::new(url, key.clone()) {
+            Some(c) => Ok(Backend::Embedded(Box::new(c))),
+            None => Err(format!(
+                "the embedded registry URL {url:?} is not http://HOST:PORT"
+            )),
+        },
+        ChainBackend::Tfchain => Ok(Backend::Tfchain(Box::new(TfchainBackend::new(
+            url,
+            key.clone(),
+            crate::tfchain::calls::Location {
+                city: location.city.clone(),
+                country: location.country.clone(),
+                latitude: location.latitude.clone(),
+                longitude: location.longitude.clone(),
+            },
+        )))),
+    }
+}
+
+/// The registry URL the boot parameters name, if any.
+pub fn registry_url(params: &BootParams) -> Option<String> {
+    params
+        .chain
+        .url
+        .clone()
+        .or_else(|| params.chain.run_mode.map(|m| m.chain_url().to_owned()))
 }
 
 fn backend_genesis(backend: &Backend) -> Option<String> {

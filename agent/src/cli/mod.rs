@@ -1,4 +1,5 @@
-//! The agent's command-line tools for operators and farmers.
+//! The agent's command-line tools for operators, farmers and tenants.
 
 pub mod sign;
 pub mod status;
+pub mod tenant;

@@ -64,6 +64,11 @@ fn load(path: &Path) -> Result<Seed, SignError> {
     })
 }
 
+/// The signing key at `path` (a farmer's or a tenant's twin key).
+pub fn signing_key(path: &Path) -> Result<ed25519_dalek::SigningKey, SignError> {
+    Ok(load(path)?.keys().signing().clone())
+}
+
 /// The account of the key at `path`.
 pub fn account(path: &Path) -> Result<String, SignError> {
     Ok(load(path)?.keys().public().account)

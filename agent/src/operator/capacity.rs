@@ -43,6 +43,35 @@ pub struct NodeCapacity {
     pub hru: Resource,
 }
 
+/// `GET /v1/capacity`: the node's resources, with what deployments hold
+/// counted in CPU and memory, and provisiond's own view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacityReport {
+    #[serde(flatten)]
+    pub node: NodeCapacity,
+    /// What deployments hold: provisiond's capacity (used and free per
+    /// resource, pools, WireGuard ports in use) and the deployments by
+    /// state; `null` while provisiond does not answer.
+    pub deployments: Option<super::snapshot::DeploymentFacts>,
+}
+
+/// The node's capacity with what provisiond says deployments hold: their
+/// cores and memory are the `used` of CPU and memory.
+pub fn with_deployments(
+    mut node: NodeCapacity,
+    deployments: Option<&super::snapshot::DeploymentFacts>,
+) -> CapacityReport {
+    if let Some(d) = deployments {
+        let used = &d.capacity.used;
+        node.cru = Resource::new(node.cru.total, node.cru.reserved, used.cru);
+        node.mru = Resource::new(node.mru.total, node.mru.reserved, used.mru);
+    }
+    CapacityReport {
+        node,
+        deployments: deployments.cloned(),
+    }
+}
+
 pub fn node_capacity(host: &HostInfo, storage: Option<&StorageCapacity>) -> NodeCapacity {
     let memory = host.memory.total_bytes;
     let memory_reserve = (memory / 10).max(MIN_MEMORY_RESERVE);

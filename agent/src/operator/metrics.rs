@@ -22,6 +22,8 @@ pub struct Snapshot<'a> {
     /// Unix seconds, for ages.
     pub now_secs: u64,
     pub host: &'a HostInfo,
+    /// What provisiond says of its deployments, when it answers.
+    pub deployments: Option<&'a super::snapshot::DeploymentFacts>,
 }
 
 fn escape(v: &str) -> String {
@@ -155,8 +157,53 @@ pub fn render(s: &Snapshot<'_>) -> String {
             );
         }
     }
+    if let Some(d) = s.deployments {
+        deployments(&mut out, d);
+    }
     chain(&mut out, s.chain, s.now_secs);
     out
+}
+
+/// The deployments by state, and what they hold per resource.
+fn deployments(out: &mut String, d: &super::snapshot::DeploymentFacts) {
+    family(
+        out,
+        "grove_deployments",
+        "gauge",
+        "Deployments provisiond holds, by state.",
+    );
+    for state in [
+        "deploying",
+        "ok",
+        "error",
+        "updating",
+        "unchanged",
+        "deleting",
+        "deleted",
+    ] {
+        let n = d.states.get(state).copied().unwrap_or(0);
+        let _ = writeln!(out, "grove_deployments{{state=\"{state}\"}} {n}");
+    }
+    family(
+        out,
+        "grove_deployments_capacity",
+        "gauge",
+        "What deployments hold and what is free for them, by resource (cru cores, mru/sru/hru bytes).",
+    );
+    let c = &d.capacity;
+    for (kind, r) in [("used", &c.used), ("free", &c.free)] {
+        for (resource, v) in [
+            ("cru", r.cru),
+            ("mru", r.mru),
+            ("sru", r.sru),
+            ("hru", r.hru),
+        ] {
+            let _ = writeln!(
+                out,
+                "grove_deployments_capacity{{resource=\"{resource}\",kind=\"{kind}\"}} {v}"
+            );
+        }
+    }
 }
 
 /// The node on the registry.
@@ -280,6 +327,24 @@ mod tests {
             },
             now_secs: 1090,
             host: &host,
+            deployments: Some(&crate::operator::snapshot::DeploymentFacts {
+                capacity: provisiond::api::CapacityView {
+                    total: provisiond::capacity::Resources::default(),
+                    reserved: provisiond::capacity::Resources::default(),
+                    used: provisiond::capacity::Resources {
+                        cru: 0,
+                        mru: 0,
+                        sru: 3 << 30,
+                        hru: 0,
+                    },
+                    free: provisiond::capacity::Resources::default(),
+                    pools: Vec::new(),
+                    wireguard_ports: vec![3000],
+                },
+                states: [("ok".to_owned(), 2), ("error".to_owned(), 1)]
+                    .into_iter()
+                    .collect(),
+            }),
         });
         for sample in [
             "grove_chain_connected 0\n",
@@ -295,6 +360,14 @@ mod tests {
             "grove_service_resident_memory_bytes{service=\"ne\\\"td\"} 4096\n",
             "grove_node_cpu_usage_ratio 0.5\n",
             "grove_node_memory_bytes{kind=\"available\"} 400\n",
+            "grove_deployments{state=\"ok\"} 2\n",
+            "grove_deployments{state=\"error\"} 1\n",
+            "grove_deployments{state=\"deleting\"} 0\n",
+            format!(
+                "grove_deployments_capacity{{resource=\"sru\",kind=\"used\"}} {}\n",
+                3u64 << 30
+            )
+            .as_str(),
         ] {
             assert!(text.contains(sample), "{sample:?} missing from {text}");
         }

@@ -25,6 +25,34 @@ pub struct Facts {
     pub capacity: Result<Capacity, String>,
     pub uplink: Result<UplinkReport, String>,
     pub host: HostInfo,
+    /// What deployments hold, from provisiond.
+    pub deployments: Result<DeploymentFacts, String>,
+}
+
+/// provisiond's capacity and its deployments counted by state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentFacts {
+    pub capacity: provisiond::api::CapacityView,
+    /// How many deployments are in each state (`ok`, `deploying`, ...).
+    pub states: std::collections::BTreeMap<String, u64>,
+}
+
+async fn deployment_facts(
+    client: &provisiond::client::ProvisiondClient,
+) -> Result<DeploymentFacts, String> {
+    let (capacity, list) = tokio::join!(client.capacity(), client.deployments(None));
+    let mut states = std::collections::BTreeMap::new();
+    for d in list.map_err(|e| e.to_string())? {
+        let name = serde_json::to_value(d.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *states.entry(name).or_insert(0) += 1;
+    }
+    Ok(DeploymentFacts {
+        capacity: capacity.map_err(|e| e.to_string())?,
+        states,
+    })
 }
 
 impl Default for Facts {
@@ -33,6 +61,7 @@ impl Default for Facts {
             capacity: Err("storaged not asked yet".to_owned()),
             uplink: Err("netd not asked yet".to_owned()),
             host: HostInfo::default(),
+            deployments: Err("provisiond not asked yet".to_owned()),
         }
     }
 }
@@ -53,6 +82,7 @@ impl Snapshot {
         self: Arc<Self>,
         storaged: storaged::client::StoragedClient,
         netd: netd::client::NetdClient,
+        provisiond: provisiond::client::ProvisiondClient,
         supervisor: Arc<Supervisor>,
     ) {
         let mut tick = tokio::time::interval(REFRESH);
@@ -70,8 +100,12 @@ impl Snapshot {
                 let sample = taken.sample(&pids);
                 (taken, sample)
             });
-            let (capacity, uplink, sample) =
-                tokio::join!(storaged.capacity(), netd.uplink(), sample);
+            let (capacity, uplink, deployments, sample) = tokio::join!(
+                storaged.capacity(),
+                netd.uplink(),
+                deployment_facts(&provisiond),
+                sample
+            );
             let host = match sample {
                 Ok((taken, (host, usage))) => {
                     sampler = Some(taken);
@@ -91,6 +125,7 @@ impl Snapshot {
                 capacity: capacity.map_err(|e| e.to_string()),
                 uplink: uplink.map_err(|e| e.to_string()),
                 host,
+                deployments,
             };
             *self.facts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(facts);
         }

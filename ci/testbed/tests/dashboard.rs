@@ -157,6 +157,10 @@ fn the_dashboard_shows_usage_durations_and_mesh_peers_at_desktop_and_phone_width
         // CPU and memory of the node and of each daemon.
         " busy</div>",
         " used<div class=\"bar\">",
+        // What deployments hold, from provisiond.
+        "<h2>Deployments</h2>",
+        "<td>by state</td><td>none</td>",
+        "<td>WireGuard ports</td><td>none</td>",
         "<td class=\"num\">",
         "&nbsp;%",
         "MiB",

@@ -565,6 +565,22 @@ fn status(node: &grove_testbed::Node) -> agent::operator::status::StatusReport {
     serde_json::from_str(&body).expect("status")
 }
 
+/// The NICs and bridges netd reports now, as the node registers them.
+fn netd_interfaces(node: &grove_testbed::Node) -> Vec<agent::registry::model::Interface> {
+    let (_, body) = http_get(&format!("{}/v1/network", node.api_url().expect("url"))).expect("GET");
+    let report: agent::api::NetworkReport = serde_json::from_str(&body).expect("network");
+    report
+        .interfaces
+        .into_iter()
+        .filter(|i| i.kind == "nic" || i.kind == "bridge")
+        .map(|i| agent::registry::model::Interface {
+            name: i.name,
+            mac: i.mac,
+            ips: i.addresses,
+        })
+        .collect()
+}
+
 /// How often the agent told the registry something new about the node.
 fn registrations(node: &grove_testbed::Node) -> usize {
     std::fs::read_to_string(node.agent_log())
@@ -623,6 +639,24 @@ fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
                 .any(|i| i.name == "eth0" && !i.ips.is_empty())
     });
     assert!(complete, "{:?}", registered_node(&registry));
+    // Addresses keep arriving after the first lease: the LAN announces an
+    // IPv6 prefix, and the SLAAC address comes when it comes. The node
+    // follows them. "Nothing changed" below starts once the registry holds
+    // the SLAAC address and everything else netd has now.
+    let prefix = farm.lan_subnet().ipv6_prefix();
+    let current = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let registered = registered_node(&registry).registration.interfaces;
+        registered
+            .iter()
+            .any(|i| i.ips.iter().any(|ip| ip.starts_with(&prefix)))
+            && registered == netd_interfaces(node)
+    });
+    assert!(
+        current,
+        "the registry never caught up with netd: {:?} vs {:?}",
+        registered_node(&registry).registration.interfaces,
+        netd_interfaces(node)
+    );
     eprintln!("registered: {:?}", registered_node(&registry));
     let sent = registrations(node);
     assert!(sent >= 1, "no registration logged");

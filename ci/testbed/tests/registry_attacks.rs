@@ -183,8 +183,24 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
         node.boot_on_registry(&url).expect("boots on the registry");
     }
     wait_peers(&farm, 2, "the farm's mesh");
-    let nodes: Vec<Node> = get(&url, "/v1/nodes?farm_id=1");
-    assert_eq!(nodes.len(), 3);
+    // The nodes update their own records until their SLAAC addresses (the
+    // LAN announces a prefix) are in: the victim's record is taken after.
+    let prefix = farm.lan_subnet().ipv6_prefix();
+    let mut nodes: Vec<Node> = Vec::new();
+    let settled = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        nodes = get(&url, "/v1/nodes?farm_id=1");
+        nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n.registration
+                    .interfaces
+                    .iter()
+                    .any(|i| i.ips.iter().any(|ip| ip.starts_with(&prefix)))
+            })
+    });
+    assert!(
+        settled,
+        "the nodes never registered their SLAAC addresses: {nodes:?}"
+    );
     let victim = nodes[0].clone();
     let victim_path = format!("/v1/nodes/{}", victim.id);
     let farm_before: RegistryFarm = get(&url, "/v1/farms/1");

@@ -9,7 +9,7 @@ use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, wait_until
 use hyper::Method;
 use serde_json::{Value, json};
 use storaged::storage::{Capacity, Disk, PoolReport};
-use storaged::volume::Resource;
+use storaged::volume::{VdiskView, VolumeView};
 
 const SSD: DiskSpec = DiskSpec {
     size_mb: 1024,
@@ -84,6 +84,23 @@ fn disk_by_path<'a>(disks: &'a [Disk], path: &std::path::Path) -> &'a Disk {
 
 fn class(d: &Disk) -> Value {
     serde_json::to_value(&d.class).expect("json")["class"].clone()
+}
+
+/// A pool of this node to put volumes and vdisks on.
+fn own_pool(node: &Node) -> String {
+    let ready = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        get::<Vec<PoolReport>>(node, "/v1/pools")
+            .iter()
+            .any(|p| p.this_node)
+    });
+    assert!(ready, "no pool of this node");
+    let pools: Vec<PoolReport> = get(node, "/v1/pools");
+    pools
+        .into_iter()
+        .find(|p| p.this_node)
+        .expect("a pool of this node")
+        .label
+        .to_string()
 }
 
 fn restart(farm: &Farm) {
@@ -186,14 +203,15 @@ fn a_disk_with_only_an_empty_gpt_is_foreign() {
 fn a_restart_keeps_pools_cache_and_volume_contents() {
     let farm = start(NodeSpec::default().disks(vec![SSD, HDD]));
     let node = farm.node(0);
+    let pool = own_pool(node);
     let (status, body) = call(
         node,
-        Method::POST,
-        "/v1/volumes",
-        Some(json!({"name": "data", "size_bytes": 64 << 20})),
+        Method::PUT,
+        "/v1/volumes/data",
+        Some(json!({"pool": pool, "size": 64 << 20})),
     );
-    assert_eq!(status, 201, "{body}");
-    let volume: Resource = serde_json::from_value(body).expect("resource");
+    assert_eq!(status, 200, "{body}");
+    let volume: VolumeView = serde_json::from_value(body).expect("volume");
     let file = volume.path.join("hello.txt");
     let file = file.to_str().expect("utf-8 path");
     let wrote = node
@@ -202,11 +220,12 @@ fn a_restart_keeps_pools_cache_and_volume_contents() {
     assert!(wrote.status.success(), "{wrote:?}");
     let (status, body) = call(
         node,
-        Method::POST,
-        "/v1/vdisks",
-        Some(json!({"name": "root", "size_bytes": 32 << 20})),
+        Method::PUT,
+        "/v1/vdisks/root",
+        Some(json!({"pool": pool, "size": 32 << 20})),
     );
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 200, "{body}");
+    let vdisk_before: VdiskView = serde_json::from_value(body).expect("vdisk");
     let cache_before: Capacity = get(node, "/v1/capacity");
     let pools_before: Vec<PoolReport> = get(node, "/v1/pools");
 
@@ -226,11 +245,16 @@ fn a_restart_keeps_pools_cache_and_volume_contents() {
     assert_eq!(cache_after.cache, cache_before.cache);
     let read = node.exec(&["cat", file]).expect("read");
     assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\n");
-    let volumes: Vec<Resource> = get(node, "/v1/volumes");
+    let volumes: Vec<VolumeView> = get(node, "/v1/volumes");
     assert_eq!(volumes.len(), 1);
-    assert_eq!(volumes[0].size_bytes, 64 << 20);
-    let vdisks: Vec<Resource> = get(node, "/v1/vdisks");
-    assert_eq!(vdisks.len(), 1);
+    assert_eq!(
+        (volumes[0].name.as_str(), volumes[0].pool.as_str()),
+        ("data", pool.as_str())
+    );
+    assert_eq!(volumes[0].size, 64 << 20);
+    assert!(volumes[0].used >= 5, "the written file is not counted");
+    let vdisks: Vec<VdiskView> = get(node, "/v1/vdisks");
+    assert_eq!(vdisks, vec![vdisk_before]);
     let size = node
         .exec(&["stat", "-c", "%s", vdisks[0].path.to_str().expect("utf-8")])
         .expect("stat");
@@ -244,14 +268,15 @@ fn a_restart_keeps_pools_cache_and_volume_contents() {
 fn writing_past_a_volume_quota_fails_with_edquot() {
     let farm = start(NodeSpec::default().disks(vec![SSD]));
     let node = farm.node(0);
+    let pool = own_pool(node);
     let (status, body) = call(
         node,
-        Method::POST,
-        "/v1/volumes",
-        Some(json!({"name": "small", "size_bytes": 16 << 20})),
+        Method::PUT,
+        "/v1/volumes/small",
+        Some(json!({"pool": pool, "size": 16 << 20})),
     );
-    assert_eq!(status, 201, "{body}");
-    let volume: Resource = serde_json::from_value(body).expect("resource");
+    assert_eq!(status, 200, "{body}");
+    let volume: VolumeView = serde_json::from_value(body).expect("volume");
     let target = format!("of={}", volume.path.join("big").display());
     let out = node
         .exec(&[
@@ -398,17 +423,30 @@ fn a_vanished_disk_marks_its_pool_broken_and_the_others_keep_serving() {
 
     let capacity: Capacity = get(node, "/v1/capacity");
     assert_eq!(capacity.broken_pools, vec![victim.label.clone()]);
+    let survivor = pools
+        .iter()
+        .find(|p| p.label != victim.label)
+        .expect("the other pool");
     let (status, body) = call(
         node,
-        Method::POST,
-        "/v1/volumes",
-        Some(json!({"name": "after", "size_bytes": 8 << 20})),
+        Method::PUT,
+        "/v1/volumes/after",
+        Some(json!({"pool": survivor.label, "size": 8 << 20})),
     );
-    assert_eq!(status, 201, "{body}");
-    assert_ne!(
-        body["pool"],
-        json!(victim.label),
-        "placed on the broken pool"
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        node,
+        Method::PUT,
+        "/v1/volumes/refused",
+        Some(json!({"pool": victim.label, "size": 8 << 20})),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("broken"),
+        "{body}"
     );
 }
 
@@ -416,14 +454,15 @@ fn a_vanished_disk_marks_its_pool_broken_and_the_others_keep_serving() {
 fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
     let farm = start(NodeSpec::default().disks(vec![SSD]));
     let node = farm.node(0);
+    let pool = own_pool(node);
     let (status, body) = call(
         node,
-        Method::POST,
-        "/v1/volumes",
-        Some(json!({"name": "taken", "size_bytes": 8 << 20})),
+        Method::PUT,
+        "/v1/volumes/taken",
+        Some(json!({"pool": pool, "size": 8 << 20})),
     );
-    assert_eq!(status, 201, "{body}");
-    let before: (Vec<Resource>, Vec<Resource>, Vec<PoolReport>) = (
+    assert_eq!(status, 200, "{body}");
+    let before: (Vec<VolumeView>, Vec<VdiskView>, Vec<PoolReport>) = (
         get(node, "/v1/volumes"),
         get(node, "/v1/vdisks"),
         get(node, "/v1/pools"),
@@ -431,90 +470,102 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
 
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         (
-            "/v1/volumes",
-            json!({"name": "zero", "size_bytes": 0}),
+            "/v1/volumes/zero",
+            json!({"pool": pool, "size": 0}),
             400,
             "more than 0",
         ),
         (
-            "/v1/vdisks",
-            json!({"name": "zero", "size_bytes": 0}),
+            "/v1/vdisks/zero",
+            json!({"pool": pool, "size": 0}),
             400,
             "more than 0",
         ),
         (
-            "/v1/volumes",
-            json!({"name": "a/b", "size_bytes": 1 << 20}),
+            "/v1/volumes/a%2Fb",
+            json!({"pool": pool, "size": 1 << 20}),
             400,
             "a/b",
         ),
         (
-            "/v1/volumes",
-            json!({"name": "..", "size_bytes": 1 << 20}),
+            "/v1/volumes/..",
+            json!({"pool": pool, "size": 1 << 20}),
             400,
             "..",
         ),
         (
-            "/v1/vdisks",
-            json!({"name": "../etc", "size_bytes": 1 << 20}),
+            "/v1/vdisks/..%2Fetc",
+            json!({"pool": pool, "size": 1 << 20}),
             400,
             "../etc",
         ),
         (
-            "/v1/volumes",
-            json!({"name": "taken", "size_bytes": 1 << 20}),
+            "/v1/volumes/taken",
+            json!({"pool": pool, "size": 1 << 20}),
             409,
-            "taken",
+            "only grows",
         ),
         (
-            "/v1/volumes",
-            json!({"name": "huge", "size_bytes": 1u64 << 40}),
-            422,
-            "largest free space",
+            "/v1/volumes/taken",
+            json!({"pool": "grove-elsewhere", "size": 8 << 20}),
+            409,
+            "not on pool grove-elsewhere",
         ),
         (
-            "/v1/vdisks",
-            json!({"name": "huge", "size_bytes": 1u64 << 40}),
-            422,
-            "largest free space",
+            "/v1/vdisks/new",
+            json!({"pool": "grove-elsewhere", "size": 8 << 20}),
+            409,
+            "no pool grove-elsewhere",
         ),
         (
-            "/v1/volumes",
-            json!({"name": "x", "size_bytes": -1}),
+            "/v1/volumes/huge",
+            json!({"pool": pool, "size": 1u64 << 40}),
+            507,
+            "bytes free",
+        ),
+        (
+            "/v1/vdisks/huge",
+            json!({"pool": pool, "size": 1u64 << 40}),
+            507,
+            "bytes free",
+        ),
+        (
+            "/v1/volumes/x",
+            json!({"pool": pool, "size": -1}),
+            400,
+            "size",
+        ),
+        (
+            "/v1/volumes/x",
+            json!({"pool": pool, "size_bytes": 1}),
             400,
             "size_bytes",
         ),
-        ("/v1/volumes", json!({"name": "x", "size": 1}), 400, "size"),
     ];
     for (uri, body, want, needle) in cases {
-        let (status, answer) = call(node, Method::POST, uri, Some(body.clone()));
+        let (status, answer) = call(node, Method::PUT, uri, Some(body.clone()));
         assert_eq!(status, want, "{uri} {body}: {answer}");
         let message = answer["error"].as_str().unwrap_or_default();
         assert!(message.contains(needle), "{uri} {body}: {message}");
     }
-    let (status, _) = call(node, Method::DELETE, "/v1/volumes/missing", None);
-    assert_eq!(status, 404);
+    let (status, body) = call(node, Method::DELETE, "/v1/volumes/missing", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"name": "missing", "existed": false}));
 
-    let after: (Vec<Resource>, Vec<Resource>, Vec<PoolReport>) = (
+    let after: (Vec<VolumeView>, Vec<VdiskView>, Vec<PoolReport>) = (
         get(node, "/v1/volumes"),
         get(node, "/v1/vdisks"),
         get(node, "/v1/pools"),
     );
     // What was asked for must be unchanged; usage is btrfs's background
     // accounting and may move on its own.
-    let shape = |list: &[Resource]| -> Vec<(String, u64, String)> {
+    let shape = |list: &[VolumeView]| -> Vec<(String, u64, String)> {
         list.iter()
-            .map(|r| {
-                (
-                    r.name.to_string(),
-                    r.size_bytes,
-                    r.path.display().to_string(),
-                )
-            })
+            .map(|r| (r.name.clone(), r.size, r.path.display().to_string()))
             .collect()
     };
     assert_eq!(shape(&after.0), shape(&before.0));
-    assert_eq!(shape(&after.1), shape(&before.1));
+    assert_eq!(after.1, before.1);
     assert_eq!(after.2.len(), before.2.len());
     assert_eq!(after.2[0].allocated_bytes, before.2[0].allocated_bytes);
     let listing = node

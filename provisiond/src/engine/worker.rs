@@ -156,13 +156,15 @@ impl Engine {
         }
     }
 
-    /// Records workload `name`'s result (and its history entry).
+    /// Records workload `name`'s result (and its history entry). Not
+    /// fsynced on its own: the job's end makes it durable, and a crash
+    /// before that starts the job over, whose steps are idempotent.
     async fn record(&self, contract: u64, version: u32, name: &str, r: WorkloadResult) {
         let (n, stored) = (name.to_owned(), r.clone());
         self.persist(move |store| {
             let mut batch = store.batch()?;
             batch.set_result(contract, version, &n, &stored)?;
-            batch.commit()
+            batch.commit_unsynced()
         })
         .await;
         if let Some(e) = self.state().entries.get_mut(&contract) {
@@ -186,7 +188,7 @@ impl Engine {
                     message: m.clone(),
                 },
             )?;
-            batch.commit()
+            batch.commit_unsynced()
         })
         .await;
         if let Some(e) = self.state().entries.get_mut(&contract) {

@@ -447,6 +447,14 @@ impl Batch {
     pub fn commit(self) -> Result<(), StoreError> {
         self.txn.commit().map_err(db("commit"))
     }
+
+    /// Commits without waiting for the disk: the change is visible at once
+    /// and becomes durable with the next [`Batch::commit`]; a crash before
+    /// that loses it (and only it), whole.
+    pub fn commit_unsynced(mut self) -> Result<(), StoreError> {
+        self.txn.set_durability(redb::Durability::None);
+        self.txn.commit().map_err(db("commit"))
+    }
 }
 
 #[cfg(test)]

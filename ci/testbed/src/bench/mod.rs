@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod foundation;
 pub mod mesh;
+#[cfg(feature = "provision")]
+pub mod provision;
 pub mod stats;
 pub mod storage;
 pub mod tenant;

@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation|storage|agent|mesh|tenant|tfchain [--runs N]
+//!     bench foundation|storage|agent|mesh|tenant|tfchain|provision [--runs N]
 
 use std::process::ExitCode;
 
@@ -30,8 +30,17 @@ fn main() -> ExitCode {
             eprintln!("bench: built without the tfchain feature; run it through ci/bench");
             return ExitCode::from(64);
         }
+        #[cfg(feature = "provision")]
+        Some("provision") => grove_testbed::bench::provision::run(runs),
+        #[cfg(not(feature = "provision"))]
+        Some("provision") => {
+            eprintln!("bench: built without the provision feature; run it through ci/bench");
+            return ExitCode::from(64);
+        }
         _ => {
-            eprintln!("usage: bench foundation|storage|agent|mesh|tenant|tfchain [--runs N]");
+            eprintln!(
+                "usage: bench foundation|storage|agent|mesh|tenant|tfchain|provision [--runs N]"
+            );
             return ExitCode::from(64);
         }
     };
