@@ -11,7 +11,7 @@
 use grove_daemon::client::ClientError;
 use serde_json::json;
 use storaged::client::StoragedClient;
-use storaged::volume::{VdiskRequest, VdiskView, VolumeRequest};
+use storaged::volume::{VdiskRequest, VolumeRequest};
 
 use super::{Driver, DriverError, DriverFuture, Target, disk_name, is_disk_name, is_not_found};
 use crate::deployment::workload::{WorkloadData, WorkloadType};
@@ -121,22 +121,16 @@ impl DiskDriver {
 
     /// Every object of this kind: (name, pool, size).
     async fn disks(&self) -> Result<Vec<(String, String, u64)>, ClientError> {
-        let all = match self.disk {
-            Disk::Vdisk => self.storaged.vdisks().await?,
-            Disk::Volume => self
-                .storaged
-                .volumes()
-                .await?
+        Ok(match self.disk {
+            Disk::Vdisk => (self.storaged.vdisks().await?)
                 .into_iter()
-                .map(|v| VdiskView {
-                    name: v.name,
-                    pool: v.pool,
-                    size: v.size,
-                    path: v.path,
-                })
+                .map(|v| (v.name, v.pool, v.size))
                 .collect(),
-        };
-        Ok(all.into_iter().map(|v| (v.name, v.pool, v.size)).collect())
+            Disk::Volume => (self.storaged.volumes().await?)
+                .into_iter()
+                .map(|v| (v.name, v.pool, v.size))
+                .collect(),
+        })
     }
 }
 
