@@ -142,15 +142,7 @@ fn wait_state(
 }
 
 fn run(node: &Node, argv: &[&str]) -> (bool, String) {
-    let out = node.exec(argv).expect("runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    node.exec_text(argv).expect("runs")
 }
 
 /// The tenant networks netd holds, sorted, with their namespaces.

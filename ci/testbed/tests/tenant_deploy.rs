@@ -145,15 +145,7 @@ fn cli(setup: &Setup, key: &Path, node: &Node, args: &[&str]) -> (bool, String) 
 }
 
 fn run(node: &Node, argv: &[&str]) -> (bool, String) {
-    let out = node.exec(argv).expect("runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    node.exec_text(argv).expect("runs")
 }
 
 /// Node `i`'s part of the network "net" (subnet 10.93.i+1.0/24), the other

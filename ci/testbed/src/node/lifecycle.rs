@@ -96,6 +96,15 @@ impl Node {
         })
     }
 
+    /// [`Node::exec`], read as whether it succeeded and its stdout followed
+    /// by its stderr.
+    pub fn exec_text(&self, argv: &[&str]) -> Result<(bool, String), NodeError> {
+        let out = self.exec(argv)?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    }
+
     /// Runs `argv` in the node's network namespace only (`ip netns exec`),
     /// with the host's filesystem. Works without an agent.
     pub fn exec_in_netns(&self, argv: &[&str]) -> Result<Output, NodeError> {
