@@ -367,8 +367,14 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
-    /// A proxy to the `ws://` URL `upstream`.
+    /// A proxy on the host's loopback to the `ws://` URL `upstream`.
     pub async fn to(upstream: &str) -> Result<Proxy, HarnessError> {
+        Proxy::on(std::net::Ipv4Addr::LOCALHOST, upstream).await
+    }
+
+    /// A proxy listening on `address` (a testbed farm's host address, for
+    /// nodes in their namespaces) to the `ws://` URL `upstream`.
+    pub async fn on(address: std::net::Ipv4Addr, upstream: &str) -> Result<Proxy, HarnessError> {
         let target = upstream
             .strip_prefix("ws://")
             .ok_or_else(|| HarnessError::Chain {
@@ -377,7 +383,7 @@ impl Proxy {
             })?
             .trim_end_matches('/')
             .to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((address, 0))
             .await
             .map_err(io_error("bind the proxy"))?;
         let url = format!(
