@@ -22,6 +22,7 @@ pub mod client;
 pub mod deployment;
 pub mod driver;
 pub mod engine;
+pub mod image;
 pub mod server;
 pub mod store;
 pub mod update;
