@@ -31,6 +31,7 @@ pub mod mesh;
 pub mod nat;
 pub mod netns;
 pub mod node;
+pub mod oci;
 pub mod proc;
 pub mod registry;
 pub mod run;
