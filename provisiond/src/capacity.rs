@@ -127,6 +127,13 @@ impl Demand {
                     demand.mru = demand.mru.saturating_add(m.compute_capacity.memory);
                     demand.max_machine_cores = demand.max_machine_cores.max(cores);
                 }
+                WorkloadData::Container(c) => {
+                    disk(PoolKind::Ssd, c.size);
+                    let cores = u64::from(c.compute_capacity.cpu);
+                    demand.cru = demand.cru.saturating_add(cores);
+                    demand.mru = demand.mru.saturating_add(c.compute_capacity.memory);
+                    demand.max_machine_cores = demand.max_machine_cores.max(cores);
+                }
                 WorkloadData::Network(_)
                 | WorkloadData::Ip(_)
                 | WorkloadData::GatewayNameProxy(_)

@@ -63,6 +63,7 @@ pub fn rank(kind: WorkloadType) -> u8 {
         WorkloadType::Network => 1,
         WorkloadType::Ip => 2,
         WorkloadType::Zmachine
+        | WorkloadType::Container
         | WorkloadType::Zdb
         | WorkloadType::GatewayNameProxy
         | WorkloadType::GatewayFqdnProxy => 3,

@@ -255,6 +255,18 @@ impl Deployment {
         };
         let mut public_ips = BTreeSet::new();
         for (index, workload) in self.workloads.iter().enumerate() {
+            if let WorkloadData::Container(container) = &workload.data {
+                for (i, mount) in container.mounts.iter().enumerate() {
+                    let name = mount.name.as_str();
+                    if !of_type(name, WorkloadType::Volume) {
+                        return Err(DeploymentError::invalid(
+                            format!("workloads[{index}].data.mounts[{i}].name"),
+                            format!("no volume named '{name}' in this deployment"),
+                        ));
+                    }
+                }
+                continue;
+            }
             let WorkloadData::Zmachine(machine) = &workload.data else {
                 continue;
             };

@@ -720,3 +720,47 @@ fn every_type_parses_and_hashes_in_zos_order() {
         "the zdb password is hidden"
     );
 }
+
+/// A deployment of a volume, a zmount and a container mounting `mount`.
+fn container_deployment(mount: &str) -> String {
+    let image = format!("10.1.0.1:5000/grove/app@sha256:{}", "ab".repeat(32));
+    json!({
+        "version": 0, "twin_id": 7, "contract_id": 0, "metadata": "", "description": "",
+        "expiration": 0,
+        "signature_requirement": {"requests": [{"twin_id": 7, "required": false, "weight": 1}],
+                                  "weight_required": 1, "signatures": [], "signature_style": ""},
+        "workloads": [
+            {"version": 0, "name": "data", "type": "volume", "data": {"size": 1 << 20},
+             "metadata": "", "description": "", "result": {}},
+            {"version": 0, "name": "disk", "type": "zmount", "data": {"size": 1 << 20},
+             "metadata": "", "description": "", "result": {}},
+            {"version": 0, "name": "app", "type": "container",
+             "data": {"image": image, "interface": {"network": "net", "ip": "10.20.1.5"},
+                      "compute_capacity": {"cpu": 1, "memory": 128 << 20}, "size": 256 << 20,
+                      "mounts": [{"name": mount, "mountpoint": "/data"}],
+                      "env": {"B": "2", "A": "1"}},
+             "metadata": "", "description": "", "result": {}},
+        ],
+    })
+    .to_string()
+}
+
+#[test]
+fn a_container_mounts_volumes_of_its_deployment_only() {
+    let d = Deployment::parse(container_deployment("data").as_bytes()).expect("parses");
+    assert!(
+        d.challenge().contains("data/dataA=1B=2"),
+        "{}",
+        d.challenge()
+    );
+    for (mount, what) in [("disk", "a zmount"), ("nothing", "no workload")] {
+        let error = Deployment::parse(container_deployment(mount).as_bytes())
+            .expect_err(what)
+            .to_string();
+        assert!(
+            error.contains("workloads[2].data.mounts[0].name")
+                && error.contains(&format!("no volume named '{mount}'")),
+            "{what}: {error}"
+        );
+    }
+}

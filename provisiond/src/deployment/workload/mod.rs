@@ -6,6 +6,7 @@
 //! `__type` are ignored). Each type checks its own fields and writes its own
 //! part of the challenge.
 
+pub mod container;
 pub mod disk;
 pub mod gateway;
 pub mod ip;
@@ -58,6 +59,8 @@ pub enum WorkloadType {
     Volume,
     #[serde(rename = "zmachine")]
     Zmachine,
+    #[serde(rename = "container")]
+    Container,
     #[serde(rename = "ip")]
     Ip,
     #[serde(rename = "zdb")]
@@ -69,11 +72,12 @@ pub enum WorkloadType {
 }
 
 impl WorkloadType {
-    pub const ALL: [WorkloadType; 8] = [
+    pub const ALL: [WorkloadType; 9] = [
         WorkloadType::Network,
         WorkloadType::Zmount,
         WorkloadType::Volume,
         WorkloadType::Zmachine,
+        WorkloadType::Container,
         WorkloadType::Ip,
         WorkloadType::Zdb,
         WorkloadType::GatewayNameProxy,
@@ -86,6 +90,7 @@ impl WorkloadType {
             WorkloadType::Zmount => "zmount",
             WorkloadType::Volume => "volume",
             WorkloadType::Zmachine => "zmachine",
+            WorkloadType::Container => "container",
             WorkloadType::Ip => "ip",
             WorkloadType::Zdb => "zdb",
             WorkloadType::GatewayNameProxy => "gateway-name-proxy",
@@ -123,6 +128,7 @@ pub enum WorkloadData {
     Zmount(disk::Zmount),
     Volume(disk::Volume),
     Zmachine(zmachine::Zmachine),
+    Container(container::Container),
     Ip(ip::PublicIp),
     Zdb(zdb::Zdb),
     GatewayNameProxy(gateway::GatewayNameProxy),
@@ -145,6 +151,7 @@ impl WorkloadData {
             WorkloadType::Zmount => WorkloadData::Zmount(typed(data)?),
             WorkloadType::Volume => WorkloadData::Volume(typed(data)?),
             WorkloadType::Zmachine => WorkloadData::Zmachine(typed(data)?),
+            WorkloadType::Container => WorkloadData::Container(typed(data)?),
             WorkloadType::Ip => WorkloadData::Ip(typed(data)?),
             WorkloadType::Zdb => WorkloadData::Zdb(typed(data)?),
             WorkloadType::GatewayNameProxy => WorkloadData::GatewayNameProxy(typed(data)?),
@@ -158,6 +165,7 @@ impl WorkloadData {
             WorkloadData::Zmount(_) => WorkloadType::Zmount,
             WorkloadData::Volume(_) => WorkloadType::Volume,
             WorkloadData::Zmachine(_) => WorkloadType::Zmachine,
+            WorkloadData::Container(_) => WorkloadType::Container,
             WorkloadData::Ip(_) => WorkloadType::Ip,
             WorkloadData::Zdb(_) => WorkloadType::Zdb,
             WorkloadData::GatewayNameProxy(_) => WorkloadType::GatewayNameProxy,
@@ -172,6 +180,7 @@ impl WorkloadData {
             WorkloadData::Zmount(d) => d.validate(),
             WorkloadData::Volume(d) => d.validate(),
             WorkloadData::Zmachine(d) => d.validate(),
+            WorkloadData::Container(d) => d.validate(),
             WorkloadData::Ip(d) => d.validate(),
             WorkloadData::Zdb(d) => d.validate(),
             WorkloadData::GatewayNameProxy(d) => d.validate(),
@@ -187,6 +196,7 @@ impl Challenge for WorkloadData {
             WorkloadData::Zmount(d) => d.challenge(out),
             WorkloadData::Volume(d) => d.challenge(out),
             WorkloadData::Zmachine(d) => d.challenge(out),
+            WorkloadData::Container(d) => d.challenge(out),
             WorkloadData::Ip(d) => d.challenge(out),
             WorkloadData::Zdb(d) => d.challenge(out),
             WorkloadData::GatewayNameProxy(d) => d.challenge(out),
