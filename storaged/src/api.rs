@@ -90,7 +90,9 @@ impl IntoResponse for RequestError {
 /// The status of a volume or vdisk refusal or failure.
 fn volume_status(e: &VolumeError) -> StatusCode {
     match e {
-        VolumeError::ZeroSize { .. } => StatusCode::BAD_REQUEST,
+        VolumeError::ZeroSize { .. } | VolumeError::SnapshotSource { .. } => {
+            StatusCode::BAD_REQUEST
+        }
         VolumeError::OnlyGrows { .. }
         | VolumeError::OtherPool { .. }
         | VolumeError::UnknownPool { .. }
@@ -211,9 +213,11 @@ async fn ensure_volume(
     let name = parse_name(&name)?;
     let req: VolumeRequest = parse(&body)?;
     let pool = parse_pool(&req.pool)?;
-    with(s, move |st| st.ensure_volume(&name, &pool, req.size))
-        .await
-        .map(Json)
+    with(s, move |st| {
+        st.ensure_volume(&name, &pool, req.size, req.snapshot_of.as_deref())
+    })
+    .await
+    .map(Json)
 }
 
 async fn ensure_vdisk(

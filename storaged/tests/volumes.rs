@@ -192,6 +192,7 @@ impl Bed {
         let request = VolumeRequest {
             pool: pool.to_owned(),
             size,
+            snapshot_of: None,
         };
         self.block(self.client().ensure_volume(name, &request))
     }
@@ -749,6 +750,7 @@ fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
             let volume_req = VolumeRequest {
                 pool: label.clone(),
                 size,
+                snapshot_of: None,
             };
             let vdisk_req = VdiskRequest {
                 pool: label.clone(),
@@ -903,4 +905,105 @@ fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
         b"kept"
     );
     assert_eq!(bed.volumes().len(), 1);
+}
+
+#[test]
+fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself() {
+    let bed = Bed::new();
+    let label = bed.label();
+    let mount = bed.mount();
+    // The source: a subvolume on the cache, which lives on the pool (where
+    // provisiond keeps unpacked images), crossed into the pool's volumes.
+    let source = bed.cache.join("image-rootfs");
+    run(
+        "btrfs",
+        &["subvolume", "create", source.to_str().expect("utf-8")],
+    );
+    std::fs::create_dir(source.join("bin")).expect("dir");
+    std::fs::write(source.join("bin/app"), b"image bytes").expect("file");
+    let snapshot = |name: &str, from: &Path| {
+        let request = VolumeRequest {
+            pool: label.clone(),
+            size: 64 * MIB,
+            snapshot_of: Some(from.to_owned()),
+        };
+        bed.block(bed.client().ensure_volume(name, &request))
+    };
+
+    let view = snapshot("c9-root", &source).expect("snapshot made");
+    assert_eq!(view.path, mount.join("volumes/c9-root"));
+    assert_eq!(std::fs::metadata(&view.path).expect("meta").ino(), 256);
+    assert_eq!(
+        std::fs::read(view.path.join("bin/app")).expect("read"),
+        b"image bytes"
+    );
+    assert_eq!(
+        limit_of(&mount, "volumes/c9-root").as_deref(),
+        Some((64 * MIB).to_string().as_str())
+    );
+    std::fs::write(view.path.join("bin/app"), b"changed").expect("write");
+    assert_eq!(
+        std::fs::read(source.join("bin/app")).expect("read"),
+        b"image bytes",
+        "the source is untouched"
+    );
+    assert_eq!(
+        snapshot("c9-root", &source).expect("again"),
+        view,
+        "ensure twice changes nothing"
+    );
+
+    // Sources that are not a subvolume on this pool are refused, and
+    // nothing changes.
+    let plain = bed.cache.join("plain");
+    std::fs::create_dir(&plain).expect("dir");
+    let link = bed.dir.path().join("link");
+    std::os::unix::fs::symlink(&source, &link).expect("link");
+    let elsewhere = bed.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("dir");
+    // A subvolume of another btrfs filesystem.
+    let other_image = bed.dir.path().join("other.img");
+    std::fs::File::create(&other_image)
+        .and_then(|f| f.set_len(256 * MIB))
+        .expect("image");
+    run("mkfs.btrfs", &["-q", other_image.to_str().expect("utf-8")]);
+    let other_mount = bed.dir.path().join("other");
+    std::fs::create_dir(&other_mount).expect("dir");
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop",
+            other_image.to_str().expect("utf-8"),
+            other_mount.to_str().expect("utf-8"),
+        ],
+    );
+    let foreign = other_mount.join("sub");
+    run(
+        "btrfs",
+        &["subvolume", "create", foreign.to_str().expect("utf-8")],
+    );
+    let before = bed.state();
+    for (from, why) in [
+        (foreign.clone(), "it is not on pool"),
+        (plain.clone(), "not the root of a subvolume"),
+        (link.clone(), "symbolic link"),
+        (PathBuf::from("relative/path"), "not an absolute path"),
+        (bed.cache.join("missing"), "No such file"),
+        (elsewhere.clone(), "not the root of a subvolume"),
+    ] {
+        let (status, message) = refusal(snapshot("c9-other", &from));
+        assert_eq!(status, 400, "{from:?}: {message}");
+        assert!(message.contains(why), "{from:?}: {message}");
+    }
+    assert_eq!(bed.state(), before, "a refusal changes nothing");
+    run("umount", &["-d", other_mount.to_str().expect("utf-8")]);
+
+    bed.block(bed.client().delete_volume("c9-root"))
+        .expect("deleted");
+    assert!(!view.path.exists());
+    assert_eq!(
+        std::fs::read(source.join("bin/app")).expect("read"),
+        b"image bytes"
+    );
 }

@@ -106,7 +106,14 @@ impl DiskDriver {
                 .map(drop),
             Disk::Volume => self
                 .storaged
-                .ensure_volume(name, &VolumeRequest { pool, size })
+                .ensure_volume(
+                    name,
+                    &VolumeRequest {
+                        pool,
+                        size,
+                        snapshot_of: None,
+                    },
+                )
                 .await
                 .map(drop),
         }

@@ -6,6 +6,8 @@
 //! a pool that breaks later is still reported with what it held. All of it
 //! runs under the storage lock on a blocking thread, one change at a time.
 
+use std::path::Path;
+
 use crate::pool::{Pool, PoolState};
 use crate::types::{PoolLabel, ResourceName};
 use crate::volume::{self, Found, Kind, PoolObjects, Removed, VdiskView, VolumeError, VolumeView};
@@ -151,6 +153,7 @@ impl Storage {
         name: &ResourceName,
         label: &PoolLabel,
         size: u64,
+        snapshot_of: Option<&Path>,
     ) -> Result<(PoolLabel, Found), StorageError> {
         if size == 0 {
             return Err(VolumeError::ZeroSize {
@@ -237,7 +240,7 @@ impl Storage {
                     }
                 };
                 check_room(pool, objects, kind, name, size)?;
-                volume::make(pool, kind, name, size)?;
+                volume::make(pool, kind, name, size, snapshot_of)?;
                 tracing::info!(kind = kind.as_str(), name = %name, pool = %label, size, "made");
                 pool
             }
@@ -314,8 +317,9 @@ impl Storage {
         name: &ResourceName,
         pool: &PoolLabel,
         size: u64,
+        snapshot_of: Option<&Path>,
     ) -> Result<VolumeView, StorageError> {
-        let (pool, found) = self.ensure(Kind::Volume, name, pool, size)?;
+        let (pool, found) = self.ensure(Kind::Volume, name, pool, size, snapshot_of)?;
         Ok(volume_view(pool, found, None))
     }
 
@@ -325,7 +329,7 @@ impl Storage {
         pool: &PoolLabel,
         size: u64,
     ) -> Result<VdiskView, StorageError> {
-        let (pool, found) = self.ensure(Kind::Vdisk, name, pool, size)?;
+        let (pool, found) = self.ensure(Kind::Vdisk, name, pool, size, None)?;
         Ok(vdisk_view(pool, found, None))
     }
 

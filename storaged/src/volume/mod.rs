@@ -36,6 +36,12 @@ pub struct VolumeRequest {
     pub pool: String,
     /// Bytes.
     pub size: u64,
+    /// A new volume starts as a writable snapshot of this subvolume (an
+    /// unpacked container image), which must be on the same pool; the
+    /// limit then counts what the snapshot shares with it. Ignored when
+    /// the volume exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_of: Option<PathBuf>,
 }
 
 /// A volume as the API shows it.
@@ -189,6 +195,8 @@ pub enum VolumeError {
     NestedStuck { path: PathBuf, ids: Vec<u64> },
     #[error("{path} is not a subvolume of its own (id {id})")]
     NotASubvolume { path: PathBuf, id: u64 },
+    #[error("cannot snapshot {path}: {why}")]
+    SnapshotSource { path: PathBuf, why: String },
 }
 
 /// One object found on a pool.
@@ -245,9 +253,15 @@ pub fn scan(pool: &Pool) -> Result<PoolObjects, VolumeError> {
 
 /// Makes the object, which the caller has checked is absent and fits.
 /// Blocking. On failure nothing is left under the object's name.
-pub fn make(pool: &Pool, kind: Kind, name: &ResourceName, size: u64) -> Result<(), VolumeError> {
+pub fn make(
+    pool: &Pool,
+    kind: Kind,
+    name: &ResourceName,
+    size: u64,
+    snapshot_of: Option<&Path>,
+) -> Result<(), VolumeError> {
     match kind {
-        Kind::Volume => subvolume::make(pool, name, size),
+        Kind::Volume => subvolume::make(pool, name, size, snapshot_of),
         Kind::Vdisk => vdisk::make(pool, name, size),
     }
 }

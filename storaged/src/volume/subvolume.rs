@@ -83,7 +83,53 @@ pub(super) fn scan(pool: &Pool) -> Result<Vec<Found>, VolumeError> {
         .collect())
 }
 
-pub(super) fn make(pool: &Pool, name: &ResourceName, size: u64) -> Result<(), VolumeError> {
+/// Checks that `source` can be snapshotted into a volume on `pool`: an
+/// absolute path with no symbolic link on the way, the root of a btrfs
+/// subvolume of its own. That it is on the pool's filesystem, the snapshot
+/// itself tells (`EXDEV`).
+fn check_source(source: &Path) -> Result<(), VolumeError> {
+    let refuse = |why: String| VolumeError::SnapshotSource {
+        path: source.to_owned(),
+        why,
+    };
+    if !source.is_absolute() {
+        return Err(refuse("not an absolute path".into()));
+    }
+    match std::fs::canonicalize(source) {
+        Ok(real) if real == source => {}
+        Ok(real) => {
+            return Err(refuse(format!(
+                "the path leads elsewhere ({}) through a symbolic link or '..'",
+                real.display()
+            )));
+        }
+        Err(e) => return Err(refuse(e.to_string())),
+    }
+    let meta = std::fs::symlink_metadata(source).map_err(|e| refuse(e.to_string()))?;
+    if !is_subvolume(&meta) {
+        return Err(refuse("not the root of a subvolume".into()));
+    }
+    if btrfs(
+        "read the subvolume",
+        source,
+        &["subvolume".as_ref(), "show".as_ref(), source.as_os_str()],
+    )
+    .is_err()
+    {
+        return Err(refuse("not a btrfs subvolume".into()));
+    }
+    Ok(())
+}
+
+pub(super) fn make(
+    pool: &Pool,
+    name: &ResourceName,
+    size: u64,
+    snapshot_of: Option<&Path>,
+) -> Result<(), VolumeError> {
+    if let Some(source) = snapshot_of {
+        check_source(source)?;
+    }
     let dir = pool.mount_point.join(VOLUMES_DIR);
     let tmp_name = format!("{TEMP_PREFIX}{name}");
     let tmp = dir.join(&tmp_name);
@@ -92,11 +138,32 @@ pub(super) fn make(pool: &Pool, name: &ResourceName, size: u64) -> Result<(), Vo
     {
         delete(pool, &tmp)?;
     }
-    btrfs(
-        "create the subvolume",
-        &tmp,
-        &["subvolume".as_ref(), "create".as_ref(), tmp.as_os_str()],
-    )?;
+    match snapshot_of {
+        Some(source) => btrfs(
+            "snapshot into",
+            &tmp,
+            &[
+                "subvolume".as_ref(),
+                "snapshot".as_ref(),
+                source.as_os_str(),
+                tmp.as_os_str(),
+            ],
+        )
+        .map_err(|e| match e {
+            VolumeError::Tool { source: cmd, .. } if cross_device(&cmd) => {
+                VolumeError::SnapshotSource {
+                    path: source.to_owned(),
+                    why: format!("it is not on pool {}: {cmd}", pool.label()),
+                }
+            }
+            other => other,
+        })?,
+        None => btrfs(
+            "create the subvolume",
+            &tmp,
+            &["subvolume".as_ref(), "create".as_ref(), tmp.as_os_str()],
+        )?,
+    };
     let finished = limit(&tmp, size).and_then(|()| super::publish(&dir, &tmp_name, name));
     if let Err(e) = finished {
         if let Err(cleanup) = delete(pool, &tmp) {
@@ -191,6 +258,10 @@ fn delete_by_id(pool: &Pool, id: u64) -> Result<(), VolumeError> {
         ],
     )
     .map(drop)
+}
+
+fn cross_device(e: &CmdError) -> bool {
+    matches!(e.failure(), CmdFailure::Failed { stderr, .. } if stderr.contains("cross-device"))
 }
 
 fn not_empty(e: &CmdError) -> bool {

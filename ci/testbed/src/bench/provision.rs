@@ -251,6 +251,7 @@ fn deploy(
                     &storaged::volume::VolumeRequest {
                         pool: pool.clone(),
                         size: 50 * MIB,
+                        snapshot_of: None,
                     },
                 )
                 .await?;
