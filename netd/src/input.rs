@@ -86,6 +86,12 @@ pub enum InputError {
     },
     #[error("{0}")]
     Name(#[source] NameError),
+    #[error("address: {text:?} is not an IPv4 address: {source}")]
+    Address {
+        text: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
     #[error("ip_range: {0}")]
     Range(#[source] PrefixError),
     #[error("ip_range: {range} is a /{}, not a /{RANGE_LEN}", .range.prefix_len())]

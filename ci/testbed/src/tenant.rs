@@ -72,6 +72,11 @@ pub fn attach_body(name: &str, kind: &str) -> String {
     format!(r#"{{"name":"{name}","kind":"{kind}"}}"#)
 }
 
+/// The body of `POST /v1/networks/{netid}/attach` asking for `address`.
+pub fn attach_at_body(name: &str, kind: &str, address: &str) -> String {
+    format!(r#"{{"name":"{name}","kind":"{kind}","address":"{address}"}}"#)
+}
+
 /// Runs `argv` inside namespace `netns` of `node`.
 pub fn exec_in(node: &Node, netns: &str, argv: &[&str]) -> Result<std::process::Output, NodeError> {
     let mut all = vec!["ip", "netns", "exec", netns];

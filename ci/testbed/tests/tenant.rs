@@ -228,6 +228,34 @@ fn a_tenant_network_spans_nodes_and_nothing_else_gets_in() {
         ],
     );
 
+    // A workload with a namespace of its own, made by netd at the address
+    // asked: `eth0` up with its MAC and address, `lo` up, a default route.
+    let (status, answer) = post(
+        b,
+        "/v1/networks/red/attach",
+        &tenant::attach_at_body("app", "namespace", "10.1.2.9"),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let app: AttachmentView = serde_json::from_str(&answer).expect("a view");
+    assert_eq!(
+        (
+            app.interface.as_str(),
+            app.namespace.as_deref(),
+            app.address.as_str()
+        ),
+        ("eth0", Some("c-app"), "10.1.2.9/24")
+    );
+    let inside = run(b, &["ip", "-n", "c-app", "addr", "show", "eth0"]);
+    assert!(
+        inside.contains("inet 10.1.2.9/24") && inside.contains(&app.mac),
+        "{inside}"
+    );
+    let routes = run(b, &["ip", "-n", "c-app", "route"]);
+    assert!(routes.contains("default via 10.1.2.1 dev eth0"), "{routes}");
+    assert!(run(b, &["ip", "-n", "c-app", "link", "show", "lo"]).contains("UP"));
+    assert!(tenant::reaches(b, Some("c-app"), ip("10.1.1.1"), REACH));
+    assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.9"), REACH));
+
     // Red reaches red across the nodes: the other bridge and the workload.
     assert!(
         tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH),
@@ -543,6 +571,30 @@ fn bad_requests_get_a_4xx_and_failures_leave_nothing_half_made() {
             "workload name",
             400,
         ),
+        (
+            "/v1/networks/net1/attach",
+            tenant::attach_at_body("app", "namespace", "10.1.1"),
+            "is not an IPv4 address",
+            400,
+        ),
+        (
+            "/v1/networks/net1/attach",
+            tenant::attach_at_body("app", "namespace", "10.1.9.5"),
+            "10.1.9.5 is not a workload address of subnet 10.1.1.0/24",
+            409,
+        ),
+        (
+            "/v1/networks/net1/attach",
+            tenant::attach_at_body("app", "namespace", "10.1.1.1"),
+            "(.2 to .254; .1 is the gateway)",
+            409,
+        ),
+        (
+            "/v1/networks/net1/attach",
+            tenant::attach_at_body("app", "namespace", "10.1.1.2"),
+            "10.1.1.2 is the address of workload web",
+            409,
+        ),
     ];
     for (path, body, why, want) in &attach_cases {
         let (status, answer) = post(a, path, body);
@@ -642,6 +694,8 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
         (vm.interface.as_str(), vm.namespace.as_deref()),
         ("t-vm", Some("n-red"))
     );
+    attach(a, "red", "app", "namespace");
+    let app_before = run(a, &["ip", "-n", "c-app", "-br", "addr"]);
     assert!(
         tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH),
         "{}",
@@ -673,6 +727,11 @@ fn a_restarted_netd_restores_networks_exactly_and_keys_never_leak() {
     );
     let after = tenant::snapshot(a, "red").expect("snapshot");
     assert_eq!(after, exact, "a netd restart changed the node");
+    assert_eq!(
+        run(a, &["ip", "-n", "c-app", "-br", "addr"]),
+        app_before,
+        "a workload's own namespace is kept as it was"
+    );
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.1"), REACH));
 
     // netd and its device killed together: rebuilt from the saved network.

@@ -26,6 +26,7 @@ impl IntoResponse for TenantError {
     fn into_response(self) -> Response {
         let status = match &self {
             TenantError::Input(_) => StatusCode::BAD_REQUEST,
+            TenantError::Address { .. } => StatusCode::CONFLICT,
             TenantError::Exists { .. }
             | TenantError::Overlap { .. }
             | TenantError::PortTaken { .. }

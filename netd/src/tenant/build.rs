@@ -347,6 +347,10 @@ pub(crate) async fn ensure_attachment(
             }
             tap
         }
+        AttachKind::Namespace => {
+            ensure_workload_namespace(env, live, attachment).await?;
+            name.port()
+        }
     };
     let settings = LinkSettings {
         mac: Some(name.port_mac(netid)),
@@ -355,6 +359,72 @@ pub(crate) async fn ensure_attachment(
         mtu: None,
     };
     live.inside.ensure_link(&port, &settings).await?;
+    Ok(())
+}
+
+/// The namespace `c-<name>` of a workload attached with its own: `eth0`
+/// (the veth's end, whose other end is the bridge port) with the
+/// workload's address and MAC, `lo` up, a default route via the gateway.
+/// Every part is checked and made where missing, so a restart or a lost
+/// port mends it.
+async fn ensure_workload_namespace(
+    env: &Env,
+    live: &Live,
+    attachment: &Attachment,
+) -> Result<(), TenantError> {
+    use super::network::WORKLOAD_IFNAME as ETH0;
+    let (name, netid) = (&attachment.name, live.network.netid());
+    let ns = name.namespace();
+    let (dir, made) = (env.dir.clone(), ns.clone());
+    let file = blocking(move || {
+        dir.create(&made)?;
+        Ok(dir.open(&made)?)
+    })
+    .await?;
+    let workload = Netlink::inside(Arc::new(file), &ns).await?;
+    let port = name.port();
+    if live.inside.link(&port).await?.is_none() || workload.link(ETH0).await?.is_none() {
+        // Half a pair is no pair.
+        live.inside.delete(&port).await?;
+        workload.delete(ETH0).await?;
+        workload
+            .ensure_veth(
+                (ETH0, name.mac(netid)),
+                (&port, name.port_mac(netid)),
+                &live.ns,
+            )
+            .await?;
+    }
+    let up = LinkSettings {
+        mac: None,
+        controller: None,
+        up: true,
+        mtu: None,
+    };
+    workload.ensure_link("lo", &up).await?;
+    workload
+        .ensure_link(
+            ETH0,
+            &LinkSettings {
+                mac: Some(name.mac(netid)),
+                ..up
+            },
+        )
+        .await?;
+    let subnet = live.network.spec.subnet;
+    workload
+        .ensure_only_address(ETH0, attachment.address, subnet.prefix_len())
+        .await?;
+    workload
+        .ensure_routes(
+            ETH0,
+            &[Route {
+                dest: Ipv4Prefix::ANY,
+                gateway: Some(live.network.spec.gateway()),
+                source: None,
+            }],
+        )
+        .await?;
     Ok(())
 }
 
@@ -372,6 +442,11 @@ pub(crate) async fn remove_attachment(
         }
         AttachKind::Tap => {
             live.inside.delete(&name.tap()).await?;
+        }
+        AttachKind::Namespace => {
+            live.inside.delete(&name.port()).await?;
+            let (dir, ns) = (env.dir.clone(), name.namespace());
+            blocking(move || Ok(dir.delete(&ns)?)).await?;
         }
     }
     Ok(())
@@ -430,9 +505,15 @@ pub(crate) async fn teardown(
     if let Err(e) = removed.await {
         failures.push(e);
     }
-    let (dir, ns) = (env.dir.clone(), netid.namespace());
-    if let Err(e) = blocking(move || Ok(dir.delete(&ns)?)).await {
-        failures.push(e);
+    let namespaces = attachments
+        .iter()
+        .filter(|a| a.kind == AttachKind::Namespace)
+        .map(|a| a.name.namespace());
+    for ns in std::iter::once(netid.namespace()).chain(namespaces) {
+        let dir = env.dir.clone();
+        if let Err(e) = blocking(move || Ok(dir.delete(&ns)?)).await {
+            failures.push(e);
+        }
     }
     for later in failures.iter().skip(1) {
         tracing::error!(%netid, error = %later, "tenant network teardown");

@@ -76,6 +76,11 @@ pub enum AttachKind {
     /// A persistent tap device `t-<name>` on the bridge, inside the
     /// network's namespace, for a VMM to open there.
     Tap,
+    /// A veth pair: one end on the bridge, the other `eth0` inside a
+    /// namespace of its own, `c-<name>`, with the workload's address, `lo`
+    /// up and a default route via the gateway: a container runtime joins
+    /// the namespace by its path.
+    Namespace,
 }
 
 impl std::fmt::Display for AttachKind {
@@ -83,6 +88,7 @@ impl std::fmt::Display for AttachKind {
         f.write_str(match self {
             AttachKind::Veth => "veth",
             AttachKind::Tap => "tap",
+            AttachKind::Namespace => "namespace",
         })
     }
 }
@@ -93,6 +99,10 @@ impl std::fmt::Display for AttachKind {
 pub struct AttachRequest {
     pub name: String,
     pub kind: AttachKind,
+    /// The workload's address in the network's subnet; the lowest free
+    /// one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// A network as this node realises it.
@@ -149,6 +159,7 @@ impl NetworkSpec {
 pub struct Attach {
     pub name: WorkloadName,
     pub kind: AttachKind,
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// Checks `POST /v1/networks` on its own.
@@ -239,9 +250,17 @@ fn parse_peers(
 
 /// Checks `POST /v1/networks/{netid}/attach` on its own.
 pub fn parse_attach(req: &AttachRequest) -> Result<Attach, InputError> {
+    let address = match &req.address {
+        Some(text) => Some(text.parse().map_err(|source| InputError::Address {
+            text: text.clone(),
+            source,
+        })?),
+        None => None,
+    };
     Ok(Attach {
         name: req.name.parse().map_err(InputError::Name)?,
         kind: req.kind,
+        address,
     })
 }
 
@@ -388,9 +407,18 @@ mod tests {
         let bad = parse_attach(&AttachRequest {
             name: "web server".to_owned(),
             kind: AttachKind::Veth,
+            address: None,
         })
         .expect_err("space")
         .to_string();
         assert!(bad.contains("workload name \"web server\""), "{bad}");
+        let bad = parse_attach(&AttachRequest {
+            name: "app".to_owned(),
+            kind: AttachKind::Namespace,
+            address: Some("10.1.1".to_owned()),
+        })
+        .expect_err("not an address")
+        .to_string();
+        assert!(bad.contains("address: \"10.1.1\""), "{bad}");
     }
 }

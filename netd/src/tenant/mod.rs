@@ -112,6 +112,8 @@ pub enum TenantError {
     Attached { name: WorkloadName, netid: NetId },
     #[error("no workload {name} on network {netid}")]
     NotAttached { name: WorkloadName, netid: NetId },
+    #[error("network {netid}: {why}")]
+    Address { netid: NetId, why: String },
     #[error("subnet {subnet} of network {netid} has no free address left")]
     SubnetFull { netid: NetId, subnet: Ipv4Prefix },
     #[error("the tenant network worker has stopped")]

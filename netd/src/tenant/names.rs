@@ -139,6 +139,12 @@ impl WorkloadName {
         format!("p-{}", self.0)
     }
 
+    /// `c-<name>`: the namespace of a workload attached as
+    /// [`super::input::AttachKind::Namespace`].
+    pub fn namespace(&self) -> String {
+        format!("c-{}", self.0)
+    }
+
     /// `t-<name>`: the tap device on the tenant bridge.
     pub fn tap(&self) -> String {
         format!("t-{}", self.0)

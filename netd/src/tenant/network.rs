@@ -88,9 +88,13 @@ impl Attachment {
         match self.kind {
             AttachKind::Veth => self.name.veth(),
             AttachKind::Tap => self.name.tap(),
+            AttachKind::Namespace => WORKLOAD_IFNAME.to_owned(),
         }
     }
 }
+
+/// The interface's name inside a workload's own namespace.
+pub const WORKLOAD_IFNAME: &str = "eth0";
 
 /// A tenant network on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +163,22 @@ impl Network {
         (2..255)
             .filter_map(|n| self.spec.subnet.host(n))
             .find(|ip| !taken.contains(ip))
+    }
+
+    /// Whether `ip` may be given to a workload: a host address of the
+    /// subnet other than the gateway (`.1`); `Err` says why not.
+    pub fn check_address(&self, ip: Ipv4Addr) -> Result<(), String> {
+        let subnet = self.spec.subnet;
+        let host = (2..255).filter_map(|n| subnet.host(n)).any(|h| h == ip);
+        if !host {
+            return Err(format!(
+                "{ip} is not a workload address of subnet {subnet} (.2 to .254; .1 is the gateway)"
+            ));
+        }
+        match self.attachments.iter().find(|a| a.address == ip) {
+            Some(other) => Err(format!("{ip} is the address of workload {}", other.name)),
+            None => Ok(()),
+        }
     }
 
     pub fn attachment(&self, name: &WorkloadName) -> Option<&Attachment> {

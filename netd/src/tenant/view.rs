@@ -76,7 +76,8 @@ pub struct AttachmentView {
     /// The interface the runtime takes.
     pub interface: String,
     /// The namespace the interface is in: `null` for the host's (a veth
-    /// end), `n-<netid>` for a tap.
+    /// end), `n-<netid>` for a tap, `c-<name>` (netd's namespace directory,
+    /// `/run/netns` on a node) for a workload's own.
     pub namespace: Option<String>,
     /// The workload's address with the subnet's length.
     pub address: String,
@@ -147,6 +148,7 @@ pub fn attachment_view(network: &Network, attachment: &Attachment) -> Attachment
         namespace: match attachment.kind {
             AttachKind::Veth => None,
             AttachKind::Tap => Some(netid.namespace()),
+            AttachKind::Namespace => Some(attachment.name.namespace()),
         },
         address: format!(
             "{}/{}",

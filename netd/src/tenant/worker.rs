@@ -197,6 +197,27 @@ impl Worker {
                 Err(e) => tracing::error!(%netid, error = %e, "cannot remove a leftover network"),
             }
         }
+        // Workloads' own namespaces that no saved attachment owns: made
+        // just before a crash, before the attachment was saved.
+        let owned: BTreeSet<String> = networks
+            .iter()
+            .flat_map(|n| n.attachments.iter())
+            .filter(|a| a.kind == AttachKind::Namespace)
+            .map(|a| a.name.namespace())
+            .collect();
+        for ns in env.dir.list("c-") {
+            if owned.contains(&ns) {
+                continue;
+            }
+            let dir = env.dir.clone();
+            let name = ns.clone();
+            match blocking(move || Ok(dir.delete(&name)?)).await {
+                Ok(_) => tracing::warn!(%ns, "removed a workload namespace no attachment owns"),
+                Err(e) => {
+                    tracing::error!(%ns, error = %e, "cannot remove a leftover workload namespace")
+                }
+            }
+        }
         for network in networks {
             let netid = network.netid().clone();
             let mut live = match build::open(env, network).await {
@@ -395,13 +416,30 @@ impl Worker {
                 name: attach.name.veth(),
             });
         }
-        let address = live
-            .network
-            .next_address()
-            .ok_or_else(|| TenantError::SubnetFull {
-                netid: netid.clone(),
-                subnet: live.network.spec.subnet,
-            })?;
+        let address = match attach.address {
+            Some(ip) => {
+                live.network
+                    .check_address(ip)
+                    .map_err(|why| TenantError::Address {
+                        netid: netid.clone(),
+                        why,
+                    })?;
+                ip
+            }
+            None => live
+                .network
+                .next_address()
+                .ok_or_else(|| TenantError::SubnetFull {
+                    netid: netid.clone(),
+                    subnet: live.network.spec.subnet,
+                })?,
+        };
+        if attach.kind == AttachKind::Namespace && env.dir.exists(&attach.name.namespace()) {
+            return Err(TenantError::InUse {
+                what: "namespace",
+                name: attach.name.namespace(),
+            });
+        }
         let attachment = Attachment {
             name: attach.name,
             kind: attach.kind,
