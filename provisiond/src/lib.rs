@@ -28,6 +28,7 @@ pub mod store;
 pub mod update;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use grove_daemon::cli::Failure;
@@ -61,6 +62,22 @@ pub struct Config {
     pub netd: PathBuf,
     /// `/proc`, for the node's cores and memory.
     pub proc: PathBuf,
+    /// The image cache; `provisiond/images` in [`grove_daemon::CACHE_DIR`]
+    /// (on an SSD pool) when unset.
+    pub images: Option<PathBuf>,
+    /// Container bundles and logs; `provisiond/containers` in
+    /// [`grove_daemon::CACHE_DIR`] when unset.
+    pub containers: Option<PathBuf>,
+    /// netd's namespace directory.
+    pub netns_dir: PathBuf,
+    /// The OCI runtime.
+    pub runc: PathBuf,
+    /// The node's id that root in a container is; containers map 65536
+    /// ids from it.
+    pub uid_base: u32,
+    /// Image registries (`host:port`) reached over plain HTTP: a farm's own
+    /// registry on its LAN. Every other one is HTTPS.
+    pub http_registries: Vec<String>,
 }
 
 impl Default for Config {
@@ -72,6 +89,12 @@ impl Default for Config {
             storaged: grove_daemon::socket_path("storaged"),
             netd: grove_daemon::socket_path("netd"),
             proc: PathBuf::from("/proc"),
+            images: None,
+            containers: None,
+            netns_dir: PathBuf::from("/run/netns"),
+            runc: PathBuf::from("runc"),
+            uid_base: 1_000_000,
+            http_registries: Vec::new(),
         }
     }
 }
@@ -90,6 +113,8 @@ pub enum ProvisiondError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Images(#[from] image::ImageError),
     #[error("cannot read {path}: {source}")]
     Host {
         path: PathBuf,
@@ -180,6 +205,33 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
         memory,
         pools: pools(&storaged, &shutdown).await,
     };
+    let cache = Path::new(grove_daemon::CACHE_DIR).join(NAME);
+    let mut images = image::StoreConfig::new(
+        config
+            .images
+            .clone()
+            .unwrap_or_else(|| cache.join("images")),
+    );
+    images.http_registries = config.http_registries.clone();
+    images.owner_shift = config.uid_base;
+    let images = tokio::task::spawn_blocking(move || image::ImageStore::open(images))
+        .await
+        .map_err(EngineError::from)??;
+    let containers = Arc::new(driver::container::ContainerDriver::new(
+        storaged.clone(),
+        netd.clone(),
+        Arc::new(images),
+        driver::container::ContainerConfig {
+            dir: config
+                .containers
+                .clone()
+                .unwrap_or_else(|| cache.join("containers")),
+            netns: config.netns_dir.clone(),
+            runc: config.runc.clone(),
+            uid_base: config.uid_base,
+        },
+    ));
+    let watch = tokio::spawn(containers.clone().keep_running(Duration::from_secs(1)));
     let engine = Engine::start(
         EngineConfig {
             node_id: config.node_id,
@@ -187,7 +239,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
             retry: Duration::from_millis(200),
         },
         store,
-        Drivers::node(storaged, netd),
+        Drivers::node(storaged, netd, containers),
     )
     .await?;
     readiness.set_ready();
@@ -196,6 +248,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
         grove_daemon::server::serve_daemon(identity, readiness, &config.socket, api, shutdown)
             .await;
     engine.shutdown().await;
+    watch.abort();
     served?;
     Ok(())
 }

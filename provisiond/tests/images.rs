@@ -19,10 +19,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use grove_testbed::oci::OciRegistry;
-use hyper::header::HeaderValue;
-use oci_client::Reference;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use grove_testbed::oci::{self, OciRegistry, layer};
 use provisiond::image::{Digest, ImageError, ImageRef, ImageStore, StoreConfig};
 use serde_json::json;
 
@@ -44,38 +41,6 @@ fn store(root: &Path, registry: &str) -> ImageStore {
     ImageStore::open(config).expect("the store opens")
 }
 
-/// A gzipped tar layer of (path, bytes) files; a path ending in `/` is a
-/// directory, `name -> target` a symbolic link.
-fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        if let Some((name, target)) = path.split_once(" -> ") {
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_mode(0o777);
-            h.set_size(0);
-            b.append_link(&mut h, name, target).expect("link");
-        } else if let Some(dir) = path.strip_suffix('/') {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            b.append_data(&mut h, dir, std::io::empty()).expect("dir");
-        } else {
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o755);
-            h.set_size(data.len() as u64);
-            b.append_data(&mut h, path, *data).expect("file");
-        }
-    }
-    let tar = b.into_inner().expect("tar");
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(&tar).expect("gzip");
-    e.finish().expect("gzip")
-}
-
 /// A layer whose one entry's name is written raw (the tar builder refuses
 /// `..`).
 fn raw_layer(name: &str) -> Vec<u8> {
@@ -92,63 +57,28 @@ fn raw_layer(name: &str) -> Vec<u8> {
     e.finish().expect("gzip")
 }
 
-fn client() -> oci_client::Client {
-    oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..Default::default()
-    })
-}
-
-fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    json!({"mediaType": media_type, "digest": Digest::of(bytes).to_string(), "size": bytes.len()})
-}
-
-/// An image pushed to the registry.
+/// An image pushed to the registry, pinned.
 struct Pushed {
     reference: ImageRef,
     layers: Vec<Digest>,
     manifest: Vec<u8>,
 }
 
-/// Pushes an image of `layers` (for linux/`arch`) as `repo:tag`.
+/// Pushes an image of `layers` (for linux/`arch`) as `repo:t`.
 async fn push(host: &str, repo: &str, layers: &[Vec<u8>], arch: &str) -> Pushed {
-    let client = client();
-    let at = Reference::with_tag(host.to_owned(), repo.to_owned(), "t".to_owned());
-    let config = serde_json::to_vec(&json!({
-        "architecture": arch, "os": "linux",
-        "config": {"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["PATH=/bin"],
-                   "WorkingDir": "/srv"},
-        "rootfs": {"type": "layers", "diff_ids": []},
-    }))
-    .expect("json");
-    for blob in layers.iter().chain([&config]) {
-        client
-            .push_blob(&at, blob.clone(), &Digest::of(blob).to_string())
-            .await
-            .expect("push a blob");
-    }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-        "layers": layers.iter()
-            .map(|l| descriptor("application/vnd.oci.image.layer.v1.tar+gzip", l))
-            .collect::<Vec<_>>(),
-    }))
-    .expect("json");
-    client
-        .push_manifest_raw(
-            &at,
-            manifest.clone(),
-            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
-        )
+    let run = json!({"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["PATH=/bin"],
+                     "WorkingDir": "/srv"});
+    let pushed = oci::push(host, repo, layers, arch, run)
         .await
-        .expect("push the manifest");
+        .unwrap_or_else(|e| panic!("push: {e}"));
     Pushed {
-        reference: ImageRef::parse(&format!("{host}/{repo}@{}", Digest::of(&manifest)))
-            .expect("pinned"),
-        layers: layers.iter().map(|l| Digest::of(l)).collect(),
-        manifest,
+        reference: ImageRef::parse(&pushed.reference).expect("pinned"),
+        layers: pushed
+            .layers
+            .iter()
+            .map(|d| Digest::parse(d).expect("a digest"))
+            .collect(),
+        manifest: pushed.manifest,
     }
 }
 
@@ -274,26 +204,20 @@ fn an_index_resolves_to_its_linux_amd64_image() {
         &[layer(&[("which", b"arm64")])],
         "arm64",
     ));
-    let entry = |p: &Pushed, arch: &str| {
-        let mut d = descriptor("application/vnd.oci.image.manifest.v1+json", &p.manifest);
-        d["platform"] = json!({"architecture": arch, "os": "linux"});
-        d
+    let as_pushed = |p: &Pushed| oci::Pushed {
+        reference: p.reference.to_string(),
+        manifest: p.manifest.clone(),
+        layers: Vec::new(),
     };
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [entry(&arm, "arm64"), entry(&amd, "amd64")],
-    }))
-    .expect("json");
-    let at = Reference::with_tag(host.clone(), "grove/multi".into(), "multi".into());
-    rt.block_on(client().push_manifest_raw(
-        &at,
-        index.clone(),
-        HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
-    ))
-    .expect("push the index");
-    let reference =
-        ImageRef::parse(&format!("{host}/grove/multi@{}", Digest::of(&index))).expect("pinned");
+    let (amd_pushed, arm_pushed) = (as_pushed(&amd), as_pushed(&arm));
+    let (index, _) = rt
+        .block_on(oci::push_index(
+            &host,
+            "grove/multi",
+            &[(&arm_pushed, "arm64"), (&amd_pushed, "amd64")],
+        ))
+        .expect("push the index");
+    let reference = ImageRef::parse(&index).expect("pinned");
     let store = store(dir.path(), &host);
     let image = rt.block_on(store.ensure(&reference)).expect("pulled");
     assert_eq!(

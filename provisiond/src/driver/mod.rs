@@ -10,6 +10,7 @@
 //! driver reports a refusal as the daemon's own text, and a daemon that is
 //! down or slow as [`DriverError::Unavailable`], which the engine retries.
 
+pub mod container;
 pub mod network;
 pub mod storage;
 
@@ -112,15 +113,17 @@ impl Drivers {
         }
     }
 
-    /// The real drivers: storaged's and netd's clients.
+    /// The real drivers: storaged's and netd's clients, and runc.
     pub fn node(
         storaged: storaged::client::StoragedClient,
         netd: netd::client::NetdClient,
+        containers: Arc<container::ContainerDriver>,
     ) -> Self {
         Self::new(vec![
             Arc::new(storage::DiskDriver::zmount(storaged.clone())),
             Arc::new(storage::DiskDriver::volume(storaged)),
             Arc::new(network::NetworkDriver::new(netd)),
+            containers,
         ])
     }
 

@@ -87,6 +87,9 @@ pub struct StoreConfig {
     /// The most an image may unpack to, and the most its layers together
     /// may weigh.
     pub max_image_bytes: u64,
+    /// Added to every file's owner when unpacking: containers map their
+    /// root to this id of the node (0: owners as in the image).
+    pub owner_shift: u32,
     /// A registry that sends nothing for this long is given up on.
     pub read_timeout: Duration,
     pub connect_timeout: Duration,
@@ -100,6 +103,7 @@ impl StoreConfig {
             root: root.into(),
             http_registries: Vec::new(),
             max_image_bytes: 4 << 30,
+            owner_shift: 0,
             read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
         }
@@ -301,7 +305,8 @@ impl ImageStore {
         ));
         remove(&tmp)?;
         let rootfs = tmp.join(ROOTFS);
-        std::fs::create_dir_all(&rootfs).map_err(io_at(&rootfs))?;
+        std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
+        make_rootfs(&rootfs)?;
         let built = self
             .build(reference, &layers, &tmp, &rootfs, config, manifest_digest)
             .await;
@@ -328,10 +333,11 @@ impl ImageStore {
         for (i, layer) in layers.iter().enumerate() {
             let blob = tmp.join(format!("layer-{i}"));
             self.blob_to_file(reference, layer, &blob).await?;
-            let (root, file, limit) = (
+            let (root, file, limit, shift) = (
                 rootfs.to_owned(),
                 blob.clone(),
                 self.config.max_image_bytes.saturating_sub(bytes),
+                self.config.owner_shift,
             );
             let compression =
                 Compression::of(&layer.media_type).map_err(|source| ImageError::Unpack {
@@ -343,7 +349,7 @@ impl ImageStore {
                     path: file.clone(),
                     source,
                 })?;
-                let mut u = Unpacker::new(&root, limit);
+                let mut u = Unpacker::new(&root, limit).with_shift(shift);
                 u.apply(std::io::BufReader::new(f), compression)?;
                 Ok::<_, UnpackError>(u.unpacked())
             })
@@ -543,8 +549,79 @@ impl ImageStore {
     }
 }
 
-/// Removes `path`, a file or a directory tree; nothing there is fine.
+/// The magic number of btrfs in `statfs`.
+const BTRFS_MAGIC: i64 = 0x9123_683e;
+
+/// A root filesystem's directory: a btrfs subvolume where the cache is on
+/// btrfs (so each container's root is a snapshot of it), else a directory.
+fn make_rootfs(path: &Path) -> Result<(), ImageError> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let on_btrfs = nix::sys::statfs::statfs(parent)
+        .map_err(|e| ImageError::Io {
+            path: parent.to_owned(),
+            source: std::io::Error::from(e),
+        })?
+        .filesystem_type()
+        .0 as i64
+        == BTRFS_MAGIC;
+    if !on_btrfs {
+        return std::fs::create_dir(path).map_err(io_at(path));
+    }
+    let out = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(path)
+        .output()
+        .map_err(io_at(path))?;
+    if !out.status.success() {
+        return Err(ImageError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!(
+                "btrfs subvolume create: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// Deletes the subvolumes at or below `path` (a root filesystem made by
+/// [`make_rootfs`]), so the tree can then be removed as files.
+fn delete_subvolumes(path: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::MetadataExt;
+    const SUBVOLUME_ROOT_INO: u64 = 256;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    if meta.ino() != SUBVOLUME_ROOT_INO {
+        for entry in std::fs::read_dir(path).map_err(io_at(path))? {
+            delete_subvolumes(&entry.map_err(io_at(path))?.path())?;
+        }
+        return Ok(());
+    }
+    let out = std::process::Command::new("btrfs")
+        .args(["subvolume", "delete"])
+        .arg(path)
+        .output()
+        .map_err(io_at(path))?;
+    if !out.status.success() {
+        return Err(ImageError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!(
+                "btrfs subvolume delete: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// Removes `path`, a file or a directory tree (subvolumes included);
+/// nothing there is fine.
 fn remove(path: &Path) -> Result<(), ImageError> {
+    delete_subvolumes(path)?;
     let result = match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),

@@ -81,6 +81,9 @@ pub struct Unpacked {
 pub struct Unpacker<'a> {
     root: &'a Path,
     limit: u64,
+    /// Added to every owner: an image for containers whose root is mapped
+    /// to an unprivileged range of the node's ids.
+    shift: u32,
     done: Unpacked,
 }
 
@@ -93,8 +96,16 @@ impl<'a> Unpacker<'a> {
         Unpacker {
             root,
             limit,
+            shift: 0,
             done: Unpacked::default(),
         }
+    }
+
+    /// Owners are written `shift` higher (uid 0 in the layer is `shift` on
+    /// disk).
+    pub fn with_shift(mut self, shift: u32) -> Self {
+        self.shift = shift;
+        self
     }
 
     /// What was made so far.
@@ -142,9 +153,10 @@ impl<'a> Unpacker<'a> {
             let dst = dir.join(&name);
             let header = entry.header().clone();
             let mode = header.mode().map_err(UnpackError::Archive)? & 0o7777;
+            let shift = u64::from(self.shift);
             let owner = (
-                header.uid().map_err(UnpackError::Archive)?,
-                header.gid().map_err(UnpackError::Archive)?,
+                header.uid().map_err(UnpackError::Archive)? + shift,
+                header.gid().map_err(UnpackError::Archive)? + shift,
             );
             use tar::EntryType as T;
             match header.entry_type() {
@@ -246,8 +258,8 @@ impl<'a> Unpacker<'a> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir(&at).map_err(io_at(&at))?;
-                    fs::set_permissions(&at, fs::Permissions::from_mode(0o755))
-                        .map_err(io_at(&at))?;
+                    let root = u64::from(self.shift);
+                    set_owner_mode(&at, (root, root), Some(0o755))?;
                 }
                 Err(e) => return Err(io_at(&at)(e)),
             }

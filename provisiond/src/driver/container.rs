@@ -1,0 +1,758 @@
+//! The container driver: a `container` workload is an OCI image run under
+//! runc, in a network namespace of its own on its tenant network, with its
+//! volumes mounted.
+//!
+//! `ensure` makes, in order and each idempotently: the image in the cache
+//! ([`crate::image::ImageStore`], pulled once by digest); the root
+//! filesystem, a storaged volume `r<contract>-<workload>` that starts as a
+//! writable snapshot of the unpacked image, limited to `size`; the network
+//! namespace, which netd makes on the tenant bridge at the address asked
+//! (`c-<id>`, `eth0`, default route); the runc bundle (`config.json` from
+//! `oci-spec`'s defaults, which are `runc spec`'s: default capabilities,
+//! `no_new_privileges`, masked and read-only paths); then runc. The
+//! container's id is `k-` and 10 hex digits of the MD5 of (contract,
+//! workload). Root in the container is not root on the node: a user
+//! namespace maps the container's ids 0–65535 to the node's `uid_base`…,
+//! and images are unpacked with their owners moved there. CPU and memory
+//! are limited through the cgroup `/grove/<id>`. stdout and stderr go to a
+//! size-limited log. A [`Watch`] looks at every container each second and
+//! starts one that stopped again, with a backoff, counting restarts and
+//! OOM kills. A restarted provisiond finds its containers running (runc's
+//! state) and adopts them: nothing starts twice.
+//!
+//! Limits: runc's seccomp profile is not set (runc 1.1's default spec has
+//! none); the exit code of a container adopted after a provisiond restart
+//! is not known; the log keeps its last half when it reaches its limit, and
+//! lines written during that cut are lost.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use netd::client::NetdClient;
+use netd::tenant::input::{AttachKind, AttachRequest};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use storaged::client::StoragedClient;
+use storaged::volume::VolumeRequest;
+
+use super::{Driver, DriverError, DriverFuture, Target, disk_name, is_not_found, netid};
+use crate::deployment::workload::WorkloadType;
+use crate::deployment::workload::container::Container;
+use crate::image::ImageStore;
+
+/// How many ids of the node a container's user namespace maps.
+pub const ID_RANGE: u32 = 65_536;
+/// The most a container's log keeps.
+pub const LOG_LIMIT: u64 = 1 << 20;
+const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// `k-` and 10 hex digits of the MD5 of (contract, workload): a
+/// container's id, its bundle's and namespace's name (netd's names allow
+/// 13 characters).
+pub fn container_id(contract: u64, workload: &str) -> String {
+    let digest = Md5::digest(format!("{contract}:{workload}").as_bytes());
+    let mut hex = hex::encode(digest);
+    hex.truncate(10);
+    format!("k-{hex}")
+}
+
+/// Whether `id` is a container id provisiond makes.
+pub fn is_container_id(id: &str) -> bool {
+    id.len() == 12
+        && id.starts_with("k-")
+        && id[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `r<contract>-<workload>`: the volume holding a container's root
+/// filesystem (not `c…`, which names the deployment's own volumes).
+pub fn rootfs_name(contract: u64, workload: &str) -> String {
+    format!("r{contract}-{workload}")
+}
+
+/// Where the driver keeps things and what it runs.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Bundles and logs, one directory per container.
+    pub dir: PathBuf,
+    /// netd's namespace directory: a container joins `<netns>/c-<id>`.
+    pub netns: PathBuf,
+    pub runc: PathBuf,
+    /// The node's id that is root in every container.
+    pub uid_base: u32,
+}
+
+/// What the driver remembers of a container beside its bundle, to remove
+/// it without its deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    netid: String,
+    rootfs: String,
+}
+
+/// One container's life as the [`Watch`] sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Life {
+    pub state: String,
+    pub restarts: u32,
+    pub oom_kills: u64,
+    pub last_exit: Option<String>,
+    #[serde(skip)]
+    next_start: Option<Instant>,
+}
+
+/// The containers the driver keeps running.
+#[derive(Debug, Default)]
+pub struct Watch {
+    lives: Mutex<BTreeMap<String, Life>>,
+}
+
+impl Watch {
+    /// What the watch knows of container `id`.
+    pub fn life(&self, id: &str) -> Option<Life> {
+        self.lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn track(&self, id: &str) {
+        self.lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_insert_with(|| Life {
+                state: "running".into(),
+                ..Life::default()
+            });
+    }
+
+    fn forget(&self, id: &str) {
+        self.lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Life)) {
+        if let Some(life) = self
+            .lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)
+        {
+            f(life);
+        }
+    }
+}
+
+/// `container` → runc.
+#[derive(Debug, Clone)]
+pub struct ContainerDriver {
+    storaged: StoragedClient,
+    netd: NetdClient,
+    images: Arc<ImageStore>,
+    config: ContainerConfig,
+    watch: Arc<Watch>,
+}
+
+impl ContainerDriver {
+    pub fn new(
+        storaged: StoragedClient,
+        netd: NetdClient,
+        images: Arc<ImageStore>,
+        config: ContainerConfig,
+    ) -> Self {
+        Self {
+            storaged,
+            netd,
+            images,
+            config,
+            watch: Arc::new(Watch::default()),
+        }
+    }
+
+    /// The containers' lives, for results and the dashboard.
+    pub fn watch(&self) -> Arc<Watch> {
+        self.watch.clone()
+    }
+
+    /// Looks at every container every `every`, and starts again (with a
+    /// backoff) those that stopped. Runs until dropped.
+    pub async fn keep_running(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            for id in self.watch.ids() {
+                self.look_after(&id).await;
+            }
+        }
+    }
+
+    async fn look_after(&self, id: &str) {
+        let Ok(state) = self.runc_state(id).await else {
+            return;
+        };
+        if state.as_deref() == Some("running") {
+            self.watch.update(id, |l| l.state = "running".into());
+            return;
+        }
+        let ooms = self.oom_kills(id);
+        let now = Instant::now();
+        let mut due = false;
+        self.watch.update(id, |life| {
+            if life.state == "running" {
+                life.last_exit = Some(if ooms > life.oom_kills {
+                    "killed: out of memory".to_owned()
+                } else {
+                    format!("exited ({})", state.as_deref().unwrap_or("gone"))
+                });
+                life.oom_kills = life.oom_kills.max(ooms);
+                let backoff = Duration::from_secs(1 << life.restarts.min(6));
+                life.next_start = Some(now + backoff);
+                life.state = "restarting".into();
+            }
+            due = life.next_start.is_some_and(|t| t <= now);
+        });
+        if !due {
+            return;
+        }
+        match self.start(id).await {
+            Ok(()) => self.watch.update(id, |l| {
+                l.restarts += 1;
+                l.state = "running".into();
+                l.next_start = None;
+            }),
+            Err(e) => {
+                tracing::warn!(container = id, error = %e, "cannot start the container again");
+                self.watch.update(id, |l| {
+                    l.restarts += 1;
+                    let backoff = Duration::from_secs(1 << l.restarts.min(6));
+                    l.next_start = Some(Instant::now() + backoff);
+                });
+            }
+        }
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.config.dir.join(id)
+    }
+
+    /// The OOM kills the container's memory cgroup counted.
+    fn oom_kills(&self, id: &str) -> u64 {
+        let path = Path::new("/sys/fs/cgroup/memory/grove")
+            .join(id)
+            .join("memory.oom_control");
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    async fn runc(&self, args: &[&str]) -> Result<std::process::Output, DriverError> {
+        let run = tokio::process::Command::new(&self.config.runc)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(RUNC_TIMEOUT, run)
+            .await
+            .map_err(|_elapsed| {
+                DriverError::Unavailable(format!("runc {args:?} took over {RUNC_TIMEOUT:?}"))
+            })?
+            .map_err(|e| DriverError::Refused(format!("cannot run runc: {e}")))
+    }
+
+    /// runc's status of `id` (`running`, `stopped`, …), `None` when runc
+    /// has no such container.
+    async fn runc_state(&self, id: &str) -> Result<Option<String>, DriverError> {
+        let out = self.runc(&["state", id]).await?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| DriverError::Unavailable(format!("runc state {id}: {e}")))?;
+        Ok(state["status"].as_str().map(str::to_owned))
+    }
+
+    /// Starts the container from its bundle unless it runs: a stopped one
+    /// is deleted first.
+    async fn start(&self, id: &str) -> Result<(), DriverError> {
+        match self.runc_state(id).await?.as_deref() {
+            Some("running") => return Ok(()),
+            Some(_) => {
+                self.runc(&["delete", "--force", id]).await?;
+            }
+            None => {}
+        }
+        let bundle = self.bundle(id);
+        let log_path = bundle.join("log");
+        trim_log(&log_path);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| DriverError::Refused(format!("the log of {id}: {e}")))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| DriverError::Refused(format!("the log of {id}: {e}")))?;
+        let bundle_text = bundle.display().to_string();
+        let pid_file = bundle.join("pid").display().to_string();
+        let run = tokio::process::Command::new(&self.config.runc)
+            .args([
+                "run",
+                "--detach",
+                "--bundle",
+                &bundle_text,
+                "--pid-file",
+                &pid_file,
+                id,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true)
+            .status();
+        let status = tokio::time::timeout(RUNC_TIMEOUT, run)
+            .await
+            .map_err(|_elapsed| {
+                DriverError::Unavailable(format!("runc run {id} took over {RUNC_TIMEOUT:?}"))
+            })?
+            .map_err(|e| DriverError::Refused(format!("cannot run runc: {e}")))?;
+        if !status.success() {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = tail.lines().last().unwrap_or("no output").to_owned();
+            return Err(DriverError::Refused(format!(
+                "runc could not start container {id}: {last}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// netd's namespace `c-<id>` on `netid` at `ip`: attached, or found
+    /// attached already at that address.
+    async fn attach(&self, netid: &str, id: &str, ip: &str) -> Result<PathBuf, DriverError> {
+        let network = self.netd.network(netid).await.map_err(|e| {
+            if is_not_found(&e) {
+                DriverError::Refused(format!(
+                    "network {netid} is not on this node: deploy its network workload first"
+                ))
+            } else {
+                DriverError::from(e)
+            }
+        })?;
+        let ours = network.attachments.iter().find(|a| a.name == id);
+        let view = match ours {
+            Some(a) if a.address.split('/').next() == Some(ip) => a.clone(),
+            Some(_) => {
+                self.netd.detach(netid, id).await?;
+                self.attach_new(netid, id, ip).await?
+            }
+            None => self.attach_new(netid, id, ip).await?,
+        };
+        let ns = view.namespace.ok_or_else(|| {
+            DriverError::Refused(format!("netd gave container {id} no namespace"))
+        })?;
+        Ok(self.config.netns.join(ns))
+    }
+
+    async fn attach_new(
+        &self,
+        netid: &str,
+        id: &str,
+        ip: &str,
+    ) -> Result<netd::tenant::view::AttachmentView, DriverError> {
+        let request = AttachRequest {
+            name: id.to_owned(),
+            kind: AttachKind::Namespace,
+            address: Some(ip.to_owned()),
+        };
+        Ok(self.netd.attach(netid, &request).await?)
+    }
+
+    /// The spec of container `id`.
+    fn spec(
+        &self,
+        id: &str,
+        c: &Container,
+        image: &crate::image::Image,
+        rootfs: &Path,
+        netns: &Path,
+        binds: &[(PathBuf, String)],
+    ) -> Result<Spec, DriverError> {
+        let bad =
+            |e: oci_spec::OciSpecError| DriverError::Refused(format!("the spec of {id}: {e}"));
+        let args = if c.entrypoint.is_empty() {
+            image
+                .config
+                .entrypoint
+                .iter()
+                .chain(&image.config.cmd)
+                .cloned()
+                .collect::<Vec<_>>()
+        } else {
+            c.entrypoint.clone()
+        };
+        if args.is_empty() {
+            return Err(DriverError::Refused(format!(
+                "container {id}: neither the workload nor the image names a program to run"
+            )));
+        }
+        let mut env: BTreeMap<String, String> = image
+            .config
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        env.entry("PATH".into()).or_insert_with(|| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+        env.extend(c.env.clone());
+        let mut spec = Spec::default();
+        let defaults = spec.process().clone().unwrap_or_default();
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(defaults.user().clone())
+            .args(args)
+            .env(
+                env.into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>(),
+            )
+            .cwd(
+                image
+                    .config
+                    .working_dir
+                    .clone()
+                    .unwrap_or_else(|| "/".into()),
+            )
+            .capabilities(defaults.capabilities().clone().unwrap_or_default())
+            .rlimits(defaults.rlimits().clone().unwrap_or_default())
+            .no_new_privileges(true)
+            .build()
+            .map_err(bad)?;
+        spec.set_process(Some(process));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(false)
+                .build()
+                .map_err(bad)?,
+        ));
+        spec.set_hostname(Some(id.to_owned()));
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for (source, destination) in binds {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(destination)
+                    .typ("bind")
+                    .source(source)
+                    .options(vec!["rbind".into(), "rw".into()])
+                    .build()
+                    .map_err(bad)?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+        let linux_defaults = spec.linux().clone().unwrap_or_default();
+        let mut namespaces = Vec::new();
+        for typ in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::User,
+        ] {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(typ)
+                    .build()
+                    .map_err(bad)?,
+            );
+        }
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(netns)
+                .build()
+                .map_err(bad)?,
+        );
+        let ids = vec![
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(self.config.uid_base)
+                .size(ID_RANGE)
+                .build()
+                .map_err(bad)?,
+        ];
+        let period: u64 = 100_000;
+        let resources = LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(i64::try_from(c.compute_capacity.memory).unwrap_or(i64::MAX))
+                    .build()
+                    .map_err(bad)?,
+            )
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .period(period)
+                    .quota(i64::from(c.compute_capacity.cpu) * period as i64)
+                    .build()
+                    .map_err(bad)?,
+            )
+            .build()
+            .map_err(bad)?;
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .uid_mappings(ids.clone())
+            .gid_mappings(ids)
+            .resources(resources)
+            .cgroups_path(PathBuf::from(format!("/grove/{id}")))
+            .masked_paths(linux_defaults.masked_paths().clone().unwrap_or_default())
+            .readonly_paths(linux_defaults.readonly_paths().clone().unwrap_or_default())
+            .build()
+            .map_err(bad)?;
+        spec.set_linux(Some(linux));
+        Ok(spec)
+    }
+
+    /// Gives a volume's top directory to the containers' root, once: a
+    /// new volume is root's of the node, which root in a container is not.
+    fn hand_over(&self, path: &Path) -> Result<(), DriverError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| DriverError::Refused(format!("volume {}: {e}", path.display())))?;
+        if meta.uid() == 0 {
+            let base = Some(self.config.uid_base);
+            std::os::unix::fs::chown(path, base, base)
+                .map_err(|e| DriverError::Refused(format!("volume {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    async fn make(&self, target: Target<'_>) -> Result<serde_json::Value, DriverError> {
+        let name = target.workload.name.as_str();
+        let crate::deployment::workload::WorkloadData::Container(c) = &target.workload.data else {
+            return Err(DriverError::Refused(format!(
+                "workload '{name}' is not a container"
+            )));
+        };
+        let id = container_id(target.contract, name);
+        let image_ref = c
+            .image_ref()
+            .map_err(|i| DriverError::Refused(format!("{}: {}", i.field, i.problem)))?;
+        let image = self
+            .images
+            .ensure(&image_ref)
+            .await
+            .map_err(|e| DriverError::Refused(e.to_string()))?;
+        let pool = target
+            .pool
+            .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
+        let rootfs_volume = rootfs_name(target.contract, name);
+        let rootfs = self
+            .storaged
+            .ensure_volume(
+                &rootfs_volume,
+                &VolumeRequest {
+                    pool: pool.to_owned(),
+                    size: c.size,
+                    snapshot_of: Some(image.rootfs.clone()),
+                },
+            )
+            .await?;
+        let volumes = self.storaged.volumes().await?;
+        let mut binds = Vec::new();
+        for mount in &c.mounts {
+            let wanted = disk_name(target.contract, mount.name.as_str());
+            let volume = volumes.iter().find(|v| v.name == wanted).ok_or_else(|| {
+                DriverError::Unavailable(format!("volume {wanted} is not made yet"))
+            })?;
+            self.hand_over(&volume.path)?;
+            binds.push((volume.path.clone(), mount.mountpoint.clone()));
+        }
+        let network = netid(target.twin, c.interface.network.as_str());
+        let ip = c.interface.ip.0.to_string();
+        let netns = self.attach(&network, &id, &ip).await?;
+        let spec = self.spec(&id, c, &image, &rootfs.path, &netns, &binds)?;
+        let text = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| DriverError::Refused(format!("the spec of {id}: {e}")))?;
+        let meta = serde_json::to_vec(&Meta {
+            netid: network,
+            rootfs: rootfs_volume,
+        })
+        .map_err(|e| DriverError::Refused(format!("container {id}: {e}")))?;
+        let bundle = self.bundle(&id);
+        let config_path = bundle.join("config.json");
+        let unchanged = std::fs::read(&config_path).is_ok_and(|old| old == text);
+        if !unchanged {
+            // A new spec (an update): the running container stops first.
+            self.stop(&id).await?;
+            let (b, t) = (bundle.clone(), text.clone());
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                std::fs::create_dir_all(&b)?;
+                let write = |name: &str, bytes: &[u8]| {
+                    grove_daemon::fsutil::write_atomic(&b.join(name), bytes, 0o600)
+                        .map_err(std::io::Error::other)
+                };
+                write("meta.json", &meta)?;
+                write("config.json", &t)
+            })
+            .await
+            .map_err(|e| DriverError::Unavailable(e.to_string()))?
+            .map_err(|e| DriverError::Refused(format!("the bundle of {id}: {e}")))?;
+        }
+        self.start(&id).await?;
+        self.watch.track(&id);
+        Ok(json!({"id": id, "ip": ip, "image": image.manifest}))
+    }
+
+    /// Stops container `id` (SIGTERM, then SIGKILL after a grace) and
+    /// deletes it from runc; an absent one is fine.
+    async fn stop(&self, id: &str) -> Result<(), DriverError> {
+        if self.runc_state(id).await?.is_none() {
+            return Ok(());
+        }
+        self.runc(&["kill", id, "TERM"]).await?;
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if self.runc_state(id).await?.as_deref() != Some("running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let out = self.runc(&["delete", "--force", id]).await?;
+        if !out.status.success() && self.runc_state(id).await?.is_some() {
+            return Err(DriverError::Unavailable(format!(
+                "runc delete {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn unmake(&self, id: &str) -> Result<(), DriverError> {
+        self.watch.forget(id);
+        self.stop(id).await?;
+        let bundle = self.bundle(id);
+        if let Ok(bytes) = std::fs::read(bundle.join("meta.json"))
+            && let Ok(meta) = serde_json::from_slice::<Meta>(&bytes)
+        {
+            match self.netd.detach(&meta.netid, id).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.storaged.delete_volume(&meta.rootfs).await?;
+        }
+        match tokio::fs::remove_dir_all(&bundle).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::Refused(format!("bundle of {id}: {e}"))),
+        }
+    }
+}
+
+/// Keeps the last half of a log that reached [`LOG_LIMIT`].
+fn trim_log(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.len() < LOG_LIMIT {
+        return;
+    }
+    if let Ok(bytes) = std::fs::read(path) {
+        let keep = &bytes[bytes.len() - (LOG_LIMIT / 2) as usize..];
+        if let Err(e) = std::fs::write(path, keep) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cut a container log");
+        }
+    }
+}
+
+impl Driver for ContainerDriver {
+    fn kind(&self) -> WorkloadType {
+        WorkloadType::Container
+    }
+
+    fn object(&self, _twin: u32, contract: u64, name: &str) -> String {
+        container_id(contract, name)
+    }
+
+    fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, serde_json::Value> {
+        Box::pin(self.make(target))
+    }
+
+    fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(self.unmake(object))
+    }
+
+    fn objects(&self) -> DriverFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let mut ids: Vec<String> = match std::fs::read_dir(&self.config.dir) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| is_container_id(n))
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    return Err(DriverError::Unavailable(format!(
+                        "{}: {e}",
+                        self.config.dir.display()
+                    )));
+                }
+            };
+            let listed = self.runc(&["list", "--quiet"]).await?;
+            ids.extend(
+                String::from_utf8_lossy(&listed.stdout)
+                    .lines()
+                    .filter(|l| is_container_id(l))
+                    .map(str::to_owned),
+            );
+            ids.sort();
+            ids.dedup();
+            Ok(ids)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names_are_provisionds_own() {
+        let id = container_id(42, "app");
+        assert_eq!(id, container_id(42, "app"));
+        assert_ne!(id, container_id(43, "app"));
+        assert!(is_container_id(&id), "{id}");
+        assert_eq!(id.len(), 12);
+        for other in ["k-123", "c-0123456789", "k-0123456789A", "web"] {
+            assert!(!is_container_id(other), "{other}");
+        }
+        assert_eq!(rootfs_name(42, "app"), "r42-app");
+        assert!(!super::super::is_disk_name(&rootfs_name(42, "app")));
+    }
+}
