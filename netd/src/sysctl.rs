@@ -34,6 +34,16 @@ pub const TENANT_INSIDE: [(&str, &str); 3] = [
     FORWARD,
 ];
 
+/// The settings inside a workload's own namespace (a container's): no
+/// IPv6 (the tenant network is IPv4), and every port bindable by the
+/// workload's root, which is root of its own user namespace only and not
+/// of this namespace (netd's, made by the node's root).
+pub const WORKLOAD_INSIDE: [(&str, &str); 3] = [
+    ("net/ipv6/conf/default/disable_ipv6", "1"),
+    ("net/ipv6/conf/all/disable_ipv6", "1"),
+    ("net/ipv4/ip_unprivileged_port_start", "0"),
+];
+
 /// A `/proc/sys` tree.
 #[derive(Debug, Clone)]
 pub struct Sysctls {

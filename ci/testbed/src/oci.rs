@@ -302,6 +302,17 @@ pub fn busybox_layer() -> Result<Vec<u8>, PushError> {
     Ok(layer(&refs))
 }
 
+/// An OCI client for the plain HTTP test registry.
+fn client() -> oci_client::Client {
+    // rustls needs one process-wide crypto provider; one installed already
+    // is as good.
+    let _already = rustls::crypto::ring::default_provider().install_default();
+    oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    })
+}
+
 /// An image pushed to a registry.
 #[derive(Debug, Clone)]
 pub struct Pushed {
@@ -322,10 +333,7 @@ pub async fn push(
     arch: &str,
     run: serde_json::Value,
 ) -> Result<Pushed, PushError> {
-    let client = oci_client::Client::new(oci_client::client::ClientConfig {
-        protocol: oci_client::client::ClientProtocol::Http,
-        ..Default::default()
-    });
+    let client = client();
     let failed = |source| PushError::Registry {
         host: host.to_owned(),
         source,
@@ -374,10 +382,7 @@ pub async fn push_index(
     repo: &str,
     entries: &[(&Pushed, &str)],
 ) -> Result<(String, Vec<u8>), PushError> {
-    let client = oci_client::Client::new(oci_client::client::ClientConfig {
-        protocol: oci_client::client::ClientProtocol::Http,
-        ..Default::default()
-    });
+    let client = client();
     let manifests: Vec<serde_json::Value> = entries
         .iter()
         .map(|(p, arch)| {

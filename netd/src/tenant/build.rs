@@ -376,12 +376,19 @@ async fn ensure_workload_namespace(
     let (name, netid) = (&attachment.name, live.network.netid());
     let ns = name.namespace();
     let (dir, made) = (env.dir.clone(), ns.clone());
-    let file = blocking(move || {
-        dir.create(&made)?;
-        Ok(dir.open(&made)?)
+    let file = Arc::new(
+        blocking(move || {
+            dir.create(&made)?;
+            Ok(dir.open(&made)?)
+        })
+        .await?,
+    );
+    let sysctls = env.sysctls.clone();
+    netns::run_in_async(file.clone(), ns.clone(), move || {
+        sysctls.ensure_all(&sysctl::WORKLOAD_INSIDE)
     })
-    .await?;
-    let workload = Netlink::inside(Arc::new(file), &ns).await?;
+    .await??;
+    let workload = Netlink::inside(file, &ns).await?;
     let port = name.port();
     if live.inside.link(&port).await?.is_none() || workload.link(ETH0).await?.is_none() {
         // Half a pair is no pair.

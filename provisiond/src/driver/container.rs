@@ -21,7 +21,9 @@
 //! state) and adopts them: nothing starts twice.
 //!
 //! Limits: runc's seccomp profile is not set (runc 1.1's default spec has
-//! none); the exit code of a container adopted after a provisiond restart
+//! none); `/sys` is an empty read-only tmpfs (sysfs cannot be mounted from
+//! a user namespace into netd's network namespace, and the node's is not
+//! the tenant's to read); the exit code of a container adopted after a provisiond restart
 //! is not known; the log keeps its last half when it reaches its limit, and
 //! lines written during that cut are lost.
 
@@ -465,7 +467,30 @@ impl ContainerDriver {
                 .map_err(bad)?,
         ));
         spec.set_hostname(Some(id.to_owned()));
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        // sysfs cannot be mounted from a user namespace that does not own
+        // the network namespace (netd's, made by root); the container gets
+        // an empty read-only /sys instead of the node's.
+        let mut mounts: Vec<_> = spec
+            .mounts()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| !m.destination().starts_with("/sys"))
+            .collect();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/sys")
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec![
+                    "nosuid".into(),
+                    "noexec".into(),
+                    "nodev".into(),
+                    "ro".into(),
+                ])
+                .build()
+                .map_err(bad)?,
+        );
         for (source, destination) in binds {
             mounts.push(
                 MountBuilder::default()

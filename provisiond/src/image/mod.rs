@@ -306,7 +306,7 @@ impl ImageStore {
         remove(&tmp)?;
         let rootfs = tmp.join(ROOTFS);
         std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
-        make_rootfs(&rootfs)?;
+        make_rootfs(&rootfs, self.config.owner_shift)?;
         let built = self
             .build(reference, &layers, &tmp, &rootfs, config, manifest_digest)
             .await;
@@ -552,9 +552,15 @@ impl ImageStore {
 /// The magic number of btrfs in `statfs`.
 const BTRFS_MAGIC: i64 = 0x9123_683e;
 
-/// A root filesystem's directory: a btrfs subvolume where the cache is on
-/// btrfs (so each container's root is a snapshot of it), else a directory.
-fn make_rootfs(path: &Path) -> Result<(), ImageError> {
+/// A root filesystem's directory, owned by `owner` (the image's root): a
+/// btrfs subvolume where the cache is on btrfs (so each container's root
+/// is a snapshot of it), else a directory.
+fn make_rootfs(path: &Path, owner: u32) -> Result<(), ImageError> {
+    make_rootfs_dir(path)?;
+    std::os::unix::fs::chown(path, Some(owner), Some(owner)).map_err(io_at(path))
+}
+
+fn make_rootfs_dir(path: &Path) -> Result<(), ImageError> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     let on_btrfs = nix::sys::statfs::statfs(parent)
         .map_err(|e| ImageError::Io {

@@ -1,0 +1,262 @@
+//! Containers on a real node: provisiond pulls a busybox image by digest
+//! from a real OCI registry on the farm LAN (made here, pushed with the same
+//! client), and runs it under runc on the tenant network with a volume.
+//!
+//! Shows: the deployment (network, volume, container) reaches `ok`; the
+//! container answers HTTP at its address from the tenant network; root in
+//! it is not root on the node (a user namespace onto the node's
+//! unprivileged range); it sees only its own processes; it writes to its
+//! volume; killed, it is started again and the volume keeps what it wrote;
+//! a cancel removes the container, its namespace, its root volume and its
+//! bundle.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use grove_testbed::oci::{self, OciRegistry};
+use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, tenant, wait_until};
+use provisiond::api::{ContractFacts, DeploymentState, DeploymentView, Submission, TwinKeyFacts};
+use provisiond::client::ProvisiondClient;
+use provisiond::deployment::Deployment;
+use provisiond::deployment::sign::sign_ed25519;
+use provisiond::driver::container::{container_id, rootfs_name};
+use provisiond::driver::{disk_name, netid};
+use serde_json::json;
+
+const NODE_ID: u32 = 1;
+const TWIN: u32 = 31;
+const CONTRACT: u64 = 7;
+const MIB: u64 = 1 << 20;
+/// provisiond's default: the node's id that root in a container is.
+const UID_BASE: u32 = 1_000_000;
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[31; 32])
+}
+
+fn client(node: &Node) -> ProvisiondClient {
+    ProvisiondClient::new(node.socket(Daemon::Provisiond).expect("node runs"))
+}
+
+fn run(node: &Node, argv: &[&str]) -> (bool, String) {
+    node.exec_text(argv).expect("runs")
+}
+
+/// A node whose provisiond pulls from `registry` over plain HTTP.
+fn start() -> (Farm, OciRegistry) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
+    );
+    let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(2048)]);
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
+        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let registry =
+        OciRegistry::start(IpAddr::V4(farm.host_ip())).unwrap_or_else(|e| panic!("registry: {e}"));
+    let node = farm.node(0);
+    node.set_config(
+        Daemon::Provisiond,
+        &format!(
+            "node_id = {NODE_ID}\nhttp_registries = [\"{}\"]\n",
+            registry.host()
+        ),
+    )
+    .expect("config");
+    node.start_agent().expect("boot");
+    assert!(
+        node.wait_answers(Daemon::Provisiond, "/v1/capacity", Duration::from_secs(90)),
+        "provisiond never answered\n{}",
+        farm.logs(60)
+    );
+    (farm, registry)
+}
+
+fn submission(workloads: Vec<serde_json::Value>) -> Submission {
+    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": CONTRACT,
+        "metadata": "", "description": "", "expiration": 0,
+        "signature_requirement": {"requests": [{"twin_id": TWIN, "required": false, "weight": 1}],
+            "weight_required": 1, "signatures": [], "signature_style": ""},
+        "workloads": workloads});
+    let wire = sign_ed25519(&wire.to_string(), TWIN, &key()).expect("signs");
+    let d = Deployment::parse(wire.as_bytes()).expect("parses");
+    Submission {
+        deployment: wire,
+        contract: Some(ContractFacts {
+            contract_id: CONTRACT,
+            node_id: NODE_ID,
+            twin_id: TWIN,
+            state: "Created".into(),
+            deployment_hash: d.hash().hex(),
+        }),
+        twins: vec![TwinKeyFacts {
+            twin_id: TWIN,
+            account_key: hex::encode(key().verifying_key().to_bytes()),
+        }],
+    }
+}
+
+fn wait_state(farm: &Farm, state: DeploymentState, within: Duration) -> DeploymentView {
+    let client = client(farm.node(0));
+    let mut last = None;
+    let reached = wait_until(within, Duration::from_millis(200), || {
+        let view = block_on(client.deployment(CONTRACT)).expect("deployment answers");
+        let done = view.state == state;
+        last = Some(view);
+        done
+    });
+    let last = last.expect("asked at least once");
+    assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(80));
+    last
+}
+
+/// The pid of the container's first process, from runc.
+fn init_pid(node: &Node, id: &str) -> Option<u32> {
+    let (ok, out) = run(node, &["runc", "state", id]);
+    if !ok {
+        return None;
+    }
+    let state: serde_json::Value = serde_json::from_str(&out).ok()?;
+    (state["status"] == "running")
+        .then(|| state["pid"].as_u64())
+        .flatten()
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+#[test]
+fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_it_whole() {
+    let (farm, registry) = start();
+    let node = farm.node(0);
+    let layer = oci::busybox_layer().expect("a busybox layer");
+    let image = block_on(oci::push(
+        &registry.host(),
+        "grove/busybox",
+        &[layer],
+        "amd64",
+        json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
+    ))
+    .unwrap_or_else(|e| panic!("push: {e}"));
+
+    let ip = "10.210.1.5";
+    let network = json!({"version": 0, "name": "net", "type": "network", "metadata": "",
+        "description": "", "data": {"ip_range": "10.210.0.0/16", "subnet": "10.210.1.0/24",
+            "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+            "wireguard_listen_port": 3410, "peers": []}});
+    let volume = json!({"version": 0, "name": "data", "type": "volume", "metadata": "",
+        "description": "", "data": {"size": 50 * MIB}});
+    let container = json!({"version": 0, "name": "app", "type": "container", "metadata": "",
+        "description": "", "data": {
+            "image": image.reference,
+            "interface": {"network": "net", "ip": ip},
+            "compute_capacity": {"cpu": 1, "memory": 128 * MIB},
+            "size": 128 * MIB,
+            "mounts": [{"name": "data", "mountpoint": "/data"}],
+            "entrypoint": ["/bin/sh", "-c",
+                "echo started >> /data/boot; exec httpd -f -p 80 -h /www"],
+            "env": {"GREETING": "hi"}}});
+    block_on(client(node).deploy(&submission(vec![network, volume, container])))
+        .unwrap_or_else(|e| panic!("admitted: {e}"));
+    let view = wait_state(&farm, DeploymentState::Ok, Duration::from_secs(120));
+    let id = container_id(CONTRACT, "app");
+    let result = view.result("app").expect("a result").clone();
+    assert_eq!(result["data"]["id"], id, "{result}");
+    assert_eq!(result["data"]["ip"], ip, "{result}");
+
+    // It answers at its address from the tenant network.
+    let tenant_ns = format!("n-{}", netid(TWIN, "net"));
+    assert!(
+        tenant::reaches(
+            node,
+            Some(&tenant_ns),
+            ip.parse().expect("ip"),
+            Duration::from_secs(30)
+        ),
+        "{}",
+        farm.logs(40)
+    );
+    let url = format!("http://{ip}/index.html");
+    let (ok, page) = run(
+        node,
+        &[
+            "ip", "netns", "exec", &tenant_ns, "busybox", "wget", "-qO-", &url,
+        ],
+    );
+    assert!(ok && page.contains("grove container"), "{page}");
+
+    // Root inside is the node's unprivileged UID_BASE, and it sees only
+    // its own processes.
+    let pid = init_pid(node, &id).expect("running");
+    let (_, map) = run(node, &["cat", &format!("/proc/{pid}/uid_map")]);
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &UID_BASE.to_string(), "65536"],
+        "{map}"
+    );
+    let (_, owner) = run(node, &["stat", "-c", "%u", &format!("/proc/{pid}")]);
+    assert_eq!(owner.trim(), UID_BASE.to_string());
+    // The container's own view: its mount namespace (its /proc) and pid
+    // namespace, entered from the node.
+    let target = pid.to_string();
+    let (ok, ps) = run(node, &["nsenter", "-t", &target, "-m", "-p", "/bin/ps"]);
+    assert!(ok, "{ps}");
+    assert!(
+        !ps.contains("agent") && !ps.contains("storaged") && ps.lines().count() <= 4,
+        "the container sees other processes:\n{ps}"
+    );
+
+    // It wrote to its volume.
+    let storaged =
+        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
+    let volumes = block_on(storaged.volumes()).expect("volumes");
+    let data = volumes
+        .iter()
+        .find(|v| v.name == disk_name(CONTRACT, "data"))
+        .expect("the volume")
+        .path
+        .join("boot");
+    let boot = data.display().to_string();
+    assert_eq!(run(node, &["cat", &boot]).1, "started\n");
+    let root = volumes
+        .iter()
+        .find(|v| v.name == rootfs_name(CONTRACT, "app"))
+        .expect("the root volume");
+    assert_eq!(root.size, 128 * MIB);
+
+    // Killed, it starts again; the volume keeps what it wrote.
+    assert!(run(node, &["kill", "-9", &pid.to_string()]).0);
+    let again = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        init_pid(node, &id).is_some_and(|p| p != pid)
+    });
+    assert!(again, "not started again\n{}", farm.logs(40));
+    let twice = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        run(node, &["cat", &boot]).1 == "started\nstarted\n"
+    });
+    assert!(twice, "{}", run(node, &["cat", &boot]).1);
+
+    // A cancel removes everything the container had.
+    block_on(client(node).remove(CONTRACT)).expect("removal admitted");
+    wait_state(&farm, DeploymentState::Deleted, Duration::from_secs(60));
+    assert!(!run(node, &["runc", "state", &id]).0, "runc still has it");
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(
+        !netns.contains(&format!("c-{id}")) && !netns.contains(&tenant_ns),
+        "{netns}"
+    );
+    assert!(
+        block_on(storaged.volumes()).expect("volumes").is_empty(),
+        "volumes left"
+    );
+    let (_, bundles) = run(
+        node,
+        &["ls", "-A", "/var/cache/grove/provisiond/containers"],
+    );
+    assert!(!bundles.contains(&id), "bundle left: {bundles}");
+}
