@@ -80,8 +80,8 @@ fn start() -> (Farm, OciRegistry) {
     (farm, registry)
 }
 
-fn submission(workloads: Vec<serde_json::Value>) -> Submission {
-    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": CONTRACT,
+fn submission(contract: u64, workloads: Vec<serde_json::Value>) -> Submission {
+    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": contract,
         "metadata": "", "description": "", "expiration": 0,
         "signature_requirement": {"requests": [{"twin_id": TWIN, "required": false, "weight": 1}],
             "weight_required": 1, "signatures": [], "signature_style": ""},
@@ -91,7 +91,7 @@ fn submission(workloads: Vec<serde_json::Value>) -> Submission {
     Submission {
         deployment: wire,
         contract: Some(ContractFacts {
-            contract_id: CONTRACT,
+            contract_id: contract,
             node_id: NODE_ID,
             twin_id: TWIN,
             state: "Created".into(),
@@ -104,18 +104,25 @@ fn submission(workloads: Vec<serde_json::Value>) -> Submission {
     }
 }
 
-fn wait_state(farm: &Farm, state: DeploymentState, within: Duration) -> DeploymentView {
+fn wait_state(
+    farm: &Farm,
+    contract: u64,
+    state: DeploymentState,
+    within: Duration,
+) -> DeploymentView {
     let client = client(farm.node(0));
     let mut last = None;
     let reached = wait_until(within, Duration::from_millis(200), || {
-        let view = block_on(client.deployment(CONTRACT)).expect("deployment answers");
+        let Ok(view) = block_on(client.deployment(contract)) else {
+            // provisiond restarting.
+            return false;
+        };
         let done = view.state == state;
         last = Some(view);
         done
     });
-    let last = last.expect("asked at least once");
     assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(80));
-    last
+    last.expect("reached")
 }
 
 /// The pid of the container's first process, from runc.
@@ -162,9 +169,14 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
             "entrypoint": ["/bin/sh", "-c",
                 "echo started >> /data/boot; exec httpd -f -p 80 -h /www"],
             "env": {"GREETING": "hi"}}});
-    block_on(client(node).deploy(&submission(vec![network, volume, container])))
+    block_on(client(node).deploy(&submission(CONTRACT, vec![network, volume, container])))
         .unwrap_or_else(|e| panic!("admitted: {e}"));
-    let view = wait_state(&farm, DeploymentState::Ok, Duration::from_secs(120));
+    let view = wait_state(
+        &farm,
+        CONTRACT,
+        DeploymentState::Ok,
+        Duration::from_secs(120),
+    );
     let id = container_id(CONTRACT, "app");
     let result = view.result("app").expect("a result").clone();
     assert_eq!(result["data"]["id"], id, "{result}");
@@ -243,7 +255,12 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
 
     // A cancel removes everything the container had.
     block_on(client(node).remove(CONTRACT)).expect("removal admitted");
-    wait_state(&farm, DeploymentState::Deleted, Duration::from_secs(60));
+    wait_state(
+        &farm,
+        CONTRACT,
+        DeploymentState::Deleted,
+        Duration::from_secs(60),
+    );
     assert!(!run(node, &["runc", "state", &id]).0, "runc still has it");
     let (_, netns) = run(node, &["ip", "netns", "list"]);
     assert!(
@@ -259,4 +276,126 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
         &["ls", "-A", "/var/cache/grove/provisiond/containers"],
     );
     assert!(!bundles.contains(&id), "bundle left: {bundles}");
+}
+
+/// The names of what containers hold on the node: runc's containers, the
+/// workload namespaces, and the root volumes.
+fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (_, listed) = run(node, &["runc", "list", "-q"]);
+    let mut containers: Vec<String> = listed.lines().map(str::to_owned).collect();
+    containers.sort();
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    let mut namespaces: Vec<String> = netns
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("c-"))
+        .map(str::to_owned)
+        .collect();
+    namespaces.sort();
+    let storaged =
+        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
+    let mut roots: Vec<String> = block_on(storaged.volumes())
+        .expect("volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .filter(|n| n.starts_with('r'))
+        .collect();
+    roots.sort();
+    (containers, namespaces, roots)
+}
+
+fn kill_provisiond(farm: &Farm) {
+    let node = farm.node(0);
+    let old = node
+        .kill_daemon(Daemon::Provisiond)
+        .unwrap_or_else(|e| panic!("kill provisiond: {e}"));
+    assert!(
+        node.wait_restarted(Daemon::Provisiond, old, Duration::from_secs(60))
+            .is_some(),
+        "provisiond was not restarted\n{}",
+        farm.logs(60)
+    );
+}
+
+#[test]
+fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_adopts_them() {
+    let (farm, registry) = start();
+    let node = farm.node(0);
+    let image = block_on(oci::push(
+        &registry.host(),
+        "grove/busybox",
+        &[oci::busybox_layer().expect("a busybox layer")],
+        "amd64",
+        json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
+    ))
+    .unwrap_or_else(|e| panic!("push: {e}"));
+    // The twin's network, on its own contract.
+    let network = json!({"version": 0, "name": "net", "type": "network", "metadata": "",
+        "description": "", "data": {"ip_range": "10.211.0.0/16", "subnet": "10.211.1.0/24",
+            "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+            "wireguard_listen_port": 3411, "peers": []}});
+    block_on(client(node).deploy(&submission(10, vec![network]))).expect("admitted");
+    wait_state(&farm, 10, DeploymentState::Ok, Duration::from_secs(60));
+
+    // provisiond killed at a later moment of each container's deploy.
+    let contracts: Vec<u64> = (11..=15).collect();
+    let mut want = (Vec::new(), Vec::new(), Vec::new());
+    for (i, contract) in contracts.iter().enumerate() {
+        let container = json!({"version": 0, "name": "app", "type": "container",
+            "metadata": "", "description": "", "data": {
+                "image": image.reference,
+                "interface": {"network": "net", "ip": format!("10.211.1.{}", 10 + i)},
+                "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
+                "size": 64 * MIB}});
+        block_on(client(node).deploy(&submission(*contract, vec![container]))).expect("admitted");
+        std::thread::sleep(Duration::from_millis(
+            250 * u64::try_from(i).expect("small"),
+        ));
+        kill_provisiond(&farm);
+        wait_state(
+            &farm,
+            *contract,
+            DeploymentState::Ok,
+            Duration::from_secs(120),
+        );
+        let id = container_id(*contract, "app");
+        want.0.push(id.clone());
+        want.1.push(format!("c-{id}"));
+        want.2.push(rootfs_name(*contract, "app"));
+        want.0.sort();
+        want.1.sort();
+        want.2.sort();
+        assert_eq!(holdings(node), want, "contract {contract}: each once");
+    }
+
+    // A restarted provisiond adopts the running containers: no restart.
+    let pids: Vec<Option<u32>> = want.0.iter().map(|id| init_pid(node, id)).collect();
+    assert!(pids.iter().all(Option::is_some), "{pids:?}");
+    kill_provisiond(&farm);
+    for contract in &contracts {
+        wait_state(
+            &farm,
+            *contract,
+            DeploymentState::Ok,
+            Duration::from_secs(60),
+        );
+    }
+    let after: Vec<Option<u32>> = want.0.iter().map(|id| init_pid(node, id)).collect();
+    assert_eq!(after, pids, "a container was started again");
+
+    // provisiond killed during each removal.
+    for (i, contract) in contracts.iter().enumerate() {
+        block_on(client(node).remove(*contract)).expect("removal admitted");
+        std::thread::sleep(Duration::from_millis(
+            200 * u64::try_from(i).expect("small"),
+        ));
+        kill_provisiond(&farm);
+        wait_state(
+            &farm,
+            *contract,
+            DeploymentState::Deleted,
+            Duration::from_secs(60),
+        );
+    }
+    assert_eq!(holdings(node), (vec![], vec![], vec![]), "nothing left");
 }
