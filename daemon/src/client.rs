@@ -212,19 +212,34 @@ impl SocketClient {
         bytes: &[u8],
     ) -> Result<T, ClientError> {
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_not_json| String::from_utf8_lossy(bytes).into_owned());
-            return Err(ClientError::Status {
-                path: self.path.clone(),
-                status,
-                message,
-            });
+            return Err(self.refusal(status, bytes));
         }
         serde_json::from_slice(bytes).map_err(|source| ClientError::Decode {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// A non-2xx answer as an error: the daemon's `{"error"}` text, or the
+    /// body as it came.
+    fn refusal(&self, status: StatusCode, bytes: &[u8]) -> ClientError {
+        let message = serde_json::from_slice::<ErrorBody>(bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_not_json| String::from_utf8_lossy(bytes).into_owned());
+        ClientError::Status {
+            path: self.path.clone(),
+            status,
+            message,
+        }
+    }
+
+    /// GETs a plain-text answer (a log); non-2xx is an error.
+    pub async fn get_text(&self, uri: &str) -> Result<String, ClientError> {
+        let (status, bytes) = self.raw(Method::GET, uri, None).await?;
+        if !status.is_success() {
+            return Err(self.refusal(status, &bytes));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn get<T: DeserializeOwned>(&self, uri: &str) -> Result<T, ClientError> {

@@ -44,6 +44,16 @@ impl ProvisiondClient {
     }
 
     /// The deployment's history, oldest first.
+    /// The output of workload `name` (a container's stdout and stderr),
+    /// its last 256 KiB.
+    pub async fn logs(&self, contract_id: u64, name: &str) -> Result<String, ClientError> {
+        self.socket
+            .get_text(&format!(
+                "/v1/deployments/{contract_id}/workloads/{name}/logs"
+            ))
+            .await
+    }
+
     pub async fn changes(&self, contract_id: u64) -> Result<Vec<ChangeView>, ClientError> {
         self.socket
             .get(&format!("/v1/deployments/{contract_id}/changes"))

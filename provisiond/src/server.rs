@@ -42,7 +42,7 @@ impl IntoResponse for EngineError {
                 StatusCode::BAD_REQUEST
             }
             EngineError::NoNodeId => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::NotFound { .. } => StatusCode::NOT_FOUND,
+            EngineError::NotFound { .. } | EngineError::NoLogs { .. } => StatusCode::NOT_FOUND,
             EngineError::Exists { .. }
             | EngineError::Removed { .. }
             | EngineError::Busy { .. }
@@ -65,6 +65,10 @@ pub fn routes(engine: Engine) -> Router {
             get(show).put(update).delete(remove),
         )
         .route("/v1/deployments/{contract}/changes", get(changes))
+        .route(
+            "/v1/deployments/{contract}/workloads/{name}/logs",
+            get(logs),
+        )
         .route("/v1/capacity", get(capacity))
         .route("/v1/usage", get(usage))
         .route("/v1/node", put(node))
@@ -125,6 +129,16 @@ async fn show(
     Path(contract): Path<u64>,
 ) -> Result<Json<DeploymentView>, EngineError> {
     engine.deployment(contract).map(Json)
+}
+
+/// The most of a workload's output an answer carries.
+pub const LOG_ANSWER_LIMIT: u64 = 256 * 1024;
+
+async fn logs(
+    State(engine): State<Engine>,
+    Path((contract, name)): Path<(u64, String)>,
+) -> Result<String, EngineError> {
+    engine.logs(contract, &name, LOG_ANSWER_LIMIT)
 }
 
 async fn changes(

@@ -118,6 +118,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/deployments", get(list).post(deploy))
         .route("/v1/deployments/{contract_id}", get(one).put(update))
         .route("/v1/deployments/{contract_id}/changes", get(changes))
+        .route(
+            "/v1/deployments/{contract_id}/workloads/{name}/logs",
+            get(logs),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
@@ -244,6 +248,25 @@ async fn changes(
         .changes(id)
         .await
         .map(Json)
+        .map_err(from_provisiond)
+}
+
+/// A workload's output (a container's stdout and stderr), to its twin
+/// only.
+async fn logs(
+    State(state): State<ApiState>,
+    Path((id, name)): Path<(u64, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<String, TenantApiError> {
+    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
+    owned(&state, id, twin).await?;
+    state
+        .provisioning
+        .client
+        .logs(id, &name)
+        .await
         .map_err(from_provisiond)
 }
 

@@ -167,7 +167,7 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
             "size": 128 * MIB,
             "mounts": [{"name": "data", "mountpoint": "/data"}],
             "entrypoint": ["/bin/sh", "-c",
-                "echo started >> /data/boot; exec httpd -f -p 80 -h /www"],
+                "echo started >> /data/boot; echo hello from $GREETING; exec httpd -f -p 80 -h /www"],
             "env": {"GREETING": "hi"}}});
     block_on(client(node).deploy(&submission(CONTRACT, vec![network, volume, container])))
         .unwrap_or_else(|e| panic!("admitted: {e}"));
@@ -181,6 +181,13 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
     let result = view.result("app").expect("a result").clone();
     assert_eq!(result["data"]["id"], id, "{result}");
     assert_eq!(result["data"]["ip"], ip, "{result}");
+    assert_eq!(result["data"]["live"]["state"], "running", "{result}");
+    assert_eq!(result["data"]["live"]["restarts"], 0, "{result}");
+    // Its output, with the environment it was given.
+    let logs = block_on(client(node).logs(CONTRACT, "app")).expect("logs");
+    assert!(logs.contains("hello from hi"), "{logs:?}");
+    let none = block_on(client(node).logs(CONTRACT, "data")).expect_err("a volume has none");
+    assert!(none.to_string().contains("has no output"), "{none}");
 
     // It answers at its address from the tenant network.
     let tenant_ns = format!("n-{}", netid(TWIN, "net"));
@@ -252,6 +259,15 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
         run(node, &["cat", &boot]).1 == "started\nstarted\n"
     });
     assert!(twice, "{}", run(node, &["cat", &boot]).1);
+    let view = block_on(client(node).deployment(CONTRACT)).expect("view");
+    let live = &view.result("app").expect("a result")["data"]["live"];
+    assert_eq!(live["restarts"], 1, "{live}");
+    assert!(
+        live["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("exited")),
+        "{live}"
+    );
 
     // A cancel removes everything the container had.
     block_on(client(node).remove(CONTRACT)).expect("removal admitted");

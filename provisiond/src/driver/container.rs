@@ -734,6 +734,21 @@ impl Driver for ContainerDriver {
         Box::pin(self.unmake(object))
     }
 
+    fn live(&self, object: &str) -> Option<serde_json::Value> {
+        self.watch
+            .life(object)
+            .and_then(|life| serde_json::to_value(life).ok())
+    }
+
+    fn logs(&self, object: &str, limit: u64) -> Option<String> {
+        let path = self.bundle(object).join("log");
+        let bytes = std::fs::read(path).ok()?;
+        let start = bytes
+            .len()
+            .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+        Some(String::from_utf8_lossy(&bytes[start..]).into_owned())
+    }
+
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
             let mut ids: Vec<String> = match std::fs::read_dir(&self.config.dir) {

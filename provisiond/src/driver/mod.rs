@@ -98,6 +98,19 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// Every object of this type on the node named as provisiond names its
     /// objects (and nothing else).
     fn objects(&self) -> DriverFuture<'_, Vec<String>>;
+
+    /// How the object lives now (a container's state, restarts and last
+    /// exit), added to its workload's result; `None` for objects that do
+    /// not run.
+    fn live(&self, _object: &str) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// The object's output (a container's stdout and stderr), at most its
+    /// last `limit` bytes; `None` for objects without output.
+    fn logs(&self, _object: &str, _limit: u64) -> Option<String> {
+        None
+    }
 }
 
 /// The drivers of a node, by workload type.

@@ -31,7 +31,7 @@ use crate::api::{
 };
 use crate::capacity::{Ledger, Node};
 use crate::deployment::Deployment;
-use crate::deployment::workload::WorkloadData;
+use crate::deployment::workload::{WorkloadData, WorkloadType};
 use crate::driver::{Driver, Drivers};
 use crate::store::{DeploymentRecord, Store, StoreError, WorkloadResult, WorkloadState};
 
@@ -52,6 +52,8 @@ pub enum EngineError {
     Exists { contract: u64 },
     #[error("no deployment of contract {contract}")]
     NotFound { contract: u64 },
+    #[error("workload '{name}' of contract {contract} has no output")]
+    NoLogs { contract: u64, name: String },
     #[error("the deployment of contract {contract} was removed")]
     Removed { contract: u64 },
     #[error("the deployment of contract {contract} is busy ({state:?}); try again when it settles")]
@@ -676,7 +678,50 @@ impl Engine {
             .entries
             .get(&contract)
             .ok_or(EngineError::NotFound { contract })?;
-        Ok(view::deployment(entry))
+        Ok(view::deployment(entry, &self.live(entry)))
+    }
+
+    /// What the drivers say of `entry`'s running objects.
+    fn live(&self, entry: &Entry) -> impl Fn(WorkloadType, &str) -> Option<serde_json::Value> {
+        let drivers = self.shared.drivers.clone();
+        let (twin, contract) = (entry.record.twin_id, entry.record.contract_id);
+        move |kind, name| {
+            let driver = drivers.get(kind)?;
+            driver.live(&driver.object(twin, contract, name))
+        }
+    }
+
+    /// The output of workload `name` of `contract` (a container's), at
+    /// most its last `limit` bytes.
+    pub fn logs(&self, contract: u64, name: &str, limit: u64) -> Result<String, EngineError> {
+        let state = self.state();
+        let entry = state
+            .entries
+            .get(&contract)
+            .ok_or(EngineError::NotFound { contract })?;
+        let kind = entry
+            .deployment
+            .workload(name)
+            .map(|w| w.kind)
+            .ok_or_else(|| EngineError::NoLogs {
+                contract,
+                name: name.to_owned(),
+            })?;
+        let driver = self
+            .shared
+            .drivers
+            .get(kind)
+            .ok_or_else(|| EngineError::NoLogs {
+                contract,
+                name: name.to_owned(),
+            })?;
+        let object = driver.object(entry.record.twin_id, contract, name);
+        driver
+            .logs(&object, limit)
+            .ok_or_else(|| EngineError::NoLogs {
+                contract,
+                name: name.to_owned(),
+            })
     }
 
     /// Every deployment, or those of `twin`.
@@ -686,7 +731,7 @@ impl Engine {
             .entries
             .values()
             .filter(|e| twin.is_none_or(|t| e.record.twin_id == t))
-            .map(view::deployment)
+            .map(|e| view::deployment(e, &self.live(e)))
             .collect()
     }
 

@@ -29,7 +29,10 @@ pub(super) fn redact(kind: Option<WorkloadType>, data: &mut Value) {
     }
 }
 
-pub(super) fn deployment(entry: &Entry) -> DeploymentView {
+/// How a workload's object lives now, from its driver (type and name in).
+pub(super) type Live<'a> = &'a dyn Fn(WorkloadType, &str) -> Option<Value>;
+
+pub(super) fn deployment(entry: &Entry, live: Live<'_>) -> DeploymentView {
     let (record, shown) = match (&entry.engine.job, &entry.target) {
         (Some(Job::Apply { target, .. }), Some(d)) => (target, d),
         _ => (&entry.record, &entry.deployment),
@@ -53,6 +56,11 @@ pub(super) fn deployment(entry: &Entry) -> DeploymentView {
                 |r| serde_json::to_value(r).unwrap_or(Value::Null),
             );
             w["result"] = result;
+            if let Some(now) = kind.and_then(|k| live(k, &name))
+                && w["result"]["data"].is_object()
+            {
+                w["result"]["data"]["live"] = now;
+            }
         }
     }
     let failure: Option<Failure> =
