@@ -292,6 +292,12 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
         &["ls", "-A", "/var/cache/grove/provisiond/containers"],
     );
     assert!(!bundles.contains(&id), "bundle left: {bundles}");
+    // No container uses the image any more: it left the cache.
+    let (_, images) = run(
+        node,
+        &["ls", "-A", "/var/cache/grove/provisiond/images/images"],
+    );
+    assert_eq!(images.trim(), "", "images left: {images}");
 }
 
 /// The names of what containers hold on the node: runc's containers, the

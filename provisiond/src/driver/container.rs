@@ -101,6 +101,9 @@ pub struct ContainerConfig {
 struct Meta {
     netid: String,
     rootfs: String,
+    /// The digest the image was pulled as: what keeps it in the cache.
+    #[serde(default)]
+    image: Option<String>,
 }
 
 /// One container's life as the [`Watch`] sees it.
@@ -177,6 +180,9 @@ pub struct ContainerDriver {
     images: Arc<ImageStore>,
     config: ContainerConfig,
     watch: Arc<Watch>,
+    /// Held shared by every `ensure` and alone by the image collection, so
+    /// an image is never collected between its pull and its bundle.
+    images_in_use: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ContainerDriver {
@@ -192,6 +198,7 @@ impl ContainerDriver {
             images,
             config,
             watch: Arc::new(Watch::default()),
+            images_in_use: Arc::new(tokio::sync::RwLock::new(())),
         }
     }
 
@@ -628,6 +635,7 @@ impl ContainerDriver {
         let meta = serde_json::to_vec(&Meta {
             netid: network,
             rootfs: rootfs_volume,
+            image: Some(image_ref.digest.to_string()),
         })
         .map_err(|e| DriverError::Refused(format!("container {id}: {e}")))?;
         let bundle = self.bundle(&id);
@@ -694,9 +702,44 @@ impl ContainerDriver {
             self.storaged.delete_volume(&meta.rootfs).await?;
         }
         match tokio::fs::remove_dir_all(&bundle).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DriverError::Refused(format!("bundle of {id}: {e}"))),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::Refused(format!("bundle of {id}: {e}"))),
+        }
+        self.collect_images().await;
+        Ok(())
+    }
+
+    /// Removes the cached images no container's bundle names. A failure
+    /// leaves them for the next removal.
+    pub async fn collect_images(&self) {
+        let _alone = self.images_in_use.write().await;
+        let (dir, images) = (self.config.dir.clone(), self.images.clone());
+        let collected = tokio::task::spawn_blocking(move || {
+            let mut keep = std::collections::HashSet::new();
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let meta = std::fs::read(entry.path().join("meta.json"))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
+                    if let Some(digest) = meta
+                        .and_then(|m| m.image)
+                        .and_then(|d| crate::image::Digest::parse(&d))
+                    {
+                        keep.insert(digest);
+                    }
+                }
+            }
+            images.collect(&keep)
+        })
+        .await;
+        match collected {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(images = ?removed, "unused images removed from the cache")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot collect unused images"),
+            Err(e) => tracing::warn!(error = %e, "the image collection task failed"),
         }
     }
 }
@@ -727,7 +770,10 @@ impl Driver for ContainerDriver {
     }
 
     fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, serde_json::Value> {
-        Box::pin(self.make(target))
+        Box::pin(async move {
+            let _using = self.images_in_use.read().await;
+            self.make(target).await
+        })
     }
 
     fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
