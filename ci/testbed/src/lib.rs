@@ -32,6 +32,8 @@ pub mod nat;
 pub mod netns;
 pub mod node;
 pub mod proc;
+#[cfg(feature = "provision")]
+pub mod provision;
 pub mod registry;
 pub mod run;
 pub mod snapshot;
