@@ -23,7 +23,7 @@ use provisiond::api::{DeploymentState, Submission};
 use provisiond::client::ProvisiondClient;
 
 use super::foundation::BenchError;
-use super::stats::{ms, summary};
+use super::stats::{ms, ratio, summary, verdict};
 use crate::provision::{self, WG_PRIVATE_KEY, disk, network};
 use crate::spec::{Daemon, DiskSpec, FarmSpec, NodeSpec};
 use crate::{Farm, Node, wait_until};
@@ -49,8 +49,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
 
     let (api_median, api_p90) = summary(&mut api);
     let (floor_median, floor_p90) = summary(&mut floor);
-    let ratio = api_median.as_secs_f64() / floor_median.as_secs_f64().max(1e-9);
-    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let ratio = ratio(api_median, floor_median);
     eprintln!("provision: network + zmount + volume, API call to all ok ({runs} runs)");
     eprintln!(
         "  API   median {:.1} ms  p90 {:.1} ms",
