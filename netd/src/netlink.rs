@@ -9,7 +9,9 @@
 //! reports whether it changed anything, so a restart re-runs them without
 //! duplicates; the kernel's "no such thing" answers are mapped in one place
 //! ([`is_absent`]), and every error names the namespace, the interface and
-//! the operation. Limits: routes are IPv4 routes of the main table, managed
+//! the operation. The kernel runs one dump at a time on a socket and
+//! answers a second one with EBUSY, so the clones' dumps (links, addresses,
+//! routes) take turns. Limits: routes are IPv4 routes of the main table, managed
 //! per device, and a device's routes with protocol `kernel` are left to the
 //! kernel; IPv6 addresses are put without duplicate detection (netd puts
 //! them only on point-to-point tunnels).
@@ -131,6 +133,9 @@ impl Drop for Connection {
 pub struct Netlink {
     ns: Arc<str>,
     handle: Handle,
+    /// The kernel runs one dump at a time on a socket and answers a second
+    /// one with EBUSY: the clones' dumps take turns.
+    dumps: Arc<tokio::sync::Mutex<()>>,
     _connection: Arc<Connection>,
 }
 
@@ -182,6 +187,7 @@ impl Netlink {
         Self {
             ns: ns.into(),
             handle,
+            dumps: Arc::default(),
             _connection: Arc::new(Connection(tokio::spawn(connection.instrument(span)))),
         }
     }
@@ -518,6 +524,7 @@ impl Netlink {
         name: &str,
         family: AddressFamily,
     ) -> Result<Vec<(IpAddr, u8, AddressMessage)>, NetlinkError> {
+        let _turn = self.dumps.lock().await;
         let mut out = Vec::new();
         let mut stream = self
             .handle
@@ -547,9 +554,11 @@ impl Netlink {
 
     /// Every link but `lo`, by name, with its addresses.
     pub async fn addresses(&self) -> Result<Vec<LinkAddresses>, NetlinkError> {
-        let mut out = Vec::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(link) = links
+        let _turn = self.dumps.lock().await;
+        // The link dump ends before the address dumps start: one at a time.
+        let mut links = Vec::new();
+        let mut stream = self.handle.link().get().execute();
+        while let Some(link) = stream
             .try_next()
             .await
             .map_err(self.fail("list", "every link"))?
@@ -562,15 +571,18 @@ impl Netlink {
                     _ => None,
                 })
                 .unwrap_or_default();
-            if name == "lo" {
-                continue;
+            if name != "lo" {
+                links.push((link.header.index, name));
             }
+        }
+        let mut out = Vec::new();
+        for (index, name) in links {
             let mut addresses = Vec::new();
             let mut stream = self
                 .handle
                 .address()
                 .get()
-                .set_link_index_filter(link.header.index)
+                .set_link_index_filter(index)
                 .execute();
             while let Some(message) = stream
                 .try_next()
@@ -651,6 +663,7 @@ impl Netlink {
         index: u32,
         dev: &str,
     ) -> Result<Vec<(Route, RouteMessage)>, NetlinkError> {
+        let _turn = self.dumps.lock().await;
         let mut out = Vec::new();
         let mut stream = self
             .handle
