@@ -192,26 +192,14 @@ fn deploy(
             listen_port: 3500,
             peers: vec![],
         };
+        let on_pool = |size| storaged::volume::ObjectRequest {
+            pool: pool.clone(),
+            size,
+        };
         let started = Instant::now();
         rt.block_on(async {
-            storaged
-                .ensure_vdisk(
-                    &vdisk,
-                    &storaged::volume::VdiskRequest {
-                        pool: pool.clone(),
-                        size: 100 * MIB,
-                    },
-                )
-                .await?;
-            storaged
-                .ensure_volume(
-                    &volume,
-                    &storaged::volume::VolumeRequest {
-                        pool: pool.clone(),
-                        size: 50 * MIB,
-                    },
-                )
-                .await?;
+            storaged.ensure_vdisk(&vdisk, &on_pool(100 * MIB)).await?;
+            storaged.ensure_volume(&volume, &on_pool(50 * MIB)).await?;
             netd.create_network(&request).await.map(drop)
         })
         .map_err(|e| api_error("the direct calls", e))?;
