@@ -204,7 +204,7 @@ fn start_tasks(
     let node_identity = Arc::new(identity::Identity::default());
     tasks.spawn_until(
         "identity",
-        &shutdown,
+        shutdown,
         node_identity.clone().maintain(
             storaged::client::StoragedClient::default(),
             config.identity.cache_dir.clone(),
@@ -214,7 +214,7 @@ fn start_tasks(
     let chain = Arc::new(chain::Chain::default());
     tasks.spawn_until(
         "chain",
-        &shutdown,
+        shutdown,
         chain.clone().run(
             cmdline.params.clone(),
             config.chain.clone(),
@@ -231,7 +231,7 @@ fn start_tasks(
     let provisioning = Arc::new(provision::Provisioning::default());
     tasks.spawn_until(
         "provisioning",
-        &shutdown,
+        shutdown,
         provisioning.clone().run(
             provision::GlueSources {
                 chain: chain.clone(),
@@ -250,7 +250,7 @@ fn start_tasks(
     let snapshot = Arc::new(operator::snapshot::Snapshot::default());
     tasks.spawn_until(
         "snapshot",
-        &shutdown,
+        shutdown,
         snapshot.clone().refresh_forever(
             storaged(),
             netd(),

@@ -516,6 +516,18 @@ impl Netlink {
         }
     }
 
+    /// Every address message of link `index`, in its turn.
+    async fn address_messages(
+        &self,
+        index: u32,
+        name: &str,
+    ) -> Result<Vec<AddressMessage>, NetlinkError> {
+        let _turn = self.dumps.lock().await;
+        let dump = self.handle.address().get().set_link_index_filter(index);
+        let listed = dump.execute().try_collect().await;
+        listed.map_err(self.fail("list the addresses of", name))
+    }
+
     /// The addresses of `family` on link `index`: the local address (IPv4)
     /// or the address (IPv6), with its prefix length and its message.
     async fn addresses_of(
@@ -524,19 +536,8 @@ impl Netlink {
         name: &str,
         family: AddressFamily,
     ) -> Result<Vec<(IpAddr, u8, AddressMessage)>, NetlinkError> {
-        let _turn = self.dumps.lock().await;
         let mut out = Vec::new();
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(message) = stream
-            .try_next()
-            .await
-            .map_err(self.fail("list the addresses of", name))?
-        {
+        for message in self.address_messages(index, name).await? {
             if message.header.family != family {
                 continue;
             }
@@ -554,47 +555,44 @@ impl Netlink {
 
     /// Every link but `lo`, by name, with its addresses.
     pub async fn addresses(&self) -> Result<Vec<LinkAddresses>, NetlinkError> {
-        let _turn = self.dumps.lock().await;
-        // The link dump ends before the address dumps start: one at a time.
         let mut links = Vec::new();
-        let mut stream = self.handle.link().get().execute();
-        while let Some(link) = stream
-            .try_next()
-            .await
-            .map_err(self.fail("list", "every link"))?
         {
-            let name = link
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            if name != "lo" {
-                links.push((link.header.index, name));
+            // The link dump ends before the address dumps start: one at a time.
+            let _turn = self.dumps.lock().await;
+            let mut stream = self.handle.link().get().execute();
+            while let Some(link) = stream
+                .try_next()
+                .await
+                .map_err(self.fail("list", "every link"))?
+            {
+                let name = link
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                if name != "lo" {
+                    links.push((link.header.index, name));
+                }
             }
         }
         let mut out = Vec::new();
         for (index, name) in links {
-            let mut addresses = Vec::new();
-            let mut stream = self
-                .handle
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .execute();
-            while let Some(message) = stream
-                .try_next()
-                .await
-                .map_err(self.fail("list the addresses of", &name))?
-            {
-                for a in &message.attributes {
-                    if let AddressAttribute::Address(ip) = a {
-                        addresses.push(format!("{ip}/{}", message.header.prefix_len));
-                    }
-                }
-            }
+            let addresses = self
+                .address_messages(index, &name)
+                .await?
+                .iter()
+                .flat_map(|message| {
+                    message.attributes.iter().filter_map(|a| match a {
+                        AddressAttribute::Address(ip) => {
+                            Some(format!("{ip}/{}", message.header.prefix_len))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect();
             out.push(LinkAddresses { name, addresses });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
