@@ -119,12 +119,10 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let mut tasks = Tasks::default();
     let state = start_tasks(&mut tasks, &config, &options, cmdline, &supervisor, &stop);
     let readiness = Readiness::waiting("storaged, netd, provisiond");
-    tasks.spawn(
+    tasks.spawn_until(
         "readiness",
-        tasks::until(
-            shutdown.clone(),
-            track_readiness(supervisor.clone(), readiness.clone()),
-        ),
+        &shutdown,
+        track_readiness(supervisor.clone(), readiness.clone()),
     );
     let app = grove_daemon::server::standard_routes(
         Identity::new(NAME, env!("CARGO_PKG_VERSION")),
@@ -204,68 +202,60 @@ fn start_tasks(
     let netd = || netd::client::NetdClient::default().with_timeout(CLIENT_TIMEOUT);
 
     let node_identity = Arc::new(identity::Identity::default());
-    tasks.spawn(
+    tasks.spawn_until(
         "identity",
-        tasks::until(
-            shutdown.clone(),
-            node_identity.clone().maintain(
-                storaged::client::StoragedClient::default(),
-                config.identity.cache_dir.clone(),
-                cmdline.params.clone(),
-            ),
+        shutdown,
+        node_identity.clone().maintain(
+            storaged::client::StoragedClient::default(),
+            config.identity.cache_dir.clone(),
+            cmdline.params.clone(),
         ),
     );
     let chain = Arc::new(chain::Chain::default());
-    tasks.spawn(
+    tasks.spawn_until(
         "chain",
-        tasks::until(
+        shutdown,
+        chain.clone().run(
+            cmdline.params.clone(),
+            config.chain.clone(),
+            chain::Sources {
+                identity: node_identity.clone(),
+                storaged: storaged(),
+                netd: netd(),
+                proc_root: options.proc_root.clone(),
+                mesh: config.mesh.clone(),
+            },
             shutdown.clone(),
-            chain.clone().run(
-                cmdline.params.clone(),
-                config.chain.clone(),
-                chain::Sources {
-                    identity: node_identity.clone(),
-                    storaged: storaged(),
-                    netd: netd(),
-                    proc_root: options.proc_root.clone(),
-                    mesh: config.mesh.clone(),
-                },
-                shutdown.clone(),
-            ),
         ),
     );
     let provisioning = Arc::new(provision::Provisioning::default());
-    tasks.spawn(
+    tasks.spawn_until(
         "provisioning",
-        tasks::until(
+        shutdown,
+        provisioning.clone().run(
+            provision::GlueSources {
+                chain: chain.clone(),
+                identity: node_identity.clone(),
+                params: cmdline.params.clone(),
+                config: config.chain.clone(),
+                reported: config
+                    .identity
+                    .cache_dir
+                    .join("provision")
+                    .join("reported.json"),
+            },
             shutdown.clone(),
-            provisioning.clone().run(
-                provision::GlueSources {
-                    chain: chain.clone(),
-                    identity: node_identity.clone(),
-                    params: cmdline.params.clone(),
-                    config: config.chain.clone(),
-                    reported: config
-                        .identity
-                        .cache_dir
-                        .join("provision")
-                        .join("reported.json"),
-                },
-                shutdown.clone(),
-            ),
         ),
     );
     let snapshot = Arc::new(operator::snapshot::Snapshot::default());
-    tasks.spawn(
+    tasks.spawn_until(
         "snapshot",
-        tasks::until(
-            shutdown.clone(),
-            snapshot.clone().refresh_forever(
-                storaged(),
-                netd(),
-                provisiond::client::ProvisiondClient::default().with_timeout(CLIENT_TIMEOUT),
-                supervisor.clone(),
-            ),
+        shutdown,
+        snapshot.clone().refresh_forever(
+            storaged(),
+            netd(),
+            provisiond::client::ProvisiondClient::default().with_timeout(CLIENT_TIMEOUT),
+            supervisor.clone(),
         ),
     );
     api::ApiState {

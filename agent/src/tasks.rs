@@ -77,6 +77,19 @@ impl<T: Send + 'static> Tasks<T> {
     }
 }
 
+impl Tasks<()> {
+    /// Spawns `task` under `name`, to run until it ends or `shutdown`
+    /// trips ([`until`]).
+    pub fn spawn_until(
+        &mut self,
+        name: &'static str,
+        shutdown: &Shutdown,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.spawn(name, until(shutdown.clone(), task));
+    }
+}
+
 /// Runs `task` until it ends or `shutdown` trips, whichever comes first.
 pub async fn until(shutdown: Shutdown, task: impl Future<Output = ()>) {
     tokio::select! {

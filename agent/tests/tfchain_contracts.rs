@@ -45,6 +45,29 @@ fn fresh_key() -> SigningKey {
     seed.keys().signing().clone()
 }
 
+/// The contract watch's next change: `what` must come within `secs`.
+async fn next_change(
+    changes: &mut tokio::sync::mpsc::Receiver<ContractChange>,
+    secs: u64,
+    what: &str,
+) -> ContractChange {
+    tokio::time::timeout(Duration::from_secs(secs), changes.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} within {secs} s"))
+        .expect("the watch runs")
+}
+
+/// A new funded tenant with its twin.
+async fn tenant_with_twin(client: &OnlineClient<SubstrateConfig>) -> Tenant {
+    let key = fresh_key();
+    fund(client, &key).await;
+    let tenant = Tenant::connect(&url(), key)
+        .await
+        .expect("the tenant connects");
+    tenant.ensure_twin().await.expect("the tenant's twin");
+    tenant
+}
+
 /// A funded node with a twin, registered on a new farm of Alice's.
 async fn registered_node(client: &OnlineClient<SubstrateConfig>) -> (SigningKey, u32) {
     let name = format!("grove_c_{}_{}", now(), std::process::id());
@@ -64,6 +87,14 @@ async fn registered_node(client: &OnlineClient<SubstrateConfig>) -> (SigningKey,
     .await
     .expect("TFChain harness");
     (key, node_id)
+}
+
+/// Contract `id` as the node reads it; it must be there.
+async fn held(node: &Backend, id: u64) -> agent::registry::model::NodeContract {
+    node.contract(id)
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("contract {id} is not there"))
 }
 
 async fn node_backend(key: &SigningKey) -> Backend {
@@ -95,8 +126,9 @@ async fn event(
     rx: &mut tokio::sync::mpsc::Receiver<ChainEvent>,
     kind: ChainEventKind,
     contract: u64,
-    within: Duration,
+    within_secs: u64,
 ) -> ChainEvent {
+    let within = Duration::from_secs(within_secs);
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -109,6 +141,15 @@ async fn event(
         }
         eprintln!("(other event: {e:?})");
     }
+}
+
+/// Checks that the chain refused `what` with `error`.
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, TenantError>, error: &str, what: &str) {
+    let e = result.expect_err(what);
+    assert!(
+        matches!(&e, TenantError::Tfchain(TfchainError::Refused { error: got, .. }) if got == error),
+        "{what}: {e:?}"
+    );
 }
 
 #[tokio::test]
@@ -142,21 +183,11 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         .await
         .expect("createNodeContract");
     eprintln!("contract {contract_id} made by twin {tenant_twin} on node {node_id}");
-    event(
-        &mut rx,
-        ChainEventKind::ContractCreated,
-        contract_id,
-        Duration::from_secs(30),
-    )
-    .await;
+    event(&mut rx, ChainEventKind::ContractCreated, contract_id, 30).await;
 
     // The node reads it back, and its owner's key.
     let node = node_backend(&node_key).await;
-    let contract = node
-        .contract(contract_id)
-        .await
-        .expect("read")
-        .expect("the contract exists");
+    let contract = held(&node, contract_id).await;
     assert_eq!(contract.contract_id, contract_id);
     assert_eq!(contract.node_id, node_id);
     assert_eq!(contract.twin_id, tenant_twin);
@@ -191,18 +222,8 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         .update_node_contract(contract_id, hash2.0)
         .await
         .expect("updateNodeContract");
-    event(
-        &mut rx,
-        ChainEventKind::ContractUpdated,
-        contract_id,
-        Duration::from_secs(30),
-    )
-    .await;
-    let updated = node
-        .contract(contract_id)
-        .await
-        .expect("read")
-        .expect("there");
+    event(&mut rx, ChainEventKind::ContractUpdated, contract_id, 30).await;
+    let updated = held(&node, contract_id).await;
     assert_eq!(updated.deployment_hash, hash2);
     assert_eq!(updated.state, ContractState::Created);
 
@@ -242,19 +263,12 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
     );
 
     // A stranger (another funded twin) can neither update nor cancel it.
-    let stranger_key = fresh_key();
-    fund(&client, &stranger_key).await;
-    let stranger = Tenant::connect(&url(), stranger_key)
-        .await
-        .expect("connect");
-    stranger.ensure_twin().await.expect("the stranger's twin");
-    let e = stranger
-        .cancel_contract(contract_id)
-        .await
-        .expect_err("a stranger's cancel");
-    assert!(
-        matches!(&e, TenantError::Tfchain(TfchainError::Refused { error, .. }) if error == "TwinNotAuthorizedToCancelContract"),
-        "{e:?}"
+    let stranger = tenant_with_twin(&client).await;
+    let cancelled = stranger.cancel_contract(contract_id).await;
+    assert_refused(
+        cancelled,
+        "TwinNotAuthorizedToCancelContract",
+        "a stranger's cancel",
     );
     let e = stranger
         .update_node_contract(contract_id, hash.0)
@@ -285,10 +299,7 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         changes_tx,
         shutdown.clone(),
     ));
-    let first = tokio::time::timeout(Duration::from_secs(30), changes.recv())
-        .await
-        .expect("the watch reads the contracts within 30 s")
-        .expect("the watch runs");
+    let first = next_change(&mut changes, 30, "the watch reads the contracts").await;
     assert_eq!(first, ContractChange::Active(updated.clone()));
     let cancelled_at = Instant::now();
     tenant
@@ -299,7 +310,7 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         &mut rx,
         ChainEventKind::NodeContractCanceled,
         contract_id,
-        Duration::from_secs(10),
+        10,
     )
     .await;
     eprintln!(
@@ -307,10 +318,7 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         cancelled_at.elapsed(),
         seen.block
     );
-    let gone = tokio::time::timeout(Duration::from_secs(10), changes.recv())
-        .await
-        .expect("the watch sees the cancel within 10 s")
-        .expect("the watch runs");
+    let gone = next_change(&mut changes, 10, "the watch sees the cancel").await;
     assert_eq!(gone, ContractChange::Gone(updated.clone()));
     eprintln!(
         "the node's contract watch saw {contract_id} gone {:?} after the cancel was sent",
@@ -321,14 +329,8 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
     assert!(node.node_contracts(node_id).await.expect("read").is_empty());
     assert_eq!(tenant.contract(contract_id).await.expect("read"), None);
     // Cancelling again: the chain has no such contract any more.
-    let e = tenant
-        .cancel_contract(contract_id)
-        .await
-        .expect_err("cancelled already");
-    assert!(
-        matches!(&e, TenantError::Tfchain(TfchainError::Refused { error, .. }) if error == "ContractNotExists"),
-        "{e:?}"
-    );
+    let cancelled = tenant.cancel_contract(contract_id).await;
+    assert_refused(cancelled, "ContractNotExists", "cancelled already");
     follow.abort();
 }
 
@@ -340,12 +342,7 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
 async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_cancel() {
     let client = chain::client(&url()).await.expect("TFChain harness");
     let (node_key, node_id) = registered_node(&client).await;
-    let tenant_key = fresh_key();
-    fund(&client, &tenant_key).await;
-    let tenant = Tenant::connect(&url(), tenant_key)
-        .await
-        .expect("the tenant connects");
-    tenant.ensure_twin().await.expect("the tenant's twin");
+    let tenant = tenant_with_twin(&client).await;
 
     let proxy = Proxy::to(&url()).await.expect("TFChain harness");
     proxy.cut();
@@ -372,10 +369,7 @@ async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_c
     );
     proxy.restore();
     let restored = Instant::now();
-    let seen = tokio::time::timeout(Duration::from_secs(30), changes.recv())
-        .await
-        .expect("the contract seen within 30 s of the chain coming back")
-        .expect("the watch runs");
+    let seen = next_change(&mut changes, 30, "the contract after the restore").await;
     match seen {
         ContractChange::Active(c) => {
             assert_eq!((c.contract_id, c.deployment_hash), (contract_id, hash))
@@ -396,10 +390,7 @@ async fn the_contract_watch_rides_out_a_chain_down_at_start_and_a_cut_during_a_c
     tokio::time::sleep(Duration::from_secs(5)).await;
     proxy.restore();
     let restored = Instant::now();
-    let gone = tokio::time::timeout(Duration::from_secs(30), changes.recv())
-        .await
-        .expect("the cancel seen within 30 s of the chain coming back")
-        .expect("the watch runs");
+    let gone = next_change(&mut changes, 30, "the cancel after the restore").await;
     assert!(
         matches!(&gone, ContractChange::Gone(c) if c.contract_id == contract_id),
         "{gone:?}"

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fsutil;
+pub mod latest;
 pub mod log;
 pub mod parent;
 pub mod server;

@@ -188,6 +188,15 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// The answer to a request that failed with `error`, logged when the
+    /// fault is the server's (`what` names the request in the log).
+    pub fn answer(status: StatusCode, error: &impl std::fmt::Display, what: &str) -> Response {
+        if status.is_server_error() {
+            tracing::error!(error = %error, "{what} failed");
+        }
+        Self::new(status, error.to_string()).into_response()
+    }
 }
 
 impl IntoResponse for ApiError {

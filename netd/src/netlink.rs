@@ -9,7 +9,9 @@
 //! reports whether it changed anything, so a restart re-runs them without
 //! duplicates; the kernel's "no such thing" answers are mapped in one place
 //! ([`is_absent`]), and every error names the namespace, the interface and
-//! the operation. Limits: routes are IPv4 routes of the main table, managed
+//! the operation. The kernel runs one dump at a time on a socket and
+//! answers a second one with EBUSY, so the clones' dumps (links, addresses,
+//! routes) take turns. Limits: routes are IPv4 routes of the main table, managed
 //! per device, and a device's routes with protocol `kernel` are left to the
 //! kernel; IPv6 addresses are put without duplicate detection (netd puts
 //! them only on point-to-point tunnels).
@@ -131,6 +133,9 @@ impl Drop for Connection {
 pub struct Netlink {
     ns: Arc<str>,
     handle: Handle,
+    /// The kernel runs one dump at a time on a socket and answers a second
+    /// one with EBUSY: the clones' dumps take turns.
+    dumps: Arc<tokio::sync::Mutex<()>>,
     _connection: Arc<Connection>,
 }
 
@@ -182,6 +187,7 @@ impl Netlink {
         Self {
             ns: ns.into(),
             handle,
+            dumps: Arc::default(),
             _connection: Arc::new(Connection(tokio::spawn(connection.instrument(span)))),
         }
     }
@@ -510,6 +516,18 @@ impl Netlink {
         }
     }
 
+    /// Every address message of link `index`, in its turn.
+    async fn address_messages(
+        &self,
+        index: u32,
+        name: &str,
+    ) -> Result<Vec<AddressMessage>, NetlinkError> {
+        let _turn = self.dumps.lock().await;
+        let dump = self.handle.address().get().set_link_index_filter(index);
+        let listed = dump.execute().try_collect().await;
+        listed.map_err(self.fail("list the addresses of", name))
+    }
+
     /// The addresses of `family` on link `index`: the local address (IPv4)
     /// or the address (IPv6), with its prefix length and its message.
     async fn addresses_of(
@@ -519,17 +537,7 @@ impl Netlink {
         family: AddressFamily,
     ) -> Result<Vec<(IpAddr, u8, AddressMessage)>, NetlinkError> {
         let mut out = Vec::new();
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(message) = stream
-            .try_next()
-            .await
-            .map_err(self.fail("list the addresses of", name))?
-        {
+        for message in self.address_messages(index, name).await? {
             if message.header.family != family {
                 continue;
             }
@@ -547,42 +555,44 @@ impl Netlink {
 
     /// Every link but `lo`, by name, with its addresses.
     pub async fn addresses(&self) -> Result<Vec<LinkAddresses>, NetlinkError> {
-        let mut out = Vec::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(link) = links
-            .try_next()
-            .await
-            .map_err(self.fail("list", "every link"))?
+        let mut links = Vec::new();
         {
-            let name = link
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            if name == "lo" {
-                continue;
-            }
-            let mut addresses = Vec::new();
-            let mut stream = self
-                .handle
-                .address()
-                .get()
-                .set_link_index_filter(link.header.index)
-                .execute();
-            while let Some(message) = stream
+            // The link dump ends before the address dumps start: one at a time.
+            let _turn = self.dumps.lock().await;
+            let mut stream = self.handle.link().get().execute();
+            while let Some(link) = stream
                 .try_next()
                 .await
-                .map_err(self.fail("list the addresses of", &name))?
+                .map_err(self.fail("list", "every link"))?
             {
-                for a in &message.attributes {
-                    if let AddressAttribute::Address(ip) = a {
-                        addresses.push(format!("{ip}/{}", message.header.prefix_len));
-                    }
+                let name = link
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                if name != "lo" {
+                    links.push((link.header.index, name));
                 }
             }
+        }
+        let mut out = Vec::new();
+        for (index, name) in links {
+            let addresses = self
+                .address_messages(index, &name)
+                .await?
+                .iter()
+                .flat_map(|message| {
+                    message.attributes.iter().filter_map(|a| match a {
+                        AddressAttribute::Address(ip) => {
+                            Some(format!("{ip}/{}", message.header.prefix_len))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect();
             out.push(LinkAddresses { name, addresses });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -651,6 +661,7 @@ impl Netlink {
         index: u32,
         dev: &str,
     ) -> Result<Vec<(Route, RouteMessage)>, NetlinkError> {
+        let _turn = self.dumps.lock().await;
         let mut out = Vec::new();
         let mut stream = self
             .handle

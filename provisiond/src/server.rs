@@ -49,10 +49,7 @@ impl IntoResponse for EngineError {
             | EngineError::NetworkTaken { .. } => StatusCode::CONFLICT,
             EngineError::Store(_) | EngineError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
-        ApiError::new(status, self.to_string()).into_response()
+        ApiError::answer(status, &self, "request")
     }
 }
 

@@ -10,17 +10,18 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use grove_daemon::server::ApiError;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::guard::GuardError;
 use crate::storage::{
-    Capacity, Disk, IdentityChoice, IdentityState, PoolReport, Storage, StorageError,
+    Capacity, Disk, IdentityChoice, IdentityState, PoolReport, Storage, StorageError, vdisk_view,
+    volume_view,
 };
 use crate::types::{DiskSerial, PoolLabel, ResourceName};
-use crate::volume::{Removed, VdiskRequest, VdiskView, VolumeError, VolumeRequest, VolumeView};
+use crate::volume::{Found, Kind, ObjectRequest, VdiskView, VolumeError, VolumeView};
 
 /// `POST /v1/identity`: the node's account as the agent settled it, or
 /// `null` for a node that has none yet (waiting for the farmer).
@@ -125,10 +126,10 @@ pub fn routes(storage: Shared) -> Router {
         .route("/v1/volumes", get(volumes))
         .route(
             "/v1/volumes/{name}",
-            put(ensure_volume).delete(delete_volume),
+            object_routes(Kind::Volume, volume_view),
         )
         .route("/v1/vdisks", get(vdisks))
-        .route("/v1/vdisks/{name}", put(ensure_vdisk).delete(delete_vdisk))
+        .route("/v1/vdisks/{name}", object_routes(Kind::Vdisk, vdisk_view))
         .with_state(storage)
 }
 
@@ -205,46 +206,25 @@ async fn vdisks(State(s): State<Shared>) -> Result<Json<Vec<VdiskView>>, Request
     with(s, |st| Ok(st.vdisks())).await.map(Json)
 }
 
-async fn ensure_volume(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<Json<VolumeView>, RequestError> {
-    let name = parse_name(&name)?;
-    let req: VolumeRequest = parse(&body)?;
-    let pool = parse_pool(&req.pool)?;
-    with(s, move |st| {
-        st.ensure_volume(&name, &pool, req.size, req.snapshot_of.as_deref())
-    })
-    .await
-    .map(Json)
-}
-
-async fn ensure_vdisk(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<Json<VdiskView>, RequestError> {
-    let name = parse_name(&name)?;
-    let req: VdiskRequest = parse(&body)?;
-    let pool = parse_pool(&req.pool)?;
-    with(s, move |st| st.ensure_vdisk(&name, &pool, req.size))
+/// `PUT` and `DELETE` of one volume or vdisk (`kind`), answered as
+/// `view` shows it.
+fn object_routes<V: Serialize + Send + 'static>(
+    kind: Kind,
+    view: fn(PoolLabel, Found, Option<String>) -> V,
+) -> MethodRouter<Shared> {
+    let ensure = move |State(s): State<Shared>, Path(name): Path<String>, body: Bytes| async move {
+        let name = parse_name(&name)?;
+        let req: ObjectRequest = parse(&body)?;
+        let pool = parse_pool(&req.pool)?;
+        with(s, move |st| {
+            st.ensure(kind, &name, &pool, req.size, req.snapshot_of.as_deref())
+        })
         .await
-        .map(Json)
-}
-
-async fn delete_volume(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> Result<Json<Removed>, RequestError> {
-    let name = parse_name(&name)?;
-    with(s, move |st| st.delete_volume(&name)).await.map(Json)
-}
-
-async fn delete_vdisk(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> Result<Json<Removed>, RequestError> {
-    let name = parse_name(&name)?;
-    with(s, move |st| st.delete_vdisk(&name)).await.map(Json)
+        .map(|(pool, found)| Json(view(pool, found, None)))
+    };
+    let remove = move |State(s): State<Shared>, Path(name): Path<String>| async move {
+        let name = parse_name(&name)?;
+        with(s, move |st| st.remove(kind, &name)).await.map(Json)
+    };
+    put(ensure).delete(remove)
 }

@@ -42,18 +42,13 @@ impl Flags {
 mod tests {
     use super::*;
 
-    type Cli = grove_daemon::cli::Cli<Flags>;
-
     #[test]
     fn built_flags_parse_back_to_the_same_value() {
-        let cases = [
-            Flags::default(),
-            Flags {
-                wipe: vec!["S1".parse().unwrap(), "WD-WCC4N1234567".parse().unwrap()],
-            },
-        ];
-        for flags in cases {
-            assert_eq!(Cli::flags_of(crate::NAME, flags.to_args()).unwrap(), flags);
+        let serials = ["S1".parse().unwrap(), "WD-WCC4N1234567".parse().unwrap()];
+        for wipe in [vec![], serials.to_vec()] {
+            let flags = Flags { wipe };
+            let parsed = grove_daemon::cli::Cli::<Flags>::flags_of(crate::NAME, flags.to_args());
+            assert_eq!(parsed.unwrap(), flags);
         }
     }
 }

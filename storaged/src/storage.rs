@@ -13,6 +13,8 @@
 
 mod objects;
 
+pub(crate) use objects::{vdisk_view, volume_view};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -201,6 +201,7 @@ impl Bed {
         let request = VdiskRequest {
             pool: pool.to_owned(),
             size,
+            snapshot_of: None,
         };
         self.block(self.client().ensure_vdisk(name, &request))
     }
@@ -755,6 +756,7 @@ fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
             let vdisk_req = VdiskRequest {
                 pool: label.clone(),
                 size,
+                snapshot_of: None,
             };
             let both = async {
                 let _ = client.ensure_volume(&volume, &volume_req).await;
@@ -996,6 +998,17 @@ fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself()
         assert_eq!(status, 400, "{from:?}: {message}");
         assert!(message.contains(why), "{from:?}: {message}");
     }
+    let as_snapshot = VdiskRequest {
+        pool: label.clone(),
+        size: 64 * MIB,
+        snapshot_of: Some(source.clone()),
+    };
+    let (status, message) = refusal(bed.block(bed.client().ensure_vdisk("c9-disk", &as_snapshot)));
+    assert_eq!(status, 400, "{message}");
+    assert!(
+        message.contains("a vdisk cannot start as a snapshot"),
+        "{message}"
+    );
     assert_eq!(bed.state(), before, "a refusal changes nothing");
     run("umount", &["-d", other_mount.to_str().expect("utf-8")]);
 

@@ -27,9 +27,10 @@ pub mod queue;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use grove_daemon::latest::Latest;
 use grove_daemon::shutdown::Shutdown;
 
 use serde::{Deserialize, Serialize};
@@ -209,7 +210,7 @@ const MESH_GRACE: Duration = Duration::from_secs(60);
 /// The chain task's shared status.
 #[derive(Debug)]
 pub struct Chain {
-    status: RwLock<ChainStatus>,
+    status: Latest<ChainStatus>,
     started: Instant,
     /// The report queue, once the task opened it.
     queue: std::sync::OnceLock<Queue>,
@@ -220,7 +221,7 @@ pub struct Chain {
 impl Default for Chain {
     fn default() -> Self {
         Self {
-            status: RwLock::default(),
+            status: Latest::default(),
             started: Instant::now(),
             queue: std::sync::OnceLock::new(),
             wake: tokio::sync::Notify::new(),
@@ -298,14 +299,11 @@ async fn blocking<T: Send + 'static>(
 
 impl Chain {
     pub fn status(&self) -> ChainStatus {
-        self.status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.get()
     }
 
     fn update(&self, f: impl FnOnce(&mut ChainStatus)) {
-        f(&mut self.status.write().unwrap_or_else(|e| e.into_inner()));
+        self.status.update(f);
     }
 
     fn fail(&self, error: String) {

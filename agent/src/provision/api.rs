@@ -22,8 +22,8 @@
 //! | `GET /v1/deployments/{contract_id}/changes` | its history |
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -129,7 +129,7 @@ pub fn routes() -> Router<ApiState> {
 /// (over the path as sent); answers the twin. The nonce is spent last, once everything else holds.
 async fn authorize(
     state: &ApiState,
-    method: &'static str,
+    method: &str,
     path: &str,
     headers: &HeaderMap,
     body: &Bytes,
@@ -183,30 +183,52 @@ async fn authorize(
     Ok(twin)
 }
 
+/// A request signed for this node by the twin it names ([`authorize`]):
+/// the twin, and the body it signed.
+struct Signed {
+    twin: u32,
+    body: Bytes,
+}
+
+impl FromRequest<ApiState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &ApiState,
+    ) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        let (method, uri, headers) = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let body = Bytes::from_request(axum::extract::Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let twin = authorize(state, method.as_str(), uri.path(), &headers, &body)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self { twin, body })
+    }
+}
+
+/// provisiond's answer to `call`, or its refusal passed on.
+async fn ask<T>(
+    call: impl Future<Output = Result<T, ClientError>>,
+) -> Result<Json<T>, TenantApiError> {
+    call.await.map(Json).map_err(from_provisiond)
+}
+
 async fn capacity(State(state): State<ApiState>) -> Result<Json<CapacityView>, TenantApiError> {
-    state
-        .provisioning
-        .client
-        .capacity()
-        .await
-        .map(Json)
-        .map_err(from_provisiond)
+    ask(state.provisioning.client.capacity()).await
 }
 
 async fn list(
     State(state): State<ApiState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    signed: Signed,
 ) -> Result<Json<Vec<DeploymentView>>, TenantApiError> {
-    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
-    state
-        .provisioning
-        .client
-        .deployments(Some(twin))
-        .await
-        .map(Json)
-        .map_err(from_provisiond)
+    ask(state.provisioning.client.deployments(Some(signed.twin))).await
 }
 
 /// Contract `id`'s deployment, if it is `twin`'s: another twin's is not
@@ -225,30 +247,18 @@ async fn owned(state: &ApiState, id: u64, twin: u32) -> Result<DeploymentView, T
 async fn one(
     State(state): State<ApiState>,
     Path(id): Path<u64>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    signed: Signed,
 ) -> Result<Json<DeploymentView>, TenantApiError> {
-    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
-    owned(&state, id, twin).await.map(Json)
+    owned(&state, id, signed.twin).await.map(Json)
 }
 
 async fn changes(
     State(state): State<ApiState>,
     Path(id): Path<u64>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    signed: Signed,
 ) -> Result<Json<Vec<ChangeView>>, TenantApiError> {
-    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
-    owned(&state, id, twin).await?;
-    state
-        .provisioning
-        .client
-        .changes(id)
-        .await
-        .map(Json)
-        .map_err(from_provisiond)
+    owned(&state, id, signed.twin).await?;
+    ask(state.provisioning.client.changes(id)).await
 }
 
 /// A workload's output (a container's stdout and stderr), to its twin
@@ -256,12 +266,9 @@ async fn changes(
 async fn logs(
     State(state): State<ApiState>,
     Path((id, name)): Path<(u64, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    signed: Signed,
 ) -> Result<String, TenantApiError> {
-    let twin = authorize(&state, "GET", uri.path(), &headers, &body).await?;
-    owned(&state, id, twin).await?;
+    owned(&state, id, signed.twin).await?;
     state
         .provisioning
         .client
@@ -272,18 +279,10 @@ async fn logs(
 
 async fn deploy(
     State(state): State<ApiState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { twin, body }: Signed,
 ) -> Result<(StatusCode, Json<DeploymentView>), TenantApiError> {
-    let twin = authorize(&state, "POST", uri.path(), &headers, &body).await?;
     let submission = submission(&state, twin, None, &body).await?;
-    let view = state
-        .provisioning
-        .client
-        .deploy(&submission)
-        .await
-        .map_err(from_provisiond)?;
+    let Json(view) = ask(state.provisioning.client.deploy(&submission)).await?;
     tracing::info!(
         contract = view.contract_id,
         twin,
@@ -296,20 +295,12 @@ async fn deploy(
 async fn update(
     State(state): State<ApiState>,
     Path(id): Path<u64>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { twin, body }: Signed,
 ) -> Result<(StatusCode, Json<DeploymentView>), TenantApiError> {
-    let twin = authorize(&state, "PUT", uri.path(), &headers, &body).await?;
     // Another twin's deployment is not found, as on a read.
     owned(&state, id, twin).await?;
     let submission = submission(&state, twin, Some(id), &body).await?;
-    let view = state
-        .provisioning
-        .client
-        .update(id, &submission)
-        .await
-        .map_err(from_provisiond)?;
+    let Json(view) = ask(state.provisioning.client.update(id, &submission)).await?;
     tracing::info!(
         contract = id,
         twin,

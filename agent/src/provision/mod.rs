@@ -26,10 +26,11 @@ pub mod api;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use grove_daemon::client::ClientError;
+use grove_daemon::latest::Latest;
 use grove_daemon::shutdown::Shutdown;
 use provisiond::api::DeploymentState;
 use provisiond::client::ProvisiondClient;
@@ -198,7 +199,7 @@ pub struct Provisioning {
     pub client: ProvisiondClient,
     registry: OnceLock<Arc<RegistryReader>>,
     changed: tokio::sync::Notify,
-    status: RwLock<ProvisionStatus>,
+    status: Latest<ProvisionStatus>,
 }
 
 impl Default for Provisioning {
@@ -224,19 +225,16 @@ impl Provisioning {
             client,
             registry: OnceLock::new(),
             changed: tokio::sync::Notify::new(),
-            status: RwLock::default(),
+            status: Latest::default(),
         }
     }
 
     pub fn status(&self) -> ProvisionStatus {
-        self.status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.get()
     }
 
     fn update(&self, f: impl FnOnce(&mut ProvisionStatus)) {
-        f(&mut self.status.write().unwrap_or_else(|e| e.into_inner()));
+        self.status.update(f);
     }
 
     /// The registry reader, once the node knows its registry and keys.

@@ -495,6 +495,16 @@ impl Tfchain {
         .await
     }
 
+    /// `pallet`'s `item` under the numeric key `id`.
+    async fn fetch_id(
+        &self,
+        pallet: &'static str,
+        item: &'static str,
+        id: impl Into<u128>,
+    ) -> Result<Option<Value>, TfchainError> {
+        self.fetch(pallet, item, Value::u128(id.into())).await
+    }
+
     async fn read_u32(&self, item: &'static str, key: Value) -> Result<Option<u32>, TfchainError> {
         Ok(self
             .fetch("TfgridModule", item, key)
@@ -622,41 +632,25 @@ impl Tfchain {
             item,
             message: what.to_owned(),
         };
-        let Some(farm) = self
-            .fetch("TfgridModule", "Farms", Value::u128(u128::from(id)))
-            .await?
-        else {
+        let Some(farm) = self.fetch_id("TfgridModule", "Farms", id).await? else {
             return Ok(None);
         };
         let twin = farm
             .at("twin_id")
             .and_then(|t| t.as_u128())
+            .and_then(|t| u32::try_from(t).ok())
             .ok_or_else(|| missing("Farms", "no twin_id"))?;
         let owner = self
-            .fetch("TfgridModule", "Twins", Value::u128(twin))
+            .twin_key(twin)
             .await?
             .ok_or_else(|| missing("Twins", "the farm's twin does not exist"))?;
-        let bytes = owner
-            .at("account_id")
-            .map(flat_bytes)
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| missing("Twins", "no 32-byte account_id"))?;
-        let mut account = [0u8; 32];
-        account.copy_from_slice(&bytes);
-        Ok(Some(crate::identity::keys::ss58(
-            &account,
-            crate::identity::keys::SS58_PREFIX,
-        )))
+        Ok(Some(owner.account))
     }
 
     /// The ids of the active contracts on node `id`.
     pub async fn node_contracts(&self, id: u32) -> Result<Vec<u64>, TfchainError> {
         let list = self
-            .fetch(
-                "SmartContractModule",
-                "ActiveNodeContracts",
-                Value::u128(u128::from(id)),
-            )
+            .fetch_id("SmartContractModule", "ActiveNodeContracts", id)
             .await?;
         let Some(list) = list else {
             return Ok(Vec::new());
@@ -754,11 +748,7 @@ impl Tfchain {
     /// contract once seen and now `None` is gone.
     pub async fn contract(&self, id: u64) -> Result<Option<NodeContract>, TfchainError> {
         let value = self
-            .fetch(
-                "SmartContractModule",
-                "Contracts",
-                Value::u128(u128::from(id)),
-            )
+            .fetch_id("SmartContractModule", "Contracts", id)
             .await?;
         Ok(value.and_then(|v| node_contract(&v)))
     }
@@ -776,10 +766,7 @@ impl Tfchain {
 
     /// Twin `id` and its account key.
     pub async fn twin_key(&self, id: u32) -> Result<Option<TwinKey>, TfchainError> {
-        let Some(twin) = self
-            .fetch("TfgridModule", "Twins", Value::u128(u128::from(id)))
-            .await?
-        else {
+        let Some(twin) = self.fetch_id("TfgridModule", "Twins", id).await? else {
             return Ok(None);
         };
         let bytes = twin
@@ -800,11 +787,7 @@ impl Tfchain {
         id: u64,
     ) -> Result<Option<crate::registry::model::Resources>, TfchainError> {
         let value = self
-            .fetch(
-                "SmartContractModule",
-                "NodeContractResources",
-                Value::u128(u128::from(id)),
-            )
+            .fetch_id("SmartContractModule", "NodeContractResources", id)
             .await?;
         Ok(value.and_then(|v| {
             let used = v.at("used")?;
@@ -892,8 +875,7 @@ impl Tfchain {
 
     /// The stored `Node` as the chain has it, for checks.
     pub async fn node(&self, id: u32) -> Result<Option<Value>, TfchainError> {
-        self.fetch("TfgridModule", "Nodes", Value::u128(u128::from(id)))
-            .await
+        self.fetch_id("TfgridModule", "Nodes", id).await
     }
 }
 

@@ -33,6 +33,8 @@ pub mod netns;
 pub mod node;
 pub mod oci;
 pub mod proc;
+#[cfg(feature = "provision")]
+pub mod provision;
 pub mod registry;
 pub mod run;
 pub mod snapshot;

@@ -49,16 +49,12 @@ fn chromium(dir: &Path, url: &str, width: u32, height: u32, extra: &[&str]) -> S
     ];
     args.extend_from_slice(extra);
     args.push(url);
-    let out = std::process::Command::new("chromium")
-        .args(&args)
-        .output()
-        .unwrap_or_else(|e| panic!("chromium (ci/setup installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("the DOM is UTF-8")
+    grove_testbed::cmd::run("chromium", &args).unwrap_or_else(|e| {
+        panic!(
+            "chromium (ci/setup installs it): {}",
+            grove_testbed::report(&e)
+        )
+    })
 }
 
 /// Width and height from a PNG's IHDR chunk.

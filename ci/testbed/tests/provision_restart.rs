@@ -8,113 +8,40 @@
 
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
-use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, wait_until};
-use provisiond::api::{ContractFacts, DeploymentState, DeploymentView, Submission, TwinKeyFacts};
+use grove_testbed::provision::{self, Objects, block_on, disk, network};
+use grove_testbed::{Daemon, Farm, Node, wait_until};
+use provisiond::api::{DeploymentState, DeploymentView};
 use provisiond::client::ProvisiondClient;
-use provisiond::deployment::Deployment;
-use provisiond::deployment::sign::sign_ed25519;
 use provisiond::driver::{disk_name, netid};
-use serde_json::json;
 use storaged::client::StoragedClient;
 
 const NODE_ID: u32 = 1;
 const MIB: u64 = 1 << 20;
-const SSD: DiskSpec = DiskSpec {
-    size_mb: 2048,
-    rotational: false,
-};
 /// The bytes written into each vdisk before the restart, and where.
 const MARK: &str = "grove-kept";
 const MARK_AT: u64 = 4096;
 
 fn start() -> Farm {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
-    let spec = NodeSpec::default()
-        .disks(vec![SSD])
-        .config(Daemon::Netd, "[uplink]\nmanage = false\n")
-        .config(Daemon::Provisiond, format!("node_id = {NODE_ID}\n"));
-    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]))
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
-    wait_provisiond(&farm);
-    farm
-}
-
-fn wait_provisiond(farm: &Farm) {
-    assert!(
-        farm.node(0)
-            .wait_answers(Daemon::Provisiond, "/v1/capacity", Duration::from_secs(90)),
-        "provisiond never answered\n{}",
-        farm.logs(60)
-    );
-}
-
-fn client(node: &Node) -> ProvisiondClient {
-    ProvisiondClient::new(node.socket(Daemon::Provisiond).expect("node runs"))
-}
-
-fn storaged(node: &Node) -> StoragedClient {
-    StoragedClient::new(node.socket(Daemon::Storaged).expect("node runs"))
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-fn key(twin: u32) -> SigningKey {
-    SigningKey::from_bytes(&[u8::try_from(twin).expect("small twin id"); 32])
-}
-
-fn network(name: &str, range: u8, port: u16) -> serde_json::Value {
-    json!({"version": 0, "name": name, "type": "network", "metadata": "", "description": "",
-           "data": {"ip_range": format!("10.{range}.0.0/16"), "subnet": format!("10.{range}.1.0/24"),
-                    "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
-                    "wireguard_listen_port": port, "peers": []}})
-}
-
-fn disk(name: &str, kind: &str, size: u64) -> serde_json::Value {
-    json!({"version": 0, "name": name, "type": kind, "metadata": "", "description": "",
-           "data": {"size": size}})
-}
-
-fn signed(twin: u32, contract: u64, workloads: Vec<serde_json::Value>) -> String {
-    let wire = json!({"version": 0, "twin_id": twin, "contract_id": contract,
-        "metadata": "", "description": "", "expiration": 0,
-        "signature_requirement": {"requests": [{"twin_id": twin, "required": false, "weight": 1}],
-            "weight_required": 1, "signatures": [], "signature_style": ""},
-        "workloads": workloads});
-    sign_ed25519(&wire.to_string(), twin, &key(twin)).expect("signs")
-}
-
-fn submission(twin: u32, wire: &str) -> Submission {
-    let d = Deployment::parse(wire.as_bytes()).expect("parses");
-    Submission {
-        deployment: wire.to_owned(),
-        contract: Some(ContractFacts {
-            contract_id: d.contract_id,
-            node_id: NODE_ID,
-            twin_id: twin,
-            state: "Created".into(),
-            deployment_hash: d.hash().hex(),
-        }),
-        twins: vec![TwinKeyFacts {
-            twin_id: twin,
-            account_key: hex::encode(key(twin).verifying_key().to_bytes()),
-        }],
-    }
+    provision::start(NODE_ID, 2048).unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
 fn deploy(node: &Node, twin: u32, contract: u64, workloads: Vec<serde_json::Value>) {
-    let wire = signed(twin, contract, workloads);
-    let admitted = block_on(client(node).deploy(&submission(twin, &wire))).expect("admitted");
+    let wire = provision::signed(twin, contract, workloads).expect("signs");
+    let submission = provision::submission(NODE_ID, twin, &wire).expect("parses");
+    let admitted = block_on(client(node).deploy(&submission)).expect("admitted");
     assert_eq!(admitted.state, DeploymentState::Deploying, "{admitted:?}");
+}
+
+/// Twin 22's deployment: a zmount and a volume.
+fn twin_22_disks() -> Vec<serde_json::Value> {
+    vec![
+        disk("root", "zmount", 64 * MIB),
+        disk("home", "volume", 30 * MIB),
+    ]
+}
+
+fn client(node: &Node) -> ProvisiondClient {
+    provision::client(node).expect("node runs")
 }
 
 fn view(node: &Node, contract: u64) -> DeploymentView {
@@ -128,63 +55,16 @@ fn wait_state(
     state: DeploymentState,
     within: Duration,
 ) -> DeploymentView {
-    let client = client(node);
-    let mut last = None;
-    let reached = wait_until(within, Duration::from_millis(50), || {
-        let view = block_on(client.deployment(contract)).expect("deployment answers");
-        let done = view.state == state;
-        last = Some(view);
-        done
-    });
-    let last = last.expect("asked at least once");
-    assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(60));
-    last
+    provision::wait_state(node, contract, state, within)
+        .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(60)))
 }
 
 fn run(node: &Node, argv: &[&str]) -> (bool, String) {
     node.exec_text(argv).expect("runs")
 }
 
-/// The tenant networks netd holds, sorted, with their namespaces.
-fn networks(node: &Node) -> Vec<(String, String)> {
-    let netd = netd::client::NetdClient::new(node.socket(Daemon::Netd).expect("runs"));
-    let mut nets: Vec<(String, String)> = block_on(netd.networks())
-        .expect("networks")
-        .into_iter()
-        .map(|n| (n.netid, n.namespace))
-        .collect();
-    nets.sort();
-    nets
-}
-
-/// What storaged and netd hold for the deployments: vdisks (name, size,
-/// path), volumes (name, limit, path) and networks, each sorted.
-#[derive(Debug, PartialEq)]
-struct Objects {
-    vdisks: Vec<(String, u64, String)>,
-    volumes: Vec<(String, u64, String)>,
-    networks: Vec<(String, String)>,
-}
-
 fn objects(node: &Node) -> Objects {
-    let storaged = storaged(node);
-    let mut vdisks: Vec<(String, u64, String)> = block_on(storaged.vdisks())
-        .expect("vdisks")
-        .into_iter()
-        .map(|v| (v.name, v.size, v.path.display().to_string()))
-        .collect();
-    vdisks.sort();
-    let mut volumes: Vec<(String, u64, String)> = block_on(storaged.volumes())
-        .expect("volumes")
-        .into_iter()
-        .map(|v| (v.name, v.size, v.path.display().to_string()))
-        .collect();
-    volumes.sort();
-    Objects {
-        vdisks,
-        volumes,
-        networks: networks(node),
-    }
+    provision::objects(node).expect("storaged and netd answer")
 }
 
 /// The file length of each vdisk and the mark read back from it.
@@ -212,16 +92,6 @@ fn vdisk_contents(node: &Node, objects: &Objects) -> Vec<(String, String)> {
         .collect()
 }
 
-fn assert_volume_limited(node: &Node, path: &str, size: u64) {
-    let (ok, out) = run(node, &["btrfs", "subvolume", "show", path]);
-    assert!(ok, "a subvolume: {out}");
-    let (ok, out) = run(node, &["btrfs", "qgroup", "show", "-re", "--raw", path]);
-    assert!(
-        ok && out.contains(&size.to_string()),
-        "{path} limited to {size}: {out}"
-    );
-}
-
 fn netns_list(node: &Node) -> String {
     run(node, &["ip", "netns", "list"]).1
 }
@@ -242,15 +112,7 @@ fn a_whole_node_restart_restores_every_deployment_once_with_its_contents() {
             disk("data", "volume", 50 * MIB),
         ],
     );
-    deploy(
-        node,
-        22,
-        41,
-        vec![
-            disk("root", "zmount", 64 * MIB),
-            disk("home", "volume", 30 * MIB),
-        ],
-    );
+    deploy(node, 22, 41, twin_22_disks());
     deploy(node, 21, 42, vec![network("lan", 241, 3801)]);
     let within = Duration::from_secs(60);
     for contract in [40, 41, 42] {
@@ -317,7 +179,7 @@ fn a_whole_node_restart_restores_every_deployment_once_with_its_contents() {
     }
     node.start_agent().expect("boot the node again");
     let booted = Instant::now();
-    wait_provisiond(&farm);
+    provision::wait_provisiond(&farm).unwrap_or_else(|e| panic!("{e}"));
     for (daemon, old) in daemons.iter().zip(&pids_before) {
         let new = node.daemon_pid(*daemon);
         assert!(
@@ -355,7 +217,7 @@ fn a_whole_node_restart_restores_every_deployment_once_with_its_contents() {
     }
     assert_eq!(vdisk_contents(node, &before), contents_before);
     for (name, size, path) in &before.volumes {
-        assert_volume_limited(node, path, *size);
+        provision::check_volume_limited(node, path, *size).expect("a limited subvolume");
         let (ok, out) = run(node, &["cat", &format!("{path}/kept.txt")]);
         assert!(ok && out == format!("{name}\n"), "{path}: {out}");
     }
@@ -387,22 +249,9 @@ fn a_network_stuck_in_netd_does_not_delay_another_twins_disks() {
     deploy(node, 21, 50, vec![network("net", 250, 3900)]);
     // Twin 22's disks, admitted while twin 21's network waits on netd.
     let started = Instant::now();
-    deploy(
-        node,
-        22,
-        51,
-        vec![
-            disk("root", "zmount", 64 * MIB),
-            disk("home", "volume", 30 * MIB),
-        ],
-    );
-    let b = wait_state(
-        node,
-        &farm,
-        51,
-        DeploymentState::Ok,
-        Duration::from_secs(30),
-    );
+    deploy(node, 22, 51, twin_22_disks());
+    let within = Duration::from_secs(30);
+    let b = wait_state(node, &farm, 51, DeploymentState::Ok, within);
     let took = started.elapsed();
     // netd stays stopped until the agent's probes find it unready (two
     // missed probes, 2 s apart): twin 21's network waits all along.
@@ -432,7 +281,7 @@ fn a_network_stuck_in_netd_does_not_delay_another_twins_disks() {
         "twin 22 ok {} ms after admission while twin 21's network hangs",
         took.as_millis()
     );
-    let storaged = storaged(node);
+    let storaged = StoragedClient::new(node.socket(Daemon::Storaged).expect("node runs"));
     let vdisks: Vec<String> = block_on(storaged.vdisks())
         .expect("vdisks")
         .into_iter()
@@ -442,16 +291,15 @@ fn a_network_stuck_in_netd_does_not_delay_another_twins_disks() {
 
     signal(netd, nix::sys::signal::Signal::SIGCONT);
     eprintln!("netd was stopped for {} ms", stopped.elapsed().as_millis());
-    let a = wait_state(
-        node,
-        &farm,
-        50,
-        DeploymentState::Ok,
-        Duration::from_secs(60),
-    );
+    let within = Duration::from_secs(60);
+    let a = wait_state(node, &farm, 50, DeploymentState::Ok, within);
     assert_eq!(a.workload_state("net"), Some("ok"), "{a:?}");
     assert_eq!(
-        networks(node).into_iter().map(|n| n.0).collect::<Vec<_>>(),
+        objects(node)
+            .networks
+            .into_iter()
+            .map(|n| n.0)
+            .collect::<Vec<_>>(),
         vec![netid(21, "net")],
         "one network, made once"
     );

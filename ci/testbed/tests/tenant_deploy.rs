@@ -14,6 +14,7 @@ use agent::cli::tenant::NodeApi;
 use agent::registry::tenant::Tenant;
 use grove_daemon::client::SocketClient;
 use grove_testbed::mesh::{self, Keys};
+use grove_testbed::provision::{self, block_on};
 use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, http_get, wait_until};
 use hyper::Method;
 use provisiond::api::{DeploymentState, DeploymentView};
@@ -23,14 +24,6 @@ use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
 const PORT: u16 = 7400;
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 struct Setup {
     farm: Farm,
@@ -185,7 +178,7 @@ fn contract_of(out: &str) -> u64 {
 }
 
 fn provisiond(node: &Node) -> provisiond::client::ProvisiondClient {
-    provisiond::client::ProvisiondClient::new(node.socket(Daemon::Provisiond).expect("runs"))
+    provision::client(node).expect("runs")
 }
 
 fn storaged(node: &Node) -> storaged::client::StoragedClient {
@@ -260,29 +253,16 @@ fn a_tenant_deploys_a_network_across_two_nodes_updates_and_cancels_with_the_comm
                 .expect("json")
                 .contains(&keys[0].private)
         );
-        let vdisk = block_on(storaged(node).vdisks())
-            .expect("vdisks")
-            .into_iter()
-            .find(|v| v.name == disk_name(*contract, "disk"))
+        let objects = provision::objects(node).expect("storaged and netd answer");
+        let path = objects
+            .vdisk(&disk_name(*contract, "disk"))
             .expect("the zmount's vdisk");
-        let (ok, size) = run(
-            node,
-            &["stat", "-c", "%s", &vdisk.path.display().to_string()],
-        );
-        assert!(ok && size.trim() == (100 * MIB).to_string(), "{size}");
-        let volume = block_on(storaged(node).volumes())
-            .expect("volumes")
-            .into_iter()
-            .find(|v| v.name == disk_name(*contract, "data"))
+        let size = provision::file_size(node, path).expect("the vdisk's size");
+        assert_eq!(size, (100 * MIB).to_string());
+        let vpath = objects
+            .volume(&disk_name(*contract, "data"))
             .expect("the volume");
-        let vpath = volume.path.display().to_string();
-        let (ok, out) = run(node, &["btrfs", "subvolume", "show", &vpath]);
-        assert!(ok, "a subvolume: {out}");
-        let (ok, out) = run(node, &["btrfs", "qgroup", "show", "-re", "--raw", &vpath]);
-        assert!(
-            ok && out.contains(&(50 * MIB).to_string()),
-            "limited: {out}"
-        );
+        provision::check_volume_limited(node, vpath, 50 * MIB).expect("limited");
     }
 
     // Node A's tenant namespace reaches node B's side of the network.

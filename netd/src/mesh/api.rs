@@ -31,10 +31,7 @@ impl IntoResponse for MeshError {
             | MeshError::State(_)
             | MeshError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
-            tracing::error!(error = %self, "mesh request failed");
-        }
-        ApiError::new(status, self.to_string()).into_response()
+        ApiError::answer(status, &self, "mesh request")
     }
 }
 

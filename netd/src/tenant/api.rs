@@ -47,10 +47,7 @@ impl IntoResponse for TenantError {
             | TenantError::State(_)
             | TenantError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
-            tracing::error!(error = %self, "tenant network request failed");
-        }
-        ApiError::new(status, self.to_string()).into_response()
+        ApiError::answer(status, &self, "tenant network request")
     }
 }
 

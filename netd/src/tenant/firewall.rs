@@ -47,6 +47,7 @@ pub enum FirewallError {
 pub fn host_rules(netid: &NetId, inside: Ipv4Addr) -> String {
     let table = netid.host_table();
     let egress = netid.egress();
+    let input = input_chain(&egress);
     replace(
         &table,
         &format!(
@@ -56,12 +57,7 @@ pub fn host_rules(netid: &NetId, inside: Ipv4Addr) -> String {
 \t\toifname \"{egress}\" drop
 \t\tiifname \"{egress}\" oifname \"e-*\" drop
 \t}}
-\tchain input {{
-\t\ttype filter hook input priority filter; policy accept;
-\t\tiifname \"{egress}\" ct state established,related accept
-\t\tiifname \"{egress}\" drop
-\t}}
-\tchain postrouting {{
+{input}\tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\tip saddr {inside} oifname != \"e-*\" masquerade
 \t}}
@@ -75,15 +71,11 @@ pub fn inside_rules(netid: &NetId) -> String {
     let bridge = netid.bridge();
     let wg = netid.wireguard();
     let egress = names::EGRESS_INSIDE;
+    let input = input_chain(egress);
     replace(
         names::INSIDE_TABLE,
         &format!(
-            "\tchain input {{
-\t\ttype filter hook input priority filter; policy accept;
-\t\tiifname \"{egress}\" ct state established,related accept
-\t\tiifname \"{egress}\" drop
-\t}}
-\tchain forward {{
+            "{input}\tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
 \t\tct state established,related accept
 \t\tiifname \"{bridge}\" accept
@@ -95,6 +87,19 @@ pub fn inside_rules(netid: &NetId) -> String {
 \t}}
 "
         ),
+    )
+}
+
+/// The input chain of both sides: from the egress veth, only answers to
+/// what this side started.
+fn input_chain(egress: &str) -> String {
+    format!(
+        "\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname \"{egress}\" ct state established,related accept
+\t\tiifname \"{egress}\" drop
+\t}}
+"
     )
 }
 

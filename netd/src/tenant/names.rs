@@ -76,80 +76,80 @@ fn check(what: &'static str, text: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// A tenant network's id on this node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NetId(String);
+/// Declares a name checked by [`check`] (`what` in its errors) and the
+/// kernel names made from it by a prefix, one method each.
+macro_rules! tenant_name {
+    (
+        $(#[$doc:meta])* $name:ident, $what:literal,
+        { $($(#[$method_doc:meta])* $method:ident => $prefix:literal,)* }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            $(
+                $(#[$method_doc])*
+                pub fn $method(&self) -> String {
+                    format!(concat!($prefix, "{}"), self.0)
+                }
+            )*
+        }
+
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(text: &str) -> Result<Self, NameError> {
+                check($what, text)?;
+                Ok(Self(text.to_owned()))
+            }
+        }
+
+        grove_daemon::checked_name!($name);
+    };
+}
+
+tenant_name!(
+    /// A tenant network's id on this node.
+    NetId, "netid",
+    {
+        /// `n-<netid>`: the network namespace.
+        namespace => "n-",
+        /// `w-<netid>`: the WireGuard interface (inside the namespace).
+        wireguard => "w-",
+        /// `b-<netid>`: the workloads' bridge (inside the namespace).
+        bridge => "b-",
+        /// `e-<netid>`: the host end of the egress veth.
+        egress => "e-",
+        /// `grove-n-<netid>`: the network's nftables table in the host namespace.
+        host_table => "grove-n-",
+    }
+);
 
 impl NetId {
-    /// `n-<netid>`: the network namespace.
-    pub fn namespace(&self) -> String {
-        format!("n-{}", self.0)
-    }
-
-    /// `w-<netid>`: the WireGuard interface (inside the namespace).
-    pub fn wireguard(&self) -> String {
-        format!("w-{}", self.0)
-    }
-
-    /// `b-<netid>`: the workloads' bridge (inside the namespace).
-    pub fn bridge(&self) -> String {
-        format!("b-{}", self.0)
-    }
-
-    /// `e-<netid>`: the host end of the egress veth.
-    pub fn egress(&self) -> String {
-        format!("e-{}", self.0)
-    }
-
-    /// `grove-n-<netid>`: the network's nftables table in the host namespace.
-    pub fn host_table(&self) -> String {
-        format!("grove-n-{}", self.0)
-    }
-
     /// The bridge's MAC.
     pub fn bridge_mac(&self) -> [u8; 6] {
         mac(&["bridge", &self.0])
     }
 }
 
-impl FromStr for NetId {
-    type Err = NameError;
-    fn from_str(text: &str) -> Result<Self, NameError> {
-        check("netid", text)?;
-        Ok(Self(text.to_owned()))
+tenant_name!(
+    /// A workload's name, as given when it is attached.
+    WorkloadName, "workload name",
+    {
+        /// `v-<name>`: the veth end left in the host namespace for the runtime.
+        veth => "v-",
+        /// `p-<name>`: the veth end on the tenant bridge.
+        port => "p-",
+        /// `t-<name>`: the tap device on the tenant bridge.
+        tap => "t-",
+        /// `c-<name>`: the namespace of a workload attached as
+        /// [`super::input::AttachKind::Namespace`].
+        namespace => "c-",
     }
-}
-
-grove_daemon::checked_name!(NetId);
-
-/// A workload's name, as given when it is attached.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct WorkloadName(String);
+);
 
 impl WorkloadName {
-    /// `v-<name>`: the veth end left in the host namespace for the runtime.
-    pub fn veth(&self) -> String {
-        format!("v-{}", self.0)
-    }
-
-    /// `p-<name>`: the veth end on the tenant bridge.
-    pub fn port(&self) -> String {
-        format!("p-{}", self.0)
-    }
-
-    /// `c-<name>`: the namespace of a workload attached as
-    /// [`super::input::AttachKind::Namespace`].
-    pub fn namespace(&self) -> String {
-        format!("c-{}", self.0)
-    }
-
-    /// `t-<name>`: the tap device on the tenant bridge.
-    pub fn tap(&self) -> String {
-        format!("t-{}", self.0)
-    }
-
     /// The MAC the workload's own interface uses.
     pub fn mac(&self, netid: &NetId) -> [u8; 6] {
         mac(&["workload", netid.as_str(), &self.0])
@@ -160,16 +160,6 @@ impl WorkloadName {
         mac(&["port", netid.as_str(), &self.0])
     }
 }
-
-impl FromStr for WorkloadName {
-    type Err = NameError;
-    fn from_str(text: &str) -> Result<Self, NameError> {
-        check("workload name", text)?;
-        Ok(Self(text.to_owned()))
-    }
-}
-
-grove_daemon::checked_name!(WorkloadName);
 
 /// Whether `ifname` in the host namespace belongs to a tenant network.
 pub fn is_tenant_link(ifname: &str) -> bool {

@@ -19,9 +19,10 @@ pub mod nic;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use grove_daemon::latest::Latest;
 use grove_daemon::server::Readiness;
 use grove_daemon::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
@@ -154,7 +155,7 @@ pub struct Uplink {
     links: Netlink,
     /// Whether a link is one netd made (never an uplink candidate).
     made_by_netd: fn(&str) -> bool,
-    report: RwLock<UplinkReport>,
+    report: Latest<UplinkReport>,
 }
 
 impl Uplink {
@@ -167,7 +168,7 @@ impl Uplink {
         made_by_netd: fn(&str) -> bool,
     ) -> Arc<Self> {
         Arc::new(Self {
-            report: RwLock::new(UplinkReport {
+            report: Latest::new(UplinkReport {
                 state: if config.manage {
                     UplinkState::Probing
                 } else {
@@ -204,14 +205,11 @@ impl Uplink {
     }
 
     pub fn report(&self) -> UplinkReport {
-        self.report
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.report.get()
     }
 
     fn update(&self, f: impl FnOnce(&mut UplinkReport)) {
-        f(&mut self.report.write().unwrap_or_else(|e| e.into_inner()));
+        self.report.update(f);
     }
 
     /// Brings the uplink up and keeps it up until `shutdown`. Marks

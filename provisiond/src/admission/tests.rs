@@ -51,6 +51,14 @@ fn ledger(ssd_gib: u64) -> Ledger {
     })
 }
 
+/// Vector A, new, on node [`NODE`] with `ssd_gib` GiB of SSD.
+fn create_a(ssd_gib: u64) -> Result<Admitted, AdmissionError> {
+    let (wire, key) = vector_a();
+    let keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
+    let ledger = ledger(ssd_gib);
+    checks(&keys, &ledger).create(wire.as_bytes(), Some(&contract(&wire)))
+}
+
 fn contract(wire: &str) -> Contract {
     let hash = Deployment::parse(wire.as_bytes()).expect("parses").hash();
     Contract {
@@ -64,13 +72,7 @@ fn contract(wire: &str) -> Contract {
 
 #[test]
 fn a_good_deployment_passes_with_its_plan() {
-    let (wire, key) = vector_a();
-    let keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
-    let ledger = ledger(100);
-    let checks = checks(&keys, &ledger);
-    let admitted = checks
-        .create(wire.as_bytes(), Some(&contract(&wire)))
-        .expect("admitted");
+    let admitted = create_a(100).expect("admitted");
     assert_eq!(admitted.hash.hex(), "4e37443920ba961c631febfcf4c15ec6");
     assert_eq!(admitted.steps.len(), 3);
     assert_eq!(
@@ -166,18 +168,15 @@ fn each_rule_refuses_naming_itself() {
 
 #[test]
 fn unsupported_types_and_capacity_are_refused() {
-    let (wire, key) = vector_a();
-    let keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
-    let small = ledger(10);
-    let checks = checks(&keys, &small);
-    let error = checks
-        .create(wire.as_bytes(), Some(&contract(&wire)))
+    let error = create_a(10)
         .expect_err("10.5 GiB asked, 10 GiB there")
         .to_string();
     assert_eq!(
         error,
         "the deployment asks 10.4 GiB of SRU, 10 GiB is free (largest single pool: 10 GiB)"
     );
+    let (wire, key) = vector_a();
+    let keys: BTreeMap<u32, [u8; 32]> = [(42, key)].into();
     let roomy = ledger(100);
     let checks = Checks {
         node_id: NODE,

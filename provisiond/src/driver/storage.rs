@@ -11,7 +11,7 @@
 use grove_daemon::client::ClientError;
 use serde_json::json;
 use storaged::client::StoragedClient;
-use storaged::volume::{VdiskRequest, VolumeRequest};
+use storaged::volume::ObjectRequest;
 
 use super::{Driver, DriverError, DriverFuture, Target, disk_name, is_disk_name, is_not_found};
 use crate::deployment::workload::{WorkloadData, WorkloadType};
@@ -97,25 +97,14 @@ impl DiskDriver {
 
     /// Makes (or grows) the object `name`.
     async fn ensure_disk(&self, name: &str, pool: &str, size: u64) -> Result<(), ClientError> {
-        let pool = pool.to_owned();
+        let request = ObjectRequest {
+            pool: pool.to_owned(),
+            size,
+            snapshot_of: None,
+        };
         match self.disk {
-            Disk::Vdisk => self
-                .storaged
-                .ensure_vdisk(name, &VdiskRequest { pool, size })
-                .await
-                .map(drop),
-            Disk::Volume => self
-                .storaged
-                .ensure_volume(
-                    name,
-                    &VolumeRequest {
-                        pool,
-                        size,
-                        snapshot_of: None,
-                    },
-                )
-                .await
-                .map(drop),
+            Disk::Vdisk => self.storaged.ensure_vdisk(name, &request).await.map(drop),
+            Disk::Volume => self.storaged.ensure_volume(name, &request).await.map(drop),
         }
     }
 

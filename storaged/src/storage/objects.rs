@@ -22,6 +22,45 @@ struct Looked {
     broken: Option<String>,
 }
 
+impl Looked {
+    /// Refuses to touch `name` of `kind` on this pool while it is broken.
+    fn usable_for(&self, kind: Kind, name: &ResourceName) -> Result<(), VolumeError> {
+        match &self.broken {
+            Some(why) => Err(VolumeError::OnUnusablePool {
+                kind: kind.as_str(),
+                name: name.clone(),
+                pool: self.pool.clone(),
+                why: why.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The objects on pool `label` (which is `pool`) when it takes new ones,
+/// or why it does not.
+fn new_room<'a>(
+    inner: &Inner,
+    pool: &Pool,
+    label: &PoolLabel,
+    looked: &'a [Looked],
+) -> Result<&'a PoolObjects, String> {
+    if let Some(why) = unusable(inner, pool) {
+        return Err(why);
+    }
+    match looked.iter().find(|l| &l.pool == label) {
+        Some(Looked {
+            objects,
+            broken: None,
+            ..
+        }) => Ok(objects),
+        Some(Looked {
+            broken: Some(why), ..
+        }) => Err(why.clone()),
+        None => Err("it was not looked at".to_owned()),
+    }
+}
+
 /// Why `pool` takes no new volumes or vdisks, or `None` when it does: the
 /// decision is [`Inner::own`]'s, the one rule for what is this node's.
 fn unusable(inner: &Inner, pool: &Pool) -> Option<String> {
@@ -147,7 +186,7 @@ fn check_room(
 impl Storage {
     /// `name` of `kind` on pool `label` with `size` bytes: made when absent,
     /// unchanged when so, grown when asked larger. Blocking.
-    fn ensure(
+    pub(crate) fn ensure(
         &self,
         kind: Kind,
         name: &ResourceName,
@@ -155,6 +194,13 @@ impl Storage {
         size: u64,
         snapshot_of: Option<&Path>,
     ) -> Result<(PoolLabel, Found), StorageError> {
+        if let (Kind::Vdisk, Some(source)) = (kind, snapshot_of) {
+            return Err(VolumeError::SnapshotSource {
+                path: source.to_owned(),
+                why: "a vdisk cannot start as a snapshot; a volume can".into(),
+            }
+            .into());
+        }
         if size == 0 {
             return Err(VolumeError::ZeroSize {
                 kind: kind.as_str(),
@@ -177,15 +223,7 @@ impl Storage {
                     }
                     .into());
                 }
-                if let Some(why) = &l.broken {
-                    return Err(VolumeError::OnUnusablePool {
-                        kind: kind.as_str(),
-                        name: name.clone(),
-                        pool: l.pool.clone(),
-                        why: why.clone(),
-                    }
-                    .into());
-                }
+                l.usable_for(kind, name)?;
                 if size == found.size {
                     return Ok((l.pool.clone(), found.clone()));
                 }
@@ -206,39 +244,13 @@ impl Storage {
             }
             None => {
                 let pool = pool_of(&inner, label)?;
-                if let Some(why) = unusable(&inner, pool) {
-                    return Err(VolumeError::Unusable {
+                let objects = new_room(&inner, pool, label, &looked).map_err(|why| {
+                    VolumeError::Unusable {
                         kind: kind.as_str(),
                         pool: label.clone(),
                         why,
                     }
-                    .into());
-                }
-                let objects = match looked.iter().find(|l| &l.pool == label) {
-                    Some(Looked {
-                        objects,
-                        broken: None,
-                        ..
-                    }) => objects,
-                    Some(Looked {
-                        broken: Some(why), ..
-                    }) => {
-                        return Err(VolumeError::Unusable {
-                            kind: kind.as_str(),
-                            pool: label.clone(),
-                            why: why.clone(),
-                        }
-                        .into());
-                    }
-                    None => {
-                        return Err(VolumeError::Unusable {
-                            kind: kind.as_str(),
-                            pool: label.clone(),
-                            why: "it was not looked at".to_owned(),
-                        }
-                        .into());
-                    }
-                };
+                })?;
                 check_room(pool, objects, kind, name, size)?;
                 volume::make(pool, kind, name, size, snapshot_of)?;
                 tracing::info!(kind = kind.as_str(), name = %name, pool = %label, size, "made");
@@ -258,7 +270,7 @@ impl Storage {
     }
 
     /// Removes `name` of `kind` wherever it is. Blocking.
-    fn remove(&self, kind: Kind, name: &ResourceName) -> Result<Removed, StorageError> {
+    pub(crate) fn remove(&self, kind: Kind, name: &ResourceName) -> Result<Removed, StorageError> {
         let mut inner = self.lock();
         let looked = look(&mut inner);
         let Some(l) = looked.iter().find(|l| l.objects.find(kind, name).is_some()) else {
@@ -267,15 +279,7 @@ impl Storage {
                 existed: false,
             });
         };
-        if let Some(why) = &l.broken {
-            return Err(VolumeError::OnUnusablePool {
-                kind: kind.as_str(),
-                name: name.clone(),
-                pool: l.pool.clone(),
-                why: why.clone(),
-            }
-            .into());
-        }
+        l.usable_for(kind, name)?;
         let pool = pool_of(&inner, &l.pool)?.clone();
         let existed = volume::remove(&pool, kind, name)?;
         tracing::info!(kind = kind.as_str(), name = %name, pool = %pool.label(), "removed");
@@ -312,35 +316,6 @@ impl Storage {
             .collect()
     }
 
-    pub fn ensure_volume(
-        &self,
-        name: &ResourceName,
-        pool: &PoolLabel,
-        size: u64,
-        snapshot_of: Option<&Path>,
-    ) -> Result<VolumeView, StorageError> {
-        let (pool, found) = self.ensure(Kind::Volume, name, pool, size, snapshot_of)?;
-        Ok(volume_view(pool, found, None))
-    }
-
-    pub fn ensure_vdisk(
-        &self,
-        name: &ResourceName,
-        pool: &PoolLabel,
-        size: u64,
-    ) -> Result<VdiskView, StorageError> {
-        let (pool, found) = self.ensure(Kind::Vdisk, name, pool, size, None)?;
-        Ok(vdisk_view(pool, found, None))
-    }
-
-    pub fn delete_volume(&self, name: &ResourceName) -> Result<Removed, StorageError> {
-        self.remove(Kind::Volume, name)
-    }
-
-    pub fn delete_vdisk(&self, name: &ResourceName) -> Result<Removed, StorageError> {
-        self.remove(Kind::Vdisk, name)
-    }
-
     /// Every volume of this node, those on broken pools as last seen.
     pub fn volumes(&self) -> Vec<VolumeView> {
         self.listing(Kind::Volume)
@@ -358,7 +333,7 @@ impl Storage {
     }
 }
 
-fn volume_view(pool: PoolLabel, f: Found, broken: Option<String>) -> VolumeView {
+pub(crate) fn volume_view(pool: PoolLabel, f: Found, broken: Option<String>) -> VolumeView {
     VolumeView {
         name: f.name.to_string(),
         pool: pool.to_string(),
@@ -369,7 +344,7 @@ fn volume_view(pool: PoolLabel, f: Found, broken: Option<String>) -> VolumeView 
     }
 }
 
-fn vdisk_view(pool: PoolLabel, f: Found, broken: Option<String>) -> VdiskView {
+pub(crate) fn vdisk_view(pool: PoolLabel, f: Found, broken: Option<String>) -> VdiskView {
     VdiskView {
         name: f.name.to_string(),
         pool: pool.to_string(),

@@ -28,10 +28,11 @@ use crate::types::{PoolLabel, ResourceName};
 /// makes it an invalid [`ResourceName`], so it never counts as an object.
 pub const TEMP_PREFIX: &str = ".new-";
 
-/// `PUT /v1/volumes/{name}`.
+/// `PUT /v1/volumes/{name}` and `PUT /v1/vdisks/{name}`: on which pool,
+/// how large.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VolumeRequest {
+pub struct ObjectRequest {
     /// The pool's label.
     pub pool: String,
     /// Bytes.
@@ -43,6 +44,12 @@ pub struct VolumeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_of: Option<PathBuf>,
 }
+
+/// `PUT /v1/volumes/{name}`.
+pub type VolumeRequest = ObjectRequest;
+
+/// `PUT /v1/vdisks/{name}`.
+pub type VdiskRequest = ObjectRequest;
 
 /// A volume as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,14 +65,6 @@ pub struct VolumeView {
     /// is shown as last seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<String>,
-}
-
-/// `PUT /v1/vdisks/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VdiskRequest {
-    pub pool: String,
-    pub size: u64,
 }
 
 /// A vdisk as the API shows it.

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::foundation::BenchError;
-use super::stats::ms;
+use super::stats::{ms, verdict};
 use crate::registry::Registry;
 use crate::spec::{Daemon, DiskSpec, FarmSpec, NodeSpec};
 use crate::{Farm, http_get, wait_until};
@@ -73,7 +73,6 @@ pub fn run(_runs: usize) -> Result<(), BenchError> {
     let saturated = wrk(&url, None)?;
     drop(registry);
 
-    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
     eprintln!("agent benchmark: one testbed node on the embedded registry (release build)");
     eprintln!("  idle RSS of agent: {:.1} MB", agent_rss as f64 / 1024.0);
     eprintln!(

@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::stats::{ms, summary};
+use super::stats::{ms, ratio, summary, verdict};
 use crate::spec::{Daemon, FarmSpec};
 use crate::{Farm, http};
 
@@ -111,7 +111,6 @@ fn report(results: &[Run], mut floor: Vec<Duration>) {
         .map(|(n, k)| format!("{n} {:.1}", *k as f64 / 1024.0))
         .collect::<Vec<_>>()
         .join(", ");
-    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
     eprintln!(
         "foundation benchmark: {} boots of one testbed node (release build)",
         results.len()
@@ -131,10 +130,7 @@ fn report(results: &[Run], mut floor: Vec<Duration>) {
         "  floor, spawning four trivial processes: median {:.2} ms",
         ms(floor50)
     );
-    eprintln!(
-        "  ratio to the floor: {:.1}x",
-        p50.as_secs_f64() / floor50.as_secs_f64().max(1e-9)
-    );
+    eprintln!("  ratio to the floor: {:.1}x", ratio(p50, floor50));
 }
 
 fn comm(pid: u32) -> String {

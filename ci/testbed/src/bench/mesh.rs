@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use super::foundation::BenchError;
-use super::stats::{ms, summary};
+use super::stats::{ms, ratio, summary, verdict};
 use crate::mesh::{self, Keys, PeerEntry};
 use crate::spec::{Daemon, FarmSpec, NodeSpec};
 use crate::{Farm, Node, http};
@@ -206,8 +206,7 @@ fn report(mut api: Vec<Duration>, mut floor: Vec<Duration>, mut converge: Vec<Du
     let (api50, api90) = summary(&mut api);
     let (floor50, _) = summary(&mut floor);
     let (conv50, conv90) = summary(&mut converge);
-    let ratio = api50.as_secs_f64() / floor50.as_secs_f64().max(1e-9);
-    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let ratio = ratio(api50, floor50);
     eprintln!(
         "mesh benchmark: {} runs, userspace WireGuard (boringtun) in testbed nodes",
         api.len()

@@ -19,15 +19,12 @@
 
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
-use provisiond::api::{ContractFacts, DeploymentState, Submission, TwinKeyFacts};
+use provisiond::api::{DeploymentState, Submission};
 use provisiond::client::ProvisiondClient;
-use provisiond::deployment::Deployment;
-use provisiond::deployment::sign::sign_ed25519;
-use serde_json::json;
 
 use super::foundation::BenchError;
-use super::stats::{ms, summary};
+use super::stats::{ms, ratio, summary, verdict};
+use crate::provision::{self, WG_PRIVATE_KEY, disk, network};
 use crate::spec::{Daemon, DiskSpec, FarmSpec, NodeSpec};
 use crate::{Farm, Node, wait_until};
 
@@ -38,7 +35,6 @@ pub const REFUSAL_P99_TARGET: Duration = Duration::from_millis(10);
 const NODE_ID: u32 = 1;
 const TWIN: u32 = 21;
 const MIB: u64 = 1 << 20;
-const PRIVATE_KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
 const RESTORED: usize = 100;
 const REFUSALS: usize = 200;
 
@@ -53,8 +49,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
 
     let (api_median, api_p90) = summary(&mut api);
     let (floor_median, floor_p90) = summary(&mut floor);
-    let ratio = api_median.as_secs_f64() / floor_median.as_secs_f64().max(1e-9);
-    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let ratio = ratio(api_median, floor_median);
     eprintln!("provision: network + zmount + volume, API call to all ok ({runs} runs)");
     eprintln!(
         "  API   median {:.1} ms  p90 {:.1} ms",
@@ -112,10 +107,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
         .map_err(BenchError::Spawn)
 }
 
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[21; 32])
-}
-
 fn api_error(what: &str, e: impl std::fmt::Display) -> BenchError {
     BenchError::Api {
         what: what.to_owned(),
@@ -124,43 +115,11 @@ fn api_error(what: &str, e: impl std::fmt::Display) -> BenchError {
     }
 }
 
-fn signed(contract: u64, workloads: Vec<serde_json::Value>) -> Result<String, BenchError> {
-    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": contract,
-        "metadata": "", "description": "", "expiration": 0,
-        "signature_requirement": {"requests": [{"twin_id": TWIN, "required": false, "weight": 1}],
-            "weight_required": 1, "signatures": [], "signature_style": ""},
-        "workloads": workloads});
-    sign_ed25519(&wire.to_string(), TWIN, &key()).map_err(|e| api_error("signing", e))
-}
-
-fn disk(name: &str, kind: &str, size: u64) -> serde_json::Value {
-    json!({"version": 0, "name": name, "type": kind, "metadata": "", "description": "",
-           "data": {"size": size}})
-}
-
-fn network(name: &str, port: u16) -> serde_json::Value {
-    json!({"version": 0, "name": name, "type": "network", "metadata": "", "description": "",
-           "data": {"ip_range": "10.210.0.0/16", "subnet": "10.210.1.0/24",
-                    "wireguard_private_key": PRIVATE_KEY,
-                    "wireguard_listen_port": port, "peers": []}})
-}
-
-fn submission(wire: &str) -> Result<Submission, BenchError> {
-    let d = Deployment::parse(wire.as_bytes()).map_err(|e| api_error("parsing", e))?;
-    Ok(Submission {
-        deployment: wire.to_owned(),
-        contract: Some(ContractFacts {
-            contract_id: d.contract_id,
-            node_id: NODE_ID,
-            twin_id: TWIN,
-            state: "Created".into(),
-            deployment_hash: d.hash().hex(),
-        }),
-        twins: vec![TwinKeyFacts {
-            twin_id: TWIN,
-            account_key: hex::encode(key().verifying_key().to_bytes()),
-        }],
-    })
+/// Twin 21's signed deployment on `contract` and its submission.
+fn submission(contract: u64, workloads: Vec<serde_json::Value>) -> Result<Submission, BenchError> {
+    provision::signed(TWIN, contract, workloads)
+        .and_then(|wire| provision::submission(NODE_ID, TWIN, &wire))
+        .map_err(|e| api_error("signing", e))
 }
 
 /// Polls `contract` every 2 ms until it is in `state`, for up to a minute.
@@ -207,15 +166,14 @@ fn deploy(
     let (mut api, mut floor) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let contract = 1000 + run as u64;
-        let wire = signed(
+        let submission = submission(
             contract,
             vec![
-                network("net", 3500),
+                network("net", 210, 3500),
                 disk("disk", "zmount", 100 * MIB),
                 disk("data", "volume", 50 * MIB),
             ],
         )?;
-        let submission = submission(&wire)?;
         let started = Instant::now();
         rt.block_on(client.deploy(&submission))
             .map_err(|e| api_error("POST /v1/deployments", e))?;
@@ -230,31 +188,19 @@ fn deploy(
             netid: format!("bench{run}"),
             ip_range: "10.210.0.0/16".into(),
             subnet: "10.210.1.0/24".into(),
-            private_key: PRIVATE_KEY.into(),
+            private_key: WG_PRIVATE_KEY.into(),
             listen_port: 3500,
             peers: vec![],
         };
+        let on_pool = |size| storaged::volume::ObjectRequest {
+            pool: pool.clone(),
+            size,
+            snapshot_of: None,
+        };
         let started = Instant::now();
         rt.block_on(async {
-            storaged
-                .ensure_vdisk(
-                    &vdisk,
-                    &storaged::volume::VdiskRequest {
-                        pool: pool.clone(),
-                        size: 100 * MIB,
-                    },
-                )
-                .await?;
-            storaged
-                .ensure_volume(
-                    &volume,
-                    &storaged::volume::VolumeRequest {
-                        pool: pool.clone(),
-                        size: 50 * MIB,
-                        snapshot_of: None,
-                    },
-                )
-                .await?;
+            storaged.ensure_vdisk(&vdisk, &on_pool(100 * MIB)).await?;
+            storaged.ensure_volume(&volume, &on_pool(50 * MIB)).await?;
             netd.create_network(&request).await.map(drop)
         })
         .map_err(|e| api_error("the direct calls", e))?;
@@ -275,11 +221,11 @@ fn restore(rt: &tokio::runtime::Runtime, node: &Node) -> Result<(u64, Duration),
     let client = ProvisiondClient::new(node.socket(Daemon::Provisiond)?);
     for i in 0..RESTORED as u64 {
         let contract = 5000 + i;
-        let wire = signed(
+        let submission = submission(
             contract,
             vec![disk("disk", "zmount", MIB), disk("data", "volume", MIB)],
         )?;
-        rt.block_on(client.deploy(&submission(&wire)?))
+        rt.block_on(client.deploy(&submission))
             .map_err(|e| api_error("POST /v1/deployments", e))?;
     }
     for i in 0..RESTORED as u64 {
@@ -356,11 +302,9 @@ fn refusals(
     node: &Node,
 ) -> Result<(Vec<Duration>, Vec<Duration>), BenchError> {
     let client = ProvisiondClient::new(node.socket(Daemon::Provisiond)?);
-    let good = signed(9000, vec![disk("disk", "zmount", MIB)])?;
-    let mut forged = submission(&good)?;
-    forged.twins[0].account_key =
-        hex::encode(SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes());
-    let huge = submission(&signed(9001, vec![disk("disk", "zmount", 1 << 50)])?)?;
+    let mut forged = submission(9000, vec![disk("disk", "zmount", MIB)])?;
+    forged.twins[0].account_key = hex::encode(provision::key(7).verifying_key().to_bytes());
+    let huge = submission(9001, vec![disk("disk", "zmount", 1 << 50)])?;
     let (mut bad, mut big) = (Vec::new(), Vec::new());
     for _ in 0..REFUSALS {
         for (submission, samples) in [(&forged, &mut bad), (&huge, &mut big)] {
@@ -384,9 +328,9 @@ mod tests {
 
     #[test]
     fn the_bench_deployments_parse_and_verify() {
-        let wire = signed(1, vec![network("net", 3500), disk("d", "zmount", MIB)]).expect("signs");
-        let s = submission(&wire).expect("parses");
-        let d = Deployment::parse(wire.as_bytes()).expect("parses");
+        let s = submission(1, vec![network("net", 210, 3500), disk("d", "zmount", MIB)])
+            .expect("signs and parses");
+        let d = provisiond::deployment::Deployment::parse(s.deployment.as_bytes()).expect("parses");
         assert_eq!(s.contract.expect("facts").deployment_hash, d.hash().hex());
         assert_eq!(d.workloads.len(), 2);
     }

@@ -13,6 +13,16 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// How many times `floor` `measured` takes.
+pub fn ratio(measured: Duration, floor: Duration) -> f64 {
+    measured.as_secs_f64() / floor.as_secs_f64().max(1e-9)
+}
+
+/// What a report says of a target: met or missed.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok { "meets" } else { "MISSES" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::foundation::BenchError;
-use super::stats::{ms, summary};
+use super::stats::{ms, ratio, summary, verdict};
 use crate::spec::{Daemon, DiskSpec, FarmSpec, NodeSpec};
 use crate::{Farm, Node, http};
 
@@ -67,8 +67,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
     let (restart50, restart90) = summary(&mut restart);
     let (floor50, _) = summary(&mut floor);
     let (live50, live90) = summary(&mut live);
-    let ratio = first50.as_secs_f64() / floor50.as_secs_f64().max(1e-9);
-    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let ratio = ratio(first50, floor50);
     eprintln!("storage benchmark: {runs} runs, one node with 4 x 2 GiB loop disks (2 SSD, 2 HDD)");
     eprintln!(
         "  first boot, storaged start -> /ready (4 pools + cache): median {:.1} ms, p90 {:.1} ms",

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::foundation::BenchError;
-use super::stats::{ms, summary};
+use super::stats::{ms, ratio, summary, verdict};
 use crate::mesh::{self, Keys};
 use crate::spec::{Daemon, FarmSpec, NodeSpec};
 use crate::tenant::{self, HandPeer, HandPeerSpec, NetworkBody, PeerBody};
@@ -394,8 +394,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn report((mut api, mut floor): (Vec<Duration>, Vec<Duration>), mut rates: Vec<Vec<f64>>) {
     let (api50, api90) = summary(&mut api);
     let (floor50, floor90) = summary(&mut floor);
-    let ratio = api50.as_secs_f64() / floor50.as_secs_f64().max(1e-9);
-    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let ratio = ratio(api50, floor50);
     let runs = |values: &[f64]| {
         values
             .iter()

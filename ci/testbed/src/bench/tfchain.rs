@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use agent::identity::keys::Seed;
 
 use super::foundation::BenchError;
-use super::stats::{ms, summary};
+use super::stats::{ms, summary, verdict};
 use crate::chain::{self, Daemons, GIB, Proxy, StandIns};
 
 /// The target for reconnect.
@@ -83,11 +83,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
         ms(reconnect),
         ms(worst),
         RECONNECT_TARGET.as_secs(),
-        if worst <= RECONNECT_TARGET {
-            "meets"
-        } else {
-            "MISSES"
-        }
+        verdict(worst <= RECONNECT_TARGET)
     );
     Ok(())
 }

@@ -1,0 +1,289 @@
+//! Deployments as a twin sends them, for the provisioning suites and
+//! `bench provision`: workloads, the signed wire form, the submission with
+//! the facts the chain would give, and provisiond's answers awaited.
+//!
+//! Each twin signs with a key made from its id, so a suite needs no key
+//! files; every network uses one throwaway WireGuard key. Limits: the
+//! signature requirement is always the twin alone, weight 1.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use grove_daemon::client::ClientError;
+use provisiond::api::{ContractFacts, DeploymentState, DeploymentView, Submission, TwinKeyFacts};
+use provisiond::client::ProvisiondClient;
+use provisiond::deployment::sign::sign_ed25519;
+use provisiond::deployment::{Deployment, DeploymentError};
+use serde_json::{Value, json};
+
+use crate::node::NodeError;
+use crate::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, TestbedError, wait_until};
+
+/// The WireGuard private key of every network these helpers make.
+pub const WG_PRIVATE_KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+
+/// A provisioning step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("the testbed creates namespaces and loop devices: run the suite as root (ci/test)")]
+    NotRoot,
+    #[error("the farm did not start: {0}")]
+    Farm(#[from] TestbedError),
+    #[error("provisiond did not answer within {within:?}\n{logs}")]
+    NotReady { within: Duration, logs: String },
+    #[error("the deployment does not sign or parse: {0}")]
+    Deployment(#[from] DeploymentError),
+    #[error("contract {contract} never reached {state:?} within {within:?}: {last:?}")]
+    Never {
+        contract: u64,
+        state: DeploymentState,
+        within: Duration,
+        last: Option<Box<DeploymentView>>,
+    },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("`{command}` in the node failed: {out}")]
+    Command { command: String, out: String },
+    #[error("provisiond: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// A farm of one node with one SSD of `disk_mb`, whose provisiond is node
+/// `node_id` and whose netd leaves the uplink alone; answers once
+/// provisiond answers.
+pub fn start(node_id: u32, disk_mb: u64) -> Result<Farm, ProvisionError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ProvisionError::NotRoot);
+    }
+    let spec = NodeSpec::default()
+        .disks(vec![DiskSpec::ssd(disk_mb)])
+        .config(Daemon::Netd, "[uplink]\nmanage = false\n")
+        .config(Daemon::Provisiond, format!("node_id = {node_id}\n"));
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]))?;
+    wait_provisiond(&farm)?;
+    Ok(farm)
+}
+
+/// Waits up to 90 s for the first node's provisiond to answer.
+pub fn wait_provisiond(farm: &Farm) -> Result<(), ProvisionError> {
+    let within = Duration::from_secs(90);
+    if farm
+        .node(0)
+        .wait_answers(Daemon::Provisiond, "/v1/capacity", within)
+    {
+        Ok(())
+    } else {
+        Err(ProvisionError::NotReady {
+            within,
+            logs: farm.logs(60),
+        })
+    }
+}
+
+/// Twin `twin`'s signing key, made from its id's low byte.
+pub fn key(twin: u32) -> SigningKey {
+    SigningKey::from_bytes(&[twin.to_le_bytes()[0]; 32])
+}
+
+/// A network workload `name` on `10.<range>.0.0/16`, listening on `port`.
+pub fn network(name: &str, range: u8, port: u16) -> Value {
+    json!({"version": 0, "name": name, "type": "network", "metadata": "", "description": "",
+           "data": {"ip_range": format!("10.{range}.0.0/16"), "subnet": format!("10.{range}.1.0/24"),
+                    "wireguard_private_key": WG_PRIVATE_KEY,
+                    "wireguard_listen_port": port, "peers": []}})
+}
+
+/// A disk workload: `kind` is `zmount` or `volume`, `size` in bytes.
+pub fn disk(name: &str, kind: &str, size: u64) -> Value {
+    json!({"version": 0, "name": name, "type": kind, "metadata": "", "description": "",
+           "data": {"size": size}})
+}
+
+/// `workload` as changed at deployment version `version`.
+pub fn at_version(mut workload: Value, version: u32) -> Value {
+    workload["version"] = json!(version);
+    workload
+}
+
+/// Twin `twin`'s first deployment of `workloads` on `contract`, signed.
+pub fn signed(twin: u32, contract: u64, workloads: Vec<Value>) -> Result<String, ProvisionError> {
+    signed_version(twin, contract, 0, workloads)
+}
+
+/// Version `version` of twin `twin`'s deployment on `contract`, signed.
+pub fn signed_version(
+    twin: u32,
+    contract: u64,
+    version: u32,
+    workloads: Vec<Value>,
+) -> Result<String, ProvisionError> {
+    let wire = json!({"version": version, "twin_id": twin, "contract_id": contract,
+        "metadata": "", "description": "", "expiration": 0,
+        "signature_requirement": {"requests": [{"twin_id": twin, "required": false, "weight": 1}],
+            "weight_required": 1, "signatures": [], "signature_style": ""},
+        "workloads": workloads});
+    Ok(sign_ed25519(&wire.to_string(), twin, &key(twin))?)
+}
+
+/// The signed deployment `wire` of `twin` with the facts the chain would
+/// give: a created contract on `node_id` with its hash, and the twin's key.
+pub fn submission(node_id: u32, twin: u32, wire: &str) -> Result<Submission, ProvisionError> {
+    let d = Deployment::parse(wire.as_bytes())?;
+    Ok(Submission {
+        deployment: wire.to_owned(),
+        contract: Some(ContractFacts {
+            contract_id: d.contract_id,
+            node_id,
+            twin_id: twin,
+            state: "Created".into(),
+            deployment_hash: d.hash().hex(),
+        }),
+        twins: vec![TwinKeyFacts {
+            twin_id: twin,
+            account_key: hex::encode(key(twin).verifying_key().to_bytes()),
+        }],
+    })
+}
+
+/// Runs `f` to completion on a runtime of its own.
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime needs only an epoll and an eventfd")
+        .block_on(f)
+}
+
+/// The node's provisiond.
+pub fn client(node: &Node) -> Result<ProvisiondClient, ProvisionError> {
+    Ok(ProvisiondClient::new(node.socket(Daemon::Provisiond)?))
+}
+
+/// Polls `contract` every 50 ms until it is in `state`, for up to
+/// `within`; answers its view then.
+pub fn wait_state(
+    node: &Node,
+    contract: u64,
+    state: DeploymentState,
+    within: Duration,
+) -> Result<DeploymentView, ProvisionError> {
+    let client = client(node)?;
+    let mut last = None;
+    let mut failed = None;
+    let reached = wait_until(within, Duration::from_millis(50), || {
+        match block_on(client.deployment(contract)) {
+            Ok(view) => {
+                let done = view.state == state;
+                last = Some(view);
+                done
+            }
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    match last {
+        Some(view) if reached => Ok(view),
+        last => Err(ProvisionError::Never {
+            contract,
+            state,
+            within,
+            last: last.map(Box::new),
+        }),
+    }
+}
+
+/// What storaged and netd hold for the deployments: vdisks and volumes
+/// (name, size, path) and networks (netid, namespace), each sorted.
+#[derive(Debug, PartialEq)]
+pub struct Objects {
+    pub vdisks: Vec<(String, u64, String)>,
+    pub volumes: Vec<(String, u64, String)>,
+    pub networks: Vec<(String, String)>,
+}
+
+impl Objects {
+    /// The path of vdisk `name`.
+    pub fn vdisk(&self, name: &str) -> Option<&str> {
+        path_of(&self.vdisks, name)
+    }
+
+    /// The path of volume `name`.
+    pub fn volume(&self, name: &str) -> Option<&str> {
+        path_of(&self.volumes, name)
+    }
+}
+
+fn path_of<'a>(objects: &'a [(String, u64, String)], name: &str) -> Option<&'a str> {
+    objects
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, _, path)| path.as_str())
+}
+
+/// What the node's storaged and netd hold now.
+pub fn objects(node: &Node) -> Result<Objects, ProvisionError> {
+    let storaged = storaged::client::StoragedClient::new(node.socket(Daemon::Storaged)?);
+    let netd = netd::client::NetdClient::new(node.socket(Daemon::Netd)?);
+    let (vdisks, volumes, networks) = block_on(async {
+        Ok::<_, ClientError>((
+            storaged.vdisks().await?,
+            storaged.volumes().await?,
+            netd.networks().await?,
+        ))
+    })?;
+    let mut objects = Objects {
+        vdisks: vdisks
+            .into_iter()
+            .map(|v| (v.name, v.size, v.path.display().to_string()))
+            .collect(),
+        volumes: volumes
+            .into_iter()
+            .map(|v| (v.name, v.size, v.path.display().to_string()))
+            .collect(),
+        networks: networks
+            .into_iter()
+            .map(|n| (n.netid, n.namespace))
+            .collect(),
+    };
+    objects.vdisks.sort();
+    objects.volumes.sort();
+    objects.networks.sort();
+    Ok(objects)
+}
+
+/// Runs `argv` in the node; answers its output if it succeeded.
+fn run(node: &Node, argv: &[&str]) -> Result<String, ProvisionError> {
+    match node.exec_text(argv)? {
+        (true, out) => Ok(out),
+        (false, out) => Err(ProvisionError::Command {
+            command: argv.join(" "),
+            out,
+        }),
+    }
+}
+
+/// The length of the file at `path` in the node, as `stat` gives it.
+pub fn file_size(node: &Node, path: &str) -> Result<String, ProvisionError> {
+    Ok(run(node, &["stat", "-c", "%s", path])?.trim().to_owned())
+}
+
+/// Checks that `path` in the node is a btrfs subvolume whose qgroup is
+/// limited to `size` bytes.
+pub fn check_volume_limited(node: &Node, path: &str, size: u64) -> Result<(), ProvisionError> {
+    run(node, &["btrfs", "subvolume", "show", path])?;
+    let argv = ["btrfs", "qgroup", "show", "-re", "--raw", path];
+    let out = run(node, &argv)?;
+    if out.contains(&size.to_string()) {
+        Ok(())
+    } else {
+        Err(ProvisionError::Command {
+            command: format!("{} (no limit of {size})", argv.join(" ")),
+            out,
+        })
+    }
+}
