@@ -32,6 +32,7 @@ pub mod nat;
 pub mod netns;
 pub mod node;
 pub mod proc;
+pub mod qemu;
 pub mod registry;
 pub mod run;
 pub mod snapshot;
