@@ -6,15 +6,21 @@
 //! a boot under a running build is several times slower.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use grove_testbed::qemu::{BootImage, MachineSpec, QemuNode};
+use grove_testbed::qemu::{BootImage, MachineSpec, QemuNode, workspace};
 use grove_testbed::registry::Registry;
 use grove_testbed::{Farm, FarmSpec, cmd, http_get, wait_until};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static IMAGE: OnceLock<BootImage> = OnceLock::new();
+
+/// The image every test here uses: built once per test binary, or CI's.
+fn image() -> &'static BootImage {
+    IMAGE.get_or_init(|| BootImage::for_test().expect("image builds"))
+}
 
 /// A port free on `ip` now, for the registry.
 fn free_port(ip: Ipv4Addr) -> u16 {
@@ -34,7 +40,7 @@ fn get_json(url: &str) -> Option<Value> {
 #[test]
 fn the_same_inputs_build_the_same_bytes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let first = BootImage::for_test().expect("image builds");
+    let first = image();
     let dir = tempfile::tempdir().expect("tempdir");
     let second = BootImage::build(dir.path()).expect("image builds again");
     for (a, b) in [
@@ -51,16 +57,43 @@ fn the_same_inputs_build_the_same_bytes() {
 }
 
 #[test]
+fn a_missing_tool_stops_the_build_and_names_its_package() {
+    let tools = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("image");
+    // A PATH with no tools at all; bash itself is named by its full path.
+    let run = std::process::Command::new("/bin/bash")
+        .arg(workspace().join("image/build"))
+        .arg(&target)
+        .env("PATH", tools.path())
+        .env("HOME", tools.path())
+        .output()
+        .expect("image/build runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing tools:"), "{stderr}");
+    assert!(stderr.contains("zstd (zstd)"), "{stderr}");
+    assert!(stderr.contains("cpio (cpio)"), "{stderr}");
+    assert!(stderr.contains("boringtun-cli (cargo install"), "{stderr}");
+    assert!(stderr.contains("run ci/setup"), "{stderr}");
+    assert!(
+        !target.exists(),
+        "a refused build wrote {}",
+        target.display()
+    );
+}
+
+#[test]
 fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let image = BootImage::for_test().expect("image builds");
+    let image = image();
     let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
     let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
     let spec = MachineSpec {
         cmdline: format!("grove.farm=1 grove.chain.url={}", registry.url()),
         ..MachineSpec::default()
     };
-    let mut node = QemuNode::boot(&farm, 0, &image, &spec).expect("QEMU starts");
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
 
     // DHCP from the farm LAN's dnsmasq.
     let mut ip = None;
