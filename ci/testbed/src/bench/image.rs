@@ -22,7 +22,7 @@ use crate::{Farm, http};
 /// What the issue asks: the direct boot within the floor plus this.
 pub const OVER_FLOOR_TARGET: Duration = Duration::from_secs(4);
 /// What the issue asks of the compressed initramfs, bytes.
-pub const INITRAMFS_TARGET: u64 = 40 << 20;
+pub const INITRAMFS_TARGET: u64 = 40_000_000;
 /// The line the floor's `/init` prints.
 const FLOOR_LINE: &str = "grove-floor: userspace";
 /// How long one boot may take before the run fails.
