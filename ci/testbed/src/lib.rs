@@ -35,6 +35,7 @@ pub mod oci;
 pub mod proc;
 #[cfg(feature = "provision")]
 pub mod provision;
+pub mod qemu;
 pub mod registry;
 pub mod run;
 pub mod snapshot;

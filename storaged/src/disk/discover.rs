@@ -164,12 +164,17 @@ fn identify(
     name: &str,
     backing: Option<&str>,
 ) -> Result<(DiskSerial, SerialSource), DiscoverError> {
-    for rel in ["device/serial", "serial", "device/vpd_pg80"] {
+    for rel in ["device/serial", "serial"] {
         if let Some(raw) = read_opt(&base.join(rel))?
             && let Some(serial) = sanitize(&raw)
         {
             return Ok((serial, SerialSource::Hardware));
         }
+    }
+    if let Some(raw) = read_vpd_serial(&base.join("device/vpd_pg80"))?
+        && let Some(serial) = sanitize(&raw)
+    {
+        return Ok((serial, SerialSource::Hardware));
     }
     if let Some(raw) = read_opt(&base.join("device/wwid"))?
         && let Some(serial) = sanitize(&raw)
@@ -241,6 +246,32 @@ fn read_opt(path: &Path) -> Result<Option<String>, DiscoverError> {
             source,
         }),
     }
+}
+
+/// The serial in a SCSI "Unit Serial Number" VPD page (0x80), as the
+/// kernel exposes it: binary, a 4-byte header (page code at byte 1, length
+/// at bytes 2..4), then the serial's ASCII bytes.
+fn read_vpd_serial(path: &Path) -> Result<Option<String>, DiscoverError> {
+    let page = match std::fs::read(path) {
+        Ok(page) => page,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(DiscoverError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    Ok(vpd_serial(&page))
+}
+
+fn vpd_serial(page: &[u8]) -> Option<String> {
+    let [_, 0x80, hi, lo, rest @ ..] = page else {
+        return None;
+    };
+    let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(rest.len());
+    let text = String::from_utf8_lossy(&rest[..len]).trim().to_owned();
+    Some(text).filter(|t| !t.is_empty())
 }
 
 fn read_u64(path: &Path) -> Result<u64, DiscoverError> {
@@ -350,6 +381,35 @@ mod tests {
         let err = read(sys.path(), Path::new("/dev"), "sdb").expect_err("bad size");
         assert!(err.to_string().contains("lots"), "{err}");
         assert!(scan(Path::new("/nonexistent"), Path::new("/dev")).is_err());
+    }
+
+    #[test]
+    fn scsi_serials_come_from_the_binary_vpd_page() {
+        assert_eq!(
+            vpd_serial(b"\x00\x80\x00\x05gq0d0").as_deref(),
+            Some("gq0d0")
+        );
+        // A length past the end takes what is there; a wrong page or a
+        // short header is no serial.
+        assert_eq!(vpd_serial(b"\x00\x80\x00\x40 ab ").as_deref(), Some("ab"));
+        assert_eq!(vpd_serial(b"\x00\x83\x00\x02ab"), None);
+        assert_eq!(vpd_serial(b"\x00\x80\x00"), None);
+        assert_eq!(vpd_serial(b"\x00\x80\x00\x00"), None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = dir.path();
+        write(r, "block/sdc/size", "2097152\n");
+        write(r, "block/sdc/queue/rotational", "0\n");
+        std::fs::create_dir_all(r.join("block/sdc/device")).expect("mkdir");
+        std::fs::write(
+            r.join("block/sdc/device/vpd_pg80"),
+            b"\x00\x80\x00\x06QM0001",
+        )
+        .expect("write");
+        let sdc = read(r, Path::new("/dev"), "sdc")
+            .expect("read")
+            .expect("a disk");
+        assert_eq!(sdc.serial.as_str(), "QM0001");
+        assert_eq!(sdc.serial_source, SerialSource::Hardware);
     }
 
     #[test]

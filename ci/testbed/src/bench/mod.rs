@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod foundation;
+pub mod image;
 pub mod mesh;
 #[cfg(feature = "provision")]
 pub mod provision;

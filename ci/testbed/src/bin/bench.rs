@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation|storage|agent|mesh|tenant|tfchain|provision [--runs N]
+//!     bench foundation|storage|agent|mesh|tenant|tfchain|provision|image [--runs N]
 
 use std::process::ExitCode;
 
@@ -17,6 +17,15 @@ fn main() -> ExitCode {
         },
         None => 10,
     };
+    if args.first().map(String::as_str) == Some("image") {
+        return match grove_testbed::bench::image::run(runs) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {}", grove_testbed::report(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match args.first().map(String::as_str) {
         Some("foundation") => grove_testbed::bench::foundation::run(runs),
         Some("agent") => grove_testbed::bench::agent::run(runs),
@@ -39,7 +48,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: bench foundation|storage|agent|mesh|tenant|tfchain|provision [--runs N]"
+                "usage: bench foundation|storage|agent|mesh|tenant|tfchain|provision|image [--runs N]"
             );
             return ExitCode::from(64);
         }

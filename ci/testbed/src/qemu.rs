@@ -1,0 +1,390 @@
+//! Boot images under QEMU on a farm LAN: the image's own kernel and
+//! initramfs, booted directly, as a whole machine with virtio disks and a
+//! NIC on the farm's bridge.
+//!
+//! [`BootImage`] finds the image (`GROVE_IMAGE_DIR`, or `image/build` run
+//! into `target/image`); [`QemuNode::boot`] makes a tap on the LAN's bridge
+//! inside the farm's LAN namespace, sparse disk files in the farm's run
+//! directory, and starts QEMU there with the serial console written to a
+//! log. Limits: TCG only (KVM hangs on the CI machines), so a boot takes
+//! seconds of emulated time; one NIC per machine; the tap and disks go with
+//! the farm, QEMU itself with the [`QemuNode`] (drop it before the farm).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::cmd::{self, CmdError};
+use crate::ifname::{IfName, IfNameError};
+use crate::{Farm, Lan};
+
+/// Where a ready-made image is: a directory holding `vmlinuz` and
+/// `initramfs` (what `image/build` writes).
+pub const IMAGE_DIR_ENV: &str = "GROVE_IMAGE_DIR";
+/// The QEMU binary.
+const QEMU: &str = "qemu-system-x86_64";
+/// Memory of every machine, MiB.
+const MEMORY_MIB: u32 = 1536;
+
+/// Finding, building or booting an image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{dir} holds no {file}: build the image with image/build")]
+    NoImage { dir: PathBuf, file: &'static str },
+    #[error("image/build failed ({status}); its output is above")]
+    Build { status: std::process::ExitStatus },
+    #[error("could not run image/build")]
+    BuildSpawn(#[source] std::io::Error),
+    #[error("invalid tap name for machine {index}")]
+    TapName {
+        index: usize,
+        #[source]
+        source: IfNameError,
+    },
+    #[error("could not plug tap {tap} into {bridge}")]
+    Tap {
+        tap: IfName,
+        bridge: IfName,
+        #[source]
+        source: CmdError,
+    },
+    #[error("could not create {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start QEMU (is qemu-system-x86 installed? ci/setup installs it)")]
+    Spawn(#[source] std::io::Error),
+    #[error("could not stop QEMU (pid {pid})")]
+    Stop {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A kernel and an initramfs.
+#[derive(Debug, Clone)]
+pub struct BootImage {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+impl BootImage {
+    /// The image in `dir`, checked to be there.
+    pub fn at(dir: &Path) -> Result<BootImage, QemuError> {
+        let image = BootImage {
+            kernel: dir.join("vmlinuz"),
+            initramfs: dir.join("initramfs"),
+        };
+        for (path, file) in [(&image.kernel, "vmlinuz"), (&image.initramfs, "initramfs")] {
+            if !path.is_file() {
+                return Err(QemuError::NoImage {
+                    dir: dir.to_owned(),
+                    file,
+                });
+            }
+        }
+        Ok(image)
+    }
+
+    /// `GROVE_IMAGE_DIR` when set (CI builds the image once per run),
+    /// otherwise a fresh `image/build` into `target/image`.
+    pub fn for_test() -> Result<BootImage, QemuError> {
+        match std::env::var_os(IMAGE_DIR_ENV).filter(|d| !d.is_empty()) {
+            Some(dir) => BootImage::at(Path::new(&dir)),
+            None => BootImage::build(&workspace().join("target/image")),
+        }
+    }
+
+    /// Runs `image/build out` and returns what it built; the build's
+    /// output goes to this process's stderr.
+    pub fn build(out: &Path) -> Result<BootImage, QemuError> {
+        let status = Command::new(workspace().join("image/build"))
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .map_err(QemuError::BuildSpawn)?;
+        if !status.success() {
+            return Err(QemuError::Build { status });
+        }
+        BootImage::at(out)
+    }
+}
+
+/// The workspace root, from this crate's place in it (`ci/testbed`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// How one machine is booted.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// Kernel parameters after `console=ttyS0 panic=10`.
+    pub cmdline: String,
+    /// Sizes of the blank virtio-scsi SSDs, bytes (sparse files).
+    pub disks: Vec<u64>,
+    /// The farm LAN the NIC plugs into.
+    pub lan: usize,
+}
+
+impl Default for MachineSpec {
+    fn default() -> MachineSpec {
+        MachineSpec {
+            cmdline: crate::spec::DEFAULT_CMDLINE.to_owned(),
+            disks: vec![4 << 30, 4 << 30],
+            lan: 0,
+        }
+    }
+}
+
+/// A running QEMU machine; killed and reaped on drop.
+#[derive(Debug)]
+pub struct QemuNode {
+    child: Child,
+    mac: String,
+    dir: PathBuf,
+    stopped: bool,
+}
+
+impl QemuNode {
+    /// Boots `image` as machine `index` of `farm`.
+    pub fn boot(
+        farm: &Farm,
+        index: usize,
+        image: &BootImage,
+        spec: &MachineSpec,
+    ) -> Result<QemuNode, QemuError> {
+        let lan = farm.lan(spec.lan);
+        let dir = farm.dir().join(format!("q{index}"));
+        std::fs::create_dir_all(&dir).map_err(|source| QemuError::File {
+            path: dir.clone(),
+            source,
+        })?;
+        let tap = IfName::new(format!("tap{index}"))
+            .map_err(|source| QemuError::TapName { index, source })?;
+        plug_tap(lan, &tap)?;
+        let mut disks = Vec::new();
+        for (k, size) in spec.disks.iter().enumerate() {
+            let path = dir.join(format!("disk{k}.img"));
+            let file = std::fs::File::create(&path)
+                .and_then(|f| f.set_len(*size).map(|()| f))
+                .map_err(|source| QemuError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+            drop(file);
+            disks.push(path);
+        }
+        let mac = mac_of(farm.run_id(), index);
+        let console = dir.join("console.log");
+        let qemu_log = dir.join("qemu.log");
+        let log = std::fs::File::create(&qemu_log).map_err(|source| QemuError::File {
+            path: qemu_log.clone(),
+            source,
+        })?;
+        let mut args: Vec<String> = [
+            "netns",
+            "exec",
+            lan.netns(),
+            QEMU,
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "-m".into(),
+            MEMORY_MIB.to_string(),
+            "-kernel".into(),
+            image.kernel.display().to_string(),
+            "-initrd".into(),
+            image.initramfs.display().to_string(),
+            "-append".into(),
+            format!("console=ttyS0 panic=10 {}", spec.cmdline),
+            "-serial".into(),
+            format!("file:{}", console.display()),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+        ]);
+        // virtio-scsi rather than virtio-blk: its disks can say they are
+        // SSDs (`rotation_rate=1`), so the node puts its cache on one.
+        args.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
+        for (k, path) in disks.iter().enumerate() {
+            args.push("-drive".into());
+            args.push(format!(
+                "file={},if=none,id=d{k},format=raw,cache=unsafe",
+                path.display()
+            ));
+            args.push("-device".into());
+            args.push(format!(
+                "scsi-hd,drive=d{k},bus=scsi0.0,serial=gq{index}d{k},rotation_rate=1"
+            ));
+        }
+        let child = Command::new(cmd::resolve("ip"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|source| QemuError::File {
+                path: qemu_log.clone(),
+                source,
+            })?)
+            .stderr(log)
+            .spawn()
+            .map_err(QemuError::Spawn)?;
+        Ok(QemuNode {
+            child,
+            mac,
+            dir,
+            stopped: false,
+        })
+    }
+
+    /// The NIC's MAC address, lowercase.
+    pub fn mac(&self) -> &str {
+        &self.mac
+    }
+
+    /// The address the LAN's dnsmasq leased to this machine, if any yet.
+    pub fn lease(&self, lan: &Lan) -> Option<Ipv4Addr> {
+        lan.lease_for(&self.mac)
+    }
+
+    /// The serial console's log.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// QEMU's own output.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+
+    /// Whether QEMU is still running (it exits when the machine powers
+    /// off, reboots or panics: `-no-reboot`).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last `lines` lines of the console and of QEMU's output.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for file in [self.qemu_log(), self.console_log()] {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!(
+                "---- {} (last {} lines)\n",
+                file.display(),
+                tail.len()
+            ));
+            for line in tail {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Kills QEMU and reaps it. Runs once; later calls return `Ok`.
+    pub fn stop(&mut self) -> Result<(), QemuError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        let pid = self.child.id();
+        if let Ok(None) = self.child.try_wait() {
+            self.child
+                .kill()
+                .map_err(|source| QemuError::Stop { pid, source })?;
+        }
+        self.child
+            .wait()
+            .map(drop)
+            .map_err(|source| QemuError::Stop { pid, source })
+    }
+}
+
+impl Drop for QemuNode {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("grove-testbed: {}", crate::report(&e));
+        }
+    }
+}
+
+/// Creates tap `tap` in the LAN's namespace, on its bridge, up.
+fn plug_tap(lan: &Lan, tap: &IfName) -> Result<(), QemuError> {
+    let ns = lan.netns();
+    let steps: [&[&str]; 2] = [
+        &[
+            "-n",
+            ns,
+            "tuntap",
+            "add",
+            "dev",
+            tap.as_str(),
+            "mode",
+            "tap",
+        ],
+        &[
+            "-n",
+            ns,
+            "link",
+            "set",
+            tap.as_str(),
+            "master",
+            lan.bridge().as_str(),
+            "up",
+        ],
+    ];
+    for args in steps {
+        cmd::run("ip", args).map_err(|source| QemuError::Tap {
+            tap: tap.clone(),
+            bridge: lan.bridge().clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// A locally administered MAC from the run id and the machine's index, so
+/// two farms' machines never share one.
+fn mac_of(run: &str, index: usize) -> String {
+    let hex = |i: usize| run.get(i..i + 2).unwrap_or("00");
+    format!("52:54:{}:{}:{}:{:02x}", hex(0), hex(2), hex(4), index % 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_carry_the_run_and_the_index() {
+        assert_eq!(mac_of("0a1b2c", 3), "52:54:0a:1b:2c:03");
+        assert_ne!(mac_of("0a1b2c", 0), mac_of("0a1b2d", 0));
+    }
+
+    #[test]
+    fn a_missing_image_says_how_to_build_it() {
+        let err = BootImage::at(Path::new("/nonexistent/image")).expect_err("no image");
+        let text = err.to_string();
+        assert!(text.contains("vmlinuz"), "{text}");
+        assert!(text.contains("image/build"), "{text}");
+    }
+}

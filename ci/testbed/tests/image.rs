@@ -1,0 +1,167 @@
+//! The boot image: built reproducibly, and booted under QEMU (TCG) on a
+//! farm LAN, where it gets DHCP, makes pools of its blank disks, registers
+//! with the farm's embedded registry and answers its operator API.
+//!
+//! Both tests hold one lock: a build compresses with every spare cycle, and
+//! a boot under a running build is several times slower.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use grove_testbed::qemu::{BootImage, MachineSpec, QemuNode, workspace};
+use grove_testbed::registry::Registry;
+use grove_testbed::{Farm, FarmSpec, cmd, http_get, wait_until};
+use serde_json::Value;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static IMAGE: OnceLock<BootImage> = OnceLock::new();
+
+/// The image every test here uses: built once per test binary, or CI's.
+fn image() -> &'static BootImage {
+    IMAGE.get_or_init(|| BootImage::for_test().expect("image builds"))
+}
+
+/// A port free on `ip` now, for the registry.
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn get_json(url: &str) -> Option<Value> {
+    match http_get(url) {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_same_inputs_build_the_same_bytes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let first = image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let second = BootImage::build(dir.path()).expect("image builds again");
+    for (a, b) in [
+        (&first.kernel, &second.kernel),
+        (&first.initramfs, &second.initramfs),
+    ] {
+        let (ha, hb) = (
+            cmd::sha256(a).expect("sha256"),
+            cmd::sha256(b).expect("sha256"),
+        );
+        assert_eq!(ha.len(), 64, "{ha}");
+        assert_eq!(ha, hb, "{} and {} differ", a.display(), b.display());
+    }
+}
+
+#[test]
+fn a_missing_tool_stops_the_build_and_names_its_package() {
+    let tools = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("image");
+    // A PATH with no tools at all; bash itself is named by its full path.
+    let run = std::process::Command::new("/bin/bash")
+        .arg(workspace().join("image/build"))
+        .arg(&target)
+        .env("PATH", tools.path())
+        .env("HOME", tools.path())
+        .output()
+        .expect("image/build runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing tools:"), "{stderr}");
+    assert!(stderr.contains("zstd (zstd)"), "{stderr}");
+    assert!(stderr.contains("cpio (cpio)"), "{stderr}");
+    assert!(stderr.contains("boringtun-cli (cargo install"), "{stderr}");
+    assert!(stderr.contains("run ci/setup"), "{stderr}");
+    assert!(
+        !target.exists(),
+        "a refused build wrote {}",
+        target.display()
+    );
+}
+
+#[test]
+fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    let spec = MachineSpec {
+        cmdline: format!("grove.farm=1 grove.chain.url={}", registry.url()),
+        ..MachineSpec::default()
+    };
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+
+    // DHCP from the farm LAN's dnsmasq.
+    let mut ip = None;
+    let leased = wait_until(Duration::from_secs(240), Duration::from_millis(500), || {
+        ip = node.lease(farm.lan(0));
+        ip.is_some() || !node.running()
+    });
+    let running = node.running();
+    let Some(ip) = ip else {
+        panic!(
+            "no lease for {} (waited: {leased}, QEMU running: {running})\n{}",
+            node.mac(),
+            node.logs(60)
+        );
+    };
+    let api = format!("http://{ip}:8080");
+
+    // The operator API answers from the host, and the node becomes ready.
+    let mut status = Value::Null;
+    let ready = wait_until(Duration::from_secs(180), Duration::from_millis(500), || {
+        status = get_json(&format!("{api}/v1/status")).unwrap_or(Value::Null);
+        status["state"] == "ready" || !node.running()
+    });
+    assert!(
+        ready && status["state"] == "ready",
+        "not ready: {status}\n{}",
+        node.logs(60)
+    );
+    let account = status["account"].as_str().expect("an account").to_owned();
+    assert!(account.starts_with('5'), "{account}");
+
+    // Both blank disks became pools.
+    let disks = get_json(&format!("{api}/v1/disks")).expect("/v1/disks answers");
+    let disks = disks.as_array().expect("a list of disks");
+    let mut pooled: Vec<&str> = disks
+        .iter()
+        .filter(|d| d["pool"].as_str().is_some_and(|p| p.starts_with("grove-")))
+        .filter_map(|d| d["serial"].as_str())
+        .collect();
+    pooled.sort_unstable();
+    assert_eq!(pooled, ["gq0d0", "gq0d1"], "{disks:?}");
+
+    // /v1/node shows the same identity and the boot parameters.
+    let report = get_json(&format!("{api}/v1/node")).expect("/v1/node answers");
+    assert_eq!(report["identity"]["account"], account.as_str(), "{report}");
+    assert_eq!(report["boot"]["params"]["farm_id"], 1, "{report}");
+
+    // Registered with the farm's registry: it holds a node for this
+    // account's twin, and the node knows its id.
+    let mut chain = Value::Null;
+    let registered = wait_until(Duration::from_secs(120), Duration::from_millis(500), || {
+        chain = get_json(&format!("{api}/v1/chain")).unwrap_or(Value::Null);
+        chain["node_id"].is_u64()
+    });
+    assert!(registered, "not registered: {chain}\n{}", node.logs(40));
+    assert_eq!(chain["account"], account.as_str(), "{chain}");
+    let nodes = get_json(&format!("{}/v1/nodes?farm_id=1", registry.url())).expect("registry");
+    let ours: Vec<&Value> = nodes
+        .as_array()
+        .expect("a list of nodes")
+        .iter()
+        .filter(|n| n["id"] == chain["node_id"])
+        .collect();
+    assert_eq!(ours.len(), 1, "{nodes}");
+    assert_eq!(ours[0]["twin_id"], chain["twin_id"], "{nodes}");
+
+    node.stop().expect("QEMU stops");
+    drop(registry);
+    let mut farm = farm;
+    farm.teardown().expect("clean teardown");
+}

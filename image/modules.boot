@@ -1,0 +1,11 @@
+# Kernel modules /init loads on every boot, by name, before the agent
+# starts. Everything else is loaded when it is first needed: drivers by
+# the modalias of the hardware present (image/modules.hardware), and the
+# rest by the kernel itself, which calls /sbin/modprobe for a filesystem
+# on mount (btrfs), a link type on creation (bridge, veth, macvlan, vlan,
+# wireguard) and nftables on first use. Loading them all up front cost
+# seconds of boot under QEMU.
+#
+# tun: /dev/net/tun appears only once the module is loaded (no udev to
+# make the node), and boringtun opens it.
+tun
