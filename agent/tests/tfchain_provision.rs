@@ -21,7 +21,6 @@
 //! tfchain_provision -- --ignored --test-threads=1`, as root.
 
 use std::path::Path;
-use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -49,25 +48,7 @@ fn api(node: &Node, name: &str) -> Option<Value> {
 
 /// `agent tenant ...` against the chain: (success, stdout + stderr).
 fn tenant_cli(key: &Path, node: &Node, args: &[&str]) -> (bool, String) {
-    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
-    let out = Command::new(agent)
-        .arg("tenant")
-        .arg("--key")
-        .arg(key)
-        .args(["--registry", &url()])
-        .args(["--node", &node.api_url().expect("url")])
-        .args(["--wait-secs", "180"])
-        .args(args)
-        .output()
-        .expect("agent runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    grove_testbed::tenant::cli(key, &url(), node, 180, args)
 }
 
 /// The names of storaged's volumes and vdisks on `node`.

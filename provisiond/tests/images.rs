@@ -99,11 +99,7 @@ fn app_layers() -> Vec<Vec<u8>> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Runtime::new().expect("runtime")
 }
 
 /// What the cache directory holds, for "nothing changed" checks.

@@ -19,6 +19,15 @@ use storaged::volume::{Removed, VdiskRequest, VdiskView, VolumeRequest, VolumeVi
 const MIB: u64 = 1 << 20;
 const ACCOUNT: &str = "5GroveTestAccountA";
 
+/// A request for `size` bytes on `pool`.
+fn on(pool: &str, size: u64) -> VolumeRequest {
+    VolumeRequest {
+        pool: pool.to_owned(),
+        size,
+        snapshot_of: None,
+    }
+}
+
 /// Runs a tool; answers its stdout, panics with its stderr on failure.
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
@@ -189,21 +198,11 @@ impl Bed {
     }
 
     fn ensure_volume(&self, name: &str, pool: &str, size: u64) -> Result<VolumeView, ClientError> {
-        let request = VolumeRequest {
-            pool: pool.to_owned(),
-            size,
-            snapshot_of: None,
-        };
-        self.block(self.client().ensure_volume(name, &request))
+        self.block(self.client().ensure_volume(name, &on(pool, size)))
     }
 
     fn ensure_vdisk(&self, name: &str, pool: &str, size: u64) -> Result<VdiskView, ClientError> {
-        let request = VdiskRequest {
-            pool: pool.to_owned(),
-            size,
-            snapshot_of: None,
-        };
-        self.block(self.client().ensure_vdisk(name, &request))
+        self.block(self.client().ensure_vdisk(name, &on(pool, size)))
     }
 
     fn volumes(&self) -> Vec<VolumeView> {
@@ -748,16 +747,7 @@ fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
         let (volume, vdisk) = (format!("v{round}"), format!("d{round}"));
         let client = bed.client();
         bed.block(async {
-            let volume_req = VolumeRequest {
-                pool: label.clone(),
-                size,
-                snapshot_of: None,
-            };
-            let vdisk_req = VdiskRequest {
-                pool: label.clone(),
-                size,
-                snapshot_of: None,
-            };
+            let (volume_req, vdisk_req) = (on(&label, size), on(&label, size));
             let both = async {
                 let _ = client.ensure_volume(&volume, &volume_req).await;
                 let _ = client.ensure_vdisk(&vdisk, &vdisk_req).await;

@@ -241,19 +241,8 @@ impl Farm {
             .map(Node::agent_log)
             .chain(self.lans.iter().filter(|l| l.dhcp()).map(Lan::dnsmasq_log));
         for file in files {
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let all: Vec<&str> = text.lines().collect();
-            let tail = &all[all.len().saturating_sub(lines)..];
-            out.push_str(&format!(
-                "---- {} (last {} lines)\n",
-                file.display(),
-                tail.len()
-            ));
-            for line in tail {
-                out.push_str(line);
-                out.push('\n');
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                out.push_str(&log_tail(&file, &text, lines));
             }
         }
         out
@@ -312,4 +301,17 @@ impl Drop for Farm {
             eprintln!("grove-testbed: {}", crate::report(&e));
         }
     }
+}
+
+/// The last `lines` lines of `text`, the log at `file`, under a heading
+/// that names it: for failure messages.
+pub fn log_tail(file: &std::path::Path, text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    let mut out = format!("---- {} (last {} lines)\n", file.display(), tail.len());
+    for line in tail {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }

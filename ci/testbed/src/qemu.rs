@@ -286,17 +286,7 @@ impl QemuNode {
         let mut out = String::new();
         for file in [self.qemu_log(), self.console_log()] {
             let text = std::fs::read_to_string(&file).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            let tail = &all[all.len().saturating_sub(lines)..];
-            out.push_str(&format!(
-                "---- {} (last {} lines)\n",
-                file.display(),
-                tail.len()
-            ));
-            for line in tail {
-                out.push_str(line);
-                out.push('\n');
-            }
+            out.push_str(&crate::farm::log_tail(&file, &text, lines));
         }
         out
     }

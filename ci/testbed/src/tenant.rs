@@ -336,6 +336,36 @@ pub fn snapshot(node: &Node, netid: &str) -> Result<String, NodeError> {
     Ok(out)
 }
 
+/// `agent tenant --key KEY --registry REGISTRY --node NODE'S API ARGS...`,
+/// waiting at most `wait_secs` for the node: (success, stdout + stderr).
+pub fn cli(
+    key: &std::path::Path,
+    registry: &str,
+    node: &Node,
+    wait_secs: u32,
+    args: &[&str],
+) -> (bool, String) {
+    let agent = crate::bin_dir().expect("binaries").join("agent");
+    let out = Command::new(agent)
+        .arg("tenant")
+        .arg("--key")
+        .arg(key)
+        .args(["--registry", registry])
+        .args(["--node", &node.api_url().expect("url")])
+        .args(["--wait-secs", &wait_secs.to_string()])
+        .args(args)
+        .output()
+        .expect("agent runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 //! the API get a 4xx naming the problem and change nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent::cli::tenant::NodeApi;
@@ -116,25 +115,7 @@ fn tenant_key(dir: &Path, name: &str) -> PathBuf {
 
 /// `agent tenant ...`: (success, stdout + stderr).
 fn cli(setup: &Setup, key: &Path, node: &Node, args: &[&str]) -> (bool, String) {
-    let agent = grove_testbed::bin_dir().expect("binaries").join("agent");
-    let out = Command::new(agent)
-        .arg("tenant")
-        .arg("--key")
-        .arg(key)
-        .args(["--registry", setup.registry_url.as_str()])
-        .args(["--node", &node.api_url().expect("url")])
-        .args(["--wait-secs", "120"])
-        .args(args)
-        .output()
-        .expect("agent runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    grove_testbed::tenant::cli(key, &setup.registry_url, node, 120, args)
 }
 
 fn run(node: &Node, argv: &[&str]) -> (bool, String) {

@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
 use netd::client::NetdClient;
 use netd::tenant::input::{AttachKind, AttachRequest};
 use oci_spec::runtime::{
@@ -62,10 +61,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// container's id, its bundle's and namespace's name (netd's names allow
 /// 13 characters).
 pub fn container_id(contract: u64, workload: &str) -> String {
-    let digest = Md5::digest(format!("{contract}:{workload}").as_bytes());
-    let mut hex = hex::encode(digest);
-    hex.truncate(10);
-    format!("k-{hex}")
+    super::short_name("k-", &format!("{contract}:{workload}"), 10)
 }
 
 /// Whether `id` is a container id provisiond makes.

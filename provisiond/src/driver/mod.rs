@@ -178,10 +178,15 @@ pub fn is_disk_name(name: &str) -> bool {
 /// netid on the node, 13 characters as netd allows. A twin's network of one
 /// name is one netid, on every node.
 pub fn netid(twin: u32, network: &str) -> String {
-    let digest = Md5::digest(format!("{twin}:{network}").as_bytes());
-    let mut id = hex::encode(digest);
-    id.truncate(11);
-    format!("p-{id}")
+    short_name("p-", &format!("{twin}:{network}"), 11)
+}
+
+/// `prefix` and the first `digits` hex digits of the MD5 of `text`: a
+/// short name derived from what names an object, never stored.
+pub(crate) fn short_name(prefix: &str, text: &str, digits: usize) -> String {
+    let mut hex = hex::encode(Md5::digest(text.as_bytes()));
+    hex.truncate(digits);
+    format!("{prefix}{hex}")
 }
 
 /// Whether `netid` is a netid provisiond makes.

@@ -573,8 +573,13 @@ fn make_rootfs_dir(path: &Path) -> Result<(), ImageError> {
     if !on_btrfs {
         return std::fs::create_dir(path).map_err(io_at(path));
     }
+    subvolume("create", path)
+}
+
+/// `btrfs subvolume <op> <path>`.
+fn subvolume(op: &str, path: &Path) -> Result<(), ImageError> {
     let out = std::process::Command::new("btrfs")
-        .args(["subvolume", "create"])
+        .args(["subvolume", op])
         .arg(path)
         .output()
         .map_err(io_at(path))?;
@@ -582,7 +587,7 @@ fn make_rootfs_dir(path: &Path) -> Result<(), ImageError> {
         return Err(ImageError::Io {
             path: path.to_owned(),
             source: std::io::Error::other(format!(
-                "btrfs subvolume create: {}",
+                "btrfs subvolume {op}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )),
         });
@@ -607,21 +612,7 @@ fn delete_subvolumes(path: &Path) -> Result<(), ImageError> {
         }
         return Ok(());
     }
-    let out = std::process::Command::new("btrfs")
-        .args(["subvolume", "delete"])
-        .arg(path)
-        .output()
-        .map_err(io_at(path))?;
-    if !out.status.success() {
-        return Err(ImageError::Io {
-            path: path.to_owned(),
-            source: std::io::Error::other(format!(
-                "btrfs subvolume delete: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-        });
-    }
-    Ok(())
+    subvolume("delete", path)
 }
 
 /// Removes `path`, a file or a directory tree (subvolumes included);

@@ -192,27 +192,13 @@ impl<'a> Unpacker<'a> {
                     set_owner_mode(&dst, owner, Some(mode))?;
                 }
                 T::Symlink => {
-                    let target = entry
-                        .link_name()
-                        .map_err(UnpackError::Archive)?
-                        .ok_or(UnpackError::Escape {
-                            path: raw.clone(),
-                            why: "a symbolic link without a target",
-                        })?
-                        .into_owned();
+                    let target = link_target(&entry, &raw)?;
                     remove_any(&dst)?;
                     std::os::unix::fs::symlink(&target, &dst).map_err(io_at(&dst))?;
                     set_owner_mode(&dst, owner, None)?;
                 }
                 T::Link => {
-                    let target = entry
-                        .link_name()
-                        .map_err(UnpackError::Archive)?
-                        .ok_or(UnpackError::Escape {
-                            path: raw.clone(),
-                            why: "a hard link without a target",
-                        })?
-                        .into_owned();
+                    let target = link_target(&entry, &raw)?;
                     let Some(target_rel) = clean(&target)? else {
                         return Err(UnpackError::Escape {
                             path: raw,
@@ -309,6 +295,18 @@ impl<'a> Unpacker<'a> {
         }
         Ok(())
     }
+}
+
+/// The target of link entry `raw`.
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, raw: &Path) -> Result<PathBuf, UnpackError> {
+    Ok(entry
+        .link_name()
+        .map_err(UnpackError::Archive)?
+        .ok_or(UnpackError::Escape {
+            path: raw.to_owned(),
+            why: "a link without a target",
+        })?
+        .into_owned())
 }
 
 /// `path` without `.`, refused when absolute or with `..`; `None` for the
