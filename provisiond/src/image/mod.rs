@@ -67,6 +67,8 @@ pub enum ImageError {
     },
     #[error("image {image}: the unpacking task failed: {message}")]
     Task { image: String, message: String },
+    #[error("image {image}: this node cannot open connections to registries: {reason}")]
+    NoClient { image: String, reason: String },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -143,7 +145,9 @@ const MAX_CONFIG: u64 = 4 << 20;
 /// The node's image cache.
 pub struct ImageStore {
     config: StoreConfig,
-    client: oci_client::Client,
+    /// The registry client, or why none could be made (a node without CA
+    /// certificates, say): that fails pulls, not the whole daemon.
+    client: Result<oci_client::Client, String>,
     /// One lock per image being fetched: a second caller waits for the
     /// first pull and finds the image cached.
     pulls: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -174,13 +178,20 @@ impl ImageStore {
         // rustls needs one process-wide crypto provider; another part of the
         // process may have installed it already, which is as good.
         let _already = rustls::crypto::ring::default_provider().install_default();
-        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+        let client = oci_client::Client::try_from(oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(
                 config.http_registries.clone(),
             ),
             read_timeout: Some(config.read_timeout),
             connect_timeout: Some(config.connect_timeout),
             ..Default::default()
+        })
+        .map_err(|e| {
+            let reason = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            tracing::warn!("no registry client: {reason}");
+            reason
         });
         Ok(ImageStore {
             config,
@@ -402,6 +413,13 @@ impl ImageStore {
         })
     }
 
+    fn client(&self, image: &str) -> Result<&oci_client::Client, ImageError> {
+        self.client.as_ref().map_err(|reason| ImageError::NoClient {
+            image: image.to_owned(),
+            reason: reason.clone(),
+        })
+    }
+
     /// The image manifest `reference` pins, through an index if it is one.
     async fn manifest(&self, reference: &ImageRef) -> Result<(Digest, Manifest), ImageError> {
         let manifest = self.manifest_at(reference).await?;
@@ -437,7 +455,7 @@ impl ImageStore {
     async fn manifest_at(&self, reference: &ImageRef) -> Result<Manifest, ImageError> {
         let image = reference.to_string();
         let (bytes, _) = self
-            .client
+            .client(&image)?
             .pull_manifest_raw(&oci_reference(reference), &RegistryAuth::Anonymous, ACCEPT)
             .await
             .map_err(|source| {
@@ -468,7 +486,7 @@ impl ImageStore {
             });
         }
         let mut bytes = Vec::new();
-        self.client
+        self.client(&image)?
             .pull_blob(&oci_reference(reference), &desc.oci(), &mut bytes)
             .await
             .map_err(|source| {
@@ -515,14 +533,14 @@ impl ImageStore {
         path: &Path,
     ) -> Result<(), ImageError> {
         let image = reference.to_string();
+        let client = self.client(&image)?;
         let file = tokio::fs::File::create(path).await.map_err(io_at(path))?;
         let mut limited = LimitedWriter {
             inner: tokio::io::BufWriter::new(file),
             left: desc.size,
             over: false,
         };
-        let pulled = self
-            .client
+        let pulled = client
             .pull_blob(&oci_reference(reference), &desc.oci(), &mut limited)
             .await;
         if limited.over {
