@@ -327,16 +327,9 @@ fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
 }
 
 fn kill_provisiond(farm: &Farm) {
-    let node = farm.node(0);
-    let old = node
-        .kill_daemon(Daemon::Provisiond)
-        .unwrap_or_else(|e| panic!("kill provisiond: {e}"));
-    assert!(
-        node.wait_restarted(Daemon::Provisiond, old, Duration::from_secs(60))
-            .is_some(),
-        "provisiond was not restarted\n{}",
-        farm.logs(60)
-    );
+    farm.node(0)
+        .restart_daemon(Daemon::Provisiond, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(60)));
 }
 
 #[test]

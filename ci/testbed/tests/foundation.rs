@@ -56,27 +56,15 @@ fn every_daemon_answers_in_its_node_and_the_operator_api_answers_on_the_lan() {
     // Inside the node, at the production paths, as an operator would ask.
     for daemon in Daemon::ALL {
         let sock = format!("/run/grove/{}.sock", daemon.name());
-        let out = node
-            .exec(&[
-                "curl",
-                "-s",
-                "--unix-socket",
-                &sock,
-                "http://localhost/ready",
-            ])
-            .expect("curl runs in the node");
+        let curl = |url: &str| {
+            node.exec(&["curl", "-s", "--unix-socket", &sock, url])
+                .expect("curl runs in the node")
+        };
+        let out = curl("http://localhost/ready");
         let body = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{daemon}: {out:?}");
         assert_eq!(body, r#"{"ready":true}"#, "{daemon}");
-        let out = node
-            .exec(&[
-                "curl",
-                "-s",
-                "--unix-socket",
-                &sock,
-                "http://localhost/v1/info",
-            ])
-            .expect("curl runs in the node");
+        let out = curl("http://localhost/v1/info");
         let info: grove_daemon::server::Info =
             serde_json::from_slice(&out.stdout).expect("info decodes");
         assert_eq!(info.name, daemon.name());

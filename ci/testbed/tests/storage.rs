@@ -55,6 +55,39 @@ fn get<T: serde::de::DeserializeOwned>(node: &Node, uri: &str) -> T {
     serde_json::from_value(body).unwrap_or_else(|e| panic!("{uri}: {e}"))
 }
 
+/// `PUT` of a volume or vdisk of `size` bytes on `pool`; answers status
+/// and body.
+fn put(node: &Node, uri: &str, pool: &impl serde::Serialize, size: u64) -> (u16, Value) {
+    call(
+        node,
+        Method::PUT,
+        uri,
+        Some(json!({"pool": pool, "size": size})),
+    )
+}
+
+/// [`put`] that must succeed; answers the volume or vdisk.
+fn ensure<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    uri: &str,
+    pool: &impl serde::Serialize,
+    size: u64,
+) -> T {
+    let (status, body) = put(node, uri, pool, size);
+    assert_eq!(status, 200, "{uri}: {body}");
+    serde_json::from_value(body).unwrap_or_else(|e| panic!("{uri}: {e}"))
+}
+
+/// `POST /v1/disks/{serial}/wipe`; answers status and body.
+fn wipe(node: &Node, serial: impl std::fmt::Display) -> (u16, Value) {
+    call(
+        node,
+        Method::POST,
+        &format!("/v1/disks/{serial}/wipe"),
+        None,
+    )
+}
+
 fn wait_storage(farm: &Farm) {
     let node = farm.node(0);
     let ready = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
@@ -69,6 +102,32 @@ fn wait_storage(farm: &Farm) {
         })
     });
     assert!(ready, "storaged not ready\n{}", farm.logs(60));
+}
+
+/// Starts the node's agent and waits for its storaged.
+fn boot(farm: &Farm) {
+    farm.node(0).start_agent().expect("boot");
+    wait_storage(farm);
+}
+
+/// Asserts that a call answered `status` with an error naming `text`.
+fn refused((status, body): (u16, Value), expected: u16, text: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(text)),
+        "{body}"
+    );
+}
+
+/// Asserts that the system cache is the `cache` subvolume of a pool.
+fn assert_cache_mounted(node: &Node) {
+    let mounted = node
+        .exec(&["findmnt", "-n", "-o", "SOURCE", grove_daemon::CACHE_DIR])
+        .expect("findmnt");
+    assert!(
+        String::from_utf8_lossy(&mounted.stdout).contains("[/cache]"),
+        "{mounted:?}"
+    );
 }
 
 fn sha256(path: &std::path::Path) -> String {
@@ -119,8 +178,7 @@ fn blank_disks_become_pools_and_a_foreign_disk_is_never_touched() {
         .format_ext4_with_file("farmer.txt", b"the farmer's own data")
         .expect("ext4 with a file");
     let digest = sha256(foreign.path());
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
 
     let pools: Vec<PoolReport> = get(node, "/v1/pools");
     assert_eq!(pools.len(), 2, "{pools:?}");
@@ -152,13 +210,7 @@ fn blank_disks_become_pools_and_a_foreign_disk_is_never_touched() {
     assert!(capacity.cache.degraded.is_none());
     assert_eq!(capacity.ssd.total_bytes, 1024 << 20);
     assert_eq!(capacity.hdd.total_bytes, 1024 << 20);
-    let mounted = node
-        .exec(&["findmnt", "-n", "-o", "SOURCE", "/var/cache/grove"])
-        .expect("findmnt");
-    assert!(
-        String::from_utf8_lossy(&mounted.stdout).contains("[/cache]"),
-        "{mounted:?}"
-    );
+    assert_cache_mounted(node);
 
     restart(&farm);
     let again: Vec<PoolReport> = get(node, "/v1/pools");
@@ -184,8 +236,7 @@ fn a_disk_with_only_an_empty_gpt_is_foreign() {
     let node = farm.node(0);
     node.disks()[1].write_empty_gpt().expect("empty GPT");
     let digest = sha256(node.disks()[1].path());
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let gpt = disk_by_path(&disks, node.disks()[1].path());
     assert_eq!(class(gpt), "foreign", "{gpt:?}");
@@ -204,28 +255,14 @@ fn a_restart_keeps_pools_cache_and_volume_contents() {
     let farm = start(NodeSpec::default().disks(vec![SSD, HDD]));
     let node = farm.node(0);
     let pool = own_pool(node);
-    let (status, body) = call(
-        node,
-        Method::PUT,
-        "/v1/volumes/data",
-        Some(json!({"pool": pool, "size": 64 << 20})),
-    );
-    assert_eq!(status, 200, "{body}");
-    let volume: VolumeView = serde_json::from_value(body).expect("volume");
+    let volume: VolumeView = ensure(node, "/v1/volumes/data", &pool, 64 << 20);
     let file = volume.path.join("hello.txt");
     let file = file.to_str().expect("utf-8 path");
     let wrote = node
         .exec(&["sh", "-c", &format!("echo kept > {file} && sync")])
         .expect("write");
     assert!(wrote.status.success(), "{wrote:?}");
-    let (status, body) = call(
-        node,
-        Method::PUT,
-        "/v1/vdisks/root",
-        Some(json!({"pool": pool, "size": 32 << 20})),
-    );
-    assert_eq!(status, 200, "{body}");
-    let vdisk_before: VdiskView = serde_json::from_value(body).expect("vdisk");
+    let vdisk_before: VdiskView = ensure(node, "/v1/vdisks/root", &pool, 32 << 20);
     let cache_before: Capacity = get(node, "/v1/capacity");
     let pools_before: Vec<PoolReport> = get(node, "/v1/pools");
 
@@ -269,14 +306,7 @@ fn writing_past_a_volume_quota_fails_with_edquot() {
     let farm = start(NodeSpec::default().disks(vec![SSD]));
     let node = farm.node(0);
     let pool = own_pool(node);
-    let (status, body) = call(
-        node,
-        Method::PUT,
-        "/v1/volumes/small",
-        Some(json!({"pool": pool, "size": 16 << 20})),
-    );
-    assert_eq!(status, 200, "{body}");
-    let volume: VolumeView = serde_json::from_value(body).expect("volume");
+    let volume: VolumeView = ensure(node, "/v1/volumes/small", &pool, 16 << 20);
     let target = format!("of={}", volume.path.join("big").display());
     let out = node
         .exec(&[
@@ -307,8 +337,7 @@ fn grove_wipe_pools_the_named_disk_and_only_that_one() {
     kept.format_ext4_with_file("keep.txt", b"keep me")
         .expect("ext4");
     let kept_digest = sha256(kept.path());
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
     let disks: Vec<Disk> = get(node, "/v1/disks");
     assert_eq!(class(disk_by_path(&disks, wiped.path())), "foreign");
     let serial = disk_by_path(&disks, wiped.path()).device.serial.clone();
@@ -337,8 +366,7 @@ fn the_wipe_api_pools_a_foreign_disk_and_refuses_anything_else() {
     node.disks()[1]
         .format_ext4_with_file("x", b"x")
         .expect("ext4");
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let foreign = disk_by_path(&disks, node.disks()[1].path())
         .device
@@ -349,27 +377,15 @@ fn the_wipe_api_pools_a_foreign_disk_and_refuses_anything_else() {
         .serial
         .clone();
 
-    let (status, body) = call(node, Method::POST, &format!("/v1/disks/{ours}/wipe"), None);
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Grove pool")),
-        "{body}"
-    );
-    let (status, body) = call(node, Method::POST, "/v1/disks/NOSUCHSERIAL/wipe", None);
+    refused(wipe(node, &ours), 409, "Grove pool");
+    let (status, body) = wipe(node, "NOSUCHSERIAL");
     assert_eq!(status, 404, "{body}");
-    let (status, body) = call(node, Method::POST, "/v1/disks/a..b!/wipe", None);
+    let (status, body) = wipe(node, "a..b!");
     assert_eq!(status, 400, "{body}");
     let pools: Vec<PoolReport> = get(node, "/v1/pools");
     assert_eq!(pools.len(), 1, "refused wipes changed nothing");
 
-    let (status, body) = call(
-        node,
-        Method::POST,
-        &format!("/v1/disks/{foreign}/wipe"),
-        None,
-    );
+    let (status, body) = wipe(node, &foreign);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["class"], "ours", "{body}");
     let pools: Vec<PoolReport> = get(node, "/v1/pools");
@@ -427,26 +443,11 @@ fn a_vanished_disk_marks_its_pool_broken_and_the_others_keep_serving() {
         .iter()
         .find(|p| p.label != victim.label)
         .expect("the other pool");
-    let (status, body) = call(
-        node,
-        Method::PUT,
-        "/v1/volumes/after",
-        Some(json!({"pool": survivor.label, "size": 8 << 20})),
-    );
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = call(
-        node,
-        Method::PUT,
-        "/v1/volumes/refused",
-        Some(json!({"pool": victim.label, "size": 8 << 20})),
-    );
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("broken"),
-        "{body}"
+    let _: VolumeView = ensure(node, "/v1/volumes/after", &survivor.label, 8 << 20);
+    refused(
+        put(node, "/v1/volumes/refused", &victim.label, 8 << 20),
+        409,
+        "broken",
     );
 }
 
@@ -455,13 +456,7 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
     let farm = start(NodeSpec::default().disks(vec![SSD]));
     let node = farm.node(0);
     let pool = own_pool(node);
-    let (status, body) = call(
-        node,
-        Method::PUT,
-        "/v1/volumes/taken",
-        Some(json!({"pool": pool, "size": 8 << 20})),
-    );
-    assert_eq!(status, 200, "{body}");
+    let _: VolumeView = ensure(node, "/v1/volumes/taken", &pool, 8 << 20);
     let before: (Vec<VolumeView>, Vec<VdiskView>, Vec<PoolReport>) = (
         get(node, "/v1/volumes"),
         get(node, "/v1/vdisks"),
@@ -596,13 +591,7 @@ fn with_no_ssd_the_cache_goes_on_an_hdd_and_says_degraded() {
     assert_eq!(format!("{:?}", capacity.cache.kind), "Some(Hdd)");
     let reason = capacity.cache.degraded.expect("degraded");
     assert!(reason.contains("no SSD"), "{reason}");
-    let mounted = node
-        .exec(&["findmnt", "-n", "-o", "SOURCE", "/var/cache/grove"])
-        .expect("findmnt");
-    assert!(
-        String::from_utf8_lossy(&mounted.stdout).contains("[/cache]"),
-        "{mounted:?}"
-    );
+    assert_cache_mounted(node);
 }
 
 #[test]
@@ -617,27 +606,14 @@ fn a_grove_boot_image_disk_is_the_boot_medium_and_left_alone() {
         .expect("mkfs.vfat runs");
     assert!(made.success(), "could not label the boot disk");
     let digest = sha256(usb.path());
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let boot = disk_by_path(&disks, usb.path());
     assert!(boot.boot_medium, "{boot:?}");
     assert_eq!(boot.pool, None);
     assert!(!disk_by_path(&disks, node.disks()[0].path()).boot_medium);
     let serial = boot.device.serial.clone();
-    let (status, body) = call(
-        node,
-        Method::POST,
-        &format!("/v1/disks/{serial}/wipe"),
-        None,
-    );
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("boot medium")),
-        "{body}"
-    );
+    refused(wipe(node, &serial), 409, "boot medium");
     assert_eq!(sha256(usb.path()), digest);
 }
 
@@ -651,6 +627,18 @@ fn unsigned_post(node: &Node, path: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').expect("a status line");
     (code.parse().expect("a status"), body.to_owned())
+}
+
+/// Puts a file system on the node's second disk S and makes the image of
+/// another farmer's disk that is to take S's place; answers S and the image.
+fn prepare_swap(node: &Node) -> (&grove_testbed::Disk, std::path::PathBuf) {
+    let s = &node.disks()[1];
+    s.format_ext4_with_file("old.txt", b"disk S, about to be pulled")
+        .expect("ext4 on S");
+    (
+        s,
+        prepared_ext4(node, "newcomer.img", b"another farmer's photos"),
+    )
 }
 
 /// Makes an image holding a farmer's ext4 on a scratch loop device, then
@@ -684,12 +672,8 @@ fn hot_swap(storaged_config: &str) -> Swapped {
     let node = farm.node(0);
     node.set_config(Daemon::Storaged, storaged_config)
         .expect("storaged config");
-    let s = &node.disks()[1];
-    s.format_ext4_with_file("old.txt", b"disk S, about to be pulled")
-        .expect("ext4 on S");
-    let newcomer_image = prepared_ext4(node, "newcomer.img", b"another farmer's photos");
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    let (s, newcomer_image) = prepare_swap(node);
+    boot(&farm);
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let shown = disk_by_path(&disks, s.path()).clone();
     assert_eq!(class(&shown), "foreign", "{shown:?}");
@@ -698,12 +682,7 @@ fn hot_swap(storaged_config: &str) -> Swapped {
     let newcomer = grove_testbed::Disk::attach_image_at(newcomer_image, true, Some(s.path()))
         .expect("a new disk under S's name");
     let before = sha256(newcomer.file());
-    let (status, body) = call(
-        node,
-        Method::POST,
-        &format!("/v1/disks/{}/wipe", shown.device.serial),
-        None,
-    );
+    let (status, body) = wipe(node, &shown.device.serial);
     let after = sha256(newcomer.file());
     let newcomer = storaged::disk::discover::read(
         std::path::Path::new("/sys"),
@@ -780,12 +759,7 @@ fn a_wipe_of_a_swapped_out_disk_after_a_rescan_is_404_and_the_newcomer_is_listed
         "{:?}",
         newcomer.class
     );
-    let (status, again) = call(
-        node,
-        Method::POST,
-        &format!("/v1/disks/{}/wipe", swapped.serial),
-        None,
-    );
+    let (status, again) = wipe(node, &swapped.serial);
     assert_eq!(status, 404, "{again}");
     assert_eq!(sha256(&node.dir().join("newcomer.img")), swapped.before);
 }
@@ -805,8 +779,7 @@ fn a_blank_disk_attached_live_becomes_a_pool_within_5s_and_a_pulled_one_leaves()
         ),
     )
     .expect("storaged config");
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
     let before: Capacity = get(node, "/v1/capacity");
 
     let disk = grove_testbed::Disk::attach_image(
@@ -881,8 +854,7 @@ fn ext4_behind_a_lost_partition_table_and_data_only_in_the_middle_are_foreign() 
         .write_at(middle.size_bytes() / 2, &data)
         .expect("data in the middle");
     let digests = [sha256(lost_table.file()), sha256(middle.file())];
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
 
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let lost = disk_by_path(&disks, lost_table.path());
@@ -942,8 +914,7 @@ fn every_kind_of_foreign_disk_is_foreign_and_untouched_through_boot_restart_and_
         }
         listed
     };
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    boot(&farm);
     let listed = check("after boot");
     for (kind, disk) in &foreign {
         let d = disk_by_path(&listed, disk.path());
@@ -1000,12 +971,8 @@ fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouche
     // No rescan during the test: storaged still lists S when the wipe comes.
     node.set_config(Daemon::Storaged, "health_interval_ms = 3600000\n")
         .expect("storaged config");
-    let s = &node.disks()[1];
-    s.format_ext4_with_file("old.txt", b"disk S, about to be pulled")
-        .expect("ext4 on S");
-    let newcomer_image = prepared_ext4(node, "newcomer.img", b"another farmer's photos");
-    node.start_agent().expect("boot");
-    wait_storage(&farm);
+    let (s, newcomer_image) = prepare_swap(node);
+    boot(&farm);
     node.wait_api(Duration::from_secs(30)).expect("API up");
     let api = node.api_url().expect("url");
     let knows = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {

@@ -279,19 +279,20 @@ fn a_tenant_network_spans_nodes_and_nothing_else_gets_in() {
     let red_view: NetworkView =
         serde_json::from_str(&get(a, "/v1/networks/red").1).expect("a view");
     let red_inside = red_view.egress.inside_address.to_string();
-    run(
-        a,
-        &[
+    let route_to_red = |op: &str| {
+        let argv = [
             "ip",
             "route",
-            "add",
+            op,
             "10.1.1.0/24",
             "via",
-            &red_inside,
+            red_inside.as_str(),
             "dev",
             "e-red",
-        ],
-    );
+        ];
+        run(a, &argv);
+    };
+    route_to_red("add");
     assert!(
         !tenant::ping(a, None, ip("10.1.1.1")).expect("ping runs"),
         "the node gets into red"
@@ -300,19 +301,7 @@ fn a_tenant_network_spans_nodes_and_nothing_else_gets_in() {
         !tenant::ping(a, Some("n-blue"), ip("10.1.1.1")).expect("ping runs"),
         "blue gets into red through the node"
     );
-    run(
-        a,
-        &[
-            "ip",
-            "route",
-            "del",
-            "10.1.1.0/24",
-            "via",
-            &red_inside,
-            "dev",
-            "e-red",
-        ],
-    );
+    route_to_red("del");
 
     // Egress: red's namespace reaches the farm's host through NAT, and the
     // host sees the node's address, not the tenant's.

@@ -12,6 +12,19 @@ fn start(spec: FarmSpec) -> Farm {
     Farm::start_for_test(spec)
 }
 
+/// One node on a DHCP LAN, with no address given by the testbed.
+fn start_on_dhcp() -> Farm {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    start(FarmSpec::with_nodes(vec![node]))
+}
+
+/// The operator API's `/v1/node` at the uplink's address in `report`.
+fn node_url(report: &UplinkReport) -> String {
+    let address = report.address.as_deref().expect("an address");
+    let ip = address.split('/').next().expect("ip");
+    format!("http://{ip}:8080/v1/node")
+}
+
 fn uplink(node: &Node) -> Option<UplinkReport> {
     node.get(Daemon::Netd, "/v1/uplink").ok()
 }
@@ -103,18 +116,10 @@ fn the_nic_with_dhcp_becomes_the_uplink_and_the_api_answers_on_its_lease() {
 
 #[test]
 fn a_pulled_cable_heals_without_a_restart() {
-    let node = NodeSpec::default().addressing(Addressing::None);
-    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let farm = start_on_dhcp();
     let node = farm.node(0);
     let report = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
-    let ip = report
-        .address
-        .expect("address")
-        .split('/')
-        .next()
-        .expect("ip")
-        .to_owned();
-    let url = format!("http://{ip}:8080/v1/node");
+    let url = node_url(&report);
     let pid_before = node.daemon_pid(Daemon::Netd).expect("netd runs");
 
     node.nic_set_carrier(0, false).expect("pull the cable");
@@ -160,7 +165,7 @@ fn a_static_address_from_the_boot_parameters_is_applied_on_the_bridge() {
     let report = wait_state(&farm, node, UplinkState::Static, Duration::from_secs(20));
     assert_eq!(report.address, Some(format!("{ip}/24")));
     assert_eq!(report.gateway, Some(gw));
-    let url = format!("http://{ip}:8080/v1/node");
+    let url = node_url(&report);
     assert!(wait_until(
         Duration::from_secs(5),
         Duration::from_millis(100),
@@ -176,8 +181,7 @@ fn a_static_address_from_the_boot_parameters_is_applied_on_the_bridge() {
 
 #[test]
 fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
-    let node = NodeSpec::default().addressing(Addressing::None);
-    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let farm = start_on_dhcp();
     let node = farm.node(0);
     let before = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
     let snapshot = |n: &Node| -> String {
@@ -195,9 +199,8 @@ fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
         .join("\n")
     };
     let state_before = snapshot(node);
-    let pid = node.kill_daemon(Daemon::Netd).expect("kill -9 netd");
-    let restarted = node.wait_restarted(Daemon::Netd, pid, Duration::from_secs(10));
-    assert!(restarted.is_some(), "netd not back\n{}", farm.logs(30));
+    node.restart_daemon(Daemon::Netd, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(30)));
     let after = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(10));
     assert_eq!(after.nic, before.nic);
     assert_eq!(after.address, before.address);
@@ -216,8 +219,7 @@ fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
 /// address throughout.
 #[test]
 fn killing_netd_leaves_one_udhcpc_and_the_address_in_place() {
-    let node = NodeSpec::default().addressing(Addressing::None);
-    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let farm = start_on_dhcp();
     let node = farm.node(0);
     let before = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
     let address = before.address.clone().expect("an address");
@@ -319,14 +321,8 @@ fn a_vlan_from_the_boot_parameters_tags_the_uplink_or_is_refused_clearly() {
         );
         assert_eq!(report.nic.as_deref(), Some("eth0.42"), "{report:?}");
         assert_eq!(report.vlan, Some(42));
-        let ip = report
-            .address
-            .expect("address")
-            .split('/')
-            .next()
-            .expect("ip")
-            .to_owned();
-        let (status, _) = http_get(&format!("http://{ip}:8080/v1/node")).expect("API on the VLAN");
+        let url = node_url(&report);
+        let (status, _) = http_get(&url).expect("API on the VLAN");
         assert_eq!(status, 200);
         let report = wait_state(
             &farm,
@@ -412,14 +408,8 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
         after.address, before.address,
         "dnsmasq hands the same address back"
     );
-    let ip = after
-        .address
-        .expect("address")
-        .split('/')
-        .next()
-        .expect("ip")
-        .to_owned();
-    let (status, _) = http_get(&format!("http://{ip}:8080/v1/node")).expect("API answers again");
+    let url = node_url(&after);
+    let (status, _) = http_get(&url).expect("API answers again");
     assert_eq!(status, 200);
     assert_eq!(
         farm.node(0).daemon_pid(Daemon::Netd),
@@ -432,8 +422,7 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
 /// takes an address in it by SLAAC.
 #[test]
 fn ipv6_comes_by_slaac_on_the_bridge() {
-    let node = NodeSpec::default().addressing(Addressing::None);
-    let farm = start(FarmSpec::with_nodes(vec![node]));
+    let farm = start_on_dhcp();
     let node = farm.node(0);
     wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
     let prefix = farm.lan_subnet().ipv6_prefix();

@@ -242,10 +242,7 @@ fn restore(rt: &tokio::runtime::Runtime, node: &Node) -> Result<(u64, Duration),
         .parse::<u64>()
         .map_err(|e| api_error("the store's size", e))?;
 
-    let old = node.kill_daemon(Daemon::Provisiond)?;
-    let new = node
-        .wait_restarted(Daemon::Provisiond, old, Duration::from_secs(60))
-        .ok_or(BenchError::NotReady(Duration::from_secs(60)))?;
+    let new = node.restart_daemon(Daemon::Provisiond, Duration::from_secs(60))?;
     let born = started_at(new)?;
     let mut last = 0;
     let restored = wait_until(Duration::from_secs(60), Duration::from_millis(2), || {

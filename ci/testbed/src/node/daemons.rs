@@ -197,6 +197,19 @@ impl Node {
         Ok(pid)
     }
 
+    /// `kill -9` of `daemon`, then waits up to `within` for the agent to
+    /// have it running and ready again; answers the new pid.
+    pub fn restart_daemon(&self, daemon: Daemon, within: Duration) -> Result<u32, NodeError> {
+        let old = self.kill_daemon(daemon)?;
+        self.wait_restarted(daemon, old, within)
+            .ok_or_else(|| NodeError::NotRestarted {
+                node: self.name.clone(),
+                daemon: daemon.name(),
+                old,
+                within,
+            })
+    }
+
     /// `kill -9` of `pids` (a daemon and its children, say) at once.
     pub fn kill_pids(&self, pids: &[u32]) -> Result<(), NodeError> {
         kill_pids(self, pids)

@@ -148,6 +148,13 @@ pub enum NodeError {
     },
     #[error("node {node}: {daemon} is not running")]
     DaemonDown { node: String, daemon: &'static str },
+    #[error("node {node}: the agent did not restart {daemon} (pid {old} killed) within {within:?}")]
+    NotRestarted {
+        node: String,
+        daemon: &'static str,
+        old: u32,
+        within: Duration,
+    },
 }
 
 /// The farm-level facts a node is built from.
