@@ -63,10 +63,16 @@ fn put(node: &Node, path: &str, body: &str) -> Result<Duration, BenchError> {
 }
 
 fn mesh_address(node: &Node) -> Result<Ipv6Addr, BenchError> {
+    /// The part of netd's `GET /v1/mesh` answer read here.
+    #[derive(serde::Deserialize)]
+    struct Mesh {
+        address: Option<Ipv6Addr>,
+    }
     let socket = node.socket(Daemon::Netd)?;
     let (status, body) = http::unix_get(&socket, "/v1/mesh")?;
-    mesh::json_field(&body, "address")
-        .and_then(|a| a.parse().ok())
+    serde_json::from_str::<Mesh>(&body)
+        .ok()
+        .and_then(|m| m.address)
         .ok_or(BenchError::Api {
             what: format!("GET /v1/mesh on {}", node.name()),
             status,

@@ -186,13 +186,18 @@ fn print_signing(registry: &grove_testbed::registry::Registry, farm: &Farm) {
 /// The node's account, once the node knows its farmer (before that, a
 /// signed request is answered 503).
 fn node_account(node: &Node) -> Option<String> {
+    /// The part of the agent's `GET /v1/chain` answer read here.
+    #[derive(serde::Deserialize)]
+    struct Chain {
+        farmer: Option<String>,
+        account: Option<String>,
+    }
     let url = format!("{}/v1/chain", node.api_url().ok()?);
     let mut account = None;
     wait_until(API_TIMEOUT, Duration::from_millis(250), || {
         account = http_get(&url).ok().and_then(|(_, body)| {
-            let farmer = grove_testbed::mesh::json_field(&body, "farmer")?;
-            (farmer != "null").then_some(())?;
-            grove_testbed::mesh::json_field(&body, "account")
+            let chain: Chain = serde_json::from_str(&body).ok()?;
+            chain.farmer.and(chain.account)
         });
         account.is_some()
     });
