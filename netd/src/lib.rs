@@ -4,6 +4,8 @@
 //! and calls [`run`]. It serves its API on `/run/grove/netd.sock`, and
 //! [`client::NetdClient`] is how `agent` and the other daemons reach it.
 
+#![deny(unsafe_code)]
+
 pub mod actor;
 pub mod client;
 pub mod flags;

@@ -17,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// Makes the child `command` starts die with SIGKILL when netd dies.
+#[allow(unsafe_code)]
 pub fn die_with_parent(command: &mut tokio::process::Command) {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and makes only

@@ -85,6 +85,7 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Starts dnsmasq in `netns` on `bridge`, keeping its files in `dir`,
     /// and waits until it serves.
+    #[allow(unsafe_code)]
     pub fn start(
         netns: &str,
         bridge: &IfName,

@@ -14,6 +14,8 @@
 //! and loop devices; `/dev` and `/proc` are shared with the host, and nodes
 //! have no route beyond their LANs.
 
+#![deny(unsafe_code)]
+
 pub mod bench;
 pub mod bins;
 #[cfg(feature = "tfchain")]

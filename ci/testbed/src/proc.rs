@@ -194,6 +194,7 @@ pub fn signal(target: ProcId, signal: Signal) -> Result<(), ProcError> {
 /// daemon has: nothing blocked, SIGPIPE at its default. (The parent may
 /// block SIGINT/SIGTERM to `sigwait` for them, and Rust ignores SIGPIPE;
 /// both would otherwise be inherited.) Allocation free, for `pre_exec`.
+#[allow(unsafe_code)]
 pub fn reset_signals_for_exec() -> std::io::Result<()> {
     SigSet::empty().thread_set_mask()?;
     // SAFETY: installs the default disposition, no handler code runs.

@@ -38,6 +38,7 @@ pub enum TapError {
 
 /// Creates the persistent tap `ifname` in this thread's network namespace
 /// (or takes the existing one). Blocking.
+#[allow(unsafe_code)]
 pub fn ensure_tap(ifname: &str) -> Result<(), TapError> {
     let file = OpenOptions::new()
         .read(true)

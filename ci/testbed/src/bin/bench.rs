@@ -2,6 +2,7 @@
 //! `ci/bench`, which builds release binaries first.
 //!
 //!     bench foundation|storage|agent|mesh|tenant|tfchain|provision|image [--runs N]
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@
 //! Limits: anything else running on the host at the same time (another
 //! test suite) shows up as a difference too.
 #![allow(clippy::print_stdout, reason = "this binary's output is its interface")]
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -5,6 +5,7 @@
 //! or SIGTERM and tears the farm down. Limits: needs root and the workspace
 //! binaries (`cargo build --workspace --bins`); one farm LAN with DHCP.
 #![allow(clippy::print_stdout, reason = "this binary's output is its interface")]
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //! script before the suite; farms whose owner still runs are left alone.
 //! Limits: needs root; exits 1 if anything stale could not be removed.
 #![allow(clippy::print_stdout, reason = "this binary's output is its interface")]
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

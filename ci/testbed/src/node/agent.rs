@@ -76,6 +76,7 @@ struct Entry {
 /// Starts `<bin_dir>/agent` inside node namespace `netns`, with `hostname`
 /// in a UTS namespace of its own and `config_dir` as its `/etc/grove`,
 /// appending its output to `log`.
+#[allow(unsafe_code)]
 pub fn spawn(
     netns: &str,
     hostname: &str,
