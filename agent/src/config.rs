@@ -27,7 +27,7 @@ pub struct IdentityConfig {
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
-            cache_dir: PathBuf::from("/var/cache/grove"),
+            cache_dir: PathBuf::from(grove_daemon::CACHE_DIR),
         }
     }
 }

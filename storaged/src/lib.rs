@@ -60,7 +60,7 @@ impl Default for Config {
             socket: grove_daemon::socket_path(NAME),
             disks: None,
             pools_dir: PathBuf::from("/mnt/pools"),
-            cache_dir: PathBuf::from("/var/cache/grove"),
+            cache_dir: PathBuf::from(grove_daemon::CACHE_DIR),
             machine_id_file: PathBuf::from("/sys/class/dmi/id/product_uuid"),
             health_interval_ms: 1000,
         }

@@ -26,7 +26,7 @@ pub mod contracts;
 pub mod queue;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,7 +81,7 @@ impl Default for ChainConfig {
     fn default() -> Self {
         Self {
             uptime_interval_secs: 40 * 60,
-            queue_dir: PathBuf::from("/var/cache/grove/agent/reports"),
+            queue_dir: Path::new(grove_daemon::CACHE_DIR).join("agent/reports"),
             location: LocationConfig::default(),
         }
     }
