@@ -215,8 +215,16 @@ pub enum GlueError {
     Provisiond(#[from] ClientError),
     #[error("registry: {0}")]
     Registry(#[from] BackendError),
+    #[error("cannot queue the usage report for the registry: {0}")]
+    Queue(String),
+    #[error("cannot encode the last usage report: {0}")]
+    Encode(#[source] serde_json::Error),
     #[error("cannot keep the last usage report: {0}")]
-    Record(String),
+    Dir(#[from] grove_daemon::fsutil::DirError),
+    #[error("cannot keep the last usage report: {0}")]
+    Write(#[from] grove_daemon::fsutil::WriteError),
+    #[error("keeping the last usage report failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Provisioning {
@@ -546,7 +554,7 @@ impl Provisioning {
             .chain
             .queue_contract_resources(now.clone())
             .await
-            .map_err(GlueError::Record)?;
+            .map_err(GlueError::Queue)?;
         save_reported(&sources.reported, &now).await?;
         tracing::info!(
             report = seq,
@@ -614,17 +622,15 @@ async fn load_reported(path: &Path) -> Option<Vec<ContractResources>> {
 }
 
 async fn save_reported(path: &Path, reports: &[ContractResources]) -> Result<(), GlueError> {
-    let bytes = serde_json::to_vec(reports).map_err(|e| GlueError::Record(e.to_string()))?;
+    let bytes = serde_json::to_vec(reports).map_err(GlueError::Encode)?;
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            grove_daemon::fsutil::ensure_dir(dir, None)?;
         }
-        grove_daemon::fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| e.to_string())
+        Ok(grove_daemon::fsutil::write_atomic(&path, &bytes, 0o600)?)
     })
-    .await
-    .map_err(|e| GlueError::Record(e.to_string()))?
-    .map_err(GlueError::Record)
+    .await?
 }
 
 #[cfg(test)]

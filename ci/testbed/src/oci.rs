@@ -196,8 +196,12 @@ pub enum PushError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot list the libraries of {0} (ldd)")]
-    Ldd(String),
+    #[error("cannot list the libraries of {path} (ldd)")]
+    Ldd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -259,7 +263,10 @@ pub fn busybox_layer() -> Result<Vec<u8>, PushError> {
     let ldd = Command::new("ldd")
         .arg(busybox)
         .output()
-        .map_err(|_spawn| PushError::Ldd(busybox.display().to_string()))?;
+        .map_err(|source| PushError::Ldd {
+            path: busybox.to_owned(),
+            source,
+        })?;
     let listing = String::from_utf8_lossy(&ldd.stdout).into_owned();
     for lib in listing
         .split_whitespace()
