@@ -59,7 +59,7 @@ pub use snapshot::HostSnapshot;
 pub use spec::{Addressing, Daemon, DiskSpec, FarmSpec, LanSpec, NicSpec, NodeSpec};
 pub use stale::clean_stale;
 pub use subnet::Subnet;
-pub use wait::wait_until;
+pub use wait::{holds_for, wait_until};
 
 /// An error and all its causes on one line, `outer: cause: root cause`.
 pub fn report(error: &dyn std::error::Error) -> String {

@@ -1,8 +1,11 @@
 //! Polling for a condition with a deadline, the way tests wait for a
-//! daemon to come up or a link to change.
+//! daemon to come up or a link to change, and watching one hold for a
+//! while, the way tests show that nothing restarts.
 //!
-//! The condition is checked at once, then every `poll` until it holds or
-//! `timeout` has passed; the caller decides what a timeout means.
+//! [`wait_until`] checks the condition at once, then every `poll` until it
+//! holds or `timeout` has passed; the caller decides what a timeout means.
+//! [`holds_for`] checks it the same way for the whole window and stops at
+//! the first failure.
 //! Limits: the condition runs on the calling thread and is not interrupted,
 //! so one slow check can overrun the deadline by its own duration.
 
@@ -21,6 +24,22 @@ pub fn wait_until(timeout: Duration, poll: Duration, mut condition: impl FnMut()
             return false;
         }
         std::thread::sleep(poll.min(deadline - now));
+    }
+}
+
+/// Checks `condition` at once and every `poll` for `window`: true if it
+/// held every time, false at the first time it did not.
+pub fn holds_for(window: Duration, poll: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + window;
+    loop {
+        if !condition() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep(poll.min(end - now));
     }
 }
 
@@ -48,6 +67,35 @@ mod tests {
             || {
                 calls += 1;
                 calls == 3
+            }
+        ));
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_condition_that_holds_is_checked_for_the_whole_window() {
+        let (start, mut calls) = (Instant::now(), 0);
+        assert!(holds_for(
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            || {
+                calls += 1;
+                true
+            }
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert!(calls >= 2, "{calls}");
+    }
+
+    #[test]
+    fn a_condition_that_fails_once_ends_the_watch() {
+        let mut calls = 0;
+        assert!(!holds_for(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                calls += 1;
+                calls < 3
             }
         ));
         assert_eq!(calls, 3);
