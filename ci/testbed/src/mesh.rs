@@ -92,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bodies() {
+    fn bodies_are_the_json_the_api_takes_and_keys_stay_out_of_debug() {
         let keys = Keys {
             private: "PRIV".to_owned(),
             public: "PUB".to_owned(),
