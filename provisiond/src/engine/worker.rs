@@ -172,6 +172,27 @@ impl Engine {
         }
     }
 
+    /// Records that workload `name` is in `state`, saying `message`.
+    async fn mark(
+        &self,
+        contract: u64,
+        version: u32,
+        name: &str,
+        state: WorkloadState,
+        message: impl Into<String>,
+    ) {
+        self.record(contract, version, name, result(state, message))
+            .await;
+    }
+
+    /// The deployment's engine record as it stands, while it is held.
+    fn held_record(&self, contract: u64) -> Option<EngineRecord> {
+        self.state()
+            .entries
+            .get(&contract)
+            .map(|e| e.engine.clone())
+    }
+
     /// Forgets workload `name`'s result; its history says it was deleted.
     async fn forget(&self, contract: u64, version: u32, name: &str, message: &str) {
         let (n, m) = (name.to_owned(), message.to_owned());
@@ -359,11 +380,12 @@ async fn apply(
             continue;
         }
         engine
-            .record(
+            .mark(
                 contract,
                 version,
                 name,
-                result(WorkloadState::Init, format!("deploying version {version}")),
+                WorkloadState::Init,
+                format!("deploying version {version}"),
             )
             .await;
         match engine
@@ -392,12 +414,7 @@ async fn apply(
             }
             let why = format!("removing: not in version {version}");
             engine
-                .record(
-                    contract,
-                    version,
-                    name,
-                    result(WorkloadState::Init, why.clone()),
-                )
+                .mark(contract, version, name, WorkloadState::Init, why.clone())
                 .await;
             match engine.delete(contract, s.generation, previous, &w).await {
                 Outcome::Done(()) => engine.forget(contract, version, name, &why).await,
@@ -409,12 +426,8 @@ async fn apply(
             }
         }
     }
-    let mut record = {
-        let state = engine.state();
-        match state.entries.get(&contract) {
-            Some(e) => e.engine.clone(),
-            None => return,
-        }
+    let Some(mut record) = engine.held_record(contract) else {
+        return;
     };
     match failed {
         None => {
@@ -441,11 +454,12 @@ async fn apply(
         Some((name, failure)) => {
             tracing::warn!(version, workload = %name, cause = %failure.message, "a workload failed; rolling back");
             engine
-                .record(
+                .mark(
                     contract,
                     version,
                     &name,
-                    result(WorkloadState::Error, failure.message.clone()),
+                    WorkloadState::Error,
+                    failure.message.clone(),
                 )
                 .await;
             record.job = Some(Job::RollBack {
@@ -485,11 +499,12 @@ async fn rollback(
         let is_cause = name == failure.workload;
         if !is_cause {
             engine
-                .record(
+                .mark(
                     contract,
                     version,
                     name,
-                    result(WorkloadState::Init, format!("rolling back: {cause}")),
+                    WorkloadState::Init,
+                    format!("rolling back: {cause}"),
                 )
                 .await;
         }
@@ -505,14 +520,12 @@ async fn rollback(
             (_, true, None) => {}
             (_, _, Some(message)) => {
                 engine
-                    .record(
+                    .mark(
                         contract,
                         version,
                         name,
-                        result(
-                            WorkloadState::Error,
-                            format!("{cause}; rollback could not remove it: {message}"),
-                        ),
+                        WorkloadState::Error,
+                        format!("{cause}; rollback could not remove it: {message}"),
                     )
                     .await;
             }
@@ -523,11 +536,12 @@ async fn rollback(
             }
             (None, false, None) => {
                 engine
-                    .record(
+                    .mark(
                         contract,
                         version,
                         name,
-                        result(WorkloadState::Error, format!("rolled back: {cause}")),
+                        WorkloadState::Error,
+                        format!("rolled back: {cause}"),
                     )
                     .await;
             }
@@ -540,14 +554,12 @@ async fn rollback(
             let mut r = result(WorkloadState::Unchanged, message.clone());
             if failed.workload(name) != Some(&w) {
                 engine
-                    .record(
+                    .mark(
                         contract,
                         version,
                         name,
-                        result(
-                            WorkloadState::Init,
-                            format!("rolling back to version {}", previous.version),
-                        ),
+                        WorkloadState::Init,
+                        format!("rolling back to version {}", previous.version),
                     )
                     .await;
                 match engine
@@ -574,12 +586,8 @@ async fn rollback(
             engine.record(contract, previous.version, name, r).await;
         }
     }
-    let mut record = {
-        let state = engine.state();
-        match state.entries.get(&contract) {
-            Some(e) => e.engine.clone(),
-            None => return,
-        }
+    let Some(mut record) = engine.held_record(contract) else {
+        return;
     };
     record.job = None;
     record.failure = Some(failure.clone());
@@ -616,44 +624,43 @@ async fn remove(engine: &Engine, contract: u64, s: &Snapshot) {
     for (d, w) in steps {
         let name = w.name.as_str();
         engine
-            .record(
+            .mark(
                 contract,
                 version,
                 name,
-                result(WorkloadState::Init, "removing: the contract was cancelled"),
+                WorkloadState::Init,
+                "removing: the contract was cancelled",
             )
             .await;
         match engine.delete(contract, s.generation, d, &w).await {
             Outcome::Done(()) => {
                 engine
-                    .record(
+                    .mark(
                         contract,
                         version,
                         name,
-                        result(WorkloadState::Deleted, "the contract was cancelled"),
+                        WorkloadState::Deleted,
+                        "the contract was cancelled",
                     )
                     .await;
             }
             Outcome::Failed(message) => {
                 tracing::warn!(workload = name, %message, "cannot remove a workload; the next start sweeps it");
                 engine
-                    .record(
+                    .mark(
                         contract,
                         version,
                         name,
-                        result(WorkloadState::Error, format!("cannot remove: {message}")),
+                        WorkloadState::Error,
+                        format!("cannot remove: {message}"),
                     )
                     .await;
             }
             Outcome::Aborted => return,
         }
     }
-    let mut record = {
-        let state = engine.state();
-        match state.entries.get(&contract) {
-            Some(e) => e.engine.clone(),
-            None => return,
-        }
+    let Some(mut record) = engine.held_record(contract) else {
+        return;
     };
     record.state = DeploymentState::Deleted;
     record.job = None;
