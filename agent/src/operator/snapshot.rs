@@ -5,11 +5,14 @@
 //! or a Prometheus scrape costs the node no socket round trips and answers
 //! in microseconds; the facts are at most [`REFRESH`] old. Each refresh
 //! also samples the host's and every daemon's CPU and memory usage (the
-//! daemons' go into their service status).
+//! daemons' go into their service status). A daemon that did not answer
+//! leaves its typed cause in place of the fact; it becomes text only where
+//! an answer shows it.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use grove_daemon::client::ClientError;
 use netd::uplink::UplinkReport;
 use storaged::storage::Capacity;
 
@@ -22,11 +25,28 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 /// The last answers, or why there is none.
 #[derive(Debug, Clone)]
 pub struct Facts {
-    pub capacity: Result<Capacity, String>,
-    pub uplink: Result<UplinkReport, String>,
+    pub capacity: Result<Capacity, FactError>,
+    pub uplink: Result<UplinkReport, FactError>,
     pub host: HostInfo,
     /// What deployments hold, from provisiond.
-    pub deployments: Result<DeploymentFacts, String>,
+    pub deployments: Result<DeploymentFacts, FactError>,
+}
+
+/// Why a daemon's fact is missing from the snapshot.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FactError {
+    #[error("{daemon} not asked yet")]
+    NotAsked { daemon: &'static str },
+    /// The daemon's last answer was an error (shared by every reader of the
+    /// snapshot until the next refresh).
+    #[error(transparent)]
+    Call(Arc<ClientError>),
+}
+
+impl From<ClientError> for FactError {
+    fn from(e: ClientError) -> Self {
+        Self::Call(Arc::new(e))
+    }
 }
 
 /// provisiond's capacity and its deployments counted by state.
@@ -39,10 +59,10 @@ pub struct DeploymentFacts {
 
 async fn deployment_facts(
     client: &provisiond::client::ProvisiondClient,
-) -> Result<DeploymentFacts, String> {
+) -> Result<DeploymentFacts, FactError> {
     let (capacity, list) = tokio::join!(client.capacity(), client.deployments(None));
     let mut states = std::collections::BTreeMap::new();
-    for d in list.map_err(|e| e.to_string())? {
+    for d in list? {
         let name = serde_json::to_value(d.state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -50,7 +70,7 @@ async fn deployment_facts(
         *states.entry(name).or_insert(0) += 1;
     }
     Ok(DeploymentFacts {
-        capacity: capacity.map_err(|e| e.to_string())?,
+        capacity: capacity?,
         states,
     })
 }
@@ -58,10 +78,12 @@ async fn deployment_facts(
 impl Default for Facts {
     fn default() -> Self {
         Self {
-            capacity: Err("storaged not asked yet".to_owned()),
-            uplink: Err("netd not asked yet".to_owned()),
+            capacity: Err(FactError::NotAsked { daemon: "storaged" }),
+            uplink: Err(FactError::NotAsked { daemon: "netd" }),
             host: HostInfo::default(),
-            deployments: Err("provisiond not asked yet".to_owned()),
+            deployments: Err(FactError::NotAsked {
+                daemon: "provisiond",
+            }),
         }
     }
 }
@@ -122,8 +144,8 @@ impl Snapshot {
                 }
             };
             let facts = Facts {
-                capacity: capacity.map_err(|e| e.to_string()),
-                uplink: uplink.map_err(|e| e.to_string()),
+                capacity: capacity.map_err(FactError::from),
+                uplink: uplink.map_err(FactError::from),
                 host,
                 deployments,
             };
