@@ -36,6 +36,8 @@ pub enum SignError {
     Node(String),
     #[error("{0:?} is not an account to adopt (SS58, or 32 bytes of hex)")]
     Adopt(String),
+    #[error("cannot encode the identity choice: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// The four signature headers, by name.
@@ -127,8 +129,7 @@ pub fn identity_choice(
         ),
         None => Choice::Fresh,
     };
-    let body = serde_json::to_string(&ChoiceBody::of(&choice))
-        .map_err(|e| SignError::Adopt(e.to_string()))?;
+    let body = serde_json::to_string(&ChoiceBody::of(&choice)).map_err(SignError::Encode)?;
     let headers = headers(path, node, "POST", CHOICE, body.as_bytes())?;
     Ok((headers, body))
 }

@@ -56,6 +56,8 @@ pub enum TenantCliError {
     Read { path: String, reason: String },
     #[error("{0}")]
     Deployment(String),
+    #[error(transparent)]
+    Invalid(#[from] provisiond::deployment::DeploymentError),
     #[error("{0:?} is not a node address: give http://HOST:PORT")]
     NodeUrl(String),
     #[error("the node at {node}: {source}")]
@@ -252,12 +254,11 @@ pub fn prepare(text: &str, twin: u32, contract_id: u64) -> Result<String, Tenant
 fn chain_hash(text: &str) -> Result<[u8; 32], TenantCliError> {
     Deployment::parse(text.as_bytes())
         .map(|d| d.hash().chain_hash())
-        .map_err(|e| TenantCliError::Deployment(e.to_string()))
+        .map_err(TenantCliError::Invalid)
 }
 
 fn sign(text: &str, twin: u32, key: &SigningKey) -> Result<String, TenantCliError> {
-    provisiond::deployment::sign::sign_ed25519(text, twin, key)
-        .map_err(|e| TenantCliError::Deployment(e.to_string()))
+    Ok(provisiond::deployment::sign::sign_ed25519(text, twin, key)?)
 }
 
 fn read(path: &Path) -> Result<String, TenantCliError> {
@@ -523,7 +524,7 @@ mod tests {
         .expect("prepared");
         assert!(matches!(
             chain_hash(&unknown),
-            Err(TenantCliError::Deployment(m)) if m.contains("teleport")
+            Err(TenantCliError::Invalid(e)) if e.to_string().contains("teleport")
         ));
     }
 }
