@@ -68,6 +68,20 @@ pub struct Config {
     /// Container bundles and logs; `provisiond/containers` in
     /// [`grove_daemon::CACHE_DIR`] when unset.
     pub containers: Option<PathBuf>,
+    /// Machine directories (launch, console, QMP); `provisiond/machines`
+    /// in [`grove_daemon::CACHE_DIR`] when unset.
+    pub machines: Option<PathBuf>,
+    /// The machine image cache (unpacked with the owners the image has);
+    /// `provisiond/machine-images` in [`grove_daemon::CACHE_DIR`] when
+    /// unset.
+    pub machine_images: Option<PathBuf>,
+    /// QEMU.
+    pub qemu: PathBuf,
+    /// How machines run: `kvm`, `tcg`, or unset for KVM when `/dev/kvm` is
+    /// usable, else TCG.
+    pub accel: Option<driver::machine::Accel>,
+    /// How long a machine has to power off before QEMU quits, seconds.
+    pub machine_stop_grace: u64,
     /// netd's namespace directory.
     pub netns_dir: PathBuf,
     /// The OCI runtime.
@@ -91,6 +105,11 @@ impl Default for Config {
             proc: PathBuf::from("/proc"),
             images: None,
             containers: None,
+            machines: None,
+            machine_images: None,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            accel: None,
+            machine_stop_grace: 30,
             netns_dir: PathBuf::from("/run/netns"),
             runc: PathBuf::from("runc"),
             uid_base: 1_000_000,
@@ -217,6 +236,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
     let images = tokio::task::spawn_blocking(move || image::ImageStore::open(images))
         .await
         .map_err(EngineError::from)??;
+    let mut machine_images = image::StoreConfig::new(
+        config
+            .machine_images
+            .clone()
+            .unwrap_or_else(|| cache.join("machine-images")),
+    );
+    machine_images.http_registries = config.http_registries.clone();
+    let machine_images =
+        tokio::task::spawn_blocking(move || image::ImageStore::open(machine_images))
+            .await
+            .map_err(EngineError::from)??;
     let containers = Arc::new(driver::container::ContainerDriver::new(
         storaged.clone(),
         netd.clone(),
@@ -231,7 +261,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
             uid_base: config.uid_base,
         },
     ));
+    let accel = config
+        .accel
+        .unwrap_or_else(|| driver::machine::Accel::detect(Path::new("/dev/kvm")));
+    tracing::info!(?accel, "machines run under QEMU");
+    let machines = Arc::new(driver::machine::MachineDriver::new(
+        storaged.clone(),
+        netd.clone(),
+        Arc::new(machine_images),
+        driver::machine::MachineConfig {
+            dir: config
+                .machines
+                .clone()
+                .unwrap_or_else(|| cache.join("machines")),
+            netns: config.netns_dir.clone(),
+            qemu: config.qemu.clone(),
+            accel,
+            stop_grace: Duration::from_secs(config.machine_stop_grace),
+        },
+    ));
     let watch = tokio::spawn(containers.clone().keep_running(Duration::from_secs(1)));
+    let machine_watch = tokio::spawn(machines.clone().keep_running(Duration::from_secs(1)));
     let engine = Engine::start(
         EngineConfig {
             node_id: config.node_id,
@@ -239,7 +289,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
             retry: Duration::from_millis(200),
         },
         store,
-        Drivers::node(storaged, netd, containers),
+        Drivers::node(storaged, netd, containers, machines),
     )
     .await?;
     readiness.set_ready();
@@ -249,6 +299,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
             .await;
     engine.shutdown().await;
     watch.abort();
+    machine_watch.abort();
     served?;
     Ok(())
 }

@@ -248,17 +248,14 @@ pub fn layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("gzip a test layer: {e}"))
 }
 
-/// A layer holding the host's busybox with its shared libraries and the
-/// applets a test container uses, plus the directories a root filesystem
-/// needs.
-pub fn busybox_layer() -> Result<Vec<u8>, PushError> {
+/// The host's busybox with its shared libraries, the directories they
+/// sit in and those a root filesystem needs (`extra_dirs` beside), as
+/// [`layer`] entries, and links for `applets`.
+fn busybox_tree(
+    extra_dirs: &[&str],
+    applets: &[&str],
+) -> Result<Vec<(String, Vec<u8>)>, PushError> {
     let busybox = Path::new("/bin/busybox");
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| PushError::Read {
-            path: path.to_owned(),
-            source,
-        })
-    };
     let mut files: Vec<(String, Vec<u8>)> = vec![("bin/busybox".into(), read(busybox)?)];
     let ldd = Command::new("ldd")
         .arg(busybox)
@@ -279,9 +276,12 @@ pub fn busybox_layer() -> Result<Vec<u8>, PushError> {
     }
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
     for dir in [
-        "bin/", "dev/", "proc/", "sys/", "tmp/", "etc/", "lib/", "lib64/", "www/",
-    ] {
-        entries.push((dir.into(), Vec::new()));
+        "bin/", "dev/", "proc/", "sys/", "tmp/", "etc/", "lib/", "lib64/",
+    ]
+    .iter()
+    .chain(extra_dirs)
+    {
+        entries.push(((*dir).into(), Vec::new()));
     }
     for (path, _) in &files {
         let mut parent = Path::new(path).parent();
@@ -295,18 +295,237 @@ pub fn busybox_layer() -> Result<Vec<u8>, PushError> {
     }
     entries.sort_by_key(|(p, _)| p.matches('/').count());
     entries.extend(files);
-    for applet in [
-        "sh", "ls", "cat", "echo", "sleep", "id", "ip", "ping", "ps", "mount", "httpd", "wget",
-        "head", "dd", "hostname", "touch",
-    ] {
+    for applet in applets {
         entries.push((format!("bin/{applet} -> busybox"), Vec::new()));
     }
-    entries.push(("www/index.html".into(), b"grove container\n".to_vec()));
+    Ok(entries)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PushError> {
+    std::fs::read(path).map_err(|source| PushError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn layer_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     let refs: Vec<(&str, &[u8])> = entries
         .iter()
         .map(|(p, d)| (p.as_str(), d.as_slice()))
         .collect();
-    Ok(layer(&refs))
+    layer(&refs)
+}
+
+/// A layer holding the host's busybox with its shared libraries and the
+/// applets a test container uses, plus the directories a root filesystem
+/// needs.
+pub fn busybox_layer() -> Result<Vec<u8>, PushError> {
+    let mut entries = busybox_tree(
+        &["www/"],
+        &[
+            "sh", "ls", "cat", "echo", "sleep", "id", "ip", "ping", "ps", "mount", "httpd", "wget",
+            "head", "dd", "hostname", "touch",
+        ],
+    )?;
+    entries.push(("www/index.html".into(), b"grove container\n".to_vec()));
+    Ok(layer_of(&entries))
+}
+
+/// The modules a test machine's initrd loads, in order, to reach its
+/// virtio disk (ext4) and NIC: the Debian kernel has them all as modules.
+const GUEST_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "crc16",
+    "mbcache",
+    "jbd2",
+    "crc32c_generic",
+    "ext4",
+];
+
+/// The initrd's `/init`: loads [`GUEST_MODULES`], mounts `/dev/vda` and
+/// hands over to the `init=` of the command line.
+const GUEST_INITRD_INIT: &str = r#"#!/bin/sh
+mount -t proc proc /proc
+mount -t devtmpfs dev /dev
+for m in $(cat /modules); do insmod /lib/modules/$m.ko || echo "initrd: no $m"; done
+next=/sbin/init
+for a in $(cat /proc/cmdline); do case $a in init=*) next=${a#init=} ;; esac; done
+while [ ! -b /dev/vda ]; do sleep 0.1; done
+mkdir -p /newroot
+mount -t ext4 /dev/vda /newroot || echo "initrd: cannot mount /dev/vda"
+umount /proc
+mount --move /dev /newroot/dev
+exec switch_root /newroot "$next"
+"#;
+
+/// The machine's own init (its `entrypoint`): the address from `ip=`, the
+/// disks' serials on the console, then a line that says it is up.
+const GUEST_INIT: &str = r#"#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for a in $(cat /proc/cmdline); do case $a in ip=*) spec=${a#ip=} ;; esac; done
+addr=$(echo "$spec" | cut -d: -f1)
+gw=$(echo "$spec" | cut -d: -f3)
+mask=$(echo "$spec" | cut -d: -f4)
+ifconfig lo up
+ifconfig eth0 "$addr" netmask "$mask" up
+route add default gw "$gw"
+for d in /sys/block/vd*; do echo "disk ${d##*/} serial=$(cat $d/serial 2>/dev/null)"; done
+echo "grove machine up at $addr"
+while true; do sleep 3600; done
+"#;
+
+/// The kernel a test machine boots and the module tree beside it: the
+/// Debian kernel `image/build` unpacked into its cache.
+pub fn guest_kernel() -> Result<(PathBuf, PathBuf), PushError> {
+    let cache = std::env::var_os("GROVE_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::qemu::workspace().join("target/image-cache"));
+    let missing = |what: &str| PushError::Read {
+        path: cache.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no {what} there: run image/build first (ci/test does)"),
+        ),
+    };
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .map_err(|_| missing("kernel cache"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kernel-"))
+                && p.join("lib/modules").is_dir()
+        })
+        .collect();
+    kernels.sort();
+    let root = kernels.pop().ok_or_else(|| missing("unpacked kernel"))?;
+    let boot: Vec<PathBuf> = std::fs::read_dir(root.join("boot"))
+        .map_err(|_| missing("boot directory"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    let kernel = boot.into_iter().next().ok_or_else(|| missing("vmlinuz"))?;
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .unwrap_or_default()
+        .to_owned();
+    Ok((kernel, root.join("lib/modules").join(version)))
+}
+
+/// A newc cpio archive of `entries` (as [`layer`] takes them), for an
+/// initrd.
+fn newc(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut put = |name: &str, mode: u32, data: &[u8], ino: u32| {
+        let header = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    };
+    for (i, (path, data)) in entries.iter().enumerate() {
+        let ino = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if let Some(dir) = path.strip_suffix('/') {
+            put(dir, 0o040_755, &[], ino);
+        } else if let Some((name, target)) = path.split_once(" -> ") {
+            put(name, 0o120_777, target.as_bytes(), ino);
+        } else {
+            put(path, 0o100_755, data, ino);
+        }
+    }
+    put("TRAILER!!!", 0, &[], 0);
+    out
+}
+
+/// A direct-boot machine image, as zos lays one out: `/boot/vmlinuz` and
+/// `/boot/initrd.img` (busybox, the virtio and ext4 modules, an `/init`
+/// that mounts `/dev/vda` and runs `init=`), and a root of busybox whose
+/// `/sbin/init` sets the address from `ip=`, prints each disk's serial and
+/// `grove machine up at <ip>` on the console, and idles.
+pub fn machine_layer() -> Result<Vec<u8>, PushError> {
+    let (kernel, modules) = guest_kernel()?;
+    let applets = [
+        "sh",
+        "mount",
+        "umount",
+        "cat",
+        "echo",
+        "insmod",
+        "sleep",
+        "mkdir",
+        "switch_root",
+        "cut",
+        "ifconfig",
+        "route",
+        "ls",
+        "ping",
+    ];
+    let mut initrd = busybox_tree(&["newroot/"], &applets)?;
+    initrd.push(("lib/modules/".into(), Vec::new()));
+    let dep =
+        std::fs::read_to_string(modules.join("modules.dep")).map_err(|source| PushError::Read {
+            path: modules.join("modules.dep"),
+            source,
+        })?;
+    for name in GUEST_MODULES {
+        let file = format!("/{name}.ko:");
+        let rel = dep
+            .lines()
+            .find_map(|l| {
+                let path = l.split_whitespace().next()?;
+                format!("/{path}")
+                    .ends_with(&file)
+                    .then(|| path.trim_end_matches(':').to_owned())
+            })
+            .ok_or_else(|| PushError::Read {
+                path: modules.join(format!("{name}.ko")),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in modules.dep"),
+            })?;
+        initrd.push((format!("lib/modules/{name}.ko"), read(&modules.join(rel))?));
+    }
+    initrd.push(("modules".into(), GUEST_MODULES.join(" ").into_bytes()));
+    initrd.push(("init".into(), GUEST_INITRD_INIT.as_bytes().to_vec()));
+    let mut root = busybox_tree(&["boot/", "sbin/", "data/"], &applets)?;
+    root.push(("boot/vmlinuz".into(), read(&kernel)?));
+    root.push(("boot/initrd.img".into(), newc(&initrd)));
+    root.push(("sbin/init".into(), GUEST_INIT.as_bytes().to_vec()));
+    Ok(layer_of(&root))
 }
 
 /// An OCI client for the plain HTTP test registry.

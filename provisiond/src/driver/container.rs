@@ -30,22 +30,23 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netd::client::NetdClient;
-use netd::tenant::input::{AttachKind, AttachRequest};
+use netd::tenant::input::AttachKind;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
     RootBuilder, Spec,
 };
-use serde::{Deserialize, Serialize};
+
 use serde_json::json;
 use storaged::client::StoragedClient;
 use storaged::volume::VolumeRequest;
 
-use super::{Driver, DriverError, DriverFuture, Target, disk_name, is_not_found, netid};
+use super::watch::Watch;
+use super::{Driver, DriverError, DriverFuture, Meta, Target, disk_name, netid};
 use crate::deployment::workload::WorkloadType;
 use crate::deployment::workload::container::Container;
 use crate::image::ImageStore;
@@ -89,83 +90,6 @@ pub struct ContainerConfig {
     pub runc: PathBuf,
     /// The node's id that is root in every container.
     pub uid_base: u32,
-}
-
-/// What the driver remembers of a container beside its bundle, to remove
-/// it without its deployment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Meta {
-    netid: String,
-    rootfs: String,
-    /// The digest the image was pulled as: what keeps it in the cache.
-    #[serde(default)]
-    image: Option<String>,
-}
-
-/// One container's life as the [`Watch`] sees it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Life {
-    pub state: String,
-    pub restarts: u32,
-    pub oom_kills: u64,
-    pub last_exit: Option<String>,
-    #[serde(skip)]
-    next_start: Option<Instant>,
-}
-
-/// The containers the driver keeps running.
-#[derive(Debug, Default)]
-pub struct Watch {
-    lives: Mutex<BTreeMap<String, Life>>,
-}
-
-impl Watch {
-    /// What the watch knows of container `id`.
-    pub fn life(&self, id: &str) -> Option<Life> {
-        self.lives
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-
-    fn track(&self, id: &str) {
-        self.lives
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_owned())
-            .or_insert_with(|| Life {
-                state: "running".into(),
-                ..Life::default()
-            });
-    }
-
-    fn forget(&self, id: &str) {
-        self.lives
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
-    fn ids(&self) -> Vec<String> {
-        self.lives
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    fn update(&self, id: &str, f: impl FnOnce(&mut Life)) {
-        if let Some(life) = self
-            .lives
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(id)
-        {
-            f(life);
-        }
-    }
 }
 
 /// `container` → runc.
@@ -218,44 +142,22 @@ impl ContainerDriver {
         let Ok(state) = self.runc_state(id).await else {
             return;
         };
-        if state.as_deref() == Some("running") {
-            self.watch.update(id, |l| l.state = "running".into());
-            return;
-        }
-        let ooms = self.oom_kills(id);
-        let now = Instant::now();
-        let mut due = false;
-        self.watch.update(id, |life| {
-            if life.state == "running" {
-                life.last_exit = Some(if ooms > life.oom_kills {
-                    "killed: out of memory".to_owned()
-                } else {
-                    format!("exited ({})", state.as_deref().unwrap_or("gone"))
-                });
-                life.oom_kills = life.oom_kills.max(ooms);
-                let backoff = Duration::from_secs(1 << life.restarts.min(6));
-                life.next_start = Some(now + backoff);
-                life.state = "restarting".into();
-            }
-            due = life.next_start.is_some_and(|t| t <= now);
+        let running = state.as_deref() == Some("running");
+        let ooms = if running { 0 } else { self.oom_kills(id) };
+        let due = self.watch.observe(id, running, |life| {
+            life.last_exit = Some(if ooms > life.oom_kills {
+                "killed: out of memory".to_owned()
+            } else {
+                format!("exited ({})", state.as_deref().unwrap_or("gone"))
+            });
+            life.oom_kills = life.oom_kills.max(ooms);
         });
-        if !due {
-            return;
-        }
-        match self.start(id).await {
-            Ok(()) => self.watch.update(id, |l| {
-                l.restarts += 1;
-                l.state = "running".into();
-                l.next_start = None;
-            }),
-            Err(e) => {
+        if due {
+            let started = self.start(id).await;
+            if let Err(e) = &started {
                 tracing::warn!(container = id, error = %e, "cannot start the container again");
-                self.watch.update(id, |l| {
-                    l.restarts += 1;
-                    let backoff = Duration::from_secs(1 << l.restarts.min(6));
-                    l.next_start = Some(Instant::now() + backoff);
-                });
             }
+            self.watch.started(id, started.is_ok());
         }
     }
 
@@ -316,7 +218,7 @@ impl ContainerDriver {
         }
         let bundle = self.bundle(id);
         let log_path = bundle.join("log");
-        trim_log(&log_path);
+        super::trim_log(&log_path, LOG_LIMIT);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -358,45 +260,13 @@ impl ContainerDriver {
         Ok(())
     }
 
-    /// netd's namespace `c-<id>` on `netid` at `ip`: attached, or found
-    /// attached already at that address.
+    /// netd's namespace `c-<id>` on `netid` at `ip`.
     async fn attach(&self, netid: &str, id: &str, ip: &str) -> Result<PathBuf, DriverError> {
-        let network = self.netd.network(netid).await.map_err(|e| {
-            if is_not_found(&e) {
-                DriverError::Refused(format!(
-                    "network {netid} is not on this node: deploy its network workload first"
-                ))
-            } else {
-                DriverError::from(e)
-            }
-        })?;
-        let ours = network.attachments.iter().find(|a| a.name == id);
-        let view = match ours {
-            Some(a) if a.address.split('/').next() == Some(ip) => a.clone(),
-            Some(_) => {
-                self.netd.detach(netid, id).await?;
-                self.attach_new(netid, id, ip).await?
-            }
-            None => self.attach_new(netid, id, ip).await?,
-        };
+        let view = super::attach(&self.netd, netid, id, ip, AttachKind::Namespace).await?;
         let ns = view.namespace.ok_or_else(|| {
             DriverError::Refused(format!("netd gave container {id} no namespace"))
         })?;
         Ok(self.config.netns.join(ns))
-    }
-
-    async fn attach_new(
-        &self,
-        netid: &str,
-        id: &str,
-        ip: &str,
-    ) -> Result<netd::tenant::view::AttachmentView, DriverError> {
-        let request = AttachRequest {
-            name: id.to_owned(),
-            kind: AttachKind::Namespace,
-            address: Some(ip.to_owned()),
-        };
-        Ok(self.netd.attach(netid, &request).await?)
     }
 
     /// The spec of container `id`.
@@ -687,14 +557,8 @@ impl ContainerDriver {
         self.watch.forget(id);
         self.stop(id).await?;
         let bundle = self.bundle(id);
-        if let Ok(bytes) = std::fs::read(bundle.join("meta.json"))
-            && let Ok(meta) = serde_json::from_slice::<Meta>(&bytes)
-        {
-            match self.netd.detach(&meta.netid, id).await {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
+        if let Some(meta) = Meta::read(&bundle) {
+            super::detach(&self.netd, &meta.netid, id).await?;
             self.storaged.delete_volume(&meta.rootfs).await?;
         }
         match tokio::fs::remove_dir_all(&bundle).await {
@@ -706,53 +570,10 @@ impl ContainerDriver {
         Ok(())
     }
 
-    /// Removes the cached images no container's bundle names. A failure
-    /// leaves them for the next removal.
+    /// Removes the cached images no container's bundle names.
     pub async fn collect_images(&self) {
         let _alone = self.images_in_use.write().await;
-        let (dir, images) = (self.config.dir.clone(), self.images.clone());
-        let collected = tokio::task::spawn_blocking(move || {
-            let mut keep = std::collections::HashSet::new();
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for entry in entries.flatten() {
-                    let meta = std::fs::read(entry.path().join("meta.json"))
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
-                    if let Some(digest) = meta
-                        .and_then(|m| m.image)
-                        .and_then(|d| crate::image::Digest::parse(&d))
-                    {
-                        keep.insert(digest);
-                    }
-                }
-            }
-            images.collect(&keep)
-        })
-        .await;
-        match collected {
-            Ok(Ok(removed)) if !removed.is_empty() => {
-                tracing::info!(images = ?removed, "unused images removed from the cache")
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot collect unused images"),
-            Err(e) => tracing::warn!(error = %e, "the image collection task failed"),
-        }
-    }
-}
-
-/// Keeps the last half of a log that reached [`LOG_LIMIT`].
-fn trim_log(path: &Path) {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return;
-    };
-    if meta.len() < LOG_LIMIT {
-        return;
-    }
-    if let Ok(bytes) = std::fs::read(path) {
-        let keep = &bytes[bytes.len() - (LOG_LIMIT / 2) as usize..];
-        if let Err(e) = std::fs::write(path, keep) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot cut a container log");
-        }
+        super::collect_images(self.images.clone(), self.config.dir.clone()).await;
     }
 }
 
@@ -783,12 +604,7 @@ impl Driver for ContainerDriver {
     }
 
     fn logs(&self, object: &str, limit: u64) -> Option<String> {
-        let path = self.bundle(object).join("log");
-        let bytes = std::fs::read(path).ok()?;
-        let start = bytes
-            .len()
-            .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
-        Some(String::from_utf8_lossy(&bytes[start..]).into_owned())
+        super::tail(&self.bundle(object).join("log"), limit)
     }
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {

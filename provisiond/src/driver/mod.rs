@@ -11,8 +11,10 @@
 //! down or slow as [`DriverError::Unavailable`], which the engine retries.
 
 pub mod container;
+pub mod machine;
 pub mod network;
 pub mod storage;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -126,17 +128,19 @@ impl Drivers {
         }
     }
 
-    /// The real drivers: storaged's and netd's clients, and runc.
+    /// The real drivers: storaged's and netd's clients, runc and QEMU.
     pub fn node(
         storaged: storaged::client::StoragedClient,
         netd: netd::client::NetdClient,
         containers: Arc<container::ContainerDriver>,
+        machines: Arc<machine::MachineDriver>,
     ) -> Self {
         Self::new(vec![
             Arc::new(storage::DiskDriver::zmount(storaged.clone())),
             Arc::new(storage::DiskDriver::volume(storaged)),
             Arc::new(network::NetworkDriver::new(netd)),
             containers,
+            machines,
         ])
     }
 
@@ -152,6 +156,126 @@ impl Drivers {
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Driver>> {
         self.by_kind.values()
     }
+}
+
+/// netd's attachment `name` of `kind` on network `netid` at `ip`: made, or
+/// found made at that address (one at another address is made again).
+pub(crate) async fn attach(
+    netd: &netd::client::NetdClient,
+    netid: &str,
+    name: &str,
+    ip: &str,
+    kind: netd::tenant::input::AttachKind,
+) -> Result<netd::tenant::view::AttachmentView, DriverError> {
+    let network = netd.network(netid).await.map_err(|e| {
+        if is_not_found(&e) {
+            DriverError::Refused(format!(
+                "network {netid} is not on this node: deploy its network workload first"
+            ))
+        } else {
+            DriverError::from(e)
+        }
+    })?;
+    let request = netd::tenant::input::AttachRequest {
+        name: name.to_owned(),
+        kind,
+        address: Some(ip.to_owned()),
+    };
+    match network.attachments.iter().find(|a| a.name == name) {
+        Some(a) if a.kind == kind && a.address.split('/').next() == Some(ip) => Ok(a.clone()),
+        Some(_) => {
+            netd.detach(netid, name).await?;
+            Ok(netd.attach(netid, &request).await?)
+        }
+        None => Ok(netd.attach(netid, &request).await?),
+    }
+}
+
+/// Removes netd's attachment `name` of network `netid`; an absent one (or
+/// network) is fine.
+pub(crate) async fn detach(
+    netd: &netd::client::NetdClient,
+    netid: &str,
+    name: &str,
+) -> Result<(), DriverError> {
+    match netd.detach(netid, name).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a running workload's driver keeps beside it, in `meta.json` of its
+/// directory, to remove it without its deployment.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Meta {
+    pub netid: String,
+    /// The volume or vdisk holding its root filesystem.
+    pub rootfs: String,
+    /// The digest its image was pulled as: what keeps it in the cache.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+impl Meta {
+    pub(crate) fn read(dir: &std::path::Path) -> Option<Meta> {
+        let bytes = std::fs::read(dir.join("meta.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Removes from `images` every image no `*/meta.json` below `dir` names.
+/// A failure leaves them for the next collection.
+pub(crate) async fn collect_images(images: Arc<crate::image::ImageStore>, dir: std::path::PathBuf) {
+    let collected = tokio::task::spawn_blocking(move || {
+        let mut keep = std::collections::HashSet::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if let Some(digest) = Meta::read(&entry.path())
+                    .and_then(|m| m.image)
+                    .and_then(|d| crate::image::Digest::parse(&d))
+                {
+                    keep.insert(digest);
+                }
+            }
+        }
+        images.collect(&keep)
+    })
+    .await;
+    match collected {
+        Ok(Ok(removed)) if !removed.is_empty() => {
+            tracing::info!(images = ?removed, "unused images removed from the cache")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot collect unused images"),
+        Err(e) => tracing::warn!(error = %e, "the image collection task failed"),
+    }
+}
+
+/// Keeps the last half of a log that reached `limit`. Lines written
+/// during the cut are lost.
+pub(crate) fn trim_log(path: &std::path::Path, limit: u64) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.len() < limit {
+        return;
+    }
+    if let Ok(bytes) = std::fs::read(path) {
+        let keep = &bytes[bytes.len().saturating_sub((limit / 2) as usize)..];
+        if let Err(e) = std::fs::write(path, keep) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cut a log");
+        }
+    }
+}
+
+/// The last `limit` bytes of the log at `path`, as text.
+pub(crate) fn tail(path: &std::path::Path, limit: u64) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let start = bytes
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+    Some(String::from_utf8_lossy(&bytes[start..]).into_owned())
 }
 
 /// `c<contract>-<workload>`: a disk's or a volume's name (at most 58 of

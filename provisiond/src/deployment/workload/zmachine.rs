@@ -1,5 +1,5 @@
-//! `zmachine`: a virtual machine. Parsed, checked and hashed so deployments
-//! that hold one verify; no driver runs it yet.
+//! `zmachine`: a virtual machine. Parsed, checked and hashed as zos does;
+//! [`crate::driver::machine`] runs it.
 //!
 //! The challenge follows zos: flist, network (public IP name, planetary,
 //! interfaces, mycelium), root size, CPU, memory, mounts, entrypoint, the
@@ -78,6 +78,17 @@ pub struct MachineMount {
 }
 
 impl Zmachine {
+    /// The pinned OCI image its `flist` names: what this node runs
+    /// machines from.
+    pub fn image_ref(&self) -> Result<crate::image::ImageRef, Invalid> {
+        crate::image::ImageRef::parse(&self.flist).map_err(|e| {
+            Invalid::new(
+                "flist",
+                format!("{e}: this node runs machines from OCI images pinned by digest"),
+            )
+        })
+    }
+
     /// zos's smallest root disk: 2 GiB, or 500 MiB for a machine under one compute unit.
     pub fn min_root_size(&self) -> u64 {
         let cu = u64::from(self.compute_capacity.cpu) * self.compute_capacity.memory / (8 * GIB);

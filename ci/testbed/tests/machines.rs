@@ -1,0 +1,307 @@
+//! Virtual machines on a real node: provisiond pulls a direct-boot machine
+//! image by digest from a real OCI registry on the farm LAN (made here from
+//! the Debian kernel `image/build` unpacked, a small initrd and busybox),
+//! and runs it under QEMU (TCG) on the tenant network with a zmount.
+//!
+//! Shows: the deployment (network, zmount, zmachine) reaches `ok`; the
+//! guest boots from its root disk (an ext4 file system of the image's
+//! files), takes its address from `ip=`, sees the zmount as a disk whose
+//! serial is the zmount's name, and answers ping from the tenant network;
+//! its console is served as its logs; `kill -9 provisiond` leaves it
+//! running, and the restarted daemon adopts it (same QEMU, one QEMU); a
+//! cancel stops it and removes its tap, its root disk and its directory.
+//! A machine bigger than the node's memory is refused up front; one whose
+//! flist is not an OCI image pinned by digest fails with that reason and
+//! its deployment is rolled back.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use grove_testbed::oci::{self, OciRegistry};
+use grove_testbed::provision::{self, block_on, client};
+use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, tenant, wait_until};
+use provisiond::api::{DeploymentState, DeploymentView};
+use provisiond::driver::machine::{machine_id, root_disk_name};
+use provisiond::driver::{disk_name, netid};
+use serde_json::json;
+
+const NODE_ID: u32 = 1;
+const TWIN: u32 = 41;
+const CONTRACT: u64 = 9;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn run(node: &Node, argv: &[&str]) -> (bool, String) {
+    node.exec_text(argv).expect("runs")
+}
+
+/// A node whose provisiond pulls from `registry` over plain HTTP and runs
+/// machines under TCG, with a short power-down grace (the test guest has
+/// no ACPI daemon).
+fn start() -> (Farm, OciRegistry) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
+    );
+    let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(2048)]);
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
+        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
+    let registry =
+        OciRegistry::start(IpAddr::V4(farm.host_ip())).unwrap_or_else(|e| panic!("registry: {e}"));
+    let node = farm.node(0);
+    node.set_config(
+        Daemon::Provisiond,
+        &format!(
+            "node_id = {NODE_ID}\nhttp_registries = [\"{}\"]\naccel = \"tcg\"\n\
+             machine_stop_grace = 3\n",
+            registry.host()
+        ),
+    )
+    .expect("config");
+    node.start_agent().expect("boot");
+    assert!(
+        node.wait_answers(Daemon::Provisiond, "/v1/capacity", Duration::from_secs(90)),
+        "provisiond never answered\n{}",
+        farm.logs(60)
+    );
+    (farm, registry)
+}
+
+fn deploy(node: &Node, contract: u64, workloads: Vec<serde_json::Value>) -> Result<(), String> {
+    let wire = provision::signed(TWIN, contract, workloads).expect("signs");
+    let submission = provision::submission(NODE_ID, TWIN, &wire).expect("a submission");
+    block_on(client(node).expect("runs").deploy(&submission))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Waits for `contract` to be in `state`, through provisiond restarts.
+fn wait_state(
+    farm: &Farm,
+    contract: u64,
+    state: DeploymentState,
+    within: Duration,
+) -> DeploymentView {
+    let node = farm.node(0);
+    let mut last = None;
+    let reached = wait_until(within, Duration::from_millis(200), || {
+        let Ok(view) = block_on(client(node).expect("runs").deployment(contract)) else {
+            return false;
+        };
+        let done = view.state == state;
+        last = Some(view);
+        done
+    });
+    assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(80));
+    last.expect("reached")
+}
+
+/// The pids of the node's processes named `id` (QEMU runs under its
+/// machine's id).
+fn qemus(node: &Node, id: &str) -> Vec<String> {
+    let (_, out) = run(node, &["pgrep", "-x", id]);
+    out.lines().map(str::to_owned).collect()
+}
+
+fn zmachine(
+    name: &str,
+    flist: &str,
+    ip: &str,
+    memory: u64,
+    mounts: serde_json::Value,
+) -> serde_json::Value {
+    json!({"version": 0, "name": name, "type": "zmachine", "metadata": "", "description": "",
+        "data": {"flist": flist,
+            "network": {"public_ip": "", "planetary": false,
+                "interfaces": [{"network": "net", "ip": ip}]},
+            "size": 0, "compute_capacity": {"cpu": 1, "memory": memory},
+            "mounts": mounts, "entrypoint": "/sbin/init", "env": {}, "corex": false}})
+}
+
+#[test]
+fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and_a_cancel_removes_it()
+ {
+    let (farm, registry) = start();
+    let node = farm.node(0);
+    let image = block_on(oci::push(
+        &registry.host(),
+        "grove/machine",
+        &[oci::machine_layer().unwrap_or_else(|e| panic!("a machine image: {e}"))],
+        "amd64",
+        json!({}),
+    ))
+    .unwrap_or_else(|e| panic!("push: {e}"));
+
+    // A machine bigger than the node is refused up front, changing nothing.
+    let huge = zmachine("vm", &image.reference, "10.212.1.5", 4096 * GIB, json!([]));
+    let err = deploy(node, 4, vec![provision::network("net", 212, 3412), huge])
+        .expect_err("a machine bigger than the node is refused");
+    assert!(err.contains("MRU"), "{err}");
+    assert!(
+        block_on(client(node).expect("runs").deployment(4)).is_err(),
+        "a refused deployment left a record"
+    );
+    // A zos flist URL is no image this node can run: the machine fails with
+    // that reason and its deployment is rolled back whole.
+    let unpinned = zmachine(
+        "vm",
+        "https://hub.grid.tf/tf-official-vms/ubuntu-22.04.flist",
+        "10.212.1.5",
+        256 * MIB,
+        json!([]),
+    );
+    deploy(
+        node,
+        3,
+        vec![provision::network("net", 212, 3412), unpinned],
+    )
+    .unwrap_or_else(|e| panic!("admitted: {e}"));
+    let view = wait_state(&farm, 3, DeploymentState::Error, Duration::from_secs(60));
+    let result = view.result("vm").expect("a result");
+    assert_eq!(result["state"], "error", "{result}");
+    let message = result["message"].as_str().unwrap_or_default();
+    assert!(message.contains("pinned by digest"), "{result}");
+    let (_, netns) = run(node, &["ip", "netns", "list"]);
+    assert!(
+        !netns.contains(&netid(TWIN, "net")),
+        "the network was left: {netns}"
+    );
+    // Its contract is cancelled, which frees the network's name.
+    block_on(client(node).expect("runs").remove(3)).expect("removal admitted");
+    wait_state(&farm, 3, DeploymentState::Deleted, Duration::from_secs(60));
+
+    let ip = "10.212.1.5";
+    let vm = zmachine(
+        "vm",
+        &image.reference,
+        ip,
+        256 * MIB,
+        json!([{"name": "data", "mountpoint": "/data"}]),
+    );
+    deploy(
+        node,
+        CONTRACT,
+        vec![
+            provision::network("net", 212, 3412),
+            provision::disk("data", "zmount", 100 * MIB),
+            vm,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("admitted: {e}"));
+    let view = wait_state(
+        &farm,
+        CONTRACT,
+        DeploymentState::Ok,
+        Duration::from_secs(180),
+    );
+    let id = machine_id(CONTRACT, "vm");
+    let result = view.result("vm").expect("a result").clone();
+    assert_eq!(result["data"]["id"], id, "{result}");
+    assert_eq!(result["data"]["ip"], ip, "{result}");
+    assert_eq!(result["data"]["live"]["accel"], "tcg", "{result}");
+    assert_eq!(
+        result["data"]["console"],
+        format!("/v1/deployments/{CONTRACT}/workloads/vm/logs"),
+        "{result}"
+    );
+
+    // It boots, from its root disk, with its address and its zmount.
+    let logs = || block_on(client(node).expect("runs").logs(CONTRACT, "vm")).unwrap_or_default();
+    let up = wait_until(Duration::from_secs(240), Duration::from_millis(500), || {
+        logs().contains(&format!("grove machine up at {ip}"))
+    });
+    assert!(
+        up,
+        "the guest never came up:\n{}\n{}",
+        logs(),
+        farm.logs(40)
+    );
+    let console = logs();
+    assert!(console.contains("disk vdb serial=data"), "{console}");
+    let tenant_ns = format!("n-{}", netid(TWIN, "net"));
+    assert!(
+        tenant::reaches(
+            node,
+            Some(&tenant_ns),
+            ip.parse().expect("ip"),
+            Duration::from_secs(60)
+        ),
+        "the guest does not answer ping\n{console}\n{}",
+        farm.logs(40)
+    );
+
+    // kill -9 provisiond: the machine keeps running and is adopted.
+    let before = qemus(node, &id);
+    assert_eq!(before.len(), 1, "one QEMU: {before:?}");
+    let old = node
+        .kill_daemon(Daemon::Provisiond)
+        .unwrap_or_else(|e| panic!("kill provisiond: {e}"));
+    assert!(
+        node.wait_restarted(Daemon::Provisiond, old, Duration::from_secs(60))
+            .is_some(),
+        "provisiond was not restarted\n{}",
+        farm.logs(60)
+    );
+    let view = wait_state(
+        &farm,
+        CONTRACT,
+        DeploymentState::Ok,
+        Duration::from_secs(120),
+    );
+    assert_eq!(view.result("vm").expect("a result")["data"]["id"], id);
+    assert_eq!(qemus(node, &id), before, "the machine was started again");
+    assert!(
+        tenant::reaches(
+            node,
+            Some(&tenant_ns),
+            ip.parse().expect("ip"),
+            Duration::from_secs(30)
+        ),
+        "the adopted guest does not answer"
+    );
+
+    // A cancel powers it off and removes its tap, disks and directory.
+    block_on(client(node).expect("runs").remove(CONTRACT)).expect("removal admitted");
+    wait_state(
+        &farm,
+        CONTRACT,
+        DeploymentState::Deleted,
+        Duration::from_secs(90),
+    );
+    assert!(qemus(node, &id).is_empty(), "QEMU still runs");
+    let (_, links) = run(node, &["ip", "-all", "netns", "exec", "ip", "-o", "link"]);
+    assert!(
+        !links.contains(&format!("t-{id}")),
+        "the tap is left: {links}"
+    );
+    let storaged =
+        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
+    let vdisks: Vec<String> = block_on(storaged.vdisks())
+        .expect("vdisks")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(
+        !vdisks.contains(&root_disk_name(CONTRACT, "vm"))
+            && !vdisks.contains(&disk_name(CONTRACT, "data")),
+        "disks left: {vdisks:?}"
+    );
+    let (_, dirs) = run(node, &["ls", "-A", "/var/cache/grove/provisiond/machines"]);
+    assert!(
+        !dirs.contains(&id),
+        "the machine's directory is left: {dirs}"
+    );
+    let (_, images) = run(
+        node,
+        &[
+            "ls",
+            "-A",
+            "/var/cache/grove/provisiond/machine-images/images",
+        ],
+    );
+    assert_eq!(
+        images.trim(),
+        "",
+        "the image is left in the cache: {images}"
+    );
+}
