@@ -7,7 +7,7 @@
 //! ([`shutdown`]); [`cli`] ties these together for a binary's `main`.
 //! Daemon logic lives in each daemon's own crate.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod client;

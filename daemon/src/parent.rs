@@ -26,6 +26,31 @@ pub enum ParentError {
     Orphaned { supervisor: i32, parent: i32 },
 }
 
+/// Makes the child `command` starts die with SIGKILL when this process
+/// dies, however it dies (`kill_on_drop` does not run on SIGKILL): a tool
+/// cut off half way must not go on beside the one the restarted daemon
+/// runs. The signal follows the thread that spawns the child, so spawn
+/// from the runtime's long-lived threads, never from a blocking task's.
+#[allow(unsafe_code)]
+pub fn die_with_parent(command: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and makes only
+    // async-signal-safe system calls (prctl, getppid), allocating nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent died before the prctl took effect: nobody would
+            // kill this child.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the parent exited while starting a child",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// When started by a supervisor, arranges to receive SIGTERM when it dies;
 /// fails if it is already gone. Started by anything else, does nothing.
 pub fn die_with_supervisor() -> Result<(), ParentError> {

@@ -17,21 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// Makes the child `command` starts die with SIGKILL when netd dies.
-#[allow(unsafe_code)]
 pub fn die_with_parent(command: &mut tokio::process::Command) {
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and makes only
-    // async-signal-safe system calls (prctl, getppid), allocating nothing.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // netd died before the prctl took effect: nobody would kill us.
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("netd exited while starting a child"));
-            }
-            Ok(())
-        });
-    }
+    grove_daemon::parent::die_with_parent(command);
 }
 
 /// Whether `/proc/<pid>` is a live (not zombie) process.

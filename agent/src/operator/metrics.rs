@@ -344,6 +344,7 @@ mod tests {
                 states: [("ok".to_owned(), 2), ("error".to_owned(), 1)]
                     .into_iter()
                     .collect(),
+                workloads: Vec::new(),
             }),
         });
         for sample in [

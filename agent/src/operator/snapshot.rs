@@ -55,14 +55,63 @@ pub struct DeploymentFacts {
     pub capacity: provisiond::api::CapacityView,
     /// How many deployments are in each state (`ok`, `deploying`, ...).
     pub states: std::collections::BTreeMap<String, u64>,
+    /// The workloads that run (containers and machines), without anything
+    /// the tenant keeps private: no image, address, environment or key.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadFact>,
+}
+
+/// One running workload, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkloadFact {
+    pub contract: u64,
+    pub name: String,
+    /// `container` or `zmachine`.
+    pub kind: String,
+    /// The workload's result state (`ok`, `error`, ...).
+    pub state: String,
+    /// How it runs now (`running`, `restarting`), when it runs.
+    pub live: Option<String>,
+    pub restarts: u64,
+    /// When it last started running, milliseconds since the epoch.
+    pub since_ms: Option<u64>,
+}
+
+/// The running workloads of `views`: their names, states and restarts.
+pub fn workload_facts(views: &[provisiond::api::DeploymentView]) -> Vec<WorkloadFact> {
+    let mut out = Vec::new();
+    for view in views {
+        let Some(workloads) = view.deployment["workloads"].as_array() else {
+            continue;
+        };
+        for w in workloads {
+            let kind = w["type"].as_str().unwrap_or_default();
+            if !["container", "zmachine"].contains(&kind) {
+                continue;
+            }
+            let live = &w["result"]["data"]["live"];
+            out.push(WorkloadFact {
+                contract: view.contract_id,
+                name: w["name"].as_str().unwrap_or_default().to_owned(),
+                kind: kind.to_owned(),
+                state: w["result"]["state"].as_str().unwrap_or("init").to_owned(),
+                live: live["state"].as_str().map(str::to_owned),
+                restarts: live["restarts"].as_u64().unwrap_or(0),
+                since_ms: live["since_ms"].as_u64(),
+            });
+        }
+    }
+    out
 }
 
 async fn deployment_facts(
     client: &provisiond::client::ProvisiondClient,
 ) -> Result<DeploymentFacts, FactError> {
     let (capacity, list) = tokio::join!(client.capacity(), client.deployments(None));
+    let list = list?;
+    let workloads = workload_facts(&list);
     let mut states = std::collections::BTreeMap::new();
-    for d in list? {
+    for d in list {
         let name = serde_json::to_value(d.state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -72,6 +121,7 @@ async fn deployment_facts(
     Ok(DeploymentFacts {
         capacity: capacity?,
         states,
+        workloads,
     })
 }
 
@@ -150,6 +200,60 @@ impl Snapshot {
                 deployments,
             };
             *self.facts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(facts);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_facts_show_state_and_restarts_and_nothing_private() {
+        let view = provisiond::api::DeploymentView {
+            contract_id: 7,
+            twin_id: 31,
+            version: 0,
+            state: provisiond::api::DeploymentState::Ok,
+            failure: None,
+            deployment: serde_json::json!({"workloads": [
+                {"name": "net", "type": "network", "data": {"wireguard_private_key": ""},
+                 "result": {"state": "ok"}},
+                {"name": "app", "type": "container",
+                 "data": {"image": "r/app@sha256:00", "env": {"TOKEN": "s3cret"}},
+                 "result": {"state": "ok", "data": {"ip": "10.1.1.5",
+                    "live": {"state": "running", "restarts": 2, "since_ms": 1000}}}},
+                {"name": "vm", "type": "zmachine", "data": {"env": {"SSH_KEY": "ssh-ed25519 AAAA"}},
+                 "result": {"state": "error", "message": "no image"}},
+            ]}),
+        };
+        let facts = workload_facts(&[view]);
+        assert_eq!(
+            facts,
+            vec![
+                WorkloadFact {
+                    contract: 7,
+                    name: "app".into(),
+                    kind: "container".into(),
+                    state: "ok".into(),
+                    live: Some("running".into()),
+                    restarts: 2,
+                    since_ms: Some(1000),
+                },
+                WorkloadFact {
+                    contract: 7,
+                    name: "vm".into(),
+                    kind: "zmachine".into(),
+                    state: "error".into(),
+                    live: None,
+                    restarts: 0,
+                    since_ms: None,
+                },
+            ]
+        );
+        let text = serde_json::to_string(&facts).expect("serialises");
+        for private in ["s3cret", "ssh-ed25519", "10.1.1.5", "sha256", "TOKEN"] {
+            assert!(!text.contains(private), "{private} in {text}");
         }
     }
 }

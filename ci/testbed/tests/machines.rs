@@ -35,15 +35,15 @@ fn run(node: &Node, argv: &[&str]) -> (bool, String) {
     node.exec_text(argv).expect("runs")
 }
 
-/// A node whose provisiond pulls from `registry` over plain HTTP and runs
-/// machines under TCG, with a short power-down grace (the test guest has
-/// no ACPI daemon).
-fn start() -> (Farm, OciRegistry) {
+/// A node with one SSD of `ssd_mb` whose provisiond pulls from `registry`
+/// over plain HTTP and runs machines under TCG, with a short power-down
+/// grace (the test guest has no ACPI daemon).
+fn start(ssd_mb: u64) -> (Farm, OciRegistry) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
     );
-    let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(2048)]);
+    let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(ssd_mb)]);
     let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
         .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
     let registry =
@@ -96,11 +96,29 @@ fn wait_state(
     last.expect("reached")
 }
 
-/// The pids of the node's processes named `id` (QEMU runs under its
-/// machine's id).
+/// `(pid, name)` of the node's QEMU processes: named as machine ids, in
+/// the node's mount namespace (the farm's nodes share the host's process
+/// table).
+fn node_machines(node: &Node) -> Vec<(String, String)> {
+    let script = r#"me=$(readlink /proc/self/ns/mnt)
+for d in /proc/[0-9]*; do
+  c=$(cat "$d/comm" 2>/dev/null)
+  case "$c" in m-*) [ "$(readlink "$d/ns/mnt")" = "$me" ] && echo "${d#/proc/} $c" ;; esac
+done"#;
+    let (_, out) = run(node, &["sh", "-c", script]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(p, c)| (p.to_owned(), c.to_owned()))
+        .collect()
+}
+
+/// The pids of the node's QEMU processes running machine `id`.
 fn qemus(node: &Node, id: &str) -> Vec<String> {
-    let (_, out) = run(node, &["pgrep", "-x", id]);
-    out.lines().map(str::to_owned).collect()
+    node_machines(node)
+        .into_iter()
+        .filter(|(_, c)| c == id)
+        .map(|(p, _)| p)
+        .collect()
 }
 
 fn zmachine(
@@ -121,7 +139,7 @@ fn zmachine(
 #[test]
 fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and_a_cancel_removes_it()
  {
-    let (farm, registry) = start();
+    let (farm, registry) = start(2048);
     let node = farm.node(0);
     let image = block_on(oci::push(
         &registry.host(),
@@ -304,4 +322,122 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         "",
         "the image is left in the cache: {images}"
     );
+}
+
+/// What machines hold on the node: QEMU processes by name, taps on the
+/// tenant network, root vdisks.
+fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut qemus: Vec<String> = node_machines(node).into_iter().map(|(_, c)| c).collect();
+    qemus.sort();
+    let tenant_ns = format!("n-{}", netid(TWIN, "net"));
+    let (_, links) = run(node, &["ip", "-n", &tenant_ns, "-o", "link"]);
+    let mut taps: Vec<String> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter(|n| n.starts_with("t-"))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect();
+    taps.sort();
+    let storaged =
+        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
+    let mut roots: Vec<String> = block_on(storaged.vdisks())
+        .expect("vdisks")
+        .into_iter()
+        .map(|v| v.name)
+        .filter(|n| n.starts_with('r'))
+        .collect();
+    roots.sort();
+    (qemus, taps, roots)
+}
+
+fn kill_provisiond(farm: &Farm) {
+    let node = farm.node(0);
+    let old = node
+        .kill_daemon(Daemon::Provisiond)
+        .unwrap_or_else(|e| panic!("kill provisiond: {e}"));
+    assert!(
+        node.wait_restarted(Daemon::Provisiond, old, Duration::from_secs(60))
+            .is_some(),
+        "provisiond was not restarted\n{}",
+        farm.logs(60)
+    );
+}
+
+#[test]
+fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_once() {
+    // Five root disks of 500 MiB.
+    let (farm, registry) = start(6144);
+    let node = farm.node(0);
+    let image = block_on(oci::push(
+        &registry.host(),
+        "grove/machine",
+        &[oci::machine_layer().unwrap_or_else(|e| panic!("a machine image: {e}"))],
+        "amd64",
+        json!({}),
+    ))
+    .unwrap_or_else(|e| panic!("push: {e}"));
+    deploy(node, 20, vec![provision::network("net", 213, 3413)])
+        .unwrap_or_else(|e| panic!("admitted: {e}"));
+    wait_state(&farm, 20, DeploymentState::Ok, Duration::from_secs(60));
+
+    // provisiond killed at a later moment of each machine's deploy: 0 to
+    // 2 s in, through the pull, the root disk's filling, the tap and QEMU.
+    let contracts: Vec<u64> = (21..=25).collect();
+    let mut want = (Vec::new(), Vec::new(), Vec::new());
+    for (i, contract) in contracts.iter().enumerate() {
+        let ip = format!("10.213.1.{}", 10 + i);
+        let vm = zmachine("vm", &image.reference, &ip, 256 * MIB, json!([]));
+        deploy(node, *contract, vec![vm]).unwrap_or_else(|e| panic!("admitted: {e}"));
+        std::thread::sleep(Duration::from_millis(
+            500 * u64::try_from(i).expect("small"),
+        ));
+        kill_provisiond(&farm);
+        wait_state(
+            &farm,
+            *contract,
+            DeploymentState::Ok,
+            Duration::from_secs(180),
+        );
+        let id = machine_id(*contract, "vm");
+        want.0.push(id.clone());
+        want.1.push(format!("t-{id}"));
+        want.2.push(root_disk_name(*contract, "vm"));
+        want.0.sort();
+        want.1.sort();
+        want.2.sort();
+        assert_eq!(holdings(node), want, "contract {contract}: each once");
+    }
+    // Each guest boots from a root disk that was filled whole.
+    for contract in &contracts {
+        let up = wait_until(Duration::from_secs(240), Duration::from_millis(500), || {
+            block_on(client(node).expect("runs").logs(*contract, "vm"))
+                .is_ok_and(|l| l.contains("grove machine up at"))
+        });
+        assert!(
+            up,
+            "contract {contract}'s guest never came up\n{}",
+            farm.logs(40)
+        );
+    }
+
+    // provisiond killed during each removal.
+    for (i, contract) in contracts.iter().enumerate() {
+        block_on(client(node).expect("runs").remove(*contract)).expect("removal admitted");
+        std::thread::sleep(Duration::from_millis(
+            400 * u64::try_from(i).expect("small"),
+        ));
+        kill_provisiond(&farm);
+        wait_state(
+            &farm,
+            *contract,
+            DeploymentState::Deleted,
+            Duration::from_secs(90),
+        );
+        let id = machine_id(*contract, "vm");
+        want.0.retain(|m| *m != id);
+        want.1.retain(|t| *t != format!("t-{id}"));
+        want.2.retain(|r| *r != root_disk_name(*contract, "vm"));
+        assert_eq!(holdings(node), want, "contract {contract}: removed whole");
+    }
+    assert_eq!(holdings(node), (Vec::new(), Vec::new(), Vec::new()));
 }

@@ -320,11 +320,15 @@ pub struct MachineDriver {
 /// Runs `program` with `args` to its end, within [`TOOL_TIMEOUT`]; a
 /// failure says what it printed last.
 async fn tool(program: &Path, args: &[String]) -> Result<(), DriverError> {
-    let run = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    // A tool cut off by provisiond's death must not go on writing beside
+    // the one the restarted daemon runs. (QEMU escapes it: it daemonizes.)
+    grove_daemon::parent::die_with_parent(&mut command);
+    let run = command.output();
     let out = tokio::time::timeout(TOOL_TIMEOUT, run)
         .await
         .map_err(|_elapsed| {
@@ -347,32 +351,37 @@ async fn tool(program: &Path, args: &[String]) -> Result<(), DriverError> {
     )))
 }
 
-/// The process running machine `id` (QEMU runs under its id's name).
-fn pid_of(id: &str) -> Option<i32> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    entries.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (comm.trim_end() == id).then_some(pid)
-    })
-}
-
-/// The running machines: QEMU processes named as machine ids.
-fn running_ids() -> Vec<String> {
+/// The pids and names of this node's QEMU processes: processes named as
+/// machine ids (QEMU runs under its machine's id) in provisiond's own
+/// mount namespace, so that a process of another node sharing the host's
+/// process table (a test farm's) is never taken for one of ours.
+fn machines_running() -> Vec<(i32, String)> {
+    let Ok(ours) = std::fs::read_link("/proc/self/ns/mnt") else {
+        return Vec::new();
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<i32>().is_ok())
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let comm = comm.trim_end();
+            if !is_machine_id(comm) {
+                return None;
+            }
+            let ns = std::fs::read_link(e.path().join("ns/mnt")).ok()?;
+            (ns == ours).then(|| (pid, comm.to_owned()))
         })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
-        .map(|c| c.trim_end().to_owned())
-        .filter(|c| is_machine_id(c))
         .collect()
+}
+
+/// The process running machine `id`.
+fn pid_of(id: &str) -> Option<i32> {
+    machines_running()
+        .into_iter()
+        .find_map(|(pid, name)| (name == id).then_some(pid))
 }
 
 /// The next answer on a QMP connection: its `return`, or its `error` as
@@ -829,7 +838,7 @@ impl Driver for MachineDriver {
                     )));
                 }
             };
-            ids.extend(running_ids());
+            ids.extend(machines_running().into_iter().map(|(_, id)| id));
             ids.sort();
             ids.dedup();
             Ok(ids)

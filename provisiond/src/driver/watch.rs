@@ -17,8 +17,19 @@ pub struct Life {
     pub restarts: u32,
     pub oom_kills: u64,
     pub last_exit: Option<String>,
+    /// When it last started running, or was first seen running by this
+    /// provisiond (an adopted one), in milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
     #[serde(skip)]
     next_start: Option<Instant>,
+}
+
+fn now_ms() -> Option<u64> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
 }
 
 /// The running objects of one driver.
@@ -45,6 +56,7 @@ impl Watch {
     pub(super) fn track(&self, id: &str) {
         self.lives().entry(id.to_owned()).or_insert_with(|| Life {
             state: "running".into(),
+            since_ms: now_ms(),
             ..Life::default()
         });
     }
@@ -73,6 +85,7 @@ impl Watch {
         }
         if life.state == "running" {
             exited(life);
+            life.since_ms = None;
             life.next_start = Some(now + backoff(life.restarts));
             life.state = "restarting".into();
         }
@@ -86,6 +99,7 @@ impl Watch {
             life.restarts += 1;
             if ok {
                 life.state = "running".into();
+                life.since_ms = now_ms();
                 life.next_start = None;
             } else {
                 life.next_start = Some(Instant::now() + backoff(life.restarts));
@@ -108,6 +122,7 @@ mod tests {
         assert!(!due, "the first restart waits a second");
         let life = watch.life("x").expect("watched");
         assert_eq!(life.state, "restarting");
+        assert_eq!(life.since_ms, None, "not running");
         assert_eq!(life.last_exit.as_deref(), Some("exited"));
         std::thread::sleep(Duration::from_millis(1100));
         assert!(watch.observe("x", false, |_| panic!("already recorded")));
@@ -119,6 +134,7 @@ mod tests {
         watch.started("x", true);
         let life = watch.life("x").expect("watched");
         assert_eq!((life.state.as_str(), life.restarts), ("running", 2));
+        assert!(life.since_ms.is_some());
         watch.forget("x");
         assert_eq!(watch.life("x"), None);
     }
