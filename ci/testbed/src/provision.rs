@@ -46,6 +46,8 @@ pub enum ProvisionError {
     Command { command: String, out: String },
     #[error("provisiond: {0}")]
     Client(#[from] ClientError),
+    #[error("the image registry: {0}")]
+    Registry(#[from] crate::oci::OciRegistryError),
 }
 
 /// A farm of one node with one SSD of `disk_mb`, whose provisiond is node
@@ -62,6 +64,34 @@ pub fn start(node_id: u32, disk_mb: u64) -> Result<Farm, ProvisionError> {
     let farm = Farm::start(FarmSpec::with_nodes(vec![spec]))?;
     wait_provisiond(&farm)?;
     Ok(farm)
+}
+
+/// A farm of one node with one SSD of `disk_mb` and a real OCI registry on
+/// the farm LAN, which the node's provisiond (node `node_id`, with the
+/// `extra` lines of configuration) reaches over plain HTTP; answers once
+/// provisiond answers.
+pub fn start_with_registry(
+    node_id: u32,
+    disk_mb: u64,
+    extra: &str,
+) -> Result<(Farm, crate::oci::OciRegistry), ProvisionError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ProvisionError::NotRoot);
+    }
+    let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(disk_mb)]);
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())?;
+    let registry = crate::oci::OciRegistry::start(std::net::IpAddr::V4(farm.host_ip()))?;
+    let node = farm.node(0);
+    node.set_config(
+        Daemon::Provisiond,
+        &format!(
+            "node_id = {node_id}\nhttp_registries = [\"{}\"]\n{extra}",
+            registry.host()
+        ),
+    )?;
+    node.start_agent()?;
+    wait_provisiond(&farm)?;
+    Ok((farm, registry))
 }
 
 /// Waits up to 90 s for the first node's provisiond to answer.

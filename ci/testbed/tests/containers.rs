@@ -10,12 +10,12 @@
 //! a cancel removes the container, its namespace, its root volume and its
 //! bundle.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use grove_testbed::oci::{self, OciRegistry};
-use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, tenant, wait_until};
+use grove_testbed::provision;
+use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
 use provisiond::api::{ContractFacts, DeploymentState, DeploymentView, Submission, TwinKeyFacts};
 use provisiond::client::ProvisiondClient;
 use provisiond::deployment::Deployment;
@@ -53,31 +53,8 @@ fn run(node: &Node, argv: &[&str]) -> (bool, String) {
 
 /// A node whose provisiond pulls from `registry` over plain HTTP.
 fn start() -> (Farm, OciRegistry) {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
-    let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(2048)]);
-    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
-    let registry =
-        OciRegistry::start(IpAddr::V4(farm.host_ip())).unwrap_or_else(|e| panic!("registry: {e}"));
-    let node = farm.node(0);
-    node.set_config(
-        Daemon::Provisiond,
-        &format!(
-            "node_id = {NODE_ID}\nhttp_registries = [\"{}\"]\n",
-            registry.host()
-        ),
-    )
-    .expect("config");
-    node.start_agent().expect("boot");
-    assert!(
-        node.wait_answers(Daemon::Provisiond, "/v1/capacity", Duration::from_secs(90)),
-        "provisiond never answered\n{}",
-        farm.logs(60)
-    );
-    (farm, registry)
+    provision::start_with_registry(NODE_ID, 2048, "")
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
 fn submission(contract: u64, workloads: Vec<serde_json::Value>) -> Submission {

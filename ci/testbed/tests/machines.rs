@@ -14,12 +14,11 @@
 //! flist is not an OCI image pinned by digest fails with that reason and
 //! its deployment is rolled back.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use grove_testbed::oci::{self, OciRegistry};
 use grove_testbed::provision::{self, block_on, client};
-use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, tenant, wait_until};
+use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
 use provisiond::api::{DeploymentState, DeploymentView};
 use provisiond::driver::machine::{machine_id, root_disk_name};
 use provisiond::driver::{disk_name, netid};
@@ -39,32 +38,8 @@ fn run(node: &Node, argv: &[&str]) -> (bool, String) {
 /// over plain HTTP and runs machines under TCG, with a short power-down
 /// grace (the test guest has no ACPI daemon).
 fn start(ssd_mb: u64) -> (Farm, OciRegistry) {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the testbed creates namespaces and loop devices: run the suite as root (ci/test)"
-    );
-    let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(ssd_mb)]);
-    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())
-        .unwrap_or_else(|e| panic!("farm did not start: {}", grove_testbed::report(&e)));
-    let registry =
-        OciRegistry::start(IpAddr::V4(farm.host_ip())).unwrap_or_else(|e| panic!("registry: {e}"));
-    let node = farm.node(0);
-    node.set_config(
-        Daemon::Provisiond,
-        &format!(
-            "node_id = {NODE_ID}\nhttp_registries = [\"{}\"]\naccel = \"tcg\"\n\
-             machine_stop_grace = 3\n",
-            registry.host()
-        ),
-    )
-    .expect("config");
-    node.start_agent().expect("boot");
-    assert!(
-        node.wait_answers(Daemon::Provisiond, "/v1/capacity", Duration::from_secs(90)),
-        "provisiond never answered\n{}",
-        farm.logs(60)
-    );
-    (farm, registry)
+    provision::start_with_registry(NODE_ID, ssd_mb, "accel = \"tcg\"\nmachine_stop_grace = 3\n")
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
 fn deploy(node: &Node, contract: u64, workloads: Vec<serde_json::Value>) -> Result<(), String> {
@@ -351,16 +326,9 @@ fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
 }
 
 fn kill_provisiond(farm: &Farm) {
-    let node = farm.node(0);
-    let old = node
-        .kill_daemon(Daemon::Provisiond)
-        .unwrap_or_else(|e| panic!("kill provisiond: {e}"));
-    assert!(
-        node.wait_restarted(Daemon::Provisiond, old, Duration::from_secs(60))
-            .is_some(),
-        "provisiond was not restarted\n{}",
-        farm.logs(60)
-    );
+    farm.node(0)
+        .restart_daemon(Daemon::Provisiond, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(60)));
 }
 
 #[test]

@@ -67,11 +67,7 @@ pub fn container_id(contract: u64, workload: &str) -> String {
 
 /// Whether `id` is a container id provisiond makes.
 pub fn is_container_id(id: &str) -> bool {
-    id.len() == 12
-        && id.starts_with("k-")
-        && id[2..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    super::is_short_name(id, "k-", 10)
 }
 
 /// `r<contract>-<workload>`: the volume holding a container's root
@@ -609,19 +605,7 @@ impl Driver for ContainerDriver {
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let mut ids: Vec<String> = match std::fs::read_dir(&self.config.dir) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| is_container_id(n))
-                    .collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => {
-                    return Err(DriverError::Unavailable(format!(
-                        "{}: {e}",
-                        self.config.dir.display()
-                    )));
-                }
-            };
+            let mut ids = super::listed(&self.config.dir, is_container_id)?;
             let listed = self.runc(&["list", "--quiet"]).await?;
             ids.extend(
                 String::from_utf8_lossy(&listed.stdout)

@@ -73,11 +73,7 @@ pub fn machine_id(contract: u64, workload: &str) -> String {
 
 /// Whether `id` is a machine id provisiond makes.
 pub fn is_machine_id(id: &str) -> bool {
-    id.len() == 12
-        && id.starts_with("m-")
-        && id[2..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    super::is_short_name(id, "m-", 10)
 }
 
 /// `r<contract>-<workload>`: the vdisk holding a machine's root disk.
@@ -825,19 +821,7 @@ impl Driver for MachineDriver {
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let mut ids: Vec<String> = match std::fs::read_dir(&self.config.dir) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| is_machine_id(n))
-                    .collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => {
-                    return Err(DriverError::Unavailable(format!(
-                        "{}: {e}",
-                        self.config.dir.display()
-                    )));
-                }
-            };
+            let mut ids = super::listed(&self.config.dir, is_machine_id)?;
             ids.extend(machines_running().into_iter().map(|(_, id)| id));
             ids.sort();
             ids.dedup();

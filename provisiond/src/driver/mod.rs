@@ -313,13 +313,35 @@ pub(crate) fn short_name(prefix: &str, text: &str, digits: usize) -> String {
     format!("{prefix}{hex}")
 }
 
-/// Whether `netid` is a netid provisiond makes.
-pub fn is_netid(netid: &str) -> bool {
-    netid.len() == 13
-        && netid.starts_with("p-")
-        && netid[2..]
+/// Whether `name` is `prefix` and `digits` lowercase hex digits: a name
+/// [`short_name`] makes.
+pub(crate) fn is_short_name(name: &str, prefix: &str, digits: usize) -> bool {
+    name.len() == prefix.len() + digits
+        && name.starts_with(prefix)
+        && name[prefix.len()..]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `netid` is a netid provisiond makes.
+pub fn is_netid(netid: &str) -> bool {
+    is_short_name(netid, "p-", 11)
+}
+
+/// The entries of `dir` whose names `ours` accepts (none when it is
+/// missing): a driver's objects as its directories show them.
+pub(crate) fn listed(
+    dir: &std::path::Path,
+    ours: fn(&str) -> bool,
+) -> Result<Vec<String>, DriverError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| ours(n))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(DriverError::Unavailable(format!("{}: {e}", dir.display()))),
+    }
 }
 
 #[cfg(test)]
