@@ -3,6 +3,8 @@
 //! release builds, never inside the timed test suite.
 
 pub mod agent;
+#[cfg(feature = "provision")]
+pub mod compute;
 pub mod foundation;
 pub mod image;
 pub mod mesh;

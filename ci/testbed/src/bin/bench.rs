@@ -1,7 +1,7 @@
 //! `bench`: Grove's benchmarks on real testbed nodes. Run it through
 //! `ci/bench`, which builds release binaries first.
 //!
-//!     bench foundation|storage|agent|mesh|tenant|tfchain|provision|image [--runs N]
+//!     bench foundation|storage|agent|mesh|tenant|tfchain|provision|compute|image [--runs N]
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -42,14 +42,16 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "provision")]
         Some("provision") => grove_testbed::bench::provision::run(runs),
+        #[cfg(feature = "provision")]
+        Some("compute") => grove_testbed::bench::compute::run(runs),
         #[cfg(not(feature = "provision"))]
-        Some("provision") => {
+        Some("provision" | "compute") => {
             eprintln!("bench: built without the provision feature; run it through ci/bench");
             return ExitCode::from(64);
         }
         _ => {
             eprintln!(
-                "usage: bench foundation|storage|agent|mesh|tenant|tfchain|provision|image [--runs N]"
+                "usage: bench foundation|storage|agent|mesh|tenant|tfchain|provision|compute|image [--runs N]"
             );
             return ExitCode::from(64);
         }

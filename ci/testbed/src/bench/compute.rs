@@ -1,0 +1,324 @@
+//! The compute benchmark: a container and a machine, image cached, from
+//! provisiond's API call to running, against the floors issue 13 names.
+//!
+//! 1. Container: a deployment of one busybox container on a tenant network
+//!    that exists, from the call to the deployment `ok` (runc has started
+//!    the process), polled every 2 ms. The floor is `runc run --detach` of
+//!    the same bundle (its config.json, under another id and cgroup),
+//!    timed inside the node by a shell script.
+//! 2. Machine: a direct-boot zmachine (the test image of
+//!    `oci::machine_layer`, TCG), from the call to its address answering
+//!    ping from the tenant network. The floor is the same QEMU command line
+//!    (`launch.json`) started by hand in the same namespace, with a tap, a
+//!    reflinked copy of the root disk and an address of its own, to the
+//!    same ping.
+//!
+//! The first run of each warms the image cache and is not counted. Limits:
+//! the API side includes the HTTP exchanges over the socket and the
+//! polling; the machine's floor makes its tap before the clock starts,
+//! where provisiond's time includes netd making it.
+
+use std::time::{Duration, Instant};
+
+use provisiond::api::DeploymentState;
+use provisiond::client::ProvisiondClient;
+use serde_json::json;
+
+use super::foundation::BenchError;
+use super::stats::{ms, ratio, summary, verdict};
+use crate::oci;
+use crate::provision::{self, network};
+use crate::{Daemon, Node};
+
+pub const CONTAINER_RATIO_TARGET: f64 = 1.5;
+pub const MACHINE_RATIO_TARGET: f64 = 1.2;
+
+const NODE_ID: u32 = 1;
+const TWIN: u32 = 51;
+const MIB: u64 = 1 << 20;
+const MACHINES: &str = "/var/cache/grove/provisiond/machines";
+const CONTAINERS: &str = "/var/cache/grove/provisiond/containers";
+
+fn api_error(what: &str, e: impl std::fmt::Display) -> BenchError {
+    BenchError::Api {
+        what: what.to_owned(),
+        status: 0,
+        body: e.to_string(),
+    }
+}
+
+fn exec(node: &Node, argv: &[&str]) -> Result<String, BenchError> {
+    let (ok, out) = node.exec_text(argv).map_err(|e| api_error(argv[0], e))?;
+    if ok {
+        Ok(out)
+    } else {
+        Err(api_error(&argv.join(" "), out))
+    }
+}
+
+fn deploy(
+    rt: &tokio::runtime::Runtime,
+    client: &ProvisiondClient,
+    contract: u64,
+    workloads: Vec<serde_json::Value>,
+    state: DeploymentState,
+) -> Result<Duration, BenchError> {
+    let wire = provision::signed(TWIN, contract, workloads).map_err(|e| api_error("sign", e))?;
+    let submission =
+        provision::submission(NODE_ID, TWIN, &wire).map_err(|e| api_error("submission", e))?;
+    let started = Instant::now();
+    rt.block_on(client.deploy(&submission))
+        .map_err(|e| api_error("POST /v1/deployments", e))?;
+    wait(rt, client, contract, state)?;
+    Ok(started.elapsed())
+}
+
+fn wait(
+    rt: &tokio::runtime::Runtime,
+    client: &ProvisiondClient,
+    contract: u64,
+    state: DeploymentState,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let view = rt
+            .block_on(client.deployment(contract))
+            .map_err(|e| api_error("GET /v1/deployments/{id}", e))?;
+        if view.state == state {
+            return Ok(());
+        }
+        if view.state == DeploymentState::Error || Instant::now() > deadline {
+            return Err(api_error(
+                &format!("deployment {contract}"),
+                format!("never {state:?}: {view:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn remove(
+    rt: &tokio::runtime::Runtime,
+    client: &ProvisiondClient,
+    contract: u64,
+) -> Result<(), BenchError> {
+    rt.block_on(client.remove(contract))
+        .map_err(|e| api_error("DELETE /v1/deployments/{id}", e))?;
+    wait(rt, client, contract, DeploymentState::Deleted)
+}
+
+/// Nanoseconds a shell `script` run inside the node prints.
+fn timed(node: &Node, script: &str) -> Result<Duration, BenchError> {
+    let out = exec(node, &["sh", "-c", script])?;
+    let ns: u64 = out
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| api_error("a timed script", out.clone()))?;
+    Ok(Duration::from_nanos(ns))
+}
+
+/// Waits for `ip` to answer one ping from `netns`, probing every 50 ms.
+const PING: &str = "ping -q -n -c 1 -i 0.05 -w 180";
+
+/// Runs both parts and prints the report.
+pub fn run(runs: usize) -> Result<(), BenchError> {
+    let (farm, registry) =
+        provision::start_with_registry(NODE_ID, 8192, "accel = \"tcg\"\nmachine_stop_grace = 3\n")
+            .map_err(|e| api_error("the farm", e))?;
+    let node = farm.node(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::Spawn)?;
+    let client = ProvisiondClient::new(node.socket(Daemon::Provisiond)?);
+    let busybox = oci::busybox_layer().map_err(|e| api_error("busybox layer", e))?;
+    let container_image = rt
+        .block_on(oci::push(
+            &registry.host(),
+            "bench/busybox",
+            &[busybox],
+            "amd64",
+            json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
+        ))
+        .map_err(|e| api_error("push", e))?;
+    let machine_layer = oci::machine_layer().map_err(|e| api_error("machine layer", e))?;
+    let machine_image = rt
+        .block_on(oci::push(
+            &registry.host(),
+            "bench/machine",
+            &[machine_layer],
+            "amd64",
+            json!({}),
+        ))
+        .map_err(|e| api_error("push", e))?;
+    deploy(
+        &rt,
+        &client,
+        1,
+        vec![network("net", 214, 3514)],
+        DeploymentState::Ok,
+    )?;
+    let tenant_ns = format!("n-{}", provisiond::driver::netid(TWIN, "net"));
+
+    // Containers.
+    let (mut api, mut floor) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        let contract = 100 + run as u64;
+        let container = json!({"version": 0, "name": "app", "type": "container",
+            "metadata": "", "description": "", "data": {
+                "image": container_image.reference,
+                "interface": {"network": "net", "ip": "10.214.1.5"},
+                "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
+                "size": 64 * MIB, "mounts": [], "entrypoint": [], "env": {}}});
+        let took = deploy(&rt, &client, contract, vec![container], DeploymentState::Ok)?;
+        let id = provisiond::driver::container::container_id(contract, "app");
+        let floor_id = format!("f-{run}");
+        let script = format!(
+            "set -e; b=/tmp/bench-{floor_id}; mkdir -p $b; \
+             sed -e 's#\"/grove/{id}\"#\"/grove/{floor_id}\"#' {CONTAINERS}/{id}/config.json > $b/config.json; \
+             s=$(date +%s%N); runc run --detach --bundle $b {floor_id} </dev/null >/dev/null 2>&1; \
+             e=$(date +%s%N); runc delete --force {floor_id} >/dev/null 2>&1; rm -rf $b; echo $((e-s))"
+        );
+        let direct = timed(node, &script)?;
+        remove(&rt, &client, contract)?;
+        if run > 0 {
+            api.push(took);
+            floor.push(direct);
+        }
+    }
+    report(
+        "container, image cached: API call to the process running",
+        "runc run --detach of the same bundle",
+        &mut api,
+        &mut floor,
+        CONTAINER_RATIO_TARGET,
+    );
+
+    // Machines.
+    let (mut api, mut floor) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        let contract = 200 + run as u64;
+        let ip = "10.214.1.20";
+        let vm = json!({"version": 0, "name": "vm", "type": "zmachine", "metadata": "",
+            "description": "", "data": {"flist": machine_image.reference,
+                "network": {"public_ip": "", "planetary": false,
+                    "interfaces": [{"network": "net", "ip": ip}]},
+                "size": 0, "compute_capacity": {"cpu": 1, "memory": 256 * MIB},
+                "mounts": [], "entrypoint": "/sbin/init", "env": {}, "corex": false}});
+        let wire = provision::signed(TWIN, contract, vec![vm]).map_err(|e| api_error("sign", e))?;
+        let submission =
+            provision::submission(NODE_ID, TWIN, &wire).map_err(|e| api_error("submission", e))?;
+        let started = Instant::now();
+        rt.block_on(client.deploy(&submission))
+            .map_err(|e| api_error("POST /v1/deployments", e))?;
+        exec(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!("ip netns exec {tenant_ns} {PING} {ip}"),
+            ],
+        )?;
+        let took = started.elapsed();
+        wait(&rt, &client, contract, DeploymentState::Ok)?;
+
+        // The same launch by hand: its own tap, disk copy, pid and address.
+        let id = provisiond::driver::machine::machine_id(contract, "vm");
+        let dir = format!("{MACHINES}/{id}");
+        let launch: serde_json::Value =
+            serde_json::from_str(&exec(node, &["cat", &format!("{dir}/launch.json")])?)
+                .map_err(|e| api_error("launch.json", e))?;
+        let root = launch["args"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .find_map(|s| s.strip_prefix("file=")?.split(',').next())
+            })
+            .ok_or_else(|| api_error("launch.json", "no root disk"))?
+            .to_owned();
+        let floor_dir = format!("/tmp/bench-vm-{run}");
+        let floor_ip = "10.214.1.21";
+        let args: Vec<String> = launch["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .map(|a| {
+                a.replace(&dir, &floor_dir)
+                    .replace(&root, &format!("{floor_dir}/root"))
+                    .replace(&format!("t-{id}"), "t-bench-floor")
+                    .replace(&format!("ip={ip}:"), &format!("ip={floor_ip}:"))
+                    .replace(&id, "bench-floor")
+            })
+            .map(|a| {
+                if a.starts_with("virtio-net-pci") {
+                    "virtio-net-pci,netdev=net0,mac=02:00:00:00:be:01".to_owned()
+                } else {
+                    a
+                }
+            })
+            .map(|a| format!("'{a}'"))
+            .collect();
+        let bridge = exec(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "ip -n {tenant_ns} -o link show t-{id} | sed -n 's/.* master \\([^ ]*\\) .*/\\1/p'"
+                ),
+            ],
+        )?;
+        let script = format!(
+            "set -e; mkdir -p {floor_dir}; cp --reflink=always {root} {floor_dir}/root; \
+             ip -n {tenant_ns} tuntap add t-bench-floor mode tap; \
+             ip -n {tenant_ns} link set t-bench-floor master {bridge} up; \
+             s=$(date +%s%N); \
+             ip netns exec {tenant_ns} qemu-system-x86_64 {args}; \
+             ip netns exec {tenant_ns} {PING} {floor_ip} >/dev/null; \
+             e=$(date +%s%N); \
+             kill -9 $(cat {floor_dir}/pid); sleep 0.2; \
+             ip -n {tenant_ns} link del t-bench-floor; rm -rf {floor_dir}; echo $((e-s))",
+            bridge = bridge.trim(),
+            args = args.join(" "),
+        );
+        let direct = timed(node, &script)?;
+        remove(&rt, &client, contract)?;
+        if run > 0 {
+            api.push(took);
+            floor.push(direct);
+        }
+    }
+    report(
+        "machine, image cached: API call to its address answering ping",
+        "the same QEMU command line started by hand",
+        &mut api,
+        &mut floor,
+        MACHINE_RATIO_TARGET,
+    );
+    Ok(())
+}
+
+fn report(what: &str, floor_is: &str, api: &mut [Duration], floor: &mut [Duration], target: f64) {
+    let (api_median, api_p90) = summary(api);
+    let (floor_median, floor_p90) = summary(floor);
+    let ratio = ratio(api_median, floor_median);
+    eprintln!("compute: {what} ({} runs)", api.len());
+    eprintln!(
+        "  API   median {:.1} ms  p90 {:.1} ms",
+        ms(api_median),
+        ms(api_p90)
+    );
+    eprintln!(
+        "  floor median {:.1} ms  p90 {:.1} ms  ({floor_is})",
+        ms(floor_median),
+        ms(floor_p90)
+    );
+    eprintln!(
+        "  ratio {ratio:.2} (target <= {target}: {})",
+        verdict(ratio <= target)
+    );
+}
