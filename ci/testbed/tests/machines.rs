@@ -3,13 +3,15 @@
 //! the Debian kernel `image/build` unpacked, a small initrd and busybox),
 //! and runs it under QEMU (TCG) on the tenant network with a zmount.
 //!
-//! Shows: the deployment (network, zmount, zmachine) reaches `ok`; the
-//! guest boots from its root disk (an ext4 file system of the image's
-//! files), takes its address from `ip=`, sees the zmount as a disk whose
-//! serial is the zmount's name, and answers ping from the tenant network;
-//! its console is served as its logs; `kill -9 provisiond` leaves it
-//! running, and the restarted daemon adopts it (same QEMU, one QEMU); a
-//! cancel stops it and removes its tap, its root disk and its directory.
+//! Shows: the deployment (network, zmount, zmachine, container) reaches
+//! `ok`; the guest boots from its root disk (an ext4 file system of the
+//! image's files), takes its address from `ip=`, sees the zmount as a disk
+//! whose serial is the zmount's name, and answers ping from the tenant
+//! network; its console is served as its logs; the container on the same
+//! network reaches it, another tenant's network does not; `kill -9
+//! provisiond` leaves it running, and the restarted daemon adopts it (same
+//! QEMU, one QEMU); a cancel stops it and removes its tap, its root disk
+//! and its directory.
 //! A machine bigger than the node's memory is refused up front; one whose
 //! flist is not an OCI image pinned by digest fails with that reason and
 //! its deployment is rolled back.
@@ -20,12 +22,15 @@ use grove_testbed::oci::{self, OciRegistry};
 use grove_testbed::provision::{self, block_on, client};
 use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
 use provisiond::api::{DeploymentState, DeploymentView};
+use provisiond::driver::container::container_id;
 use provisiond::driver::machine::{machine_id, root_disk_name};
 use provisiond::driver::{disk_name, netid};
 use serde_json::json;
 
 const NODE_ID: u32 = 1;
 const TWIN: u32 = 41;
+/// A second tenant, with a network of its own on the node.
+const OTHER_TWIN: u32 = 43;
 const CONTRACT: u64 = 9;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -43,8 +48,17 @@ fn start(ssd_mb: u64) -> (Farm, OciRegistry) {
 }
 
 fn deploy(node: &Node, contract: u64, workloads: Vec<serde_json::Value>) -> Result<(), String> {
-    let wire = provision::signed(TWIN, contract, workloads).expect("signs");
-    let submission = provision::submission(NODE_ID, TWIN, &wire).expect("a submission");
+    deploy_as(node, TWIN, contract, workloads)
+}
+
+fn deploy_as(
+    node: &Node,
+    twin: u32,
+    contract: u64,
+    workloads: Vec<serde_json::Value>,
+) -> Result<(), String> {
+    let wire = provision::signed(twin, contract, workloads).expect("signs");
+    let submission = provision::submission(NODE_ID, twin, &wire).expect("a submission");
     block_on(client(node).expect("runs").deploy(&submission))
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -164,6 +178,20 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
     wait_state(&farm, 3, DeploymentState::Deleted, Duration::from_secs(60));
 
     let ip = "10.212.1.5";
+    let busybox = block_on(oci::push(
+        &registry.host(),
+        "grove/busybox",
+        &[oci::busybox_layer().expect("a busybox layer")],
+        "amd64",
+        json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
+    ))
+    .unwrap_or_else(|e| panic!("push: {e}"));
+    let container = json!({"version": 0, "name": "app", "type": "container", "metadata": "",
+        "description": "", "data": {
+            "image": busybox.reference,
+            "interface": {"network": "net", "ip": "10.212.1.6"},
+            "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
+            "size": 64 * MIB, "mounts": [], "entrypoint": [], "env": {}}});
     let vm = zmachine(
         "vm",
         &image.reference,
@@ -178,6 +206,7 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
             provision::network("net", 212, 3412),
             provision::disk("data", "zmount", 100 * MIB),
             vm,
+            container,
         ],
     )
     .unwrap_or_else(|e| panic!("admitted: {e}"));
@@ -222,6 +251,36 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         "the guest does not answer ping\n{console}\n{}",
         farm.logs(40)
     );
+    // A container on the same network reaches it; another tenant's
+    // network does not.
+    let container_ns = format!("c-{}", container_id(CONTRACT, "app"));
+    assert!(
+        tenant::reaches(
+            node,
+            Some(&container_ns),
+            ip.parse().expect("ip"),
+            Duration::from_secs(30)
+        ),
+        "the container on its network does not reach the machine"
+    );
+    deploy_as(
+        node,
+        OTHER_TWIN,
+        5,
+        vec![provision::network("other", 215, 3415)],
+    )
+    .unwrap_or_else(|e| panic!("admitted: {e}"));
+    wait_state(&farm, 5, DeploymentState::Ok, Duration::from_secs(60));
+    let other_ns = format!("n-{}", netid(OTHER_TWIN, "other"));
+    assert!(
+        (0..3).all(|_| matches!(
+            tenant::ping(node, Some(&other_ns), ip.parse().expect("ip")),
+            Ok(false)
+        )),
+        "another tenant's network reaches the machine"
+    );
+    block_on(client(node).expect("runs").remove(5)).expect("removal admitted");
+    wait_state(&farm, 5, DeploymentState::Deleted, Duration::from_secs(60));
 
     // kill -9 provisiond: the machine keeps running and is adopted.
     let before = qemus(node, &id);
