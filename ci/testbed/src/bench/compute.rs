@@ -119,8 +119,16 @@ fn timed(node: &Node, script: &str) -> Result<Duration, BenchError> {
     Ok(Duration::from_nanos(ns))
 }
 
-/// Waits for `ip` to answer one ping from `netns`, probing every 50 ms.
-const PING: &str = "ping -q -n -c 1 -i 0.05 -w 180";
+/// A shell command that returns when `ip` first answers a ping from
+/// `netns`: a probe of at most 100 ms every 50 ms, for up to 3 minutes.
+/// (One `ping` cannot do it: an unreachable error ends it.)
+fn reach(netns: &str, ip: &str) -> String {
+    format!(
+        "end=$(($(date +%s) + 180)); \
+         until ip netns exec {netns} ping -n -c 1 -W 0.1 {ip} >/dev/null 2>&1; do \
+         [ $(date +%s) -lt $end ] || exit 1; sleep 0.05; done"
+    )
+}
 
 /// Runs both parts and prints the report.
 pub fn run(runs: usize) -> Result<(), BenchError> {
@@ -213,14 +221,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
         let started = Instant::now();
         rt.block_on(client.deploy(&submission))
             .map_err(|e| api_error("POST /v1/deployments", e))?;
-        exec(
-            node,
-            &[
-                "sh",
-                "-c",
-                &format!("ip netns exec {tenant_ns} {PING} {ip}"),
-            ],
-        )?;
+        exec(node, &["sh", "-c", &reach(&tenant_ns, ip)])?;
         let took = started.elapsed();
         wait(&rt, &client, contract, DeploymentState::Ok)?;
 
@@ -240,6 +241,14 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
             .ok_or_else(|| api_error("launch.json", "no root disk"))?
             .to_owned();
         let floor_dir = format!("/tmp/bench-vm-{run}");
+        // The copy sits on the root disk's own pool.
+        let pool_root = std::path::Path::new(&root)
+            .parent()
+            .and_then(std::path::Path::parent)
+            .ok_or_else(|| api_error("launch.json", "a root disk outside a pool"))?
+            .display()
+            .to_string();
+        let floor_root = format!("{pool_root}/bench-floor-{run}");
         let floor_ip = "10.214.1.21";
         let args: Vec<String> = launch["args"]
             .as_array()
@@ -248,7 +257,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
             .filter_map(|v| v.as_str())
             .map(|a| {
                 a.replace(&dir, &floor_dir)
-                    .replace(&root, &format!("{floor_dir}/root"))
+                    .replace(&root, &floor_root)
                     .replace(&format!("t-{id}"), "t-bench-floor")
                     .replace(&format!("ip={ip}:"), &format!("ip={floor_ip}:"))
                     .replace(&id, "bench-floor")
@@ -273,16 +282,17 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
             ],
         )?;
         let script = format!(
-            "set -e; mkdir -p {floor_dir}; cp --reflink=always {root} {floor_dir}/root; \
+            "set -e; mkdir -p {floor_dir}; cp --sparse=always {root} {floor_root}; \
              ip -n {tenant_ns} tuntap add t-bench-floor mode tap; \
              ip -n {tenant_ns} link set t-bench-floor master {bridge} up; \
              s=$(date +%s%N); \
              ip netns exec {tenant_ns} qemu-system-x86_64 {args}; \
-             ip netns exec {tenant_ns} {PING} {floor_ip} >/dev/null; \
+             {reach_floor}; \
              e=$(date +%s%N); \
              kill -9 $(cat {floor_dir}/pid); sleep 0.2; \
-             ip -n {tenant_ns} link del t-bench-floor; rm -rf {floor_dir}; echo $((e-s))",
+             ip -n {tenant_ns} link del t-bench-floor; rm -rf {floor_dir} {floor_root}; echo $((e-s))",
             bridge = bridge.trim(),
+            reach_floor = reach(&tenant_ns, floor_ip),
             args = args.join(" "),
         );
         let direct = timed(node, &script)?;
