@@ -10,8 +10,8 @@
 //!    `oci::machine_layer`, TCG), from the call to its address answering
 //!    ping from the tenant network. The floor is the same QEMU command line
 //!    (`launch.json`) started by hand in the same namespace, with a tap, a
-//!    reflinked copy of the root disk and an address of its own, to the
-//!    same ping.
+//!    sparse copy of the root disk and an address of its own, to the same
+//!    ping, while provisiond's machine idles beside it.
 //!
 //! The first run of each warms the image cache and is not counted. Limits:
 //! the API side includes the HTTP exchanges over the socket and the
