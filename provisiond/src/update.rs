@@ -5,7 +5,9 @@
 //! Workloads are matched by name: a new name is added (at the new version),
 //! a missing name is removed, a name at the new version is changed, and a
 //! name left at its version must be left exactly as it is. A workload never
-//! changes type, and a zmount never shrinks. Steps come in the order the
+//! changes type, a zmount never shrinks, and a zmachine keeps its image:
+//! its root disk was filled from that image once and holds the guest's
+//! data since, so a new image is a new machine. Steps come in the order the
 //! engine applies them: adds and changes in dependency order (disks and
 //! volumes, then networks, then what uses them), removals last and in
 //! reverse, so nothing is deleted before the rest of the update has worked.
@@ -54,6 +56,11 @@ pub enum UpdateError {
     Unversioned { name: String, expected: u32 },
     #[error("zmount '{name}' cannot shrink from {from} to {to} bytes")]
     Shrink { name: String, from: u64, to: u64 },
+    #[error(
+        "zmachine '{name}' cannot change its flist: its root disk holds the guest's data; \
+         deploy a machine of another name for the new image"
+    )]
+    MachineImage { name: String },
 }
 
 /// The order in which workload types are made; removal goes in reverse.
@@ -145,6 +152,14 @@ pub fn plan_update(current: &Deployment, next: &Deployment) -> Result<Vec<Step>,
                 to: after.size,
             });
         }
+        if let (WorkloadData::Zmachine(before), WorkloadData::Zmachine(after)) =
+            (&old.data, &w.data)
+            && after.flist != before.flist
+        {
+            return Err(UpdateError::MachineImage {
+                name: w.name.to_string(),
+            });
+        }
         steps.push(step(Op::Change, w));
     }
     steps.sort_by_key(|s| rank(s.kind));
@@ -197,6 +212,18 @@ mod tests {
 
     fn volume(version: u32, name: &str, size: u64) -> Value {
         workload(version, name, "volume", json!({"size": size}))
+    }
+
+    fn machine(version: u32, flist: &str, cpu: u8) -> Value {
+        workload(
+            version,
+            "vm",
+            "zmachine",
+            json!({"flist": flist, "network": {"public_ip": "", "planetary": false,
+                    "interfaces": [{"network": "net", "ip": "10.1.1.5"}]},
+                   "size": 0, "compute_capacity": {"cpu": cpu, "memory": 1 << 30},
+                   "mounts": [], "entrypoint": "", "env": {}, "corex": false}),
+        )
     }
 
     fn current() -> Deployment {
@@ -325,6 +352,36 @@ mod tests {
         for (what, next, want) in cases {
             assert_eq!(plan_update(&current(), &next), Err(want), "{what}");
         }
+    }
+
+    #[test]
+    fn a_machine_keeps_its_image_and_may_change_the_rest() {
+        let before = deployment(
+            0,
+            7,
+            100,
+            vec![network(0, 3000), machine(0, "r/a@sha256:1", 1)],
+        );
+        let new_image = deployment(
+            1,
+            7,
+            100,
+            vec![network(0, 3000), machine(1, "r/a@sha256:2", 1)],
+        );
+        assert_eq!(
+            plan_update(&before, &new_image),
+            Err(UpdateError::MachineImage { name: "vm".into() })
+        );
+        let more_cpu = deployment(
+            1,
+            7,
+            100,
+            vec![network(0, 3000), machine(1, "r/a@sha256:1", 2)],
+        );
+        assert_eq!(
+            ops(&plan_update(&before, &more_cpu).expect("valid update")),
+            vec![(Op::Change, "vm")]
+        );
     }
 
     #[test]

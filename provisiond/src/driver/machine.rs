@@ -435,6 +435,25 @@ async fn qmp(socket: &Path, command: &str) -> Result<serde_json::Value, String> 
         .map_err(|_elapsed| format!("QMP {command}: no answer in {QMP_TIMEOUT:?}"))?
 }
 
+/// Whether the root disk of machine `id` (directory `dir`) was filled from
+/// image `digest`. A disk filled from another image is the guest's: it is
+/// refused, never filled again.
+fn filled(dir: &Path, id: &str, digest: &str) -> Result<bool, DriverError> {
+    let marker = dir.join("root.filled");
+    match std::fs::read_to_string(&marker) {
+        Ok(filled) if filled == digest => Ok(true),
+        Ok(filled) => Err(DriverError::Refused(format!(
+            "machine {id}'s root disk was filled from {filled} and holds the guest's \
+                 data; it is not filled again from {digest}"
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DriverError::Unavailable(format!(
+            "{}: {e}",
+            marker.display()
+        ))),
+    }
+}
+
 impl MachineDriver {
     pub fn new(
         storaged: StoragedClient,
@@ -555,6 +574,10 @@ impl MachineDriver {
         }
     }
 
+    fn filled(&self, id: &str, digest: &str) -> Result<bool, DriverError> {
+        filled(&self.dir(id), id, digest)
+    }
+
     /// Fills the root disk at `root` from the image once: a marker names
     /// the image it was filled from.
     async fn fill_root(
@@ -565,10 +588,10 @@ impl MachineDriver {
         rootfs: &Path,
         root: &Path,
     ) -> Result<(), DriverError> {
-        let marker = self.dir(id).join("root.filled");
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == digest) {
+        if self.filled(id, digest)? {
             return Ok(());
         }
+        let marker = self.dir(id).join("root.filled");
         match layout {
             Layout::Direct { .. } => {
                 let args = [
@@ -655,6 +678,7 @@ impl MachineDriver {
         let image_ref = m
             .image_ref()
             .map_err(|i| DriverError::Refused(format!("{}: {}", i.field, i.problem)))?;
+        self.filled(&id, &image_ref.digest.to_string())?;
         let image = self
             .images
             .ensure(&image_ref)
@@ -707,18 +731,14 @@ impl MachineDriver {
             })?;
             disks.push((mount.name.to_string(), vdisk.path.clone()));
         }
-        // A running machine's root disk is its guest's: it is never filled
-        // again.
-        if pid_of(&id).is_none() {
-            self.fill_root(
-                &id,
-                &image_ref.digest.to_string(),
-                &layout,
-                &image.rootfs,
-                &root,
-            )
-            .await?;
-        }
+        self.fill_root(
+            &id,
+            &image_ref.digest.to_string(),
+            &layout,
+            &image.rootfs,
+            &root,
+        )
+        .await?;
         let (boot, seed) = match &layout {
             Layout::Direct { kernel, initrd } => {
                 let mut cmdline = format!("console=ttyS0 root=/dev/vda rw {}", kernel_ip(&view)?);
@@ -844,6 +864,21 @@ mod tests {
             gateway: "10.20.2.1".parse().expect("an address"),
             mac: "de:ad:be:ef:00:01".into(),
         }
+    }
+
+    #[test]
+    fn a_root_disk_is_filled_once_and_never_from_another_image() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(filled(dir.path(), "m-1", "sha256:aa").ok(), Some(false));
+        std::fs::write(dir.path().join("root.filled"), "sha256:aa").unwrap();
+        assert_eq!(filled(dir.path(), "m-1", "sha256:aa").ok(), Some(true));
+        let Err(DriverError::Refused(why)) = filled(dir.path(), "m-1", "sha256:bb") else {
+            panic!("another image must be refused");
+        };
+        assert!(
+            why.contains("sha256:aa") && why.contains("sha256:bb"),
+            "{why}"
+        );
     }
 
     #[test]
