@@ -119,8 +119,12 @@ pub struct CapacityView {
     pub total: Resources,
     /// What the system keeps (memory reserve, the cache).
     pub reserved: Resources,
-    /// What deployments hold.
+    /// What deployments hold, as billed.
     pub used: Resources,
+    /// Memory the node spends running the deployments beside their MRU
+    /// (QEMU, containers' kernel objects): held, not billed.
+    #[serde(default)]
+    pub overhead: u64,
     pub free: Resources,
     pub pools: Vec<PoolUsage>,
     /// The WireGuard listen ports of the deployments' networks.

@@ -7,8 +7,16 @@
 //! placed on one pool each, so a deployment fits only when each of them finds
 //! a single pool with room: a refusal gives the numbers asked, free, and the
 //! largest single pool. CPU is shared as in zos: a machine may not ask more
-//! cores than the node has, but the sum over machines is not capped. This is
-//! a pure ledger; the engine feeds it the pools storaged reports.
+//! cores than the node has, but the sum over machines is not capped.
+//!
+//! Running a workload costs the node memory beyond the workload's own: a
+//! machine's QEMU process (its devices, buffers and, under TCG, its
+//! translation cache) and a container's kernel objects (namespaces, veth,
+//! cgroups). That overhead is held beside the workload's MRU, so a machine
+//! that would fit only without it is refused up front, but it is not billed:
+//! the chain is told the MRU the tenant asked. `ci/bench compute` measures
+//! both figures. This is a pure ledger; the engine feeds it the pools
+//! storaged reports.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +28,16 @@ use crate::deployment::workload::WorkloadData;
 
 /// A GiB, in bytes.
 pub const GIB: u64 = 1 << 30;
+/// A MiB, in bytes.
+const MIB: u64 = 1 << 20;
+
+/// The memory a machine's QEMU spends beside the guest's: about 92 MiB
+/// measured for an idle TCG guest, whose translation cache is capped at
+/// 64 MiB (`tb-size`), rounded up.
+pub const MACHINE_OVERHEAD: u64 = 160 * MIB;
+/// The memory a container costs the node outside its cgroup: its
+/// namespaces, veth pair and cgroups.
+pub const CONTAINER_OVERHEAD: u64 = 4 * MIB;
 
 /// The kind of disk a pool is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -100,6 +118,8 @@ pub struct Demand {
     pub mru: u64,
     /// The largest machine, in cores.
     pub max_machine_cores: u64,
+    /// The memory the node spends running the workloads, beside `mru`.
+    pub overhead: u64,
     pub disks: Vec<Disk>,
 }
 
@@ -126,6 +146,7 @@ impl Demand {
                     demand.cru = demand.cru.saturating_add(cores);
                     demand.mru = demand.mru.saturating_add(m.compute_capacity.memory);
                     demand.max_machine_cores = demand.max_machine_cores.max(cores);
+                    demand.overhead = demand.overhead.saturating_add(MACHINE_OVERHEAD);
                 }
                 WorkloadData::Container(c) => {
                     disk(PoolKind::Ssd, c.size);
@@ -133,6 +154,7 @@ impl Demand {
                     demand.cru = demand.cru.saturating_add(cores);
                     demand.mru = demand.mru.saturating_add(c.compute_capacity.memory);
                     demand.max_machine_cores = demand.max_machine_cores.max(cores);
+                    demand.overhead = demand.overhead.saturating_add(CONTAINER_OVERHEAD);
                 }
                 WorkloadData::Network(_)
                 | WorkloadData::Ip(_)
@@ -180,10 +202,19 @@ pub struct Placed {
 pub struct Allocation {
     pub cru: u64,
     pub mru: u64,
+    /// Memory held beside `mru`, not billed (see the module's header).
+    #[serde(default)]
+    pub overhead: u64,
     pub disks: Vec<Placed>,
 }
 
 impl Allocation {
+    /// All the memory the deployment holds: its MRU and the overhead.
+    pub fn memory(&self) -> u64 {
+        self.mru.saturating_add(self.overhead)
+    }
+
+    /// What the deployment is billed for.
     pub fn resources(&self) -> Resources {
         let mut out = Resources {
             cru: self.cru,
@@ -246,8 +277,15 @@ pub enum CapacityError {
         free: Bytes,
         largest_pool: Bytes,
     },
-    #[error("the deployment asks {asked} of MRU, {free} is free")]
-    Memory { asked: Bytes, free: Bytes },
+    #[error(
+        "the deployment asks {asked} of MRU and the node needs {overhead} more to run it; \
+         {free} is free"
+    )]
+    Memory {
+        asked: Bytes,
+        overhead: Bytes,
+        free: Bytes,
+    },
     #[error("a machine asks {asked} cores, the node has {cores}")]
     Cores { asked: u64, cores: u64 },
 }
@@ -309,9 +347,21 @@ impl Ledger {
         used
     }
 
-    /// What deployments may still take (CRU: cores not held by any machine).
+    /// The memory the node spends running the deployments, beside their
+    /// MRU.
+    pub fn overhead(&self) -> u64 {
+        self.held
+            .values()
+            .map(|a| a.overhead)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// What deployments may still take (CRU: cores not held by any machine;
+    /// MRU: less the overhead too).
     pub fn free(&self) -> Resources {
-        self.total().minus(&self.reserved()).minus(&self.used())
+        let mut free = self.total().minus(&self.reserved()).minus(&self.used());
+        free.mru = free.mru.saturating_sub(self.overhead());
+        free
     }
 
     /// What one deployment holds.
@@ -351,11 +401,12 @@ impl Ledger {
             });
         }
         let current = self.held.get(&contract);
-        let held_mru = current.map_or(0, |a| a.mru);
+        let held_mru = current.map_or(0, Allocation::memory);
         let free_mru = self.free().mru.saturating_add(held_mru);
-        if demand.mru > free_mru {
+        if demand.mru.saturating_add(demand.overhead) > free_mru {
             return Err(CapacityError::Memory {
                 asked: Bytes(demand.mru),
+                overhead: Bytes(demand.overhead),
                 free: Bytes(free_mru),
             });
         }
@@ -420,6 +471,7 @@ impl Ledger {
         Ok(Allocation {
             cru: demand.cru,
             mru: demand.mru,
+            overhead: demand.overhead,
             disks: placed,
         })
     }

@@ -337,6 +337,7 @@ mod tests {
                         sru: 3 << 30,
                         hru: 0,
                     },
+                    overhead: 0,
                     free: provisiond::capacity::Resources::default(),
                     pools: Vec::new(),
                     wireguard_ports: vec![3000],

@@ -112,6 +112,8 @@ fn a_deployment_that_fits_is_held_and_released() {
     assert_eq!(ledger.free(), before, "planning changes nothing");
     ledger.hold(7, allocation.clone());
     assert_eq!(ledger.used(), allocation.resources());
+    assert_eq!(ledger.overhead(), MACHINE_OVERHEAD);
+    assert_eq!(ledger.free().mru, before.mru - 4 * GIB - MACHINE_OVERHEAD);
     assert_eq!(ledger.free().sru, 123 * GIB);
     assert_eq!(ledger.release(7), Some(allocation));
     assert_eq!(ledger.free(), before);
@@ -141,7 +143,8 @@ fn refusals_give_the_numbers() {
         (
             "more MRU than free",
             demand(vec![machine("vm", 2, 15)]),
-            "the deployment asks 15 GiB of MRU, 14 GiB is free",
+            "the deployment asks 15 GiB of MRU and the node needs 160 MiB more to run it; \
+             14 GiB is free",
         ),
         (
             "more cores than the node",
@@ -153,6 +156,52 @@ fn refusals_give_the_numbers() {
         let error = ledger.plan(1, &asked).expect_err(what);
         assert_eq!(error.to_string(), message, "{what}");
     }
+}
+
+#[test]
+fn a_machine_that_fits_only_without_its_qemu_is_refused_and_the_overhead_is_not_billed() {
+    let mut ledger = Ledger::new(node());
+    let free = ledger.free().mru;
+    assert_eq!(free, 14 * GIB);
+    let exactly = demand(vec![machine("vm", 1, 14)]);
+    let error = ledger.plan(1, &exactly).expect_err("QEMU needs room too");
+    assert!(
+        matches!(
+            error,
+            CapacityError::Memory {
+                overhead: Bytes(MACHINE_OVERHEAD),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    // Two containers and a machine that leave room for what runs them.
+    let mut workloads = vec![machine("vm", 1, 13)];
+    let image = format!("registry.local/i@sha256:{}", "0".repeat(64));
+    for (name, ip) in [("a", "10.1.1.6"), ("b", "10.1.1.7")] {
+        workloads.push(workload(
+            name,
+            "container",
+            json!({"image": image, "interface": {"network": "net", "ip": ip},
+                   "compute_capacity": {"cpu": 1, "memory": 256 << 20}, "size": 64 << 20,
+                   "mounts": [], "entrypoint": [], "env": {}}),
+        ));
+    }
+    let asked = demand(workloads);
+    assert_eq!(asked.overhead, MACHINE_OVERHEAD + 2 * CONTAINER_OVERHEAD);
+    let allocation = ledger.plan(2, &asked).expect("fits with its overhead");
+    assert_eq!(
+        allocation.resources().mru,
+        13 * GIB + (512 << 20),
+        "billed: what the tenant asked"
+    );
+    ledger.hold(2, allocation);
+    assert_eq!(
+        ledger.free().mru,
+        free - 13 * GIB - (512 << 20) - MACHINE_OVERHEAD - 2 * CONTAINER_OVERHEAD
+    );
+    // An update of the same contract counts what it already holds.
+    assert!(ledger.plan(2, &asked).is_ok());
 }
 
 #[test]

@@ -64,6 +64,9 @@ const SERIAL_BYTES: usize = 20;
 const TOOL_TIMEOUT: Duration = Duration::from_secs(600);
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 const MIB: u64 = 1 << 20;
+/// The cap on TCG's translation cache, in MiB (counted in
+/// `capacity::MACHINE_OVERHEAD`).
+const TCG_CACHE_MIB: u64 = 64;
 
 /// `m-` and 10 hex digits of the MD5 of (contract, workload): a machine's
 /// id, its directory's, its QEMU process's and its tap's name.
@@ -98,13 +101,6 @@ impl Accel {
             .open(dev_kvm)
             .is_ok();
         if usable { Accel::Kvm } else { Accel::Tcg }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
     }
 }
 
@@ -192,7 +188,14 @@ fn qemu_args(shape: &Shape<'_>) -> Vec<String> {
         "-name".into(),
         format!("{},process={}", shape.id, shape.id),
         "-machine".into(),
-        format!("q35,accel={}", shape.accel.as_str()),
+        "q35".into(),
+        // TCG's translation cache is capped: its memory is part of the
+        // overhead the ledger holds for each machine.
+        "-accel".into(),
+        match shape.accel {
+            Accel::Kvm => "kvm".into(),
+            Accel::Tcg => format!("tcg,tb-size={TCG_CACHE_MIB}"),
+        },
         "-cpu".into(),
         match shape.accel {
             Accel::Kvm => "host".into(),
@@ -933,7 +936,7 @@ mod tests {
         let text = args.join(" ");
         for part in [
             "-name m-0123456789,process=m-0123456789",
-            "-machine q35,accel=tcg -cpu max -smp 2 -m 512M",
+            "-machine q35 -accel tcg,tb-size=64 -cpu max -smp 2 -m 512M",
             "-kernel /k -initrd /i -append console=ttyS0",
             "virtio-blk-pci,drive=d0,serial=data ",
             "virtio-blk-pci,drive=d1,serial=a_very_long_zmount_n ",

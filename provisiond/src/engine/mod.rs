@@ -761,6 +761,7 @@ impl Engine {
             total: state.ledger.total(),
             reserved: state.ledger.reserved(),
             used: state.ledger.used(),
+            overhead: state.ledger.overhead(),
             free: state.ledger.free(),
             pools: state.ledger.pools(),
             wireguard_ports: ports.into_iter().collect(),
