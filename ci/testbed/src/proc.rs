@@ -210,9 +210,15 @@ pub fn kill_until_gone(
     mut find: impl FnMut() -> Vec<ProcId>,
 ) -> Result<(), ProcError> {
     let deadline = Instant::now() + timeout;
+    // A process killed once may leave `find`'s view (its namespaces go
+    // early in its exit) while it still tears down: it is waited for until
+    // it has exited.
+    let mut seen = BTreeSet::new();
     loop {
-        let alive: Vec<ProcId> = find()
-            .into_iter()
+        seen.extend(find());
+        let alive: Vec<ProcId> = seen
+            .iter()
+            .copied()
             .filter(|p| p.pid != std::process::id() && p.pid > 1 && p.is_alive())
             .collect();
         if alive.is_empty() {

@@ -75,32 +75,47 @@ pub fn start_with_registry(
     disk_mb: u64,
     extra: &str,
 ) -> Result<(Farm, crate::oci::OciRegistry), ProvisionError> {
+    start_nodes_with_registry(&[node_id], disk_mb, extra)
+}
+
+/// [`start_with_registry`] with a node for each of `node_ids`, each with
+/// one SSD of `disk_mb`; answers once every provisiond answers.
+pub fn start_nodes_with_registry(
+    node_ids: &[u32],
+    disk_mb: u64,
+    extra: &str,
+) -> Result<(Farm, crate::oci::OciRegistry), ProvisionError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(ProvisionError::NotRoot);
     }
     let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(disk_mb)]);
-    let farm = Farm::start(FarmSpec::with_nodes(vec![spec]).without_agents())?;
+    let farm = Farm::start(FarmSpec::with_nodes(vec![spec; node_ids.len()]).without_agents())?;
     let registry = crate::oci::OciRegistry::start(std::net::IpAddr::V4(farm.host_ip()))?;
-    let node = farm.node(0);
-    node.set_config(
-        Daemon::Provisiond,
-        &format!(
-            "node_id = {node_id}\nhttp_registries = [\"{}\"]\n{extra}",
-            registry.host()
-        ),
-    )?;
-    node.start_agent()?;
-    wait_provisiond(&farm)?;
+    for (node, node_id) in farm.nodes().iter().zip(node_ids) {
+        node.set_config(
+            Daemon::Provisiond,
+            &format!(
+                "node_id = {node_id}\nhttp_registries = [\"{}\"]\n{extra}",
+                registry.host()
+            ),
+        )?;
+        node.start_agent()?;
+    }
+    for node in farm.nodes() {
+        wait_node_provisiond(&farm, node)?;
+    }
     Ok((farm, registry))
 }
 
 /// Waits up to 90 s for the first node's provisiond to answer.
 pub fn wait_provisiond(farm: &Farm) -> Result<(), ProvisionError> {
+    wait_node_provisiond(farm, farm.node(0))
+}
+
+/// Waits up to 90 s for `node`'s provisiond to answer.
+pub fn wait_node_provisiond(farm: &Farm, node: &Node) -> Result<(), ProvisionError> {
     let within = Duration::from_secs(90);
-    if farm
-        .node(0)
-        .wait_answers(Daemon::Provisiond, "/v1/capacity", within)
-    {
+    if node.wait_answers(Daemon::Provisiond, "/v1/capacity", within) {
         Ok(())
     } else {
         Err(ProvisionError::NotReady {
@@ -316,4 +331,29 @@ pub fn check_volume_limited(node: &Node, path: &str, size: u64) -> Result<(), Pr
             out,
         })
     }
+}
+
+/// `(pid, name)` of the node's QEMU processes, which run under their
+/// machine's id: those in the node's own mount namespace (the farm's nodes
+/// share the host's process table).
+pub fn machines(node: &Node) -> Result<Vec<(String, String)>, ProvisionError> {
+    let script = r#"me=$(readlink /proc/self/ns/mnt)
+for d in /proc/[0-9]*; do
+  c=$(cat "$d/comm" 2>/dev/null)
+  case "$c" in m-*) [ "$(readlink "$d/ns/mnt")" = "$me" ] && echo "${d#/proc/} $c" ;; esac
+done"#;
+    Ok(run(node, &["sh", "-c", script])?
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(p, c)| (p.to_owned(), c.to_owned()))
+        .collect())
+}
+
+/// The pids of the node's QEMU processes running machine `id`.
+pub fn qemus(node: &Node, id: &str) -> Result<Vec<String>, ProvisionError> {
+    Ok(machines(node)?
+        .into_iter()
+        .filter(|(_, c)| c == id)
+        .map(|(p, _)| p)
+        .collect())
 }

@@ -12,7 +12,8 @@
 //! provisiond` leaves it running, and the restarted daemon adopts it (same
 //! QEMU, one QEMU); a cancel stops it and removes its tap, its root disk
 //! and its directory.
-//! A machine bigger than the node's memory is refused up front; one whose
+//! A machine bigger than the node's memory, or that fits only without the
+//! memory its QEMU needs, is refused up front; one whose
 //! flist is not an OCI image pinned by digest fails with that reason and
 //! its deployment is rolled back.
 
@@ -85,29 +86,12 @@ fn wait_state(
     last.expect("reached")
 }
 
-/// `(pid, name)` of the node's QEMU processes: named as machine ids, in
-/// the node's mount namespace (the farm's nodes share the host's process
-/// table).
 fn node_machines(node: &Node) -> Vec<(String, String)> {
-    let script = r#"me=$(readlink /proc/self/ns/mnt)
-for d in /proc/[0-9]*; do
-  c=$(cat "$d/comm" 2>/dev/null)
-  case "$c" in m-*) [ "$(readlink "$d/ns/mnt")" = "$me" ] && echo "${d#/proc/} $c" ;; esac
-done"#;
-    let (_, out) = run(node, &["sh", "-c", script]);
-    out.lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(p, c)| (p.to_owned(), c.to_owned()))
-        .collect()
+    provision::machines(node).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The pids of the node's QEMU processes running machine `id`.
 fn qemus(node: &Node, id: &str) -> Vec<String> {
-    node_machines(node)
-        .into_iter()
-        .filter(|(_, c)| c == id)
-        .map(|(p, _)| p)
-        .collect()
+    provision::qemus(node, id).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn zmachine(
@@ -148,6 +132,22 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         block_on(client(node).expect("runs").deployment(4)).is_err(),
         "a refused deployment left a record"
     );
+    // One that fits only without its QEMU is refused too: the node needs
+    // memory to run it beside what its guest gets.
+    let free = block_on(client(node).expect("runs").capacity())
+        .expect("capacity")
+        .free
+        .mru;
+    let exact = zmachine(
+        "vm",
+        &image.reference,
+        "10.212.1.5",
+        free / MIB * MIB,
+        json!([]),
+    );
+    let err = deploy(node, 4, vec![provision::network("net", 212, 3412), exact])
+        .expect_err("a machine that leaves QEMU no room is refused");
+    assert!(err.contains("more to run it"), "{err}");
     // A zos flist URL is no image this node can run: the machine fails with
     // that reason and its deployment is rolled back whole.
     let unpinned = zmachine(

@@ -139,14 +139,16 @@ impl ContainerDriver {
             return;
         };
         let running = state.as_deref() == Some("running");
-        let ooms = if running { 0 } else { self.oom_kills(id) };
+        // Each run has a cgroup of its own (a start deletes the stopped
+        // container first), so any OOM kill it counts is this run's.
+        let oom_killed = !running && self.oom_kills(id) > 0;
         let due = self.watch.observe(id, running, |life| {
-            life.last_exit = Some(if ooms > life.oom_kills {
+            life.last_exit = Some(if oom_killed {
+                life.oom_kills += 1;
                 "killed: out of memory".to_owned()
             } else {
                 format!("exited ({})", state.as_deref().unwrap_or("gone"))
             });
-            life.oom_kills = life.oom_kills.max(ooms);
         });
         if due {
             let started = self.start(id).await;
