@@ -5,10 +5,10 @@
 //! Shows: the deployment (network, volume, container) reaches `ok`; the
 //! container answers HTTP at its address from the tenant network; root in
 //! it is not root on the node (a user namespace onto the node's
-//! unprivileged range); it sees only its own processes; it writes to its
-//! volume; killed, it is started again and the volume keeps what it wrote;
-//! a cancel removes the container, its namespace, its root volume and its
-//! bundle.
+//! unprivileged range); it sees only its own processes and mounts; it
+//! writes to its volume; killed, it is started again and the volume keeps
+//! what it wrote; a cancel removes the container, its namespace, its root
+//! volume and its bundle.
 
 use std::time::Duration;
 
@@ -161,8 +161,11 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
     assert_eq!(result["data"]["live"]["state"], "running", "{result}");
     assert_eq!(result["data"]["live"]["restarts"], 0, "{result}");
     // Its output, with the environment it was given.
-    let logs = block_on(client(node).logs(CONTRACT, "app")).expect("logs");
-    assert!(logs.contains("hello from hi"), "{logs:?}");
+    let logs = || block_on(client(node).logs(CONTRACT, "app")).expect("logs");
+    let said = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        logs().contains("hello from hi")
+    });
+    assert!(said, "{:?}", logs());
     let none = block_on(client(node).logs(CONTRACT, "data")).expect_err("a volume has none");
     assert!(none.to_string().contains("has no output"), "{none}");
 
@@ -207,6 +210,29 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
         !ps.contains("agent") && !ps.contains("storaged") && ps.lines().count() <= 4,
         "the container sees other processes:\n{ps}"
     );
+
+    // Nor the node's mounts: its pools, caches and sockets are not in its
+    // mount namespace.
+    let mounts_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/mounts")).expect("the process runs")
+    };
+    let mounts = mounts_of(pid);
+    assert!(mounts.contains(" /data "), "{mounts}");
+    let node_mounts = mounts_of(node.agent_pid().expect("the node runs"));
+    for point in node_mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+    {
+        if point.starts_with("/mnt") || point.starts_with("/var/cache") || point.starts_with("/run")
+        {
+            assert!(
+                !mounts
+                    .lines()
+                    .any(|l| l.split_whitespace().nth(1) == Some(point)),
+                "the container sees the node's {point}:\n{mounts}"
+            );
+        }
+    }
 
     // It wrote to its volume.
     let storaged =
