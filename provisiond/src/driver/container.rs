@@ -56,6 +56,8 @@ pub const ID_RANGE: u32 = 65_536;
 /// The most a container's log keeps.
 pub const LOG_LIMIT: u64 = 1 << 20;
 const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// runc's state directory (its default for root), named on every call.
+const RUNC_ROOT: &str = "/run/runc";
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// `k-` and 10 hex digits of the MD5 of (contract, workload): a
@@ -180,6 +182,8 @@ impl ContainerDriver {
 
     async fn runc(&self, args: &[&str]) -> Result<std::process::Output, DriverError> {
         let run = tokio::process::Command::new(&self.config.runc)
+            .arg("--root")
+            .arg(RUNC_ROOT)
             .args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -195,6 +199,14 @@ impl ContainerDriver {
     /// runc's status of `id` (`running`, `stopped`, …), `None` when runc
     /// has no such container.
     async fn runc_state(&self, id: &str) -> Result<Option<String>, DriverError> {
+        // runc keeps a directory per container it knows: without one there
+        // is nothing to ask (the common case of a new container).
+        if !tokio::fs::try_exists(Path::new(RUNC_ROOT).join(id))
+            .await
+            .unwrap_or(true)
+        {
+            return Ok(None);
+        }
         let out = self.runc(&["state", id]).await?;
         if !out.status.success() {
             return Ok(None);
@@ -469,18 +481,30 @@ impl ContainerDriver {
             .pool
             .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
         let rootfs_volume = rootfs_name(target.contract, name);
-        let rootfs = self
-            .storaged
-            .ensure_volume(
-                &rootfs_volume,
-                &VolumeRequest {
-                    pool: pool.to_owned(),
-                    size: c.size,
-                    snapshot_of: Some(image.rootfs.clone()),
-                },
-            )
-            .await?;
-        let volumes = self.storaged.volumes().await?;
+        let network = netid(target.twin, c.interface.network.as_str());
+        let ip = c.interface.ip.0.to_string();
+        // The root filesystem and the network namespace do not depend on
+        // each other: storaged and netd make them at once.
+        let request = VolumeRequest {
+            pool: pool.to_owned(),
+            size: c.size,
+            snapshot_of: Some(image.rootfs.clone()),
+        };
+        let (rootfs, netns) = tokio::try_join!(
+            async {
+                Ok::<_, DriverError>(
+                    self.storaged
+                        .ensure_volume(&rootfs_volume, &request)
+                        .await?,
+                )
+            },
+            self.attach(&network, &id, &ip),
+        )?;
+        let volumes = if c.mounts.is_empty() {
+            Vec::new()
+        } else {
+            self.storaged.volumes().await?
+        };
         let mut binds = Vec::new();
         for mount in &c.mounts {
             let wanted = disk_name(target.contract, mount.name.as_str());
@@ -490,9 +514,6 @@ impl ContainerDriver {
             self.hand_over(&volume.path)?;
             binds.push((volume.path.clone(), mount.mountpoint.clone()));
         }
-        let network = netid(target.twin, c.interface.network.as_str());
-        let ip = c.interface.ip.0.to_string();
-        let netns = self.attach(&network, &id, &ip).await?;
         let spec = self.spec(&id, c, &image, &rootfs.path, &netns, &binds)?;
         let text = serde_json::to_vec_pretty(&spec)
             .map_err(|e| DriverError::Refused(format!("the spec of {id}: {e}")))?;

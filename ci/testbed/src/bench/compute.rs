@@ -13,7 +13,9 @@
 //!    sparse copy of the root disk and an address of its own, to the same
 //!    ping, while provisiond's machine idles beside it.
 //!
-//! The first run of each warms the image cache and is not counted. Limits:
+//! The first run of each warms the image cache and is not counted; a
+//! container that stays through the container runs keeps its image there.
+//! Limits:
 //! the API side includes the HTTP exchanges over the socket and the
 //! polling; the machine's floor makes its tap before the clock starts,
 //! where provisiond's time includes netd making it.
@@ -130,8 +132,9 @@ fn reach(netns: &str, ip: &str) -> String {
     )
 }
 
-/// Runs both parts and prints the report.
+/// Runs every part and prints the report.
 pub fn run(runs: usize) -> Result<(), BenchError> {
+    super::pull::run(runs)?;
     let (farm, registry) =
         provision::start_with_registry(NODE_ID, 8192, "accel = \"tcg\"\nmachine_stop_grace = 3\n")
             .map_err(|e| api_error("the farm", e))?;
@@ -170,17 +173,33 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
     )?;
     let tenant_ns = format!("n-{}", provisiond::driver::netid(TWIN, "net"));
 
-    // Containers.
+    // Containers. A container that stays keeps the image in the cache
+    // (an image no workload uses is collected).
+    let container = |name: &str, ip: &str| {
+        json!({"version": 0, "name": name, "type": "container",
+            "metadata": "", "description": "", "data": {
+                "image": container_image.reference,
+                "interface": {"network": "net", "ip": ip},
+                "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
+                "size": 64 * MIB, "mounts": [], "entrypoint": [], "env": {}}})
+    };
+    deploy(
+        &rt,
+        &client,
+        99,
+        vec![container("holder", "10.214.1.4")],
+        DeploymentState::Ok,
+    )?;
     let (mut api, mut floor) = (Vec::new(), Vec::new());
     for run in 0..=runs {
         let contract = 100 + run as u64;
-        let container = json!({"version": 0, "name": "app", "type": "container",
-            "metadata": "", "description": "", "data": {
-                "image": container_image.reference,
-                "interface": {"network": "net", "ip": "10.214.1.5"},
-                "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
-                "size": 64 * MIB, "mounts": [], "entrypoint": [], "env": {}}});
-        let took = deploy(&rt, &client, contract, vec![container], DeploymentState::Ok)?;
+        let took = deploy(
+            &rt,
+            &client,
+            contract,
+            vec![container("app", "10.214.1.5")],
+            DeploymentState::Ok,
+        )?;
         let id = provisiond::driver::container::container_id(contract, "app");
         let floor_id = format!("f-{run}");
         let script = format!(
@@ -196,6 +215,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
             floor.push(direct);
         }
     }
+    idle_containers(&rt, &client, &container)?;
     report(
         "container, image cached: API call to the process running",
         "runc run --detach of the same bundle",
@@ -296,6 +316,9 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
             args = args.join(" "),
         );
         let direct = timed(node, &script)?;
+        if run == runs {
+            idle_machine(node, &id, 256 * MIB)?;
+        }
         remove(&rt, &client, contract)?;
         if run > 0 {
             api.push(took);
@@ -308,6 +331,117 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
         &mut api,
         &mut floor,
         MACHINE_RATIO_TARGET,
+    );
+    Ok(())
+}
+
+/// Bytes of memory in use on the host (the nodes share its kernel):
+/// `MemTotal - MemAvailable`, after the page cache is dropped so that
+/// only what is held counts.
+fn memory_in_use() -> Result<u64, BenchError> {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(BenchError::Spawn)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string("/proc/meminfo").map_err(BenchError::Spawn)?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .trim()
+                    .strip_suffix(" kB")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+            * 1024
+    };
+    Ok(field("MemTotal:").saturating_sub(field("MemAvailable:")))
+}
+
+/// The memory container `id`'s cgroup charges to it.
+fn cgroup_memory(id: &str) -> u64 {
+    std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/grove/{id}/memory.usage_in_bytes"
+    ))
+    .ok()
+    .and_then(|t| t.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+const IDLE_CONTAINERS: u64 = 10;
+
+/// The memory the node spends per idle container beyond the container's
+/// own: the host's memory in use grows by `IDLE_CONTAINERS` of them, less
+/// what their cgroups charge to them.
+fn idle_containers(
+    rt: &tokio::runtime::Runtime,
+    client: &ProvisiondClient,
+    container: &dyn Fn(&str, &str) -> serde_json::Value,
+) -> Result<(), BenchError> {
+    let contract = 300;
+    let workloads: Vec<serde_json::Value> = (0..IDLE_CONTAINERS)
+        .map(|i| container(&format!("idle{i}"), &format!("10.214.1.{}", 30 + i)))
+        .collect();
+    let before = memory_in_use()?;
+    deploy(rt, client, contract, workloads, DeploymentState::Ok)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = memory_in_use()?;
+    let own: u64 = (0..IDLE_CONTAINERS)
+        .map(|i| {
+            cgroup_memory(&provisiond::driver::container::container_id(
+                contract,
+                &format!("idle{i}"),
+            ))
+        })
+        .sum();
+    remove(rt, client, contract)?;
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "compute: {IDLE_CONTAINERS} idle containers: the host's memory in use grew {:.1} MiB, \
+         their cgroups hold {:.1} MiB: {:.2} MiB per container beyond its own \
+         (the ledger holds {:.0} MiB)",
+        grown as f64 / MIB as f64,
+        own as f64 / MIB as f64,
+        grown.saturating_sub(own) as f64 / MIB as f64 / IDLE_CONTAINERS as f64,
+        provisiond::capacity::CONTAINER_OVERHEAD as f64 / MIB as f64,
+    );
+    Ok(())
+}
+
+/// The memory machine `id`'s QEMU holds beyond its guest's: the resident
+/// pages of every mapping but the guest's memory (the one mapping of
+/// `guest` bytes).
+fn idle_machine(node: &Node, id: &str, guest: u64) -> Result<(), BenchError> {
+    std::thread::sleep(Duration::from_secs(5));
+    let pids = provision::qemus(node, id).map_err(|e| api_error("the machine's QEMU", e))?;
+    let pid = pids
+        .first()
+        .ok_or_else(|| api_error("the machine's QEMU", "not running"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(BenchError::Spawn)?;
+    let (mut size, mut guest_rss, mut other_rss) = (0u64, 0u64, 0u64);
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((from, to)) = range.split_once('-')
+            && let (Ok(from), Ok(to)) = (u64::from_str_radix(from, 16), u64::from_str_radix(to, 16))
+        {
+            size = to - from;
+        } else if let Some(kb) = line
+            .strip_prefix("Rss:")
+            .and_then(|r| r.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok())
+        {
+            if size == guest {
+                guest_rss += kb * 1024;
+            } else {
+                other_rss += kb * 1024;
+            }
+        }
+    }
+    eprintln!(
+        "compute: an idle machine of {:.0} MiB (TCG): its guest has {:.1} MiB resident, \
+         QEMU {:.1} MiB more (the ledger holds {:.0} MiB)",
+        guest as f64 / MIB as f64,
+        guest_rss as f64 / MIB as f64,
+        other_rss as f64 / MIB as f64,
+        provisiond::capacity::MACHINE_OVERHEAD as f64 / MIB as f64,
     );
     Ok(())
 }

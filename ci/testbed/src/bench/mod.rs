@@ -10,6 +10,8 @@ pub mod image;
 pub mod mesh;
 #[cfg(feature = "provision")]
 pub mod provision;
+#[cfg(feature = "provision")]
+pub mod pull;
 pub mod stats;
 pub mod storage;
 pub mod tenant;
