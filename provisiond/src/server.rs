@@ -135,7 +135,8 @@ async fn logs(
     State(engine): State<Engine>,
     Path((contract, name)): Path<(u64, String)>,
 ) -> Result<String, EngineError> {
-    engine.logs(contract, &name, LOG_ANSWER_LIMIT)
+    // The log is a file of up to a MiB: read off the runtime's threads.
+    tokio::task::spawn_blocking(move || engine.logs(contract, &name, LOG_ANSWER_LIMIT)).await?
 }
 
 async fn changes(

@@ -90,6 +90,33 @@ pub struct ContainerConfig {
     pub uid_base: u32,
 }
 
+/// Gives a volume's top directory to the containers' root (`base`), once:
+/// a new volume is root's of the node, which root in a container is not.
+fn hand_over(path: &Path, base: u32) -> Result<(), DriverError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| DriverError::Refused(format!("volume {}: {e}", path.display())))?;
+    if meta.uid() == 0 {
+        std::os::unix::fs::chown(path, Some(base), Some(base))
+            .map_err(|e| DriverError::Refused(format!("volume {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The OOM kills container `id`'s memory cgroup counted.
+fn oom_kills(id: &str) -> u64 {
+    let path = Path::new("/sys/fs/cgroup/memory/grove")
+        .join(id)
+        .join("memory.oom_control");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// `container` → runc.
 #[derive(Debug, Clone)]
 pub struct ContainerDriver {
@@ -143,7 +170,13 @@ impl ContainerDriver {
         let running = state.as_deref() == Some("running");
         // Each run has a cgroup of its own (a start deletes the stopped
         // container first), so any OOM kill it counts is this run's.
-        let oom_killed = !running && self.oom_kills(id) > 0;
+        let oom_killed = !running && {
+            let cgroup = id.to_owned();
+            super::blocking(move || Ok(oom_kills(&cgroup)))
+                .await
+                .unwrap_or(0)
+                > 0
+        };
         let due = self.watch.observe(id, running, |life| {
             life.last_exit = Some(if oom_killed {
                 life.oom_kills += 1;
@@ -163,21 +196,6 @@ impl ContainerDriver {
 
     fn bundle(&self, id: &str) -> PathBuf {
         self.config.dir.join(id)
-    }
-
-    /// The OOM kills the container's memory cgroup counted.
-    fn oom_kills(&self, id: &str) -> u64 {
-        let path = Path::new("/sys/fs/cgroup/memory/grove")
-            .join(id)
-            .join("memory.oom_control");
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill "))
-                    .and_then(|n| n.trim().parse().ok())
-            })
-            .unwrap_or(0)
     }
 
     async fn runc(&self, args: &[&str]) -> Result<std::process::Output, DriverError> {
@@ -228,15 +246,20 @@ impl ContainerDriver {
         }
         let bundle = self.bundle(id);
         let log_path = bundle.join("log");
-        super::trim_log(&log_path, LOG_LIMIT);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| DriverError::Refused(format!("the log of {id}: {e}")))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| DriverError::Refused(format!("the log of {id}: {e}")))?;
+        let (path, owned) = (log_path.clone(), id.to_owned());
+        let (log, err) = super::blocking(move || {
+            super::trim_log(&path, LOG_LIMIT);
+            let failed =
+                |e: std::io::Error| DriverError::Refused(format!("the log of {owned}: {e}"));
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(failed)?;
+            let err = log.try_clone().map_err(failed)?;
+            Ok((log, err))
+        })
+        .await?;
         let bundle_text = bundle.display().to_string();
         let pid_file = bundle.join("pid").display().to_string();
         let run = tokio::process::Command::new(&self.config.runc)
@@ -261,7 +284,9 @@ impl ContainerDriver {
             })?
             .map_err(|e| DriverError::Refused(format!("cannot run runc: {e}")))?;
         if !status.success() {
-            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail = tokio::fs::read_to_string(&log_path)
+                .await
+                .unwrap_or_default();
             let last = tail.lines().last().unwrap_or("no output").to_owned();
             return Err(DriverError::Refused(format!(
                 "runc could not start container {id}: {last}"
@@ -448,19 +473,6 @@ impl ContainerDriver {
         Ok(spec)
     }
 
-    /// Gives a volume's top directory to the containers' root, once: a
-    /// new volume is root's of the node, which root in a container is not.
-    fn hand_over(&self, path: &Path) -> Result<(), DriverError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| DriverError::Refused(format!("volume {}: {e}", path.display())))?;
-        if meta.uid() == 0 {
-            let base = Some(self.config.uid_base);
-            std::os::unix::fs::chown(path, base, base)
-                .map_err(|e| DriverError::Refused(format!("volume {}: {e}", path.display())))?;
-        }
-        Ok(())
-    }
-
     async fn make(&self, target: Target<'_>) -> Result<serde_json::Value, DriverError> {
         let name = target.workload.name.as_str();
         let crate::deployment::workload::WorkloadData::Container(c) = &target.workload.data else {
@@ -511,7 +523,8 @@ impl ContainerDriver {
             let volume = volumes.iter().find(|v| v.name == wanted).ok_or_else(|| {
                 DriverError::Unavailable(format!("volume {wanted} is not made yet"))
             })?;
-            self.hand_over(&volume.path)?;
+            let (path, base) = (volume.path.clone(), self.config.uid_base);
+            super::blocking(move || hand_over(&path, base)).await?;
             binds.push((volume.path.clone(), mount.mountpoint.clone()));
         }
         let spec = self.spec(&id, c, &image, &rootfs.path, &netns, &binds)?;
@@ -525,7 +538,9 @@ impl ContainerDriver {
         .map_err(|e| DriverError::Refused(format!("container {id}: {e}")))?;
         let bundle = self.bundle(&id);
         let config_path = bundle.join("config.json");
-        let unchanged = std::fs::read(&config_path).is_ok_and(|old| old == text);
+        let unchanged = tokio::fs::read(&config_path)
+            .await
+            .is_ok_and(|old| old == text);
         if !unchanged {
             // A new spec (an update): the running container stops first.
             self.stop(&id).await?;
@@ -576,7 +591,8 @@ impl ContainerDriver {
         self.watch.forget(id);
         self.stop(id).await?;
         let bundle = self.bundle(id);
-        if let Some(meta) = Meta::read(&bundle) {
+        let at = bundle.clone();
+        if let Some(meta) = super::blocking(move || Ok(Meta::read(&at))).await? {
             super::detach(&self.netd, &meta.netid, id).await?;
             self.storaged.delete_volume(&meta.rootfs).await?;
         }
@@ -628,7 +644,8 @@ impl Driver for ContainerDriver {
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let mut ids = super::listed(&self.config.dir, is_container_id)?;
+            let dir = self.config.dir.clone();
+            let mut ids = super::blocking(move || super::listed(&dir, is_container_id)).await?;
             let listed = self.runc(&["list", "--quiet"]).await?;
             ids.extend(
                 String::from_utf8_lossy(&listed.stdout)

@@ -376,11 +376,18 @@ fn machines_running() -> Vec<(i32, String)> {
         .collect()
 }
 
-/// The process running machine `id`.
-fn pid_of(id: &str) -> Option<i32> {
-    machines_running()
-        .into_iter()
-        .find_map(|(pid, name)| (name == id).then_some(pid))
+/// The process running machine `id` (a scan of `/proc`, off the
+/// runtime's threads).
+async fn pid_of(id: &str) -> Option<i32> {
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        machines_running()
+            .into_iter()
+            .find_map(|(pid, name)| (name == id).then_some(pid))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// The next answer on a QMP connection: its `return`, or its `error` as
@@ -436,6 +443,17 @@ async fn qmp(socket: &Path, command: &str) -> Result<serde_json::Value, String> 
     tokio::time::timeout(QMP_TIMEOUT, talk)
         .await
         .map_err(|_elapsed| format!("QMP {command}: no answer in {QMP_TIMEOUT:?}"))?
+}
+
+/// Writes `bytes` to `path` atomically, for machine `id`, off the
+/// runtime's threads.
+async fn write(path: PathBuf, bytes: Vec<u8>, id: &str) -> Result<(), DriverError> {
+    let id = id.to_owned();
+    super::blocking(move || {
+        grove_daemon::fsutil::write_atomic(&path, &bytes, 0o600)
+            .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))
+    })
+    .await
 }
 
 /// Whether the root disk of machine `id` (directory `dir`) was filled from
@@ -497,7 +515,7 @@ impl MachineDriver {
             for id in self.watch.ids() {
                 let log = self.dir(&id).join("console.log");
                 let _ = tokio::task::spawn_blocking(move || super::trim_log(&log, LOG_LIMIT)).await;
-                let running = pid_of(&id).is_some();
+                let running = pid_of(&id).await.is_some();
                 if self.watch.observe(&id, running, |life| {
                     life.last_exit = Some("the machine stopped".into());
                 }) {
@@ -513,15 +531,19 @@ impl MachineDriver {
 
     /// Starts machine `id` from its launch unless it runs.
     async fn start(&self, id: &str) -> Result<(), DriverError> {
-        if pid_of(id).is_some() {
+        if pid_of(id).await.is_some() {
             return Ok(());
         }
         let dir = self.dir(id);
-        let launch: Launch = std::fs::read(dir.join("launch.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| DriverError::Refused(format!("machine {id} has no launch")))?;
-        let _ = std::fs::remove_file(dir.join("qmp.sock"));
+        let owned = id.to_owned();
+        let launch: Launch = super::blocking(move || {
+            let _ = std::fs::remove_file(dir.join("qmp.sock"));
+            std::fs::read(dir.join("launch.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| DriverError::Refused(format!("machine {owned} has no launch")))
+        })
+        .await?;
         let mut args = vec![
             format!("--net={}", launch.netns.display()),
             "--".into(),
@@ -540,19 +562,19 @@ impl MachineDriver {
 
     /// Stops machine `id`: power-down, `quit` after the grace, SIGKILL.
     async fn stop(&self, id: &str) -> Result<(), DriverError> {
-        let Some(pid) = pid_of(id) else {
+        let Some(pid) = pid_of(id).await else {
             return Ok(());
         };
         let socket = self.dir(id).join("qmp.sock");
         let gone = async |limit: Duration| {
             let deadline = Instant::now() + limit;
             while Instant::now() < deadline {
-                if pid_of(id).is_none() {
+                if pid_of(id).await.is_none() {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            pid_of(id).is_none()
+            pid_of(id).await.is_none()
         };
         if let Err(e) = qmp(&socket, "system_powerdown").await {
             tracing::warn!(machine = id, error = %e, "no power-down");
@@ -577,8 +599,9 @@ impl MachineDriver {
         }
     }
 
-    fn filled(&self, id: &str, digest: &str) -> Result<bool, DriverError> {
-        filled(&self.dir(id), id, digest)
+    async fn filled(&self, id: &str, digest: &str) -> Result<bool, DriverError> {
+        let (dir, id, digest) = (self.dir(id), id.to_owned(), digest.to_owned());
+        super::blocking(move || filled(&dir, &id, &digest)).await
     }
 
     /// Fills the root disk at `root` from the image once: a marker names
@@ -591,7 +614,7 @@ impl MachineDriver {
         rootfs: &Path,
         root: &Path,
     ) -> Result<(), DriverError> {
-        if self.filled(id, digest)? {
+        if self.filled(id, digest).await? {
             return Ok(());
         }
         let marker = self.dir(id).join("root.filled");
@@ -626,8 +649,7 @@ impl MachineDriver {
                 tool(Path::new("qemu-img"), &args).await?;
             }
         }
-        grove_daemon::fsutil::write_atomic(&marker, digest.as_bytes(), 0o600)
-            .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))
+        write(marker, digest.as_bytes().to_vec(), id).await
     }
 
     /// The seed disk `seed.img` of machine `id` with `files`.
@@ -635,7 +657,12 @@ impl MachineDriver {
         let dir = self.dir(id);
         let seed = dir.join("seed.img");
         let staging = dir.join("seed.tmp");
-        let _ = std::fs::remove_file(&staging);
+        let leftover = staging.clone();
+        super::blocking(move || {
+            let _ = std::fs::remove_file(leftover);
+            Ok(())
+        })
+        .await?;
         tool(
             Path::new("mkfs.vfat"),
             &[
@@ -649,8 +676,7 @@ impl MachineDriver {
         .await?;
         for (name, text) in files {
             let file = dir.join(name);
-            grove_daemon::fsutil::write_atomic(&file, text.as_bytes(), 0o600)
-                .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
+            write(file.clone(), text.as_bytes().to_vec(), id).await?;
             tool(
                 Path::new("mcopy"),
                 &[
@@ -662,8 +688,12 @@ impl MachineDriver {
             )
             .await?;
         }
-        std::fs::rename(&staging, &seed)
-            .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
+        let (from, to, owned) = (staging, seed.clone(), id.to_owned());
+        super::blocking(move || {
+            std::fs::rename(from, to)
+                .map_err(|e| DriverError::Refused(format!("machine {owned}: {e}")))
+        })
+        .await?;
         Ok(seed)
     }
 
@@ -676,18 +706,23 @@ impl MachineDriver {
         };
         let id = machine_id(target.contract, name);
         let dir = self.dir(&id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| DriverError::Refused(format!("{}: {e}", dir.display())))?;
+        let made = dir.clone();
+        super::blocking(move || {
+            std::fs::create_dir_all(&made)
+                .map_err(|e| DriverError::Refused(format!("{}: {e}", made.display())))
+        })
+        .await?;
         let image_ref = m
             .image_ref()
             .map_err(|i| DriverError::Refused(format!("{}: {}", i.field, i.problem)))?;
-        self.filled(&id, &image_ref.digest.to_string())?;
+        self.filled(&id, &image_ref.digest.to_string()).await?;
         let image = self
             .images
             .ensure(&image_ref)
             .await
             .map_err(|e| DriverError::Refused(e.to_string()))?;
-        let layout = layout(&image.rootfs).map_err(DriverError::Refused)?;
+        let rootfs = image.rootfs.clone();
+        let layout = super::blocking(move || layout(&rootfs).map_err(DriverError::Refused)).await?;
         let pool = target
             .pool
             .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
@@ -723,8 +758,7 @@ impl MachineDriver {
             image: Some(image_ref.digest.to_string()),
         })
         .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
-        grove_daemon::fsutil::write_atomic(&dir.join("meta.json"), &meta, 0o600)
-            .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
+        write(dir.join("meta.json"), meta, &id).await?;
         let vdisks = self.storaged.vdisks().await?;
         let mut disks = Vec::new();
         for mount in &m.mounts {
@@ -774,11 +808,14 @@ impl MachineDriver {
         let text = serde_json::to_vec_pretty(&launch)
             .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
         let path = dir.join("launch.json");
-        if !std::fs::read(&path).is_ok_and(|old| old == text) {
+        let (old_path, new_text) = (path.clone(), text.clone());
+        let unchanged =
+            super::blocking(move || Ok(std::fs::read(old_path).is_ok_and(|old| old == new_text)))
+                .await?;
+        if !unchanged {
             // A new launch (an update): the running machine stops first.
             self.stop(&id).await?;
-            grove_daemon::fsutil::write_atomic(&path, &text, 0o600)
-                .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
+            write(path, text, &id).await?;
         }
         self.start(&id).await?;
         self.watch.track(&id);
@@ -796,7 +833,8 @@ impl MachineDriver {
         self.watch.forget(id);
         self.stop(id).await?;
         let dir = self.dir(id);
-        if let Some(meta) = Meta::read(&dir) {
+        let at = dir.clone();
+        if let Some(meta) = super::blocking(move || Ok(Meta::read(&at))).await? {
             super::detach(&self.netd, &meta.netid, id).await?;
             self.storaged.delete_vdisk(&meta.rootfs).await?;
         }
@@ -844,11 +882,15 @@ impl Driver for MachineDriver {
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let mut ids = super::listed(&self.config.dir, is_machine_id)?;
-            ids.extend(machines_running().into_iter().map(|(_, id)| id));
-            ids.sort();
-            ids.dedup();
-            Ok(ids)
+            let dir = self.config.dir.clone();
+            super::blocking(move || {
+                let mut ids = super::listed(&dir, is_machine_id)?;
+                ids.extend(machines_running().into_iter().map(|(_, id)| id));
+                ids.sort();
+                ids.dedup();
+                Ok(ids)
+            })
+            .await
         })
     }
 }

@@ -158,6 +158,18 @@ impl Drivers {
     }
 }
 
+/// Runs blocking work `f` (files, `/proc`, sysfs) on the blocking pool,
+/// off the runtime's two threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, DriverError>
+where
+    F: FnOnce() -> Result<T, DriverError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DriverError::Unavailable(format!("a blocking task ended: {e}")))?
+}
+
 /// netd's attachment `name` of `kind` on network `netid` at `ip`: made, or
 /// found made at that address (one at another address is made again).
 pub(crate) async fn attach(
