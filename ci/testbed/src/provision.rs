@@ -357,3 +357,80 @@ pub fn qemus(node: &Node, id: &str) -> Result<Vec<String>, ProvisionError> {
         .map(|(p, _)| p)
         .collect())
 }
+
+/// Twin `twin`'s first deployment of `workloads` on `contract`, signed and
+/// sent to `node` (node `node_id`) with the facts the chain would give.
+pub fn deploy(
+    node: &Node,
+    node_id: u32,
+    twin: u32,
+    contract: u64,
+    workloads: Vec<Value>,
+) -> Result<(), ProvisionError> {
+    let wire = signed(twin, contract, workloads)?;
+    block_on(client(node)?.deploy(&submission(node_id, twin, &wire)?))?;
+    Ok(())
+}
+
+/// A change a crash test interrupts.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// [`deploy`] of these workloads by twin `twin` to node `node_id`.
+    Deploy {
+        node_id: u32,
+        twin: u32,
+        workloads: Vec<Value>,
+    },
+    /// The contract's cancellation.
+    Remove,
+}
+
+/// One step of a crash test: `change` of `contract` starts, provisiond is
+/// killed (`kill -9`) `delay` later and started again by the agent, and
+/// the contract must then reach `state` within `within`.
+pub fn kill_during(
+    node: &Node,
+    contract: u64,
+    change: Change,
+    delay: Duration,
+    (state, within): (DeploymentState, Duration),
+) -> Result<DeploymentView, ProvisionError> {
+    match change {
+        Change::Deploy {
+            node_id,
+            twin,
+            workloads,
+        } => deploy(node, node_id, twin, contract, workloads)?,
+        Change::Remove => {
+            block_on(client(node)?.remove(contract))?;
+        }
+    }
+    std::thread::sleep(delay);
+    node.restart_daemon(Daemon::Provisiond, Duration::from_secs(60))?;
+    wait_state(node, contract, state, within)
+}
+
+/// The sorted names in `names` that `keep` keeps.
+pub fn sorted(names: impl IntoIterator<Item = String>, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out: Vec<String> = names.into_iter().filter(|n| keep(n)).collect();
+    out.sort();
+    out
+}
+
+/// The sorted names of the node's root filesystems and disks (storaged's
+/// volumes, or vdisks when `vdisks`, named `r<contract>-<workload>`).
+pub fn roots(node: &Node, vdisks: bool) -> Result<Vec<String>, ProvisionError> {
+    let storaged = storaged::client::StoragedClient::new(node.socket(Daemon::Storaged)?);
+    let names: Vec<String> = if vdisks {
+        block_on(storaged.vdisks())?
+            .into_iter()
+            .map(|v| v.name)
+            .collect()
+    } else {
+        block_on(storaged.volumes())?
+            .into_iter()
+            .map(|v| v.name)
+            .collect()
+    };
+    Ok(sorted(names, |n| n.starts_with('r')))
+}

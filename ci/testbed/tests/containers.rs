@@ -307,32 +307,31 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
 /// workload namespaces, and the root volumes.
 fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (_, listed) = run(node, &["runc", "list", "-q"]);
-    let mut containers: Vec<String> = listed.lines().map(str::to_owned).collect();
-    containers.sort();
+    let containers = provision::sorted(listed.lines().map(str::to_owned), |_| true);
     let (_, netns) = run(node, &["ip", "netns", "list"]);
-    let mut namespaces: Vec<String> = netns
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("c-"))
-        .map(str::to_owned)
-        .collect();
-    namespaces.sort();
-    let storaged =
-        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
-    let mut roots: Vec<String> = block_on(storaged.volumes())
-        .expect("volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .filter(|n| n.starts_with('r'))
-        .collect();
-    roots.sort();
+    let namespaces = provision::sorted(
+        netns
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned),
+        |n| n.starts_with("c-"),
+    );
+    let roots = provision::roots(node, false).unwrap_or_else(|e| panic!("{e}"));
     (containers, namespaces, roots)
 }
 
-fn kill_provisiond(farm: &Farm) {
-    farm.node(0)
-        .restart_daemon(Daemon::Provisiond, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(60)));
+/// Kills provisiond `delay` into `change` of `contract`; waits for the
+/// contract to be `state`.
+fn kill_during(
+    farm: &Farm,
+    contract: u64,
+    change: provision::Change,
+    delay: Duration,
+    state: DeploymentState,
+) {
+    let within = Duration::from_secs(120);
+    provision::kill_during(farm.node(0), contract, change, delay, (state, within))
+        .unwrap_or_else(|e| panic!("contract {contract}: {e}\n{}", farm.logs(60)));
 }
 
 #[test]
@@ -365,17 +364,13 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
                 "interface": {"network": "net", "ip": format!("10.211.1.{}", 10 + i)},
                 "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
                 "size": 64 * MIB}});
-        block_on(client(node).deploy(&submission(*contract, vec![container]))).expect("admitted");
-        std::thread::sleep(Duration::from_millis(
-            250 * u64::try_from(i).expect("small"),
-        ));
-        kill_provisiond(&farm);
-        wait_state(
-            &farm,
-            *contract,
-            DeploymentState::Ok,
-            Duration::from_secs(120),
-        );
+        let delay = Duration::from_millis(250 * u64::try_from(i).expect("small"));
+        let change = provision::Change::Deploy {
+            node_id: NODE_ID,
+            twin: TWIN,
+            workloads: vec![container],
+        };
+        kill_during(&farm, *contract, change, delay, DeploymentState::Ok);
         let id = container_id(*contract, "app");
         want.0.push(id.clone());
         want.1.push(format!("c-{id}"));
@@ -389,7 +384,9 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
     // A restarted provisiond adopts the running containers: no restart.
     let pids: Vec<Option<u32>> = want.0.iter().map(|id| init_pid(node, id)).collect();
     assert!(pids.iter().all(Option::is_some), "{pids:?}");
-    kill_provisiond(&farm);
+    farm.node(0)
+        .restart_daemon(Daemon::Provisiond, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(60)));
     for contract in &contracts {
         wait_state(
             &farm,
@@ -403,16 +400,13 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
 
     // provisiond killed during each removal.
     for (i, contract) in contracts.iter().enumerate() {
-        block_on(client(node).remove(*contract)).expect("removal admitted");
-        std::thread::sleep(Duration::from_millis(
-            200 * u64::try_from(i).expect("small"),
-        ));
-        kill_provisiond(&farm);
-        wait_state(
+        let delay = Duration::from_millis(200 * u64::try_from(i).expect("small"));
+        kill_during(
             &farm,
             *contract,
+            provision::Change::Remove,
+            delay,
             DeploymentState::Deleted,
-            Duration::from_secs(60),
         );
     }
     assert_eq!(holdings(node), (vec![], vec![], vec![]), "nothing left");

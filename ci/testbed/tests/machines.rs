@@ -361,33 +361,32 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
 /// What machines hold on the node: QEMU processes by name, taps on the
 /// tenant network, root vdisks.
 fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let mut qemus: Vec<String> = node_machines(node).into_iter().map(|(_, c)| c).collect();
-    qemus.sort();
+    let qemus = provision::sorted(node_machines(node).into_iter().map(|(_, c)| c), |_| true);
     let tenant_ns = format!("n-{}", netid(TWIN, "net"));
     let (_, links) = run(node, &["ip", "-n", &tenant_ns, "-o", "link"]);
-    let mut taps: Vec<String> = links
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .filter(|n| n.starts_with("t-"))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .collect();
-    taps.sort();
-    let storaged =
-        storaged::client::StoragedClient::new(node.socket(Daemon::Storaged).expect("runs"));
-    let mut roots: Vec<String> = block_on(storaged.vdisks())
-        .expect("vdisks")
-        .into_iter()
-        .map(|v| v.name)
-        .filter(|n| n.starts_with('r'))
-        .collect();
-    roots.sort();
+    let taps = provision::sorted(
+        links
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned()),
+        |n| n.starts_with("t-"),
+    );
+    let roots = provision::roots(node, true).unwrap_or_else(|e| panic!("{e}"));
     (qemus, taps, roots)
 }
 
-fn kill_provisiond(farm: &Farm) {
-    farm.node(0)
-        .restart_daemon(Daemon::Provisiond, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(60)));
+/// Kills provisiond `delay` into `change` of `contract`; waits for the
+/// contract to be `state`.
+fn kill_during(
+    farm: &Farm,
+    contract: u64,
+    change: provision::Change,
+    delay: Duration,
+    state: DeploymentState,
+) {
+    let within = Duration::from_secs(180);
+    provision::kill_during(farm.node(0), contract, change, delay, (state, within))
+        .unwrap_or_else(|e| panic!("contract {contract}: {e}\n{}", farm.logs(60)));
 }
 
 #[test]
@@ -414,17 +413,13 @@ fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_onc
     for (i, contract) in contracts.iter().enumerate() {
         let ip = format!("10.213.1.{}", 10 + i);
         let vm = zmachine("vm", &image.reference, &ip, 256 * MIB, json!([]));
-        deploy(node, *contract, vec![vm]).unwrap_or_else(|e| panic!("admitted: {e}"));
-        std::thread::sleep(Duration::from_millis(
-            500 * u64::try_from(i).expect("small"),
-        ));
-        kill_provisiond(&farm);
-        wait_state(
-            &farm,
-            *contract,
-            DeploymentState::Ok,
-            Duration::from_secs(180),
-        );
+        let delay = Duration::from_millis(500 * u64::try_from(i).expect("small"));
+        let change = provision::Change::Deploy {
+            node_id: NODE_ID,
+            twin: TWIN,
+            workloads: vec![vm],
+        };
+        kill_during(&farm, *contract, change, delay, DeploymentState::Ok);
         let id = machine_id(*contract, "vm");
         want.0.push(id.clone());
         want.1.push(format!("t-{id}"));
@@ -449,16 +444,13 @@ fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_onc
 
     // provisiond killed during each removal.
     for (i, contract) in contracts.iter().enumerate() {
-        block_on(client(node).expect("runs").remove(*contract)).expect("removal admitted");
-        std::thread::sleep(Duration::from_millis(
-            400 * u64::try_from(i).expect("small"),
-        ));
-        kill_provisiond(&farm);
-        wait_state(
+        let delay = Duration::from_millis(400 * u64::try_from(i).expect("small"));
+        kill_during(
             &farm,
             *contract,
+            provision::Change::Remove,
+            delay,
             DeploymentState::Deleted,
-            Duration::from_secs(90),
         );
         let id = machine_id(*contract, "vm");
         want.0.retain(|m| *m != id);
