@@ -1,14 +1,17 @@
-//! Boot images under QEMU on a farm LAN: the image's own kernel and
-//! initramfs, booted directly, as a whole machine with virtio disks and a
-//! NIC on the farm's bridge.
+//! Boot images under QEMU on a farm LAN, as a whole machine with virtio
+//! disks and a NIC on the farm's bridge: the image's own kernel and
+//! initramfs booted directly, or its USB stick (`grove.img`) as a disk
+//! under OVMF (UEFI) or SeaBIOS (legacy BIOS).
 //!
 //! [`BootImage`] finds the image (`GROVE_IMAGE_DIR`, or `image/build` run
-//! into `target/image`); [`QemuNode::boot`] makes a tap on the LAN's bridge
+//! into `target/image`) and makes sticks with a node's boot parameters
+//! (`image/usb`); [`QemuNode::boot`] makes a tap on the LAN's bridge
 //! inside the farm's LAN namespace, sparse disk files in the farm's run
 //! directory, and starts QEMU there with the serial console written to a
 //! log. Limits: TCG only (KVM hangs on the CI machines), so a boot takes
-//! seconds of emulated time; one NIC per machine; the tap and disks go with
-//! the farm, QEMU itself with the [`QemuNode`] (drop it before the farm).
+//! seconds of emulated time; one NIC per machine; the stick is a
+//! virtio-blk disk, not USB storage; the tap and disks go with the farm,
+//! QEMU itself with the [`QemuNode`] (drop it before the farm).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,10 @@ pub const IMAGE_DIR_ENV: &str = "GROVE_IMAGE_DIR";
 const QEMU: &str = "qemu-system-x86_64";
 /// Memory of every machine, MiB.
 const MEMORY_MIB: u32 = 1536;
+/// OVMF, the UEFI firmware (Debian's `ovmf`): its code, read-only, and
+/// the template of its variable store, copied per machine.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// Finding, building or booting an image failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,19 @@ pub enum QemuError {
     Build { status: std::process::ExitStatus },
     #[error("could not run image/build")]
     BuildSpawn(#[source] std::io::Error),
+    #[error("image/usb failed ({status}) making {stick}; its output is above")]
+    Usb {
+        stick: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error("could not run image/usb")]
+    UsbSpawn(#[source] std::io::Error),
+    #[error("no UEFI firmware at {path} (install ovmf; ci/setup does)")]
+    NoFirmware {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid tap name for machine {index}")]
     TapName {
         index: usize,
@@ -64,21 +84,30 @@ pub enum QemuError {
     },
 }
 
-/// A kernel and an initramfs.
+/// A kernel and an initramfs, and the USB stick made of them.
 #[derive(Debug, Clone)]
 pub struct BootImage {
+    pub dir: PathBuf,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    /// `grove.img`, with no boot parameters of a node's own.
+    pub usb: PathBuf,
 }
 
 impl BootImage {
     /// The image in `dir`, checked to be there.
     pub fn at(dir: &Path) -> Result<BootImage, QemuError> {
         let image = BootImage {
+            dir: dir.to_owned(),
             kernel: dir.join("vmlinuz"),
             initramfs: dir.join("initramfs"),
+            usb: dir.join("grove.img"),
         };
-        for (path, file) in [(&image.kernel, "vmlinuz"), (&image.initramfs, "initramfs")] {
+        for (path, file) in [
+            (&image.kernel, "vmlinuz"),
+            (&image.initramfs, "initramfs"),
+            (&image.usb, "grove.img"),
+        ] {
             if !path.is_file() {
                 return Err(QemuError::NoImage {
                     dir: dir.to_owned(),
@@ -113,6 +142,28 @@ impl BootImage {
         }
         BootImage::at(out)
     }
+
+    /// Runs `image/usb` to write `stick`: this image's USB stick booting
+    /// the node with `params` (kernel parameters, space-separated) after
+    /// the image's own. The output goes to this process's stderr.
+    pub fn usb_stick(&self, stick: &Path, params: &str) -> Result<(), QemuError> {
+        let status = Command::new(workspace().join("image/usb"))
+            .arg(&self.dir)
+            .arg(stick)
+            .args(params.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .map_err(QemuError::UsbSpawn)?;
+        if !status.success() {
+            return Err(QemuError::Usb {
+                stick: stick.to_owned(),
+                status,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The workspace root, from this crate's place in it (`ci/testbed`).
@@ -120,11 +171,27 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// How the firmware gets to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootPath {
+    /// QEMU loads the image's kernel and initramfs itself (`-kernel`,
+    /// `-initrd`, `-append`), after SeaBIOS.
+    Direct,
+    /// From this USB stick image (a virtio disk, first in the boot order)
+    /// under OVMF: systemd-boot and a slot's unified kernel image.
+    Uefi(PathBuf),
+    /// From this USB stick image under SeaBIOS: GRUB's core image from the
+    /// BIOS boot partition, then a slot's kernel and initramfs.
+    Bios(PathBuf),
+}
+
 /// How one machine is booted.
 #[derive(Debug, Clone)]
 pub struct MachineSpec {
-    /// Kernel parameters after `console=ttyS0 panic=10`.
+    /// Kernel parameters after `console=ttyS0 panic=10`, on the direct
+    /// path (a stick carries its own).
     pub cmdline: String,
+    pub boot: BootPath,
     /// Sizes of the blank virtio-scsi SSDs, bytes (sparse files).
     pub disks: Vec<u64>,
     /// The farm LAN the NIC plugs into.
@@ -135,6 +202,7 @@ impl Default for MachineSpec {
     fn default() -> MachineSpec {
         MachineSpec {
             cmdline: crate::spec::DEFAULT_CMDLINE.to_owned(),
+            boot: BootPath::Direct,
             disks: vec![4 << 30, 4 << 30],
             lan: 0,
         }
@@ -207,15 +275,9 @@ impl QemuNode {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(["-m".into(), MEMORY_MIB.to_string()]);
+        args.extend(boot_args(&spec.boot, image, &spec.cmdline, &dir, index)?);
         args.extend([
-            "-m".into(),
-            MEMORY_MIB.to_string(),
-            "-kernel".into(),
-            image.kernel.display().to_string(),
-            "-initrd".into(),
-            image.initramfs.display().to_string(),
-            "-append".into(),
-            format!("console=ttyS0 panic=10 {}", spec.cmdline),
             "-serial".into(),
             format!("file:{}", console.display()),
             "-netdev".into(),
@@ -316,6 +378,59 @@ impl Drop for QemuNode {
             eprintln!("grove-testbed: {}", crate::report(&e));
         }
     }
+}
+
+/// QEMU's arguments for the firmware and the boot medium. The stick is
+/// attached as it is (writes would reach the file: a test can check that
+/// the node left it alone); OVMF gets a fresh variable store in `dir`.
+fn boot_args(
+    boot: &BootPath,
+    image: &BootImage,
+    cmdline: &str,
+    dir: &Path,
+    index: usize,
+) -> Result<Vec<String>, QemuError> {
+    let stick_args = |stick: &Path| {
+        vec![
+            "-drive".to_owned(),
+            format!(
+                "file={},if=none,id=stick,format=raw,cache=unsafe",
+                stick.display()
+            ),
+            "-device".to_owned(),
+            format!("virtio-blk-pci,drive=stick,serial=gq{index}usb,bootindex=0"),
+        ]
+    };
+    Ok(match boot {
+        BootPath::Direct => vec![
+            "-kernel".into(),
+            image.kernel.display().to_string(),
+            "-initrd".into(),
+            image.initramfs.display().to_string(),
+            "-append".into(),
+            format!("console=ttyS0 panic=10 {cmdline}"),
+        ],
+        BootPath::Uefi(stick) => {
+            let vars = dir.join("ovmf-vars.fd");
+            std::fs::copy(OVMF_VARS, &vars).map_err(|source| QemuError::NoFirmware {
+                path: OVMF_VARS.into(),
+                source,
+            })?;
+            std::fs::metadata(OVMF_CODE).map_err(|source| QemuError::NoFirmware {
+                path: OVMF_CODE.into(),
+                source,
+            })?;
+            let mut args = vec![
+                "-drive".to_owned(),
+                format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+                "-drive".to_owned(),
+                format!("if=pflash,format=raw,file={}", vars.display()),
+            ];
+            args.extend(stick_args(stick));
+            args
+        }
+        BootPath::Bios(stick) => stick_args(stick),
+    })
 }
 
 /// Creates tap `tap` in the LAN's namespace, on its bridge, up.

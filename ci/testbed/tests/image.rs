@@ -1,15 +1,18 @@
 //! The boot image: built reproducibly, and booted under QEMU (TCG) on a
 //! farm LAN, where it gets DHCP, makes pools of its blank disks, registers
-//! with the farm's embedded registry and answers its operator API.
+//! with the farm's embedded registry and answers its operator API: from
+//! its kernel and initramfs directly, and from its USB stick (`grove.img`)
+//! under UEFI (OVMF) and legacy BIOS (SeaBIOS), leaving the stick as it was.
 //!
 //! Both tests hold one lock: a build compresses with every spare cycle, and
 //! a boot under a running build is several times slower.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use grove_testbed::qemu::{BootImage, MachineSpec, QemuNode, workspace};
+use grove_testbed::qemu::{BootImage, BootPath, MachineSpec, QemuNode, workspace};
 use grove_testbed::registry::Registry;
 use grove_testbed::{Farm, FarmSpec, cmd, http_get, wait_until};
 use serde_json::Value;
@@ -46,6 +49,7 @@ fn the_same_inputs_build_the_same_bytes() {
     for (a, b) in [
         (&first.kernel, &second.kernel),
         (&first.initramfs, &second.initramfs),
+        (&first.usb, &second.usb),
     ] {
         let (ha, hb) = (
             cmd::sha256(a).expect("sha256"),
@@ -75,6 +79,9 @@ fn a_missing_tool_stops_the_build_and_names_its_package() {
     assert!(stderr.contains("zstd (zstd)"), "{stderr}");
     assert!(stderr.contains("cpio (cpio)"), "{stderr}");
     assert!(stderr.contains("boringtun-cli (cargo install"), "{stderr}");
+    // image/usb's tools are checked before anything is built, too.
+    assert!(stderr.contains("mformat (mtools)"), "{stderr}");
+    assert!(stderr.contains("grub-mkimage (grub-common)"), "{stderr}");
     assert!(stderr.contains("run ci/setup"), "{stderr}");
     assert!(
         !target.exists(),
@@ -83,21 +90,25 @@ fn a_missing_tool_stops_the_build_and_names_its_package() {
     );
 }
 
-#[test]
-fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let image = image();
-    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
-    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
-    let spec = MachineSpec {
-        cmdline: format!("grove.farm=1 grove.chain.url={}", registry.url()),
-        ..MachineSpec::default()
-    };
-    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+/// A node booted on `farm`, whatever the path, as the host sees it.
+struct CameUp {
+    /// Its operator API, `http://IP:8080`.
+    api: String,
+    /// What `/v1/disks` listed once it was ready.
+    disks: Vec<Value>,
+    /// From QEMU's start to the operator API answering, and to `ready`.
+    answered: Duration,
+    ready: Duration,
+}
 
+/// What a node must do, whatever it booted from: get a lease from the farm
+/// LAN's dnsmasq, answer its operator API from the host, make a pool of
+/// each blank disk, become `ready` and register with `registry`. Times are
+/// from `started`, just before QEMU.
+fn comes_up(farm: &Farm, registry: &Registry, node: &mut QemuNode, started: Instant) -> CameUp {
     // DHCP from the farm LAN's dnsmasq.
     let mut ip = None;
-    let leased = wait_until(Duration::from_secs(240), Duration::from_millis(500), || {
+    let leased = wait_until(Duration::from_secs(240), Duration::from_millis(200), || {
         ip = node.lease(farm.lan(0));
         ip.is_some() || !node.running()
     });
@@ -112,9 +123,13 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
     let api = format!("http://{ip}:8080");
 
     // The operator API answers from the host, and the node becomes ready.
+    let mut answered = None;
     let mut status = Value::Null;
-    let ready = wait_until(Duration::from_secs(180), Duration::from_millis(500), || {
+    let ready = wait_until(Duration::from_secs(180), Duration::from_millis(200), || {
         status = get_json(&format!("{api}/v1/status")).unwrap_or(Value::Null);
+        if !status.is_null() && answered.is_none() {
+            answered = Some(started.elapsed());
+        }
         status["state"] == "ready" || !node.running()
     });
     assert!(
@@ -122,12 +137,14 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
         "not ready: {status}\n{}",
         node.logs(60)
     );
+    let ready = started.elapsed();
+    let answered = answered.expect("the API answered before it said ready");
     let account = status["account"].as_str().expect("an account").to_owned();
     assert!(account.starts_with('5'), "{account}");
 
     // Both blank disks became pools.
     let disks = get_json(&format!("{api}/v1/disks")).expect("/v1/disks answers");
-    let disks = disks.as_array().expect("a list of disks");
+    let disks = disks.as_array().expect("a list of disks").clone();
     let mut pooled: Vec<&str> = disks
         .iter()
         .filter(|d| d["pool"].as_str().is_some_and(|p| p.starts_with("grove-")))
@@ -159,9 +176,125 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
         .collect();
     assert_eq!(ours.len(), 1, "{nodes}");
     assert_eq!(ours[0]["twin_id"], chain["twin_id"], "{nodes}");
+    CameUp {
+        api,
+        disks,
+        answered,
+        ready,
+    }
+}
+
+/// The boot parameters of every node here.
+fn node_params(registry: &Registry) -> String {
+    format!("grove.farm=1 grove.chain.url={}", registry.url())
+}
+
+#[test]
+fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    let spec = MachineSpec {
+        cmdline: node_params(&registry),
+        ..MachineSpec::default()
+    };
+    let started = Instant::now();
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let up = comes_up(&farm, &registry, &mut node, started);
+    eprintln!(
+        "direct kernel boot: API answered after {:.1} s, ready after {:.1} s",
+        up.answered.as_secs_f64(),
+        up.ready.as_secs_f64()
+    );
 
     node.stop().expect("QEMU stops");
     drop(registry);
     let mut farm = farm;
     farm.teardown().expect("clean teardown");
+}
+
+/// Boots a stick made of the image with the node's parameters under the
+/// firmware `path` gives, checks what every node must do, that the console
+/// shows `evidence` of the path taken, and that the stick is listed but
+/// neither pooled nor written (its bytes are the same after the boot).
+fn boots_from_the_stick(name: &str, path: fn(PathBuf) -> BootPath, evidence: &[&str]) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    let stick = farm.dir().join("grove.img");
+    image
+        .usb_stick(&stick, &node_params(&registry))
+        .expect("image/usb makes the stick");
+    let before = cmd::sha256(&stick).expect("sha256");
+    let spec = MachineSpec {
+        boot: path(stick.clone()),
+        ..MachineSpec::default()
+    };
+    let started = Instant::now();
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let up = comes_up(&farm, &registry, &mut node, started);
+    eprintln!(
+        "{name} boot from grove.img: API answered after {:.1} s, ready after {:.1} s",
+        up.answered.as_secs_f64(),
+        up.ready.as_secs_f64()
+    );
+
+    // The firmware went the way it should, to the kernel parameters the
+    // stick carries.
+    let console = std::fs::read_to_string(node.console_log()).expect("console log");
+    for line in evidence {
+        assert!(
+            console.contains(line),
+            "no {line:?} on the console\n{}",
+            node.logs(80)
+        );
+    }
+    let params = format!("console=ttyS0,115200 panic=10 {}", node_params(&registry));
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("Command line:") && l.trim_end().ends_with(&params)),
+        "the kernel did not get {params:?}\n{}",
+        node.logs(80)
+    );
+
+    // The stick is a disk the node sees and leaves alone.
+    let usb = up
+        .disks
+        .iter()
+        .find(|d| d["serial"] == "gq0usb")
+        .unwrap_or_else(|| panic!("the stick is not in /v1/disks: {:?}", up.disks));
+    assert!(usb["pool"].is_null(), "the stick became a pool: {usb}");
+    assert_eq!(usb["class"], "foreign", "{usb}");
+    let status = get_json(&format!("{}/v1/status", up.api)).expect("/v1/status answers");
+    assert_eq!(status["state"], "ready", "{status}");
+    node.stop().expect("QEMU stops");
+    let after = cmd::sha256(&stick).expect("sha256");
+    assert_eq!(before, after, "the node wrote to its boot stick");
+
+    drop(registry);
+    let mut farm = farm;
+    farm.teardown().expect("clean teardown");
+}
+
+#[test]
+fn a_node_boots_from_the_usb_stick_under_uefi() {
+    boots_from_the_stick(
+        "UEFI",
+        BootPath::Uefi,
+        // systemd-stub hands the UKI's initramfs over this way.
+        &["EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path"],
+    );
+}
+
+#[test]
+fn a_node_boots_from_the_usb_stick_under_bios() {
+    boots_from_the_stick(
+        "BIOS",
+        BootPath::Bios,
+        // GRUB's menu entry for the slot grubenv names, and its kernel.
+        &["Booting `Grove, slot a'", "BOOT_IMAGE=/grove/a/vmlinuz"],
+    );
 }

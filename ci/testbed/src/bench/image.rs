@@ -52,14 +52,10 @@ struct Run {
 /// Runs the benchmark and prints the report.
 pub fn run(runs: usize) -> Result<(), ImageBenchError> {
     let image = BootImage::for_test()?;
-    let dir = image
-        .initramfs
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default();
+    let dir = image.dir.clone();
     let floor_image = BootImage {
-        kernel: image.kernel.clone(),
         initramfs: dir.join("floor-initramfs"),
+        ..image.clone()
     };
     let mut farm = Farm::start(FarmSpec::with_nodes(Vec::new()).without_agents())?;
     let port = free_port(farm.host_ip());
