@@ -298,3 +298,66 @@ fn a_node_boots_from_the_usb_stick_under_bios() {
         &["Booting `Grove, slot a'", "BOOT_IMAGE=/grove/a/vmlinuz"],
     );
 }
+
+/// Runs an mtools command on the stick's ESP (2 MiB into the disk, as
+/// docs/image.md lays it out).
+fn on_esp(tool: &str, stick: &std::path::Path, args: &[&str]) {
+    let image = format!("{}@@2M", stick.display());
+    let out = std::process::Command::new(tool)
+        .arg("-i")
+        .arg(&image)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtools runs (ci/setup installs mtools)");
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn under_bios_the_stick_boots_the_slot_grubenv_names_or_else_the_other() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let stick = farm.dir().join("grove.img");
+    image.usb_stick(&stick, "grove.farm=1").expect("image/usb");
+    // grubenv names slot B, whose kernel is gone.
+    let header = "# GRUB Environment Block\ngrove_slot=b\n";
+    let grubenv = format!("{header}{}", "#".repeat(1024 - header.len()));
+    let env_file = farm.dir().join("grubenv");
+    std::fs::write(&env_file, grubenv).expect("grubenv written");
+    let env_path = env_file.to_str().expect("a UTF-8 path");
+    on_esp("mcopy", &stick, &["-o", env_path, "::/grub/grubenv"]);
+    on_esp("mdel", &stick, &["::/grove/b/vmlinuz"]);
+
+    let spec = MachineSpec {
+        boot: BootPath::Bios(stick),
+        disks: Vec::new(),
+        ..MachineSpec::default()
+    };
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let mut console = String::new();
+    let started = wait_until(Duration::from_secs(180), Duration::from_millis(500), || {
+        console = std::fs::read_to_string(node.console_log()).unwrap_or_default();
+        console.contains("grove-init: starting the agent") || !node.running()
+    });
+    assert!(started, "the agent did not start\n{}", node.logs(60));
+    let tried_b = console.find("Booting `Grove, slot b'");
+    let fell_back = console.find("Falling back to `Grove, slot a'");
+    assert!(
+        tried_b.is_some() && fell_back.is_some() && tried_b < fell_back,
+        "GRUB did not try slot B, then slot A\n{}",
+        node.logs(60)
+    );
+    assert!(
+        console.contains("Command line: BOOT_IMAGE=/grove/a/vmlinuz "),
+        "{}",
+        node.logs(60)
+    );
+    node.stop().expect("QEMU stops");
+    let mut farm = farm;
+    farm.teardown().expect("clean teardown");
+}
