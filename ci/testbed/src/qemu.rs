@@ -1,11 +1,12 @@
 //! Boot images under QEMU on a farm LAN, as a whole machine with virtio
 //! disks and a NIC on the farm's bridge: the image's own kernel and
-//! initramfs booted directly, or its USB stick (`grove.img`) as a disk
-//! under OVMF (UEFI) or SeaBIOS (legacy BIOS).
+//! initramfs booted directly, or its USB stick (`grove.img`, a virtio
+//! disk) or its ISO (`grove.iso`, a CD-ROM) under OVMF (UEFI) or SeaBIOS
+//! (legacy BIOS).
 //!
 //! [`BootImage`] finds the image (`GROVE_IMAGE_DIR`, or `image/build` run
-//! into `target/image`) and makes sticks with a node's boot parameters
-//! (`image/usb`); [`QemuNode::boot`] makes a tap on the LAN's bridge
+//! into `target/image`) and makes sticks and ISOs with a node's boot
+//! parameters (`image/usb`, `image/iso`); [`QemuNode::boot`] makes a tap on the LAN's bridge
 //! inside the farm's LAN namespace, sparse disk files in the farm's run
 //! directory, and starts QEMU there with the serial console written to a
 //! log. Limits: TCG only (KVM hangs on the CI machines), so a boot takes
@@ -42,13 +43,18 @@ pub enum QemuError {
     Build { status: std::process::ExitStatus },
     #[error("could not run image/build")]
     BuildSpawn(#[source] std::io::Error),
-    #[error("image/usb failed ({status}) making {stick}; its output is above")]
-    Usb {
-        stick: PathBuf,
+    #[error("image/{script} failed ({status}) making {out}; its output is above")]
+    Medium {
+        script: &'static str,
+        out: PathBuf,
         status: std::process::ExitStatus,
     },
-    #[error("could not run image/usb")]
-    UsbSpawn(#[source] std::io::Error),
+    #[error("could not run image/{script}")]
+    MediumSpawn {
+        script: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no UEFI firmware at {path} (install ovmf; ci/setup does)")]
     NoFirmware {
         path: PathBuf,
@@ -84,7 +90,7 @@ pub enum QemuError {
     },
 }
 
-/// A kernel and an initramfs, and the USB stick made of them.
+/// A kernel and an initramfs, and the USB stick and ISO made of them.
 #[derive(Debug, Clone)]
 pub struct BootImage {
     pub dir: PathBuf,
@@ -92,6 +98,8 @@ pub struct BootImage {
     pub initramfs: PathBuf,
     /// `grove.img`, with no boot parameters of a node's own.
     pub usb: PathBuf,
+    /// `grove.iso`, with no boot parameters of a node's own.
+    pub iso: PathBuf,
 }
 
 impl BootImage {
@@ -102,11 +110,13 @@ impl BootImage {
             kernel: dir.join("vmlinuz"),
             initramfs: dir.join("initramfs"),
             usb: dir.join("grove.img"),
+            iso: dir.join("grove.iso"),
         };
         for (path, file) in [
             (&image.kernel, "vmlinuz"),
             (&image.initramfs, "initramfs"),
             (&image.usb, "grove.img"),
+            (&image.iso, "grove.iso"),
         ] {
             if !path.is_file() {
                 return Err(QemuError::NoImage {
@@ -147,18 +157,28 @@ impl BootImage {
     /// the node with `params` (kernel parameters, space-separated) after
     /// the image's own. The output goes to this process's stderr.
     pub fn usb_stick(&self, stick: &Path, params: &str) -> Result<(), QemuError> {
-        let status = Command::new(workspace().join("image/usb"))
+        self.medium("usb", stick, params)
+    }
+
+    /// Runs `image/iso` to write `iso`, as [`BootImage::usb_stick`] does.
+    pub fn iso_image(&self, iso: &Path, params: &str) -> Result<(), QemuError> {
+        self.medium("iso", iso, params)
+    }
+
+    fn medium(&self, script: &'static str, out: &Path, params: &str) -> Result<(), QemuError> {
+        let status = Command::new(workspace().join("image").join(script))
             .arg(&self.dir)
-            .arg(stick)
+            .arg(out)
             .args(params.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .status()
-            .map_err(QemuError::UsbSpawn)?;
+            .map_err(|source| QemuError::MediumSpawn { script, source })?;
         if !status.success() {
-            return Err(QemuError::Usb {
-                stick: stick.to_owned(),
+            return Err(QemuError::Medium {
+                script,
+                out: out.to_owned(),
                 status,
             });
         }
@@ -177,12 +197,22 @@ pub enum BootPath {
     /// QEMU loads the image's kernel and initramfs itself (`-kernel`,
     /// `-initrd`, `-append`), after SeaBIOS.
     Direct,
-    /// From this USB stick image (a virtio disk, first in the boot order)
-    /// under OVMF: systemd-boot and a slot's unified kernel image.
-    Uefi(PathBuf),
-    /// From this USB stick image under SeaBIOS: GRUB's core image from the
-    /// BIOS boot partition, then a slot's kernel and initramfs.
-    Bios(PathBuf),
+    /// From a medium under OVMF: systemd-boot and a unified kernel image.
+    Uefi(Medium),
+    /// From a medium under SeaBIOS: GRUB, then a kernel and initramfs.
+    Bios(Medium),
+}
+
+/// What the machine boots from, first in its boot order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Medium {
+    /// A USB stick image (`grove.img`), as a virtio disk with the serial
+    /// `gq<index>usb`; attached writable, so a test can see that the node
+    /// left it alone.
+    Stick(PathBuf),
+    /// An ISO (`grove.iso`) in an IDE CD-ROM drive, as a BMC's virtual
+    /// media shows it.
+    Cdrom(PathBuf),
 }
 
 /// How one machine is booted.
@@ -380,7 +410,7 @@ impl Drop for QemuNode {
     }
 }
 
-/// QEMU's arguments for the firmware and the boot medium. The stick is
+/// QEMU's arguments for the firmware and the boot medium. A stick is
 /// attached as it is (writes would reach the file: a test can check that
 /// the node left it alone); OVMF gets a fresh variable store in `dir`.
 fn boot_args(
@@ -390,8 +420,8 @@ fn boot_args(
     dir: &Path,
     index: usize,
 ) -> Result<Vec<String>, QemuError> {
-    let stick_args = |stick: &Path| {
-        vec![
+    let medium_args = |medium: &Medium| match medium {
+        Medium::Stick(stick) => vec![
             "-drive".to_owned(),
             format!(
                 "file={},if=none,id=stick,format=raw,cache=unsafe",
@@ -399,7 +429,16 @@ fn boot_args(
             ),
             "-device".to_owned(),
             format!("virtio-blk-pci,drive=stick,serial=gq{index}usb,bootindex=0"),
-        ]
+        ],
+        Medium::Cdrom(iso) => vec![
+            "-drive".to_owned(),
+            format!(
+                "file={},if=none,id=cd,format=raw,media=cdrom,readonly=on",
+                iso.display()
+            ),
+            "-device".to_owned(),
+            "ide-cd,drive=cd,bootindex=0".to_owned(),
+        ],
     };
     Ok(match boot {
         BootPath::Direct => vec![
@@ -410,7 +449,7 @@ fn boot_args(
             "-append".into(),
             format!("console=ttyS0 panic=10 {cmdline}"),
         ],
-        BootPath::Uefi(stick) => {
+        BootPath::Uefi(medium) => {
             let vars = dir.join("ovmf-vars.fd");
             std::fs::copy(OVMF_VARS, &vars).map_err(|source| QemuError::NoFirmware {
                 path: OVMF_VARS.into(),
@@ -426,10 +465,10 @@ fn boot_args(
                 "-drive".to_owned(),
                 format!("if=pflash,format=raw,file={}", vars.display()),
             ];
-            args.extend(stick_args(stick));
+            args.extend(medium_args(medium));
             args
         }
-        BootPath::Bios(stick) => stick_args(stick),
+        BootPath::Bios(medium) => medium_args(medium),
     })
 }
 

@@ -2,17 +2,17 @@
 //! farm LAN, where it gets DHCP, makes pools of its blank disks, registers
 //! with the farm's embedded registry and answers its operator API: from
 //! its kernel and initramfs directly, and from its USB stick (`grove.img`)
-//! under UEFI (OVMF) and legacy BIOS (SeaBIOS), leaving the stick as it was.
+//! and its ISO (`grove.iso`) under UEFI (OVMF) and legacy BIOS (SeaBIOS),
+//! leaving the medium as it was.
 //!
 //! Both tests hold one lock: a build compresses with every spare cycle, and
 //! a boot under a running build is several times slower.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use grove_testbed::qemu::{BootImage, BootPath, MachineSpec, QemuNode, workspace};
+use grove_testbed::qemu::{BootImage, BootPath, MachineSpec, Medium, QemuNode, workspace};
 use grove_testbed::registry::Registry;
 use grove_testbed::{Farm, FarmSpec, cmd, http_get, wait_until};
 use serde_json::Value;
@@ -50,6 +50,7 @@ fn the_same_inputs_build_the_same_bytes() {
         (&first.kernel, &second.kernel),
         (&first.initramfs, &second.initramfs),
         (&first.usb, &second.usb),
+        (&first.iso, &second.iso),
     ] {
         let (ha, hb) = (
             cmd::sha256(a).expect("sha256"),
@@ -82,6 +83,7 @@ fn a_missing_tool_stops_the_build_and_names_its_package() {
     // image/usb's tools are checked before anything is built, too.
     assert!(stderr.contains("mformat (mtools)"), "{stderr}");
     assert!(stderr.contains("grub-mkimage (grub-common)"), "{stderr}");
+    assert!(stderr.contains("xorriso (xorriso)"), "{stderr}");
     assert!(stderr.contains("run ci/setup"), "{stderr}");
     assert!(
         !target.exists(),
@@ -214,35 +216,46 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
     farm.teardown().expect("clean teardown");
 }
 
-/// Boots a stick made of the image with the node's parameters under the
-/// firmware `path` gives, checks what every node must do, that the console
-/// shows `evidence` of the path taken, and that the stick is listed but
-/// neither pooled nor written (its bytes are the same after the boot).
-fn boots_from_the_stick(name: &str, path: fn(PathBuf) -> BootPath, evidence: &[&str]) {
+/// Boots a medium (`grove.img` as a stick, or `grove.iso` as a CD-ROM)
+/// made of the image with the node's parameters under the firmware `path`
+/// gives, checks what every node must do, that the console shows
+/// `evidence` of the path taken, that the kernel got the medium's command
+/// line, and that the medium is neither pooled nor written (its bytes are
+/// the same after the boot). A stick must be listed in `/v1/disks`.
+fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&str]) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let image = image();
     let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
     let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
-    let stick = farm.dir().join("grove.img");
-    image
-        .usb_stick(&stick, &node_params(&registry))
-        .expect("image/usb makes the stick");
-    let before = cmd::sha256(&stick).expect("sha256");
+    let (file, medium) = if iso {
+        let file = farm.dir().join("grove.iso");
+        image
+            .iso_image(&file, &node_params(&registry))
+            .expect("image/iso makes the ISO");
+        (file.clone(), Medium::Cdrom(file))
+    } else {
+        let file = farm.dir().join("grove.img");
+        image
+            .usb_stick(&file, &node_params(&registry))
+            .expect("image/usb makes the stick");
+        (file.clone(), Medium::Stick(file))
+    };
+    let before = cmd::sha256(&file).expect("sha256");
     let spec = MachineSpec {
-        boot: path(stick.clone()),
+        boot: path(medium),
         ..MachineSpec::default()
     };
     let started = Instant::now();
     let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
     let up = comes_up(&farm, &registry, &mut node, started);
     eprintln!(
-        "{name} boot from grove.img: API answered after {:.1} s, ready after {:.1} s",
+        "{name}: API answered after {:.1} s, ready after {:.1} s",
         up.answered.as_secs_f64(),
         up.ready.as_secs_f64()
     );
 
     // The firmware went the way it should, to the kernel parameters the
-    // stick carries.
+    // medium carries.
     let console = std::fs::read_to_string(node.console_log()).expect("console log");
     for line in evidence {
         assert!(
@@ -260,42 +273,55 @@ fn boots_from_the_stick(name: &str, path: fn(PathBuf) -> BootPath, evidence: &[&
         node.logs(80)
     );
 
-    // The stick is a disk the node sees and leaves alone.
-    let usb = up
-        .disks
-        .iter()
-        .find(|d| d["serial"] == "gq0usb")
-        .unwrap_or_else(|| panic!("the stick is not in /v1/disks: {:?}", up.disks));
-    assert!(usb["pool"].is_null(), "the stick became a pool: {usb}");
-    assert_eq!(usb["class"], "foreign", "{usb}");
+    // A stick is a disk the node sees and leaves alone.
+    let stick = up.disks.iter().find(|d| d["serial"] == "gq0usb");
+    if !iso {
+        let usb = stick.unwrap_or_else(|| panic!("the stick is not in /v1/disks: {:?}", up.disks));
+        assert!(usb["pool"].is_null(), "the stick became a pool: {usb}");
+        assert_eq!(usb["class"], "foreign", "{usb}");
+    }
     let status = get_json(&format!("{}/v1/status", up.api)).expect("/v1/status answers");
     assert_eq!(status["state"], "ready", "{status}");
     node.stop().expect("QEMU stops");
-    let after = cmd::sha256(&stick).expect("sha256");
-    assert_eq!(before, after, "the node wrote to its boot stick");
+    let after = cmd::sha256(&file).expect("sha256");
+    assert_eq!(before, after, "the node wrote to its boot medium");
 
     drop(registry);
     let mut farm = farm;
     farm.teardown().expect("clean teardown");
 }
 
+/// systemd-stub hands a UKI's initramfs over this way.
+const UEFI_STUB: &str = "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path";
+
 #[test]
 fn a_node_boots_from_the_usb_stick_under_uefi() {
-    boots_from_the_stick(
-        "UEFI",
-        BootPath::Uefi,
-        // systemd-stub hands the UKI's initramfs over this way.
-        &["EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path"],
-    );
+    boots_from("UEFI, grove.img", BootPath::Uefi, false, &[UEFI_STUB]);
 }
 
 #[test]
 fn a_node_boots_from_the_usb_stick_under_bios() {
-    boots_from_the_stick(
-        "BIOS",
+    boots_from(
+        "BIOS, grove.img",
         BootPath::Bios,
+        false,
         // GRUB's menu entry for the slot grubenv names, and its kernel.
         &["Booting `Grove, slot a'", "BOOT_IMAGE=/grove/a/vmlinuz"],
+    );
+}
+
+#[test]
+fn a_node_boots_from_the_iso_under_uefi() {
+    boots_from("UEFI, grove.iso", BootPath::Uefi, true, &[UEFI_STUB]);
+}
+
+#[test]
+fn a_node_boots_from_the_iso_under_bios() {
+    boots_from(
+        "BIOS, grove.iso",
+        BootPath::Bios,
+        true,
+        &["Booting `Grove'", "BOOT_IMAGE=/grove/vmlinuz"],
     );
 }
 
@@ -334,7 +360,7 @@ fn under_bios_the_stick_boots_the_slot_grubenv_names_or_else_the_other() {
     on_esp("mdel", &stick, &["::/grove/b/vmlinuz"]);
 
     let spec = MachineSpec {
-        boot: BootPath::Bios(stick),
+        boot: BootPath::Bios(Medium::Stick(stick)),
         disks: Vec::new(),
         ..MachineSpec::default()
     };

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::stats::{ms, summary};
-use crate::qemu::{BootImage, BootPath, MachineSpec, QemuError, QemuNode};
+use crate::qemu::{BootImage, BootPath, MachineSpec, Medium, QemuError, QemuNode};
 use crate::registry::{Registry, RegistryError};
 use crate::spec::FarmSpec;
 use crate::{Farm, http};
@@ -75,11 +75,11 @@ pub fn run(runs: usize) -> Result<(), ImageBenchError> {
     let specs = [
         direct.clone(),
         MachineSpec {
-            boot: BootPath::Uefi(stick.clone()),
+            boot: BootPath::Uefi(Medium::Stick(stick.clone())),
             ..direct.clone()
         },
         MachineSpec {
-            boot: BootPath::Bios(stick),
+            boot: BootPath::Bios(Medium::Stick(stick)),
             ..direct.clone()
         },
     ];
