@@ -2,11 +2,11 @@
 //! disks and a NIC on the farm's bridge: the image's own kernel and
 //! initramfs booted directly, or its USB stick (`grove.img`, a virtio
 //! disk) or its ISO (`grove.iso`, a CD-ROM) under OVMF (UEFI) or SeaBIOS
-//! (legacy BIOS).
+//! (legacy BIOS), or from the network (PXE through the NIC's iPXE ROM).
 //!
 //! [`BootImage`] finds the image (`GROVE_IMAGE_DIR`, or `image/build` run
-//! into `target/image`) and makes sticks and ISOs with a node's boot
-//! parameters (`image/usb`, `image/iso`); [`QemuNode::boot`] makes a tap on the LAN's bridge
+//! into `target/image`) and makes sticks, ISOs and PXE roots with a node's
+//! boot parameters (`image/usb`, `image/iso`, `image/pxe`); [`QemuNode::boot`] makes a tap on the LAN's bridge
 //! inside the farm's LAN namespace, sparse disk files in the farm's run
 //! directory, and starts QEMU there with the serial console written to a
 //! log. Limits: TCG only (KVM hangs on the CI machines), so a boot takes
@@ -165,6 +165,12 @@ impl BootImage {
         self.medium("iso", iso, params)
     }
 
+    /// Runs `image/pxe` to fill the TFTP root `root` (a LAN's
+    /// [`crate::Lan::tftp_dir`]), as [`BootImage::usb_stick`] does.
+    pub fn pxe_root(&self, root: &Path, params: &str) -> Result<(), QemuError> {
+        self.medium("pxe", root, params)
+    }
+
     fn medium(&self, script: &'static str, out: &Path, params: &str) -> Result<(), QemuError> {
         let status = Command::new(workspace().join("image").join(script))
             .arg(&self.dir)
@@ -201,6 +207,11 @@ pub enum BootPath {
     Uefi(Medium),
     /// From a medium under SeaBIOS: GRUB, then a kernel and initramfs.
     Bios(Medium),
+    /// From the network under SeaBIOS: the NIC's option ROM (iPXE, from
+    /// `ipxe-qemu`) gets a lease and the script the LAN's dnsmasq names,
+    /// then the kernel and initramfs from its TFTP root (fill it with
+    /// [`BootImage::pxe_root`]).
+    Pxe,
 }
 
 /// What the machine boots from, first in its boot order.
@@ -313,7 +324,12 @@ impl QemuNode {
             "-netdev".into(),
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+            // First in the boot order when the machine boots from it.
+            if spec.boot == BootPath::Pxe {
+                format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=0")
+            } else {
+                format!("virtio-net-pci,netdev=n0,mac={mac}")
+            },
         ]);
         // virtio-scsi rather than virtio-blk: its disks can say they are
         // SSDs (`rotation_rate=1`), so the node puts its cache on one.
@@ -469,6 +485,7 @@ fn boot_args(
             args
         }
         BootPath::Bios(medium) => medium_args(medium),
+        BootPath::Pxe => Vec::new(),
     })
 }
 

@@ -3,7 +3,7 @@
 //! with the farm's embedded registry and answers its operator API: from
 //! its kernel and initramfs directly, and from its USB stick (`grove.img`)
 //! and its ISO (`grove.iso`) under UEFI (OVMF) and legacy BIOS (SeaBIOS),
-//! leaving the medium as it was.
+//! leaving the medium as it was, and from the network (PXE, iPXE).
 //!
 //! Both tests hold one lock: a build compresses with every spare cycle, and
 //! a boot under a running build is several times slower.
@@ -323,6 +323,54 @@ fn a_node_boots_from_the_iso_under_bios() {
         true,
         &["Booting `Grove'", "BOOT_IMAGE=/grove/vmlinuz"],
     );
+}
+
+#[test]
+fn a_node_boots_over_pxe_under_bios() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    image
+        .pxe_root(&farm.lan(0).tftp_dir(), &node_params(&registry))
+        .expect("image/pxe fills the LAN's TFTP root");
+    let spec = MachineSpec {
+        boot: BootPath::Pxe,
+        ..MachineSpec::default()
+    };
+    let started = Instant::now();
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let up = comes_up(&farm, &registry, &mut node, started);
+    eprintln!(
+        "BIOS, PXE: API answered after {:.1} s, ready after {:.1} s",
+        up.answered.as_secs_f64(),
+        up.ready.as_secs_f64()
+    );
+
+    // The LAN's dnsmasq sent iPXE the script, then the kernel and the
+    // initramfs, and the kernel got the script's command line.
+    let log = std::fs::read_to_string(farm.lan(0).dnsmasq_log()).expect("dnsmasq log");
+    for file in ["grove.ipxe", "vmlinuz", "initramfs"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("dnsmasq-tftp") && l.contains(" sent ") && l.contains(file)),
+            "dnsmasq did not send {file}\n{log}"
+        );
+    }
+    let console = std::fs::read_to_string(node.console_log()).expect("console log");
+    let params = format!(
+        "Command line: initrd=initramfs console=tty0 console=ttyS0,115200 panic=10 {}",
+        node_params(&registry)
+    );
+    assert!(
+        console.lines().any(|l| l.trim_end().ends_with(&params)),
+        "the kernel did not get the script's command line\n{}",
+        node.logs(80)
+    );
+    node.stop().expect("QEMU stops");
+    drop(registry);
+    let mut farm = farm;
+    farm.teardown().expect("clean teardown");
 }
 
 /// Runs an mtools command on the stick's ESP (2 MiB into the disk, as
