@@ -205,13 +205,9 @@ pub enum BootPath {
     Direct,
     /// From a medium under OVMF: systemd-boot and a unified kernel image.
     Uefi(Medium),
-    /// From a medium under SeaBIOS: GRUB, then a kernel and initramfs.
+    /// From a medium under SeaBIOS: GRUB, then a kernel and initramfs
+    /// (iPXE from the network).
     Bios(Medium),
-    /// From the network under SeaBIOS: the NIC's option ROM (iPXE, from
-    /// `ipxe-qemu`) gets a lease and the script the LAN's dnsmasq names,
-    /// then the kernel and initramfs from its TFTP root (fill it with
-    /// [`BootImage::pxe_root`]).
-    Pxe,
 }
 
 /// What the machine boots from, first in its boot order.
@@ -224,6 +220,20 @@ pub enum Medium {
     /// An ISO (`grove.iso`) in an IDE CD-ROM drive, as a BMC's virtual
     /// media shows it.
     Cdrom(PathBuf),
+    /// The network: the NIC's option ROM (iPXE, from `ipxe-qemu`) gets a
+    /// lease and the script the LAN's dnsmasq names, then the kernel and
+    /// initramfs from its TFTP root (fill it with [`BootImage::pxe_root`]).
+    Network,
+}
+
+impl BootPath {
+    /// Whether the machine boots from its NIC.
+    fn boots_from_network(&self) -> bool {
+        matches!(
+            self,
+            BootPath::Uefi(Medium::Network) | BootPath::Bios(Medium::Network)
+        )
+    }
 }
 
 /// How one machine is booted.
@@ -325,7 +335,7 @@ impl QemuNode {
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             "-device".into(),
             // First in the boot order when the machine boots from it.
-            if spec.boot == BootPath::Pxe {
+            if spec.boot.boots_from_network() {
                 format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=0")
             } else {
                 format!("virtio-net-pci,netdev=n0,mac={mac}")
@@ -455,6 +465,8 @@ fn boot_args(
             "-device".to_owned(),
             "ide-cd,drive=cd,bootindex=0".to_owned(),
         ],
+        // The NIC itself is first in the boot order.
+        Medium::Network => Vec::new(),
     };
     Ok(match boot {
         BootPath::Direct => vec![
@@ -485,7 +497,6 @@ fn boot_args(
             args
         }
         BootPath::Bios(medium) => medium_args(medium),
-        BootPath::Pxe => Vec::new(),
     })
 }
 

@@ -325,8 +325,11 @@ fn a_node_boots_from_the_iso_under_bios() {
     );
 }
 
-#[test]
-fn a_node_boots_over_pxe_under_bios() {
+/// Boots a node from the network under the firmware `path` gives, with
+/// the LAN's TFTP root filled by `image/pxe`, checks what every node must
+/// do, that dnsmasq sent the script, the kernel and the initramfs, and that
+/// the kernel got the script's command line.
+fn boots_over_pxe(name: &str, path: fn(Medium) -> BootPath) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let image = image();
     let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
@@ -335,14 +338,14 @@ fn a_node_boots_over_pxe_under_bios() {
         .pxe_root(&farm.lan(0).tftp_dir(), &node_params(&registry))
         .expect("image/pxe fills the LAN's TFTP root");
     let spec = MachineSpec {
-        boot: BootPath::Pxe,
+        boot: path(Medium::Network),
         ..MachineSpec::default()
     };
     let started = Instant::now();
     let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
     let up = comes_up(&farm, &registry, &mut node, started);
     eprintln!(
-        "BIOS, PXE: API answered after {:.1} s, ready after {:.1} s",
+        "{name}: API answered after {:.1} s, ready after {:.1} s",
         up.answered.as_secs_f64(),
         up.ready.as_secs_f64()
     );
@@ -350,6 +353,9 @@ fn a_node_boots_over_pxe_under_bios() {
     // The LAN's dnsmasq sent iPXE the script, then the kernel and the
     // initramfs, and the kernel got the script's command line.
     let log = std::fs::read_to_string(farm.lan(0).dnsmasq_log()).expect("dnsmasq log");
+    for sent in log.lines().filter(|l| l.contains("dnsmasq-tftp")) {
+        eprintln!("{name}: {sent}");
+    }
     for file in ["grove.ipxe", "vmlinuz", "initramfs"] {
         assert!(
             log.lines()
@@ -358,12 +364,15 @@ fn a_node_boots_over_pxe_under_bios() {
         );
     }
     let console = std::fs::read_to_string(node.console_log()).expect("console log");
+    // (iPXE on UEFI puts the image's name first, as a loader's argv[0].)
     let params = format!(
-        "Command line: initrd=initramfs console=tty0 console=ttyS0,115200 panic=10 {}",
+        "initrd=initramfs console=tty0 console=ttyS0,115200 panic=10 {}",
         node_params(&registry)
     );
     assert!(
-        console.lines().any(|l| l.trim_end().ends_with(&params)),
+        console
+            .lines()
+            .any(|l| l.contains("Command line:") && l.trim_end().ends_with(&params)),
         "the kernel did not get the script's command line\n{}",
         node.logs(80)
     );
@@ -371,6 +380,16 @@ fn a_node_boots_over_pxe_under_bios() {
     drop(registry);
     let mut farm = farm;
     farm.teardown().expect("clean teardown");
+}
+
+#[test]
+fn a_node_boots_over_pxe_under_bios() {
+    boots_over_pxe("BIOS, PXE", BootPath::Bios);
+}
+
+#[test]
+fn a_node_boots_over_pxe_under_uefi() {
+    boots_over_pxe("UEFI, PXE", BootPath::Uefi);
 }
 
 /// Runs an mtools command on the stick's ESP (2 MiB into the disk, as
