@@ -4,12 +4,14 @@
 //!
 //! Each run boots the floor (the same kernel with the busybox `/init` that
 //! `image/build` writes as `floor-initramfs`: it prints a line and powers
-//! off), then the image directly (`-kernel`), then from its USB stick under
-//! OVMF and under SeaBIOS, on the same farm LAN with the farm's registry,
+//! off), then the image directly (`-kernel`), then from its USB stick and
+//! from the network (PXE, iPXE) under OVMF and under SeaBIOS, on the same
+//! farm LAN with the farm's registry,
 //! and times each from QEMU's start: the floor to its line on the serial
 //! console, the image to `/v1/status` answering 200 and to `ready`. It
-//! also prints the image's sizes from the build's manifest. Limits: no PXE
-//! yet, and QEMU's own start is in every number.
+//! also prints the image's sizes from the build's manifest. Limits: the ISO
+//! is not timed (it boots as the stick does), and QEMU's own start is in
+//! every number.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -43,15 +45,21 @@ pub enum ImageBenchError {
 }
 
 /// The paths each run boots the image by, after the floor.
-const PATHS: [&str; 3] = ["direct kernel", "UEFI, grove.img", "BIOS, grove.img"];
+const PATHS: [&str; 5] = [
+    "direct kernel",
+    "UEFI, grove.img",
+    "BIOS, grove.img",
+    "UEFI, PXE",
+    "BIOS, PXE",
+];
 
 /// One run's measurements: the floor, then per path (in [`PATHS`] order)
 /// the API answering and `ready`.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     floor: Duration,
-    api: [Duration; 3],
-    ready: [Duration; 3],
+    api: [Duration; PATHS.len()],
+    ready: [Duration; PATHS.len()],
 }
 
 /// Runs the benchmark and prints the report.
@@ -68,6 +76,7 @@ pub fn run(runs: usize) -> Result<(), ImageBenchError> {
     let params = format!("grove.farm=1 grove.chain.url={}", registry.url());
     let stick = farm.dir().join("grove.img");
     image.usb_stick(&stick, &params)?;
+    image.pxe_root(&farm.lan(0).tftp_dir(), &params)?;
     let direct = MachineSpec {
         cmdline: params,
         ..MachineSpec::default()
@@ -82,6 +91,14 @@ pub fn run(runs: usize) -> Result<(), ImageBenchError> {
             boot: BootPath::Bios(Medium::Stick(stick)),
             ..direct.clone()
         },
+        MachineSpec {
+            boot: BootPath::Uefi(Medium::Network),
+            ..direct.clone()
+        },
+        MachineSpec {
+            boot: BootPath::Bios(Medium::Network),
+            ..direct.clone()
+        },
     ];
     let mut results = Vec::new();
     for i in 0..runs {
@@ -89,8 +106,8 @@ pub fn run(runs: usize) -> Result<(), ImageBenchError> {
         let floor = boot_floor(&farm, first, &floor_image, &direct)?;
         let mut run = Run {
             floor,
-            api: [Duration::ZERO; 3],
-            ready: [Duration::ZERO; 3],
+            api: [Duration::ZERO; PATHS.len()],
+            ready: [Duration::ZERO; PATHS.len()],
         };
         let mut line = format!("  run {}: floor {:.2} s", i + 1, floor.as_secs_f64());
         for (k, spec) in specs.iter().enumerate() {
