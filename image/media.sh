@@ -1,6 +1,7 @@
-# Shared by image/usb and image/iso, sourced: the inputs and their checks,
-# the kernel command line, the FAT time, little-endian pokes, and the
-# unified kernel image (UKI) that UEFI boots. Not a program of its own.
+# Shared by image/usb, image/iso and image/pxe, sourced: the inputs and
+# their checks, the kernel command line, the FAT time, little-endian pokes,
+# and the unified kernel image (UKI) that UEFI boots. Not a program of its
+# own.
 # Before sourcing: `prog` (the script's name) and `tools` (its own tools);
 # after: `media_start "$@"` checks the tools and reads DIR and the
 # parameters, leaving `dir`, `out_arg`, `cmdline`, `epoch`, `fat_epoch`.
