@@ -4,8 +4,12 @@
 //! dnsmasq is started in the foreground with no config file, bound to the
 //! LAN bridge only (so several LANs can each have one), logging to a file in
 //! the LAN's run directory; it counts as started once it listens on UDP 67
-//! and 53. Limits: IPv4 only, a fixed `.100`–`.199` pool with 12 h leases,
-//! and DNS answers only for names learnt from DHCP leases.
+//! and 53. It also serves TFTP from the LAN's `tftp/` directory and
+//! chainloads network boots as a farmer's server would (docs/image.md): a
+//! firmware's own PXE client gets iPXE (`undionly.kpxe` or `ipxe.efi`),
+//! iPXE (DHCP option 175) gets the script `grove.ipxe`; a test puts the
+//! files there. Limits: IPv4 only, a fixed `.100`–`.199` pool with 12 h
+//! leases, and DNS answers only for names learnt from DHCP leases.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -95,6 +99,11 @@ impl Dnsmasq {
     ) -> Result<Dnsmasq, DnsmasqError> {
         let log = dir.join("dnsmasq.log");
         let leases = dir.join("leases");
+        let tftp = tftp_dir(dir);
+        std::fs::create_dir_all(&tftp).map_err(|source| DnsmasqError::File {
+            path: tftp.clone(),
+            source,
+        })?;
         let log_file = create(&log)?;
         let log_err = log_file.try_clone().map_err(|source| DnsmasqError::File {
             path: log.clone(),
@@ -227,7 +236,20 @@ fn arguments(bridge: &IfName, subnet: Subnet, dir: &Path, lease_secs: u32) -> Ve
         "--log-facility=-".into(),
         "--log-dhcp".into(),
         "--log-queries".into(),
+        // Network boot: TFTP, and the chainload into iPXE and its script.
+        "--enable-tftp".into(),
+        format!("--tftp-root={}", tftp_dir(dir).display()),
+        "--dhcp-match=set:ipxe,175".into(),
+        "--dhcp-match=set:efi64,option:client-arch,7".into(),
+        "--dhcp-boot=tag:ipxe,grove.ipxe".into(),
+        "--dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi".into(),
+        "--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe".into(),
     ]
+}
+
+/// The directory dnsmasq serves by TFTP, in the LAN's directory `dir`.
+pub fn tftp_dir(dir: &Path) -> PathBuf {
+    dir.join("tftp")
 }
 
 /// The local UDP ports open in the network namespace of `pid`.
@@ -270,5 +292,7 @@ mod tests {
         );
         assert!(args.contains(&"--dhcp-leasefile=/r/lan1/leases".to_owned()));
         assert!(args.contains(&"--conf-file=/dev/null".to_owned()));
+        assert!(args.contains(&"--tftp-root=/r/lan1/tftp".to_owned()));
+        assert!(args.contains(&"--dhcp-boot=tag:ipxe,grove.ipxe".to_owned()));
     }
 }

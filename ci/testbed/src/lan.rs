@@ -309,6 +309,11 @@ impl Lan {
         self.dir.join("dnsmasq.log")
     }
 
+    /// The directory the LAN's dnsmasq serves by TFTP (network boots).
+    pub fn tftp_dir(&self) -> PathBuf {
+        crate::dnsmasq::tftp_dir(&self.dir)
+    }
+
     /// dnsmasq's lease file.
     pub fn leases_file(&self) -> PathBuf {
         self.dir.join("leases")

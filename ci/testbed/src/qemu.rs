@@ -1,14 +1,18 @@
-//! Boot images under QEMU on a farm LAN: the image's own kernel and
-//! initramfs, booted directly, as a whole machine with virtio disks and a
-//! NIC on the farm's bridge.
+//! Boot images under QEMU on a farm LAN, as a whole machine with virtio
+//! disks and a NIC on the farm's bridge: the image's own kernel and
+//! initramfs booted directly, or its USB stick (`grove.img`, a virtio
+//! disk) or its ISO (`grove.iso`, a CD-ROM) under OVMF (UEFI) or SeaBIOS
+//! (legacy BIOS), or from the network (PXE through the NIC's iPXE ROM).
 //!
 //! [`BootImage`] finds the image (`GROVE_IMAGE_DIR`, or `image/build` run
-//! into `target/image`); [`QemuNode::boot`] makes a tap on the LAN's bridge
+//! into `target/image`) and makes sticks, ISOs and PXE roots with a node's
+//! boot parameters (`image/usb`, `image/iso`, `image/pxe`); [`QemuNode::boot`] makes a tap on the LAN's bridge
 //! inside the farm's LAN namespace, sparse disk files in the farm's run
 //! directory, and starts QEMU there with the serial console written to a
 //! log. Limits: TCG only (KVM hangs on the CI machines), so a boot takes
-//! seconds of emulated time; one NIC per machine; the tap and disks go with
-//! the farm, QEMU itself with the [`QemuNode`] (drop it before the farm).
+//! seconds of emulated time; one NIC per machine; the stick is a
+//! virtio-blk disk, not USB storage; the tap and disks go with the farm,
+//! QEMU itself with the [`QemuNode`] (drop it before the farm).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,10 @@ pub const IMAGE_DIR_ENV: &str = "GROVE_IMAGE_DIR";
 const QEMU: &str = "qemu-system-x86_64";
 /// Memory of every machine, MiB.
 const MEMORY_MIB: u32 = 1536;
+/// OVMF, the UEFI firmware (Debian's `ovmf`): its code, read-only, and
+/// the template of its variable store, copied per machine.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// Finding, building or booting an image failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,24 @@ pub enum QemuError {
     Build { status: std::process::ExitStatus },
     #[error("could not run image/build")]
     BuildSpawn(#[source] std::io::Error),
+    #[error("image/{script} failed ({status}) making {out}; its output is above")]
+    Medium {
+        script: &'static str,
+        out: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error("could not run image/{script}")]
+    MediumSpawn {
+        script: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no UEFI firmware at {path} (install ovmf; ci/setup does)")]
+    NoFirmware {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid tap name for machine {index}")]
     TapName {
         index: usize,
@@ -64,21 +90,34 @@ pub enum QemuError {
     },
 }
 
-/// A kernel and an initramfs.
+/// A kernel and an initramfs, and the USB stick and ISO made of them.
 #[derive(Debug, Clone)]
 pub struct BootImage {
+    pub dir: PathBuf,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    /// `grove.img`, with no boot parameters of a node's own.
+    pub usb: PathBuf,
+    /// `grove.iso`, with no boot parameters of a node's own.
+    pub iso: PathBuf,
 }
 
 impl BootImage {
     /// The image in `dir`, checked to be there.
     pub fn at(dir: &Path) -> Result<BootImage, QemuError> {
         let image = BootImage {
+            dir: dir.to_owned(),
             kernel: dir.join("vmlinuz"),
             initramfs: dir.join("initramfs"),
+            usb: dir.join("grove.img"),
+            iso: dir.join("grove.iso"),
         };
-        for (path, file) in [(&image.kernel, "vmlinuz"), (&image.initramfs, "initramfs")] {
+        for (path, file) in [
+            (&image.kernel, "vmlinuz"),
+            (&image.initramfs, "initramfs"),
+            (&image.usb, "grove.img"),
+            (&image.iso, "grove.iso"),
+        ] {
             if !path.is_file() {
                 return Err(QemuError::NoImage {
                     dir: dir.to_owned(),
@@ -113,6 +152,44 @@ impl BootImage {
         }
         BootImage::at(out)
     }
+
+    /// Runs `image/usb` to write `stick`: this image's USB stick booting
+    /// the node with `params` (kernel parameters, space-separated) after
+    /// the image's own. The output goes to this process's stderr.
+    pub fn usb_stick(&self, stick: &Path, params: &str) -> Result<(), QemuError> {
+        self.medium("usb", stick, params)
+    }
+
+    /// Runs `image/iso` to write `iso`, as [`BootImage::usb_stick`] does.
+    pub fn iso_image(&self, iso: &Path, params: &str) -> Result<(), QemuError> {
+        self.medium("iso", iso, params)
+    }
+
+    /// Runs `image/pxe` to fill the TFTP root `root` (a LAN's
+    /// [`crate::Lan::tftp_dir`]), as [`BootImage::usb_stick`] does.
+    pub fn pxe_root(&self, root: &Path, params: &str) -> Result<(), QemuError> {
+        self.medium("pxe", root, params)
+    }
+
+    fn medium(&self, script: &'static str, out: &Path, params: &str) -> Result<(), QemuError> {
+        let status = Command::new(workspace().join("image").join(script))
+            .arg(&self.dir)
+            .arg(out)
+            .args(params.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .map_err(|source| QemuError::MediumSpawn { script, source })?;
+        if !status.success() {
+            return Err(QemuError::Medium {
+                script,
+                out: out.to_owned(),
+                status,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The workspace root, from this crate's place in it (`ci/testbed`).
@@ -120,11 +197,52 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// How the firmware gets to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootPath {
+    /// QEMU loads the image's kernel and initramfs itself (`-kernel`,
+    /// `-initrd`, `-append`), after SeaBIOS.
+    Direct,
+    /// From a medium under OVMF: systemd-boot and a unified kernel image.
+    Uefi(Medium),
+    /// From a medium under SeaBIOS: GRUB, then a kernel and initramfs
+    /// (iPXE from the network).
+    Bios(Medium),
+}
+
+/// What the machine boots from, first in its boot order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Medium {
+    /// A USB stick image (`grove.img`), as a virtio disk with the serial
+    /// `gq<index>usb`; attached writable, so a test can see that the node
+    /// left it alone.
+    Stick(PathBuf),
+    /// An ISO (`grove.iso`) in an IDE CD-ROM drive, as a BMC's virtual
+    /// media shows it.
+    Cdrom(PathBuf),
+    /// The network: the NIC's option ROM (iPXE, from `ipxe-qemu`) gets a
+    /// lease and the script the LAN's dnsmasq names, then the kernel and
+    /// initramfs from its TFTP root (fill it with [`BootImage::pxe_root`]).
+    Network,
+}
+
+impl BootPath {
+    /// Whether the machine boots from its NIC.
+    fn boots_from_network(&self) -> bool {
+        matches!(
+            self,
+            BootPath::Uefi(Medium::Network) | BootPath::Bios(Medium::Network)
+        )
+    }
+}
+
 /// How one machine is booted.
 #[derive(Debug, Clone)]
 pub struct MachineSpec {
-    /// Kernel parameters after `console=ttyS0 panic=10`.
+    /// Kernel parameters after `console=ttyS0 panic=10`, on the direct
+    /// path (a stick carries its own).
     pub cmdline: String,
+    pub boot: BootPath,
     /// Sizes of the blank virtio-scsi SSDs, bytes (sparse files).
     pub disks: Vec<u64>,
     /// The farm LAN the NIC plugs into.
@@ -135,6 +253,7 @@ impl Default for MachineSpec {
     fn default() -> MachineSpec {
         MachineSpec {
             cmdline: crate::spec::DEFAULT_CMDLINE.to_owned(),
+            boot: BootPath::Direct,
             disks: vec![4 << 30, 4 << 30],
             lan: 0,
         }
@@ -207,21 +326,20 @@ impl QemuNode {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(["-m".into(), MEMORY_MIB.to_string()]);
+        args.extend(boot_args(&spec.boot, image, &spec.cmdline, &dir, index)?);
         args.extend([
-            "-m".into(),
-            MEMORY_MIB.to_string(),
-            "-kernel".into(),
-            image.kernel.display().to_string(),
-            "-initrd".into(),
-            image.initramfs.display().to_string(),
-            "-append".into(),
-            format!("console=ttyS0 panic=10 {}", spec.cmdline),
             "-serial".into(),
             format!("file:{}", console.display()),
             "-netdev".into(),
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+            // First in the boot order when the machine boots from it.
+            if spec.boot.boots_from_network() {
+                format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=0")
+            } else {
+                format!("virtio-net-pci,netdev=n0,mac={mac}")
+            },
         ]);
         // virtio-scsi rather than virtio-blk: its disks can say they are
         // SSDs (`rotation_rate=1`), so the node puts its cache on one.
@@ -316,6 +434,70 @@ impl Drop for QemuNode {
             eprintln!("grove-testbed: {}", crate::report(&e));
         }
     }
+}
+
+/// QEMU's arguments for the firmware and the boot medium. A stick is
+/// attached as it is (writes would reach the file: a test can check that
+/// the node left it alone); OVMF gets a fresh variable store in `dir`.
+fn boot_args(
+    boot: &BootPath,
+    image: &BootImage,
+    cmdline: &str,
+    dir: &Path,
+    index: usize,
+) -> Result<Vec<String>, QemuError> {
+    let medium_args = |medium: &Medium| match medium {
+        Medium::Stick(stick) => vec![
+            "-drive".to_owned(),
+            format!(
+                "file={},if=none,id=stick,format=raw,cache=unsafe",
+                stick.display()
+            ),
+            "-device".to_owned(),
+            format!("virtio-blk-pci,drive=stick,serial=gq{index}usb,bootindex=0"),
+        ],
+        Medium::Cdrom(iso) => vec![
+            "-drive".to_owned(),
+            format!(
+                "file={},if=none,id=cd,format=raw,media=cdrom,readonly=on",
+                iso.display()
+            ),
+            "-device".to_owned(),
+            "ide-cd,drive=cd,bootindex=0".to_owned(),
+        ],
+        // The NIC itself is first in the boot order.
+        Medium::Network => Vec::new(),
+    };
+    Ok(match boot {
+        BootPath::Direct => vec![
+            "-kernel".into(),
+            image.kernel.display().to_string(),
+            "-initrd".into(),
+            image.initramfs.display().to_string(),
+            "-append".into(),
+            format!("console=ttyS0 panic=10 {cmdline}"),
+        ],
+        BootPath::Uefi(medium) => {
+            let vars = dir.join("ovmf-vars.fd");
+            std::fs::copy(OVMF_VARS, &vars).map_err(|source| QemuError::NoFirmware {
+                path: OVMF_VARS.into(),
+                source,
+            })?;
+            std::fs::metadata(OVMF_CODE).map_err(|source| QemuError::NoFirmware {
+                path: OVMF_CODE.into(),
+                source,
+            })?;
+            let mut args = vec![
+                "-drive".to_owned(),
+                format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+                "-drive".to_owned(),
+                format!("if=pflash,format=raw,file={}", vars.display()),
+            ];
+            args.extend(medium_args(medium));
+            args
+        }
+        BootPath::Bios(medium) => medium_args(medium),
+    })
 }
 
 /// Creates tap `tap` in the LAN's namespace, on its bridge, up.

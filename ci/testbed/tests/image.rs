@@ -1,15 +1,18 @@
 //! The boot image: built reproducibly, and booted under QEMU (TCG) on a
 //! farm LAN, where it gets DHCP, makes pools of its blank disks, registers
-//! with the farm's embedded registry and answers its operator API.
+//! with the farm's embedded registry and answers its operator API: from
+//! its kernel and initramfs directly, and from its USB stick (`grove.img`)
+//! and its ISO (`grove.iso`) under UEFI (OVMF) and legacy BIOS (SeaBIOS),
+//! leaving the medium as it was, and from the network (PXE, iPXE).
 //!
 //! Both tests hold one lock: a build compresses with every spare cycle, and
 //! a boot under a running build is several times slower.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use grove_testbed::qemu::{BootImage, MachineSpec, QemuNode, workspace};
+use grove_testbed::qemu::{BootImage, BootPath, MachineSpec, Medium, QemuNode, workspace};
 use grove_testbed::registry::Registry;
 use grove_testbed::{Farm, FarmSpec, cmd, http_get, wait_until};
 use serde_json::Value;
@@ -46,6 +49,8 @@ fn the_same_inputs_build_the_same_bytes() {
     for (a, b) in [
         (&first.kernel, &second.kernel),
         (&first.initramfs, &second.initramfs),
+        (&first.usb, &second.usb),
+        (&first.iso, &second.iso),
     ] {
         let (ha, hb) = (
             cmd::sha256(a).expect("sha256"),
@@ -75,6 +80,10 @@ fn a_missing_tool_stops_the_build_and_names_its_package() {
     assert!(stderr.contains("zstd (zstd)"), "{stderr}");
     assert!(stderr.contains("cpio (cpio)"), "{stderr}");
     assert!(stderr.contains("boringtun-cli (cargo install"), "{stderr}");
+    // image/usb's tools are checked before anything is built, too.
+    assert!(stderr.contains("mformat (mtools)"), "{stderr}");
+    assert!(stderr.contains("grub-mkimage (grub-common)"), "{stderr}");
+    assert!(stderr.contains("xorriso (xorriso)"), "{stderr}");
     assert!(stderr.contains("run ci/setup"), "{stderr}");
     assert!(
         !target.exists(),
@@ -83,21 +92,25 @@ fn a_missing_tool_stops_the_build_and_names_its_package() {
     );
 }
 
-#[test]
-fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let image = image();
-    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
-    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
-    let spec = MachineSpec {
-        cmdline: format!("grove.farm=1 grove.chain.url={}", registry.url()),
-        ..MachineSpec::default()
-    };
-    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+/// A node booted on `farm`, whatever the path, as the host sees it.
+struct CameUp {
+    /// Its operator API, `http://IP:8080`.
+    api: String,
+    /// What `/v1/disks` listed once it was ready.
+    disks: Vec<Value>,
+    /// From QEMU's start to the operator API answering, and to `ready`.
+    answered: Duration,
+    ready: Duration,
+}
 
+/// What a node must do, whatever it booted from: get a lease from the farm
+/// LAN's dnsmasq, answer its operator API from the host, make a pool of
+/// each blank disk, become `ready` and register with `registry`. Times are
+/// from `started`, just before QEMU.
+fn comes_up(farm: &Farm, registry: &Registry, node: &mut QemuNode, started: Instant) -> CameUp {
     // DHCP from the farm LAN's dnsmasq.
     let mut ip = None;
-    let leased = wait_until(Duration::from_secs(240), Duration::from_millis(500), || {
+    let leased = wait_until(Duration::from_secs(240), Duration::from_millis(200), || {
         ip = node.lease(farm.lan(0));
         ip.is_some() || !node.running()
     });
@@ -112,9 +125,13 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
     let api = format!("http://{ip}:8080");
 
     // The operator API answers from the host, and the node becomes ready.
+    let mut answered = None;
     let mut status = Value::Null;
-    let ready = wait_until(Duration::from_secs(180), Duration::from_millis(500), || {
+    let ready = wait_until(Duration::from_secs(180), Duration::from_millis(200), || {
         status = get_json(&format!("{api}/v1/status")).unwrap_or(Value::Null);
+        if !status.is_null() && answered.is_none() {
+            answered = Some(started.elapsed());
+        }
         status["state"] == "ready" || !node.running()
     });
     assert!(
@@ -122,12 +139,14 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
         "not ready: {status}\n{}",
         node.logs(60)
     );
+    let ready = started.elapsed();
+    let answered = answered.expect("the API answered before it said ready");
     let account = status["account"].as_str().expect("an account").to_owned();
     assert!(account.starts_with('5'), "{account}");
 
     // Both blank disks became pools.
     let disks = get_json(&format!("{api}/v1/disks")).expect("/v1/disks answers");
-    let disks = disks.as_array().expect("a list of disks");
+    let disks = disks.as_array().expect("a list of disks").clone();
     let mut pooled: Vec<&str> = disks
         .iter()
         .filter(|d| d["pool"].as_str().is_some_and(|p| p.starts_with("grove-")))
@@ -159,9 +178,279 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
         .collect();
     assert_eq!(ours.len(), 1, "{nodes}");
     assert_eq!(ours[0]["twin_id"], chain["twin_id"], "{nodes}");
+    CameUp {
+        api,
+        disks,
+        answered,
+        ready,
+    }
+}
+
+/// The boot parameters of every node here.
+fn node_params(registry: &Registry) -> String {
+    format!("grove.farm=1 grove.chain.url={}", registry.url())
+}
+
+#[test]
+fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    let spec = MachineSpec {
+        cmdline: node_params(&registry),
+        ..MachineSpec::default()
+    };
+    let started = Instant::now();
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let up = comes_up(&farm, &registry, &mut node, started);
+    eprintln!(
+        "direct kernel boot: API answered after {:.1} s, ready after {:.1} s",
+        up.answered.as_secs_f64(),
+        up.ready.as_secs_f64()
+    );
 
     node.stop().expect("QEMU stops");
     drop(registry);
+    let mut farm = farm;
+    farm.teardown().expect("clean teardown");
+}
+
+/// Boots a medium (`grove.img` as a stick, or `grove.iso` as a CD-ROM)
+/// made of the image with the node's parameters under the firmware `path`
+/// gives, checks what every node must do, that the console shows
+/// `evidence` of the path taken, that the kernel got the medium's command
+/// line, and that the medium is neither pooled nor written (its bytes are
+/// the same after the boot). A stick must be listed in `/v1/disks`.
+fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&str]) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    let (file, medium) = if iso {
+        let file = farm.dir().join("grove.iso");
+        image
+            .iso_image(&file, &node_params(&registry))
+            .expect("image/iso makes the ISO");
+        (file.clone(), Medium::Cdrom(file))
+    } else {
+        let file = farm.dir().join("grove.img");
+        image
+            .usb_stick(&file, &node_params(&registry))
+            .expect("image/usb makes the stick");
+        (file.clone(), Medium::Stick(file))
+    };
+    let before = cmd::sha256(&file).expect("sha256");
+    let spec = MachineSpec {
+        boot: path(medium),
+        ..MachineSpec::default()
+    };
+    let started = Instant::now();
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let up = comes_up(&farm, &registry, &mut node, started);
+    eprintln!(
+        "{name}: API answered after {:.1} s, ready after {:.1} s",
+        up.answered.as_secs_f64(),
+        up.ready.as_secs_f64()
+    );
+
+    // The firmware went the way it should, to the kernel parameters the
+    // medium carries.
+    let console = std::fs::read_to_string(node.console_log()).expect("console log");
+    for line in evidence {
+        assert!(
+            console.contains(line),
+            "no {line:?} on the console\n{}",
+            node.logs(80)
+        );
+    }
+    let params = format!("console=ttyS0,115200 panic=10 {}", node_params(&registry));
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("Command line:") && l.trim_end().ends_with(&params)),
+        "the kernel did not get {params:?}\n{}",
+        node.logs(80)
+    );
+
+    // A stick is a disk the node sees and leaves alone.
+    let stick = up.disks.iter().find(|d| d["serial"] == "gq0usb");
+    if !iso {
+        let usb = stick.unwrap_or_else(|| panic!("the stick is not in /v1/disks: {:?}", up.disks));
+        assert!(usb["pool"].is_null(), "the stick became a pool: {usb}");
+        assert_eq!(usb["class"], "foreign", "{usb}");
+    }
+    let status = get_json(&format!("{}/v1/status", up.api)).expect("/v1/status answers");
+    assert_eq!(status["state"], "ready", "{status}");
+    node.stop().expect("QEMU stops");
+    let after = cmd::sha256(&file).expect("sha256");
+    assert_eq!(before, after, "the node wrote to its boot medium");
+
+    drop(registry);
+    let mut farm = farm;
+    farm.teardown().expect("clean teardown");
+}
+
+/// systemd-stub hands a UKI's initramfs over this way.
+const UEFI_STUB: &str = "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path";
+
+#[test]
+fn a_node_boots_from_the_usb_stick_under_uefi() {
+    boots_from("UEFI, grove.img", BootPath::Uefi, false, &[UEFI_STUB]);
+}
+
+#[test]
+fn a_node_boots_from_the_usb_stick_under_bios() {
+    boots_from(
+        "BIOS, grove.img",
+        BootPath::Bios,
+        false,
+        // GRUB's menu entry for the slot grubenv names, and its kernel.
+        &["Booting `Grove, slot a'", "BOOT_IMAGE=/grove/a/vmlinuz"],
+    );
+}
+
+#[test]
+fn a_node_boots_from_the_iso_under_uefi() {
+    boots_from("UEFI, grove.iso", BootPath::Uefi, true, &[UEFI_STUB]);
+}
+
+#[test]
+fn a_node_boots_from_the_iso_under_bios() {
+    boots_from(
+        "BIOS, grove.iso",
+        BootPath::Bios,
+        true,
+        &["Booting `Grove'", "BOOT_IMAGE=/grove/vmlinuz"],
+    );
+}
+
+/// Boots a node from the network under the firmware `path` gives, with
+/// the LAN's TFTP root filled by `image/pxe`, checks what every node must
+/// do, that dnsmasq sent the script, the kernel and the initramfs, and that
+/// the kernel got the script's command line.
+fn boots_over_pxe(name: &str, path: fn(Medium) -> BootPath) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    image
+        .pxe_root(&farm.lan(0).tftp_dir(), &node_params(&registry))
+        .expect("image/pxe fills the LAN's TFTP root");
+    let spec = MachineSpec {
+        boot: path(Medium::Network),
+        ..MachineSpec::default()
+    };
+    let started = Instant::now();
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let up = comes_up(&farm, &registry, &mut node, started);
+    eprintln!(
+        "{name}: API answered after {:.1} s, ready after {:.1} s",
+        up.answered.as_secs_f64(),
+        up.ready.as_secs_f64()
+    );
+
+    // The LAN's dnsmasq sent iPXE the script, then the kernel and the
+    // initramfs, and the kernel got the script's command line.
+    let log = std::fs::read_to_string(farm.lan(0).dnsmasq_log()).expect("dnsmasq log");
+    for sent in log.lines().filter(|l| l.contains("dnsmasq-tftp")) {
+        eprintln!("{name}: {sent}");
+    }
+    for file in ["grove.ipxe", "vmlinuz", "initramfs"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("dnsmasq-tftp") && l.contains(" sent ") && l.contains(file)),
+            "dnsmasq did not send {file}\n{log}"
+        );
+    }
+    let console = std::fs::read_to_string(node.console_log()).expect("console log");
+    // (iPXE on UEFI puts the image's name first, as a loader's argv[0].)
+    let params = format!(
+        "initrd=initramfs console=tty0 console=ttyS0,115200 panic=10 {}",
+        node_params(&registry)
+    );
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("Command line:") && l.trim_end().ends_with(&params)),
+        "the kernel did not get the script's command line\n{}",
+        node.logs(80)
+    );
+    node.stop().expect("QEMU stops");
+    drop(registry);
+    let mut farm = farm;
+    farm.teardown().expect("clean teardown");
+}
+
+#[test]
+fn a_node_boots_over_pxe_under_bios() {
+    boots_over_pxe("BIOS, PXE", BootPath::Bios);
+}
+
+#[test]
+fn a_node_boots_over_pxe_under_uefi() {
+    boots_over_pxe("UEFI, PXE", BootPath::Uefi);
+}
+
+/// Runs an mtools command on the stick's ESP (2 MiB into the disk, as
+/// docs/image.md lays it out).
+fn on_esp(tool: &str, stick: &std::path::Path, args: &[&str]) {
+    let image = format!("{}@@2M", stick.display());
+    let out = std::process::Command::new(tool)
+        .arg("-i")
+        .arg(&image)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtools runs (ci/setup installs mtools)");
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn under_bios_the_stick_boots_the_slot_grubenv_names_or_else_the_other() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+    let stick = farm.dir().join("grove.img");
+    image.usb_stick(&stick, "grove.farm=1").expect("image/usb");
+    // grubenv names slot B, whose kernel is gone.
+    let header = "# GRUB Environment Block\ngrove_slot=b\n";
+    let grubenv = format!("{header}{}", "#".repeat(1024 - header.len()));
+    let env_file = farm.dir().join("grubenv");
+    std::fs::write(&env_file, grubenv).expect("grubenv written");
+    let env_path = env_file.to_str().expect("a UTF-8 path");
+    on_esp("mcopy", &stick, &["-o", env_path, "::/grub/grubenv"]);
+    on_esp("mdel", &stick, &["::/grove/b/vmlinuz"]);
+
+    let spec = MachineSpec {
+        boot: BootPath::Bios(Medium::Stick(stick)),
+        disks: Vec::new(),
+        ..MachineSpec::default()
+    };
+    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
+    let mut console = String::new();
+    let started = wait_until(Duration::from_secs(180), Duration::from_millis(500), || {
+        console = std::fs::read_to_string(node.console_log()).unwrap_or_default();
+        console.contains("grove-init: starting the agent") || !node.running()
+    });
+    assert!(started, "the agent did not start\n{}", node.logs(60));
+    let tried_b = console.find("Booting `Grove, slot b'");
+    let fell_back = console.find("Falling back to `Grove, slot a'");
+    assert!(
+        tried_b.is_some() && fell_back.is_some() && tried_b < fell_back,
+        "GRUB did not try slot B, then slot A\n{}",
+        node.logs(60)
+    );
+    assert!(
+        console.contains("Command line: BOOT_IMAGE=/grove/a/vmlinuz "),
+        "{}",
+        node.logs(60)
+    );
+    node.stop().expect("QEMU stops");
     let mut farm = farm;
     farm.teardown().expect("clean teardown");
 }
