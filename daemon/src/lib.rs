@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cmd;
 pub mod config;
 pub mod fsutil;
 pub mod latest;
