@@ -167,6 +167,20 @@ fn result(state: WorkloadState, message: impl Into<String>) -> WorkloadResult {
     }
 }
 
+/// A `queued` result for each workload of `deployment` that has no result
+/// in `known` yet.
+fn queued(
+    deployment: &Deployment,
+    known: Option<&BTreeMap<String, WorkloadResult>>,
+) -> BTreeMap<String, WorkloadResult> {
+    deployment
+        .workloads
+        .iter()
+        .filter(|w| known.is_none_or(|r| !r.contains_key(w.name.as_str())))
+        .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
+        .collect()
+}
+
 /// The twins' account keys, by twin.
 type Keys = BTreeMap<u32, [u8; 32]>;
 
@@ -442,11 +456,7 @@ impl Engine {
                 previous_running: false,
             }),
         };
-        let queued: BTreeMap<String, WorkloadResult> = deployment
-            .workloads
-            .iter()
-            .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
-            .collect();
+        let queued = queued(&deployment, None);
         self.store_admitted(
             id,
             Some(record.clone()),
@@ -543,15 +553,12 @@ impl Engine {
             allocation: admitted.allocation.clone(),
             previous_running,
         });
-        let queued: BTreeMap<String, WorkloadResult> = {
+        let queued = {
             let state = self.state();
-            let current = state.entries.get(&contract_id).map(|e| &e.results);
-            deployment
-                .workloads
-                .iter()
-                .filter(|w| current.is_none_or(|r| !r.contains_key(w.name.as_str())))
-                .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
-                .collect()
+            queued(
+                &deployment,
+                state.entries.get(&contract_id).map(|e| &e.results),
+            )
         };
         self.store_admitted(
             contract_id,
