@@ -1043,6 +1043,10 @@ async fn registration(
     farm_id: u32,
     twin_id: u32,
 ) -> Result<NodeRegistration, String> {
+    /// Why the registration waits, with the cause.
+    fn waiting_for<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+        move |e| format!("waiting for {what}: {e}")
+    }
     let host = tokio::task::spawn_blocking(crate::hostinfo::HostInfo::read)
         .await
         .map_err(|e| format!("reading host facts failed: {e}"))?;
@@ -1052,23 +1056,22 @@ async fn registration(
         .storaged
         .ready()
         .await
-        .map_err(|e| format!("waiting for storaged: {e}"))?;
+        .map_err(waiting_for("storaged"))?;
     if !ready.ready {
-        return Err(format!(
-            "waiting for storaged: {}",
-            ready.waiting_for.as_deref().unwrap_or("not ready")
+        return Err(waiting_for("storaged")(
+            ready.waiting_for.as_deref().unwrap_or("not ready"),
         ));
     }
     let capacity = sources
         .storaged
         .capacity()
         .await
-        .map_err(|e| format!("waiting for storaged's capacity: {e}"))?;
+        .map_err(waiting_for("storaged's capacity"))?;
     let interfaces = sources
         .netd
         .interfaces()
         .await
-        .map_err(|e| format!("waiting for netd's interfaces: {e}"))?;
+        .map_err(waiting_for("netd's interfaces"))?;
     let node = crate::operator::capacity::node_capacity(&host, Some(&capacity));
     Ok(NodeRegistration {
         farm_id,
