@@ -18,6 +18,8 @@
 
 use std::time::{Duration, Instant};
 
+use agent::chain::ChainStatus;
+use agent::identity::keys::Seed;
 use agent::registry::model::{NodeRegistration, Resources};
 use agent::tfchain::client::{Tfchain, TfchainError};
 use grove_testbed::chain::{self, Daemons, GIB, StandIns, TFT, alice_submit, now};
@@ -44,13 +46,89 @@ async fn farm() -> (OnlineClient<SubstrateConfig>, u32) {
     (client, farm)
 }
 
+/// A node key on a new farm of Alice's, with storaged and netd stand-ins
+/// that report `ssd` bytes of SSD.
+struct NodeKey {
+    client: OnlineClient<SubstrateConfig>,
+    farm_id: u32,
+    seed: Seed,
+    dir: tempfile::TempDir,
+    storage: StandIns,
+}
+
+impl NodeKey {
+    /// Without funds.
+    async fn new(ssd: u64) -> Self {
+        let (client, farm_id) = farm().await;
+        let seed = Seed::generate().expect("seed");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StandIns::start(dir.path(), ssd).expect("TFChain harness");
+        Self {
+            client,
+            farm_id,
+            seed,
+            dir,
+            storage,
+        }
+    }
+
+    /// With the funds to register.
+    async fn funded(ssd: u64) -> Self {
+        let key = Self::new(ssd).await;
+        key.fund().await;
+        key
+    }
+
+    async fn fund(&self) {
+        chain::fund(&self.client, &self.seed)
+            .await
+            .expect("TFChain harness");
+    }
+
+    /// The node's chain task against the chain at `url`, an uptime report
+    /// every `interval_secs`.
+    fn start(&self, url: &str, interval_secs: u64) -> chain::Node {
+        chain::start(
+            url,
+            self.farm_id,
+            &self.seed,
+            self.dir.path(),
+            Daemons::from(&self.storage),
+            interval_secs,
+        )
+    }
+
+    async fn nonce(&self) -> u64 {
+        nonce(&self.client, &self.seed).await
+    }
+}
+
 /// How many extrinsics the node's account has sent.
-async fn nonce(client: &OnlineClient<SubstrateConfig>, seed: &agent::identity::keys::Seed) -> u64 {
+async fn nonce(client: &OnlineClient<SubstrateConfig>, seed: &Seed) -> u64 {
     let at = client.at_current_block().await.expect("block");
     at.tx()
         .account_nonce(&AccountId32(seed.keys().verifying().to_bytes()))
         .await
         .expect("nonce")
+}
+
+/// The node's chain task's status once `ok` holds, within `secs` seconds.
+async fn until(
+    node: &chain::Node,
+    secs: u64,
+    what: &str,
+    ok: impl Fn(&ChainStatus) -> bool,
+) -> ChainStatus {
+    chain::wait_for(&node.chain, Duration::from_secs(secs), what, ok)
+        .await
+        .expect("TFChain harness")
+}
+
+/// The node of `seed` on the chain, as a client.
+async fn connect(seed: &Seed) -> Tfchain {
+    Tfchain::connect(&url(), seed.keys().signing().clone())
+        .await
+        .expect("connect")
 }
 
 async fn node_sru(node: u32) -> u64 {
@@ -285,25 +363,10 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_node() {
-    let (client, farm_id) = farm().await;
-    let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.expect("TFChain harness");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 4 * GIB).expect("TFChain harness");
-    let node = chain::start(
-        &url(),
-        farm_id,
-        &seed,
-        dir.path(),
-        Daemons::from(&storage),
-        3600,
-    );
+    let f = NodeKey::funded(4 * GIB).await;
+    let node = f.start(&url(), 3600);
 
-    let refused = chain::wait_for(&node.chain, Duration::from_secs(60), "a refusal", |s| {
-        s.refusal.is_some()
-    })
-    .await
-    .expect("TFChain harness");
+    let refused = until(&node, 60, "a refusal", |s| s.refusal.is_some()).await;
     let reason = refused.refusal.clone().expect("refusal");
     assert!(
         reason.contains("100 GiB") && reason.contains("4.0 GiB"),
@@ -312,19 +375,17 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
     let problems = refused.problems(now());
     assert_eq!(problems.len(), 1, "one reason: {problems:?}");
     eprintln!("/v1/status reason: {}", problems[0]);
-    let sent = nonce(&client, &seed).await;
-    let balance = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
+    let sent = f.nonce().await;
+    let balance = connect(&f.seed)
         .await
-        .expect("connect")
         .free_balance()
         .await
         .expect("balance");
     // Several rounds of the task go by (one every 5 s).
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(nonce(&client, &seed).await, sent, "an extrinsic was sent");
-    let after = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
+    assert_eq!(f.nonce().await, sent, "an extrinsic was sent");
+    let after = connect(&f.seed)
         .await
-        .expect("connect")
         .free_balance()
         .await
         .expect("balance");
@@ -336,20 +397,19 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
     );
 
     // A pool is added: the node registers.
-    storage
+    f.storage
         .ssd
         .store(200 * GIB, std::sync::atomic::Ordering::SeqCst);
-    let registered = chain::wait_for(&node.chain, Duration::from_secs(60), "a node id", |s| {
+    let registered = until(&node, 60, "a node id", |s| {
         s.node_id.is_some() && s.queue_length == 0 && s.last_uptime_report.is_some()
     })
-    .await
-    .expect("TFChain harness");
+    .await;
     let id = registered.node_id.expect("node id");
     assert_eq!(registered.refusal, None);
     assert_eq!(node_sru(id).await, 200 * GIB);
 
     // A pool breaks: the chain follows within a minute.
-    storage
+    f.storage
         .ssd
         .store(150 * GIB, std::sync::atomic::Ordering::SeqCst);
     let start = Instant::now();
@@ -364,23 +424,15 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
 
     // An agent restart with nothing changed: one uptime report, no update.
     drop(node);
-    let before = nonce(&client, &seed).await;
-    let node = chain::start(
-        &url(),
-        farm_id,
-        &seed,
-        dir.path(),
-        Daemons::from(&storage),
-        3600,
-    );
-    let again = chain::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
+    let before = f.nonce().await;
+    let node = f.start(&url(), 3600);
+    let again = until(&node, 60, "a report", |s| {
         s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0
     })
-    .await
-    .expect("TFChain harness");
+    .await;
     assert_eq!(again.node_id, Some(id));
     assert_eq!(
-        nonce(&client, &seed).await,
+        f.nonce().await,
         before + 1,
         "a restart with nothing changed sends the uptime report only"
     );
@@ -389,39 +441,22 @@ async fn capacity_under_the_chain_rules_sends_nothing_and_capacity_follows_the_n
 /// Cuts the network between node and chain for `cut`, then restores it:
 /// reports resume, the backlog goes out as one report (no duplicate), the
 /// queue empties (no loss). Answers the time from the chain answering again
-/// to the first delivered report.
-async fn cut_and_restore(cut: Duration) -> Duration {
-    let (client, farm_id) = farm().await;
-    let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.expect("TFChain harness");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
+/// to the first delivered report, and that must be within 15 s.
+async fn cut_and_restore(cut: Duration) {
+    let f = NodeKey::funded(200 * GIB).await;
     let proxy = chain::Proxy::to(&url()).await.expect("TFChain harness");
-    let interval = 4;
-    let node = chain::start(
-        &proxy.url,
-        farm_id,
-        &seed,
-        dir.path(),
-        Daemons::from(&storage),
-        interval,
-    );
-    chain::wait_for(
-        &node.chain,
-        Duration::from_secs(60),
-        "registered and reporting",
-        |s| s.node_id.is_some() && s.last_uptime_report.is_some(),
-    )
-    .await
-    .expect("TFChain harness");
+    let node = f.start(&proxy.url, 4);
+    until(&node, 60, "registered and reporting", |s| {
+        s.node_id.is_some() && s.last_uptime_report.is_some()
+    })
+    .await;
 
     proxy.cut();
     let cut_at = Instant::now();
-    let during = chain::wait_for(&node.chain, Duration::from_secs(60), "the cut seen", |s| {
+    let during = until(&node, 60, "the cut seen", |s| {
         !s.connected && s.queue_length >= 2
     })
-    .await
-    .expect("TFChain harness");
+    .await;
     let problems = during.problems(now());
     assert!(
         problems
@@ -431,7 +466,7 @@ async fn cut_and_restore(cut: Duration) -> Duration {
     );
     tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
     let before = node.chain.status();
-    let sent_before = nonce(&client, &seed).await;
+    let sent_before = f.nonce().await;
     let queued = before.queue_length;
     let last_before = before
         .last_uptime_report
@@ -441,25 +476,17 @@ async fn cut_and_restore(cut: Duration) -> Duration {
 
     proxy.restore();
     let restored = Instant::now();
-    let after = chain::wait_for(
-        &node.chain,
-        Duration::from_secs(60),
-        "a report after the cut",
-        |s| s.last_uptime_report.is_some_and(|r| r.seq > last_before),
-    )
-    .await
-    .expect("TFChain harness");
+    let after = until(&node, 60, "a report after the cut", |s| {
+        s.last_uptime_report.is_some_and(|r| r.seq > last_before)
+    })
+    .await;
     let reconnect = restored.elapsed();
-    let resumed = chain::wait_for(
-        &node.chain,
-        Duration::from_secs(30),
-        "the queue empty",
-        |s| s.queue_length == 0 && s.connected,
-    )
-    .await
-    .expect("TFChain harness");
+    let resumed = until(&node, 30, "the queue empty", |s| {
+        s.queue_length == 0 && s.connected
+    })
+    .await;
     let delivered = resumed.last_uptime_report.expect("report").seq;
-    let sent = nonce(&client, &seed).await - sent_before;
+    let sent = f.nonce().await - sent_before;
     // Reports made after the restore go out one by one; the backlog as one.
     let made_since = delivered.saturating_sub(last_before + queued as u64);
     assert!(
@@ -478,27 +505,22 @@ async fn cut_and_restore(cut: Duration) -> Duration {
         after.last_uptime_report.expect("report").seq
     );
     drop(node);
-    reconnect
+    assert!(
+        reconnect <= Duration::from_secs(15),
+        "reconnect took {reconnect:?}"
+    );
 }
 
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn a_network_cut_of_10_s_then_reports_resume_without_loss_or_duplicate() {
-    let reconnect = cut_and_restore(Duration::from_secs(10)).await;
-    assert!(
-        reconnect <= Duration::from_secs(15),
-        "reconnect took {reconnect:?}"
-    );
+    cut_and_restore(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn a_network_cut_of_2_minutes_then_reports_resume_without_loss_or_duplicate() {
-    let reconnect = cut_and_restore(Duration::from_secs(120)).await;
-    assert!(
-        reconnect <= Duration::from_secs(15),
-        "reconnect took {reconnect:?}"
-    );
+    cut_and_restore(Duration::from_secs(120)).await;
 }
 
 /// An agent restarted with reports queued, a registration of an older
@@ -509,14 +531,11 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
     use agent::chain::queue::{Queue, Report};
     use agent::registry::model::UptimeReport;
 
-    let (client, farm_id) = farm().await;
-    let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.expect("TFChain harness");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = Queue::open(&dir.path().join("reports")).expect("queue");
+    let f = NodeKey::funded(200 * GIB).await;
+    let queue = Queue::open(&f.dir.path().join("reports")).expect("queue");
     let stale = Report::Register {
         registration: NodeRegistration {
-            farm_id,
+            farm_id: f.farm_id,
             twin_id: 0,
             resources: Resources::default(),
             interfaces: vec![],
@@ -541,26 +560,14 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
             )
             .expect("push");
     }
-    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
-    let node = chain::start(
-        &url(),
-        farm_id,
-        &seed,
-        dir.path(),
-        Daemons::from(&storage),
-        3600,
-    );
-    let s = chain::wait_for(
-        &node.chain,
-        Duration::from_secs(60),
-        "registered and delivered",
-        |s| s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0,
-    )
-    .await
-    .expect("TFChain harness");
+    let node = f.start(&url(), 3600);
+    let s = until(&node, 60, "registered and delivered", |s| {
+        s.node_id.is_some() && s.last_uptime_report.is_some() && s.queue_length == 0
+    })
+    .await;
     assert!(queue.is_empty());
     // accept the terms, create the twin, create the node, one report.
-    assert_eq!(nonce(&client, &seed).await, 4);
+    assert_eq!(f.nonce().await, 4);
     eprintln!(
         "after a restart with 3 reports queued: node {:?}, report {:?}",
         s.node_id, s.last_uptime_report
@@ -572,27 +579,15 @@ async fn an_agent_restart_with_reports_queued_registers_and_delivers() {
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
-    let (client, farm_id) = farm().await;
-    let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.expect("TFChain harness");
+    let f = NodeKey::funded(200 * GIB).await;
     chain::time_travel(&url(), now() + 600)
         .await
         .expect("TFChain harness");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
-    let node = chain::start(
-        &url(),
-        farm_id,
-        &seed,
-        dir.path(),
-        Daemons::from(&storage),
-        3600,
-    );
-    let s = chain::wait_for(&node.chain, Duration::from_secs(60), "a report", |s| {
+    let node = f.start(&url(), 3600);
+    let s = until(&node, 60, "a report", |s| {
         s.last_uptime_report.is_some() && s.queue_length == 0
     })
-    .await
-    .expect("TFChain harness");
+    .await;
     let skew = s.clock_skew_secs.expect("the skew is known");
     assert!((-700..=-590).contains(&skew), "skew {skew}");
     let problems = s.problems(now());
@@ -616,27 +611,13 @@ async fn with_chain_time_10_minutes_off_reports_use_the_chains_time() {
 #[tokio::test]
 #[ignore = "needs a TFChain: set TFCHAIN_WS and run with --ignored (ci/test does when TFCHAIN_WS is set)"]
 async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s_of_funding() {
-    let (client, farm_id) = farm().await;
-    let seed = agent::identity::keys::Seed::generate().expect("seed");
-    let account = seed.keys().public().account;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
-    let node = chain::start(
-        &url(),
-        farm_id,
-        &seed,
-        dir.path(),
-        Daemons::from(&storage),
-        3600,
-    );
-    let s = chain::wait_for(
-        &node.chain,
-        Duration::from_secs(60),
-        "waiting for funds",
-        |s| s.funds.starts_with("waiting for funds"),
-    )
-    .await
-    .expect("TFChain harness");
+    let key = NodeKey::new(200 * GIB).await;
+    let account = key.seed.keys().public().account;
+    let node = key.start(&url(), 3600);
+    let s = until(&node, 60, "waiting for funds", |s| {
+        s.funds.starts_with("waiting for funds")
+    })
+    .await;
     assert!(
         s.farmer.is_some(),
         "the farmer is read without funds: {s:?}"
@@ -648,16 +629,12 @@ async fn an_unfunded_node_is_degraded_with_its_address_and_registers_within_15_s
             .any(|p| p.contains(&account) && p.contains("1 TFT")),
         "{problems:?}"
     );
-    chain::fund(&client, &seed).await.expect("TFChain harness");
+    key.fund().await;
     let funded = Instant::now();
-    chain::wait_for(
-        &node.chain,
-        Duration::from_secs(15),
-        "a node id after funding",
-        |s| s.node_id.is_some(),
-    )
-    .await
-    .expect("TFChain harness");
+    until(&node, 15, "a node id after funding", |s| {
+        s.node_id.is_some()
+    })
+    .await;
     eprintln!("registered {:?} after funding", funded.elapsed());
 }
 
@@ -679,44 +656,28 @@ async fn after_the_chain_restarted_empty_the_node_registers_again_within_30_s() 
     };
     // From an empty chain, so the farm gets the same id after the reset.
     restart();
-    let (client, farm_id) = farm().await;
-    let seed = agent::identity::keys::Seed::generate().expect("seed");
-    chain::fund(&client, &seed).await.expect("TFChain harness");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = StandIns::start(dir.path(), 200 * GIB).expect("TFChain harness");
-    let node = chain::start(
-        &url(),
-        farm_id,
-        &seed,
-        dir.path(),
-        Daemons::from(&storage),
-        3600,
-    );
-    let first = chain::wait_for(&node.chain, Duration::from_secs(60), "registered", |s| {
+    let f = NodeKey::funded(200 * GIB).await;
+    let node = f.start(&url(), 3600);
+    let first = until(&node, 60, "registered", |s| {
         s.node_id.is_some() && s.queue_length == 0 && s.last_report_at.is_some()
     })
-    .await
-    .expect("TFChain harness");
+    .await;
     let reported = first.last_report_at.expect("a report before the reset");
 
     restart();
     let (client, again) = farm().await;
-    assert_eq!(again, farm_id, "the farm id after the reset");
-    chain::fund(&client, &seed).await.expect("TFChain harness");
+    assert_eq!(again, f.farm_id, "the farm id after the reset");
+    chain::fund(&client, &f.seed)
+        .await
+        .expect("TFChain harness");
     let ready = Instant::now();
     // Under chopsticks the genesis hash stays the same across restarts: the
     // node finds the reset by reading its twin and node again on reconnect.
-    let s = chain::wait_for(
-        &node.chain,
-        Duration::from_secs(30),
-        "registered again",
-        |s| s.node_id.is_some() && s.twin_id.is_some() && s.last_report_at > Some(reported),
-    )
-    .await
-    .expect("TFChain harness");
-    let chain = agent::tfchain::client::Tfchain::connect(&url(), seed.keys().signing().clone())
-        .await
-        .expect("connect");
+    let s = until(&node, 30, "registered again", |s| {
+        s.node_id.is_some() && s.twin_id.is_some() && s.last_report_at > Some(reported)
+    })
+    .await;
+    let chain = connect(&f.seed).await;
     let twin = chain.twin().await.expect("twin");
     assert_eq!(s.twin_id, twin, "the twin is the new chain's");
     let node_on_chain = chain

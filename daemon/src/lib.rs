@@ -5,12 +5,14 @@
 //! `/live`, `/ready` and `/v1/info` routes ([`server`]), is reached through a
 //! typed client ([`client`]), and stops on SIGTERM within a grace period
 //! ([`shutdown`]); [`cli`] ties these together for a binary's `main`.
+//! Short-lived host tools run through [`cmd`], the testbed's as well.
 //! Daemon logic lives in each daemon's own crate.
 
 #![deny(unsafe_code)]
 
 pub mod cli;
 pub mod client;
+pub mod cmd;
 pub mod config;
 pub mod fsutil;
 pub mod latest;

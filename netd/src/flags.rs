@@ -5,9 +5,6 @@
 //! [`Flags::to_args`], so the flag spellings live in one place. A unit test
 //! checks that every flag built parses back to the same value.
 
-use std::net::{IpAddr, Ipv4Addr};
-
-use crate::types::{InterfaceName, Ipv4Cidr, VlanId};
 use crate::uplink::Overrides;
 
 /// What `netd --help` says netd is.
@@ -16,21 +13,8 @@ pub const ABOUT: &str = "Node networking: uplink bring-up, the regional WireGuar
 /// What netd takes on its command line besides the daemon's own flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Flags {
-    /// Use this NIC for the uplink instead of probing every one.
-    #[arg(long, value_name = "IFNAME")]
-    pub uplink: Option<InterfaceName>,
-    /// Static uplink address instead of DHCP.
-    #[arg(long, value_name = "ADDR/PREFIX")]
-    pub address: Option<Ipv4Cidr>,
-    /// Static default gateway (with --address).
-    #[arg(long, value_name = "ADDR")]
-    pub gateway: Option<Ipv4Addr>,
-    /// DNS server (with --address). Repeatable.
-    #[arg(long, value_name = "ADDR")]
-    pub dns: Vec<IpAddr>,
-    /// VLAN tag on the uplink.
-    #[arg(long, value_name = "ID")]
-    pub vlan: Option<VlanId>,
+    #[command(flatten)]
+    pub uplink: Overrides,
 }
 
 impl Flags {
@@ -50,19 +34,20 @@ impl Flags {
             args.push(format!("--{flag}"));
             args.push(value);
         };
-        if let Some(nic) = &self.uplink {
+        let uplink = &self.uplink;
+        if let Some(nic) = &uplink.nic {
             add("uplink", nic.to_string());
         }
-        if let Some(address) = self.address {
+        if let Some(address) = uplink.address {
             add("address", address.to_string());
         }
-        if let Some(gateway) = self.gateway {
+        if let Some(gateway) = uplink.gateway {
             add("gateway", gateway.to_string());
         }
-        for dns in &self.dns {
+        for dns in &uplink.dns {
             add("dns", dns.to_string());
         }
-        if let Some(vlan) = self.vlan {
+        if let Some(vlan) = uplink.vlan {
             add("vlan", vlan.get().to_string());
         }
         args
@@ -70,18 +55,14 @@ impl Flags {
 
     /// The uplink overrides these flags ask for.
     pub fn overrides(self) -> Overrides {
-        Overrides {
-            nic: self.uplink,
-            address: self.address,
-            gateway: self.gateway,
-            dns: self.dns,
-            vlan: self.vlan,
-        }
+        self.uplink
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     type Cli = grove_daemon::cli::Cli<Flags>;
@@ -91,11 +72,13 @@ mod tests {
         let cases = [
             Flags::default(),
             Flags {
-                uplink: Some("eth1".parse().unwrap()),
-                address: Some("10.1.2.3/24".parse().unwrap()),
-                gateway: Some(Ipv4Addr::new(10, 1, 2, 1)),
-                dns: vec!["10.1.2.1".parse().unwrap(), "2001:db8::53".parse().unwrap()],
-                vlan: Some("42".parse().unwrap()),
+                uplink: Overrides {
+                    nic: Some("eth1".parse().unwrap()),
+                    address: Some("10.1.2.3/24".parse().unwrap()),
+                    gateway: Some(Ipv4Addr::new(10, 1, 2, 1)),
+                    dns: vec!["10.1.2.1".parse().unwrap(), "2001:db8::53".parse().unwrap()],
+                    vlan: Some("42".parse().unwrap()),
+                },
             },
         ];
         for flags in cases {

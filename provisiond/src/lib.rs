@@ -196,16 +196,26 @@ async fn pools(storaged: &storaged::client::StoragedClient, shutdown: &Shutdown)
     }
 }
 
+/// `set`, or `name` in provisiond's directory of [`grove_daemon::CACHE_DIR`].
+fn in_cache(set: Option<&PathBuf>, name: &str) -> PathBuf {
+    set.cloned()
+        .unwrap_or_else(|| Path::new(grove_daemon::CACHE_DIR).join(NAME).join(name))
+}
+
+/// Opens an image cache on a blocking thread.
+async fn open_images(config: image::StoreConfig) -> Result<image::ImageStore, ProvisiondError> {
+    let opened = tokio::task::spawn_blocking(move || image::ImageStore::open(config))
+        .await
+        .map_err(EngineError::from)?;
+    Ok(opened?)
+}
+
 /// Runs the daemon until `shutdown` trips: restores every deployment from
 /// the store before it accepts new ones.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
     let readiness = Readiness::waiting("restoring deployments");
-    let path = config.store.clone().unwrap_or_else(|| {
-        Path::new(grove_daemon::CACHE_DIR)
-            .join(NAME)
-            .join("deployments.redb")
-    });
+    let path = in_cache(config.store.as_ref(), "deployments.redb");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ProvisiondError::StoreDir {
             path: dir.to_owned(),
@@ -224,38 +234,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
         memory,
         pools: pools(&storaged, &shutdown).await,
     };
-    let cache = Path::new(grove_daemon::CACHE_DIR).join(NAME);
-    let mut images = image::StoreConfig::new(
-        config
-            .images
-            .clone()
-            .unwrap_or_else(|| cache.join("images")),
-    );
+    let mut images = image::StoreConfig::new(in_cache(config.images.as_ref(), "images"));
     images.http_registries = config.http_registries.clone();
     images.owner_shift = config.uid_base;
-    let images = tokio::task::spawn_blocking(move || image::ImageStore::open(images))
-        .await
-        .map_err(EngineError::from)??;
-    let mut machine_images = image::StoreConfig::new(
-        config
-            .machine_images
-            .clone()
-            .unwrap_or_else(|| cache.join("machine-images")),
-    );
+    let images = open_images(images).await?;
+    let mut machine_images =
+        image::StoreConfig::new(in_cache(config.machine_images.as_ref(), "machine-images"));
     machine_images.http_registries = config.http_registries.clone();
-    let machine_images =
-        tokio::task::spawn_blocking(move || image::ImageStore::open(machine_images))
-            .await
-            .map_err(EngineError::from)??;
+    let machine_images = open_images(machine_images).await?;
     let containers = Arc::new(driver::container::ContainerDriver::new(
         storaged.clone(),
         netd.clone(),
         Arc::new(images),
         driver::container::ContainerConfig {
-            dir: config
-                .containers
-                .clone()
-                .unwrap_or_else(|| cache.join("containers")),
+            dir: in_cache(config.containers.as_ref(), "containers"),
             netns: config.netns_dir.clone(),
             runc: config.runc.clone(),
             uid_base: config.uid_base,
@@ -270,10 +262,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
         netd.clone(),
         Arc::new(machine_images),
         driver::machine::MachineConfig {
-            dir: config
-                .machines
-                .clone()
-                .unwrap_or_else(|| cache.join("machines")),
+            dir: in_cache(config.machines.as_ref(), "machines"),
             netns: config.netns_dir.clone(),
             qemu: config.qemu.clone(),
             accel,

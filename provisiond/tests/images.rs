@@ -98,8 +98,13 @@ fn app_layers() -> Vec<Vec<u8>> {
     ]
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
+/// A runtime to push and pull with, a registry of the test's own and an
+/// empty cache directory.
+fn bed() -> (tokio::runtime::Runtime, OciRegistry, tempfile::TempDir) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let registry = registry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    (rt, registry, dir)
 }
 
 /// What the cache directory holds, for "nothing changed" checks.
@@ -114,9 +119,7 @@ fn cache(root: &Path) -> (Vec<String>, usize) {
 
 #[test]
 fn an_image_is_pulled_once_for_all_who_ask_and_served_from_the_cache_after_a_restart() {
-    let rt = runtime();
-    let registry = registry();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, registry, dir) = bed();
     let pushed = rt.block_on(push(&registry.host(), "grove/app", &app_layers(), "amd64"));
     let store = std::sync::Arc::new(store(dir.path(), &registry.host()));
 
@@ -184,9 +187,7 @@ fn an_image_is_pulled_once_for_all_who_ask_and_served_from_the_cache_after_a_res
 
 #[test]
 fn an_index_resolves_to_its_linux_amd64_image() {
-    let rt = runtime();
-    let registry = registry();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, registry, dir) = bed();
     let host = registry.host();
     let amd = rt.block_on(push(
         &host,
@@ -231,9 +232,7 @@ fn an_index_resolves_to_its_linux_amd64_image() {
 
 #[test]
 fn a_lying_registry_and_an_escaping_layer_are_refused_and_nothing_is_cached() {
-    let rt = runtime();
-    let registry = registry();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, registry, dir) = bed();
     let host = registry.host();
     let store = store(dir.path(), &host);
 
@@ -285,9 +284,7 @@ fn a_lying_registry_and_an_escaping_layer_are_refused_and_nothing_is_cached() {
 
 #[test]
 fn a_registry_down_gone_restarted_empty_stalled_or_refusing_gives_its_own_error() {
-    let rt = runtime();
-    let mut registry = registry();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, mut registry, dir) = bed();
     let host = registry.host();
     let pushed = rt.block_on(push(&host, "grove/app", &app_layers(), "amd64"));
     let store = store(dir.path(), &host);

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::{self, CmdError};
 use crate::mounts::{self, MountError};
 use crate::pool::Pool;
 use crate::pool::kind::DiskKind;
 use crate::types::PoolLabel;
+use grove_daemon::cmd::{self, CmdError};
 
 /// The cache subvolume's name on its pool.
 pub const SUBVOLUME: &str = "cache";
@@ -70,7 +70,7 @@ pub fn ensure(
     if !subvolume.exists() {
         cmd::run(
             "btrfs",
-            [
+            &[
                 "subvolume".as_ref(),
                 "create".as_ref(),
                 subvolume.as_os_str(),

@@ -9,7 +9,6 @@
 pub mod api;
 pub mod cache;
 pub mod client;
-pub mod cmd;
 pub mod disk;
 pub mod flags;
 pub mod mounts;

@@ -22,7 +22,6 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{self, CacheError, CacheStatus};
-use crate::cmd::{self, CmdError};
 use crate::disk::classify::{self, DiskClass, Findings};
 use crate::disk::discover::{self, BlockDevice, DiscoverError};
 use crate::disk::guard::{self, GuardError, Pinned};
@@ -33,6 +32,7 @@ use crate::pool::{self, Pool, PoolError, PoolState};
 pub use crate::report::{Capacity, Disk, KindCapacity, PoolReport};
 use crate::types::{DiskSerial, PoolLabel};
 use crate::volume::{self, PoolObjects, VolumeError};
+use grove_daemon::cmd::{self, CmdError};
 
 /// Share of each pool kept free for btrfs metadata and the cache.
 pub const RESERVE_PERCENT: u64 = 5;
@@ -881,7 +881,7 @@ fn read_dev(dir: &Path) -> Option<String> {
 fn wipe_device(pinned: &Pinned) -> Result<(), StorageError> {
     let device = pinned.device();
     pinned.ensure_unused()?;
-    cmd::run("wipefs", ["-a".as_ref(), device.path.as_os_str()]).map_err(|source| {
+    cmd::run("wipefs", &["-a".as_ref(), device.path.as_os_str()]).map_err(|source| {
         StorageError::Wipe {
             device: device.path.clone(),
             source,

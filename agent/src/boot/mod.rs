@@ -58,17 +58,12 @@ pub struct ChainParams {
     pub run_mode: Option<RunMode>,
 }
 
-/// Network overrides for the uplink.
+/// Network overrides: netd's for the uplink (the private network), and the
+/// public network's VLAN.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkParams {
-    /// Use this NIC as the uplink instead of probing.
-    pub uplink: Option<InterfaceName>,
-    /// Static address instead of DHCP.
-    pub address: Option<Ipv4Cidr>,
-    pub gateway: Option<Ipv4Addr>,
-    pub dns: Vec<IpAddr>,
-    /// VLAN tag on the private (uplink) network.
-    pub vlan: Option<VlanId>,
+    #[serde(flatten)]
+    pub uplink: netd::uplink::Overrides,
     /// VLAN tag on the public network.
     pub public_vlan: Option<VlanId>,
 }
@@ -94,13 +89,8 @@ impl BootParams {
 
     /// The flags that tell netd what the command line asks of it.
     pub fn netd_flags(&self) -> netd::flags::Flags {
-        let net = &self.network;
         netd::flags::Flags {
-            uplink: net.uplink.clone(),
-            address: net.address,
-            gateway: net.gateway,
-            dns: net.dns.clone(),
-            vlan: net.vlan,
+            uplink: self.network.uplink.clone(),
         }
     }
 }
@@ -207,14 +197,14 @@ impl Parser {
                 if let Some(n) = self.parse_with(key, v, |s| {
                     s.parse::<InterfaceName>().map_err(|e| e.to_string())
                 }) {
-                    self.set_once("uplink", key, v, |p| &mut p.network.uplink, n);
+                    self.set_once("uplink", key, v, |p| &mut p.network.uplink.nic, n);
                 }
             }
             "grove.ip" => {
                 if let Some(c) =
                     self.parse_with(key, v, |s| s.parse::<Ipv4Cidr>().map_err(|e| e.to_string()))
                 {
-                    self.set_once("address", key, v, |p| &mut p.network.address, c);
+                    self.set_once("address", key, v, |p| &mut p.network.uplink.address, c);
                 }
             }
             "grove.gw" => {
@@ -222,7 +212,7 @@ impl Parser {
                     s.parse::<Ipv4Addr>()
                         .map_err(|e| format!("not an IPv4 address: {e}"))
                 }) {
-                    self.set_once("gateway", key, v, |p| &mut p.network.gateway, gw);
+                    self.set_once("gateway", key, v, |p| &mut p.network.uplink.gateway, gw);
                 }
             }
             "grove.dns" => {
@@ -231,7 +221,7 @@ impl Parser {
                         s.parse::<IpAddr>()
                             .map_err(|e| format!("not an IP address: {e}"))
                     }) {
-                        self.params.network.dns.push(ip);
+                        self.params.network.uplink.dns.push(ip);
                     }
                 }
             }
@@ -239,7 +229,7 @@ impl Parser {
                 if let Some(id) =
                     self.parse_with(key, v, |s| s.parse::<VlanId>().map_err(|e| e.to_string()))
                 {
-                    self.set_once("vlan", key, v, |p| &mut p.network.vlan, id);
+                    self.set_once("vlan", key, v, |p| &mut p.network.uplink.vlan, id);
                 }
             }
             "vlan:pub" => {
@@ -264,14 +254,14 @@ impl Parser {
     /// Checks that need the whole line: a gateway means nothing without a
     /// static address to reach it from.
     fn finish(&mut self) {
-        let net = &self.params.network;
-        if let (Some(gw), None) = (net.gateway, net.address) {
+        let uplink = &self.params.network.uplink;
+        if let (Some(gw), None) = (uplink.gateway, uplink.address) {
             self.error(
                 "grove.gw",
                 &gw.to_string(),
                 "a static gateway needs a static address (grove.ip=ADDR/PREFIX)".to_owned(),
             );
-            self.params.network.gateway = None;
+            self.params.network.uplink.gateway = None;
         }
     }
 

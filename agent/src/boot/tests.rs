@@ -7,7 +7,7 @@ fn zos_spellings() {
     assert_eq!(c.params.farm_id, Some(42));
     assert_eq!(c.params.chain.backend, ChainBackend::Tfchain);
     assert_eq!(c.params.chain.run_mode, Some(RunMode::Test));
-    assert_eq!(c.params.network.vlan.map(VlanId::get), Some(100));
+    assert_eq!(c.params.network.uplink.vlan.map(VlanId::get), Some(100));
     assert!(c.params.debug);
 }
 
@@ -23,20 +23,43 @@ fn grove_spellings() {
     assert_eq!(p.farm_id, Some(7));
     assert_eq!(p.chain.url.as_deref(), Some("ws://127.0.0.1:8000"));
     assert_eq!(
-        p.network.uplink.as_ref().map(InterfaceName::as_str),
+        p.network.uplink.nic.as_ref().map(InterfaceName::as_str),
         Some("eth1")
     );
     assert_eq!(
-        p.network.address.map(|a| a.to_string()).as_deref(),
+        p.network.uplink.address.map(|a| a.to_string()).as_deref(),
         Some("10.0.0.5/24")
     );
-    assert_eq!(p.network.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
-    assert_eq!(p.network.dns.len(), 2);
-    assert_eq!(p.network.vlan.map(VlanId::get), Some(12));
+    assert_eq!(p.network.uplink.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(p.network.uplink.dns.len(), 2);
+    assert_eq!(p.network.uplink.vlan.map(VlanId::get), Some(12));
     assert_eq!(p.network.public_vlan.map(VlanId::get), Some(13));
     let wipe: Vec<&str> = p.wipe.iter().map(DiskSerial::as_str).collect();
     assert_eq!(wipe, ["SER1", "SER2", "SER3"]);
     assert!(!p.debug);
+}
+
+#[test]
+fn network_params_keep_the_command_line_names_in_json() {
+    let c = Cmdline::parse(
+        "grove.uplink=eth1 grove.ip=10.0.0.5/24 grove.gw=10.0.0.1 grove.dns=1.1.1.1 \
+         grove.vlan=12 vlan:pub=13",
+    );
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    let json = serde_json::to_value(&c.params.network).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "uplink": "eth1",
+            "address": "10.0.0.5/24",
+            "gateway": "10.0.0.1",
+            "dns": ["1.1.1.1"],
+            "vlan": 12,
+            "public_vlan": 13,
+        })
+    );
+    let back: NetworkParams = serde_json::from_value(json).unwrap();
+    assert_eq!(back, c.params.network);
 }
 
 #[test]

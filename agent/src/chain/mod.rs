@@ -313,6 +313,11 @@ impl Chain {
 
     /// Records why the registry did not take something; a lost connection
     /// is dropped, to be made again.
+    /// The value of a registry call, or `None` once its failure is noted.
+    fn value_of<T>(&self, backend: &mut Backend, result: Result<T, BackendError>) -> Option<T> {
+        result.map_err(|e| self.failed(backend, &e)).ok()
+    }
+
     fn failed(&self, backend: &mut Backend, e: &BackendError) {
         let now = crate::clock::unix_ms() / 1000;
         self.update(|s| {
@@ -496,12 +501,9 @@ impl Chain {
     /// (Re)connects; a new connection reads the twin and node again, a reset
     /// chain forgets them.
     async fn connect(&self, backend: &mut Backend, known: &mut Known) -> bool {
-        let connected = match backend.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.failed(backend, &e);
-                return false;
-            }
+        let connected = backend.connect().await;
+        let Some(connected) = self.value_of(backend, connected) else {
+            return false;
         };
         match &connected {
             Connected::Same => {}
@@ -579,36 +581,28 @@ impl Chain {
             }
         }
         if known.farmer.is_none() {
-            match backend.farmer(farm_id).await {
-                Ok(farmer) => {
-                    self.update(|s| s.farmer = Some(farmer.clone()));
-                    known.farmer = Some(farmer);
-                }
-                Err(e) => {
-                    self.failed(backend, &e);
-                    return false;
-                }
-            }
+            let farmer = backend.farmer(farm_id).await;
+            let Some(farmer) = self.value_of(backend, farmer) else {
+                return false;
+            };
+            self.update(|s| s.farmer = Some(farmer.clone()));
+            known.farmer = Some(farmer);
         }
         if known.twin.is_none() {
-            match backend.twin(account).await {
-                Ok(twin) => {
-                    known.twin = Some(twin);
-                    known.verified = Some(Instant::now());
-                    let tfchain = backend.is_tfchain();
-                    self.update(|s| {
-                        s.twin_id = Some(twin);
-                        s.error = None;
-                        if tfchain {
-                            s.funds = "funded".to_owned();
-                        }
-                    });
+            let twin = backend.twin(account).await;
+            let Some(twin) = self.value_of(backend, twin) else {
+                return false;
+            };
+            known.twin = Some(twin);
+            known.verified = Some(Instant::now());
+            let tfchain = backend.is_tfchain();
+            self.update(|s| {
+                s.twin_id = Some(twin);
+                s.error = None;
+                if tfchain {
+                    s.funds = "funded".to_owned();
                 }
-                Err(e) => {
-                    self.failed(backend, &e);
-                    return false;
-                }
-            }
+            });
         }
         true
     }
@@ -653,12 +647,9 @@ impl Chain {
             known.refused = Some(wanted);
             return true;
         }
-        let existing = match backend.registered(&wanted.0, wanted.1.as_ref()).await {
-            Ok(found) => found,
-            Err(e) => {
-                self.failed(backend, &e);
-                return false;
-            }
+        let existing = backend.registered(&wanted.0, wanted.1.as_ref()).await;
+        let Some(existing) = self.value_of(backend, existing) else {
+            return false;
         };
         let id = match existing {
             Some(found) if found.same => found.id,
@@ -1052,6 +1043,10 @@ async fn registration(
     farm_id: u32,
     twin_id: u32,
 ) -> Result<NodeRegistration, String> {
+    /// Why the registration waits, with the cause.
+    fn waiting_for<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+        move |e| format!("waiting for {what}: {e}")
+    }
     let host = tokio::task::spawn_blocking(crate::hostinfo::HostInfo::read)
         .await
         .map_err(|e| format!("reading host facts failed: {e}"))?;
@@ -1061,23 +1056,22 @@ async fn registration(
         .storaged
         .ready()
         .await
-        .map_err(|e| format!("waiting for storaged: {e}"))?;
+        .map_err(waiting_for("storaged"))?;
     if !ready.ready {
-        return Err(format!(
-            "waiting for storaged: {}",
-            ready.waiting_for.as_deref().unwrap_or("not ready")
+        return Err(waiting_for("storaged")(
+            ready.waiting_for.as_deref().unwrap_or("not ready"),
         ));
     }
     let capacity = sources
         .storaged
         .capacity()
         .await
-        .map_err(|e| format!("waiting for storaged's capacity: {e}"))?;
+        .map_err(waiting_for("storaged's capacity"))?;
     let interfaces = sources
         .netd
         .interfaces()
         .await
-        .map_err(|e| format!("waiting for netd's interfaces: {e}"))?;
+        .map_err(waiting_for("netd's interfaces"))?;
     let node = crate::operator::capacity::node_capacity(&host, Some(&capacity));
     Ok(NodeRegistration {
         farm_id,

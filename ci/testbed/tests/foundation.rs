@@ -2,7 +2,7 @@
 //! which runs `storaged`, `netd` and `provisiond` for real, and answers on
 //! the farm LAN.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,14 @@ fn get<T: DeserializeOwned>(node: &Node, path: &str) -> T {
     let (status, body) = http_get(&url(node, path)).unwrap_or_else(|e| panic!("GET {path}: {e}"));
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// Asks the node's operator API for `path`: the answer is `status`, and
+/// its body names `naming`.
+fn assert_answers(node: &Node, path: &str, status: u16, naming: &str) {
+    let (got, body) = http_get(&url(node, path)).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(got, status, "GET {path}: {body}");
+    assert!(body.contains(naming), "GET {path}: {body}");
 }
 
 fn wait_ready(farm: &Farm, node: &Node, within: Duration) {
@@ -96,9 +104,7 @@ fn every_daemon_answers_in_its_node_and_the_operator_api_answers_on_the_lan() {
         assert_eq!(s.restarts, 0, "{s:?}");
         assert!(s.pid.is_some());
     }
-    let (status, body) = http_get(&url(node, "/v1/services/nosuchd")).expect("GET");
-    assert_eq!(status, 404);
-    assert!(body.contains("nosuchd"), "{body}");
+    assert_answers(node, "/v1/services/nosuchd", 404, "nosuchd");
 }
 
 #[test]
@@ -249,9 +255,7 @@ fn a_daemon_with_a_bad_config_is_shown_failing_and_the_others_run() {
         "the log names the key: {:?}",
         logs.lines
     );
-    let (status, body) = http_get(&url(node, "/ready")).expect("GET /ready");
-    assert_eq!(status, 503);
-    assert!(body.contains("netd"), "{body}");
+    assert_answers(node, "/ready", 503, "netd");
 }
 
 #[test]
@@ -277,8 +281,19 @@ fn sigterm_stops_every_daemon_cleanly() {
     }
 }
 
-fn binary(name: &str) -> PathBuf {
-    grove_testbed::bin_dir().expect("binaries built").join(name)
+/// Runs the workspace's binary `name` with `--config config`: its exit
+/// code and stderr.
+fn run_with_config(name: &str, config: &Path) -> (Option<i32>, String) {
+    let binary = grove_testbed::bin_dir().expect("binaries built").join(name);
+    let out = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("{name} runs: {e}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -287,33 +302,17 @@ fn a_bad_config_file_makes_each_daemon_exit_64_naming_the_key() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "bogus_key = 1\n").expect("write");
     let missing = dir.path().join("missing.toml");
-    for daemon in Daemon::ALL {
-        let out = Command::new(binary(daemon.name()))
-            .arg("--config")
-            .arg(&bad)
-            .output()
-            .expect("daemon runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{daemon}: {stderr}");
-        assert!(stderr.contains("bogus_key"), "{daemon}: {stderr}");
-
-        let out = Command::new(binary(daemon.name()))
-            .arg("--config")
-            .arg(&missing)
-            .output()
-            .expect("daemon runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{daemon}: {stderr}");
-        assert!(stderr.contains("missing.toml"), "{daemon}: {stderr}");
-    }
     let typed = dir.path().join("agent.toml");
     std::fs::write(&typed, "[api]\nlisten = \"not-an-address\"\n").expect("write");
-    let out = Command::new(binary("agent"))
-        .arg("--config")
-        .arg(&typed)
-        .output()
-        .expect("agent runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("listen"), "{stderr}");
+    let mut cases: Vec<(&str, &Path, &str)> = Vec::new();
+    for daemon in Daemon::ALL {
+        cases.push((daemon.name(), &bad, "bogus_key"));
+        cases.push((daemon.name(), &missing, "missing.toml"));
+    }
+    cases.push(("agent", &typed, "listen"));
+    for (name, config, named) in cases {
+        let (code, stderr) = run_with_config(name, config);
+        assert_eq!(code, Some(64), "{name} with {}: {stderr}", config.display());
+        assert!(stderr.contains(named), "{name}: {stderr}");
+    }
 }

@@ -70,13 +70,26 @@ impl Default for UplinkConfig {
     }
 }
 
-/// What the boot parameters say about the uplink.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the boot parameters say about the uplink. netd takes it as flags
+/// ([`crate::flags::Flags`]); the agent keeps it among its boot parameters,
+/// where the NIC is `uplink` as on the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 pub struct Overrides {
+    /// Use this NIC for the uplink instead of probing every one.
+    #[arg(long = "uplink", value_name = "IFNAME")]
+    #[serde(rename = "uplink")]
     pub nic: Option<InterfaceName>,
+    /// Static uplink address instead of DHCP.
+    #[arg(long, value_name = "ADDR/PREFIX")]
     pub address: Option<Ipv4Cidr>,
+    /// Static default gateway (with --address).
+    #[arg(long, value_name = "ADDR")]
     pub gateway: Option<Ipv4Addr>,
+    /// DNS server (with --address). Repeatable.
+    #[arg(long, value_name = "ADDR")]
     pub dns: Vec<IpAddr>,
+    /// VLAN tag on the uplink.
+    #[arg(long, value_name = "ID")]
     pub vlan: Option<VlanId>,
 }
 

@@ -33,7 +33,9 @@ use crate::capacity::{Ledger, Node};
 use crate::deployment::Deployment;
 use crate::deployment::workload::{WorkloadData, WorkloadType};
 use crate::driver::{Driver, Drivers};
-use crate::store::{DeploymentRecord, Store, StoreError, WorkloadResult, WorkloadState};
+use crate::store::{
+    DeploymentRecord, RestoreError, Store, StoreError, WorkloadResult, WorkloadState,
+};
 
 pub use record::{EngineRecord, Job};
 
@@ -134,6 +136,15 @@ struct State {
     swept: bool,
 }
 
+impl State {
+    /// The entry of `contract`, which must be there.
+    fn entry(&self, contract: u64) -> Result<&Entry, EngineError> {
+        self.entries
+            .get(&contract)
+            .ok_or(EngineError::NotFound { contract })
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     store: Arc<Store>,
@@ -165,6 +176,37 @@ fn result(state: WorkloadState, message: impl Into<String>) -> WorkloadResult {
         message: message.into(),
         data: serde_json::Value::Null,
     }
+}
+
+/// The deployment `record` holds, and the version `job` is about.
+fn restore(
+    record: &DeploymentRecord,
+    job: Option<&Job>,
+) -> Result<(Deployment, Option<Deployment>), RestoreError> {
+    let target = match job {
+        Some(Job::Apply { target, .. }) => Some(target),
+        Some(Job::RollBack { failed, .. }) => Some(failed),
+        Some(Job::Remove { also: Some(also) }) => Some(also),
+        _ => None,
+    };
+    Ok((
+        record.restore()?,
+        target.map(DeploymentRecord::restore).transpose()?,
+    ))
+}
+
+/// A `queued` result for each workload of `deployment` that has no result
+/// in `known` yet.
+fn queued(
+    deployment: &Deployment,
+    known: Option<&BTreeMap<String, WorkloadResult>>,
+) -> BTreeMap<String, WorkloadResult> {
+    deployment
+        .workloads
+        .iter()
+        .filter(|w| known.is_none_or(|r| !r.contains_key(w.name.as_str())))
+        .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
+        .collect()
 }
 
 /// The twins' account keys, by twin.
@@ -251,24 +293,10 @@ impl Engine {
                 state.unreadable.insert(contract);
                 continue;
             };
-            let deployment = match record.restore() {
-                Ok(d) => d,
+            let (deployment, target) = match restore(&record, engine.job.as_ref()) {
+                Ok(restored) => restored,
                 Err(error) => {
-                    tracing::error!(contract, %error, "a stored deployment cannot be restored; it is left alone");
-                    state.unreadable.insert(contract);
-                    continue;
-                }
-            };
-            let target = match &engine.job {
-                Some(Job::Apply { target, .. }) => Some(target.restore()),
-                Some(Job::RollBack { failed, .. }) => Some(failed.restore()),
-                Some(Job::Remove { also: Some(also) }) => Some(also.restore()),
-                _ => None,
-            };
-            let target = match target.transpose() {
-                Ok(t) => t,
-                Err(error) => {
-                    tracing::error!(contract, %error, "a stored job cannot be restored; it is left alone");
+                    tracing::error!(contract, %error, "a stored deployment or its job cannot be restored; it is left alone");
                     state.unreadable.insert(contract);
                     continue;
                 }
@@ -442,19 +470,9 @@ impl Engine {
                 previous_running: false,
             }),
         };
-        let queued: BTreeMap<String, WorkloadResult> = deployment
-            .workloads
-            .iter()
-            .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
-            .collect();
-        self.store_admitted(
-            id,
-            Some(record.clone()),
-            engine.clone(),
-            deployment.version,
-            queued.clone(),
-        )
-        .await?;
+        let queued = queued(&deployment, None);
+        self.store_admitted(id, Some(&record), &engine, deployment.version, &queued)
+            .await?;
         {
             let mut state = self.state();
             state.ledger.hold(id, admitted.allocation);
@@ -490,12 +508,7 @@ impl Engine {
         let supported = self.shared.drivers.kinds();
         let (admitted, previous_running, wake) = {
             let state = self.state();
-            let entry = state
-                .entries
-                .get(&contract_id)
-                .ok_or(EngineError::NotFound {
-                    contract: contract_id,
-                })?;
+            let entry = state.entry(contract_id)?;
             match entry.engine.state {
                 DeploymentState::Deleted | DeploymentState::Deleting => {
                     return Err(EngineError::Removed {
@@ -543,24 +556,15 @@ impl Engine {
             allocation: admitted.allocation.clone(),
             previous_running,
         });
-        let queued: BTreeMap<String, WorkloadResult> = {
+        let queued = {
             let state = self.state();
-            let current = state.entries.get(&contract_id).map(|e| &e.results);
-            deployment
-                .workloads
-                .iter()
-                .filter(|w| current.is_none_or(|r| !r.contains_key(w.name.as_str())))
-                .map(|w| (w.name.to_string(), result(WorkloadState::Init, "queued")))
-                .collect()
+            queued(
+                &deployment,
+                state.entries.get(&contract_id).map(|e| &e.results),
+            )
         };
-        self.store_admitted(
-            contract_id,
-            None,
-            engine.clone(),
-            deployment.version,
-            queued.clone(),
-        )
-        .await?;
+        self.store_admitted(contract_id, None, &engine, deployment.version, &queued)
+            .await?;
         {
             let mut state = self.state();
             state.ledger.hold(contract_id, admitted.allocation);
@@ -583,12 +587,7 @@ impl Engine {
         let _admit = self.shared.admit.lock().await;
         let (mut engine, also, wake) = {
             let state = self.state();
-            let entry = state
-                .entries
-                .get(&contract_id)
-                .ok_or(EngineError::NotFound {
-                    contract: contract_id,
-                })?;
+            let entry = state.entry(contract_id)?;
             if matches!(
                 entry.engine.state,
                 DeploymentState::Deleted | DeploymentState::Deleting
@@ -629,25 +628,21 @@ impl Engine {
     }
 
     fn engine_record(&self, contract: u64) -> Result<EngineRecord, EngineError> {
-        self.state()
-            .entries
-            .get(&contract)
-            .map(|e| e.engine.clone())
-            .ok_or(EngineError::NotFound { contract })
+        Ok(self.state().entry(contract)?.engine.clone())
     }
 
-    /// Runs a store write on a blocking thread.
     /// Stores an admitted version of contract `id` in one batch: its
     /// record when it is new, the engine's record, and the results of its
     /// queued workloads.
     async fn store_admitted(
         &self,
         id: u64,
-        record: Option<DeploymentRecord>,
-        engine: EngineRecord,
+        record: Option<&DeploymentRecord>,
+        engine: &EngineRecord,
         version: u32,
-        queued: BTreeMap<String, WorkloadResult>,
+        queued: &BTreeMap<String, WorkloadResult>,
     ) -> Result<(), EngineError> {
+        let (record, engine, queued) = (record.cloned(), engine.clone(), queued.clone());
         self.write(move |store| {
             let mut batch = store.batch()?;
             if let Some(record) = &record {
@@ -662,6 +657,7 @@ impl Engine {
         .await
     }
 
+    /// Runs a store write on a blocking thread.
     async fn write(
         &self,
         f: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
@@ -674,10 +670,7 @@ impl Engine {
     /// The deployment of `contract`.
     pub fn deployment(&self, contract: u64) -> Result<DeploymentView, EngineError> {
         let state = self.state();
-        let entry = state
-            .entries
-            .get(&contract)
-            .ok_or(EngineError::NotFound { contract })?;
+        let entry = state.entry(contract)?;
         Ok(view::deployment(entry, &self.live(entry)))
     }
 
@@ -695,10 +688,7 @@ impl Engine {
     /// most its last `limit` bytes.
     pub fn logs(&self, contract: u64, name: &str, limit: u64) -> Result<String, EngineError> {
         let state = self.state();
-        let entry = state
-            .entries
-            .get(&contract)
-            .ok_or(EngineError::NotFound { contract })?;
+        let entry = state.entry(contract)?;
         let kind = entry
             .deployment
             .workload(name)

@@ -44,6 +44,30 @@ struct Snapshot {
     wake: Arc<tokio::sync::Notify>,
 }
 
+impl Snapshot {
+    /// The version an apply or rollback job is about, and the one that runs
+    /// now if it still runs; `None`, logged, for a job without its version.
+    fn versions(
+        &self,
+        job: &str,
+        previous_running: bool,
+    ) -> Option<(&Deployment, Option<&Deployment>)> {
+        let Some(target) = &self.target else {
+            tracing::error!(job, "a job without the version it is about; dropped");
+            return None;
+        };
+        Some((target, previous_running.then_some(&self.deployment)))
+    }
+}
+
+/// One run of a deployment's job: every step is the same contract's, and
+/// stops once the job changes (the deployment's generation moves on).
+struct Task<'a> {
+    engine: &'a Engine,
+    contract: u64,
+    generation: u64,
+}
+
 fn sorted(d: &Deployment, reverse: bool) -> Vec<Workload> {
     let mut out = d.workloads.clone();
     out.sort_by_key(|w| rank(w.kind));
@@ -58,11 +82,16 @@ pub(super) async fn run(engine: Engine, contract: u64) {
         let Some(s) = snapshot(&engine, contract) else {
             return;
         };
+        let task = Task {
+            engine: &engine,
+            contract,
+            generation: s.generation,
+        };
         match s.job.clone() {
             None => {
                 if s.busy {
                     if matches!(s.state, DeploymentState::Ok | DeploymentState::Unchanged) {
-                        converge(&engine, contract, &s).await;
+                        converge(&task, &s).await;
                     }
                     engine.idle(contract, s.generation);
                 }
@@ -72,23 +101,13 @@ pub(super) async fn run(engine: Engine, contract: u64) {
                 target,
                 allocation,
                 previous_running,
-            }) => {
-                apply(
-                    &engine,
-                    contract,
-                    &s,
-                    &target,
-                    &allocation,
-                    previous_running,
-                )
-                .await
-            }
+            }) => apply(&task, &s, &target, &allocation, previous_running).await,
             Some(Job::RollBack {
                 failure,
                 previous_running,
                 ..
-            }) => rollback(&engine, contract, &s, &failure, previous_running).await,
-            Some(Job::Remove { .. }) => remove(&engine, contract, &s).await,
+            }) => rollback(&task, &s, &failure, previous_running).await,
+            Some(Job::Remove { .. }) => remove(&task, &s).await,
         }
     }
 }
@@ -155,19 +174,23 @@ impl Engine {
             }
         }
     }
+}
 
+impl Task<'_> {
     /// Records workload `name`'s result (and its history entry). Not
     /// fsynced on its own: the job's end makes it durable, and a crash
     /// before that starts the job over, whose steps are idempotent.
-    async fn record(&self, contract: u64, version: u32, name: &str, r: WorkloadResult) {
+    async fn record(&self, version: u32, name: &str, r: WorkloadResult) {
+        let contract = self.contract;
         let (n, stored) = (name.to_owned(), r.clone());
-        self.persist(move |store| {
-            let mut batch = store.batch()?;
-            batch.set_result(contract, version, &n, &stored)?;
-            batch.commit_unsynced()
-        })
-        .await;
-        if let Some(e) = self.state().entries.get_mut(&contract) {
+        self.engine
+            .persist(move |store| {
+                let mut batch = store.batch()?;
+                batch.set_result(contract, version, &n, &stored)?;
+                batch.commit_unsynced()
+            })
+            .await;
+        if let Some(e) = self.engine.state().entries.get_mut(&contract) {
             e.results.insert(name.to_owned(), r);
         }
     }
@@ -175,61 +198,72 @@ impl Engine {
     /// Records that workload `name` is in `state`, saying `message`.
     async fn mark(
         &self,
-        contract: u64,
         version: u32,
         name: &str,
         state: WorkloadState,
         message: impl Into<String>,
     ) {
-        self.record(contract, version, name, result(state, message))
-            .await;
+        self.record(version, name, result(state, message)).await;
     }
 
     /// The deployment's engine record as it stands, while it is held.
-    fn held_record(&self, contract: u64) -> Option<EngineRecord> {
-        self.state()
+    fn held_record(&self) -> Option<EngineRecord> {
+        self.engine
+            .state()
             .entries
-            .get(&contract)
+            .get(&self.contract)
             .map(|e| e.engine.clone())
     }
 
+    /// Workload `name`'s result as it stands.
+    fn result_of(&self, name: &str) -> Option<WorkloadResult> {
+        self.engine
+            .state()
+            .entries
+            .get(&self.contract)
+            .and_then(|e| e.results.get(name).cloned())
+    }
+
     /// Forgets workload `name`'s result; its history says it was deleted.
-    async fn forget(&self, contract: u64, version: u32, name: &str, message: &str) {
+    async fn forget(&self, version: u32, name: &str, message: &str) {
+        let contract = self.contract;
         let (n, m) = (name.to_owned(), message.to_owned());
-        self.persist(move |store| {
-            let mut batch = store.batch()?;
-            batch.remove_result(contract, &n)?;
-            batch.append_history(
-                contract,
-                &Change {
-                    at: now(),
-                    version,
-                    workload: n.clone(),
-                    state: WorkloadState::Deleted,
-                    message: m.clone(),
-                },
-            )?;
-            batch.commit_unsynced()
-        })
-        .await;
-        if let Some(e) = self.state().entries.get_mut(&contract) {
+        self.engine
+            .persist(move |store| {
+                let mut batch = store.batch()?;
+                batch.remove_result(contract, &n)?;
+                batch.append_history(
+                    contract,
+                    &Change {
+                        at: now(),
+                        version,
+                        workload: n.clone(),
+                        state: WorkloadState::Deleted,
+                        message: m.clone(),
+                    },
+                )?;
+                batch.commit_unsynced()
+            })
+            .await;
+        if let Some(e) = self.engine.state().entries.get_mut(&contract) {
             e.results.remove(name);
         }
     }
 
     /// Calls a driver, again while its daemon is unavailable.
-    async fn call<'a, T>(
-        &self,
-        contract: u64,
-        generation: u64,
-        f: impl Fn() -> DriverFuture<'a, T>,
-    ) -> Outcome<T> {
-        let mut wait = self.shared.retry;
+    async fn call<'a, T>(&self, f: impl Fn() -> DriverFuture<'a, T>) -> Outcome<T> {
+        let (engine, contract, generation) = (self.engine, self.contract, self.generation);
+        let mut wait = engine.shared.retry;
         loop {
-            if !self.current(contract, generation) {
+            if !engine.current(contract, generation) {
                 return Outcome::Aborted;
             }
-            let Some(wake) = self.state().entries.get(&contract).map(|e| e.wake.clone()) else {
+            let Some(wake) = engine
+                .state()
+                .entries
+                .get(&contract)
+                .map(|e| e.wake.clone())
+            else {
                 return Outcome::Aborted;
             };
             let call = f();
@@ -239,7 +273,7 @@ impl Engine {
                 tokio::select! {
                     answer = &mut call => break answer,
                     () = wake.notified() => {
-                        if !self.current(contract, generation) {
+                        if !engine.current(contract, generation) {
                             wake.notify_one();
                             return Outcome::Aborted;
                         }
@@ -260,13 +294,11 @@ impl Engine {
 
     async fn ensure(
         &self,
-        contract: u64,
-        generation: u64,
         d: &Deployment,
         w: &Workload,
         allocation: &Allocation,
     ) -> Outcome<serde_json::Value> {
-        let driver = match self.driver(w) {
+        let driver = match self.engine.driver(w) {
             Ok(d) => d,
             Err(message) => return Outcome::Failed(message),
         };
@@ -276,56 +308,48 @@ impl Engine {
             .find(|p| p.disk.workload == w.name.as_str())
             .map(|p| p.pool.as_str());
         let target = Target {
-            contract,
+            contract: self.contract,
             twin: d.twin_id,
             workload: w,
             pool,
         };
-        self.call(contract, generation, || driver.ensure(target))
-            .await
+        self.call(|| driver.ensure(target)).await
     }
 
-    async fn delete(
-        &self,
-        contract: u64,
-        generation: u64,
-        d: &Deployment,
-        w: &Workload,
-    ) -> Outcome<()> {
-        let driver = match self.driver(w) {
+    async fn delete(&self, d: &Deployment, w: &Workload) -> Outcome<()> {
+        let driver = match self.engine.driver(w) {
             Ok(d) => d,
             Err(message) => return Outcome::Failed(message),
         };
-        let object = driver.object(d.twin_id, contract, w.name.as_str());
-        self.call(contract, generation, || driver.remove(&object))
-            .await
+        let object = driver.object(d.twin_id, self.contract, w.name.as_str());
+        self.call(|| driver.remove(&object)).await
     }
 
     /// Ends a job: writes `engine` (and `record`, the new stored version)
     /// in one transaction, unless the job changed meanwhile.
     async fn finish(
         &self,
-        contract: u64,
-        generation: u64,
         engine: EngineRecord,
         record: Option<(DeploymentRecord, Deployment)>,
         hold: Option<Allocation>,
     ) {
-        let _admit = self.shared.admit.lock().await;
-        if !self.current(contract, generation) {
+        let contract = self.contract;
+        let _admit = self.engine.shared.admit.lock().await;
+        if !self.engine.current(contract, self.generation) {
             return;
         }
         let (e, r) = (engine.clone(), record.as_ref().map(|r| r.0.clone()));
-        self.persist(move |store| {
-            let mut batch = store.batch()?;
-            if let Some(r) = &r {
-                batch.put_deployment(r)?;
-            }
-            batch.put_engine(contract, &e)?;
-            batch.commit()
-        })
-        .await;
-        let mut state = self.state();
+        self.engine
+            .persist(move |store| {
+                let mut batch = store.batch()?;
+                if let Some(r) = &r {
+                    batch.put_deployment(r)?;
+                }
+                batch.put_engine(contract, &e)?;
+                batch.commit()
+            })
+            .await;
+        let mut state = self.engine.state();
         match hold {
             Some(a) => state.ledger.hold(contract, a),
             None => {
@@ -352,18 +376,15 @@ impl Engine {
 }
 
 async fn apply(
-    engine: &Engine,
-    contract: u64,
+    task: &Task<'_>,
     s: &Snapshot,
     target_record: &DeploymentRecord,
     allocation: &Allocation,
     previous_running: bool,
 ) {
-    let Some(target) = &s.target else {
-        tracing::error!("an apply job without its target; dropped");
+    let Some((target, previous)) = s.versions("apply", previous_running) else {
         return;
     };
-    let previous = previous_running.then_some(&s.deployment);
     let version = target.version;
     let fail = |w: &Workload, message: String| {
         let failure = Failure {
@@ -379,23 +400,18 @@ async fn apply(
         if previous.and_then(|p| p.workload(name)) == Some(&w) {
             continue;
         }
-        engine
-            .mark(
-                contract,
-                version,
-                name,
-                WorkloadState::Init,
-                format!("deploying version {version}"),
-            )
-            .await;
-        match engine
-            .ensure(contract, s.generation, target, &w, allocation)
-            .await
-        {
+        task.mark(
+            version,
+            name,
+            WorkloadState::Init,
+            format!("deploying version {version}"),
+        )
+        .await;
+        match task.ensure(target, &w, allocation).await {
             Outcome::Done(data) => {
                 let mut r = result(WorkloadState::Ok, "");
                 r.data = data;
-                engine.record(contract, version, name, r).await;
+                task.record(version, name, r).await;
             }
             Outcome::Failed(message) => {
                 failed = Some(fail(&w, message));
@@ -413,11 +429,10 @@ async fn apply(
                 continue;
             }
             let why = format!("removing: not in version {version}");
-            engine
-                .mark(contract, version, name, WorkloadState::Init, why.clone())
+            task.mark(version, name, WorkloadState::Init, why.clone())
                 .await;
-            match engine.delete(contract, s.generation, previous, &w).await {
-                Outcome::Done(()) => engine.forget(contract, version, name, &why).await,
+            match task.delete(previous, &w).await {
+                Outcome::Done(()) => task.forget(version, name, &why).await,
                 Outcome::Failed(message) => {
                     failed = Some(fail(&w, message));
                     break;
@@ -426,7 +441,7 @@ async fn apply(
             }
         }
     }
-    let Some(mut record) = engine.held_record(contract) else {
+    let Some(mut record) = task.held_record() else {
         return;
     };
     match failed {
@@ -440,52 +455,37 @@ async fn apply(
             record.allocation = allocation.clone();
             record.failure = None;
             record.job = None;
-            engine
-                .finish(
-                    contract,
-                    s.generation,
-                    record,
-                    Some((target_record.clone(), target.clone())),
-                    Some(allocation.clone()),
-                )
-                .await;
+            task.finish(
+                record,
+                Some((target_record.clone(), target.clone())),
+                Some(allocation.clone()),
+            )
+            .await;
             tracing::info!(version, "deployment applied");
         }
         Some((name, failure)) => {
             tracing::warn!(version, workload = %name, cause = %failure.message, "a workload failed; rolling back");
-            engine
-                .mark(
-                    contract,
-                    version,
-                    &name,
-                    WorkloadState::Error,
-                    failure.message.clone(),
-                )
-                .await;
+            task.mark(
+                version,
+                &name,
+                WorkloadState::Error,
+                failure.message.clone(),
+            )
+            .await;
             record.job = Some(Job::RollBack {
                 failed: target_record.clone(),
                 failure,
                 previous_running,
             });
-            engine
-                .finish(contract, s.generation, record, None, None)
-                .await;
+            task.finish(record, None, None).await;
         }
     }
 }
 
-async fn rollback(
-    engine: &Engine,
-    contract: u64,
-    s: &Snapshot,
-    failure: &Failure,
-    previous_running: bool,
-) {
-    let Some(failed) = &s.target else {
-        tracing::error!("a rollback job without its version; dropped");
+async fn rollback(task: &Task<'_>, s: &Snapshot, failure: &Failure, previous_running: bool) {
+    let Some((failed, previous)) = s.versions("rollback", previous_running) else {
         return;
     };
-    let previous = previous_running.then_some(&s.deployment);
     let version = failed.version;
     let cause = format!(
         "workload '{}' failed: {}",
@@ -498,17 +498,15 @@ async fn rollback(
         }
         let is_cause = name == failure.workload;
         if !is_cause {
-            engine
-                .mark(
-                    contract,
-                    version,
-                    name,
-                    WorkloadState::Init,
-                    format!("rolling back: {cause}"),
-                )
-                .await;
+            task.mark(
+                version,
+                name,
+                WorkloadState::Init,
+                format!("rolling back: {cause}"),
+            )
+            .await;
         }
-        let removed = match engine.delete(contract, s.generation, failed, &w).await {
+        let removed = match task.delete(failed, &w).await {
             Outcome::Done(()) => None,
             Outcome::Failed(message) => Some(message),
             Outcome::Aborted => return,
@@ -519,31 +517,26 @@ async fn rollback(
         match (previous, is_cause, removed) {
             (_, true, None) => {}
             (_, _, Some(message)) => {
-                engine
-                    .mark(
-                        contract,
-                        version,
-                        name,
-                        WorkloadState::Error,
-                        format!("{cause}; rollback could not remove it: {message}"),
-                    )
-                    .await;
+                task.mark(
+                    version,
+                    name,
+                    WorkloadState::Error,
+                    format!("{cause}; rollback could not remove it: {message}"),
+                )
+                .await;
             }
             (Some(_), false, None) => {
-                engine
-                    .forget(contract, version, name, &format!("rolled back: {cause}"))
+                task.forget(version, name, &format!("rolled back: {cause}"))
                     .await
             }
             (None, false, None) => {
-                engine
-                    .mark(
-                        contract,
-                        version,
-                        name,
-                        WorkloadState::Error,
-                        format!("rolled back: {cause}"),
-                    )
-                    .await;
+                task.mark(
+                    version,
+                    name,
+                    WorkloadState::Error,
+                    format!("rolled back: {cause}"),
+                )
+                .await;
             }
         }
     }
@@ -553,19 +546,14 @@ async fn rollback(
             let name = w.name.as_str();
             let mut r = result(WorkloadState::Unchanged, message.clone());
             if failed.workload(name) != Some(&w) {
-                engine
-                    .mark(
-                        contract,
-                        version,
-                        name,
-                        WorkloadState::Init,
-                        format!("rolling back to version {}", previous.version),
-                    )
-                    .await;
-                match engine
-                    .ensure(contract, s.generation, previous, &w, &s.allocation)
-                    .await
-                {
+                task.mark(
+                    version,
+                    name,
+                    WorkloadState::Init,
+                    format!("rolling back to version {}", previous.version),
+                )
+                .await;
+                match task.ensure(previous, &w, &s.allocation).await {
                     Outcome::Done(data) => r.data = data,
                     Outcome::Failed(m) => {
                         r = result(
@@ -575,18 +563,13 @@ async fn rollback(
                     }
                     Outcome::Aborted => return,
                 }
-            } else if let Some(old) = engine
-                .state()
-                .entries
-                .get(&contract)
-                .and_then(|e| e.results.get(name))
-            {
-                r.data = old.data.clone();
+            } else if let Some(old) = task.result_of(name) {
+                r.data = old.data;
             }
-            engine.record(contract, previous.version, name, r).await;
+            task.record(previous.version, name, r).await;
         }
     }
-    let Some(mut record) = engine.held_record(contract) else {
+    let Some(mut record) = task.held_record() else {
         return;
     };
     record.job = None;
@@ -599,13 +582,11 @@ async fn rollback(
         record.allocation = Allocation::default();
         None
     };
-    engine
-        .finish(contract, s.generation, record, None, hold)
-        .await;
+    task.finish(record, None, hold).await;
     tracing::info!(version, "rolled back");
 }
 
-async fn remove(engine: &Engine, contract: u64, s: &Snapshot) {
+async fn remove(task: &Task<'_>, s: &Snapshot) {
     let mut versions = vec![&s.deployment];
     if let Some(t) = &s.target {
         versions.push(t);
@@ -623,69 +604,54 @@ async fn remove(engine: &Engine, contract: u64, s: &Snapshot) {
     steps.sort_by_key(|(_, w)| std::cmp::Reverse(rank(w.kind)));
     for (d, w) in steps {
         let name = w.name.as_str();
-        engine
-            .mark(
-                contract,
-                version,
-                name,
-                WorkloadState::Init,
-                "removing: the contract was cancelled",
-            )
-            .await;
-        match engine.delete(contract, s.generation, d, &w).await {
+        task.mark(
+            version,
+            name,
+            WorkloadState::Init,
+            "removing: the contract was cancelled",
+        )
+        .await;
+        match task.delete(d, &w).await {
             Outcome::Done(()) => {
-                engine
-                    .mark(
-                        contract,
-                        version,
-                        name,
-                        WorkloadState::Deleted,
-                        "the contract was cancelled",
-                    )
-                    .await;
+                task.mark(
+                    version,
+                    name,
+                    WorkloadState::Deleted,
+                    "the contract was cancelled",
+                )
+                .await;
             }
             Outcome::Failed(message) => {
                 tracing::warn!(workload = name, %message, "cannot remove a workload; the next start sweeps it");
-                engine
-                    .mark(
-                        contract,
-                        version,
-                        name,
-                        WorkloadState::Error,
-                        format!("cannot remove: {message}"),
-                    )
-                    .await;
+                task.mark(
+                    version,
+                    name,
+                    WorkloadState::Error,
+                    format!("cannot remove: {message}"),
+                )
+                .await;
             }
             Outcome::Aborted => return,
         }
     }
-    let Some(mut record) = engine.held_record(contract) else {
+    let Some(mut record) = task.held_record() else {
         return;
     };
     record.state = DeploymentState::Deleted;
     record.job = None;
     record.allocation = Allocation::default();
-    engine
-        .finish(contract, s.generation, record, None, None)
-        .await;
+    task.finish(record, None, None).await;
     tracing::info!("deployment removed");
 }
 
 /// After a restart: makes sure every workload of a settled deployment is
 /// there, writing only what changed.
-async fn converge(engine: &Engine, contract: u64, s: &Snapshot) {
+async fn converge(task: &Task<'_>, s: &Snapshot) {
     let d = &s.deployment;
     for w in sorted(d, false) {
         let name = w.name.as_str();
-        let before = engine
-            .state()
-            .entries
-            .get(&contract)
-            .and_then(|e| e.results.get(name).cloned());
-        let after = match engine
-            .ensure(contract, s.generation, d, &w, &s.allocation)
-            .await
-        {
+        let before = task.result_of(name);
+        let after = match task.ensure(d, &w, &s.allocation).await {
             Outcome::Done(data) => {
                 let mut r = before
                     .clone()
@@ -704,7 +670,7 @@ async fn converge(engine: &Engine, contract: u64, s: &Snapshot) {
             b.state == after.state && b.message == after.message && b.data == after.data
         });
         if !same {
-            engine.record(contract, d.version, name, after).await;
+            task.record(d.version, name, after).await;
         }
     }
 }

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::{self, CmdError};
 use crate::disk::discover::BlockDevice;
 use crate::disk::guard::{GuardError, Pinned};
 use crate::mounts::{self, MountError};
 use crate::types::{DiskSerial, PoolLabel};
+use grove_daemon::cmd::{self, CmdError};
 use grove_daemon::fsutil::DirError;
 use kind::{DiskKind, KindVerdict, LatencyError};
 
@@ -137,7 +137,7 @@ pub fn create(pinned: &Pinned, pools_dir: &Path, machine: Option<&str>) -> Resul
     // last guard should classification ever be wrong.
     cmd::run(
         "mkfs.btrfs",
-        [
+        &[
             "-q".as_ref(),
             "-K".as_ref(),
             "-L".as_ref(),
@@ -319,7 +319,7 @@ fn ensure_layout(mount_point: &Path, meta: &PoolMeta) -> Result<(), PoolError> {
     if !quota_marker.exists() {
         cmd::run(
             "btrfs",
-            ["quota".as_ref(), "enable".as_ref(), mount_point.as_os_str()],
+            &["quota".as_ref(), "enable".as_ref(), mount_point.as_os_str()],
         )
         .map_err(layout)?;
         grove_daemon::fsutil::write_atomic(&quota_marker, b"enabled\n", 0o644)?;
@@ -331,7 +331,7 @@ fn ensure_layout(mount_point: &Path, meta: &PoolMeta) -> Result<(), PoolError> {
         mkdir(&tmp)?;
         // New files in a NOCOW directory are NOCOW: vdisks never fragment
         // through copy-on-write.
-        cmd::run("chattr", ["+C".as_ref(), tmp.as_os_str()]).map_err(layout)?;
+        cmd::run("chattr", &["+C".as_ref(), tmp.as_os_str()]).map_err(layout)?;
         std::fs::rename(&tmp, &vdisks).map_err(|source| DirError {
             path: vdisks.clone(),
             source,

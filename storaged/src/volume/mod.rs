@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::CmdError;
 use crate::pool::{Pool, VDISKS_DIR, VOLUMES_DIR};
 use crate::types::{PoolLabel, ResourceName};
+use grove_daemon::cmd::CmdError;
 
 /// The prefix of the temporary name an object is made under. A leading dot
 /// makes it an invalid [`ResourceName`], so it never counts as an object.

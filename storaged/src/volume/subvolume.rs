@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::cmd::{self, CmdError, CmdFailure};
 use crate::pool::{Pool, VOLUMES_DIR};
 use crate::types::ResourceName;
+use grove_daemon::cmd::{self, CmdError, CmdFailure};
 
 use super::{Found, Kind, Qgroup, TEMP_PREFIX, VolumeError};
 
@@ -300,7 +300,7 @@ fn delete_nested(pool: &Pool, path: &Path) -> Result<Vec<u64>, VolumeError> {
             let id_text = id.to_string();
             cmd::run(
                 "btrfs",
-                [
+                &[
                     "inspect-internal".as_ref(),
                     "subvolid-resolve".as_ref(),
                     id_text.as_ref(),
@@ -354,7 +354,7 @@ fn forget_qgroup(pool: &Pool, id: u64) -> Result<(), VolumeError> {
     let qgroup = format!("0/{id}");
     match cmd::run(
         "btrfs",
-        [
+        &[
             "qgroup".as_ref(),
             "destroy".as_ref(),
             qgroup.as_ref(),

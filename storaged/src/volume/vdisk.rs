@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::FallocateFlags;
 
-use crate::cmd;
 use crate::pool::{Pool, VDISKS_DIR};
 use crate::types::ResourceName;
+use grove_daemon::cmd;
 
 use super::{Found, Kind, TEMP_PREFIX, VolumeError};
 
@@ -70,7 +70,7 @@ pub(super) fn make(pool: &Pool, name: &ResourceName, size: u64) -> Result<(), Vo
             path: tmp.clone(),
             source,
         })?;
-    let finished = cmd::run("chattr", ["+C".as_ref(), tmp.as_os_str()])
+    let finished = cmd::run("chattr", &["+C".as_ref(), tmp.as_os_str()])
         .map_err(|source| VolumeError::Tool {
             op: "make NOCOW",
             path: tmp.clone(),
