@@ -385,29 +385,37 @@ pub enum Change {
     Remove,
 }
 
-/// One step of a crash test: `change` of `contract` starts, provisiond is
-/// killed (`kill -9`) `delay` later and started again by the agent, and
-/// the contract must then reach `state` within `within`.
+/// One step of a crash test on the farm's first node: `change` of
+/// `contract` starts, provisiond is killed (`kill -9`) `delay` later and
+/// started again by the agent, and the contract must then reach `state`
+/// within `within`.
+///
+/// # Panics
+/// When any of that fails, with the farm's logs.
 pub fn kill_during(
-    node: &Node,
+    farm: &Farm,
     contract: u64,
     change: Change,
     delay: Duration,
     (state, within): (DeploymentState, Duration),
-) -> Result<DeploymentView, ProvisionError> {
-    match change {
-        Change::Deploy {
-            node_id,
-            twin,
-            workloads,
-        } => deploy(node, node_id, twin, contract, workloads)?,
-        Change::Remove => {
-            block_on(client(node)?.remove(contract))?;
+) -> DeploymentView {
+    let node = farm.node(0);
+    let step = || -> Result<DeploymentView, ProvisionError> {
+        match change {
+            Change::Deploy {
+                node_id,
+                twin,
+                workloads,
+            } => deploy(node, node_id, twin, contract, workloads)?,
+            Change::Remove => {
+                block_on(client(node)?.remove(contract))?;
+            }
         }
-    }
-    std::thread::sleep(delay);
-    node.restart_daemon(Daemon::Provisiond, Duration::from_secs(60))?;
-    wait_state(node, contract, state, within)
+        std::thread::sleep(delay);
+        node.restart_daemon(Daemon::Provisiond, Duration::from_secs(60))?;
+        wait_state(node, contract, state, within)
+    };
+    step().unwrap_or_else(|e| panic!("contract {contract}: {e}\n{}", farm.logs(60)))
 }
 
 /// The sorted names in `names` that `keep` keeps.

@@ -24,6 +24,9 @@ use provisiond::driver::container::{container_id, rootfs_name};
 use provisiond::driver::{disk_name, netid};
 use serde_json::json;
 
+/// How long a contract may take to settle after provisiond was killed.
+const WITHIN: Duration = Duration::from_secs(120);
+
 const NODE_ID: u32 = 1;
 const TWIN: u32 = 31;
 const CONTRACT: u64 = 7;
@@ -320,20 +323,6 @@ fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
     (containers, namespaces, roots)
 }
 
-/// Kills provisiond `delay` into `change` of `contract`; waits for the
-/// contract to be `state`.
-fn kill_during(
-    farm: &Farm,
-    contract: u64,
-    change: provision::Change,
-    delay: Duration,
-    state: DeploymentState,
-) {
-    let within = Duration::from_secs(120);
-    provision::kill_during(farm.node(0), contract, change, delay, (state, within))
-        .unwrap_or_else(|e| panic!("contract {contract}: {e}\n{}", farm.logs(60)));
-}
-
 #[test]
 fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_adopts_them() {
     let (farm, registry) = start();
@@ -370,7 +359,13 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
             twin: TWIN,
             workloads: vec![container],
         };
-        kill_during(&farm, *contract, change, delay, DeploymentState::Ok);
+        provision::kill_during(
+            &farm,
+            *contract,
+            change,
+            delay,
+            (DeploymentState::Ok, WITHIN),
+        );
         let id = container_id(*contract, "app");
         want.0.push(id.clone());
         want.1.push(format!("c-{id}"));
@@ -401,12 +396,12 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
     // provisiond killed during each removal.
     for (i, contract) in contracts.iter().enumerate() {
         let delay = Duration::from_millis(200 * u64::try_from(i).expect("small"));
-        kill_during(
+        provision::kill_during(
             &farm,
             *contract,
             provision::Change::Remove,
             delay,
-            DeploymentState::Deleted,
+            (DeploymentState::Deleted, WITHIN),
         );
     }
     assert_eq!(holdings(node), (vec![], vec![], vec![]), "nothing left");

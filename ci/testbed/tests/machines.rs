@@ -28,6 +28,9 @@ use provisiond::driver::machine::{machine_id, root_disk_name};
 use provisiond::driver::{disk_name, netid};
 use serde_json::json;
 
+/// How long a contract may take to settle after provisiond was killed.
+const WITHIN: Duration = Duration::from_secs(180);
+
 const NODE_ID: u32 = 1;
 const TWIN: u32 = 41;
 /// A second tenant, with a network of its own on the node.
@@ -375,20 +378,6 @@ fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
     (qemus, taps, roots)
 }
 
-/// Kills provisiond `delay` into `change` of `contract`; waits for the
-/// contract to be `state`.
-fn kill_during(
-    farm: &Farm,
-    contract: u64,
-    change: provision::Change,
-    delay: Duration,
-    state: DeploymentState,
-) {
-    let within = Duration::from_secs(180);
-    provision::kill_during(farm.node(0), contract, change, delay, (state, within))
-        .unwrap_or_else(|e| panic!("contract {contract}: {e}\n{}", farm.logs(60)));
-}
-
 #[test]
 fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_once() {
     // Five root disks of 500 MiB.
@@ -419,7 +408,13 @@ fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_onc
             twin: TWIN,
             workloads: vec![vm],
         };
-        kill_during(&farm, *contract, change, delay, DeploymentState::Ok);
+        provision::kill_during(
+            &farm,
+            *contract,
+            change,
+            delay,
+            (DeploymentState::Ok, WITHIN),
+        );
         let id = machine_id(*contract, "vm");
         want.0.push(id.clone());
         want.1.push(format!("t-{id}"));
@@ -445,12 +440,12 @@ fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_onc
     // provisiond killed during each removal.
     for (i, contract) in contracts.iter().enumerate() {
         let delay = Duration::from_millis(400 * u64::try_from(i).expect("small"));
-        kill_during(
+        provision::kill_during(
             &farm,
             *contract,
             provision::Change::Remove,
             delay,
-            DeploymentState::Deleted,
+            (DeploymentState::Deleted, WITHIN),
         );
         let id = machine_id(*contract, "vm");
         want.0.retain(|m| *m != id);
