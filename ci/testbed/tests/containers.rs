@@ -343,8 +343,10 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
     block_on(client(node).deploy(&submission(10, vec![network]))).expect("admitted");
     wait_state(&farm, 10, DeploymentState::Ok, Duration::from_secs(60));
 
-    // provisiond killed at a later moment of each container's deploy.
-    let contracts: Vec<u64> = (11..=15).collect();
+    // provisiond killed at ten moments of a container's deploy, 0 to
+    // 0.9 s in: through the pull, the root filesystem, the namespace and
+    // runc.
+    let contracts: Vec<u64> = (11..=20).collect();
     let mut want = (Vec::new(), Vec::new(), Vec::new());
     for (i, contract) in contracts.iter().enumerate() {
         let container = json!({"version": 0, "name": "app", "type": "container",
@@ -353,7 +355,7 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
                 "interface": {"network": "net", "ip": format!("10.211.1.{}", 10 + i)},
                 "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
                 "size": 64 * MIB}});
-        let delay = Duration::from_millis(250 * u64::try_from(i).expect("small"));
+        let delay = Duration::from_millis(100 * u64::try_from(i).expect("small"));
         let change = provision::Change::Deploy {
             node_id: NODE_ID,
             twin: TWIN,
@@ -395,7 +397,7 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
 
     // provisiond killed during each removal.
     for (i, contract) in contracts.iter().enumerate() {
-        let delay = Duration::from_millis(200 * u64::try_from(i).expect("small"));
+        let delay = Duration::from_millis(100 * u64::try_from(i).expect("small"));
         provision::kill_during(
             &farm,
             *contract,
