@@ -27,6 +27,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMe
 use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -422,6 +423,32 @@ impl Netlink {
             Ok(()) => Ok(true),
             Err(e) if is_absent(&e) => Ok(false),
             Err(e) => Err(self.fail("delete", name)(e)),
+        }
+    }
+
+    /// Forgets what the neighbour cache of link `index` (`name` in errors)
+    /// holds for `ip`; true if it held anything. A workload that takes an
+    /// address over from one that left has another MAC, which the cache
+    /// would otherwise go on using until the entry times out.
+    pub async fn forget_neighbour(
+        &self,
+        index: u32,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> Result<bool, NetlinkError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(message).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -nix::libc::ENOENT => {
+                Ok(false)
+            }
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(self.fail("forget the neighbour on", name)(e)),
         }
     }
 

@@ -255,6 +255,21 @@ fn a_tenant_network_spans_nodes_and_nothing_else_gets_in() {
     assert!(run(b, &["ip", "-n", "c-app", "link", "show", "lo"]).contains("UP"));
     assert!(tenant::reaches(b, Some("c-app"), ip("10.1.1.1"), REACH));
     assert!(tenant::reaches(a, Some("n-red"), ip("10.1.2.9"), REACH));
+    // Another workload takes the address over: the network's namespace,
+    // which knew the first one's MAC, reaches the second at once, not
+    // after its neighbour entry has timed out.
+    assert_eq!(delete(b, "/v1/networks/red/attach/app").0, 200);
+    let (status, answer) = post(
+        b,
+        "/v1/networks/red/attach",
+        &tenant::attach_at_body("app2", "namespace", "10.1.2.9"),
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        tenant::ping(b, Some("n-red"), ip("10.1.2.9")).expect("ping runs"),
+        "the first ping went to the MAC of the workload that left:\n{}",
+        run(b, &["ip", "-n", "n-red", "neigh"])
+    );
 
     // Red reaches red across the nodes: the other bridge and the workload.
     assert!(

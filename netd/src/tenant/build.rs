@@ -359,6 +359,9 @@ pub(crate) async fn ensure_attachment(
         mtu: None,
     };
     live.inside.ensure_link(&port, &settings).await?;
+    live.inside
+        .forget_neighbour(bridge, &netid.bridge(), attachment.address)
+        .await?;
     Ok(())
 }
 
