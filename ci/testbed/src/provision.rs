@@ -199,6 +199,40 @@ pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
+/// Pushes the testbed's busybox image (linux/amd64) to `registry` as
+/// `grove/busybox`, with the run config `run`.
+///
+/// # Panics
+/// When it cannot be made or pushed.
+pub fn push_busybox(registry: &crate::oci::OciRegistry, run: Value) -> crate::oci::Pushed {
+    let layer = crate::oci::busybox_layer().unwrap_or_else(|e| panic!("a busybox layer: {e}"));
+    block_on(crate::oci::push(
+        &registry.host(),
+        "grove/busybox",
+        &[layer],
+        "amd64",
+        run,
+    ))
+    .unwrap_or_else(|e| panic!("push: {e}"))
+}
+
+/// Pushes the testbed's direct-boot machine image (linux/amd64) to
+/// `registry` as `grove/machine`.
+///
+/// # Panics
+/// When it cannot be made or pushed.
+pub fn push_machine(registry: &crate::oci::OciRegistry) -> crate::oci::Pushed {
+    let layer = crate::oci::machine_layer().unwrap_or_else(|e| panic!("a machine image: {e}"));
+    block_on(crate::oci::push(
+        &registry.host(),
+        "grove/machine",
+        &[layer],
+        "amd64",
+        json!({}),
+    ))
+    .unwrap_or_else(|e| panic!("push: {e}"))
+}
+
 /// The node's provisiond.
 pub fn client(node: &Node) -> Result<ProvisiondClient, ProvisionError> {
     Ok(ProvisiondClient::new(node.socket(Daemon::Provisiond)?))

@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use grove_testbed::mesh::{self, Keys};
-use grove_testbed::oci::{self, OciRegistry};
+use grove_testbed::oci::OciRegistry;
 use grove_testbed::proc::ProcId;
 use grove_testbed::provision::{self, block_on, client};
 use grove_testbed::tenant::{self, HandPeer, HandPeerSpec};
@@ -157,22 +157,8 @@ fn boringtun() -> String {
 fn a_tenants_containers_and_machine_on_two_nodes_reach_each_other_and_the_laptop_only() {
     let (farm, registry) = start();
     let (a, b, laptop_node) = (farm.node(0), farm.node(1), farm.node(2));
-    let busybox = block_on(oci::push(
-        &registry.host(),
-        "grove/busybox",
-        &[oci::busybox_layer().expect("a busybox layer")],
-        "amd64",
-        json!({}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"));
-    let machine_image = block_on(oci::push(
-        &registry.host(),
-        "grove/machine",
-        &[oci::machine_layer().unwrap_or_else(|e| panic!("a machine image: {e}"))],
-        "amd64",
-        json!({}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"));
+    let busybox = provision::push_busybox(&registry, json!({}));
+    let machine_image = provision::push_machine(&registry);
     let keys: [Keys; 3] = std::array::from_fn(|_| mesh::keys().expect("wg genkey"));
 
     // Node A: the network, a volume, a web server writing to the volume, a

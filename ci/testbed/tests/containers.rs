@@ -327,14 +327,10 @@ fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
 fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_adopts_them() {
     let (farm, registry) = start();
     let node = farm.node(0);
-    let image = block_on(oci::push(
-        &registry.host(),
-        "grove/busybox",
-        &[oci::busybox_layer().expect("a busybox layer")],
-        "amd64",
+    let image = provision::push_busybox(
+        &registry,
         json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"));
+    );
     // The twin's network, on its own contract.
     let network = json!({"version": 0, "name": "net", "type": "network", "metadata": "",
         "description": "", "data": {"ip_range": "10.211.0.0/16", "subnet": "10.211.1.0/24",

@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use grove_testbed::oci::{self, OciRegistry};
+use grove_testbed::oci::OciRegistry;
 use grove_testbed::provision::{self, block_on, client};
 use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
 use provisiond::api::{DeploymentState, DeploymentView};
@@ -117,14 +117,7 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
  {
     let (farm, registry) = start(2048);
     let node = farm.node(0);
-    let image = block_on(oci::push(
-        &registry.host(),
-        "grove/machine",
-        &[oci::machine_layer().unwrap_or_else(|e| panic!("a machine image: {e}"))],
-        "amd64",
-        json!({}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"));
+    let image = provision::push_machine(&registry);
 
     // A machine bigger than the node is refused up front, changing nothing.
     let huge = zmachine("vm", &image.reference, "10.212.1.5", 4096 * GIB, json!([]));
@@ -181,14 +174,10 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
     wait_state(&farm, 3, DeploymentState::Deleted, Duration::from_secs(60));
 
     let ip = "10.212.1.5";
-    let busybox = block_on(oci::push(
-        &registry.host(),
-        "grove/busybox",
-        &[oci::busybox_layer().expect("a busybox layer")],
-        "amd64",
+    let busybox = provision::push_busybox(
+        &registry,
         json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"));
+    );
     let container = json!({"version": 0, "name": "app", "type": "container", "metadata": "",
         "description": "", "data": {
             "image": busybox.reference,
@@ -382,14 +371,7 @@ fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
 fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_once() {
     let (farm, registry) = start(4096);
     let node = farm.node(0);
-    let image = block_on(oci::push(
-        &registry.host(),
-        "grove/machine",
-        &[oci::machine_layer().unwrap_or_else(|e| panic!("a machine image: {e}"))],
-        "amd64",
-        json!({}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"));
+    let image = provision::push_machine(&registry);
     deploy(node, 20, vec![provision::network("net", 213, 3413)])
         .unwrap_or_else(|e| panic!("admitted: {e}"));
     wait_state(&farm, 20, DeploymentState::Ok, Duration::from_secs(60));

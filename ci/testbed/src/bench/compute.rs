@@ -38,6 +38,9 @@ pub const MACHINE_RATIO_TARGET: f64 = 1.2;
 const NODE_ID: u32 = 1;
 const TWIN: u32 = 51;
 const MIB: u64 = 1 << 20;
+/// How long a deployment may take to be made or removed (a machine
+/// boots under TCG).
+const WITHIN: Duration = Duration::from_secs(180);
 const MACHINES: &str = "/var/cache/grove/provisiond/machines";
 const CONTAINERS: &str = "/var/cache/grove/provisiond/containers";
 
@@ -71,32 +74,8 @@ fn deploy(
     let started = Instant::now();
     rt.block_on(client.deploy(&submission))
         .map_err(|e| api_error("POST /v1/deployments", e))?;
-    wait(rt, client, contract, state)?;
+    super::provision::wait_state(rt, client, contract, state, WITHIN)?;
     Ok(started.elapsed())
-}
-
-fn wait(
-    rt: &tokio::runtime::Runtime,
-    client: &ProvisiondClient,
-    contract: u64,
-    state: DeploymentState,
-) -> Result<(), BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let view = rt
-            .block_on(client.deployment(contract))
-            .map_err(|e| api_error("GET /v1/deployments/{id}", e))?;
-        if view.state == state {
-            return Ok(());
-        }
-        if view.state == DeploymentState::Error || Instant::now() > deadline {
-            return Err(api_error(
-                &format!("deployment {contract}"),
-                format!("never {state:?}: {view:?}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn remove(
@@ -106,7 +85,7 @@ fn remove(
 ) -> Result<(), BenchError> {
     rt.block_on(client.remove(contract))
         .map_err(|e| api_error("DELETE /v1/deployments/{id}", e))?;
-    wait(rt, client, contract, DeploymentState::Deleted)
+    super::provision::wait_state(rt, client, contract, DeploymentState::Deleted, WITHIN)
 }
 
 /// Nanoseconds a shell `script` run inside the node prints.
@@ -243,7 +222,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
             .map_err(|e| api_error("POST /v1/deployments", e))?;
         exec(node, &["sh", "-c", &reach(&tenant_ns, ip)])?;
         let took = started.elapsed();
-        wait(&rt, &client, contract, DeploymentState::Ok)?;
+        super::provision::wait_state(&rt, &client, contract, DeploymentState::Ok, WITHIN)?;
 
         // The same launch by hand: its own tap, disk copy, pid and address.
         let id = provisiond::driver::machine::machine_id(contract, "vm");

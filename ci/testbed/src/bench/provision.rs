@@ -37,6 +37,8 @@ const TWIN: u32 = 21;
 const MIB: u64 = 1 << 20;
 const RESTORED: usize = 100;
 const REFUSALS: usize = 200;
+/// How long a deployment may take to be made or removed.
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// Runs the three parts and prints the report.
 pub fn run(runs: usize) -> Result<(), BenchError> {
@@ -122,14 +124,15 @@ fn submission(contract: u64, workloads: Vec<serde_json::Value>) -> Result<Submis
         .map_err(|e| api_error("signing", e))
 }
 
-/// Polls `contract` every 2 ms until it is in `state`, for up to a minute.
-fn wait_state(
+/// Polls `contract` every 2 ms until it is in `state`, for up to `within`.
+pub(super) fn wait_state(
     rt: &tokio::runtime::Runtime,
     client: &ProvisiondClient,
     contract: u64,
     state: DeploymentState,
+    within: Duration,
 ) -> Result<(), BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     loop {
         let view = rt
             .block_on(client.deployment(contract))
@@ -177,11 +180,11 @@ fn deploy(
         let started = Instant::now();
         rt.block_on(client.deploy(&submission))
             .map_err(|e| api_error("POST /v1/deployments", e))?;
-        wait_state(rt, &client, contract, DeploymentState::Ok)?;
+        wait_state(rt, &client, contract, DeploymentState::Ok, MINUTE)?;
         api.push(started.elapsed());
         rt.block_on(client.remove(contract))
             .map_err(|e| api_error("DELETE /v1/deployments/{id}", e))?;
-        wait_state(rt, &client, contract, DeploymentState::Deleted)?;
+        wait_state(rt, &client, contract, DeploymentState::Deleted, MINUTE)?;
 
         let (vdisk, volume) = (format!("bench-{run}-disk"), format!("bench-{run}-data"));
         let request = netd::tenant::input::NetworkRequest {
@@ -229,7 +232,7 @@ fn restore(rt: &tokio::runtime::Runtime, node: &Node) -> Result<(u64, Duration),
             .map_err(|e| api_error("POST /v1/deployments", e))?;
     }
     for i in 0..RESTORED as u64 {
-        wait_state(rt, &client, 5000 + i, DeploymentState::Ok)?;
+        wait_state(rt, &client, 5000 + i, DeploymentState::Ok, MINUTE)?;
     }
     let store = node.exec(&[
         "stat",
