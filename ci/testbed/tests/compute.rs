@@ -343,6 +343,46 @@ fn a_tenants_containers_and_machine_on_two_nodes_reach_each_other_and_the_laptop
     assert_eq!(hog_life["last_exit"], "killed: out of memory", "{hog_life}");
     let logs = block_on(client(a).expect("runs").logs(ON_A, "hog")).expect("logs");
     assert!(logs.matches("eating").count() >= 2, "{logs:?}");
+
+    // The operator's view of node A (the dashboard reads `/v1/capacity`):
+    // its workloads with their state and restarts, nothing the tenant
+    // keeps private.
+    let url = format!("{}/v1/capacity", a.api_url().expect("an address"));
+    let mut seen = String::new();
+    let listed = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        let Ok((200, body)) = grove_testbed::http::http_get(&url) else {
+            return false;
+        };
+        seen = body;
+        let view: Value = serde_json::from_str(&seen).unwrap_or(Value::Null);
+        let listed = view["deployments"]["workloads"].as_array().cloned();
+        let of = |name: &str| {
+            listed
+                .iter()
+                .flatten()
+                .find(|w| w["contract"] == ON_A && w["name"] == name)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        of("app")["live"] == "running"
+            && of("vm")["kind"] == "zmachine"
+            && of("hog")["restarts"].as_u64().is_some_and(|n| n >= 1)
+    });
+    assert!(listed, "node A's operator view lacks its workloads: {seen}");
+    for private in [
+        busybox.reference.as_str(),
+        machine_image.reference.as_str(),
+        APP,
+        HOG,
+        VM,
+        "sha256:",
+        "0123456789abcdef",
+    ] {
+        assert!(
+            !seen.contains(private),
+            "{private} in the operator view: {seen}"
+        );
+    }
     let view = block_on(client(a).expect("runs").deployment(ON_A)).expect("a view");
     assert_eq!(
         view.state,
