@@ -117,28 +117,23 @@ pub fn removal(table: &str) -> String {
 /// Feeds `rules` to `nft -f -` in the calling thread's network namespace.
 /// Blocking.
 pub fn apply(binary: &Path, table: &str, rules: &str) -> Result<(), FirewallError> {
+    let failed = |source| FirewallError::Spawn {
+        binary: binary.to_owned(),
+        table: table.to_owned(),
+        source,
+    };
     let mut child = Command::new(binary)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| FirewallError::Spawn {
-            binary: binary.to_owned(),
-            table: table.to_owned(),
-            source,
-        })?;
+        .map_err(failed)?;
     let written = child
         .stdin
         .take()
         .map(|mut stdin| stdin.write_all(rules.as_bytes()));
-    let output = child
-        .wait_with_output()
-        .map_err(|source| FirewallError::Spawn {
-            binary: binary.to_owned(),
-            table: table.to_owned(),
-            source,
-        })?;
+    let output = child.wait_with_output().map_err(failed)?;
     if !output.status.success() {
         return Err(FirewallError::Refused {
             binary: binary.to_owned(),
@@ -148,11 +143,7 @@ pub fn apply(binary: &Path, table: &str, rules: &str) -> Result<(), FirewallErro
         });
     }
     if let Some(Err(source)) = written {
-        return Err(FirewallError::Spawn {
-            binary: binary.to_owned(),
-            table: table.to_owned(),
-            source,
-        });
+        return Err(failed(source));
     }
     Ok(())
 }
