@@ -151,10 +151,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
             ("used", r.used),
             ("free", r.free),
         ] {
-            let _ = writeln!(
-                out,
-                "grove_capacity{{resource=\"{resource}\",kind=\"{kind}\"}} {v}"
-            );
+            resource_sample(&mut out, "grove_capacity", resource, kind, v);
         }
     }
     if let Some(d) = s.deployments {
@@ -198,12 +195,17 @@ fn deployments(out: &mut String, d: &super::snapshot::DeploymentFacts) {
             ("sru", r.sru),
             ("hru", r.hru),
         ] {
-            let _ = writeln!(
-                out,
-                "grove_deployments_capacity{{resource=\"{resource}\",kind=\"{kind}\"}} {v}"
-            );
+            resource_sample(out, "grove_deployments_capacity", resource, kind, v);
         }
     }
+}
+
+/// One sample of `metric` labelled with a resource and a kind.
+fn resource_sample(out: &mut String, metric: &str, resource: &str, kind: &str, v: u64) {
+    let _infallible = writeln!(
+        out,
+        "{metric}{{resource=\"{resource}\",kind=\"{kind}\"}} {v}"
+    );
 }
 
 /// The node on the registry.
