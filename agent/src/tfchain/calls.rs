@@ -70,6 +70,10 @@ pub fn check(call: &Call, metadata: &Metadata) -> Result<(), CallError> {
     call.encode(metadata).map(drop)
 }
 
+fn uint(n: impl Into<u128>) -> Value {
+    Value::u128(n.into())
+}
+
 fn bytes(b: impl AsRef<[u8]>) -> Value {
     Value::from_bytes(b.as_ref())
 }
@@ -81,12 +85,17 @@ fn option(v: Option<Value>) -> Value {
     }
 }
 
+/// Each of `items` as a value, in a list.
+fn list<T>(items: &[T], value: fn(&T) -> Value) -> Value {
+    Value::unnamed_composite(items.iter().map(value))
+}
+
 fn resources(r: &Resources) -> Value {
     Value::named_composite([
-        ("hru", Value::u128(u128::from(r.hru))),
-        ("sru", Value::u128(u128::from(r.sru))),
-        ("cru", Value::u128(u128::from(r.cru))),
-        ("mru", Value::u128(u128::from(r.mru))),
+        ("hru", uint(r.hru)),
+        ("sru", uint(r.sru)),
+        ("cru", uint(r.cru)),
+        ("mru", uint(r.mru)),
     ])
 }
 
@@ -163,17 +172,14 @@ pub fn create_twin(relay: Option<&str>, pk: Option<&[u8]>) -> Call {
 
 /// `tfgridModule.createNode(farmId, resources, location, interfaces, secureBoot, virtualized, serialNumber)`.
 pub fn create_node(r: &NodeRegistration, loc: &Location) -> Call {
-    let mut args = vec![("farm_id", Value::u128(u128::from(r.farm_id)))];
+    let mut args = vec![("farm_id", uint(r.farm_id))];
     args.extend(node_fields(r, loc));
     Call::new(GRID, "create_node", args)
 }
 
 /// `tfgridModule.updateNode(nodeId, farmId, ...)`.
 pub fn update_node(node_id: u32, r: &NodeRegistration, loc: &Location) -> Call {
-    let mut args = vec![
-        ("node_id", Value::u128(u128::from(node_id))),
-        ("farm_id", Value::u128(u128::from(r.farm_id))),
-    ];
+    let mut args = vec![("node_id", uint(node_id)), ("farm_id", uint(r.farm_id))];
     args.extend(node_fields(r, loc));
     Call::new(GRID, "update_node", args)
 }
@@ -184,8 +190,8 @@ pub fn report_uptime_v2(uptime: u64, timestamp_hint: u64) -> Call {
         GRID,
         "report_uptime_v2",
         vec![
-            ("uptime", Value::u128(u128::from(uptime))),
-            ("timestamp_hint", Value::u128(u128::from(timestamp_hint))),
+            ("uptime", uint(uptime)),
+            ("timestamp_hint", uint(timestamp_hint)),
         ],
     )
 }
@@ -197,19 +203,28 @@ pub struct ContractUse {
     pub used: Resources,
 }
 
+fn contract_use(u: &ContractUse) -> Value {
+    Value::named_composite([
+        ("contract_id", uint(u.contract_id)),
+        ("used", resources(&u.used)),
+    ])
+}
+
 /// `smartContractModule.reportContractResources(contractResources)`.
 pub fn report_contract_resources(uses: &[ContractUse]) -> Call {
-    let list = uses.iter().map(|u| {
-        Value::named_composite([
-            ("contract_id", Value::u128(u128::from(u.contract_id))),
-            ("used", resources(&u.used)),
-        ])
-    });
     Call::new(
         CONTRACTS,
         "report_contract_resources",
-        vec![("contract_resources", Value::unnamed_composite(list))],
+        vec![("contract_resources", list(uses, contract_use))],
     )
+}
+
+/// A deployment's hash and data, as a node contract holds them.
+fn deployment_fields(hash: &[u8; 32], data: &[u8]) -> [(&'static str, Value); 2] {
+    [
+        ("deployment_hash", bytes(hash)),
+        ("deployment_data", bytes(data)),
+    ]
 }
 
 /// `smartContractModule.createNodeContract(nodeId, deploymentHash,
@@ -221,20 +236,16 @@ pub fn create_node_contract(
     public_ips: u32,
     solution_provider_id: Option<u64>,
 ) -> Call {
-    Call::new(
-        CONTRACTS,
-        "create_node_contract",
-        vec![
-            ("node_id", Value::u128(u128::from(node_id))),
-            ("deployment_hash", bytes(deployment_hash)),
-            ("deployment_data", bytes(deployment_data)),
-            ("public_ips", Value::u128(u128::from(public_ips))),
-            (
-                "solution_provider_id",
-                option(solution_provider_id.map(|id| Value::u128(u128::from(id)))),
-            ),
-        ],
-    )
+    let mut args = vec![("node_id", uint(node_id))];
+    args.extend(deployment_fields(deployment_hash, deployment_data));
+    args.extend([
+        ("public_ips", uint(public_ips)),
+        (
+            "solution_provider_id",
+            option(solution_provider_id.map(uint)),
+        ),
+    ]);
+    Call::new(CONTRACTS, "create_node_contract", args)
 }
 
 /// `smartContractModule.updateNodeContract(contractId, deploymentHash,
@@ -244,15 +255,9 @@ pub fn update_node_contract(
     deployment_hash: &[u8; 32],
     deployment_data: &[u8],
 ) -> Call {
-    Call::new(
-        CONTRACTS,
-        "update_node_contract",
-        vec![
-            ("contract_id", Value::u128(u128::from(contract_id))),
-            ("deployment_hash", bytes(deployment_hash)),
-            ("deployment_data", bytes(deployment_data)),
-        ],
-    )
+    let mut args = vec![("contract_id", uint(contract_id))];
+    args.extend(deployment_fields(deployment_hash, deployment_data));
+    Call::new(CONTRACTS, "update_node_contract", args)
 }
 
 /// `smartContractModule.cancelContract(contractId)`, sent by the owner.
@@ -260,7 +265,7 @@ pub fn cancel_contract(contract_id: u64) -> Call {
     Call::new(
         CONTRACTS,
         "cancel_contract",
-        vec![("contract_id", Value::u128(u128::from(contract_id)))],
+        vec![("contract_id", uint(contract_id))],
     )
 }
 
@@ -273,20 +278,21 @@ pub struct NruReport {
     pub nru: u64,
 }
 
+fn nru_report(r: &NruReport) -> Value {
+    Value::named_composite([
+        ("contract_id", uint(r.contract_id)),
+        ("timestamp", uint(r.timestamp)),
+        ("window", uint(r.window)),
+        ("nru", uint(r.nru)),
+    ])
+}
+
 /// `smartContractModule.addNruReports(reports)`.
 pub fn add_nru_reports(reports: &[NruReport]) -> Call {
-    let list = reports.iter().map(|r| {
-        Value::named_composite([
-            ("contract_id", Value::u128(u128::from(r.contract_id))),
-            ("timestamp", Value::u128(u128::from(r.timestamp))),
-            ("window", Value::u128(u128::from(r.window))),
-            ("nru", Value::u128(u128::from(r.nru))),
-        ])
-    });
     Call::new(
         CONTRACTS,
         "add_nru_reports",
-        vec![("reports", Value::unnamed_composite(list))],
+        vec![("reports", list(reports, nru_report))],
     )
 }
 
