@@ -5,6 +5,8 @@
 //! an error the caller can act on, within the client's deadline, never a
 //! crash or a hang.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -228,20 +230,7 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
     // A node reporting for a contract that is not on it.
     let (other_client, other_node) = node(&url, &key(7)).await;
     let other = Backend::Embedded(Box::new(other_client));
-    let e = other
-        .report_contract_resources(
-            other_node,
-            &[ContractResources {
-                contract_id: id,
-                used: Resources::default(),
-            }],
-        )
-        .await
-        .expect_err("another node's contract");
-    assert!(
-        matches!(&e, BackendError::Permanent { kind, .. } if kind == "http_403"),
-        "{e:?}"
-    );
+    common::assert_report_refused(&other, other_node, id, "http_403").await;
     let after = backend.contract(id).await.expect("read").expect("there");
     assert_eq!(after.deployment_hash, hash2);
     assert_eq!(after.state, ContractState::Created);

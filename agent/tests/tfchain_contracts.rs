@@ -16,9 +16,11 @@
 //! tfchain_contracts -- --ignored --test-threads=1` (the tests share the
 //! dev account Alice, so they run one at a time).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use agent::chain::backend::{Backend, BackendError, TfchainBackend};
+use agent::chain::backend::{Backend, TfchainBackend};
 use agent::chain::contracts::ContractChange;
 use agent::registry::model::{ContractResources, ContractState, DeploymentHash, Resources};
 use agent::registry::tenant::{Tenant, TenantError};
@@ -247,20 +249,13 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
     // Another node may not report on it: refused for good.
     let (other_key, other_node) = registered_node(&client).await;
     let other = node_backend(&other_key).await;
-    let e = other
-        .report_contract_resources(
-            other_node,
-            &[ContractResources {
-                contract_id,
-                used: Resources::default(),
-            }],
-        )
-        .await
-        .expect_err("another node's contract");
-    assert!(
-        matches!(&e, BackendError::Permanent { kind, .. } if kind == "NodeNotAuthorizedToComputeReport"),
-        "{e:?}"
-    );
+    common::assert_report_refused(
+        &other,
+        other_node,
+        contract_id,
+        "NodeNotAuthorizedToComputeReport",
+    )
+    .await;
 
     // A stranger (another funded twin) can neither update nor cancel it.
     let stranger = tenant_with_twin(&client).await;
