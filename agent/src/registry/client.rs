@@ -196,11 +196,7 @@ impl RegistryReader {
 
     /// The farm, or `None` when the registry has no such farm.
     pub async fn farm(&self, id: u32) -> Result<Option<Farm>, ClientError> {
-        match self.http.get(&format!("/v1/farms/{id}")).await {
-            Ok(farm) => Ok(Some(farm)),
-            Err(ClientError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(None),
-            Err(e) => Err(e),
-        }
+        none_if_missing(self.http.get(&format!("/v1/farms/{id}")).await)
     }
     pub async fn twin(&self, id: u32) -> Result<Twin, ClientError> {
         self.http.get(&format!("/v1/twins/{id}")).await
