@@ -193,8 +193,10 @@ impl Bed {
         self.pool().label.to_string()
     }
 
-    fn mount(&self) -> PathBuf {
-        self.pool().mount_point
+    /// The pool's label and where it is mounted, read at once.
+    fn label_and_mount(&self) -> (String, PathBuf) {
+        let pool = self.pool();
+        (pool.label.to_string(), pool.mount_point)
     }
 
     fn ensure_volume(&self, name: &str, pool: &str, size: u64) -> Result<VolumeView, ClientError> {
@@ -216,7 +218,7 @@ impl Bed {
     /// Everything a change could touch on the pool: the subvolumes, the
     /// qgroups' ids, limits and paths, and both directories with sizes.
     fn state(&self) -> Vec<String> {
-        let mount = self.mount();
+        let mount = self.pool().mount_point;
         let m = mount.to_str().expect("utf-8");
         let mut out = vec![run("btrfs", &["subvolume", "list", m])];
         out.extend(
@@ -324,8 +326,7 @@ fn lsattr(path: &Path) -> String {
 #[test]
 fn a_volume_is_a_subvolume_limited_to_its_size_and_writing_past_it_fails_with_edquot() {
     let bed = Bed::new();
-    let label = bed.label();
-    let mount = bed.mount();
+    let (label, mount) = bed.label_and_mount();
     let view = bed
         .ensure_volume("c7-data", &label, 16 * MIB)
         .expect("volume made");
@@ -387,7 +388,7 @@ fn a_vdisk_is_a_nocow_file_of_exactly_its_size_preallocated_and_private() {
         .ensure_vdisk("c7-disk", &label, size)
         .expect("vdisk made");
     assert_eq!((view.name.as_str(), view.size), ("c7-disk", size));
-    assert_eq!(view.path, bed.mount().join("vdisks/c7-disk"));
+    assert_eq!(view.path, bed.pool().mount_point.join("vdisks/c7-disk"));
     let meta = std::fs::metadata(&view.path).expect("vdisk");
     assert!(meta.is_file());
     assert_eq!(meta.len(), size);
@@ -404,8 +405,7 @@ fn a_vdisk_is_a_nocow_file_of_exactly_its_size_preallocated_and_private() {
 #[test]
 fn ensure_twice_changes_nothing_and_a_larger_size_grows() {
     let bed = Bed::new();
-    let label = bed.label();
-    let mount = bed.mount();
+    let (label, mount) = bed.label_and_mount();
     let volume = bed.ensure_volume("vol", &label, 16 * MIB).expect("volume");
     let vdisk = bed.ensure_vdisk("disk", &label, 16 * MIB).expect("vdisk");
     let before = bed.state();
@@ -595,8 +595,7 @@ fn refusals_name_the_problem_and_change_nothing() {
 #[test]
 fn delete_frees_the_space_and_leaves_no_qgroup_and_is_idempotent() {
     let bed = Bed::new();
-    let label = bed.label();
-    let mount = bed.mount();
+    let (label, mount) = bed.label_and_mount();
     let free = bed.pool().free_bytes;
     let volume = bed.ensure_volume("gone", &label, 32 * MIB).expect("volume");
     std::fs::write(volume.path.join("data"), vec![1u8; MIB as usize]).expect("write");
@@ -652,8 +651,7 @@ fn delete_frees_the_space_and_leaves_no_qgroup_and_is_idempotent() {
 #[test]
 fn a_restart_finds_everything_and_removes_only_temporary_leftovers() {
     let mut bed = Bed::new();
-    let label = bed.label();
-    let mount = bed.mount();
+    let (label, mount) = bed.label_and_mount();
     let volume = bed.ensure_volume("v1", &label, 16 * MIB).expect("volume");
     std::fs::write(volume.path.join("kept"), b"kept").expect("write");
     let vdisk = bed.ensure_vdisk("d1", &label, 16 * MIB).expect("vdisk");
@@ -735,8 +733,7 @@ fn a_pool_whose_disk_leaves_shows_its_objects_as_broken_and_refuses_changes() {
 #[test]
 fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
     let mut bed = Bed::new();
-    let label = bed.label();
-    let mount = bed.mount();
+    let (label, mount) = bed.label_and_mount();
     // Large enough that preallocating takes a while, small enough that two
     // rounds' worth fit a 1 GiB pool while btrfs frees the last one.
     let size = 200 * MIB;
@@ -829,8 +826,7 @@ fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
 #[test]
 fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
     let bed = Bed::new();
-    let label = bed.label();
-    let mount = bed.mount();
+    let (label, mount) = bed.label_and_mount();
     let volume = bed.ensure_volume("nest", &label, 64 * MIB).expect("volume");
     let keep = bed.ensure_volume("keep", &label, 16 * MIB).expect("volume");
     std::fs::write(keep.path.join("data"), b"kept").expect("write");
@@ -902,8 +898,7 @@ fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
 #[test]
 fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself() {
     let bed = Bed::new();
-    let label = bed.label();
-    let mount = bed.mount();
+    let (label, mount) = bed.label_and_mount();
     // The source: a subvolume on the cache, which lives on the pool (where
     // provisiond keeps unpacked images), crossed into the pool's volumes.
     let source = bed.cache.join("image-rootfs");
