@@ -14,6 +14,15 @@ use provisiond::engine::{Engine, EngineError};
 
 const TWIN: u32 = 7;
 
+/// Asserts that the engine's `call` fails (`why` names the case) with an
+/// error matching `pattern`.
+macro_rules! assert_fails {
+    ($call:expr, $why:literal, $pattern:pat) => {
+        let error = $call.await.expect_err($why);
+        assert!(matches!(error, $pattern), "{error}");
+    };
+}
+
 fn three(contract: u64, port: u16) -> String {
     signed(
         TWIN,
@@ -418,45 +427,33 @@ async fn the_engines_own_refusals_name_their_rule_and_change_nothing() {
 
     engine.deploy(&submission(&wire)).await.expect("admitted");
     let update = signed(TWIN, 1, 1, vec![network(0, "net", 3000)]);
-    let error = engine
-        .update(1, &submission(&update))
-        .await
-        .expect_err("busy");
-    assert!(
-        matches!(error, EngineError::Busy { contract: 1, .. }),
-        "{error}"
+    assert_fails!(
+        engine.update(1, &submission(&update)),
+        "busy",
+        EngineError::Busy { contract: 1, .. }
     );
-    let error = engine
-        .update(2, &submission(&update))
-        .await
-        .expect_err("none");
-    assert!(
-        matches!(error, EngineError::NotFound { contract: 2 }),
-        "{error}"
+    assert_fails!(
+        engine.update(2, &submission(&update)),
+        "none",
+        EngineError::NotFound { contract: 2 }
     );
     fake.lock().hang.clear();
     engine.remove(1).await.expect("removal admitted");
     assert_eq!(settle(&engine, 1).await.state, DeploymentState::Deleted);
-    let error = engine
-        .deploy(&submission(&wire))
-        .await
-        .expect_err("removed");
-    assert!(
-        matches!(error, EngineError::Removed { contract: 1 }),
-        "{error}"
+    assert_fails!(
+        engine.deploy(&submission(&wire)),
+        "removed",
+        EngineError::Removed { contract: 1 }
     );
-    let error = engine
-        .update(1, &submission(&update))
-        .await
-        .expect_err("removed");
-    assert!(
-        matches!(error, EngineError::Removed { contract: 1 }),
-        "{error}"
+    assert_fails!(
+        engine.update(1, &submission(&update)),
+        "removed",
+        EngineError::Removed { contract: 1 }
     );
-    let error = engine.remove(9).await.expect_err("none");
-    assert!(
-        matches!(error, EngineError::NotFound { contract: 9 }),
-        "{error}"
+    assert_fails!(
+        engine.remove(9),
+        "none",
+        EngineError::NotFound { contract: 9 }
     );
     assert!(fake.names().is_empty());
 
@@ -474,11 +471,11 @@ async fn the_engines_own_refusals_name_their_rule_and_change_nothing() {
     )
     .await
     .expect("starts");
-    let error = blind
-        .deploy(&submission(&three(5, 3005)))
-        .await
-        .expect_err("no id");
-    assert!(matches!(error, EngineError::NoNodeId), "{error}");
+    assert_fails!(
+        blind.deploy(&submission(&three(5, 3005))),
+        "no id",
+        EngineError::NoNodeId
+    );
     blind.set_node_id(NODE);
     blind
         .deploy(&submission(&three(5, 3005)))
