@@ -1002,15 +1002,23 @@ pub async fn serve(
     farmers: &[String],
     shutdown: grove_daemon::shutdown::Shutdown,
 ) -> Result<(), ServeError> {
-    let registry = Arc::new(Embedded::open(state, farmers)?);
-    if !farms.is_empty() {
-        let account = farmers.first().ok_or(RegistryError::NoFarmer)?;
-        let owner = registry.ensure_twin(account, None)?;
-        for name in farms {
-            let farm = registry.create_farm(name, owner.id)?;
-            tracing::info!(farm = farm.id, name = %farm.name, owner = %account, "farm ready");
+    // Opening the state and making the farms write files: off the async
+    // workers.
+    let (path, farms, farmers) = (state.to_owned(), farms.to_vec(), farmers.to_vec());
+    let registry = tokio::task::spawn_blocking(move || {
+        let registry = Embedded::open(&path, &farmers)?;
+        if !farms.is_empty() {
+            let account = farmers.first().ok_or(RegistryError::NoFarmer)?;
+            let owner = registry.ensure_twin(account, None)?;
+            for name in &farms {
+                let farm = registry.create_farm(name, owner.id)?;
+                tracing::info!(farm = farm.id, name = %farm.name, owner = %account, "farm ready");
+            }
         }
-    }
+        Ok::<_, RegistryError>(registry)
+    })
+    .await??;
+    let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -1032,6 +1040,8 @@ pub async fn serve(
 pub enum ServeError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("opening the registry's state failed: {0}")]
+    Open(#[from] tokio::task::JoinError),
     #[error("cannot serve on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
