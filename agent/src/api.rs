@@ -43,6 +43,8 @@ pub struct ApiState {
     pub netd: netd::client::NetdClient,
     pub started: std::time::Instant,
     pub cmdline: Arc<Cmdline>,
+    /// The hardware watchdog the agent holds armed, if any.
+    pub watchdog: Option<crate::watchdog::WatchdogReport>,
 }
 
 /// `GET /v1/node`.
@@ -57,6 +59,10 @@ pub struct NodeReport {
     /// waits for the farmer's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<crate::identity::choice::WaitingReport>,
+    /// The hardware watchdog, when the agent is the machine's init and
+    /// holds one armed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<crate::watchdog::WatchdogReport>,
 }
 
 /// The boot parameters and the ones that were refused.
@@ -162,6 +168,7 @@ async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
             params: state.cmdline.params.clone(),
             errors: state.cmdline.errors.clone(),
         },
+        watchdog: state.watchdog.clone(),
     })
 }
 
@@ -221,6 +228,58 @@ fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
         waiting: state.identity.waiting().as_ref(),
         chain: &chain,
     })
+}
+
+/// What the node's console screen shows; the operator API answers on
+/// `api_port`.
+pub fn console_view(state: &ApiState, api_port: u16) -> crate::operator::console::View {
+    let facts = state.snapshot.get();
+    let chain = state.chain.status();
+    let status = status_report(state);
+    let uplink = facts.uplink.as_ref().ok();
+    let address = uplink.and_then(|u| u.address.clone());
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    let storage = facts
+        .capacity
+        .as_ref()
+        .map(|c| {
+            [("SSD", c.ssd), ("HDD", c.hdd)]
+                .into_iter()
+                .filter(|(_, k)| k.total_bytes > 0)
+                .map(|(kind, k)| {
+                    format!(
+                        "{kind}  {:.1} GiB, {:.1} GiB free",
+                        gib(k.total_bytes),
+                        gib(k.free_bytes)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::operator::console::View {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        hostname: facts.host.hostname.clone(),
+        state: Some(status.state),
+        reasons: status.reasons,
+        node_id: chain.node_id,
+        farm_id: chain.farm_id,
+        twin_id: chain.twin_id,
+        account: status.account.or(chain.account),
+        api: address
+            .as_deref()
+            .and_then(|a| a.split('/').next())
+            .map(|ip| format!("http://{ip}:{api_port}")),
+        address,
+        nic: uplink.and_then(|u| u.nic.clone()),
+        gateway: uplink.and_then(|u| u.gateway).map(|g| g.to_string()),
+        storage,
+        services: state
+            .supervisor
+            .statuses()
+            .into_iter()
+            .map(|s| (s.name, format!("{:?}", s.state).to_lowercase()))
+            .collect(),
+    }
 }
 
 async fn status(State(state): State<ApiState>) -> Json<crate::operator::status::StatusReport> {

@@ -23,6 +23,7 @@ pub mod stop;
 pub mod supervisor;
 pub mod tasks;
 pub mod tfchain;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -117,7 +118,18 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let stop = Stop::new(shutdown.clone());
 
     let mut tasks = Tasks::default();
-    let state = start_tasks(&mut tasks, &config, &options, cmdline, &supervisor, &stop);
+    let mut state = start_tasks(&mut tasks, &config, &options, cmdline, &supervisor, &stop);
+    let watchdog = arm_watchdog().await;
+    state.watchdog = watchdog.as_ref().map(|(w, _)| w.report());
+    if std::process::id() == 1 {
+        // The machine's own screen, when the agent is its init.
+        let (view, port) = (state.clone(), config.api.listen.port());
+        tasks.spawn_until(
+            "console",
+            &shutdown,
+            operator::console::show_forever(move || api::console_view(&view, port)),
+        );
+    }
     let readiness = Readiness::waiting("storaged, netd, provisiond");
     tasks.spawn_until(
         "readiness",
@@ -137,6 +149,15 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let served = servers.drain(grove_daemon::shutdown::GRACE).await;
     if let Err(e) = tokio::fs::remove_file(&config.api.socket).await {
         tracing::debug!(error = %e, "agent socket already gone");
+    }
+    if let Some((watchdog, beater)) = watchdog {
+        tokio::task::spawn_blocking(move || watchdog.close())
+            .await
+            .map_err(AgentError::Task)?;
+        // Its next beat finds the watchdog closed.
+        if let Err(e) = beater.await {
+            tracing::error!(error = %e, "the watchdog's heartbeat task failed");
+        }
     }
     for (_name, result) in served {
         result?;
@@ -273,6 +294,7 @@ fn start_tasks(
         identity: node_identity,
         supervisor: supervisor.clone(),
         cmdline,
+        watchdog: None,
     }
 }
 
@@ -345,6 +367,30 @@ async fn track_readiness(supervisor: Arc<Supervisor>, readiness: Readiness) {
             break;
         }
     }
+}
+
+/// Arms the machine's hardware watchdog when the agent is its init and
+/// there is one, and starts the heartbeat that keeps it fed; it is closed
+/// (disarmed) after the drain, before a reboot or power-off.
+async fn arm_watchdog() -> Option<(watchdog::Watchdog, tokio::task::JoinHandle<()>)> {
+    if std::process::id() != 1 {
+        return None;
+    }
+    let armed = tokio::task::spawn_blocking(|| {
+        let device = watchdog::find(Path::new("/sys"), Path::new("/dev"))?;
+        match watchdog::Watchdog::arm(&device) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(device = %device.path.display(), error = %e, "cannot arm the watchdog");
+                None
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()?;
+    let beater = tokio::spawn(armed.beater().run());
+    Some((armed, beater))
 }
 
 /// Restarts the machine when the agent is its init; elsewhere (a
