@@ -104,6 +104,7 @@ impl Failure for AgentError {
 /// tasks end. A reboot asked through the API is acted on only after that.
 pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result<(), AgentError> {
     let reaper = Reaper::global()?;
+    init_machine();
     // Reading the command line and looking for config files block.
     let (cmdline, supervisor) = {
         let (path, config) = (options.cmdline.clone(), config.clone());
@@ -159,13 +160,12 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
             tracing::error!(error = %e, "the watchdog's heartbeat task failed");
         }
     }
+    let reason = stop.reason();
+    tokio::task::spawn_blocking(move || end_machine(reason))
+        .await
+        .map_err(AgentError::Task)?;
     for (_name, result) in served {
         result?;
-    }
-    if stop.reason() == StopReason::Reboot {
-        tokio::task::spawn_blocking(reboot_now)
-            .await
-            .map_err(AgentError::Task)?;
     }
     Ok(())
 }
@@ -393,16 +393,38 @@ async fn arm_watchdog() -> Option<(watchdog::Watchdog, tokio::task::JoinHandle<(
     Some((armed, beater))
 }
 
-/// Restarts the machine when the agent is its init; elsewhere (a
-/// development host, the testbed) the agent has stopped and that is all.
-fn reboot_now() {
+/// What the machine does once the agent, its init, has stopped: restart
+/// for a farmer's reboot, power off for a signal (SIGTERM, or SIGINT from
+/// Ctrl-Alt-Del on the console, which [`init_machine`] turns into one).
+/// Elsewhere (a development host, the testbed) the agent has stopped and
+/// that is all.
+fn end_machine(reason: StopReason) {
+    use nix::sys::reboot::RebootMode;
+    let mode = match reason {
+        StopReason::Reboot => RebootMode::RB_AUTOBOOT,
+        StopReason::Signal => RebootMode::RB_POWER_OFF,
+    };
     if std::process::id() != 1 {
-        tracing::warn!("reboot requested; not PID 1, so the agent only stops");
+        if reason == StopReason::Reboot {
+            tracing::warn!("reboot requested; not PID 1, so the agent only stops");
+        }
         return;
     }
+    tracing::info!(?mode, "the node's services stopped; ending the machine");
     nix::unistd::sync();
-    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-    tracing::error!(error = %e, "reboot failed");
+    let Err(e) = nix::sys::reboot::reboot(mode);
+    tracing::error!(error = %e, ?mode, "the kernel refused to end the machine");
+}
+
+/// As the machine's init: Ctrl-Alt-Del sends the agent SIGINT, so it
+/// stops the node cleanly, rather than the kernel restarting it at once.
+fn init_machine() {
+    if std::process::id() != 1 {
+        return;
+    }
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        tracing::warn!(error = %e, "Ctrl-Alt-Del still restarts the machine at once");
+    }
 }
 
 fn own_dir() -> std::io::Result<PathBuf> {
