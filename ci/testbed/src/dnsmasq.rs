@@ -96,6 +96,7 @@ impl Dnsmasq {
         subnet: Subnet,
         dir: &Path,
         lease_secs: u32,
+        router: Ipv4Addr,
     ) -> Result<Dnsmasq, DnsmasqError> {
         let log = dir.join("dnsmasq.log");
         let leases = dir.join("leases");
@@ -109,7 +110,7 @@ impl Dnsmasq {
             path: log.clone(),
             source,
         })?;
-        let args = arguments(bridge, subnet, dir, lease_secs);
+        let args = arguments(bridge, subnet, dir, lease_secs, router);
         let handle = NetnsHandle::open(netns)?;
         let mut command = Command::new(cmd::resolve("dnsmasq"));
         command
@@ -209,7 +210,13 @@ fn create(path: &Path) -> Result<File, DnsmasqError> {
     })
 }
 
-fn arguments(bridge: &IfName, subnet: Subnet, dir: &Path, lease_secs: u32) -> Vec<String> {
+fn arguments(
+    bridge: &IfName,
+    subnet: Subnet,
+    dir: &Path,
+    lease_secs: u32,
+    router: Ipv4Addr,
+) -> Vec<String> {
     let (first, last) = subnet.dhcp_range();
     let gateway: Ipv4Addr = subnet.gateway();
     vec![
@@ -223,7 +230,7 @@ fn arguments(bridge: &IfName, subnet: Subnet, dir: &Path, lease_secs: u32) -> Ve
         // Router advertisements only: nodes take IPv6 by SLAAC.
         "--enable-ra".into(),
         format!("--dhcp-range={},ra-only,64", subnet.ipv6_prefix()),
-        format!("--dhcp-option=option:router,{gateway}"),
+        format!("--dhcp-option=option:router,{router}"),
         format!("--dhcp-option=option:dns-server,{gateway}"),
         "--dhcp-authoritative".into(),
         format!("--dhcp-leasefile={}", dir.join("leases").display()),
@@ -285,7 +292,8 @@ mod tests {
     #[test]
     fn arguments_bind_to_the_bridge_and_the_pool() {
         let bridge = IfName::new("br1").expect("valid");
-        let args = arguments(&bridge, Subnet::new(5), Path::new("/r/lan1"), 43200);
+        let router = Ipv4Addr::new(10, 77, 5, 253);
+        let args = arguments(&bridge, Subnet::new(5), Path::new("/r/lan1"), 43200, router);
         assert!(args.contains(&"--interface=br1".to_owned()));
         assert!(
             args.contains(&"--dhcp-range=10.77.5.100,10.77.5.199,255.255.255.0,43200".to_owned())
@@ -294,5 +302,7 @@ mod tests {
         assert!(args.contains(&"--conf-file=/dev/null".to_owned()));
         assert!(args.contains(&"--tftp-root=/r/lan1/tftp".to_owned()));
         assert!(args.contains(&"--dhcp-boot=tag:ipxe,grove.ipxe".to_owned()));
+        assert!(args.contains(&"--dhcp-option=option:router,10.77.5.253".to_owned()));
+        assert!(args.contains(&"--dhcp-option=option:dns-server,10.77.5.1".to_owned()));
     }
 }

@@ -83,6 +83,8 @@ pub struct Lan {
     dir: PathBuf,
     dhcp: bool,
     lease_secs: u32,
+    /// The router DHCP names.
+    router: std::net::Ipv4Addr,
     behind_nat: bool,
     nat: Option<Nat>,
     dnsmasq: Option<Dnsmasq>,
@@ -117,6 +119,11 @@ impl Lan {
             dir,
             dhcp: spec.dhcp,
             lease_secs: spec.lease_secs,
+            router: if spec.router_nowhere {
+                subnet.host(253)
+            } else {
+                subnet.gateway()
+            },
             behind_nat: spec.nat,
             nat: None,
             dnsmasq: None,
@@ -233,6 +240,7 @@ impl Lan {
             self.subnet,
             &self.dir,
             self.lease_secs,
+            self.router,
         )
         .map_err(|source| LanError::Dhcp {
             bridge: self.bridge.clone(),

@@ -88,6 +88,8 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    #[error("QEMU's monitor {path}: {reason}")]
+    Monitor { path: PathBuf, reason: String },
 }
 
 /// A kernel and an initramfs, and the USB stick and ISO made of them.
@@ -245,8 +247,14 @@ pub struct MachineSpec {
     pub boot: BootPath,
     /// Sizes of the blank virtio-scsi SSDs, bytes (sparse files).
     pub disks: Vec<u64>,
+    /// Disk files the caller made, attached after the blank ones as they
+    /// are (serials `gq<index>f<k>`): a foreign disk.
+    pub attached: Vec<PathBuf>,
     /// The farm LAN the NIC plugs into.
     pub lan: usize,
+    /// When the machine reboots, QEMU restarts it with the same disks;
+    /// otherwise QEMU exits, as it does on a power-off or a panic.
+    pub reboots: bool,
 }
 
 impl Default for MachineSpec {
@@ -255,7 +263,9 @@ impl Default for MachineSpec {
             cmdline: crate::spec::DEFAULT_CMDLINE.to_owned(),
             boot: BootPath::Direct,
             disks: vec![4 << 30, 4 << 30],
+            attached: Vec::new(),
             lan: 0,
+            reboots: false,
         }
     }
 }
@@ -317,7 +327,6 @@ impl QemuNode {
             "-smp",
             "2",
             "-nodefaults",
-            "-no-reboot",
             "-display",
             "none",
             "-monitor",
@@ -326,6 +335,15 @@ impl QemuNode {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !spec.reboots {
+            args.push("-no-reboot".into());
+        }
+        args.extend([
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
+        ]);
+        // A hardware watchdog, as a server board has: the agent arms it.
+        args.extend(["-device".into(), "i6300esb".into()]);
         args.extend(["-m".into(), MEMORY_MIB.to_string()]);
         args.extend(boot_args(&spec.boot, image, &spec.cmdline, &dir, index)?);
         args.extend([
@@ -344,15 +362,21 @@ impl QemuNode {
         // virtio-scsi rather than virtio-blk: its disks can say they are
         // SSDs (`rotation_rate=1`), so the node puts its cache on one.
         args.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
-        for (k, path) in disks.iter().enumerate() {
+        let blank = disks.iter().enumerate().map(|(k, p)| (format!("d{k}"), p));
+        let attached = spec
+            .attached
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (format!("f{k}"), p));
+        for (id, path) in blank.chain(attached) {
             args.push("-drive".into());
             args.push(format!(
-                "file={},if=none,id=d{k},format=raw,cache=unsafe",
+                "file={},if=none,id={id},format=raw,cache=unsafe",
                 path.display()
             ));
             args.push("-device".into());
             args.push(format!(
-                "scsi-hd,drive=d{k},bus=scsi0.0,serial=gq{index}d{k},rotation_rate=1"
+                "scsi-hd,drive={id},bus=scsi0.0,serial=gq{index}{id},rotation_rate=1"
             ));
         }
         let child = Command::new(cmd::resolve("ip"))
@@ -394,7 +418,7 @@ impl QemuNode {
     }
 
     /// Whether QEMU is still running (it exits when the machine powers
-    /// off, reboots or panics: `-no-reboot`).
+    /// off or panics, and when it reboots unless [`MachineSpec::reboots`]).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -407,6 +431,72 @@ impl QemuNode {
             out.push_str(&crate::farm::log_tail(&file, &text, lines));
         }
         out
+    }
+
+    /// Presses `keys` together on the machine's keyboard (QMP `send-key`,
+    /// QEMU's key names: `ctrl`, `alt`, `delete`).
+    pub fn send_keys(&self, keys: &[&str]) -> Result<(), QemuError> {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| serde_json::json!({"type": "qcode", "data": k}))
+            .collect();
+        self.qmp(&serde_json::json!({"execute": "send-key", "arguments": {"keys": keys}}))
+    }
+
+    /// Runs one QMP command and checks that QEMU answered `return`.
+    fn qmp(&self, command: &serde_json::Value) -> Result<(), QemuError> {
+        use std::io::{BufRead, BufReader, Write};
+        let path = self.dir.join("qmp.sock");
+        let fail = |reason: String| QemuError::Monitor {
+            path: path.clone(),
+            reason,
+        };
+        let stream =
+            std::os::unix::net::UnixStream::connect(&path).map_err(|e| fail(e.to_string()))?;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .map_err(|e| fail(e.to_string()))?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| fail(e.to_string()))?);
+        let mut writer = stream;
+        let mut answer =
+            |sent: Option<&serde_json::Value>| -> Result<serde_json::Value, QemuError> {
+                if let Some(sent) = sent {
+                    writeln!(writer, "{sent}").map_err(|e| fail(e.to_string()))?;
+                }
+                loop {
+                    let mut line = String::new();
+                    if reader
+                        .read_line(&mut line)
+                        .map_err(|e| fail(e.to_string()))?
+                        == 0
+                    {
+                        return Err(fail("closed".into()));
+                    }
+                    let value: serde_json::Value =
+                        serde_json::from_str(&line).map_err(|e| fail(format!("{e}: {line}")))?;
+                    // Events come in between; the greeting and answers do not
+                    // name one.
+                    if value.get("event").is_none() {
+                        return Ok(value);
+                    }
+                }
+            };
+        answer(None)?;
+        for sent in [&serde_json::json!({"execute": "qmp_capabilities"}), command] {
+            let got = answer(Some(sent))?;
+            if got.get("return").is_none() {
+                return Err(fail(format!("{sent} answered {got}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits up to `within` for QEMU to exit by itself (the machine powered
+    /// off); whether it did.
+    pub fn exits_within(&mut self, within: std::time::Duration) -> bool {
+        crate::wait::wait_until(within, std::time::Duration::from_millis(200), || {
+            !self.running()
+        })
     }
 
     /// Kills QEMU and reaps it. Runs once; later calls return `Ok`.

@@ -205,6 +205,10 @@ pub struct LanSpec {
     pub nat: bool,
     /// How long dnsmasq's leases last (dnsmasq's minimum is 120 s).
     pub lease_secs: u32,
+    /// DHCP names `.253`, an address nobody holds, as the router: the
+    /// LAN's default route leads nowhere, as on a farm LAN without a way
+    /// out.
+    pub router_nowhere: bool,
 }
 
 impl Default for LanSpec {
@@ -213,6 +217,7 @@ impl Default for LanSpec {
             dhcp: true,
             nat: false,
             lease_secs: 12 * 3600,
+            router_nowhere: false,
         }
     }
 }
@@ -229,6 +234,12 @@ impl LanSpec {
     /// The same LAN with leases of `secs` seconds.
     pub fn lease_secs(mut self, secs: u32) -> LanSpec {
         self.lease_secs = secs;
+        self
+    }
+
+    /// The same LAN with a default route that leads nowhere.
+    pub fn router_nowhere(mut self) -> LanSpec {
+        self.router_nowhere = true;
         self
     }
 
