@@ -17,6 +17,7 @@ use provisiond::deployment::{Deployment, DeploymentError};
 use serde_json::{Value, json};
 
 use crate::node::NodeError;
+use crate::oci::{OciRegistry, PushError, Pushed};
 use crate::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, TestbedError, wait_until};
 
 /// The WireGuard private key of every network these helpers make.
@@ -74,7 +75,7 @@ pub fn start_with_registry(
     node_id: u32,
     disk_mb: u64,
     extra: &str,
-) -> Result<(Farm, crate::oci::OciRegistry), ProvisionError> {
+) -> Result<(Farm, OciRegistry), ProvisionError> {
     start_nodes_with_registry(&[node_id], disk_mb, extra)
 }
 
@@ -84,13 +85,13 @@ pub fn start_nodes_with_registry(
     node_ids: &[u32],
     disk_mb: u64,
     extra: &str,
-) -> Result<(Farm, crate::oci::OciRegistry), ProvisionError> {
+) -> Result<(Farm, OciRegistry), ProvisionError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(ProvisionError::NotRoot);
     }
     let spec = NodeSpec::default().disks(vec![DiskSpec::ssd(disk_mb)]);
     let farm = Farm::start(FarmSpec::with_nodes(vec![spec; node_ids.len()]).without_agents())?;
-    let registry = crate::oci::OciRegistry::start(std::net::IpAddr::V4(farm.host_ip()))?;
+    let registry = OciRegistry::start(std::net::IpAddr::V4(farm.host_ip()))?;
     for (node, node_id) in farm.nodes().iter().zip(node_ids) {
         node.set_config(
             Daemon::Provisiond,
@@ -142,6 +143,17 @@ pub fn network(name: &str, range: u8, port: u16) -> Value {
 pub fn disk(name: &str, kind: &str, size: u64) -> Value {
     json!({"version": 0, "name": name, "type": kind, "metadata": "", "description": "",
            "data": {"size": size}})
+}
+
+/// A machine workload `name` booting `flist` with `memory` bytes, one CPU
+/// and `mounts`, at `ip` on the network "net".
+pub fn zmachine(name: &str, flist: &str, ip: &str, memory: u64, mounts: Value) -> Value {
+    json!({"version": 0, "name": name, "type": "zmachine", "metadata": "", "description": "",
+        "data": {"flist": flist,
+            "network": {"public_ip": "", "planetary": false,
+                "interfaces": [{"network": "net", "ip": ip}]},
+            "size": 0, "compute_capacity": {"cpu": 1, "memory": memory},
+            "mounts": mounts, "entrypoint": "/sbin/init", "env": {}, "corex": false}})
 }
 
 /// `workload` as changed at deployment version `version`.
@@ -199,38 +211,47 @@ pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
-/// Pushes the testbed's busybox image (linux/amd64) to `registry` as
-/// `grove/busybox`, with the run config `run`.
-///
-/// # Panics
-/// When it cannot be made or pushed.
-pub fn push_busybox(registry: &crate::oci::OciRegistry, run: Value) -> crate::oci::Pushed {
-    let layer = crate::oci::busybox_layer().unwrap_or_else(|e| panic!("a busybox layer: {e}"));
+/// The run config of a busybox image that serves its `/www` over HTTP on
+/// port 80, for [`push_busybox`].
+pub fn httpd() -> Value {
+    json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]})
+}
+
+/// Pushes the one-layer image `layer` (linux/amd64) to `registry` as
+/// `repo`, with the run config `run`.
+pub fn push_layer(
+    registry: &OciRegistry,
+    repo: &str,
+    layer: Vec<u8>,
+    run: Value,
+) -> Result<Pushed, PushError> {
     block_on(crate::oci::push(
         &registry.host(),
-        "grove/busybox",
+        repo,
         &[layer],
         "amd64",
         run,
     ))
-    .unwrap_or_else(|e| panic!("push: {e}"))
 }
 
-/// Pushes the testbed's direct-boot machine image (linux/amd64) to
-/// `registry` as `grove/machine`.
+/// Pushes the testbed's busybox image to `registry` as `grove/busybox`,
+/// with the run config `run`.
 ///
 /// # Panics
 /// When it cannot be made or pushed.
-pub fn push_machine(registry: &crate::oci::OciRegistry) -> crate::oci::Pushed {
+pub fn push_busybox(registry: &OciRegistry, run: Value) -> Pushed {
+    let layer = crate::oci::busybox_layer().unwrap_or_else(|e| panic!("a busybox layer: {e}"));
+    push_layer(registry, "grove/busybox", layer, run).unwrap_or_else(|e| panic!("push: {e}"))
+}
+
+/// Pushes the testbed's direct-boot machine image to `registry` as
+/// `grove/machine`.
+///
+/// # Panics
+/// When it cannot be made or pushed.
+pub fn push_machine(registry: &OciRegistry) -> Pushed {
     let layer = crate::oci::machine_layer().unwrap_or_else(|e| panic!("a machine image: {e}"));
-    block_on(crate::oci::push(
-        &registry.host(),
-        "grove/machine",
-        &[layer],
-        "amd64",
-        json!({}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"))
+    push_layer(registry, "grove/machine", layer, json!({})).unwrap_or_else(|e| panic!("push: {e}"))
 }
 
 /// The node's provisiond.
@@ -274,6 +295,57 @@ pub fn wait_state(
             last: last.map(Box::new),
         }),
     }
+}
+
+/// `workload`'s result in `view`, checked to name the workload's `id` and
+/// its address `ip`.
+///
+/// # Panics
+/// When there is no result, or it names another id or address.
+pub fn result_of(view: &DeploymentView, workload: &str, id: &str, ip: &str) -> Value {
+    let result = view.result(workload).expect("a result").clone();
+    assert_eq!(result["data"]["id"], id, "{result}");
+    assert_eq!(result["data"]["ip"], ip, "{result}");
+    result
+}
+
+/// Polls `contract` on the farm's first node every 200 ms until it is in
+/// `state`, for up to `within`, through provisiond's restarts (where
+/// [`wait_state`] stops at the first error); answers its view then.
+///
+/// # Panics
+/// When it does not get there, with its last view and the farm's logs.
+pub fn settle(
+    farm: &Farm,
+    contract: u64,
+    state: DeploymentState,
+    within: Duration,
+) -> DeploymentView {
+    let node = farm.node(0);
+    let mut last = None;
+    let reached = wait_until(within, Duration::from_millis(200), || {
+        // A restarting provisiond answers nothing for a moment.
+        let Ok(view) = client(node).and_then(|c| Ok(block_on(c.deployment(contract))?)) else {
+            return false;
+        };
+        let done = view.state == state;
+        last = Some(view);
+        done
+    });
+    assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(80));
+    last.expect("reached")
+}
+
+/// Cancels `contract` on the farm's first node and [`settle`]s it as
+/// deleted within `within`.
+///
+/// # Panics
+/// When the removal is refused or does not finish.
+pub fn cancel(farm: &Farm, contract: u64, within: Duration) -> DeploymentView {
+    client(farm.node(0))
+        .and_then(|c| Ok(block_on(c.remove(contract))?))
+        .unwrap_or_else(|e| panic!("removal of contract {contract} admitted: {e}"));
+    settle(farm, contract, DeploymentState::Deleted, within)
 }
 
 /// What storaged and netd hold for the deployments: vdisks and volumes

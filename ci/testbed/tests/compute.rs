@@ -165,12 +165,7 @@ fn a_tenants_containers_and_machine_on_two_nodes_reach_each_other_and_the_laptop
     // memory hog, and a machine.
     let serve = "echo started >> /data/boot; exec httpd -f -p 80 -h /www";
     let hog = "echo eating; x=0123456789abcdef; while :; do x=$x$x; done";
-    let vm = json!({"version": 0, "name": "vm", "type": "zmachine", "metadata": "",
-        "description": "", "data": {"flist": machine_image.reference,
-            "network": {"public_ip": "", "planetary": false,
-                "interfaces": [{"network": "net", "ip": VM}]},
-            "size": 0, "compute_capacity": {"cpu": 1, "memory": 256 * MIB},
-            "mounts": [], "entrypoint": "/sbin/init", "env": {}, "corex": false}});
+    let vm = provision::zmachine("vm", &machine_image.reference, VM, 256 * MIB, json!([]));
     deploy(
         a,
         NODE_IDS[0],

@@ -12,19 +12,17 @@
 
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use grove_testbed::oci::{self, OciRegistry};
-use grove_testbed::provision;
+use grove_testbed::oci::OciRegistry;
+use grove_testbed::provision::{self, block_on, cancel, settle};
 use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
-use provisiond::api::{ContractFacts, DeploymentState, DeploymentView, Submission, TwinKeyFacts};
+use provisiond::api::DeploymentState;
 use provisiond::client::ProvisiondClient;
-use provisiond::deployment::Deployment;
-use provisiond::deployment::sign::sign_ed25519;
 use provisiond::driver::container::{container_id, rootfs_name};
 use provisiond::driver::{disk_name, netid};
-use serde_json::json;
+use serde_json::{Value, json};
 
-/// How long a contract may take to settle after provisiond was killed.
+/// How long a contract may take to settle: its first deploy, which pulls
+/// the image, or one after provisiond was killed.
 const WITHIN: Duration = Duration::from_secs(120);
 
 const NODE_ID: u32 = 1;
@@ -34,20 +32,8 @@ const MIB: u64 = 1 << 20;
 /// provisiond's default: the node's id that root in a container is.
 const UID_BASE: u32 = 1_000_000;
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[31; 32])
-}
-
 fn client(node: &Node) -> ProvisiondClient {
-    ProvisiondClient::new(node.socket(Daemon::Provisiond).expect("node runs"))
+    provision::client(node).expect("node runs")
 }
 
 fn run(node: &Node, argv: &[&str]) -> (bool, String) {
@@ -60,49 +46,9 @@ fn start() -> (Farm, OciRegistry) {
         .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
-fn submission(contract: u64, workloads: Vec<serde_json::Value>) -> Submission {
-    let wire = json!({"version": 0, "twin_id": TWIN, "contract_id": contract,
-        "metadata": "", "description": "", "expiration": 0,
-        "signature_requirement": {"requests": [{"twin_id": TWIN, "required": false, "weight": 1}],
-            "weight_required": 1, "signatures": [], "signature_style": ""},
-        "workloads": workloads});
-    let wire = sign_ed25519(&wire.to_string(), TWIN, &key()).expect("signs");
-    let d = Deployment::parse(wire.as_bytes()).expect("parses");
-    Submission {
-        deployment: wire,
-        contract: Some(ContractFacts {
-            contract_id: contract,
-            node_id: NODE_ID,
-            twin_id: TWIN,
-            state: "Created".into(),
-            deployment_hash: d.hash().hex(),
-        }),
-        twins: vec![TwinKeyFacts {
-            twin_id: TWIN,
-            account_key: hex::encode(key().verifying_key().to_bytes()),
-        }],
-    }
-}
-
-fn wait_state(
-    farm: &Farm,
-    contract: u64,
-    state: DeploymentState,
-    within: Duration,
-) -> DeploymentView {
-    let client = client(farm.node(0));
-    let mut last = None;
-    let reached = wait_until(within, Duration::from_millis(200), || {
-        let Ok(view) = block_on(client.deployment(contract)) else {
-            // provisiond restarting.
-            return false;
-        };
-        let done = view.state == state;
-        last = Some(view);
-        done
-    });
-    assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(80));
-    last.expect("reached")
+fn deploy(node: &Node, contract: u64, workloads: Vec<Value>) {
+    provision::deploy(node, NODE_ID, TWIN, contract, workloads)
+        .unwrap_or_else(|e| panic!("admitted: {e}"));
 }
 
 /// The pid of the container's first process, from runc.
@@ -122,23 +68,9 @@ fn init_pid(node: &Node, id: &str) -> Option<u32> {
 fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_it_whole() {
     let (farm, registry) = start();
     let node = farm.node(0);
-    let layer = oci::busybox_layer().expect("a busybox layer");
-    let image = block_on(oci::push(
-        &registry.host(),
-        "grove/busybox",
-        &[layer],
-        "amd64",
-        json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
-    ))
-    .unwrap_or_else(|e| panic!("push: {e}"));
+    let image = provision::push_busybox(&registry, provision::httpd());
 
     let ip = "10.210.1.5";
-    let network = json!({"version": 0, "name": "net", "type": "network", "metadata": "",
-        "description": "", "data": {"ip_range": "10.210.0.0/16", "subnet": "10.210.1.0/24",
-            "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
-            "wireguard_listen_port": 3410, "peers": []}});
-    let volume = json!({"version": 0, "name": "data", "type": "volume", "metadata": "",
-        "description": "", "data": {"size": 50 * MIB}});
     let container = json!({"version": 0, "name": "app", "type": "container", "metadata": "",
         "description": "", "data": {
             "image": image.reference,
@@ -149,18 +81,12 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
             "entrypoint": ["/bin/sh", "-c",
                 "echo started >> /data/boot; echo hello from $GREETING; exec httpd -f -p 80 -h /www"],
             "env": {"GREETING": "hi"}}});
-    block_on(client(node).deploy(&submission(CONTRACT, vec![network, volume, container])))
-        .unwrap_or_else(|e| panic!("admitted: {e}"));
-    let view = wait_state(
-        &farm,
-        CONTRACT,
-        DeploymentState::Ok,
-        Duration::from_secs(120),
-    );
+    let network = provision::network("net", 210, 3410);
+    let volume = provision::disk("data", "volume", 50 * MIB);
+    deploy(node, CONTRACT, vec![network, volume, container]);
+    let view = settle(&farm, CONTRACT, DeploymentState::Ok, WITHIN);
     let id = container_id(CONTRACT, "app");
-    let result = view.result("app").expect("a result").clone();
-    assert_eq!(result["data"]["id"], id, "{result}");
-    assert_eq!(result["data"]["ip"], ip, "{result}");
+    let result = provision::result_of(&view, "app", &id, ip);
     assert_eq!(result["data"]["live"]["state"], "running", "{result}");
     assert_eq!(result["data"]["live"]["restarts"], 0, "{result}");
     // Its output, with the environment it was given.
@@ -276,13 +202,7 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
     );
 
     // A cancel removes everything the container had.
-    block_on(client(node).remove(CONTRACT)).expect("removal admitted");
-    wait_state(
-        &farm,
-        CONTRACT,
-        DeploymentState::Deleted,
-        Duration::from_secs(60),
-    );
+    cancel(&farm, CONTRACT, Duration::from_secs(60));
     assert!(!run(node, &["runc", "state", &id]).0, "runc still has it");
     let (_, netns) = run(node, &["ip", "netns", "list"]);
     assert!(
@@ -327,17 +247,10 @@ fn holdings(node: &Node) -> (Vec<String>, Vec<String>, Vec<String>) {
 fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_adopts_them() {
     let (farm, registry) = start();
     let node = farm.node(0);
-    let image = provision::push_busybox(
-        &registry,
-        json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
-    );
+    let image = provision::push_busybox(&registry, provision::httpd());
     // The twin's network, on its own contract.
-    let network = json!({"version": 0, "name": "net", "type": "network", "metadata": "",
-        "description": "", "data": {"ip_range": "10.211.0.0/16", "subnet": "10.211.1.0/24",
-            "wireguard_private_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
-            "wireguard_listen_port": 3411, "peers": []}});
-    block_on(client(node).deploy(&submission(10, vec![network]))).expect("admitted");
-    wait_state(&farm, 10, DeploymentState::Ok, Duration::from_secs(60));
+    deploy(node, 10, vec![provision::network("net", 211, 3411)]);
+    settle(&farm, 10, DeploymentState::Ok, Duration::from_secs(60));
 
     // provisiond killed at ten moments of a container's deploy, 0 to
     // 0.9 s in: through the pull, the root filesystem, the namespace and
@@ -381,7 +294,7 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
         .restart_daemon(Daemon::Provisiond, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}\n{}", farm.logs(60)));
     for contract in &contracts {
-        wait_state(
+        settle(
             &farm,
             *contract,
             DeploymentState::Ok,

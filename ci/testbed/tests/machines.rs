@@ -17,18 +17,20 @@
 //! flist is not an OCI image pinned by digest fails with that reason and
 //! its deployment is rolled back.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use grove_testbed::oci::OciRegistry;
-use grove_testbed::provision::{self, block_on, client};
+use grove_testbed::provision::{self, ProvisionError, block_on, cancel, client, settle};
 use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
-use provisiond::api::{DeploymentState, DeploymentView};
+use provisiond::api::DeploymentState;
 use provisiond::driver::container::container_id;
 use provisiond::driver::machine::{machine_id, root_disk_name};
 use provisiond::driver::{disk_name, netid};
-use serde_json::json;
+use serde_json::{Value, json};
 
-/// How long a contract may take to settle after provisiond was killed.
+/// How long a contract may take to settle: its first deploy, which pulls
+/// the image, or one after provisiond was killed.
 const WITHIN: Duration = Duration::from_secs(180);
 
 const NODE_ID: u32 = 1;
@@ -51,42 +53,8 @@ fn start(ssd_mb: u64) -> (Farm, OciRegistry) {
         .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)))
 }
 
-fn deploy(node: &Node, contract: u64, workloads: Vec<serde_json::Value>) -> Result<(), String> {
-    deploy_as(node, TWIN, contract, workloads)
-}
-
-fn deploy_as(
-    node: &Node,
-    twin: u32,
-    contract: u64,
-    workloads: Vec<serde_json::Value>,
-) -> Result<(), String> {
-    let wire = provision::signed(twin, contract, workloads).expect("signs");
-    let submission = provision::submission(NODE_ID, twin, &wire).expect("a submission");
-    block_on(client(node).expect("runs").deploy(&submission))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Waits for `contract` to be in `state`, through provisiond restarts.
-fn wait_state(
-    farm: &Farm,
-    contract: u64,
-    state: DeploymentState,
-    within: Duration,
-) -> DeploymentView {
-    let node = farm.node(0);
-    let mut last = None;
-    let reached = wait_until(within, Duration::from_millis(200), || {
-        let Ok(view) = block_on(client(node).expect("runs").deployment(contract)) else {
-            return false;
-        };
-        let done = view.state == state;
-        last = Some(view);
-        done
-    });
-    assert!(reached, "never {state:?}: {last:?}\n{}", farm.logs(80));
-    last.expect("reached")
+fn deploy(node: &Node, contract: u64, workloads: Vec<Value>) -> Result<(), ProvisionError> {
+    provision::deploy(node, NODE_ID, TWIN, contract, workloads)
 }
 
 fn node_machines(node: &Node) -> Vec<(String, String)> {
@@ -97,21 +65,6 @@ fn qemus(node: &Node, id: &str) -> Vec<String> {
     provision::qemus(node, id).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn zmachine(
-    name: &str,
-    flist: &str,
-    ip: &str,
-    memory: u64,
-    mounts: serde_json::Value,
-) -> serde_json::Value {
-    json!({"version": 0, "name": name, "type": "zmachine", "metadata": "", "description": "",
-        "data": {"flist": flist,
-            "network": {"public_ip": "", "planetary": false,
-                "interfaces": [{"network": "net", "ip": ip}]},
-            "size": 0, "compute_capacity": {"cpu": 1, "memory": memory},
-            "mounts": mounts, "entrypoint": "/sbin/init", "env": {}, "corex": false}})
-}
-
 #[test]
 fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and_a_cancel_removes_it()
  {
@@ -120,9 +73,10 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
     let image = provision::push_machine(&registry);
 
     // A machine bigger than the node is refused up front, changing nothing.
-    let huge = zmachine("vm", &image.reference, "10.212.1.5", 4096 * GIB, json!([]));
+    let huge = provision::zmachine("vm", &image.reference, "10.212.1.5", 4096 * GIB, json!([]));
     let err = deploy(node, 4, vec![provision::network("net", 212, 3412), huge])
-        .expect_err("a machine bigger than the node is refused");
+        .expect_err("a machine bigger than the node is refused")
+        .to_string();
     assert!(err.contains("MRU"), "{err}");
     assert!(
         block_on(client(node).expect("runs").deployment(4)).is_err(),
@@ -134,7 +88,7 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         .expect("capacity")
         .free
         .mru;
-    let exact = zmachine(
+    let exact = provision::zmachine(
         "vm",
         &image.reference,
         "10.212.1.5",
@@ -142,11 +96,12 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         json!([]),
     );
     let err = deploy(node, 4, vec![provision::network("net", 212, 3412), exact])
-        .expect_err("a machine that leaves QEMU no room is refused");
+        .expect_err("a machine that leaves QEMU no room is refused")
+        .to_string();
     assert!(err.contains("more to run it"), "{err}");
     // A zos flist URL is no image this node can run: the machine fails with
     // that reason and its deployment is rolled back whole.
-    let unpinned = zmachine(
+    let unpinned = provision::zmachine(
         "vm",
         "https://hub.grid.tf/tf-official-vms/ubuntu-22.04.flist",
         "10.212.1.5",
@@ -159,7 +114,7 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         vec![provision::network("net", 212, 3412), unpinned],
     )
     .unwrap_or_else(|e| panic!("admitted: {e}"));
-    let view = wait_state(&farm, 3, DeploymentState::Error, Duration::from_secs(60));
+    let view = settle(&farm, 3, DeploymentState::Error, Duration::from_secs(60));
     let result = view.result("vm").expect("a result");
     assert_eq!(result["state"], "error", "{result}");
     let message = result["message"].as_str().unwrap_or_default();
@@ -170,21 +125,18 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         "the network was left: {netns}"
     );
     // Its contract is cancelled, which frees the network's name.
-    block_on(client(node).expect("runs").remove(3)).expect("removal admitted");
-    wait_state(&farm, 3, DeploymentState::Deleted, Duration::from_secs(60));
+    cancel(&farm, 3, Duration::from_secs(60));
 
     let ip = "10.212.1.5";
-    let busybox = provision::push_busybox(
-        &registry,
-        json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
-    );
+    let addr: Ipv4Addr = ip.parse().expect("an IPv4 address");
+    let busybox = provision::push_busybox(&registry, provision::httpd());
     let container = json!({"version": 0, "name": "app", "type": "container", "metadata": "",
         "description": "", "data": {
             "image": busybox.reference,
             "interface": {"network": "net", "ip": "10.212.1.6"},
             "compute_capacity": {"cpu": 1, "memory": 64 * MIB},
             "size": 64 * MIB, "mounts": [], "entrypoint": [], "env": {}}});
-    let vm = zmachine(
+    let vm = provision::zmachine(
         "vm",
         &image.reference,
         ip,
@@ -202,16 +154,9 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         ],
     )
     .unwrap_or_else(|e| panic!("admitted: {e}"));
-    let view = wait_state(
-        &farm,
-        CONTRACT,
-        DeploymentState::Ok,
-        Duration::from_secs(180),
-    );
+    let view = settle(&farm, CONTRACT, DeploymentState::Ok, WITHIN);
     let id = machine_id(CONTRACT, "vm");
-    let result = view.result("vm").expect("a result").clone();
-    assert_eq!(result["data"]["id"], id, "{result}");
-    assert_eq!(result["data"]["ip"], ip, "{result}");
+    let result = provision::result_of(&view, "vm", &id, ip);
     assert_eq!(result["data"]["live"]["accel"], "tcg", "{result}");
     assert_eq!(
         result["data"]["console"],
@@ -234,12 +179,7 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
     assert!(console.contains("disk vdb serial=data"), "{console}");
     let tenant_ns = format!("n-{}", netid(TWIN, "net"));
     assert!(
-        tenant::reaches(
-            node,
-            Some(&tenant_ns),
-            ip.parse().expect("ip"),
-            Duration::from_secs(60)
-        ),
+        tenant::reaches(node, Some(&tenant_ns), addr, Duration::from_secs(60)),
         "the guest does not answer ping\n{console}\n{}",
         farm.logs(40)
     );
@@ -247,32 +187,24 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
     // network does not.
     let container_ns = format!("c-{}", container_id(CONTRACT, "app"));
     assert!(
-        tenant::reaches(
-            node,
-            Some(&container_ns),
-            ip.parse().expect("ip"),
-            Duration::from_secs(30)
-        ),
+        tenant::reaches(node, Some(&container_ns), addr, Duration::from_secs(30)),
         "the container on its network does not reach the machine"
     );
-    deploy_as(
+    provision::deploy(
         node,
+        NODE_ID,
         OTHER_TWIN,
         5,
         vec![provision::network("other", 215, 3415)],
     )
     .unwrap_or_else(|e| panic!("admitted: {e}"));
-    wait_state(&farm, 5, DeploymentState::Ok, Duration::from_secs(60));
+    settle(&farm, 5, DeploymentState::Ok, Duration::from_secs(60));
     let other_ns = format!("n-{}", netid(OTHER_TWIN, "other"));
     assert!(
-        (0..3).all(|_| matches!(
-            tenant::ping(node, Some(&other_ns), ip.parse().expect("ip")),
-            Ok(false)
-        )),
+        (0..3).all(|_| matches!(tenant::ping(node, Some(&other_ns), addr), Ok(false))),
         "another tenant's network reaches the machine"
     );
-    block_on(client(node).expect("runs").remove(5)).expect("removal admitted");
-    wait_state(&farm, 5, DeploymentState::Deleted, Duration::from_secs(60));
+    cancel(&farm, 5, Duration::from_secs(60));
 
     // kill -9 provisiond: the machine keeps running and is adopted.
     let before = qemus(node, &id);
@@ -286,7 +218,7 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         "provisiond was not restarted\n{}",
         farm.logs(60)
     );
-    let view = wait_state(
+    let view = settle(
         &farm,
         CONTRACT,
         DeploymentState::Ok,
@@ -295,23 +227,12 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
     assert_eq!(view.result("vm").expect("a result")["data"]["id"], id);
     assert_eq!(qemus(node, &id), before, "the machine was started again");
     assert!(
-        tenant::reaches(
-            node,
-            Some(&tenant_ns),
-            ip.parse().expect("ip"),
-            Duration::from_secs(30)
-        ),
+        tenant::reaches(node, Some(&tenant_ns), addr, Duration::from_secs(30)),
         "the adopted guest does not answer"
     );
 
     // A cancel powers it off and removes its tap, disks and directory.
-    block_on(client(node).expect("runs").remove(CONTRACT)).expect("removal admitted");
-    wait_state(
-        &farm,
-        CONTRACT,
-        DeploymentState::Deleted,
-        Duration::from_secs(90),
-    );
+    cancel(&farm, CONTRACT, Duration::from_secs(90));
     assert!(qemus(node, &id).is_empty(), "QEMU still runs");
     let (_, links) = run(node, &["ip", "-all", "netns", "exec", "ip", "-o", "link"]);
     assert!(
@@ -374,7 +295,7 @@ fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_onc
     let image = provision::push_machine(&registry);
     deploy(node, 20, vec![provision::network("net", 213, 3413)])
         .unwrap_or_else(|e| panic!("admitted: {e}"));
-    wait_state(&farm, 20, DeploymentState::Ok, Duration::from_secs(60));
+    settle(&farm, 20, DeploymentState::Ok, Duration::from_secs(60));
 
     // provisiond killed at ten moments of a machine's deploy, 0 to 2.25 s
     // in: through the pull, the root disk's filling, the tap and QEMU; then
@@ -383,7 +304,7 @@ fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_onc
     for i in 0..10u64 {
         let contract = 21 + i;
         let ip = format!("10.213.1.{}", 10 + i);
-        let vm = zmachine("vm", &image.reference, &ip, 256 * MIB, json!([]));
+        let vm = provision::zmachine("vm", &image.reference, &ip, 256 * MIB, json!([]));
         let change = provision::Change::Deploy {
             node_id: NODE_ID,
             twin: TWIN,

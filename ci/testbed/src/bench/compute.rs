@@ -124,24 +124,11 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
         .map_err(BenchError::Spawn)?;
     let client = ProvisiondClient::new(node.socket(Daemon::Provisiond)?);
     let busybox = oci::busybox_layer().map_err(|e| api_error("busybox layer", e))?;
-    let container_image = rt
-        .block_on(oci::push(
-            &registry.host(),
-            "bench/busybox",
-            &[busybox],
-            "amd64",
-            json!({"Entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]}),
-        ))
-        .map_err(|e| api_error("push", e))?;
+    let container_image =
+        provision::push_layer(&registry, "bench/busybox", busybox, provision::httpd())
+            .map_err(|e| api_error("push", e))?;
     let machine_layer = oci::machine_layer().map_err(|e| api_error("machine layer", e))?;
-    let machine_image = rt
-        .block_on(oci::push(
-            &registry.host(),
-            "bench/machine",
-            &[machine_layer],
-            "amd64",
-            json!({}),
-        ))
+    let machine_image = provision::push_layer(&registry, "bench/machine", machine_layer, json!({}))
         .map_err(|e| api_error("push", e))?;
     deploy(
         &rt,
@@ -208,12 +195,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
     for run in 0..=runs {
         let contract = 200 + run as u64;
         let ip = "10.214.1.20";
-        let vm = json!({"version": 0, "name": "vm", "type": "zmachine", "metadata": "",
-            "description": "", "data": {"flist": machine_image.reference,
-                "network": {"public_ip": "", "planetary": false,
-                    "interfaces": [{"network": "net", "ip": ip}]},
-                "size": 0, "compute_capacity": {"cpu": 1, "memory": 256 * MIB},
-                "mounts": [], "entrypoint": "/sbin/init", "env": {}, "corex": false}});
+        let vm = provision::zmachine("vm", &machine_image.reference, ip, 256 * MIB, json!([]));
         let wire = provision::signed(TWIN, contract, vec![vm]).map_err(|e| api_error("sign", e))?;
         let submission =
             provision::submission(NODE_ID, TWIN, &wire).map_err(|e| api_error("submission", e))?;
