@@ -35,6 +35,10 @@ pub enum OciRegistryError {
 
 const BINARY: &str = "/usr/bin/docker-registry";
 
+/// The media types of an image manifest and of an index of them.
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
 /// A running registry.
 #[derive(Debug)]
 pub struct OciRegistry {
@@ -383,6 +387,19 @@ echo "grove machine up at $addr"
 while true; do sleep 3600; done
 "#;
 
+/// The entries of `dir` whose names start with `prefix`.
+fn named(dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect())
+}
+
 /// The kernel a test machine boots and the module tree beside it: the
 /// Debian kernel `image/build` unpacked into its cache.
 pub fn guest_kernel() -> Result<(PathBuf, PathBuf), PushError> {
@@ -396,29 +413,14 @@ pub fn guest_kernel() -> Result<(PathBuf, PathBuf), PushError> {
             format!("no {what} there: run image/build first (ci/test does)"),
         ),
     };
-    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&cache)
+    let mut kernels: Vec<PathBuf> = named(&cache, "kernel-")
         .map_err(|_| missing("kernel cache"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("kernel-"))
-                && p.join("lib/modules").is_dir()
-        })
+        .into_iter()
+        .filter(|p| p.join("lib/modules").is_dir())
         .collect();
     kernels.sort();
     let root = kernels.pop().ok_or_else(|| missing("unpacked kernel"))?;
-    let boot: Vec<PathBuf> = std::fs::read_dir(root.join("boot"))
-        .map_err(|_| missing("boot directory"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
+    let boot = named(&root.join("boot"), "vmlinuz-").map_err(|_| missing("boot directory"))?;
     let kernel = boot.into_iter().next().ok_or_else(|| missing("vmlinuz"))?;
     let version = kernel
         .file_name()
@@ -579,26 +581,38 @@ pub async fn push(
     let descriptor = |media: &str, bytes: &[u8]| serde_json::json!({"mediaType": media, "digest": digest(bytes), "size": bytes.len()});
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": MANIFEST,
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
         "layers": layers.iter()
             .map(|l| descriptor("application/vnd.oci.image.layer.v1.tar+gzip", l))
             .collect::<Vec<_>>(),
     }))
     .unwrap_or_default();
-    client
-        .push_manifest_raw(
-            &at,
-            manifest.clone(),
-            http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
-        )
-        .await
-        .map_err(failed)?;
+    push_manifest(&client, host, &at, &manifest, MANIFEST).await?;
     Ok(Pushed {
         reference: format!("{host}/{repo}@{}", digest(&manifest)),
         layers: layers.iter().map(|l| digest(l)).collect(),
         manifest,
     })
+}
+
+/// Puts `manifest`, of media type `media`, at `at` on the registry at
+/// `host`.
+async fn push_manifest(
+    client: &oci_client::Client,
+    host: &str,
+    at: &oci_client::Reference,
+    manifest: &[u8],
+    media: &'static str,
+) -> Result<(), PushError> {
+    client
+        .push_manifest_raw(at, manifest.to_vec(), http::HeaderValue::from_static(media))
+        .await
+        .map_err(|source| PushError::Registry {
+            host: host.to_owned(),
+            source,
+        })?;
+    Ok(())
 }
 
 /// Pushes an index of `entries` (a pushed image and its platform's
@@ -613,7 +627,7 @@ pub async fn push_index(
         .iter()
         .map(|(p, arch)| {
             serde_json::json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "mediaType": MANIFEST,
                 "digest": digest(&p.manifest), "size": p.manifest.len(),
                 "platform": {"architecture": arch, "os": "linux"},
             })
@@ -621,21 +635,11 @@ pub async fn push_index(
         .collect();
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": INDEX,
         "manifests": manifests,
     }))
     .unwrap_or_default();
     let at = oci_client::Reference::with_tag(host.to_owned(), repo.to_owned(), "multi".into());
-    client
-        .push_manifest_raw(
-            &at,
-            index.clone(),
-            http::HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
-        )
-        .await
-        .map_err(|source| PushError::Registry {
-            host: host.to_owned(),
-            source,
-        })?;
+    push_manifest(&client, host, &at, &index, INDEX).await?;
     Ok((format!("{host}/{repo}@{}", digest(&index)), index))
 }
