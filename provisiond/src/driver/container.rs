@@ -45,8 +45,9 @@ use serde_json::json;
 use storaged::client::StoragedClient;
 use storaged::volume::VolumeRequest;
 
+use super::running::{Disks, Running};
 use super::watch::Watch;
-use super::{Driver, DriverError, DriverFuture, Meta, Target, disk_name, netid};
+use super::{Driver, DriverError, DriverFuture, Meta, Target, netid};
 use crate::deployment::workload::WorkloadType;
 use crate::deployment::workload::container::Container;
 use crate::image::ImageStore;
@@ -72,11 +73,8 @@ pub fn is_container_id(id: &str) -> bool {
     super::is_short_name(id, "k-", 10)
 }
 
-/// `r<contract>-<workload>`: the volume holding a container's root
-/// filesystem (not `c…`, which names the deployment's own volumes).
-pub fn rootfs_name(contract: u64, workload: &str) -> String {
-    format!("r{contract}-{workload}")
-}
+/// The volume holding a container's root filesystem.
+pub use super::root_name as rootfs_name;
 
 /// Where the driver keeps things and what it runs.
 #[derive(Debug, Clone)]
@@ -120,14 +118,9 @@ fn oom_kills(id: &str) -> u64 {
 /// `container` → runc.
 #[derive(Debug, Clone)]
 pub struct ContainerDriver {
-    storaged: StoragedClient,
-    netd: NetdClient,
-    images: Arc<ImageStore>,
+    /// Its bundles' directory is [`ContainerConfig::dir`].
+    running: Running,
     config: ContainerConfig,
-    watch: Arc<Watch>,
-    /// Held shared by every `ensure` and alone by the image collection, so
-    /// an image is never collected between its pull and its bundle.
-    images_in_use: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ContainerDriver {
@@ -137,19 +130,16 @@ impl ContainerDriver {
         images: Arc<ImageStore>,
         config: ContainerConfig,
     ) -> Self {
+        let dir = config.dir.clone();
         Self {
-            storaged,
-            netd,
-            images,
+            running: Running::new(storaged, netd, images, Disks::Volumes, dir),
             config,
-            watch: Arc::new(Watch::default()),
-            images_in_use: Arc::new(tokio::sync::RwLock::new(())),
         }
     }
 
     /// The containers' lives, for results and the dashboard.
     pub fn watch(&self) -> Arc<Watch> {
-        self.watch.clone()
+        self.running.watch.clone()
     }
 
     /// Looks at every container every `every`, and starts again (with a
@@ -157,7 +147,7 @@ impl ContainerDriver {
     pub async fn keep_running(self: Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            for id in self.watch.ids() {
+            for id in self.running.watch.ids() {
                 self.look_after(&id).await;
             }
         }
@@ -177,7 +167,7 @@ impl ContainerDriver {
                 .unwrap_or(0)
                 > 0
         };
-        let due = self.watch.observe(id, running, |life| {
+        let due = self.running.watch.observe(id, running, |life| {
             life.last_exit = Some(if oom_killed {
                 life.oom_kills += 1;
                 "killed: out of memory".to_owned()
@@ -190,12 +180,12 @@ impl ContainerDriver {
             if let Err(e) = &started {
                 tracing::warn!(container = id, error = %e, "cannot start the container again");
             }
-            self.watch.started(id, started.is_ok());
+            self.running.watch.started(id, started.is_ok());
         }
     }
 
     fn bundle(&self, id: &str) -> PathBuf {
-        self.config.dir.join(id)
+        self.running.dir(id)
     }
 
     async fn runc(&self, args: &[&str]) -> Result<std::process::Output, DriverError> {
@@ -297,7 +287,7 @@ impl ContainerDriver {
 
     /// netd's namespace `c-<id>` on `netid` at `ip`.
     async fn attach(&self, netid: &str, id: &str, ip: &str) -> Result<PathBuf, DriverError> {
-        let view = super::attach(&self.netd, netid, id, ip, AttachKind::Namespace).await?;
+        let view = super::attach(&self.running.netd, netid, id, ip, AttachKind::Namespace).await?;
         let ns = view.namespace.ok_or_else(|| {
             DriverError::Refused(format!("netd gave container {id} no namespace"))
         })?;
@@ -484,11 +474,7 @@ impl ContainerDriver {
         let image_ref = c
             .image_ref()
             .map_err(|i| DriverError::Refused(format!("{}: {}", i.field, i.problem)))?;
-        let image = self
-            .images
-            .ensure(&image_ref)
-            .await
-            .map_err(|e| DriverError::Refused(e.to_string()))?;
+        let image = self.running.pull(&image_ref).await?;
         let pool = target
             .pool
             .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
@@ -505,27 +491,21 @@ impl ContainerDriver {
         let (rootfs, netns) = tokio::try_join!(
             async {
                 Ok::<_, DriverError>(
-                    self.storaged
+                    self.running
+                        .storaged
                         .ensure_volume(&rootfs_volume, &request)
                         .await?,
                 )
             },
             self.attach(&network, &id, &ip),
         )?;
-        let volumes = if c.mounts.is_empty() {
-            Vec::new()
-        } else {
-            self.storaged.volumes().await?
-        };
+        let names: Vec<&str> = c.mounts.iter().map(|m| m.name.as_str()).collect();
+        let volumes = self.running.disks(target.contract, &names).await?;
         let mut binds = Vec::new();
-        for mount in &c.mounts {
-            let wanted = disk_name(target.contract, mount.name.as_str());
-            let volume = volumes.iter().find(|v| v.name == wanted).ok_or_else(|| {
-                DriverError::Unavailable(format!("volume {wanted} is not made yet"))
-            })?;
-            let (path, base) = (volume.path.clone(), self.config.uid_base);
+        for (mount, volume) in c.mounts.iter().zip(volumes) {
+            let (path, base) = (volume.clone(), self.config.uid_base);
             super::blocking(move || hand_over(&path, base)).await?;
-            binds.push((volume.path.clone(), mount.mountpoint.clone()));
+            binds.push((volume, mount.mountpoint.clone()));
         }
         let spec = self.spec(&id, c, &image, &rootfs.path, &netns, &binds)?;
         let text = serde_json::to_vec_pretty(&spec)
@@ -559,7 +539,7 @@ impl ContainerDriver {
             .map_err(|e| DriverError::Refused(format!("the bundle of {id}: {e}")))?;
         }
         self.start(&id).await?;
-        self.watch.track(&id);
+        self.running.watch.track(&id);
         Ok(json!({"id": id, "ip": ip, "image": image.manifest}))
     }
 
@@ -586,30 +566,6 @@ impl ContainerDriver {
         }
         Ok(())
     }
-
-    async fn unmake(&self, id: &str) -> Result<(), DriverError> {
-        self.watch.forget(id);
-        self.stop(id).await?;
-        let bundle = self.bundle(id);
-        let at = bundle.clone();
-        if let Some(meta) = super::blocking(move || Ok(Meta::read(&at))).await? {
-            super::detach(&self.netd, &meta.netid, id).await?;
-            self.storaged.delete_volume(&meta.rootfs).await?;
-        }
-        match tokio::fs::remove_dir_all(&bundle).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DriverError::Refused(format!("bundle of {id}: {e}"))),
-        }
-        self.collect_images().await;
-        Ok(())
-    }
-
-    /// Removes the cached images no container's bundle names.
-    pub async fn collect_images(&self) {
-        let _alone = self.images_in_use.write().await;
-        super::collect_images(self.images.clone(), self.config.dir.clone()).await;
-    }
 }
 
 impl Driver for ContainerDriver {
@@ -622,20 +578,15 @@ impl Driver for ContainerDriver {
     }
 
     fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, serde_json::Value> {
-        Box::pin(async move {
-            let _using = self.images_in_use.read().await;
-            self.make(target).await
-        })
+        Box::pin(self.running.holding_images(self.make(target)))
     }
 
     fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
-        Box::pin(self.unmake(object))
+        Box::pin(self.running.remove(object, self.stop(object), "bundle of"))
     }
 
     fn live(&self, object: &str) -> Option<serde_json::Value> {
-        self.watch
-            .life(object)
-            .and_then(|life| serde_json::to_value(life).ok())
+        self.running.life(object)
     }
 
     fn logs(&self, object: &str, limit: u64) -> Option<String> {
@@ -644,18 +595,13 @@ impl Driver for ContainerDriver {
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let dir = self.config.dir.clone();
-            let mut ids = super::blocking(move || super::listed(&dir, is_container_id)).await?;
             let listed = self.runc(&["list", "--quiet"]).await?;
-            ids.extend(
-                String::from_utf8_lossy(&listed.stdout)
-                    .lines()
-                    .filter(|l| is_container_id(l))
-                    .map(str::to_owned),
-            );
-            ids.sort();
-            ids.dedup();
-            Ok(ids)
+            let running = String::from_utf8_lossy(&listed.stdout)
+                .lines()
+                .filter(|l| is_container_id(l))
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            self.running.objects(is_container_id, running).await
         })
     }
 }

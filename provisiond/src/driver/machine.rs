@@ -52,8 +52,9 @@ use storaged::client::StoragedClient;
 use storaged::volume::VdiskRequest;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::running::{Disks, Running};
 use super::watch::Watch;
-use super::{Driver, DriverError, DriverFuture, Meta, Target, disk_name, netid};
+use super::{Driver, DriverError, DriverFuture, Meta, Target, netid};
 use crate::deployment::workload::WorkloadType;
 use crate::image::ImageStore;
 
@@ -79,10 +80,8 @@ pub fn is_machine_id(id: &str) -> bool {
     super::is_short_name(id, "m-", 10)
 }
 
-/// `r<contract>-<workload>`: the vdisk holding a machine's root disk.
-pub fn root_disk_name(contract: u64, workload: &str) -> String {
-    format!("r{contract}-{workload}")
-}
+/// The vdisk holding a machine's root disk.
+pub use super::root_name as root_disk_name;
 
 /// How QEMU runs guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,13 +306,9 @@ fn cloud_init(
 /// `zmachine` → QEMU.
 #[derive(Debug, Clone)]
 pub struct MachineDriver {
-    storaged: StoragedClient,
-    netd: NetdClient,
-    images: Arc<ImageStore>,
+    /// Its machines' directory is [`MachineConfig::dir`].
+    running: Running,
     config: MachineConfig,
-    watch: Arc<Watch>,
-    /// Held shared by every `ensure` and alone by the image collection.
-    images_in_use: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Runs `program` with `args` to its end, within [`TOOL_TIMEOUT`]; a
@@ -482,13 +477,10 @@ impl MachineDriver {
         images: Arc<ImageStore>,
         config: MachineConfig,
     ) -> Self {
+        let dir = config.dir.clone();
         Self {
-            storaged,
-            netd,
-            images,
+            running: Running::new(storaged, netd, images, Disks::Vdisks, dir),
             config,
-            watch: Arc::new(Watch::default()),
-            images_in_use: Arc::new(tokio::sync::RwLock::new(())),
         }
     }
 
@@ -499,11 +491,11 @@ impl MachineDriver {
 
     /// The machines' lives, for results and the dashboard.
     pub fn watch(&self) -> Arc<Watch> {
-        self.watch.clone()
+        self.running.watch.clone()
     }
 
     fn dir(&self, id: &str) -> PathBuf {
-        self.config.dir.join(id)
+        self.running.dir(id)
     }
 
     /// Looks at every machine every `every`, starts again (with a
@@ -512,18 +504,18 @@ impl MachineDriver {
     pub async fn keep_running(self: Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            for id in self.watch.ids() {
+            for id in self.running.watch.ids() {
                 let log = self.dir(&id).join("console.log");
                 let _ = tokio::task::spawn_blocking(move || super::trim_log(&log, LOG_LIMIT)).await;
                 let running = pid_of(&id).await.is_some();
-                if self.watch.observe(&id, running, |life| {
+                if self.running.watch.observe(&id, running, |life| {
                     life.last_exit = Some("the machine stopped".into());
                 }) {
                     let started = self.start(&id).await;
                     if let Err(e) = &started {
                         tracing::warn!(machine = id, error = %e, "cannot start the machine again");
                     }
-                    self.watch.started(&id, started.is_ok());
+                    self.running.watch.started(&id, started.is_ok());
                 }
             }
         }
@@ -716,11 +708,7 @@ impl MachineDriver {
             .image_ref()
             .map_err(|i| DriverError::Refused(format!("{}: {}", i.field, i.problem)))?;
         self.filled(&id, &image_ref.digest.to_string()).await?;
-        let image = self
-            .images
-            .ensure(&image_ref)
-            .await
-            .map_err(|e| DriverError::Refused(e.to_string()))?;
+        let image = self.running.pull(&image_ref).await?;
         let rootfs = image.rootfs.clone();
         let layout = super::blocking(move || layout(&rootfs).map_err(DriverError::Refused)).await?;
         let pool = target
@@ -728,6 +716,7 @@ impl MachineDriver {
             .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
         let root_name = root_disk_name(target.contract, name);
         let root = self
+            .running
             .storaged
             .ensure_vdisk(
                 &root_name,
@@ -744,7 +733,7 @@ impl MachineDriver {
         })?;
         let network = netid(target.twin, interface.network.as_str());
         let ip = interface.ip.0.to_string();
-        let view = super::attach(&self.netd, &network, &id, &ip, AttachKind::Tap).await?;
+        let view = super::attach(&self.running.netd, &network, &id, &ip, AttachKind::Tap).await?;
         let netns = self
             .config
             .netns
@@ -759,15 +748,9 @@ impl MachineDriver {
         })
         .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
         write(dir.join("meta.json"), meta, &id).await?;
-        let vdisks = self.storaged.vdisks().await?;
-        let mut disks = Vec::new();
-        for mount in &m.mounts {
-            let wanted = disk_name(target.contract, mount.name.as_str());
-            let vdisk = vdisks.iter().find(|v| v.name == wanted).ok_or_else(|| {
-                DriverError::Unavailable(format!("zmount {wanted} is not made yet"))
-            })?;
-            disks.push((mount.name.to_string(), vdisk.path.clone()));
-        }
+        let names: Vec<&str> = m.mounts.iter().map(|m| m.name.as_str()).collect();
+        let vdisks = self.running.disks(target.contract, &names).await?;
+        let disks: Vec<_> = names.iter().map(|n| n.to_string()).zip(vdisks).collect();
         self.fill_root(
             &id,
             &image_ref.digest.to_string(),
@@ -818,7 +801,7 @@ impl MachineDriver {
             write(path, text, &id).await?;
         }
         self.start(&id).await?;
-        self.watch.track(&id);
+        self.running.watch.track(&id);
         Ok(json!({
             "id": id,
             "ip": ip,
@@ -827,25 +810,6 @@ impl MachineDriver {
                 target.contract
             ),
         }))
-    }
-
-    async fn unmake(&self, id: &str) -> Result<(), DriverError> {
-        self.watch.forget(id);
-        self.stop(id).await?;
-        let dir = self.dir(id);
-        let at = dir.clone();
-        if let Some(meta) = super::blocking(move || Ok(Meta::read(&at))).await? {
-            super::detach(&self.netd, &meta.netid, id).await?;
-            self.storaged.delete_vdisk(&meta.rootfs).await?;
-        }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DriverError::Refused(format!("machine {id}: {e}"))),
-        }
-        let _alone = self.images_in_use.write().await;
-        super::collect_images(self.images.clone(), self.config.dir.clone()).await;
-        Ok(())
     }
 }
 
@@ -859,19 +823,15 @@ impl Driver for MachineDriver {
     }
 
     fn ensure<'a>(&'a self, target: Target<'a>) -> DriverFuture<'a, serde_json::Value> {
-        Box::pin(async move {
-            let _using = self.images_in_use.read().await;
-            self.make(target).await
-        })
+        Box::pin(self.running.holding_images(self.make(target)))
     }
 
     fn remove<'a>(&'a self, object: &'a str) -> DriverFuture<'a, ()> {
-        Box::pin(self.unmake(object))
+        Box::pin(self.running.remove(object, self.stop(object), "machine"))
     }
 
     fn live(&self, object: &str) -> Option<serde_json::Value> {
-        let life = self.watch.life(object)?;
-        let mut value = serde_json::to_value(life).ok()?;
+        let mut value = self.running.life(object)?;
         value["accel"] = json!(self.config.accel);
         Some(value)
     }
@@ -882,15 +842,9 @@ impl Driver for MachineDriver {
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let dir = self.config.dir.clone();
-            super::blocking(move || {
-                let mut ids = super::listed(&dir, is_machine_id)?;
-                ids.extend(machines_running().into_iter().map(|(_, id)| id));
-                ids.sort();
-                ids.dedup();
-                Ok(ids)
-            })
-            .await
+            let running = super::blocking(|| Ok(machines_running())).await?;
+            let ids = running.into_iter().map(|(_, id)| id);
+            self.running.objects(is_machine_id, ids).await
         })
     }
 }

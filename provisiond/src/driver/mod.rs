@@ -13,6 +13,7 @@
 pub mod container;
 pub mod machine;
 pub mod network;
+mod running;
 pub mod storage;
 pub mod watch;
 
@@ -294,6 +295,12 @@ pub(crate) fn tail(path: &std::path::Path, limit: u64) -> Option<String> {
 /// storaged's 64 characters).
 pub fn disk_name(contract: u64, workload: &str) -> String {
     format!("c{contract}-{workload}")
+}
+
+/// `r<contract>-<workload>`: the volume or vdisk holding the root of a
+/// running workload (not `c…`, which names the deployment's own disks).
+pub fn root_name(contract: u64, workload: &str) -> String {
+    format!("r{contract}-{workload}")
 }
 
 /// Whether `name` is a disk or volume name provisiond makes.
