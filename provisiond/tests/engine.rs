@@ -36,6 +36,14 @@ fn three(contract: u64, port: u16) -> String {
     )
 }
 
+/// Contract 1 at version 1: its network as [`three`] made it, and
+/// `workloads`.
+fn update_of_one(workloads: Vec<serde_json::Value>) -> String {
+    let mut all = vec![network(0, "net", 3000)];
+    all.extend(workloads);
+    signed(TWIN, 1, 1, all)
+}
+
 /// An engine over `fake` on a new store, with `ssd_gib` of SSD.
 async fn engine_on(fake: &FakeNode, ssd_gib: u64) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -127,17 +135,11 @@ async fn a_failed_update_leaves_the_previous_version_unchanged() {
         disk_name(1, "more"),
         "pool ssd1 has 1 GiB free, asked 2 GiB".into(),
     );
-    let update = signed(
-        TWIN,
-        1,
-        1,
-        vec![
-            network(0, "net", 3000),
-            zmount(1, "disk", 2 * GIB),
-            volume(0, "data", GIB),
-            volume(1, "more", 2 * GIB),
-        ],
-    );
+    let update = update_of_one(vec![
+        zmount(1, "disk", 2 * GIB),
+        volume(0, "data", GIB),
+        volume(1, "more", 2 * GIB),
+    ]);
     let view = engine
         .update(1, &submission(&update))
         .await
@@ -174,16 +176,7 @@ async fn an_update_adds_changes_and_removes_by_name() {
     let (_dir, engine) = engine_on(&fake, 100).await;
     deploy_three(&engine).await;
     settle(&engine, 1).await;
-    let update = signed(
-        TWIN,
-        1,
-        1,
-        vec![
-            network(0, "net", 3000),
-            zmount(1, "disk", 3 * GIB),
-            volume(1, "more", GIB),
-        ],
-    );
+    let update = update_of_one(vec![zmount(1, "disk", 3 * GIB), volume(1, "more", GIB)]);
     engine
         .update(1, &submission(&update))
         .await
@@ -426,7 +419,7 @@ async fn the_engines_own_refusals_name_their_rule_and_change_nothing() {
     assert!(engine.deployments(None).is_empty());
 
     engine.deploy(&submission(&wire)).await.expect("admitted");
-    let update = signed(TWIN, 1, 1, vec![network(0, "net", 3000)]);
+    let update = update_of_one(Vec::new());
     assert_fails!(
         engine.update(1, &submission(&update)),
         "busy",
