@@ -186,34 +186,58 @@ fn comes_up(farm: &Farm, registry: &Registry, node: &mut QemuNode, started: Inst
     }
 }
 
-/// The boot parameters of every node here.
-fn node_params(registry: &Registry) -> String {
-    format!("grove.farm=1 grove.chain.url={}", registry.url())
+/// A farm LAN with no nodes of its own, and the registry a node booted on
+/// it registers with (dropped first, as fields drop in order).
+struct Lan {
+    registry: Registry,
+    farm: Farm,
+}
+
+impl Lan {
+    fn start() -> Self {
+        let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+        let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+        Lan { registry, farm }
+    }
+
+    /// The boot parameters of every node here.
+    fn node_params(&self) -> String {
+        format!("grove.farm=1 grove.chain.url={}", self.registry.url())
+    }
+
+    /// Boots the image as the LAN's first node with `spec`, checks it
+    /// [`comes_up`] and prints how long that took, as `name`.
+    fn boot(&self, name: &str, spec: &MachineSpec) -> (QemuNode, CameUp) {
+        let started = Instant::now();
+        let mut node = QemuNode::boot(&self.farm, 0, image(), spec).expect("QEMU starts");
+        let up = comes_up(&self.farm, &self.registry, &mut node, started);
+        eprintln!(
+            "{name}: API answered after {:.1} s, ready after {:.1} s",
+            up.answered.as_secs_f64(),
+            up.ready.as_secs_f64()
+        );
+        (node, up)
+    }
+
+    /// Stops the registry, then tears the farm down and checks it was clean.
+    fn teardown(self) {
+        let Lan { registry, mut farm } = self;
+        drop(registry);
+        farm.teardown().expect("clean teardown");
+    }
 }
 
 #[test]
 fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let image = image();
-    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
-    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    let lan = Lan::start();
     let spec = MachineSpec {
-        cmdline: node_params(&registry),
+        cmdline: lan.node_params(),
         ..MachineSpec::default()
     };
-    let started = Instant::now();
-    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
-    let up = comes_up(&farm, &registry, &mut node, started);
-    eprintln!(
-        "direct kernel boot: API answered after {:.1} s, ready after {:.1} s",
-        up.answered.as_secs_f64(),
-        up.ready.as_secs_f64()
-    );
-
+    let (mut node, _) = lan.boot("direct kernel boot", &spec);
     node.stop().expect("QEMU stops");
-    drop(registry);
-    let mut farm = farm;
-    farm.teardown().expect("clean teardown");
+    lan.teardown();
 }
 
 /// Boots a medium (`grove.img` as a stick, or `grove.iso` as a CD-ROM)
@@ -225,18 +249,17 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
 fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&str]) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let image = image();
-    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
-    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
+    let lan = Lan::start();
     let (file, medium) = if iso {
-        let file = farm.dir().join("grove.iso");
+        let file = lan.farm.dir().join("grove.iso");
         image
-            .iso_image(&file, &node_params(&registry))
+            .iso_image(&file, &lan.node_params())
             .expect("image/iso makes the ISO");
         (file.clone(), Medium::Cdrom(file))
     } else {
-        let file = farm.dir().join("grove.img");
+        let file = lan.farm.dir().join("grove.img");
         image
-            .usb_stick(&file, &node_params(&registry))
+            .usb_stick(&file, &lan.node_params())
             .expect("image/usb makes the stick");
         (file.clone(), Medium::Stick(file))
     };
@@ -245,14 +268,7 @@ fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&
         boot: path(medium),
         ..MachineSpec::default()
     };
-    let started = Instant::now();
-    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
-    let up = comes_up(&farm, &registry, &mut node, started);
-    eprintln!(
-        "{name}: API answered after {:.1} s, ready after {:.1} s",
-        up.answered.as_secs_f64(),
-        up.ready.as_secs_f64()
-    );
+    let (mut node, up) = lan.boot(name, &spec);
 
     // The firmware went the way it should, to the kernel parameters the
     // medium carries.
@@ -264,14 +280,8 @@ fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&
             node.logs(80)
         );
     }
-    let params = format!("console=ttyS0,115200 panic=10 {}", node_params(&registry));
-    assert!(
-        console
-            .lines()
-            .any(|l| l.contains("Command line:") && l.trim_end().ends_with(&params)),
-        "the kernel did not get {params:?}\n{}",
-        node.logs(80)
-    );
+    let params = format!("console=ttyS0,115200 panic=10 {}", lan.node_params());
+    got_command_line(&node, &console, &params);
 
     // A stick is a disk the node sees and leaves alone.
     let stick = up.disks.iter().find(|d| d["serial"] == "gq0usb");
@@ -285,10 +295,19 @@ fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&
     node.stop().expect("QEMU stops");
     let after = cmd::sha256(&file).expect("sha256");
     assert_eq!(before, after, "the node wrote to its boot medium");
+    lan.teardown();
+}
 
-    drop(registry);
-    let mut farm = farm;
-    farm.teardown().expect("clean teardown");
+/// Checks that the kernel's command line, as its console shows it, ends
+/// with `params`.
+fn got_command_line(node: &QemuNode, console: &str, params: &str) {
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("Command line:") && l.trim_end().ends_with(params)),
+        "the kernel did not get {params:?}\n{}",
+        node.logs(80)
+    );
 }
 
 /// systemd-stub hands a UKI's initramfs over this way.
@@ -331,28 +350,19 @@ fn a_node_boots_from_the_iso_under_bios() {
 /// the kernel got the script's command line.
 fn boots_over_pxe(name: &str, path: fn(Medium) -> BootPath) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let image = image();
-    let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
-    let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
-    image
-        .pxe_root(&farm.lan(0).tftp_dir(), &node_params(&registry))
+    let lan = Lan::start();
+    image()
+        .pxe_root(&lan.farm.lan(0).tftp_dir(), &lan.node_params())
         .expect("image/pxe fills the LAN's TFTP root");
     let spec = MachineSpec {
         boot: path(Medium::Network),
         ..MachineSpec::default()
     };
-    let started = Instant::now();
-    let mut node = QemuNode::boot(&farm, 0, image, &spec).expect("QEMU starts");
-    let up = comes_up(&farm, &registry, &mut node, started);
-    eprintln!(
-        "{name}: API answered after {:.1} s, ready after {:.1} s",
-        up.answered.as_secs_f64(),
-        up.ready.as_secs_f64()
-    );
+    let (mut node, _) = lan.boot(name, &spec);
 
     // The LAN's dnsmasq sent iPXE the script, then the kernel and the
     // initramfs, and the kernel got the script's command line.
-    let log = std::fs::read_to_string(farm.lan(0).dnsmasq_log()).expect("dnsmasq log");
+    let log = std::fs::read_to_string(lan.farm.lan(0).dnsmasq_log()).expect("dnsmasq log");
     for sent in log.lines().filter(|l| l.contains("dnsmasq-tftp")) {
         eprintln!("{name}: {sent}");
     }
@@ -367,19 +377,11 @@ fn boots_over_pxe(name: &str, path: fn(Medium) -> BootPath) {
     // (iPXE on UEFI puts the image's name first, as a loader's argv[0].)
     let params = format!(
         "initrd=initramfs console=tty0 console=ttyS0,115200 panic=10 {}",
-        node_params(&registry)
+        lan.node_params()
     );
-    assert!(
-        console
-            .lines()
-            .any(|l| l.contains("Command line:") && l.trim_end().ends_with(&params)),
-        "the kernel did not get the script's command line\n{}",
-        node.logs(80)
-    );
+    got_command_line(&node, &console, &params);
     node.stop().expect("QEMU stops");
-    drop(registry);
-    let mut farm = farm;
-    farm.teardown().expect("clean teardown");
+    lan.teardown();
 }
 
 #[test]
