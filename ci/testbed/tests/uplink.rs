@@ -43,6 +43,31 @@ fn wait_state(farm: &Farm, node: &Node, state: UplinkState, within: Duration) ->
     last.expect("a report")
 }
 
+/// Starts the farm LAN's DHCP server (`serving`) or stops it, then
+/// [`wait_state`]s the node's uplink in `state` and prints how long that
+/// took.
+fn switch_dhcp(
+    farm: &mut Farm,
+    serving: bool,
+    state: UplinkState,
+    within: Duration,
+) -> UplinkReport {
+    let lan = farm.lan_mut(0);
+    let (switched, how) = if serving {
+        (lan.start_dhcp(), "came back")
+    } else {
+        (lan.stop_dhcp(), "went away")
+    };
+    switched.unwrap_or_else(|e| panic!("the DHCP server {how}: {e}"));
+    let since = Instant::now();
+    let report = wait_state(farm, farm.node(0), state, within);
+    eprintln!(
+        "uplink {state:?} {} s after the DHCP server {how}",
+        since.elapsed().as_secs()
+    );
+    report
+}
+
 #[test]
 fn the_nic_with_dhcp_becomes_the_uplink_and_the_api_answers_on_its_lease() {
     // eth0 is on a LAN without DHCP, eth1 on the farm LAN, eth2 has no carrier.
@@ -372,38 +397,16 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
     );
     let pid = farm.node(0).daemon_pid(Daemon::Netd).expect("netd runs");
 
-    farm.lan_mut(0)
-        .stop_dhcp()
-        .expect("the DHCP server goes away");
-    let gone = Instant::now();
     // Renewal at 60 s and rebinding at 105 s fail; at 120 s the lease ends.
-    let lost = wait_state(
-        &farm,
-        farm.node(0),
+    let lost = switch_dhcp(
+        &mut farm,
+        false,
         UplinkState::Rebinding,
         Duration::from_secs(180),
     );
     assert!(lost.address.is_none(), "{lost:?}");
-    eprintln!(
-        "lease lost {} s after the server went away",
-        gone.elapsed().as_secs()
-    );
     std::thread::sleep(Duration::from_secs(10));
-
-    farm.lan_mut(0)
-        .start_dhcp()
-        .expect("the DHCP server is back");
-    let back = Instant::now();
-    let after = wait_state(
-        &farm,
-        farm.node(0),
-        UplinkState::Bound,
-        Duration::from_secs(60),
-    );
-    eprintln!(
-        "uplink bound again {} s after the server came back",
-        back.elapsed().as_secs()
-    );
+    let after = switch_dhcp(&mut farm, true, UplinkState::Bound, Duration::from_secs(60));
     assert_eq!(
         after.address, before.address,
         "dnsmasq hands the same address back"
