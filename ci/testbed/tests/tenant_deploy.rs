@@ -482,20 +482,17 @@ fn bad_requests_over_the_api_get_a_4xx_naming_the_problem_and_change_nothing() {
     let good = wire(&key, twin, 0, 10 * MIB);
     let contract = block_on(tenant.create_node_contract(a_id, hash(&good), 0)).expect("contract");
     let good = wire(&key, twin, contract, 10 * MIB);
-    let (status, out) = send(
-        a,
-        Method::POST,
-        "/v1/deployments",
-        &signed(
-            &key,
-            &account,
-            twin,
-            "POST",
+    // A deployment sent as `as_twin`, signed by `who` for node A.
+    let post = |who: &ed25519_dalek::SigningKey, as_twin: u32, body: &[u8]| {
+        send(
+            a,
+            Method::POST,
             "/v1/deployments",
-            good.as_bytes(),
-        ),
-        good.as_bytes(),
-    );
+            &signed(who, &account, as_twin, "POST", "/v1/deployments", body),
+            body,
+        )
+    };
+    let (status, out) = post(&key, twin, good.as_bytes());
     assert_eq!(status, 202, "{out}");
     let settled = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
         block_on(provisiond(a).deployment(contract)).is_ok_and(|d| d.state == DeploymentState::Ok)
@@ -532,15 +529,6 @@ fn bad_requests_over_the_api_get_a_4xx_naming_the_problem_and_change_nothing() {
     };
     let of_other_twin = wire(&other_key, other_twin, contract, 20 * MIB);
 
-    let post = |who: &ed25519_dalek::SigningKey, as_twin: u32, body: &[u8]| {
-        send(
-            a,
-            Method::POST,
-            "/v1/deployments",
-            &signed(who, &account, as_twin, "POST", "/v1/deployments", body),
-            body,
-        )
-    };
     let other_words = format!("twin {other_twin}'s");
     let missing_words = format!("twin {other_twin}");
     let unknown = agent::cli::tenant::prepare(
