@@ -103,24 +103,15 @@ fn pair<'a>(
         endpoint: Some(lan(a, port)),
         allowed_ips: a_routes,
     }];
-    [
-        NetworkBody {
-            netid,
-            ip_range: range,
-            subnet: &subnets[0],
-            keys: &keys[0],
-            listen_port: port,
-            peers: on_a,
-        },
-        NetworkBody {
-            netid,
-            ip_range: range,
-            subnet: &subnets[1],
-            keys: &keys[1],
-            listen_port: port,
-            peers: on_b,
-        },
-    ]
+    let side = |i: usize, peers| NetworkBody {
+        netid,
+        ip_range: range,
+        subnet: &subnets[i],
+        keys: &keys[i],
+        listen_port: port,
+        peers,
+    };
+    [side(0, on_a), side(1, on_b)]
 }
 
 fn boringtun() -> String {
