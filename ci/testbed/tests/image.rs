@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use grove_testbed::qemu::{BootImage, BootPath, MachineSpec, Medium, QemuNode, workspace};
 use grove_testbed::registry::Registry;
-use grove_testbed::{Farm, FarmSpec, cmd, http_get, wait_until};
+use grove_testbed::{Farm, FarmSpec, LanSpec, cmd, http_get, wait_until};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -195,7 +195,15 @@ struct Lan {
 
 impl Lan {
     fn start() -> Self {
-        let farm = Farm::start_for_test(FarmSpec::with_nodes(Vec::new()).without_agents());
+        Lan::start_on(LanSpec::default())
+    }
+
+    /// The same on a farm LAN made as `spec` says.
+    fn start_on(spec: LanSpec) -> Self {
+        let farm = Farm::start_for_test(FarmSpec {
+            lans: vec![spec],
+            ..FarmSpec::with_nodes(Vec::new()).without_agents()
+        });
         let registry = Registry::start(&farm, free_port(farm.host_ip()), None).expect("registry");
         Lan { registry, farm }
     }
@@ -237,6 +245,157 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
     };
     let (mut node, _) = lan.boot("direct kernel boot", &spec);
     node.stop().expect("QEMU stops");
+    lan.teardown();
+}
+
+/// A foreign disk: ext4 with one file, made without a mount.
+fn ext4_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    let content = dir.join("foreign-content");
+    std::fs::create_dir_all(&content).expect("mkdir");
+    std::fs::write(content.join("family-photos.txt"), "not Grove's\n").expect("a file");
+    let disk = dir.join("foreign-ext4.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("the disk file");
+    let (disk_arg, content_arg) = (disk.display().to_string(), content.display().to_string());
+    cmd::run("mkfs.ext4", &["-q", "-F", "-d", &content_arg, &disk_arg]).expect("mkfs.ext4");
+    disk
+}
+
+/// `agent sign request`'s output for `POST path`, signed by `registry`'s
+/// farmer for the node `account`: curl's `-H` arguments.
+fn farmer_signed(registry: &Registry, account: &str, path: &str) -> String {
+    let key = registry
+        .farmer_key()
+        .expect("the registry made the farmer key");
+    cmd::agent_cli(&[
+        "sign",
+        "request",
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--node",
+        account,
+        "--path",
+        path,
+    ])
+    .expect("agent sign request")
+}
+
+/// The node as its init runs it, on a farm LAN whose default route leads
+/// nowhere (nothing is downloaded at boot), with a foreign ext4 disk:
+/// - its hardware watchdog is armed (`/v1/node`) and fed through the
+///   whole test;
+/// - its status screen on the serial console names its state, node id and
+///   API;
+/// - a farmer-signed reboot restarts the machine, which comes back with the
+///   same account, node id and pools;
+/// - Ctrl-Alt-Del stops it cleanly and powers it off;
+/// - the foreign disk is listed, not pooled, and byte-identical after all
+///   of it.
+#[test]
+fn a_node_as_init_reboots_with_its_identity_powers_off_and_leaves_a_foreign_disk_alone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lan = Lan::start_on(LanSpec::default().router_nowhere());
+    let foreign = ext4_disk(lan.farm.dir());
+    let foreign_before = cmd::sha256(&foreign).expect("sha256");
+    let spec = MachineSpec {
+        cmdline: lan.node_params(),
+        attached: vec![foreign.clone()],
+        reboots: true,
+        ..MachineSpec::default()
+    };
+    let (mut node, up) = lan.boot("direct kernel boot, as init", &spec);
+    let api = up.api.clone();
+
+    // The default route leads to an address nobody holds.
+    let nowhere = lan.farm.lan(0).subnet().host(253).to_string();
+    let network = get_json(&format!("{api}/v1/network")).expect("/v1/network answers");
+    assert_eq!(network["uplink"]["gateway"], nowhere.as_str(), "{network}");
+
+    // The foreign disk is seen and left alone.
+    let disk = up.disks.iter().find(|d| d["serial"] == "gq0f0");
+    let disk = disk.unwrap_or_else(|| panic!("the ext4 disk is not in /v1/disks: {:?}", up.disks));
+    assert_eq!(disk["class"], "foreign", "{disk}");
+    assert!(disk["pool"].is_null(), "{disk}");
+
+    // The watchdog is armed.
+    let report = get_json(&format!("{api}/v1/node")).expect("/v1/node answers");
+    let watchdog = &report["watchdog"];
+    assert_eq!(watchdog["armed"], true, "{report}");
+    assert!(
+        watchdog["identity"]
+            .as_str()
+            .is_some_and(|i| i.contains("6300")),
+        "{report}"
+    );
+
+    // The status screen says who the node is and where its API answers.
+    let chain = get_json(&format!("{api}/v1/chain")).expect("/v1/chain answers");
+    let (account, node_id) = (
+        chain["account"].as_str().expect("an account").to_owned(),
+        chain["node_id"].as_u64().expect("a node id"),
+    );
+    let screen = [
+        "State     READY".to_owned(),
+        format!("Node      {node_id}   farm 1"),
+        format!("API       {api}"),
+    ];
+    let mut console = String::new();
+    let shown = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        console = std::fs::read_to_string(node.console_log()).unwrap_or_default();
+        screen.iter().all(|line| console.contains(line.as_str()))
+    });
+    assert!(shown, "no status screen with {screen:?}\n{}", node.logs(60));
+
+    // A farmer-signed reboot: the machine restarts and comes back as the
+    // same node, on the same pools.
+    let signed = farmer_signed(&lan.registry, &account, "/v1/reboot");
+    let headers = grove_testbed::http::signed_headers(&signed);
+    let asked = Instant::now();
+    let (code, body) = grove_testbed::http::curl_post(&format!("{api}/v1/reboot"), None, &headers)
+        .expect("curl answers");
+    assert_eq!(code, 202, "{body}");
+    let restarted = wait_until(Duration::from_secs(120), Duration::from_millis(500), || {
+        std::fs::read_to_string(node.console_log())
+            .is_ok_and(|c| c.contains("reboot: Restarting system"))
+    });
+    assert!(restarted, "the machine did not restart\n{}", node.logs(60));
+    let again = comes_up(&lan.farm, &lan.registry, &mut node, Instant::now());
+    assert_eq!(again.api, api, "the same lease");
+    let chain = get_json(&format!("{api}/v1/chain")).expect("/v1/chain answers");
+    assert_eq!(chain["account"], account.as_str(), "{chain}");
+    assert_eq!(chain["node_id"], node_id, "{chain}");
+    // The kernel started again after the reboot was asked.
+    let report = get_json(&format!("{api}/v1/node")).expect("/v1/node answers");
+    let uptime = report["uptime_secs"].as_f64().expect("the host's uptime");
+    assert!(
+        uptime < asked.elapsed().as_secs_f64(),
+        "up {uptime} s, though the reboot was asked {:?} ago",
+        asked.elapsed()
+    );
+
+    // Ctrl-Alt-Del: the node stops its services and powers off.
+    node.send_keys(&["ctrl", "alt", "delete"])
+        .expect("the keys are sent");
+    assert!(
+        node.exits_within(Duration::from_secs(120)),
+        "the machine did not power off\n{}",
+        node.logs(60)
+    );
+    let console = std::fs::read_to_string(node.console_log()).expect("console log");
+    assert!(console.contains("reboot: Power down"), "{}", node.logs(60));
+    assert!(
+        console.contains("hardware watchdog disarmed"),
+        "{}",
+        node.logs(60)
+    );
+
+    node.stop().expect("QEMU reaped");
+    assert_eq!(
+        cmd::sha256(&foreign).expect("sha256"),
+        foreign_before,
+        "the node wrote to the foreign disk"
+    );
     lan.teardown();
 }
 
