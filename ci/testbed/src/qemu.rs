@@ -28,7 +28,7 @@ pub const IMAGE_DIR_ENV: &str = "GROVE_IMAGE_DIR";
 /// The QEMU binary.
 const QEMU: &str = "qemu-system-x86_64";
 /// Memory of every machine, MiB.
-const MEMORY_MIB: u32 = 1536;
+pub const MEMORY_MIB: u32 = 1536;
 /// OVMF, the UEFI firmware (Debian's `ovmf`): its code, read-only, and
 /// the template of its variable store, copied per machine.
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";

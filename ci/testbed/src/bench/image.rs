@@ -55,11 +55,52 @@ const PATHS: [&str; 5] = [
 
 /// One run's measurements: the floor, then per path (in [`PATHS`] order)
 /// the API answering and `ready`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Run {
     floor: Duration,
     api: [Duration; PATHS.len()],
     ready: [Duration; PATHS.len()],
+    /// The direct path's node once idle.
+    idle: Option<Idle>,
+}
+
+/// How long a node that became ready is left alone before its memory is
+/// read.
+const IDLE_AFTER: Duration = Duration::from_secs(15);
+
+/// Memory of an idle node, as its operator API reports it.
+#[derive(Debug, Clone, Default)]
+struct Idle {
+    /// The machine's memory not available (`/v1/node`): kernel, the
+    /// unpacked initramfs, page cache that cannot be dropped, processes.
+    used: u64,
+    /// Each supervised daemon's resident set (`/v1/services`).
+    daemons: Vec<(String, u64)>,
+}
+
+/// Reads the memory of the node whose API is `api` (`http://IP:8080`).
+fn idle_memory(api: &str) -> Option<Idle> {
+    let get = |path: &str| -> Option<serde_json::Value> {
+        let (code, body) =
+            http::http_get_timeout(&format!("{api}{path}"), Duration::from_secs(5)).ok()?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    };
+    let node = get("/v1/node")?;
+    let memory = &node["memory"];
+    let used = memory["total_bytes"].as_u64()? - memory["available_bytes"].as_u64()?;
+    let daemons = get("/v1/services")?
+        .as_array()?
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s["name"].as_str()?.to_owned(),
+                s["usage"]["rss_bytes"].as_u64()?,
+            ))
+        })
+        .collect();
+    Some(Idle { used, daemons })
 }
 
 /// Runs the benchmark and prints the report.
@@ -108,12 +149,16 @@ pub fn run(runs: usize) -> Result<(), ImageBenchError> {
             floor,
             api: [Duration::ZERO; PATHS.len()],
             ready: [Duration::ZERO; PATHS.len()],
+            idle: None,
         };
         let mut line = format!("  run {}: floor {:.2} s", i + 1, floor.as_secs_f64());
         for (k, spec) in specs.iter().enumerate() {
-            let (api, ready) = boot_image(&farm, first + 1 + k, &image, spec)?;
+            let (api, ready, idle) = boot_image(&farm, first + 1 + k, &image, spec, k == 0)?;
             run.api[k] = api;
             run.ready[k] = ready;
+            if idle.is_some() {
+                run.idle = idle;
+            }
             line.push_str(&format!(
                 "; {}: API {:.2} s, ready {:.2} s",
                 PATHS[k],
@@ -160,13 +205,15 @@ fn boot_floor(
     Ok(took)
 }
 
-/// QEMU's start to `/v1/status` answering, and to `ready`.
+/// QEMU's start to `/v1/status` answering, and to `ready`; and, when
+/// `idle` asks, the node's memory [`IDLE_AFTER`] after it became ready.
 fn boot_image(
     farm: &Farm,
     index: usize,
     image: &BootImage,
     spec: &MachineSpec,
-) -> Result<(Duration, Duration), ImageBenchError> {
+    idle: bool,
+) -> Result<(Duration, Duration, Option<Idle>), ImageBenchError> {
     let started = Instant::now();
     let mut node = QemuNode::boot(farm, index, image, spec)?;
     let mut url = None;
@@ -202,8 +249,14 @@ fn boot_image(
             logs: logs(&node),
         });
     }
+    let memory = if idle {
+        std::thread::sleep(IDLE_AFTER);
+        idle_memory(url.trim_end_matches("/v1/status"))
+    } else {
+        None
+    };
     node.stop()?;
-    Ok((api, ready_after))
+    Ok((api, ready_after, memory))
 }
 
 fn report(results: &[Run], dir: &Path) {
@@ -246,6 +299,26 @@ fn report(results: &[Run], dir: &Path) {
             "  {path}: QEMU start -> /v1/status ready (pools made, registered): median {:.2} s, p90 {:.2} s",
             secs(ready50),
             secs(ready90)
+        );
+    }
+    let idle: Vec<&Idle> = results.iter().filter_map(|r| r.idle.as_ref()).collect();
+    if let Some(last) = idle.last() {
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        let mut used: Vec<u64> = idle.iter().map(|i| i.used).collect();
+        used.sort_unstable();
+        let daemons: u64 = last.daemons.iter().map(|(_, rss)| rss).sum();
+        let each: Vec<String> = last
+            .daemons
+            .iter()
+            .map(|(name, rss)| format!("{name} {:.1}", mib(*rss)))
+            .collect();
+        eprintln!(
+            "  idle node ({} s after ready, direct path, {} MiB machine): memory in use median {:.0} MiB; the daemons' RSS {:.1} MiB ({} MiB)",
+            IDLE_AFTER.as_secs(),
+            crate::qemu::MEMORY_MIB,
+            mib(used[used.len() / 2]),
+            mib(daemons),
+            each.join(", ")
         );
     }
     let manifest = std::fs::read_to_string(dir.join("manifest")).unwrap_or_default();
