@@ -136,7 +136,7 @@ pub fn render(view: &View) -> String {
     screen
 }
 
-/// `line` cut to [`COLUMNS`] characters, with `…` where it was cut.
+/// `line` cut to [`COLUMNS`] characters, with `...` where it was cut.
 fn fit(line: &str) -> String {
     if line.chars().count() <= COLUMNS {
         return line.to_owned();
@@ -147,7 +147,7 @@ fn fit(line: &str) -> String {
 }
 
 /// A place the screen goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Output {
     /// A virtual terminal: cleared and redrawn in place.
     Terminal(PathBuf),
@@ -206,9 +206,9 @@ pub async fn show_forever(view: impl Fn() -> View + Send + 'static) {
             for (output, result) in results {
                 match result {
                     Ok(()) => {
-                        failed.remove(&format!("{output:?}"));
+                        failed.remove(&output);
                     }
-                    Err(e) if failed.insert(format!("{output:?}")) => {
+                    Err(e) if failed.insert(output.clone()) => {
                         tracing::warn!(?output, error = %e, "cannot write the status screen");
                     }
                     Err(_) => {}

@@ -17,7 +17,8 @@ use grove_testbed::provision::{self, block_on, cancel, settle};
 use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
 use provisiond::api::DeploymentState;
 use provisiond::client::ProvisiondClient;
-use provisiond::driver::container::{container_id, rootfs_name};
+use provisiond::driver::container::container_id;
+use provisiond::driver::root_name;
 use provisiond::driver::{disk_name, netid};
 use serde_json::{Value, json};
 
@@ -177,7 +178,7 @@ fn a_container_runs_on_its_tenant_network_with_its_volume_and_a_cancel_removes_i
     assert_eq!(run(node, &["cat", &boot]).1, "started\n");
     let root = volumes
         .iter()
-        .find(|v| v.name == rootfs_name(CONTRACT, "app"))
+        .find(|v| v.name == root_name(CONTRACT, "app"))
         .expect("the root volume");
     assert_eq!(root.size, 128 * MIB);
 
@@ -280,7 +281,7 @@ fn provisiond_killed_during_deploys_and_removals_leaves_each_container_once_and_
         let id = container_id(*contract, "app");
         want.0.push(id.clone());
         want.1.push(format!("c-{id}"));
-        want.2.push(rootfs_name(*contract, "app"));
+        want.2.push(root_name(*contract, "app"));
         want.0.sort();
         want.1.sort();
         want.2.sort();

@@ -25,7 +25,8 @@ use grove_testbed::provision::{self, ProvisionError, block_on, cancel, client, s
 use grove_testbed::{Daemon, Farm, Node, tenant, wait_until};
 use provisiond::api::DeploymentState;
 use provisiond::driver::container::container_id;
-use provisiond::driver::machine::{machine_id, root_disk_name};
+use provisiond::driver::machine::machine_id;
+use provisiond::driver::root_name;
 use provisiond::driver::{disk_name, netid};
 use serde_json::{Value, json};
 
@@ -247,7 +248,7 @@ fn a_machine_boots_on_its_tenant_network_with_its_zmount_survives_provisiond_and
         .map(|v| v.name)
         .collect();
     assert!(
-        !vdisks.contains(&root_disk_name(CONTRACT, "vm"))
+        !vdisks.contains(&root_name(CONTRACT, "vm"))
             && !vdisks.contains(&disk_name(CONTRACT, "data")),
         "disks left: {vdisks:?}"
     );
@@ -322,7 +323,7 @@ fn provisiond_killed_during_machine_deploys_and_removals_leaves_each_machine_onc
         let once = (
             vec![id.clone()],
             vec![format!("t-{id}")],
-            vec![root_disk_name(contract, "vm")],
+            vec![root_name(contract, "vm")],
         );
         assert_eq!(holdings(node), once, "contract {contract}: once");
         // The guest boots from a root disk that was filled whole.

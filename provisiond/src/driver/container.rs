@@ -47,7 +47,7 @@ use storaged::volume::VolumeRequest;
 
 use super::running::{Disks, Running};
 use super::watch::Watch;
-use super::{Driver, DriverError, DriverFuture, Meta, Target, netid};
+use super::{Driver, DriverError, DriverFuture, Meta, Target, netid, root_name};
 use crate::deployment::workload::WorkloadType;
 use crate::deployment::workload::container::Container;
 use crate::image::ImageStore;
@@ -72,9 +72,6 @@ pub fn container_id(contract: u64, workload: &str) -> String {
 pub fn is_container_id(id: &str) -> bool {
     super::is_short_name(id, "k-", 10)
 }
-
-/// The volume holding a container's root filesystem.
-pub use super::root_name as rootfs_name;
 
 /// Where the driver keeps things and what it runs.
 #[derive(Debug, Clone)]
@@ -478,7 +475,7 @@ impl ContainerDriver {
         let pool = target
             .pool
             .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
-        let rootfs_volume = rootfs_name(target.contract, name);
+        let rootfs_volume = root_name(target.contract, name);
         let network = netid(target.twin, c.interface.network.as_str());
         let ip = c.interface.ip.0.to_string();
         // The root filesystem and the network namespace do not depend on
@@ -620,7 +617,7 @@ mod tests {
         for other in ["k-123", "c-0123456789", "k-0123456789A", "web"] {
             assert!(!is_container_id(other), "{other}");
         }
-        assert_eq!(rootfs_name(42, "app"), "r42-app");
-        assert!(!super::super::is_disk_name(&rootfs_name(42, "app")));
+        assert_eq!(root_name(42, "app"), "r42-app");
+        assert!(!super::super::is_disk_name(&root_name(42, "app")));
     }
 }

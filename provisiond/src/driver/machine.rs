@@ -54,7 +54,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::running::{Disks, Running};
 use super::watch::Watch;
-use super::{Driver, DriverError, DriverFuture, Meta, Target, netid};
+use super::{Driver, DriverError, DriverFuture, Meta, Target, netid, root_name};
 use crate::deployment::workload::WorkloadType;
 use crate::image::ImageStore;
 
@@ -79,9 +79,6 @@ pub fn machine_id(contract: u64, workload: &str) -> String {
 pub fn is_machine_id(id: &str) -> bool {
     super::is_short_name(id, "m-", 10)
 }
-
-/// The vdisk holding a machine's root disk.
-pub use super::root_name as root_disk_name;
 
 /// How QEMU runs guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -714,12 +711,12 @@ impl MachineDriver {
         let pool = target
             .pool
             .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
-        let root_name = root_disk_name(target.contract, name);
+        let root_disk = root_name(target.contract, name);
         let root = self
             .running
             .storaged
             .ensure_vdisk(
-                &root_name,
+                &root_disk,
                 &VdiskRequest {
                     pool: pool.to_owned(),
                     size: m.root_size(),
@@ -743,7 +740,7 @@ impl MachineDriver {
         // The meta first: from here on a removal finds what to undo.
         let meta = serde_json::to_vec(&Meta {
             netid: network.clone(),
-            rootfs: root_name,
+            rootfs: root_disk,
             image: Some(image_ref.digest.to_string()),
         })
         .map_err(|e| DriverError::Refused(format!("machine {id}: {e}")))?;
@@ -889,7 +886,7 @@ mod tests {
         for other in ["m-123", "k-0123456789", "m-0123456789A", "vm"] {
             assert!(!is_machine_id(other), "{other}");
         }
-        assert_eq!(root_disk_name(42, "vm"), "r42-vm");
+        assert_eq!(root_name(42, "vm"), "r42-vm");
     }
 
     #[test]
