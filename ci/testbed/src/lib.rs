@@ -46,6 +46,7 @@ pub mod stale;
 pub mod subnet;
 pub mod sweep;
 pub mod tenant;
+pub mod trunk;
 pub mod wait;
 
 pub use bins::bin_dir;

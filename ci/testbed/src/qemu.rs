@@ -9,8 +9,10 @@
 //! boot parameters (`image/usb`, `image/iso`, `image/pxe`); [`QemuNode::boot`] makes a tap on the LAN's bridge
 //! inside the farm's LAN namespace, sparse disk files in the farm's run
 //! directory, and starts QEMU there with the serial console written to a
-//! log. Limits: TCG only (KVM hangs on the CI machines), so a boot takes
-//! seconds of emulated time; one NIC per machine; the stick is a
+//! log; a machine on a tagged port ([`MachineSpec::tagged`]) gets a
+//! [`TrunkPort`] instead of a plain tap. Limits: TCG only (KVM hangs on
+//! the CI machines), so a boot takes seconds of emulated time; one NIC per
+//! machine; the stick is a
 //! virtio-blk disk, not USB storage; the tap and disks go with the farm,
 //! QEMU itself with the [`QemuNode`] (drop it before the farm).
 
@@ -20,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::cmd::{self, CmdError};
 use crate::ifname::{IfName, IfNameError};
+use crate::trunk::{TrunkCounts, TrunkError, TrunkPort};
 use crate::{Farm, Lan};
 
 /// Where a ready-made image is: a directory holding `vmlinuz` and
@@ -87,6 +90,12 @@ pub enum QemuError {
         pid: u32,
         #[source]
         source: std::io::Error,
+    },
+    #[error("could not make the tagged port of machine {index}")]
+    Trunk {
+        index: usize,
+        #[source]
+        source: TrunkError,
     },
     #[error("QEMU's monitor {path}: {reason}")]
     Monitor { path: PathBuf, reason: String },
@@ -255,6 +264,9 @@ pub struct MachineSpec {
     /// When the machine reboots, QEMU restarts it with the same disks;
     /// otherwise QEMU exits, as it does on a power-off or a panic.
     pub reboots: bool,
+    /// The NIC is on a tagged port of this VLAN ([`TrunkPort`]): only its
+    /// frames reach the LAN, and untagged frames are dropped.
+    pub tagged: Option<u16>,
 }
 
 impl Default for MachineSpec {
@@ -266,6 +278,7 @@ impl Default for MachineSpec {
             attached: Vec::new(),
             lan: 0,
             reboots: false,
+            tagged: None,
         }
     }
 }
@@ -277,6 +290,8 @@ pub struct QemuNode {
     mac: String,
     dir: PathBuf,
     stopped: bool,
+    /// The tagged port, dropped (its threads stopped) after QEMU.
+    trunk: Option<TrunkPort>,
 }
 
 impl QemuNode {
@@ -295,7 +310,16 @@ impl QemuNode {
         })?;
         let tap = IfName::new(format!("tap{index}"))
             .map_err(|source| QemuError::TapName { index, source })?;
-        plug_tap(lan, &tap)?;
+        let trunk = match spec.tagged {
+            Some(vlan) => Some(
+                TrunkPort::start(lan, &tap, vlan, &dir)
+                    .map_err(|source| QemuError::Trunk { index, source })?,
+            ),
+            None => {
+                plug_tap(lan, &tap)?;
+                None
+            }
+        };
         let mut disks = Vec::new();
         for (k, size) in spec.disks.iter().enumerate() {
             let path = dir.join(format!("disk{k}.img"));
@@ -350,7 +374,10 @@ impl QemuNode {
             "-serial".into(),
             format!("file:{}", console.display()),
             "-netdev".into(),
-            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            match &trunk {
+                Some(port) => port.netdev("n0"),
+                None => format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            },
             "-device".into(),
             // First in the boot order when the machine boots from it.
             if spec.boot.boots_from_network() {
@@ -394,6 +421,7 @@ impl QemuNode {
             mac,
             dir,
             stopped: false,
+            trunk,
         })
     }
 
@@ -405,6 +433,12 @@ impl QemuNode {
     /// The address the LAN's dnsmasq leased to this machine, if any yet.
     pub fn lease(&self, lan: &Lan) -> Option<Ipv4Addr> {
         lan.lease_for(&self.mac)
+    }
+
+    /// What the NIC's tagged port has carried and refused, when it is on
+    /// one ([`MachineSpec::tagged`]).
+    pub fn trunk_counts(&self) -> Option<TrunkCounts> {
+        self.trunk.as_ref().map(TrunkPort::counts)
     }
 
     /// The serial console's log.
