@@ -4,20 +4,19 @@
 //!
 //! The image lives in the node's run directory and is attached with
 //! `losetup`; the rotational flag is written to sysfs and read back, since
-//! storaged classifies disks by it, and content is written through a mount
-//! in a private mount namespace that no node can see. Limits: a detached
-//! disk cannot be re-attached (a busy one is emptied to show no media), and
-//! the content helpers overwrite the whole disk. A disk can also arrive while
+//! storaged classifies disks by it. A filesystem's content is copied in by
+//! `mkfs.ext4 -d` from a staging directory, never written through a mount:
+//! any child another thread of the test forks meanwhile holds a copy of
+//! every open descriptor until it execs, and one on a file of a temporary
+//! mount keeps that mount busy. Limits: a detached disk cannot be
+//! re-attached (a busy one is emptied to show no media), and the content
+//! helpers overwrite the whole disk. A disk can also arrive while
 //! its node runs ([`Disk::attach_image`]), or under a chosen name
 //! ([`Disk::attach_image_at`], a hot swap).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
 
 use crate::cmd::{self, CmdError};
 use crate::loopdev::{self, Detached, LoopError};
@@ -70,26 +69,17 @@ pub enum DiskError {
         #[source]
         source: CmdError,
     },
-    #[error("could not mount {device} on {dir}")]
-    Mount {
-        device: PathBuf,
-        dir: PathBuf,
-        #[source]
-        source: Errno,
-    },
     #[error("could not write {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("could not enter a private mount namespace")]
-    PrivateMounts(#[source] Errno),
-    #[error("could not unmount {dir}")]
-    Unmount {
+    #[error("could not remove the staging directory {dir}")]
+    Unstage {
         dir: PathBuf,
         #[source]
-        source: Errno,
+        source: std::io::Error,
     },
 }
 
@@ -278,7 +268,9 @@ impl Disk {
     }
 
     /// Makes an ext4 filesystem holding one file `name` (relative, may hold
-    /// directories) with `contents`.
+    /// directories) with `contents`. The filesystem is never mounted:
+    /// `mkfs.ext4 -d` copies the file in from a staging directory next to
+    /// the image, removed again afterwards.
     pub fn format_ext4_with_file(&self, name: &str, contents: &[u8]) -> Result<(), DiskError> {
         let inside = Path::new(name);
         if name.is_empty()
@@ -291,40 +283,29 @@ impl Disk {
             });
         }
         self.ensure_attached()?;
-        cmd::run(
-            "mkfs.ext4",
-            &["-q".as_ref(), "-F".as_ref(), self.device.as_os_str()],
-        )
-        .map_err(|source| DiskError::Mkfs {
-            device: self.device.clone(),
-            source,
-        })?;
-        let dir = self.file.with_extension("mnt");
-        std::fs::create_dir_all(&dir).map_err(|source| DiskError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-        in_private_mounts(|| {
-            mount(
-                Some(self.device.as_path()),
-                &dir,
-                Some("ext4"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                None::<&str>,
+        let staging = self.file.with_extension("content");
+        let made = stage(&staging, inside, contents).and_then(|()| {
+            cmd::run(
+                "mkfs.ext4",
+                &[
+                    "-q".as_ref(),
+                    "-F".as_ref(),
+                    "-d".as_ref(),
+                    staging.as_os_str(),
+                    self.device.as_os_str(),
+                ],
             )
-            .map_err(|source| DiskError::Mount {
+            .map(drop)
+            .map_err(|source| DiskError::Mkfs {
                 device: self.device.clone(),
-                dir: dir.clone(),
                 source,
-            })?;
-            let written = write_synced(&dir.join(inside), contents);
-            let unmounted = umount2(&dir, MntFlags::empty()).map_err(|source| DiskError::Unmount {
-                dir: dir.clone(),
-                source,
-            });
-            written.and(unmounted)
-        })?;
-        std::fs::remove_dir(&dir).map_err(|source| DiskError::Write { path: dir, source })
+            })
+        });
+        let unstaged = std::fs::remove_dir_all(&staging).map_err(|source| DiskError::Unstage {
+            dir: staging.clone(),
+            source,
+        });
+        made.and(unstaged)
     }
 
     /// Writes an empty GPT partition table (no partitions) with `sfdisk`.
@@ -357,49 +338,25 @@ impl Disk {
     }
 }
 
-/// Runs `f` on a thread of its own in a private mount namespace, so a
-/// temporary mount is seen by nobody else: no node namespace created
-/// meanwhile copies it, and no peer keeps it busy.
-fn in_private_mounts<F>(f: F) -> Result<(), DiskError>
-where
-    F: FnOnce() -> Result<(), DiskError> + Send,
-{
-    let joined = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                unshare(CloneFlags::CLONE_NEWNS).map_err(DiskError::PrivateMounts)?;
-                mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )
-                .map_err(DiskError::PrivateMounts)?;
-                f()
-            })
-            .join()
-    });
-    match joined {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
+/// Makes `dir` afresh holding only the file `inside` with `contents`; a
+/// staging directory left by an earlier failure goes first, so nothing
+/// stale reaches the new filesystem.
+fn stage(dir: &Path, inside: &Path, contents: &[u8]) -> Result<(), DiskError> {
+    if let Err(source) = std::fs::remove_dir_all(dir)
+        && source.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(DiskError::Unstage {
+            dir: dir.to_owned(),
+            source,
+        });
     }
-}
-
-fn write_synced(path: &Path, contents: &[u8]) -> Result<(), DiskError> {
+    let path = dir.join(inside);
     let fail = |source| DiskError::Write {
-        path: path.to_owned(),
+        path: path.clone(),
         source,
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(fail)?;
-    std::io::Write::write_all(&mut file, contents).map_err(fail)?;
-    file.sync_all().map_err(fail)
+    std::fs::write(&path, contents).map_err(fail)
 }

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -389,6 +390,45 @@ fn disks_can_hold_ext4_or_an_empty_gpt_and_can_vanish() {
         doomed.write_empty_gpt().is_err(),
         "a detached disk refuses writes"
     );
+}
+
+/// Formatting used to mount the new filesystem to write its file, and a
+/// child that another thread forked while the file was open held a copy of
+/// its descriptor until it exec'd, so the unmount failed with EBUSY whenever
+/// other tests of this binary happened to spawn a tool just then. Here a
+/// thread spawns children without pause while one disk is formatted again
+/// and again.
+#[test]
+fn ext4_content_is_written_while_other_threads_spawn_children() {
+    const ROUNDS: usize = 20;
+    let _host = shared();
+    let node = NodeSpec::default().disks(vec![DiskSpec::ssd(16)]);
+    let farm = Farm::start(FarmSpec::with_nodes(vec![node]).without_agents()).expect("farm starts");
+    let [disk] = farm.node(0).disks() else {
+        panic!("one disk expected");
+    };
+    let done = AtomicBool::new(false);
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                std::process::Command::new("true")
+                    .status()
+                    .expect("`true` runs");
+            }
+        });
+        let outcomes = (0..ROUNDS)
+            .map(|round| disk.format_ext4_with_file(&format!("round-{round}.txt"), b"farmer data"))
+            .collect();
+        done.store(true, Ordering::SeqCst);
+        outcomes
+    });
+    for (round, outcome) in outcomes.iter().enumerate() {
+        assert!(outcome.is_ok(), "round {round}: {outcome:?}");
+    }
+    let dev = disk.path().to_str().expect("utf-8");
+    let last = format!("cat /round-{}.txt", ROUNDS - 1);
+    let content = grove_testbed::cmd::run("debugfs", &["-R", &last, dev]).expect("debugfs");
+    assert_eq!(content, "farmer data");
 }
 
 /// A stand-in for `agent`: records its boot in /run, leaves a child
