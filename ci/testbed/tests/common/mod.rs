@@ -55,6 +55,18 @@ pub struct CameUp {
 /// each blank disk, become `ready` and register with `registry`. Times are
 /// from `started`, just before QEMU.
 pub fn comes_up(farm: &Farm, registry: &Registry, node: &mut QemuNode, started: Instant) -> CameUp {
+    comes_up_as(farm, registry, node, 0, started)
+}
+
+/// [`comes_up`] for the farm's machine `index` (its disks' serials are
+/// `gq<index>d<k>`).
+pub fn comes_up_as(
+    farm: &Farm,
+    registry: &Registry,
+    node: &mut QemuNode,
+    index: usize,
+    started: Instant,
+) -> CameUp {
     // DHCP from the farm LAN's dnsmasq.
     let mut ip = None;
     let leased = wait_until(Duration::from_secs(240), Duration::from_millis(200), || {
@@ -100,7 +112,8 @@ pub fn comes_up(farm: &Farm, registry: &Registry, node: &mut QemuNode, started: 
         .filter_map(|d| d["serial"].as_str())
         .collect();
     pooled.sort_unstable();
-    assert_eq!(pooled, ["gq0d0", "gq0d1"], "{disks:?}");
+    let blank = [format!("gq{index}d0"), format!("gq{index}d1")];
+    assert_eq!(pooled, blank, "{disks:?}");
 
     // /v1/node shows the same identity and the boot parameters.
     let report = get_json(&format!("{api}/v1/node")).expect("/v1/node answers");
