@@ -77,6 +77,11 @@ pub struct BootParams {
     pub debug: bool,
     /// Disks the farmer asked to wipe, by serial.
     pub wipe: Vec<DiskSerial>,
+    /// Whether other nodes can reach this node's mesh port at its LAN
+    /// address (`grove.mesh.public=0` behind a NAT without a forwarded
+    /// port); `None` keeps `[mesh] public_endpoint` of `agent.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_public: Option<bool>,
 }
 
 impl BootParams {
@@ -191,6 +196,11 @@ impl Parser {
                     {
                         self.params.wipe.push(s);
                     }
+                }
+            }
+            "grove.mesh.public" => {
+                if let Some(on) = self.parse_with(key, v, parse_bool) {
+                    self.set_once("mesh endpoint", key, v, |p| &mut p.mesh_public, on);
                 }
             }
             "grove.uplink" => {

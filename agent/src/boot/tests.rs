@@ -130,3 +130,22 @@ fn unreadable_file_is_an_error_not_a_panic() {
     assert_eq!(c.errors.len(), 1);
     assert_eq!(c.params, BootParams::default());
 }
+
+#[test]
+fn the_mesh_endpoint_can_be_declared_private() {
+    let c = Cmdline::parse("grove.farm=1 grove.mesh.public=0");
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    assert_eq!(c.params.mesh_public, Some(false));
+    assert_eq!(Cmdline::parse("grove.farm=1").params.mesh_public, None);
+    let bad = Cmdline::parse("grove.mesh.public=maybe grove.mesh.public=1 grove.mesh.public=0");
+    let refused: Vec<(&str, &str)> = bad
+        .errors
+        .iter()
+        .map(|e| (e.param.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [("grove.mesh.public", "maybe"), ("grove.mesh.public", "0")]
+    );
+    assert_eq!(bad.params.mesh_public, Some(true));
+}

@@ -360,8 +360,13 @@ impl Chain {
         self: &Arc<Self>,
         params: BootParams,
         config: ChainConfig,
-        sources: Sources,
+        mut sources: Sources,
     ) {
+        // The command line's word on the mesh endpoint beats agent.toml's:
+        // the image's config is the same for every node.
+        if let Some(public) = params.mesh_public {
+            sources.mesh.public_endpoint = public;
+        }
         let kind = params.chain.backend;
         let url = registry_url(&params);
         let interval = Duration::from_secs(config.uptime_interval_secs.max(1));
