@@ -1,11 +1,11 @@
 //! The operator API, served on the farm LAN (TCP) and on the agent's own
-//! socket: facts about the node for anyone, and two changes for the farmer.
+//! socket: facts about the node for anyone, and changes for the farmer.
 //!
 //! The `GET` routes only read snapshots (supervisor statuses, the parsed
 //! command line, the background snapshot of the daemons' answers and the
-//! host's usage), so reading cannot change the node. The three `POST`
-//! routes (`/v1/reboot`, `/v1/disks/{serial}/wipe`, `/v1/identity/choice`)
-//! change it, and only with the farm owner's signature for this node,
+//! host's usage), so reading cannot change the node. The `POST`
+//! routes (`/v1/reboot`, `/v1/upgrade`, `/v1/disks/{serial}/wipe`,
+//! `/v1/identity/choice`) change it, and only with the farm owner's signature for this node,
 //! checked by [`crate::auth`] before anything else. A node that waits for
 //! its identity has no account yet: the farmer's choice is then signed for
 //! its machine (`machine:ID`, as `/v1/node` shows it), and the farm owner
@@ -45,6 +45,7 @@ pub struct ApiState {
     pub cmdline: Arc<Cmdline>,
     /// The hardware watchdog the agent holds armed, if any.
     pub watchdog: Option<crate::watchdog::WatchdogReport>,
+    pub upgrades: Arc<crate::upgrade::Upgrades>,
 }
 
 /// `GET /v1/node`.
@@ -63,6 +64,9 @@ pub struct NodeReport {
     /// holds one armed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<crate::watchdog::WatchdogReport>,
+    /// The running system, the stick's slot it booted from, and the last
+    /// upgrade.
+    pub system: crate::upgrade::SystemReport,
 }
 
 /// The boot parameters and the ones that were refused.
@@ -101,6 +105,10 @@ pub enum OperatorApiError {
         status: StatusCode,
         message: String,
     },
+    #[error(transparent)]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
+    #[error("bad upgrade request: {0}")]
+    UpgradeRequest(String),
     #[error("{daemon} does not answer: {source}")]
     Daemon {
         daemon: &'static str,
@@ -123,6 +131,10 @@ impl IntoResponse for OperatorApiError {
             OperatorApiError::Daemon { .. } => StatusCode::BAD_GATEWAY,
             OperatorApiError::Refused { status, .. } => *status,
             OperatorApiError::Choice(e) => e.status(),
+            OperatorApiError::Upgrade(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            OperatorApiError::UpgradeRequest(_) => StatusCode::BAD_REQUEST,
             OperatorApiError::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
@@ -148,6 +160,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
         .route("/v1/reboot", axum::routing::post(reboot))
+        .route("/v1/upgrade", axum::routing::post(upgrade))
         .route("/v1/disks/{serial}/wipe", axum::routing::post(wipe))
         .route(
             crate::identity::choice::PATH,
@@ -169,6 +182,7 @@ async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
             errors: state.cmdline.errors.clone(),
         },
         watchdog: state.watchdog.clone(),
+        system: state.upgrades.report(),
     })
 }
 
@@ -209,7 +223,7 @@ pub struct NetworkReport {
     pub interfaces: Vec<netd::uplink::Interface>,
 }
 
-fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
+pub(crate) fn status_report(state: &ApiState) -> crate::operator::status::StatusReport {
     let facts = state.snapshot.get();
     let services = state.supervisor.statuses();
     let identity = state.identity.report();
@@ -256,8 +270,12 @@ pub fn console_view(state: &ApiState, api_port: u16) -> crate::operator::console
                 .collect()
         })
         .unwrap_or_default();
+    let system = state.upgrades.report();
     crate::operator::console::View {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: match system.slot {
+            Some(slot) => format!("{}, slot {}", system.version, slot.name().to_uppercase()),
+            None => system.version,
+        },
         hostname: facts.host.hostname.clone(),
         state: Some(status.state),
         reasons: status.reasons,
@@ -483,6 +501,35 @@ async fn reboot(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "rebooting": true })),
     ))
+}
+
+/// `POST /v1/upgrade`: the farmer's upgrade of a node that booted from its
+/// stick. Answered once the image is fetched, checked and written into the
+/// other slot; the node then reboots into it.
+async fn upgrade(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<crate::upgrade::Installed>), OperatorApiError> {
+    authorize(
+        &state,
+        "POST",
+        "/v1/upgrade".to_owned(),
+        &headers,
+        body.clone(),
+    )
+    .await?;
+    let request: crate::upgrade::UpgradeRequest = serde_json::from_slice(&body)
+        .map_err(|e| OperatorApiError::UpgradeRequest(e.to_string()))?;
+    tracing::warn!(sha256 = %request.sha256, "upgrade requested by the farmer");
+    let installed = state
+        .upgrades
+        .upgrade(request, crate::clock::unix_ms() / 1000)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "upgrade refused"))?;
+    tracing::warn!(slot = installed.slot.name(), version = %installed.version, "upgrade written; rebooting into it");
+    state.stop.request(crate::stop::StopReason::Reboot);
+    Ok((StatusCode::ACCEPTED, Json(installed)))
 }
 
 async fn wipe(

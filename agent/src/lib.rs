@@ -23,6 +23,7 @@ pub mod stop;
 pub mod supervisor;
 pub mod tasks;
 pub mod tfchain;
+pub mod upgrade;
 pub mod watchdog;
 
 use std::net::SocketAddr;
@@ -131,6 +132,16 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
             operator::console::show_forever(move || api::console_view(&view, port)),
         );
     }
+    // A system on trial after an upgrade marks its slot good once ready.
+    let view = state.clone();
+    tasks.spawn_until(
+        "upgrade",
+        &shutdown,
+        state
+            .upgrades
+            .clone()
+            .settle(move || api::status_report(&view), stop.clone()),
+    );
     let readiness = Readiness::waiting("storaged, netd, provisiond");
     tasks.spawn_until(
         "readiness",
@@ -293,6 +304,16 @@ fn start_tasks(
         started: std::time::Instant::now(),
         identity: node_identity,
         supervisor: supervisor.clone(),
+        upgrades: Arc::new(upgrade::Upgrades::new(
+            upgrade::running_version(Path::new("/etc/os-release")),
+            cmdline.params.upgrade.slot,
+            cmdline
+                .params
+                .upgrade
+                .deadline_secs
+                .map_or(upgrade::DEFAULT_DEADLINE, Duration::from_secs),
+            upgrade::Paths::default(),
+        )),
         cmdline,
         watchdog: None,
     }

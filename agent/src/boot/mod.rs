@@ -82,6 +82,17 @@ pub struct BootParams {
     /// port); `None` keeps `[mesh] public_endpoint` of `agent.toml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_public: Option<bool>,
+    pub upgrade: UpgradeParams,
+}
+
+/// The stick's slot the system booted from, and how long a system on
+/// trial after an upgrade has to become ready.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeParams {
+    /// `grove.slot=a|b`, which the stick's boot entries set.
+    pub slot: Option<crate::upgrade::Slot>,
+    /// `grove.upgrade.deadline=SECONDS`.
+    pub deadline_secs: Option<u64>,
 }
 
 impl BootParams {
@@ -249,6 +260,22 @@ impl Parser {
                     self.set_once("public vlan", key, v, |p| &mut p.network.public_vlan, id);
                 }
             }
+            "grove.slot" => {
+                if let Some(slot) = self.parse_with(key, v, str::parse::<crate::upgrade::Slot>) {
+                    self.set_once("slot", key, v, |p| &mut p.upgrade.slot, slot);
+                }
+            }
+            "grove.upgrade.deadline" => {
+                if let Some(secs) = self.parse_with(key, v, parse_deadline) {
+                    self.set_once(
+                        "upgrade deadline",
+                        key,
+                        v,
+                        |p| &mut p.upgrade.deadline_secs,
+                        secs,
+                    );
+                }
+            }
             k if k.starts_with("vlan:") => self.error(
                 key,
                 v,
@@ -369,6 +396,14 @@ fn parse_url(s: &str) -> Result<String, String> {
         return Err("chain URL has no host".to_owned());
     }
     Ok(s.to_owned())
+}
+
+fn parse_deadline(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(secs @ 30..=86_400) => Ok(secs),
+        Ok(_) => Err("the upgrade deadline is 30 to 86400 seconds".to_owned()),
+        Err(e) => Err(format!("the upgrade deadline is a number of seconds: {e}")),
+    }
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {

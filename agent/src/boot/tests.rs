@@ -16,7 +16,8 @@ fn grove_spellings() {
     let c = Cmdline::parse(
         "grove.farm=7 grove.chain=tfchain grove.chain.url=ws://127.0.0.1:8000 \
          grove.uplink=eth1 grove.ip=10.0.0.5/24 grove.gw=10.0.0.1 grove.dns=1.1.1.1,2606:4700::1111 \
-         grove.vlan=12 vlan:pub=13 grove.wipe=SER1,SER2 grove.wipe=SER3 grove.debug=0",
+         grove.vlan=12 vlan:pub=13 grove.wipe=SER1,SER2 grove.wipe=SER3 grove.debug=0 \
+         grove.slot=b grove.upgrade.deadline=90",
     );
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     let p = &c.params;
@@ -37,6 +38,8 @@ fn grove_spellings() {
     let wipe: Vec<&str> = p.wipe.iter().map(DiskSerial::as_str).collect();
     assert_eq!(wipe, ["SER1", "SER2", "SER3"]);
     assert!(!p.debug);
+    assert_eq!(p.upgrade.slot, Some(crate::upgrade::Slot::B));
+    assert_eq!(p.upgrade.deadline_secs, Some(90));
 }
 
 #[test]
@@ -96,6 +99,10 @@ fn bad_values_are_named_and_the_rest_applies() {
         ("grove.wipe=", "grove.wipe"),
         ("grove.wipe=a/b", "grove.wipe"),
         ("grove.debug=maybe", "grove.debug"),
+        ("grove.slot=c", "grove.slot"),
+        ("grove.slot=a grove.slot=b", "grove.slot"),
+        ("grove.upgrade.deadline=5", "grove.upgrade.deadline"),
+        ("grove.upgrade.deadline=soon", "grove.upgrade.deadline"),
         ("grove.frm=3", "grove.frm"),
     ];
     for (bad, key) in cases {
@@ -148,4 +155,13 @@ fn the_mesh_endpoint_can_be_declared_private() {
         [("grove.mesh.public", "maybe"), ("grove.mesh.public", "0")]
     );
     assert_eq!(bad.params.mesh_public, Some(true));
+}
+
+#[test]
+fn the_stick_entry_command_line_names_its_slot() {
+    let c = Cmdline::parse(
+        "initrd=\\grove\\a\\initramfs grove.slot=a console=tty0 console=ttyS0,115200 panic=10 grove.farm=1\n",
+    );
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    assert_eq!(c.params.upgrade.slot, Some(crate::upgrade::Slot::A));
 }

@@ -81,6 +81,8 @@ const OFF_RUNTIME: &[&str] = &[
     // pool.
     "write",
     "signed",
+    // agent: upgrade/mod.rs, work on the mounted stick.
+    "on_stick",
     "signed_on",
 ];
 
@@ -96,6 +98,8 @@ const OWN_HELPERS: &[(&str, &str)] = &[
     ("agent/src/registry/embedded.rs", "write"),
     ("agent/src/registry/embedded.rs", "signed"),
     ("agent/src/registry/embedded.rs", "signed_on"),
+    ("agent/src/upgrade/mod.rs", "on_stick"),
+    ("agent/src/upgrade/mod.rs", "write"),
 ];
 
 /// Names the daemons' own blocking methods share with other types'

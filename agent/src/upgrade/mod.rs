@@ -1,0 +1,810 @@
+//! A/B upgrades of a node booted from its stick, with rollback.
+//!
+//! The stick has two slots (see [`esp`]); the kernel command line names
+//! the one running (`grove.slot=`). A farmer's signed `POST /v1/upgrade`
+//! gives a URL and the sha256 of an upgrade image; the agent fetches it,
+//! checks the sum and the image before anything is written, writes it into
+//! the other slot, marks that slot "try once" for both boot loaders and
+//! reboots.
+//!
+//! The system a try boots into is on trial: it marks its slot good once
+//! `/v1/status` says `ready`, within the deadline (`grove.upgrade.deadline`
+//! seconds, 600 unless the command line says otherwise). Otherwise it
+//! records why, marks its slot bad and reboots, and the old slot boots
+//! again; so does a try that never reaches the agent (a kernel panic
+//! reboots, `panic=10`). The old system finds the record and reports the
+//! rollback in `/v1/node`.
+
+mod bundle;
+mod esp;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+pub use bundle::{Bundle, BundleError, version_of};
+pub use esp::{Esp, EspError, with_slot};
+
+use crate::operator::status::{NodeState, StatusReport};
+use crate::stop::{Stop, StopReason};
+
+/// One of the stick's two slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+
+    pub fn other(self) -> Self {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+impl std::str::FromStr for Slot {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "a" | "A" => Ok(Slot::A),
+            "b" | "B" => Ok(Slot::B),
+            _ => Err("a slot is a or b".to_owned()),
+        }
+    }
+}
+
+/// A system in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVersion {
+    pub slot: Slot,
+    pub version: String,
+}
+
+/// Where the last upgrade stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Written; the new system is being tried.
+    Trying,
+    /// The new system became ready and its slot is the good one.
+    Good,
+    /// The new system did not become ready and handed back.
+    Failed,
+    /// The old system runs again after a failed try.
+    RolledBack,
+}
+
+/// The last upgrade, as `/grove/upgrade.json` on the stick keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub from: SlotVersion,
+    pub to: SlotVersion,
+    /// The image's sha256, as the farmer signed it.
+    pub sha256: String,
+    /// Unix seconds.
+    pub asked_at: u64,
+    pub outcome: Outcome,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it became good or rolled back, in unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<u64>,
+}
+
+/// `/v1/node`'s `system`: what runs, from where, and the last upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemReport {
+    /// The running system's version (its os-release's, or the agent's).
+    pub version: String,
+    /// The stick's slot it booted from; none when it did not boot from a
+    /// stick (directly, over PXE, from an ISO), where upgrades are refused.
+    pub slot: Option<Slot>,
+    /// The stick's ESP, once found.
+    pub medium: Option<String>,
+    /// Whether this system is on trial after an upgrade.
+    pub on_trial: bool,
+    pub last_upgrade: Option<Record>,
+    /// What went wrong reading or writing the stick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// `POST /v1/upgrade`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// Where the image is: `http://` or `https://`.
+    pub url: String,
+    /// Its sha256, hex.
+    pub sha256: String,
+}
+
+/// What an accepted upgrade wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    pub slot: Slot,
+    pub version: String,
+}
+
+/// Why an upgrade was refused; nothing was written unless it says so.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("bad upgrade request: {0}")]
+    BadRequest(String),
+    #[error(
+        "this system did not boot from a Grove stick (no grove.slot= on its command line): upgrade the medium it booted from"
+    )]
+    NotFromStick,
+    #[error("another upgrade is being written")]
+    Busy,
+    #[error(
+        "this system is on trial after an upgrade; it takes another once it is marked good (or has rolled back)"
+    )]
+    OnTrial,
+    #[error("no Grove stick found: {0}")]
+    NoMedium(String),
+    #[error("cannot fetch the image: {0}; nothing was written")]
+    Fetch(String),
+    #[error("the image is larger than {limit} bytes; nothing was written")]
+    TooLarge { limit: u64 },
+    #[error("the image's sha256 is {got}, not {expected}; nothing was written")]
+    Checksum { expected: String, got: String },
+    #[error("not a Grove upgrade image: {0}; nothing was written")]
+    NotAnImage(#[from] BundleError),
+    #[error(
+        "the stick has {free} bytes free for the slot; the image needs {needed}; nothing was written"
+    )]
+    NoRoom { free: u64, needed: u64 },
+    #[error("cannot mount the stick's ESP {device}: {reason}")]
+    Mount { device: String, reason: String },
+    #[error("writing the stick: {0}")]
+    Esp(#[from] EspError),
+    #[error("the writing task failed: {0}")]
+    Task(String),
+}
+
+impl UpgradeError {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpgradeError::BadRequest(_) => 400,
+            UpgradeError::NotFromStick | UpgradeError::Busy | UpgradeError::OnTrial => 409,
+            UpgradeError::TooLarge { .. } => 413,
+            UpgradeError::Checksum { .. } | UpgradeError::NotAnImage(_) => 422,
+            UpgradeError::Fetch(_) => 502,
+            UpgradeError::NoRoom { .. } => 507,
+            UpgradeError::NoMedium(_)
+            | UpgradeError::Mount { .. }
+            | UpgradeError::Esp(_)
+            | UpgradeError::Task(_) => 500,
+        }
+    }
+}
+
+/// The largest image fetched: a slot's share of the stick's ESP.
+pub const IMAGE_LIMIT: u64 = 120 << 20;
+/// How long a tried system has to become ready, unless the command line
+/// says otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// The stick's ESP's GPT partition name (image/usb names it).
+const ESP_PARTNAME: &str = "grove-esp";
+
+/// Where the agent looks for and mounts the stick.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub sys: PathBuf,
+    pub dev: PathBuf,
+    pub mount: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+            mount: PathBuf::from("/run/grove/esp"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    medium: Option<PathBuf>,
+    on_trial: bool,
+    last: Option<Record>,
+    problem: Option<String>,
+}
+
+/// The node's upgrades: the report, the farmer's requests, and the trial
+/// of a new system.
+#[derive(Debug)]
+pub struct Upgrades {
+    version: String,
+    slot: Option<Slot>,
+    deadline: Duration,
+    paths: Paths,
+    state: Mutex<State>,
+    /// Held while the stick is mounted: one write or read at once.
+    busy: tokio::sync::Mutex<()>,
+    /// Held through a farmer's upgrade, from the fetch to the last write.
+    upgrading: tokio::sync::Mutex<()>,
+}
+
+impl Upgrades {
+    /// For the system running `version` from `slot` (none when it did not
+    /// boot from a stick).
+    pub fn new(version: String, slot: Option<Slot>, deadline: Duration, paths: Paths) -> Self {
+        Self {
+            version,
+            slot,
+            deadline,
+            paths,
+            state: Mutex::default(),
+            busy: tokio::sync::Mutex::new(()),
+            upgrading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn report(&self) -> SystemReport {
+        let state = self.state();
+        SystemReport {
+            version: self.version.clone(),
+            slot: self.slot,
+            medium: state.medium.as_ref().map(|m| m.display().to_string()),
+            on_trial: state.on_trial,
+            last_upgrade: state.last.clone(),
+            problem: state.problem.clone(),
+        }
+    }
+
+    /// Runs `work` on the mounted stick, off the async workers.
+    async fn on_stick<T: Send + 'static>(
+        self: &Arc<Self>,
+        writable: bool,
+        work: impl FnOnce(&Esp) -> Result<T, UpgradeError> + Send + 'static,
+    ) -> Result<T, UpgradeError> {
+        let _busy = self.busy.lock().await;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let device = find_medium(&this.paths.sys, &this.paths.dev)?;
+            this.state().medium = Some(device.clone());
+            let mount = Mount::new(&device, &this.paths.mount, writable)?;
+            work(&Esp::at(&mount.at))
+        })
+        .await
+        .map_err(|e| UpgradeError::Task(e.to_string()))?
+    }
+
+    /// The farmer's upgrade: fetch, check, write the other slot. The
+    /// caller reboots on success.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        request: UpgradeRequest,
+        now: u64,
+    ) -> Result<Installed, UpgradeError> {
+        let running = self.slot.ok_or(UpgradeError::NotFromStick)?;
+        let expected = request.sha256.to_ascii_lowercase();
+        if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(UpgradeError::BadRequest(
+                "sha256 must be 64 hex digits".to_owned(),
+            ));
+        }
+        let url = reqwest::Url::parse(&request.url)
+            .map_err(|e| UpgradeError::BadRequest(format!("url: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(UpgradeError::BadRequest(
+                "url must be http:// or https:// with a host".to_owned(),
+            ));
+        }
+        if self.state().on_trial {
+            return Err(UpgradeError::OnTrial);
+        }
+        let _upgrading = self.upgrading.try_lock().map_err(|_| UpgradeError::Busy)?;
+        let bytes = fetch(url, IMAGE_LIMIT).await?;
+        let sum = expected.clone();
+        let bundle = tokio::task::spawn_blocking(move || {
+            let got = hex(&sha2::Sha256::digest(&bytes));
+            if got != sum {
+                return Err(UpgradeError::Checksum { expected: sum, got });
+            }
+            Ok(Bundle::parse(&bytes)?)
+        })
+        .await
+        .map_err(|e| UpgradeError::Task(e.to_string()))??;
+        let record = Record {
+            from: SlotVersion {
+                slot: running,
+                version: self.version.clone(),
+            },
+            to: SlotVersion {
+                slot: running.other(),
+                version: bundle.version.clone(),
+            },
+            sha256: expected,
+            asked_at: now,
+            outcome: Outcome::Trying,
+            reason: None,
+            settled_at: None,
+        };
+        let (written, mount) = (record.clone(), self.paths.mount.clone());
+        let version = bundle.version.clone();
+        self.on_stick(true, move |esp| {
+            let target = running.other();
+            let needed = (bundle.kernel.len() + bundle.initramfs.len() + bundle.os_release.len())
+                as u64
+                + (1 << 20);
+            let free = free_bytes(&mount) + esp.slot_bytes(target);
+            if free < needed {
+                return Err(UpgradeError::NoRoom { free, needed });
+            }
+            let options = match esp.entries(running)?.first() {
+                Some(entry) => entry.options.clone(),
+                None => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            };
+            esp.install(target, &bundle, &options, &written)?;
+            Ok(())
+        })
+        .await?;
+        self.state().last = Some(record);
+        Ok(Installed {
+            slot: running.other(),
+            version,
+        })
+    }
+
+    /// At boot: reads where the last upgrade stands. A system on trial
+    /// waits for `status` to say ready, then marks its slot good; past the
+    /// deadline it marks its slot bad and asks `stop` for a reboot. A
+    /// system that runs again after a failed try records the rollback.
+    pub async fn settle(self: Arc<Self>, status: impl Fn() -> StatusReport + Send, stop: Stop) {
+        let Some(running) = self.slot else {
+            return;
+        };
+        let standing = self
+            .on_stick(false, move |esp| Ok(Standing::read(esp, running)?))
+            .await;
+        let standing = match standing {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stick's slots");
+                self.state().problem = Some(e.to_string());
+                return;
+            }
+        };
+        self.state().last = standing.record.clone();
+        if !standing.on_trial {
+            if let Some(record) = standing.rolled_back(running) {
+                tracing::error!(to = %record.to.version, reason = ?record.reason, "the last upgrade rolled back");
+                self.write(move |esp| {
+                    esp.condemn(running.other())?;
+                    esp.set_record(&record)?;
+                    Ok(Some(record))
+                })
+                .await;
+            } else if let Some(record) = standing.finished(running) {
+                self.write(move |esp| {
+                    esp.set_record(&record)?;
+                    Ok(Some(record))
+                })
+                .await;
+            }
+            return;
+        }
+        self.state().on_trial = true;
+        tracing::warn!(
+            slot = running.name(),
+            deadline_secs = self.deadline.as_secs(),
+            "on trial after an upgrade"
+        );
+        let started = Instant::now();
+        let shutdown = stop.shutdown().clone();
+        loop {
+            let report = status();
+            if report.state == NodeState::Ready {
+                let record = standing.settled(running, Outcome::Good, None);
+                self.write(move |esp| {
+                    esp.bless(running)?;
+                    if let Some(r) = &record {
+                        esp.set_record(r)?;
+                    }
+                    Ok(record)
+                })
+                .await;
+                self.state().on_trial = false;
+                tracing::info!(
+                    slot = running.name(),
+                    "the upgraded system is ready; its slot is marked good"
+                );
+                return;
+            }
+            if started.elapsed() >= self.deadline {
+                let reason = format!(
+                    "not ready within {} s ({}: {})",
+                    self.deadline.as_secs(),
+                    serde_json::to_value(report.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    report.reasons.join("; ")
+                );
+                tracing::error!(%reason, "the upgraded system failed its trial; rebooting into the other slot");
+                let record = standing.settled(running, Outcome::Failed, Some(reason));
+                self.write(move |esp| {
+                    esp.condemn(running)?;
+                    if let Some(r) = &record {
+                        esp.set_record(r)?;
+                    }
+                    Ok(record)
+                })
+                .await;
+                stop.request(StopReason::Reboot);
+                return;
+            }
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// Writes the stick; the record `work` returns becomes the last
+    /// upgrade's, and a failure becomes the report's problem.
+    async fn write(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Esp) -> Result<Option<Record>, EspError> + Send + 'static,
+    ) {
+        match self.on_stick(true, move |esp| Ok(work(esp)?)).await {
+            Ok(Some(record)) => self.state().last = Some(record),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the stick's slots");
+                self.state().problem = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// What the stick says about the running slot at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Standing {
+    on_trial: bool,
+    record: Option<Record>,
+}
+
+impl Standing {
+    /// The running slot is on trial while its entry still has a boot
+    /// counter (UEFI) or GRUB's good slot is the other one (BIOS).
+    fn read(esp: &Esp, running: Slot) -> Result<Self, EspError> {
+        let counted = esp
+            .entries(running)?
+            .first()
+            .is_some_and(|e| e.tries_left.is_some());
+        let grub_good = esp.grubenv_var("grove_slot")?;
+        let on_trial = counted || grub_good.is_some_and(|g| g != running.name());
+        Ok(Self {
+            on_trial,
+            record: esp.record()?,
+        })
+    }
+
+    /// The record once the try of `running` ends with `outcome`.
+    fn settled(&self, running: Slot, outcome: Outcome, reason: Option<String>) -> Option<Record> {
+        let mut record = self.record.clone().filter(|r| r.to.slot == running)?;
+        record.outcome = outcome;
+        record.reason = reason;
+        record.settled_at = Some(crate::clock::unix_ms() / 1000);
+        Some(record)
+    }
+
+    /// The record of a try of the other slot that failed, to be marked
+    /// rolled back, when `running` (the old system) runs again.
+    fn rolled_back(&self, running: Slot) -> Option<Record> {
+        let mut record = self.record.clone()?;
+        if record.to.slot != running.other()
+            || !matches!(record.outcome, Outcome::Trying | Outcome::Failed)
+        {
+            return None;
+        }
+        if record.reason.is_none() {
+            record.reason = Some(format!(
+                "slot {} did not come up to its agent",
+                running.other().name()
+            ));
+        }
+        record.outcome = Outcome::RolledBack;
+        record.settled_at = Some(crate::clock::unix_ms() / 1000);
+        Some(record)
+    }
+
+    /// The record of a try of `running` that was marked good, though the
+    /// power went before the record said so.
+    fn finished(&self, running: Slot) -> Option<Record> {
+        self.settled(running, Outcome::Good, None).filter(|_| {
+            self.record
+                .as_ref()
+                .is_some_and(|r| r.outcome == Outcome::Trying)
+        })
+    }
+}
+
+/// The stick's ESP: the one partition named [`ESP_PARTNAME`].
+fn find_medium(sys: &Path, dev: &Path) -> Result<PathBuf, UpgradeError> {
+    let dir = sys.join("class/block");
+    let listing = std::fs::read_dir(&dir)
+        .map_err(|e| UpgradeError::NoMedium(format!("{}: {e}", dir.display())))?;
+    let mut found = Vec::new();
+    for item in listing.flatten() {
+        let uevent = std::fs::read_to_string(item.path().join("uevent")).unwrap_or_default();
+        let field = |key: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        if field("PARTNAME").as_deref() == Some(ESP_PARTNAME)
+            && let Some(name) = field("DEVNAME")
+        {
+            found.push(dev.join(name));
+        }
+    }
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(UpgradeError::NoMedium(format!(
+            "no partition named {ESP_PARTNAME}"
+        ))),
+        _ => Err(UpgradeError::NoMedium(format!(
+            "{} partitions named {ESP_PARTNAME} ({}): unplug all but the one the node boots from",
+            found.len(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The stick's ESP, mounted while this lives.
+struct Mount {
+    at: PathBuf,
+}
+
+impl Mount {
+    fn new(device: &Path, at: &Path, writable: bool) -> Result<Self, UpgradeError> {
+        use nix::mount::MsFlags;
+        let fail = |reason: String| UpgradeError::Mount {
+            device: device.display().to_string(),
+            reason,
+        };
+        grove_daemon::fsutil::ensure_dir(at, Some(0o700)).map_err(|e| fail(e.to_string()))?;
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if !writable {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        nix::mount::mount(Some(device), at, Some("vfat"), flags, None::<&str>)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Self { at: at.to_owned() })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount(&self.at) {
+            tracing::error!(at = %self.at.display(), error = %e, "cannot unmount the stick's ESP");
+        }
+    }
+}
+
+fn free_bytes(path: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fetches `url` into memory, refusing more than `limit` bytes.
+async fn fetch(url: reqwest::Url, limit: u64) -> Result<Vec<u8>, UpgradeError> {
+    // rustls needs one process-wide crypto provider; another part of the
+    // process may have installed it already, which is as good.
+    let _already = rustls::crypto::ring::default_provider().install_default();
+    let fail = |e: reqwest::Error| UpgradeError::Fetch(e.without_url().to_string());
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(600))
+        .build()
+        .map_err(fail)?;
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fail)?;
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(UpgradeError::TooLarge { limit });
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(fail)? {
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(UpgradeError::TooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// The running system's version: its os-release's when it is Grove's,
+/// else the agent's own.
+pub fn running_version(os_release: &Path) -> String {
+    std::fs::read_to_string(os_release)
+        .ok()
+        .and_then(|text| version_of(&text))
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(to: Slot, outcome: Outcome) -> Record {
+        Record {
+            from: SlotVersion {
+                slot: to.other(),
+                version: "1".to_owned(),
+            },
+            to: SlotVersion {
+                slot: to,
+                version: "2".to_owned(),
+            },
+            sha256: "00".repeat(32),
+            asked_at: 1,
+            outcome,
+            reason: None,
+            settled_at: None,
+        }
+    }
+
+    #[test]
+    fn the_old_system_reports_a_failed_try_as_rolled_back_with_its_reason() {
+        let mut failed = record(Slot::B, Outcome::Failed);
+        failed.reason = Some("not ready within 60 s".to_owned());
+        let standing = Standing {
+            on_trial: false,
+            record: Some(failed),
+        };
+        let back = standing.rolled_back(Slot::A).expect("rolled back");
+        assert_eq!(back.outcome, Outcome::RolledBack);
+        assert_eq!(back.reason.as_deref(), Some("not ready within 60 s"));
+        assert!(back.settled_at.is_some());
+
+        // A try that never reached its agent says so.
+        let standing = Standing {
+            on_trial: false,
+            record: Some(record(Slot::B, Outcome::Trying)),
+        };
+        let back = standing.rolled_back(Slot::A).expect("rolled back");
+        assert!(back.reason.is_some_and(|r| r.contains("did not come up")));
+
+        // Not for a good upgrade, nor from the new system itself.
+        let good = Standing {
+            on_trial: false,
+            record: Some(record(Slot::B, Outcome::Good)),
+        };
+        assert_eq!(good.rolled_back(Slot::A), None);
+        assert_eq!(standing.rolled_back(Slot::B), None);
+    }
+
+    #[test]
+    fn a_slot_marked_good_before_its_record_was_written_finishes_its_record() {
+        let standing = Standing {
+            on_trial: false,
+            record: Some(record(Slot::B, Outcome::Trying)),
+        };
+        let done = standing.finished(Slot::B).expect("finished");
+        assert_eq!(done.outcome, Outcome::Good);
+        let settled = Standing {
+            on_trial: false,
+            record: Some(record(Slot::B, Outcome::Good)),
+        };
+        assert_eq!(settled.finished(Slot::B), None);
+    }
+
+    #[test]
+    fn the_stick_is_the_one_partition_named_grove_esp() {
+        let sys = tempfile::tempdir().unwrap();
+        let dev = Path::new("/dev");
+        let part = |name: &str, partname: &str| {
+            grove_daemon::fsutil::write_tree(
+                sys.path(),
+                &format!("class/block/{name}/uevent"),
+                &format!("MAJOR=8\nDEVNAME={name}\nDEVTYPE=partition\nPARTNAME={partname}\n"),
+            )
+            .unwrap();
+        };
+        part("sda1", "grove-bios");
+        assert!(matches!(
+            find_medium(sys.path(), dev),
+            Err(UpgradeError::NoMedium(m)) if m.contains("no partition")
+        ));
+        part("sda2", "grove-esp");
+        assert_eq!(
+            find_medium(sys.path(), dev).unwrap(),
+            Path::new("/dev/sda2")
+        );
+        part("sdb2", "grove-esp");
+        let e = find_medium(sys.path(), dev).unwrap_err().to_string();
+        assert!(e.contains("/dev/sda2, /dev/sdb2"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn requests_that_cannot_be_met_are_refused_before_any_fetch() {
+        let paths = Paths {
+            sys: PathBuf::from("/nonexistent"),
+            ..Paths::default()
+        };
+        let request = |url: &str, sha256: &str| UpgradeRequest {
+            url: url.to_owned(),
+            sha256: sha256.to_owned(),
+        };
+        let sum = "ab".repeat(32);
+        let direct = Arc::new(Upgrades::new(
+            "1".to_owned(),
+            None,
+            DEFAULT_DEADLINE,
+            paths.clone(),
+        ));
+        let e = direct
+            .upgrade(request("http://h/x", &sum), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpgradeError::NotFromStick), "{e}");
+        assert_eq!(e.status(), 409);
+
+        let stick = Arc::new(Upgrades::new(
+            "1".to_owned(),
+            Some(Slot::A),
+            DEFAULT_DEADLINE,
+            paths,
+        ));
+        for (url, sha, says) in [
+            ("http://h/x", "abc", "64 hex digits"),
+            ("ftp://h/x", sum.as_str(), "http:// or https://"),
+            ("not a url", sum.as_str(), "url"),
+        ] {
+            let e = stick.upgrade(request(url, sha), 0).await.unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        // Nothing listens on port 9 of localhost: the fetch fails, nothing
+        // is written (there is no stick to write to either).
+        let e = stick
+            .upgrade(request("http://127.0.0.1:9/grove-upgrade.tar", &sum), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 502, "{e}");
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+    }
+}
