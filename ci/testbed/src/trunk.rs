@@ -71,6 +71,8 @@ struct Counts {
     to_machine: AtomicU64,
     /// From the machine, untagged or of another VLAN.
     refused: AtomicU64,
+    /// Of those, untagged DHCP requests.
+    refused_dhcp: AtomicU64,
 }
 
 /// What the port has done so far.
@@ -82,6 +84,8 @@ pub struct TrunkCounts {
     pub to_machine: u64,
     /// Frames from the machine that were untagged or of another VLAN.
     pub refused: u64,
+    /// Of those, untagged DHCP requests (IPv4, UDP to port 67).
+    pub refused_dhcp: u64,
 }
 
 /// A running port; its threads stop and its tap goes away on drop.
@@ -185,6 +189,7 @@ impl TrunkPort {
             to_lan: self.counts.to_lan.load(Ordering::Relaxed),
             to_machine: self.counts.to_machine.load(Ordering::Relaxed),
             refused: self.counts.refused.load(Ordering::Relaxed),
+            refused_dhcp: self.counts.refused_dhcp.load(Ordering::Relaxed),
         }
     }
 }
@@ -215,6 +220,19 @@ fn untag(frame: &[u8], vlan: u16) -> Option<Vec<u8>> {
     out.extend_from_slice(&frame[..12]);
     out.extend_from_slice(&frame[16..]);
     Some(out)
+}
+
+/// Whether an untagged frame is a DHCP client's request: IPv4, UDP to
+/// port 67.
+fn is_dhcp_request(frame: &[u8]) -> bool {
+    if frame.get(12..14) != Some(&[0x08, 0x00][..]) {
+        return false;
+    }
+    let ip = &frame[14..];
+    let header = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    ip.get(9) == Some(&17)
+        && header >= 20
+        && ip.get(header + 2..header + 4) == Some(&67u16.to_be_bytes()[..])
 }
 
 /// The frame with `vlan`'s tag after its MAC addresses.
@@ -263,6 +281,9 @@ fn machine_to_lan(
             }
             None => {
                 counts.refused.fetch_add(1, Ordering::Relaxed);
+                if is_dhcp_request(&buf[..n]) {
+                    counts.refused_dhcp.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -387,5 +408,24 @@ mod tests {
         prio[14] |= 0xe0;
         assert_eq!(untag(&prio, 42), Some(plain));
         assert_eq!(tag(&[0; 10], 42), None, "a runt");
+    }
+
+    #[test]
+    fn dhcp_requests_are_told_apart() {
+        // IPv4, header of 20 bytes, UDP from port 68 to port 67.
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+        ip.extend_from_slice(&[0; 8]);
+        ip.extend_from_slice(&[0, 68, 0, 67]);
+        let request = frame([0x08, 0x00], &ip);
+        assert!(is_dhcp_request(&request));
+        let mut reply = ip.clone();
+        reply[22..24].copy_from_slice(&[0, 68]);
+        assert!(!is_dhcp_request(&frame([0x08, 0x00], &reply)));
+        let mut tcp = ip.clone();
+        tcp[9] = 6;
+        assert!(!is_dhcp_request(&frame([0x08, 0x00], &tcp)));
+        assert!(!is_dhcp_request(&frame([0x86, 0xdd], &ip)));
+        assert!(!is_dhcp_request(&frame([0x08, 0x00], &ip[..21])));
+        assert!(!is_dhcp_request(&[0; 10]));
     }
 }

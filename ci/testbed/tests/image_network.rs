@@ -254,25 +254,37 @@ fn a_node_on_a_tagged_port_gets_its_lease_on_the_vlan() {
     let counts = nodes[0].trunk_counts().expect("a tagged port");
     assert!(counts.to_lan > 0 && counts.to_machine > 0, "{counts:?}");
 
-    // Node 1 asked untagged: the port refused its frames, it has no lease,
-    // and its status screen says so.
+    // Node 1 asked untagged: the port refused its DHCP requests, dnsmasq
+    // never heard of it, it has no lease, and its screen says so.
     let mut console = String::new();
+    let mut untagged = nodes[1].trunk_counts().expect("a tagged port");
     let refused = wait_until(Duration::from_secs(180), Duration::from_millis(500), || {
         console = std::fs::read_to_string(nodes[1].console_log()).unwrap_or_default();
-        console.contains("farm LAN's DHCP server") || !nodes[1].running()
+        untagged = nodes[1].trunk_counts().expect("a tagged port");
+        (untagged.refused_dhcp >= 3 && console.contains("farm LAN's DHCP server"))
+            || !nodes[1].running()
     });
     assert!(
         refused && nodes[1].running(),
-        "node 1 did not report a missing lease\n{}",
+        "node 1 did not ask untagged and report a missing lease: {untagged:?}\n{}",
         nodes[1].logs(60)
     );
-    let untagged = nodes[1].trunk_counts().expect("a tagged port");
-    assert!(untagged.refused > 0, "{untagged:?}");
     assert_eq!(untagged.to_lan, 0, "{untagged:?}");
     assert_eq!(
         lan.farm.lan(0).lease_for(nodes[1].mac()),
         None,
         "untagged DHCP gave node 1 an address"
+    );
+    let log = std::fs::read_to_string(lan.farm.lan(0).dnsmasq_log()).expect("dnsmasq log");
+    assert!(log.contains(nodes[0].mac()), "dnsmasq never served node 0");
+    assert!(
+        !log.contains(nodes[1].mac()),
+        "dnsmasq heard node 1 untagged\n{log}"
+    );
+    eprintln!(
+        "tagged port: node 0's port passed {} frames to the LAN and {} back; \
+         node 1's refused {} untagged frames, {} of them DHCP requests",
+        counts.to_lan, counts.to_machine, untagged.refused, untagged.refused_dhcp
     );
 
     for node in &mut nodes {
