@@ -319,6 +319,17 @@ fn start_tasks(
     }
 }
 
+/// How long the agent may take to drain once it is asked to stop: each
+/// daemon, stopped one after another, within its grace and a little more,
+/// then the tasks and the API servers within theirs. As the machine's init
+/// it reboots or powers off only after the drain; a drain cut short ends
+/// the process, and the kernel then panics and reboots (`panic=10`).
+pub const DRAIN: Duration = Duration::from_secs(
+    3 * (grove_daemon::shutdown::GRACE.as_secs() + 1)
+        + 2 * grove_daemon::shutdown::GRACE.as_secs()
+        + 5,
+);
+
 /// How long the agent waits for a daemon's answer on its own behalf.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -177,9 +177,12 @@ fn main() -> ExitCode {
                 cmdline: cli.cmdline,
                 ..agent::Options::default()
             };
-            grove_daemon::cli::run(agent::NAME, &cli.daemon, move |config, shutdown| {
-                agent::run(config, options, shutdown)
-            })
+            grove_daemon::cli::run_with_grace(
+                agent::NAME,
+                &cli.daemon,
+                agent::DRAIN,
+                move |config, shutdown| agent::run(config, options, shutdown),
+            )
         }
     }
 }

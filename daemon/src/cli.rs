@@ -98,8 +98,27 @@ pub trait Failure: std::error::Error {
     }
 }
 
-/// Runs a daemon body to completion and maps its outcome to an exit code.
+/// Runs a daemon body to completion and maps its outcome to an exit code;
+/// once shutdown trips, the body has [`GRACE`] to drain.
 pub fn run<C, E, F, Fut>(name: &str, args: &DaemonArgs, body: F) -> ExitCode
+where
+    C: DeserializeOwned + Default,
+    E: Failure,
+    F: FnOnce(C, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    run_with_grace(name, args, GRACE, body)
+}
+
+/// [`run`], for a body whose drain takes longer than [`GRACE`] by design
+/// (the agent stops the other daemons, one after another, each within its
+/// own grace): it has `grace` to drain.
+pub fn run_with_grace<C, E, F, Fut>(
+    name: &str,
+    args: &DaemonArgs,
+    grace: std::time::Duration,
+    body: F,
+) -> ExitCode
 where
     C: DeserializeOwned + Default,
     E: Failure,
@@ -141,8 +160,8 @@ where
         tokio::pin!(body);
         tokio::select! {
             result = &mut body => result.map_err(Some),
-            () = async { shutdown.wait().await; tokio::time::sleep(GRACE).await } => {
-                tracing::warn!(daemon = name, grace = ?GRACE, "did not drain in time, exiting");
+            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(daemon = name, ?grace, "did not drain in time, exiting");
                 Ok(())
             }
         }
