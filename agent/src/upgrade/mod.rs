@@ -394,18 +394,9 @@ impl Upgrades {
         if !standing.on_trial {
             if let Some(record) = standing.rolled_back(running) {
                 tracing::error!(to = %record.to.version, reason = ?record.reason, "the last upgrade rolled back");
-                self.write(move |esp| {
-                    esp.condemn(running.other())?;
-                    esp.set_record(&record)?;
-                    Ok(Some(record))
-                })
-                .await;
+                self.write(Mark::Bad(running.other()), Some(record)).await;
             } else if let Some(record) = standing.finished(running) {
-                self.write(move |esp| {
-                    esp.set_record(&record)?;
-                    Ok(Some(record))
-                })
-                .await;
+                self.write(Mark::Keep, Some(record)).await;
             }
             return;
         }
@@ -421,14 +412,7 @@ impl Upgrades {
             let report = status();
             if report.state == NodeState::Ready {
                 let record = standing.settled(running, Outcome::Good, None);
-                self.write(move |esp| {
-                    esp.bless(running)?;
-                    if let Some(r) = &record {
-                        esp.set_record(r)?;
-                    }
-                    Ok(record)
-                })
-                .await;
+                self.write(Mark::Good(running), record).await;
                 self.state().on_trial = false;
                 tracing::info!(
                     slot = running.name(),
@@ -448,14 +432,7 @@ impl Upgrades {
                 );
                 tracing::error!(%reason, "the upgraded system failed its trial; rebooting into the other slot");
                 let record = standing.settled(running, Outcome::Failed, Some(reason));
-                self.write(move |esp| {
-                    esp.condemn(running)?;
-                    if let Some(r) = &record {
-                        esp.set_record(r)?;
-                    }
-                    Ok(record)
-                })
-                .await;
+                self.write(Mark::Bad(running), record).await;
                 stop.request(StopReason::Reboot);
                 return;
             }
@@ -466,13 +443,24 @@ impl Upgrades {
         }
     }
 
-    /// Writes the stick; the record `work` returns becomes the last
-    /// upgrade's, and a failure becomes the report's problem.
-    async fn write(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Esp) -> Result<Option<Record>, EspError> + Send + 'static,
-    ) {
-        match self.on_stick(true, move |esp| Ok(work(esp)?)).await {
+    /// Marks a slot on the stick as `mark` says, then writes `record` (if
+    /// any), which becomes the last upgrade's; a failure becomes the
+    /// report's problem.
+    async fn write(self: &Arc<Self>, mark: Mark, record: Option<Record>) {
+        let written = self
+            .on_stick(true, move |esp| {
+                match mark {
+                    Mark::Good(slot) => esp.bless(slot)?,
+                    Mark::Bad(slot) => esp.condemn(slot)?,
+                    Mark::Keep => {}
+                }
+                if let Some(r) = &record {
+                    esp.set_record(r)?;
+                }
+                Ok(record)
+            })
+            .await;
+        match written {
             Ok(Some(record)) => self.state().last = Some(record),
             Ok(None) => {}
             Err(e) => {
@@ -481,6 +469,16 @@ impl Upgrades {
             }
         }
     }
+}
+
+/// What a write to the stick does to a slot.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    /// Marks it good for both boot loaders ([`Esp::bless`]).
+    Good(Slot),
+    /// Marks it bad for both ([`Esp::condemn`]).
+    Bad(Slot),
+    Keep,
 }
 
 /// What the stick says about the running slot at boot.

@@ -99,7 +99,6 @@ const OWN_HELPERS: &[(&str, &str)] = &[
     ("agent/src/registry/embedded.rs", "signed"),
     ("agent/src/registry/embedded.rs", "signed_on"),
     ("agent/src/upgrade/mod.rs", "on_stick"),
-    ("agent/src/upgrade/mod.rs", "write"),
 ];
 
 /// Names the daemons' own blocking methods share with other types'

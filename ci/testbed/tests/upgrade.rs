@@ -167,22 +167,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// The headers of the farmer's signed `POST /v1/upgrade` of `body` to
 /// the node `account`.
 fn signed_upgrade(registry: &Registry, account: &str, body: &str) -> Vec<(String, String)> {
-    let key = registry
-        .farmer_key()
-        .expect("the registry made the farmer key");
-    let signed = cmd::agent_cli(&[
-        "sign",
-        "request",
-        "--key",
-        key.to_str().expect("utf-8"),
-        "--node",
-        account,
-        "--path",
-        "/v1/upgrade",
-        "--body",
-        body,
-    ])
-    .expect("agent sign request");
+    let signed = common::farmer_signed_body(registry, account, "/v1/upgrade", body);
     grove_testbed::http::signed_headers(&signed)
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
@@ -246,7 +231,7 @@ fn restarts(node: &QemuNode, n: usize, within: Duration) {
         std::fs::read_to_string(node.console_log())
             .is_ok_and(|c| c.matches("reboot: Restarting system").count() >= n)
     });
-    assert!(restarted, "restart {n} did not come\n{}", node.logs(80));
+    assert!(restarted, "restart {n} did not come\n{}", node.logs(400));
 }
 
 /// The account a node that came up at `api` registered as.

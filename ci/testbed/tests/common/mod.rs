@@ -212,6 +212,11 @@ pub fn ext4_disk(dir: &std::path::Path) -> std::path::PathBuf {
 /// `agent sign request`'s output for `POST path`, signed by `registry`'s
 /// farmer for the node `account`: curl's `-H` arguments.
 pub fn farmer_signed(registry: &Registry, account: &str, path: &str) -> String {
+    farmer_signed_body(registry, account, path, "")
+}
+
+/// The same for `POST path` with `body`.
+pub fn farmer_signed_body(registry: &Registry, account: &str, path: &str, body: &str) -> String {
     let key = registry
         .farmer_key()
         .expect("the registry made the farmer key");
@@ -224,6 +229,8 @@ pub fn farmer_signed(registry: &Registry, account: &str, path: &str) -> String {
         account,
         "--path",
         path,
+        "--body",
+        body,
     ])
     .expect("agent sign request")
 }
