@@ -9,3 +9,6 @@
 # tun: /dev/net/tun appears only once the module is loaded (no udev to
 # make the node), and boringtun opens it.
 tun
+# evdev: the power button's /dev/input/event* (the ACPI `button` driver
+# comes with the hardware's modaliases), which the agent reads.
+evdev

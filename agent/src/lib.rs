@@ -17,6 +17,7 @@ pub mod config;
 pub mod hostinfo;
 pub mod identity;
 pub mod operator;
+pub mod power_button;
 pub mod provision;
 pub mod registry;
 pub mod stop;
@@ -105,7 +106,9 @@ impl Failure for AgentError {
 /// tasks end. A reboot asked through the API is acted on only after that.
 pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result<(), AgentError> {
     let reaper = Reaper::global()?;
-    init_machine();
+    tokio::task::spawn_blocking(init_machine)
+        .await
+        .map_err(AgentError::Task)?;
     // Reading the command line and looking for config files block.
     let (cmdline, supervisor) = {
         let (path, config) = (options.cmdline.clone(), config.clone());
@@ -124,6 +127,16 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let watchdog = arm_watchdog().await;
     state.watchdog = watchdog.as_ref().map(|(w, _)| w.report());
     if std::process::id() == 1 {
+        // The power button powers the machine off, cleanly.
+        let pressed = stop.clone();
+        let watched = tokio::task::spawn_blocking(move || {
+            power_button::watch(Path::new("/sys"), Path::new("/dev"), move || {
+                pressed.request(StopReason::Signal)
+            })
+        });
+        if let Err(e) = watched.await {
+            tracing::error!(error = %e, "cannot watch the power button");
+        }
         // The machine's own screen, when the agent is its init.
         let (view, port) = (state.clone(), config.api.listen.port());
         tasks.spawn_until(
