@@ -36,6 +36,24 @@ fn counter(peer: Option<&Value>, field: &str) -> u64 {
 /// see a recent handshake with the other, node 0 learns node 1's endpoint
 /// from its authenticated packets, and the byte counters on both sides go
 /// on growing: traffic flows over the mesh.
+/// Boots one machine of the image per command line in `params`, machine
+/// `i` with `params[i]`, each on a plain port of the LAN or on a port
+/// tagged for `tagged`.
+fn boot_each(lan: &Lan, params: &[String], tagged: Option<u16>) -> Vec<QemuNode> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(index, cmdline)| {
+            let spec = MachineSpec {
+                cmdline: cmdline.clone(),
+                tagged,
+                ..MachineSpec::default()
+            };
+            QemuNode::boot(&lan.farm, index, image(), &spec).expect("QEMU starts")
+        })
+        .collect()
+}
+
 #[test]
 fn two_nodes_mesh_over_kernel_wireguard_and_traffic_flows() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -45,17 +63,7 @@ fn two_nodes_mesh_over_kernel_wireguard_and_traffic_flows() {
         format!("{} grove.mesh.public=0", lan.node_params()),
     ];
     let started = Instant::now();
-    let mut nodes: Vec<QemuNode> = params
-        .iter()
-        .enumerate()
-        .map(|(index, cmdline)| {
-            let spec = MachineSpec {
-                cmdline: cmdline.clone(),
-                ..MachineSpec::default()
-            };
-            QemuNode::boot(&lan.farm, index, image(), &spec).expect("QEMU starts")
-        })
-        .collect();
+    let mut nodes = boot_each(&lan, &params, None);
     let apis: Vec<String> = nodes
         .iter_mut()
         .enumerate()
@@ -203,18 +211,7 @@ fn a_node_on_a_tagged_port_gets_its_lease_on_the_vlan() {
         lan.node_params(),
     ];
     let started = Instant::now();
-    let mut nodes: Vec<QemuNode> = params
-        .iter()
-        .enumerate()
-        .map(|(index, cmdline)| {
-            let spec = MachineSpec {
-                cmdline: cmdline.clone(),
-                tagged: Some(VLAN),
-                ..MachineSpec::default()
-            };
-            QemuNode::boot(&lan.farm, index, image(), &spec).expect("QEMU starts")
-        })
-        .collect();
+    let mut nodes = boot_each(&lan, &params, Some(VLAN));
 
     let up = comes_up_as(&lan.farm, &lan.registry, &mut nodes[0], 0, started);
     eprintln!(
