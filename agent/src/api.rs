@@ -53,6 +53,8 @@ pub struct ApiState {
 pub struct NodeReport {
     #[serde(flatten)]
     pub host: HostInfo,
+    /// The agent's own CPU and memory (the daemons' are in `/v1/services`).
+    pub agent: Option<crate::hostinfo::ProcessUsage>,
     pub boot: BootReport,
     /// The node's identity, once storage is up.
     pub identity: Option<crate::identity::store::IdentityReport>,
@@ -171,11 +173,12 @@ pub fn routes(state: ApiState) -> Router {
 }
 
 async fn node(State(state): State<ApiState>) -> Json<NodeReport> {
-    let host = state.snapshot.get().host.clone();
+    let facts = state.snapshot.get();
     Json(NodeReport {
+        host: facts.host.clone(),
+        agent: facts.agent,
         identity: state.identity.report(),
         waiting: state.identity.waiting(),
-        host,
         boot: BootReport {
             cmdline: state.cmdline.raw.clone(),
             params: state.cmdline.params.clone(),

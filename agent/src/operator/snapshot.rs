@@ -28,6 +28,8 @@ pub struct Facts {
     pub capacity: Result<Capacity, FactError>,
     pub uplink: Result<UplinkReport, FactError>,
     pub host: HostInfo,
+    /// What the agent itself uses.
+    pub agent: Option<crate::hostinfo::ProcessUsage>,
     /// What deployments hold, from provisiond.
     pub deployments: Result<DeploymentFacts, FactError>,
 }
@@ -131,6 +133,7 @@ impl Default for Facts {
             capacity: Err(FactError::NotAsked { daemon: "storaged" }),
             uplink: Err(FactError::NotAsked { daemon: "netd" }),
             host: HostInfo::default(),
+            agent: None,
             deployments: Err(FactError::NotAsked {
                 daemon: "provisiond",
             }),
@@ -166,7 +169,12 @@ impl Snapshot {
                 .into_iter()
                 .filter_map(|s| Some((s.name, s.pid?)))
                 .collect();
-            let pids: Vec<u32> = daemons.iter().map(|(_, pid)| *pid).collect();
+            let own = std::process::id();
+            let pids: Vec<u32> = daemons
+                .iter()
+                .map(|(_, pid)| *pid)
+                .chain(std::iter::once(own))
+                .collect();
             let mut taken = sampler.take().unwrap_or_default();
             let sample = tokio::task::spawn_blocking(move || {
                 let sample = taken.sample(&pids);
@@ -178,7 +186,7 @@ impl Snapshot {
                 deployment_facts(&provisiond),
                 sample
             );
-            let host = match sample {
+            let (host, agent) = match sample {
                 Ok((taken, (host, usage))) => {
                     sampler = Some(taken);
                     for (name, pid) in &daemons {
@@ -186,17 +194,18 @@ impl Snapshot {
                             service.set_usage(*pid, usage.get(pid).copied());
                         }
                     }
-                    host
+                    (host, usage.get(&own).copied())
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sampling the host failed");
-                    HostInfo::default()
+                    (HostInfo::default(), None)
                 }
             };
             let facts = Facts {
                 capacity: capacity.map_err(FactError::from),
                 uplink: uplink.map_err(FactError::from),
                 host,
+                agent,
                 deployments,
             };
             *self.facts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(facts);

@@ -90,17 +90,54 @@ fn idle_memory(api: &str) -> Option<Idle> {
     let node = get("/v1/node")?;
     let memory = &node["memory"];
     let used = memory["total_bytes"].as_u64()? - memory["available_bytes"].as_u64()?;
-    let daemons = get("/v1/services")?
-        .as_array()?
-        .iter()
-        .filter_map(|s| {
+    let agent = node["agent"]["rss_bytes"]
+        .as_u64()
+        .map(|rss| ("agent".to_owned(), rss));
+    let daemons = agent
+        .into_iter()
+        .chain(get("/v1/services")?.as_array()?.iter().filter_map(|s| {
             Some((
                 s["name"].as_str()?.to_owned(),
                 s["usage"]["rss_bytes"].as_u64()?,
             ))
-        })
+        }))
         .collect();
     Some(Idle { used, daemons })
+}
+
+/// The same processes of a testbed node (namespaces on this host, the
+/// daemons beside this program), [`IDLE_AFTER`] after its agent said
+/// ready: each one's resident set.
+fn testbed_idle() -> Result<Vec<(String, u64)>, ImageBenchError> {
+    let mut farm = Farm::start(FarmSpec::nodes(1))?;
+    let node = farm.node(0);
+    let socket = node
+        .socket(crate::Daemon::Agent)
+        .map_err(crate::TestbedError::from)?;
+    let ready = crate::wait_until(BOOT_LIMIT, Duration::from_millis(100), || {
+        matches!(http::unix_get(&socket, "/ready"), Ok((200, _)))
+    });
+    if !ready {
+        return Err(ImageBenchError::Timeout {
+            what: "the testbed node's ready",
+            logs: String::new(),
+        });
+    }
+    std::thread::sleep(IDLE_AFTER);
+    let agent = node.agent_pid().ok_or(ImageBenchError::Timeout {
+        what: "the testbed node's agent",
+        logs: String::new(),
+    })?;
+    let mut rss = vec![("agent".to_owned(), crate::proc::rss_kib(agent) * 1024)];
+    for child in crate::proc::descendants(agent) {
+        let name = std::fs::read_to_string(format!("/proc/{}/comm", child.pid)).unwrap_or_default();
+        rss.push((
+            name.trim().to_owned(),
+            crate::proc::rss_kib(child.pid) * 1024,
+        ));
+    }
+    farm.teardown()?;
+    Ok(rss)
 }
 
 /// Runs the benchmark and prints the report.
@@ -171,7 +208,8 @@ pub fn run(runs: usize) -> Result<(), ImageBenchError> {
     }
     drop(registry);
     farm.teardown()?;
-    report(&results, &dir);
+    let testbed = testbed_idle()?;
+    report(&results, &dir, &testbed);
     Ok(())
 }
 
@@ -259,7 +297,7 @@ fn boot_image(
     Ok((api, ready_after, memory))
 }
 
-fn report(results: &[Run], dir: &Path) {
+fn report(results: &[Run], dir: &Path, testbed: &[(String, u64)]) {
     let mut floor: Vec<Duration> = results.iter().map(|r| r.floor).collect();
     let (floor50, floor90) = summary(&mut floor);
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
@@ -306,19 +344,30 @@ fn report(results: &[Run], dir: &Path) {
         let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
         let mut used: Vec<u64> = idle.iter().map(|i| i.used).collect();
         used.sort_unstable();
-        let daemons: u64 = last.daemons.iter().map(|(_, rss)| rss).sum();
-        let each: Vec<String> = last
-            .daemons
-            .iter()
-            .map(|(name, rss)| format!("{name} {:.1}", mib(*rss)))
-            .collect();
+        let sum = |list: &[(String, u64)]| list.iter().map(|(_, rss)| rss).sum::<u64>();
+        let each = |list: &[(String, u64)]| {
+            list.iter()
+                .map(|(name, rss)| format!("{name} {:.1}", mib(*rss)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         eprintln!(
-            "  idle node ({} s after ready, direct path, {} MiB machine): memory in use median {:.0} MiB; the daemons' RSS {:.1} MiB ({} MiB)",
+            "  idle node ({} s after ready, direct path, {} MiB machine): memory in use median {:.0} MiB; the agent's and daemons' RSS {:.1} MiB ({} MiB)",
             IDLE_AFTER.as_secs(),
             crate::qemu::MEMORY_MIB,
             mib(used[used.len() / 2]),
-            mib(daemons),
-            each.join(", ")
+            mib(sum(&last.daemons)),
+            each(&last.daemons)
+        );
+        eprintln!(
+            "  the same on a testbed node ({} s after ready, binaries from {}): {:.1} MiB ({} MiB); the image's node {:.2}x",
+            IDLE_AFTER.as_secs(),
+            crate::bins::bin_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            mib(sum(testbed)),
+            each(testbed),
+            sum(&last.daemons) as f64 / sum(testbed).max(1) as f64
         );
     }
     let manifest = std::fs::read_to_string(dir.join("manifest")).unwrap_or_default();
