@@ -1,6 +1,6 @@
 //! A/B upgrades of a node booted from its stick, with rollback.
 //!
-//! The stick has two slots (see [`esp`]); the kernel command line names
+//! The stick has two slots (see [`Esp`]); the kernel command line names
 //! the one running (`grove.slot=`). A farmer's signed `POST /v1/upgrade`
 //! gives a URL and the sha256 of an upgrade image; the agent fetches it,
 //! checks the sum and the image before anything is written, writes it into
