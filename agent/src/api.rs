@@ -525,13 +525,22 @@ async fn upgrade(
     let request: crate::upgrade::UpgradeRequest = serde_json::from_slice(&body)
         .map_err(|e| OperatorApiError::UpgradeRequest(e.to_string()))?;
     tracing::warn!(sha256 = %request.sha256, "upgrade requested by the farmer");
-    let installed = state
-        .upgrades
-        .upgrade(request, crate::clock::unix_ms() / 1000)
+    // On a task of its own: a connection closed mid-request (the farmer's
+    // client gone, or the API's idle limit) must not cut an upgrade short
+    // between writing the slot and the reboot that tries it.
+    let (upgrades, stop) = (state.upgrades.clone(), state.stop.clone());
+    let upgrading = tokio::spawn(async move {
+        let installed = upgrades
+            .upgrade(request, crate::clock::unix_ms() / 1000)
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "upgrade refused"))?;
+        tracing::warn!(slot = installed.slot.name(), version = %installed.version, "upgrade written; rebooting into it");
+        stop.request(crate::stop::StopReason::Reboot);
+        Ok::<_, crate::upgrade::UpgradeError>(installed)
+    });
+    let installed = upgrading
         .await
-        .inspect_err(|e| tracing::error!(error = %e, "upgrade refused"))?;
-    tracing::warn!(slot = installed.slot.name(), version = %installed.version, "upgrade written; rebooting into it");
-    state.stop.request(crate::stop::StopReason::Reboot);
+        .map_err(|e| crate::upgrade::UpgradeError::Task(e.to_string()))??;
     Ok((StatusCode::ACCEPTED, Json(installed)))
 }
 
