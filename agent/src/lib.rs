@@ -145,7 +145,9 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
             operator::console::show_forever(move || api::console_view(&view, port)),
         );
     }
-    // A system on trial after an upgrade marks its slot good once ready.
+    // Where the last upgrade stands, read before any daemon starts; a
+    // system on trial marks its slot good once ready.
+    let standing = state.upgrades.look().await;
     let view = state.clone();
     tasks.spawn_until(
         "upgrade",
@@ -153,7 +155,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
         state
             .upgrades
             .clone()
-            .settle(move || api::status_report(&view), stop.clone()),
+            .settle(standing, move || api::status_report(&view), stop.clone()),
     );
     let readiness = Readiness::waiting("storaged, netd, provisiond");
     tasks.spawn_until(

@@ -371,14 +371,12 @@ impl Upgrades {
         })
     }
 
-    /// At boot: reads where the last upgrade stands. A system on trial
-    /// waits for `status` to say ready, then marks its slot good; past the
-    /// deadline it marks its slot bad and asks `stop` for a reboot. A
-    /// system that runs again after a failed try records the rollback.
-    pub async fn settle(self: Arc<Self>, status: impl Fn() -> StatusReport + Send, stop: Stop) {
-        let Some(running) = self.slot else {
-            return;
-        };
+    /// At boot, before the daemons start (storaged would see the stick
+    /// mounted, and call it in use): reads where the last upgrade stands,
+    /// and records a rollback when this is the old system running again.
+    /// Returns the standing of a system on trial, for [`Upgrades::settle`].
+    pub async fn look(self: &Arc<Self>) -> Option<Standing> {
+        let running = self.slot?;
         let standing = self
             .on_stick(false, move |esp| Ok(Standing::read(esp, running)?))
             .await;
@@ -387,7 +385,7 @@ impl Upgrades {
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the stick's slots");
                 self.state().problem = Some(e.to_string());
-                return;
+                return None;
             }
         };
         self.state().last = standing.record.clone();
@@ -398,7 +396,7 @@ impl Upgrades {
             } else if let Some(record) = standing.finished(running) {
                 self.write(Mark::Keep, Some(record)).await;
             }
-            return;
+            return None;
         }
         self.state().on_trial = true;
         tracing::warn!(
@@ -406,6 +404,21 @@ impl Upgrades {
             deadline_secs = self.deadline.as_secs(),
             "on trial after an upgrade"
         );
+        Some(standing)
+    }
+
+    /// The trial of a system [`Upgrades::look`] found on trial: it waits
+    /// for `status` to say ready, then marks its slot good; past the
+    /// deadline it marks its slot bad and asks `stop` for a reboot.
+    pub async fn settle(
+        self: Arc<Self>,
+        standing: Option<Standing>,
+        status: impl Fn() -> StatusReport + Send,
+        stop: Stop,
+    ) {
+        let (Some(running), Some(standing)) = (self.slot, standing) else {
+            return;
+        };
         let started = Instant::now();
         let shutdown = stop.shutdown().clone();
         loop {
@@ -483,7 +496,7 @@ enum Mark {
 
 /// What the stick says about the running slot at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Standing {
+pub struct Standing {
     on_trial: bool,
     record: Option<Record>,
 }
