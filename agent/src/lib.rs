@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod hostinfo;
 pub mod identity;
+pub mod mounts;
 pub mod operator;
 pub mod power_button;
 pub mod provision;
@@ -225,11 +226,16 @@ fn build_supervisor(config: &Config, params: &BootParams) -> Result<Arc<Supervis
 }
 
 /// What each daemon learns from the boot parameters, as flags built by the
-/// daemon's own crate.
+/// daemon's own crate. netd, which starts beside storaged, also learns
+/// where storaged answers, to keep off its state until the cache is there.
 fn daemon_flags(name: &str, params: &BootParams) -> Vec<String> {
     match name {
         storaged::NAME => params.storaged_flags().to_args(),
-        netd::NAME => params.netd_flags().to_args(),
+        netd::NAME => netd::flags::Flags {
+            state_after: Some(grove_daemon::socket_path(storaged::NAME)),
+            ..params.netd_flags()
+        }
+        .to_args(),
         _ => Vec::new(),
     }
 }
@@ -469,6 +475,7 @@ fn init_machine() {
     if std::process::id() != 1 {
         return;
     }
+    mounts::mount_missing();
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
         tracing::warn!(error = %e, "Ctrl-Alt-Del still restarts the machine at once");
     }

@@ -15,6 +15,11 @@ pub const ABOUT: &str = "Node networking: uplink bring-up, the regional WireGuar
 pub struct Flags {
     #[command(flatten)]
     pub uplink: Overrides,
+    /// storaged's socket: netd reads and writes its mesh and tenant state
+    /// only once storaged answers ready there (the system cache, where that
+    /// state lives, is mounted by then). The uplink does not wait.
+    #[arg(long, value_name = "SOCKET")]
+    pub state_after: Option<std::path::PathBuf>,
 }
 
 impl Flags {
@@ -24,7 +29,8 @@ impl Flags {
         config: crate::Config,
         shutdown: grove_daemon::shutdown::Shutdown,
     ) -> Result<(), crate::NetdError> {
-        crate::run(config, self.overrides(), shutdown).await
+        let gate = crate::state::Gate::new(self.state_after.clone());
+        crate::run(config, self.overrides(), gate, shutdown).await
     }
 
     /// The arguments that make netd parse back exactly these flags.
@@ -49,6 +55,9 @@ impl Flags {
         }
         if let Some(vlan) = uplink.vlan {
             add("vlan", vlan.get().to_string());
+        }
+        if let Some(socket) = &self.state_after {
+            add("state-after", socket.display().to_string());
         }
         args
     }
@@ -79,6 +88,7 @@ mod tests {
                     dns: vec!["10.1.2.1".parse().unwrap(), "2001:db8::53".parse().unwrap()],
                     vlan: Some("42".parse().unwrap()),
                 },
+                state_after: Some("/run/grove/storaged.sock".into()),
             },
         ];
         for flags in cases {

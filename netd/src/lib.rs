@@ -78,6 +78,7 @@ pub fn made_by_netd(ifname: &str) -> bool {
 pub async fn run(
     config: Config,
     overrides: uplink::Overrides,
+    gate: state::Gate,
     shutdown: Shutdown,
 ) -> Result<(), NetdError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
@@ -85,8 +86,13 @@ pub async fn run(
     let host = netlink::Netlink::here(netlink::HOST)?;
     let uplink = uplink::Uplink::new(config.uplink.clone(), overrides, host.clone(), made_by_netd);
     let uplink_task = tokio::spawn(uplink.clone().run(readiness.clone(), shutdown.clone()));
-    let mesh = mesh::Mesh::start(config.mesh.clone(), host.clone(), shutdown.clone());
-    let tenants = tenant::Tenants::start(config.tenant.clone(), host, shutdown.clone());
+    let mesh = mesh::Mesh::start(
+        config.mesh.clone(),
+        host.clone(),
+        gate.clone(),
+        shutdown.clone(),
+    );
+    let tenants = tenant::Tenants::start(config.tenant.clone(), host, gate, shutdown.clone());
     let api = Router::new().merge(mesh::routes(mesh.clone()));
     let api = api.merge(uplink::api::routes(uplink));
     let api = api.merge(tenant::routes(tenants.clone()));

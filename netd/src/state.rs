@@ -7,6 +7,11 @@
 //! Both are JSON read through [`read_json`], in directories made by
 //! [`ensure_dir`], failing with one [`FileError`].
 //! Limits: a path set in the configuration is the only place looked.
+//!
+//! netd starts beside storaged, before the cache is mounted; a [`Gate`]
+//! holds the mesh and tenant workers back from their state until storaged
+//! answers ready, so nothing is read from, or written to, the directory
+//! the cache is about to be mounted over.
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +53,57 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result
 /// Makes the directory `path` and its parents, if missing. Blocking.
 pub fn ensure_dir(path: &Path) -> Result<(), FileError> {
     Ok(grove_daemon::fsutil::ensure_dir(path, None)?)
+}
+
+/// When netd's workers may touch their state: at once, or once storaged
+/// answers ready at a socket.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    after: Option<PathBuf>,
+}
+
+impl Gate {
+    /// How often storaged is asked while the gate is shut.
+    const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// Open at once when `after` is `None`; else once the daemon at the
+    /// socket `after` answers ready.
+    pub fn new(after: Option<PathBuf>) -> Self {
+        Self { after }
+    }
+
+    /// Waits until the state may be touched: `true`, or `false` when
+    /// `shutdown` tripped first.
+    pub async fn open(&self, shutdown: &grove_daemon::shutdown::Shutdown) -> bool {
+        let Some(socket) = &self.after else {
+            return true;
+        };
+        let client = grove_daemon::client::SocketClient::new(socket.clone())
+            .with_timeout(std::time::Duration::from_secs(2));
+        let mut told = false;
+        loop {
+            match client.ready().await {
+                Ok(report) if report.ready => {
+                    if told {
+                        tracing::info!(socket = %socket.display(), "storaged is ready: state opened");
+                    }
+                    return true;
+                }
+                Ok(report) if !told => {
+                    tracing::info!(socket = %socket.display(), waiting_for = ?report.waiting_for, "state waits for storaged to be ready");
+                }
+                Err(e) if !told => {
+                    tracing::info!(socket = %socket.display(), error = %e, "state waits for storaged to answer");
+                }
+                _ => {}
+            }
+            told = true;
+            tokio::select! {
+                () = tokio::time::sleep(Self::POLL) => {}
+                () = shutdown.wait() => return false,
+            }
+        }
+    }
 }
 
 /// Where one piece of state is written and read.
@@ -98,5 +154,77 @@ mod tests {
         let own = PathBuf::from("/etc/own.json");
         let found = Location::find(Some(own.clone()), cache.path(), run.path(), "x.json");
         assert_eq!(found.read_from, vec![own]);
+    }
+
+    #[test]
+    fn a_gate_without_a_socket_is_open() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let shutdown = grove_daemon::shutdown::Shutdown::new();
+        assert!(rt.block_on(Gate::new(None).open(&shutdown)));
+    }
+
+    #[test]
+    fn a_gate_opens_when_the_daemon_behind_it_is_ready_and_not_before() {
+        use grove_daemon::server::{Identity, Readiness};
+        use std::time::Duration;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("storaged.sock");
+        rt.block_on(async {
+            let stop = grove_daemon::shutdown::Shutdown::new();
+            // Nothing listens yet: the gate stays shut.
+            let gate = Gate::new(Some(socket.clone()));
+            let waiting = tokio::spawn({
+                let gate = gate.clone();
+                let stop = stop.clone();
+                async move { gate.open(&stop).await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!waiting.is_finished(), "open with nothing listening");
+            // Listening, but not ready: still shut.
+            let readiness = Readiness::waiting("pools");
+            let server = tokio::spawn({
+                let (readiness, socket, stop) = (readiness.clone(), socket.clone(), stop.clone());
+                async move {
+                    let identity = Identity::new("storaged", "0");
+                    let api = axum::Router::new();
+                    grove_daemon::server::serve_daemon(identity, readiness, &socket, api, stop)
+                        .await
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(!waiting.is_finished(), "open before the daemon was ready");
+            readiness.set_ready();
+            let opened = tokio::time::timeout(Duration::from_secs(2), waiting)
+                .await
+                .expect("the gate opens within 2 s of ready")
+                .expect("the waiting task");
+            assert!(opened);
+            // A shutdown while shut ends the wait with `false`.
+            let other = grove_daemon::shutdown::Shutdown::new();
+            let closed = tokio::spawn({
+                let other = other.clone();
+                async move {
+                    Gate::new(Some(PathBuf::from("/nonexistent/sock")))
+                        .open(&other)
+                        .await
+                }
+            });
+            other.trigger();
+            let opened = tokio::time::timeout(Duration::from_secs(2), closed)
+                .await
+                .expect("a shutdown ends the wait")
+                .expect("the waiting task");
+            assert!(!opened);
+            stop.trigger();
+            let _ = server.await;
+        });
     }
 }

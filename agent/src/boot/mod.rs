@@ -107,6 +107,7 @@ impl BootParams {
     pub fn netd_flags(&self) -> netd::flags::Flags {
         netd::flags::Flags {
             uplink: self.network.uplink.clone(),
+            state_after: None,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Supervision of the node's daemons.
 //!
-//! The agent starts `storaged`, then `netd`, then `provisiond`, each after the
-//! one before it answers `/ready`; restarts any that dies, with backoff; keeps
-//! the last lines of each one's output; and on shutdown stops them in the
-//! reverse order. Child processes are reaped by [`reaper::Reaper`].
+//! The agent starts `storaged` and `netd` at once, and `provisiond` once both
+//! answer `/ready` (see [`starts_after`]); restarts any that dies, with
+//! backoff; keeps the last lines of each one's output; and on shutdown stops
+//! them in the reverse order. Child processes are reaped by
+//! [`reaper::Reaper`].
 
 pub mod leftovers;
 pub mod logs;
@@ -22,6 +23,19 @@ pub use service::{Policy, Service, ServiceSpec, ServiceState, ServiceStatus};
 
 /// The daemons the agent supervises, in boot order.
 pub const BOOT_ORDER: [&str; 3] = [storaged::NAME, netd::NAME, provisiond::NAME];
+
+/// The daemons that must answer `/ready` before daemon `name` starts.
+///
+/// netd does not wait for storaged: its uplink needs no disk, and the
+/// node's address is what lets operators reach it. It keeps away from its
+/// state on the system cache until storaged is ready (its `--state-after`
+/// flag, see [`netd::flags::Flags`]). provisiond needs both.
+pub fn starts_after(name: &str) -> &'static [&'static str] {
+    match name {
+        provisiond::NAME => &[storaged::NAME, netd::NAME],
+        _ => &[],
+    }
+}
 
 /// The node's supervised daemons.
 #[derive(Debug)]
@@ -73,6 +87,7 @@ impl Supervisor {
                     program: bin_dir.join(name),
                     args,
                     socket: grove_daemon::socket_path(name),
+                    after: starts_after(name).iter().map(|&n| n.to_owned()).collect(),
                 }
             })
             .collect()
@@ -121,11 +136,17 @@ impl Supervisor {
     }
 
     /// Runs every service until `shutdown` trips, then stops them in reverse
-    /// boot order, each within its grace period.
+    /// boot order, each within its grace period. A service starts once those
+    /// its spec names in `after` have been ready.
     pub async fn run(&self, reaper: Arc<Reaper>, shutdown: Shutdown) {
         let mut running = Vec::new();
-        let mut after = None;
         for service in &self.services {
+            let after = service
+                .after()
+                .iter()
+                .filter_map(|name| self.service(name))
+                .map(|s| s.became_ready())
+                .collect();
             let stop = Shutdown::new();
             let span = tracing::info_span!("supervise", service = service.name());
             let task = tokio::spawn(
@@ -133,14 +154,13 @@ impl Supervisor {
                     .clone()
                     .supervise(
                         reaper.clone(),
-                        after.take(),
+                        after,
                         self.policy.clone(),
                         stop.clone(),
                         shutdown.clone(),
                     )
                     .instrument(span),
             );
-            after = Some(service.became_ready());
             running.push((service.name().to_owned(), stop, task));
         }
         shutdown.wait().await;
@@ -150,5 +170,35 @@ impl Supervisor {
                 tracing::error!(service = %name, error = %e, "supervision task failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisiond_waits_for_both_and_netd_does_not_wait_for_storaged() {
+        assert!(starts_after(storaged::NAME).is_empty());
+        assert!(starts_after(netd::NAME).is_empty());
+        assert_eq!(
+            starts_after(provisiond::NAME),
+            &[storaged::NAME, netd::NAME]
+        );
+        // Every dependency is a daemon that comes earlier in the boot order,
+        // so the reverse order stops a service before what it needs.
+        for (k, name) in BOOT_ORDER.iter().enumerate() {
+            for needed in starts_after(name) {
+                let at = BOOT_ORDER.iter().position(|n| n == needed);
+                assert!(at.is_some_and(|at| at < k), "{name} after {needed}");
+            }
+        }
+        let specs =
+            Supervisor::standard_specs(Path::new("/bin"), Path::new("/etc"), |_| Vec::new());
+        let provisiond = specs.iter().find(|s| s.name == provisiond::NAME);
+        assert_eq!(
+            provisiond.map(|s| s.after.clone()),
+            Some(vec![storaged::NAME.to_owned(), netd::NAME.to_owned()])
+        );
     }
 }

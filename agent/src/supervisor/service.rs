@@ -44,6 +44,8 @@ pub struct ServiceSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub socket: PathBuf,
+    /// The services that must have been ready before this one starts.
+    pub after: Vec<String>,
 }
 
 /// Timing of starts, readiness and restarts.
@@ -87,7 +89,7 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceState {
-    /// Waiting for the service before it in the boot order.
+    /// Waiting for the services it starts after.
     Waiting,
     /// Started, not yet answering `/ready`.
     Starting,
@@ -164,6 +166,11 @@ impl Service {
         &self.spec.name
     }
 
+    /// The services this one starts after.
+    pub fn after(&self) -> &[String] {
+        &self.spec.after
+    }
+
     pub fn program(&self) -> &std::path::Path {
         &self.spec.program
     }
@@ -198,23 +205,29 @@ impl Service {
         self.changed.send_replace(());
     }
 
-    /// Supervises the service until `stop` trips. Waits first for `after`
-    /// (the previous service in the boot order) to be ready, at most
-    /// `policy.ready_timeout`. Once `draining` trips (the whole node is
+    /// Supervises the service until `stop` trips. Waits first for every one
+    /// of `after` (the services its spec names) to be ready, at most
+    /// `policy.ready_timeout` in all. Once `draining` trips (the whole node is
     /// stopping), an exit is final: the service is not restarted.
     pub async fn supervise(
         self: Arc<Self>,
         reaper: Arc<Reaper>,
-        after: Option<watch::Receiver<bool>>,
+        after: Vec<watch::Receiver<bool>>,
         policy: Policy,
         stop: Shutdown,
         draining: Shutdown,
     ) {
-        if let Some(mut after) = after {
-            let wait = tokio::time::timeout(policy.ready_timeout, after.wait_for(|r| *r));
+        if !after.is_empty() {
+            let all = async move {
+                for mut ready in after {
+                    // A sender gone is a service gone: nothing left to wait for.
+                    let _ = ready.wait_for(|r| *r).await;
+                }
+            };
+            let wait = tokio::time::timeout(policy.ready_timeout, all);
             tokio::select! {
                 res = wait => if res.is_err() {
-                    tracing::warn!(service = self.name(), "previous service not ready in time, starting anyway");
+                    tracing::warn!(service = self.name(), "the services it starts after are not ready in time, starting anyway");
                 },
                 () = stop.wait() => {}
             }

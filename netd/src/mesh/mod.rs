@@ -104,14 +104,19 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Starts the worker: it detects the backend, restores the saved
-    /// configuration if there is one, then serves commands until
+    /// Starts the worker: once `gate` opens, it detects the backend,
+    /// restores the saved configuration if there is one, then serves commands until
     /// `shutdown` trips, when it stops the userspace process.
-    pub fn start(config: MeshConfig, links: Netlink, shutdown: Shutdown) -> Self {
+    pub fn start(
+        config: MeshConfig,
+        links: Netlink,
+        gate: crate::state::Gate,
+        shutdown: Shutdown,
+    ) -> Self {
         let span = tracing::info_span!("mesh", ifname = %config.interface);
         Self {
             actor: crate::actor::Actor::spawn("mesh", span, |inbox| {
-                worker::run(config, links, inbox, shutdown)
+                worker::run(config, links, gate, inbox, shutdown)
             }),
         }
     }

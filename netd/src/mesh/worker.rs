@@ -67,9 +67,13 @@ struct Worker {
 pub(crate) async fn run(
     config: MeshConfig,
     links: Netlink,
+    gate: crate::state::Gate,
     mut inbox: mpsc::Receiver<Command>,
     shutdown: Shutdown,
 ) {
+    if !gate.open(&shutdown).await {
+        return;
+    }
     let mut worker = Worker::new(config, links).await;
     worker.restore().await;
     loop {

@@ -152,15 +152,20 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// Starts the worker: it restores every saved network (removing what a
-    /// crash left half-made), then serves commands until `shutdown` trips.
+    /// Starts the worker: once `gate` opens, it restores every saved network
+    /// (removing what a crash left half-made), then serves commands until `shutdown` trips.
     /// Userspace WireGuard processes are left running when it stops, as
     /// kernel devices are, and the next netd adopts them.
-    pub fn start(config: TenantConfig, host: Netlink, shutdown: Shutdown) -> Self {
+    pub fn start(
+        config: TenantConfig,
+        host: Netlink,
+        gate: crate::state::Gate,
+        shutdown: Shutdown,
+    ) -> Self {
         let span = tracing::info_span!("tenant");
         Self {
             actor: crate::actor::Actor::spawn("tenant", span, |inbox| {
-                worker::run(config, host, inbox, shutdown)
+                worker::run(config, host, gate, inbox, shutdown)
             }),
         }
     }

@@ -78,9 +78,13 @@ struct Worker {
 pub(crate) async fn run(
     config: TenantConfig,
     host: Netlink,
+    gate: crate::state::Gate,
     mut inbox: mpsc::Receiver<Command>,
     shutdown: Shutdown,
 ) {
+    if !gate.open(&shutdown).await {
+        return;
+    }
     let mut worker = Worker::new(config, host).await;
     worker.restore().await;
     loop {

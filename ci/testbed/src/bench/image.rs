@@ -62,6 +62,8 @@ struct Run {
     ready: [Duration; PATHS.len()],
     /// The direct path's node once idle.
     idle: Option<Idle>,
+    /// The direct path's boot, step by step (see [`MILESTONES`]).
+    timeline: Vec<(String, Option<Duration>)>,
 }
 
 /// How long a node that became ready is left alone before its memory is
@@ -187,15 +189,18 @@ pub fn run(runs: usize) -> Result<(), ImageBenchError> {
             api: [Duration::ZERO; PATHS.len()],
             ready: [Duration::ZERO; PATHS.len()],
             idle: None,
+            timeline: Vec::new(),
         };
         let mut line = format!("  run {}: floor {:.2} s", i + 1, floor.as_secs_f64());
         for (k, spec) in specs.iter().enumerate() {
-            let (api, ready, idle) = boot_image(&farm, first + 1 + k, &image, spec, k == 0)?;
-            run.api[k] = api;
-            run.ready[k] = ready;
-            if idle.is_some() {
-                run.idle = idle;
+            let boot = boot_image(&farm, first + 1 + k, &image, spec, k == 0)?;
+            run.api[k] = boot.api;
+            run.ready[k] = boot.ready;
+            if k == 0 {
+                run.idle = boot.idle;
+                run.timeline = timeline(&boot.console, boot.api);
             }
+            let (api, ready) = (boot.api, boot.ready);
             line.push_str(&format!(
                 "; {}: API {:.2} s, ready {:.2} s",
                 PATHS[k],
@@ -243,31 +248,51 @@ fn boot_floor(
     Ok(took)
 }
 
-/// QEMU's start to `/v1/status` answering, and to `ready`; and, when
-/// `idle` asks, the node's memory [`IDLE_AFTER`] after it became ready.
+/// One boot of the image, timed from QEMU's start.
+struct Boot {
+    /// To `/v1/status` answering.
+    api: Duration,
+    /// To `/v1/status` saying `ready`.
+    ready: Duration,
+    /// The node's memory [`IDLE_AFTER`] after it became ready, when asked.
+    idle: Option<Idle>,
+    /// Its console's lines, each with when it appeared.
+    console: Vec<(Duration, String)>,
+}
+
+/// Boots `image` by `spec` and times it; when `idle` asks, also reads the
+/// node's memory once it has been idle.
 fn boot_image(
     farm: &Farm,
     index: usize,
     image: &BootImage,
     spec: &MachineSpec,
     idle: bool,
-) -> Result<(Duration, Duration, Option<Idle>), ImageBenchError> {
+) -> Result<Boot, ImageBenchError> {
     let started = Instant::now();
     let mut node = QemuNode::boot(farm, index, image, spec)?;
-    let mut url = None;
+    let clock = ConsoleClock::start(node.console_log(), started);
+    let mut lease = None;
     let answered = crate::wait_until(BOOT_LIMIT, Duration::from_millis(20), || {
-        if url.is_none() {
-            url = node
-                .lease(farm.lan(0))
-                .map(|ip| format!("http://{ip}:8080/v1/status"));
+        if lease.is_none() {
+            lease = node.lease(farm.lan(0));
         }
-        url.as_deref().is_some_and(|u| {
-            matches!(
-                http::http_get_timeout(u, Duration::from_millis(500)),
-                Ok((200, _))
-            )
+        // A connection to an address not yet on the node waits for ARP:
+        // short tries keep that wait out of the number, and only a
+        // connection made is asked the full question.
+        lease.is_some_and(|ip| {
+            let api = std::net::SocketAddr::from((ip, 8080));
+            std::net::TcpStream::connect_timeout(&api, Duration::from_millis(50)).is_ok()
+                && matches!(
+                    http::http_get_timeout(
+                        &format!("http://{api}/v1/status"),
+                        Duration::from_secs(2)
+                    ),
+                    Ok((200, _))
+                )
         })
     });
+    let url = lease.map(|ip| format!("http://{ip}:8080/v1/status"));
     let api = started.elapsed();
     let logs = |node: &QemuNode| node.logs(30);
     let Some(url) = url.filter(|_| answered) else {
@@ -293,8 +318,14 @@ fn boot_image(
     } else {
         None
     };
+    let console = clock.lines();
     node.stop()?;
-    Ok((api, ready_after, memory))
+    Ok(Boot {
+        api,
+        ready: ready_after,
+        idle: memory,
+        console,
+    })
 }
 
 fn report(results: &[Run], dir: &Path, testbed: &[(String, u64)]) {
@@ -338,6 +369,28 @@ fn report(results: &[Run], dir: &Path, testbed: &[(String, u64)]) {
             secs(ready50),
             secs(ready90)
         );
+    }
+    if let Some(last) = results.last() {
+        eprintln!(
+            "  direct path, step by step (the last run; from QEMU's start, and since the step before):"
+        );
+        let mut before = Duration::ZERO;
+        for (label, at) in &last.timeline {
+            match at {
+                Some(at) => {
+                    eprintln!(
+                        "    {:>6.2} s  +{:>5.2} s  {label}",
+                        secs(*at),
+                        secs(at.saturating_sub(before))
+                    );
+                    before = *at;
+                }
+                None => eprintln!(
+                    "    {:>6}    {:>6}    {label}: not seen on the console",
+                    "-", "-"
+                ),
+            }
+        }
     }
     let idle: Vec<&Idle> = results.iter().filter_map(|r| r.idle.as_ref()).collect();
     if let Some(last) = idle.last() {
@@ -395,4 +448,103 @@ fn report(results: &[Run], dir: &Path, testbed: &[(String, u64)]) {
     if let Some(img) = field("grove_img_bytes") {
         eprintln!("  grove.img {:.1} MB", mb(img));
     }
+}
+
+/// Milestones of a direct boot: a label and the
+/// words that all stand in the console line that marks it (ANSI colours
+/// taken out).
+const MILESTONES: [(&str, &[&str]); 11] = [
+    ("kernel's first line", &["Linux version"]),
+    ("initramfs unpacked", &["Freeing initrd memory"]),
+    ("/init runs", &["Run /init as init process"]),
+    (
+        "modules loaded, agent starts",
+        &["grove-init: starting the agent"],
+    ),
+    ("storaged started", &["started", "service=\"storaged\""]),
+    ("storaged ready", &["ready", "service=\"storaged\""]),
+    ("netd started", &["started", "service=\"netd\""]),
+    ("uplink chosen (lease)", &["uplink chosen"]),
+    ("netd ready", &["ready", "service=\"netd\""]),
+    ("provisiond ready", &["ready", "service=\"provisiond\""]),
+    ("status ready", &["State", "READY"]),
+];
+
+/// Each line of a machine's serial console with the time it appeared,
+/// read by a thread that polls the console's log every 10 ms from
+/// QEMU's start until it is stopped.
+struct ConsoleClock {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Duration, String)>>,
+}
+
+impl ConsoleClock {
+    fn start(log: std::path::PathBuf, started: Instant) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut seen = 0;
+            loop {
+                let done = stopped.load(std::sync::atomic::Ordering::Relaxed);
+                let text = std::fs::read(&log).unwrap_or_default();
+                if let Some(end) = text.iter().rposition(|&b| b == b'\n')
+                    && end + 1 > seen
+                {
+                    let now = started.elapsed();
+                    for line in String::from_utf8_lossy(&text[seen..=end]).lines() {
+                        lines.push((now, strip_ansi(line)));
+                    }
+                    seen = end + 1;
+                }
+                if done {
+                    return lines;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the thread; the lines it saw.
+    fn lines(self) -> Vec<(Duration, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// `line` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// When each of [`MILESTONES`] first appeared in `lines`, with the API's
+/// first answer, in the order they happened; those never seen last.
+fn timeline(lines: &[(Duration, String)], api: Duration) -> Vec<(String, Option<Duration>)> {
+    let mut marks: Vec<(String, Option<Duration>)> = MILESTONES
+        .iter()
+        .map(|(label, words)| {
+            let at = lines
+                .iter()
+                .find(|(_, line)| words.iter().all(|w| line.contains(w)))
+                .map(|(at, _)| *at);
+            ((*label).to_owned(), at)
+        })
+        .collect();
+    marks.push(("operator API answers".to_owned(), Some(api)));
+    marks.sort_by_key(|(_, at)| at.unwrap_or(Duration::MAX));
+    marks
 }
