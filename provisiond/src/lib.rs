@@ -212,6 +212,36 @@ async fn open_images(config: image::StoreConfig) -> Result<image::ImageStore, Pr
 
 /// Runs the daemon until `shutdown` trips: restores every deployment from
 /// the store before it accepts new ones.
+/// The first line `program --version` prints, or why there is none: what
+/// provisiond says at start of each runtime it needs, so a node that cannot
+/// run a kind of workload says so before a deployment finds out.
+async fn runtime_version(program: &Path) -> Result<String, String> {
+    let run = tokio::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(format!("cannot run {}: {e}", program.display())),
+        Err(_) => {
+            return Err(format!(
+                "{} --version did not answer in 10 s",
+                program.display()
+            ));
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.lines().next() {
+        Some(line) if out.status.success() => Ok(line.trim().to_owned()),
+        _ => Err(format!(
+            "{} --version failed: {}",
+            program.display(),
+            out.status
+        )),
+    }
+}
+
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondError> {
     let identity = Identity::new(NAME, env!("CARGO_PKG_VERSION"));
     let readiness = Readiness::waiting("restoring deployments");
@@ -256,7 +286,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
     let accel = config
         .accel
         .unwrap_or_else(|| driver::machine::Accel::detect(Path::new("/dev/kvm")));
-    tracing::info!(?accel, "machines run under QEMU");
+    match runtime_version(&config.qemu).await {
+        Ok(version) => tracing::info!(?accel, %version, "machines run under QEMU"),
+        Err(error) => tracing::warn!(%error, "machines cannot run: no QEMU"),
+    }
+    match runtime_version(&config.runc).await {
+        Ok(version) => tracing::info!(%version, "containers run with runc"),
+        Err(error) => tracing::warn!(%error, "containers cannot run: no runc"),
+    }
     let machines = Arc::new(driver::machine::MachineDriver::new(
         storaged.clone(),
         netd.clone(),

@@ -358,6 +358,46 @@ async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() 
 }
 
 #[tokio::test]
+async fn a_kind_that_cannot_be_listed_neither_blocks_the_sweep_of_others_nor_spins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::default();
+    {
+        let mut o = fake.lock();
+        o.unlistable.insert(WorkloadType::Network);
+        o.held.insert(
+            (WorkloadType::Zmount, disk_name(500, "orphan")),
+            serde_json::Value::Null,
+        );
+    }
+    let engine = start(&dir.path().join("s.redb"), &fake, 100).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake.names().contains(&disk_name(500, "orphan")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !fake.names().contains(&disk_name(500, "orphan")),
+        "the zmount orphan is swept while networks cannot be listed"
+    );
+    assert!(!engine.is_settled(), "not settled while a kind is unswept");
+    // Two seconds of a runtime that stays missing: the tries back off
+    // (from 100 ms, doubling) instead of one every 100 ms.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tries = fake
+        .lock()
+        .listed
+        .iter()
+        .filter(|k| **k == WorkloadType::Network)
+        .count();
+    assert!(tries <= 12, "{tries} tries in 2 s");
+    fake.lock().unlistable.clear();
+    assert!(
+        engine.settled(Duration::from_secs(12)).await,
+        "settled once the kind can be listed"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_answer_never_holds_a_private_key() {
     let fake = FakeNode::default();
     let (_dir, engine) = engine_on(&fake, 100).await;

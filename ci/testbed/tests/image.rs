@@ -66,6 +66,8 @@ fn a_missing_tool_stops_the_build_and_names_its_package() {
     );
 }
 
+/// The direct boot: DHCP, pools, registration, the operator API; and the
+/// container and machine runtimes the image carries answer on the node.
 #[test]
 fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -74,7 +76,29 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
         cmdline: lan.node_params(),
         ..MachineSpec::default()
     };
-    let (mut node, _) = lan.boot("direct kernel boot", &spec);
+    let (mut node, up) = lan.boot("direct kernel boot", &spec);
+    // The image's runtimes run on the node: provisiond asked each for its
+    // version at start (QEMU from the compute runtime /init mounted).
+    let console = std::fs::read_to_string(node.console_log()).expect("console log");
+    for said in [
+        "machines run under QEMU",
+        "QEMU emulator version",
+        "containers run with runc",
+    ] {
+        assert!(
+            console.contains(said),
+            "the console does not say {said:?}\n{console}"
+        );
+    }
+    assert!(!console.contains("cannot run"), "{console}");
+    // The compute runtime's loop device is not a disk of the node's.
+    assert!(
+        up.disks
+            .iter()
+            .all(|d| !d["name"].as_str().unwrap_or_default().starts_with("loop")),
+        "{:?}",
+        up.disks
+    );
     node.stop().expect("QEMU stops");
     lan.teardown();
 }

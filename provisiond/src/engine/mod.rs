@@ -779,51 +779,69 @@ impl Engine {
     }
 
     /// Removes every object with provisiond's naming that no deployment
-    /// wants; retries a daemon that is unavailable.
+    /// wants. A kind whose objects cannot be listed (its daemon down, its
+    /// runtime missing) is tried again later, each wait twice the one
+    /// before up to [`SWEEP_RETRY_MAX`], while the other kinds are swept.
     async fn sweep(&self) {
-        let drivers: Vec<Arc<dyn Driver>> = self.shared.drivers.all().cloned().collect();
-        for driver in drivers {
-            let objects = loop {
+        let mut pending: Vec<Arc<dyn Driver>> = self.shared.drivers.all().cloned().collect();
+        let mut wait = self.shared.retry.max(Duration::from_millis(100));
+        loop {
+            let mut failed = Vec::new();
+            for driver in pending {
                 match driver.objects().await {
-                    Ok(objects) => break objects,
+                    Ok(objects) => self.sweep_kind(driver.as_ref(), objects).await,
                     Err(error) => {
-                        tracing::warn!(kind = %driver.kind(), %error, "cannot list objects to sweep; trying again");
-                        tokio::time::sleep(self.shared.retry.max(Duration::from_millis(100))).await;
-                    }
-                }
-            };
-            // Wanted is read after listing: an object made after the list
-            // was taken is not in it, and one in it belongs to a deployment
-            // the engine already knows.
-            let (wanted, unreadable) = {
-                let state = self.state();
-                let mut wanted = BTreeSet::new();
-                for (contract, entry) in &state.entries {
-                    for d in entry.versions() {
-                        for w in d.workloads.iter().filter(|w| w.kind == driver.kind()) {
-                            wanted.insert(driver.object(d.twin_id, *contract, w.name.as_str()));
-                        }
-                    }
-                }
-                (wanted, state.unreadable.clone())
-            };
-            for object in objects {
-                if wanted.contains(&object) || protected(&object, &unreadable) {
-                    continue;
-                }
-                match driver.remove(&object).await {
-                    Ok(()) => {
-                        tracing::info!(kind = %driver.kind(), %object, "removed an object no deployment wants")
-                    }
-                    Err(error) => {
-                        tracing::warn!(kind = %driver.kind(), %object, %error, "cannot remove an object no deployment wants")
+                        tracing::warn!(kind = %driver.kind(), %error, retry_in = ?wait, "cannot list objects to sweep; trying again later");
+                        failed.push(driver);
                     }
                 }
             }
+            if failed.is_empty() {
+                break;
+            }
+            pending = failed;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(SWEEP_RETRY_MAX);
         }
         self.state().swept = true;
     }
+
+    /// Removes those of `objects` (one driver's) that no deployment wants.
+    async fn sweep_kind(&self, driver: &dyn Driver, objects: Vec<String>) {
+        // Wanted is read after listing: an object made after the list was
+        // taken is not in it, and one in it belongs to a deployment the
+        // engine already knows.
+        let (wanted, unreadable) = {
+            let state = self.state();
+            let mut wanted = BTreeSet::new();
+            for (contract, entry) in &state.entries {
+                for d in entry.versions() {
+                    for w in d.workloads.iter().filter(|w| w.kind == driver.kind()) {
+                        wanted.insert(driver.object(d.twin_id, *contract, w.name.as_str()));
+                    }
+                }
+            }
+            (wanted, state.unreadable.clone())
+        };
+        for object in objects {
+            if wanted.contains(&object) || protected(&object, &unreadable) {
+                continue;
+            }
+            match driver.remove(&object).await {
+                Ok(()) => {
+                    tracing::info!(kind = %driver.kind(), %object, "removed an object no deployment wants")
+                }
+                Err(error) => {
+                    tracing::warn!(kind = %driver.kind(), %object, %error, "cannot remove an object no deployment wants")
+                }
+            }
+        }
+    }
 }
+
+/// The longest wait between two tries at listing a kind's objects for the
+/// sweep.
+pub const SWEEP_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// An object that may belong to a deployment the store could not read
 /// back: a disk named for its contract, or any network when such a

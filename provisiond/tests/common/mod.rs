@@ -183,6 +183,10 @@ pub struct Objects {
     pub hang: BTreeSet<String>,
     /// Objects whose calls answer "unavailable" this many more times.
     pub unavailable: BTreeMap<String, u32>,
+    /// Kinds whose objects cannot be listed (their runtime missing).
+    pub unlistable: BTreeSet<WorkloadType>,
+    /// Every listing of a kind's objects, in order.
+    pub listed: Vec<WorkloadType>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -263,7 +267,14 @@ impl Driver for FakeDriver {
 
     fn objects(&self) -> DriverFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let o = self.node.lock();
+            let mut o = self.node.lock();
+            o.listed.push(self.kind);
+            if o.unlistable.contains(&self.kind) {
+                return Err(DriverError::Unavailable(format!(
+                    "{}: no runtime",
+                    self.kind
+                )));
+            }
             Ok(o.held
                 .keys()
                 .filter(|(k, n)| {

@@ -115,7 +115,9 @@ pub fn scan(sys: &Path, dev: &Path) -> Result<Vec<BlockDevice>, DiscoverError> {
     Ok(out)
 }
 
-/// Reads one device; `None` for an unattached loop device or a vanished one.
+/// Reads one device; `None` for an unattached loop device, a read-only one
+/// (an image file mounted through it, like the boot image's compute
+/// runtime: never a disk to pool or to protect), or a vanished one.
 pub fn read(sys: &Path, dev: &Path, name: &str) -> Result<Option<BlockDevice>, DiscoverError> {
     let base = sys.join("block").join(name);
     if !base.exists() {
@@ -123,7 +125,7 @@ pub fn read(sys: &Path, dev: &Path, name: &str) -> Result<Option<BlockDevice>, D
     }
     let is_loop = name.starts_with("loop");
     let backing = read_opt(&base.join("loop/backing_file"))?;
-    if is_loop && backing.is_none() {
+    if is_loop && (backing.is_none() || read_opt(&base.join("ro"))?.as_deref() == Some("1")) {
         return Ok(None);
     }
     let sectors = read_u64(&base.join("size"))?;
@@ -315,6 +317,16 @@ mod tests {
         write(r, "block/loop3/loop/backing_file", "/var/tmp/disk0.img\n");
         write(r, "block/loop4/size", "0\n");
         write(r, "block/loop4/queue/rotational", "0\n");
+        // A read-only loop device: an image file mounted through it.
+        write(r, "block/loop5/size", "40960\n");
+        write(r, "block/loop5/queue/rotational", "0\n");
+        write(r, "block/loop5/ro", "1\n");
+        write(
+            r,
+            "block/loop5/loop/backing_file",
+            "/usr/lib/grove/compute.squashfs\n",
+        );
+        write(r, "block/loop3/ro", "0\n");
         // Never candidates.
         write(r, "block/zram0/size", "100\n");
         write(r, "block/dm-0/size", "100\n");
