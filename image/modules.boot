@@ -12,3 +12,7 @@ tun
 # evdev: the power button's /dev/input/event* (the ACPI `button` driver
 # comes with the hardware's modaliases), which the agent reads.
 evdev
+# sd_mod: claims each SCSI disk (SATA, SAS, USB, virtio-scsi) as it
+# appears, whenever its controller finds it; loaded by alias, it would
+# only claim the disks present when /init looked.
+sd_mod

@@ -56,20 +56,34 @@ pub fn ensure_dir(path: &Path) -> Result<(), FileError> {
 }
 
 /// When netd's workers may touch their state: at once, or once storaged
-/// answers ready at a socket.
+/// answers ready at a socket, or once [`Gate::LIMIT`] has passed without
+/// that answer: a storaged that never gets ready keeps the mesh and the
+/// tenant networks down no longer than the agent lets it keep provisiond
+/// down. Their state then goes where it can, as it did before the gate.
 #[derive(Debug, Clone, Default)]
 pub struct Gate {
     after: Option<PathBuf>,
+    limit: Option<std::time::Duration>,
 }
 
 impl Gate {
     /// How often storaged is asked while the gate is shut.
     const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+    /// The longest the gate stays shut.
+    pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
     /// Open at once when `after` is `None`; else once the daemon at the
-    /// socket `after` answers ready.
+    /// socket `after` answers ready, or after [`Gate::LIMIT`].
     pub fn new(after: Option<PathBuf>) -> Self {
-        Self { after }
+        Self::with_limit(after, Self::LIMIT)
+    }
+
+    /// [`Gate::new`] that gives up waiting after `limit`.
+    pub fn with_limit(after: Option<PathBuf>, limit: std::time::Duration) -> Self {
+        Self {
+            after,
+            limit: Some(limit),
+        }
     }
 
     /// Waits until the state may be touched: `true`, or `false` when
@@ -78,6 +92,8 @@ impl Gate {
         let Some(socket) = &self.after else {
             return true;
         };
+        let limit = self.limit.unwrap_or(Self::LIMIT);
+        let deadline = tokio::time::Instant::now() + limit;
         let client = grove_daemon::client::SocketClient::new(socket.clone())
             .with_timeout(std::time::Duration::from_secs(2));
         let mut told = false;
@@ -98,6 +114,10 @@ impl Gate {
                 _ => {}
             }
             told = true;
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(socket = %socket.display(), waited = ?limit, "storaged is not ready: state opened without it");
+                return true;
+            }
             tokio::select! {
                 () = tokio::time::sleep(Self::POLL) => {}
                 () = shutdown.wait() => return false,
@@ -206,6 +226,15 @@ mod tests {
                 .await
                 .expect("the gate opens within 2 s of ready")
                 .expect("the waiting task");
+            assert!(opened);
+            // A daemon that never gets ready holds the gate only so long.
+            let limited = Gate::with_limit(
+                Some(PathBuf::from("/nonexistent/sock")),
+                Duration::from_millis(300),
+            );
+            let opened = tokio::time::timeout(Duration::from_secs(2), limited.open(&stop))
+                .await
+                .expect("the limit opens the gate");
             assert!(opened);
             // A shutdown while shut ends the wait with `false`.
             let other = grove_daemon::shutdown::Shutdown::new();

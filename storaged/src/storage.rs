@@ -119,6 +119,10 @@ impl Changes {
 /// Labels of the filesystems on a Grove boot image.
 pub const BOOT_LABEL_PREFIX: &str = "GROVE";
 
+/// The GPT name of a Grove USB stick's ESP (`image/usb`), where its boot
+/// slots live: the disk that has it is the boot medium.
+pub const BOOT_PARTITION_NAME: &str = "grove-esp";
+
 #[derive(Debug)]
 struct Inner {
     disks: Vec<Disk>,
@@ -867,6 +871,10 @@ fn is_boot_medium(
             .label
             .as_deref()
             .is_some_and(|l| l.starts_with(BOOT_LABEL_PREFIX))
+        || device
+            .partition_names
+            .iter()
+            .any(|n| n == BOOT_PARTITION_NAME)
 }
 
 fn read_dev(dir: &Path) -> Option<String> {

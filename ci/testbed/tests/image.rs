@@ -226,7 +226,8 @@ fn a_node_as_init_reboots_with_its_identity_powers_off_and_leaves_a_foreign_disk
 /// gives, checks what every node must do, that the console shows
 /// `evidence` of the path taken, that the kernel got the medium's command
 /// line, and that the medium is neither pooled nor written (its bytes are
-/// the same after the boot). A stick must be listed in `/v1/disks`.
+/// the same after the boot). A stick must be listed in `/v1/disks` as the
+/// boot medium.
 fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&str]) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let image = image();
@@ -264,12 +265,19 @@ fn boots_from(name: &str, path: fn(Medium) -> BootPath, iso: bool, evidence: &[&
     let params = format!("console=ttyS0,115200 panic=10 {}", lan.node_params());
     got_command_line(&node, &console, &params);
 
-    // A stick is a disk the node sees and leaves alone.
+    // A stick is a disk the node sees as its boot medium (its ESP's GPT
+    // name) and leaves alone.
     let stick = up.disks.iter().find(|d| d["serial"] == "gq0usb");
     if !iso {
         let usb = stick.unwrap_or_else(|| panic!("the stick is not in /v1/disks: {:?}", up.disks));
         assert!(usb["pool"].is_null(), "the stick became a pool: {usb}");
-        assert_eq!(usb["class"], "foreign", "{usb}");
+        assert_eq!(usb["boot_medium"], true, "{usb}");
+        assert!(
+            usb["partition_names"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n == "grove-esp")),
+            "{usb}"
+        );
     }
     let status = get_json(&format!("{}/v1/status", up.api)).expect("/v1/status answers");
     assert_eq!(status["state"], "ready", "{status}");

@@ -105,8 +105,8 @@ pub struct Mesh {
 
 impl Mesh {
     /// Starts the worker: once `gate` opens, it detects the backend,
-    /// restores the saved configuration if there is one, then serves commands until
-    /// `shutdown` trips, when it stops the userspace process.
+    /// restores the saved configuration if there is one, then serves
+    /// commands until `shutdown` trips, when it stops the userspace process.
     pub fn start(
         config: MeshConfig,
         links: Netlink,

@@ -153,9 +153,9 @@ pub struct Tenants {
 
 impl Tenants {
     /// Starts the worker: once `gate` opens, it restores every saved network
-    /// (removing what a crash left half-made), then serves commands until `shutdown` trips.
-    /// Userspace WireGuard processes are left running when it stops, as
-    /// kernel devices are, and the next netd adopts them.
+    /// (removing what a crash left half-made), then serves commands until
+    /// `shutdown` trips. Userspace WireGuard processes are left running when
+    /// it stops, as kernel devices are, and the next netd adopts them.
     pub fn start(
         config: TenantConfig,
         host: Netlink,

@@ -184,6 +184,7 @@ mod tests {
             serial: "SER1".parse().expect("serial"),
             serial_source: SerialSource::Hardware,
             partitions: vec![],
+            partition_names: vec![],
             holders: vec![],
         }
     }

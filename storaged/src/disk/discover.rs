@@ -81,6 +81,11 @@ pub struct BlockDevice {
     pub serial_source: SerialSource,
     /// Kernel names of its partitions.
     pub partitions: Vec<String>,
+    /// The names its partition table gives its partitions (GPT names, the
+    /// kernel's `PARTNAME`), where they have one, in the order of
+    /// `partitions`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_names: Vec<String>,
     /// Kernel names of devices stacked on it (device-mapper, md).
     pub holders: Vec<String>,
 }
@@ -145,6 +150,7 @@ pub fn read(sys: &Path, dev: &Path, name: &str) -> Result<Option<BlockDevice>, D
     };
     let model = read_opt(&base.join("device/model"))?.unwrap_or_default();
     let (serial, serial_source) = identify(&base, name, backing.as_deref())?;
+    let partitions = children(&base, name, |p| p.join("partition").exists())?;
     Ok(Some(BlockDevice {
         name: name.to_owned(),
         path: dev.join(name),
@@ -155,9 +161,23 @@ pub fn read(sys: &Path, dev: &Path, name: &str) -> Result<Option<BlockDevice>, D
         model,
         serial,
         serial_source,
-        partitions: children(&base, name, |p| p.join("partition").exists())?,
+        partition_names: partitions
+            .iter()
+            .filter_map(|p| partition_name(&base.join(p)))
+            .collect(),
+        partitions,
         holders: children(&base.join("holders"), "", |_| true)?,
     }))
+}
+
+/// The `PARTNAME` in a partition's `uevent`, if it has one.
+fn partition_name(dir: &Path) -> Option<String> {
+    let uevent = std::fs::read_to_string(dir.join("uevent")).ok()?;
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("PARTNAME="))
+        .map(str::to_owned)
+        .filter(|n| !n.is_empty())
 }
 
 /// The disk's serial, or the best stable substitute.
@@ -307,6 +327,11 @@ mod tests {
         write(r, "block/sda/device/model", "Samsung SSD 870\n");
         write(r, "block/sda/device/serial", "  S5Y1NX0T123456  \n");
         write(r, "block/sda/sda1/partition", "1\n");
+        write(
+            r,
+            "block/sda/sda1/uevent",
+            "MAJOR=8\nMINOR=1\nDEVNAME=sda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=grove-esp\n",
+        );
         // An HDD with only a WWN.
         write(r, "block/sdb/size", "7814037168\n");
         write(r, "block/sdb/queue/rotational", "1\n");
@@ -348,6 +373,7 @@ mod tests {
         assert_eq!(sda.serial.as_str(), "S5Y1NX0T123456");
         assert_eq!(sda.serial_source, SerialSource::Hardware);
         assert_eq!(sda.partitions, ["sda1"]);
+        assert_eq!(sda.partition_names, ["grove-esp"]);
 
         let sdb = &disks[2];
         assert!(sdb.rotational);

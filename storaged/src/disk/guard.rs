@@ -219,6 +219,7 @@ mod tests {
             serial: "GONE1".parse().expect("serial"),
             serial_source: discover::SerialSource::Hardware,
             partitions: vec![],
+            partition_names: vec![],
             holders: vec![],
         };
         let err = Pinned::open(sys.path(), Path::new("/nonexistent"), &expected)
