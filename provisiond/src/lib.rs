@@ -286,14 +286,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
     let accel = config
         .accel
         .unwrap_or_else(|| driver::machine::Accel::detect(Path::new("/dev/kvm")));
-    match runtime_version(&config.qemu).await {
-        Ok(version) => tracing::info!(?accel, %version, "machines run under QEMU"),
-        Err(error) => tracing::warn!(%error, "machines cannot run: no QEMU"),
-    }
-    match runtime_version(&config.runc).await {
-        Ok(version) => tracing::info!(%version, "containers run with runc"),
-        Err(error) => tracing::warn!(%error, "containers cannot run: no runc"),
-    }
+    // Beside the start, not before it: QEMU's first start reads its binary
+    // from the compute runtime's squashfs, seconds under emulation.
+    let (qemu, runc) = (config.qemu.clone(), config.runc.clone());
+    tokio::spawn(async move {
+        match runtime_version(&qemu).await {
+            Ok(version) => tracing::info!(?accel, %version, "machines run under QEMU"),
+            Err(error) => tracing::warn!(%error, "machines cannot run: no QEMU"),
+        }
+        match runtime_version(&runc).await {
+            Ok(version) => tracing::info!(%version, "containers run with runc"),
+            Err(error) => tracing::warn!(%error, "containers cannot run: no runc"),
+        }
+    });
     let machines = Arc::new(driver::machine::MachineDriver::new(
         storaged.clone(),
         netd.clone(),

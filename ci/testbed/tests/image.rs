@@ -77,19 +77,19 @@ fn a_node_booted_from_the_image_gets_dhcp_pools_registers_and_answers() {
         ..MachineSpec::default()
     };
     let (mut node, up) = lan.boot("direct kernel boot", &spec);
-    // The image's runtimes run on the node: provisiond asked each for its
-    // version at start (QEMU from the compute runtime /init mounted).
-    let console = std::fs::read_to_string(node.console_log()).expect("console log");
-    for said in [
+    // The image's runtimes run on the node: provisiond asks each for its
+    // version as it starts (QEMU from the compute runtime /init mounted).
+    let said = [
         "machines run under QEMU",
         "QEMU emulator version",
         "containers run with runc",
-    ] {
-        assert!(
-            console.contains(said),
-            "the console does not say {said:?}\n{console}"
-        );
-    }
+    ];
+    let mut console = String::new();
+    let seen = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        console = std::fs::read_to_string(node.console_log()).unwrap_or_default();
+        said.iter().all(|s| console.contains(s))
+    });
+    assert!(seen, "the console does not say all of {said:?}\n{console}");
     assert!(!console.contains("cannot run"), "{console}");
     // The compute runtime's loop device is not a disk of the node's.
     assert!(
