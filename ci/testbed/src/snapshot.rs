@@ -110,8 +110,13 @@ impl HostSnapshot {
             }
         }
         snap.links = read_dir(Path::new("/sys/class/net"))?.into_iter().collect();
+        // A zombie is left out: it holds nothing but its pid, and the host's
+        // init reaps it when it gets to it (a killed daemon whose agent died
+        // first is its child), so it may still be listed by the next test
+        // and gone by that test's end.
         for pid in proc::pids() {
-            if let Some(comm) = proc::comm(pid).filter(|c| is_watched(c)) {
+            let live = proc::ProcId::of(pid).is_some_and(|p| p.is_alive());
+            if let Some(comm) = proc::comm(pid).filter(|c| live && is_watched(c)) {
                 snap.processes.insert((pid, comm));
             }
         }
