@@ -107,3 +107,8 @@ pub async fn run(
     served?;
     Ok(())
 }
+
+/// The `netd` program: flags in, exit code out.
+pub fn main() -> std::process::ExitCode {
+    grove_daemon::cli::main(NAME, flags::ABOUT, flags::Flags::run)
+}

@@ -3,5 +3,5 @@
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    grove_daemon::cli::main(netd::NAME, netd::flags::ABOUT, netd::flags::Flags::run)
+    netd::main()
 }

@@ -18,6 +18,7 @@
 pub mod admission;
 pub mod api;
 pub mod capacity;
+pub mod cli;
 pub mod client;
 pub mod deployment;
 pub mod driver;

@@ -189,3 +189,8 @@ async fn bring_up(
         }
     }
 }
+
+/// The `storaged` program: flags in, exit code out.
+pub fn main() -> std::process::ExitCode {
+    grove_daemon::cli::main(NAME, flags::ABOUT, flags::Flags::run)
+}

@@ -3,9 +3,5 @@
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    grove_daemon::cli::main(
-        storaged::NAME,
-        storaged::flags::ABOUT,
-        storaged::flags::Flags::run,
-    )
+    storaged::main()
 }

@@ -11,6 +11,7 @@
 //! Limits: a binary replaced on disk is still matched (by its old path);
 //! a daemon that changed network namespace is not seen.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,14 +26,17 @@ pub struct Leftover {
 }
 
 /// The processes under `proc_root` in this process's network namespace
-/// whose executable is one of `programs`, this process excepted.
+/// that run one of `programs`, this process excepted: their executable is
+/// the program's (links resolved) and they were started by the program's
+/// name. In the boot image the daemons are links to one binary (`grove`),
+/// and only the name tells them apart.
 pub fn find(proc_root: &Path, programs: &[PathBuf]) -> Vec<Leftover> {
     let Ok(own_net) = std::fs::read_link(proc_root.join("self/ns/net")) else {
         return Vec::new();
     };
-    let programs: Vec<PathBuf> = programs
+    let programs: Vec<(PathBuf, &PathBuf)> = programs
         .iter()
-        .map(|p| p.canonicalize().unwrap_or_else(|_missing| p.clone()))
+        .map(|p| (p.canonicalize().unwrap_or_else(|_missing| p.clone()), p))
         .collect();
     let own_pid = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir(proc_root) else {
@@ -48,12 +52,26 @@ pub fn find(proc_root: &Path, programs: &[PathBuf]) -> Vec<Leftover> {
             if std::fs::read_link(dir.join("ns/net")).ok()? != own_net {
                 return None;
             }
-            let program = executable(&dir)?;
+            let exe = executable(&dir)?;
+            let name = run_as(&dir)?;
             programs
-                .contains(&program)
-                .then_some(Leftover { pid, program })
+                .iter()
+                .find(|(binary, program)| *binary == exe && program.file_name() == Some(&name))
+                .map(|(_, program)| Leftover {
+                    pid,
+                    program: (*program).clone(),
+                })
         })
         .collect()
+}
+
+/// The file name the process at `dir` was started by (its `argv[0]`).
+fn run_as(dir: &Path) -> Option<std::ffi::OsString> {
+    let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+    let arg0 = cmdline.split(|&b| b == 0).next()?;
+    Path::new(std::ffi::OsStr::from_bytes(arg0))
+        .file_name()
+        .map(ToOwned::to_owned)
 }
 
 /// The executable of the process at `dir`; none for a zombie or a process
@@ -145,6 +163,33 @@ mod tests {
                 assert!(!proc_root.join(child.id().to_string()).exists());
             }
         }
+    }
+
+    #[test]
+    fn a_link_runs_the_program_its_name_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = private_sleep(dir.path());
+        let (netd, storaged) = (dir.path().join("netd"), dir.path().join("storaged"));
+        std::os::unix::fs::symlink(&binary, &netd).unwrap();
+        std::os::unix::fs::symlink(&binary, &storaged).unwrap();
+        let mut child = Command::new(&netd).arg("60").spawn().unwrap();
+        let proc_root = Path::new("/proc");
+        let both = [storaged.clone(), netd.clone()];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while find(proc_root, &both).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let found = find(proc_root, &both);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            found,
+            [Leftover {
+                pid: child.id() as i32,
+                program: netd
+            }]
+        );
+        assert!(find(proc_root, &[storaged]).is_empty());
     }
 
     #[test]
