@@ -198,6 +198,29 @@ impl UpgradeError {
 
 /// The largest image fetched: a slot's share of the stick's ESP.
 pub const IMAGE_LIMIT: u64 = 120 << 20;
+
+/// How much and how long an image fetch may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// The image's size at most.
+    pub bytes: u64,
+    /// To connect to the image's server.
+    pub connect: Duration,
+    /// Between two reads: a server that stalls longer has failed.
+    pub read: Duration,
+    /// The whole fetch.
+    pub total: Duration,
+}
+
+impl FetchLimits {
+    /// An image over a farm's or a region's link.
+    pub const IMAGE: Self = Self {
+        bytes: IMAGE_LIMIT,
+        connect: Duration::from_secs(10),
+        read: Duration::from_secs(30),
+        total: Duration::from_secs(600),
+    };
+}
 /// How long a tried system has to become ready, unless the command line
 /// says otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
@@ -243,6 +266,7 @@ pub struct Upgrades {
     busy: tokio::sync::Mutex<()>,
     /// Held through a farmer's upgrade, from the fetch to the last write.
     upgrading: tokio::sync::Mutex<()>,
+    fetch_limits: FetchLimits,
 }
 
 impl Upgrades {
@@ -257,6 +281,15 @@ impl Upgrades {
             state: Mutex::default(),
             busy: tokio::sync::Mutex::new(()),
             upgrading: tokio::sync::Mutex::new(()),
+            fetch_limits: FetchLimits::IMAGE,
+        }
+    }
+
+    /// The same, fetching images within `limits`.
+    pub fn with_fetch_limits(self, limits: FetchLimits) -> Self {
+        Self {
+            fetch_limits: limits,
+            ..self
         }
     }
 
@@ -319,7 +352,7 @@ impl Upgrades {
             return Err(UpgradeError::OnTrial);
         }
         let _upgrading = self.upgrading.try_lock().map_err(|_| UpgradeError::Busy)?;
-        let bytes = fetch(url, IMAGE_LIMIT).await?;
+        let bytes = fetch(url, self.fetch_limits).await?;
         let sum = expected.clone();
         let bundle = tokio::task::spawn_blocking(move || {
             let got = hex(&sha2::Sha256::digest(&bytes));
@@ -636,16 +669,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Fetches `url` into memory, refusing more than `limit` bytes.
-async fn fetch(url: reqwest::Url, limit: u64) -> Result<Vec<u8>, UpgradeError> {
+/// Fetches `url` into memory within `limits`.
+async fn fetch(url: reqwest::Url, limits: FetchLimits) -> Result<Vec<u8>, UpgradeError> {
+    let limit = limits.bytes;
     // rustls needs one process-wide crypto provider; another part of the
     // process may have installed it already, which is as good.
     let _already = rustls::crypto::ring::default_provider().install_default();
     let fail = |e: reqwest::Error| UpgradeError::Fetch(e.without_url().to_string());
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(30))
-        .timeout(Duration::from_secs(600))
+        .connect_timeout(limits.connect)
+        .read_timeout(limits.read)
+        .timeout(limits.total)
         .build()
         .map_err(fail)?;
     let mut response = client
@@ -817,5 +851,229 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status(), 502, "{e}");
         assert!(e.to_string().contains("nothing was written"), "{e}");
+    }
+
+    /// What an image server does after the response's first bytes.
+    #[derive(Debug, Clone, Copy)]
+    enum Then {
+        /// Closes the connection.
+        Close,
+        /// Keeps it open and says nothing more.
+        Stall,
+    }
+
+    /// An image server on localhost: to each connection it writes
+    /// `pieces` (a raw HTTP response), `pause` apart, then does `then`.
+    /// Answers its URL and how many connections it took.
+    async fn image_server(
+        pieces: Vec<Vec<u8>>,
+        pause: Duration,
+        then: Then,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/grove-upgrade.tar",
+            listener.local_addr().unwrap()
+        );
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = taken.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let pieces = pieces.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    for piece in pieces {
+                        if conn.write_all(&piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    match then {
+                        Then::Close => drop(conn),
+                        Then::Stall => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            drop(conn);
+                        }
+                    }
+                });
+            }
+        });
+        (url, taken)
+    }
+
+    fn head(status: &str, length: Option<u64>) -> Vec<u8> {
+        let length = length.map(|n| format!("Content-Length: {n}\r\n"));
+        format!(
+            "HTTP/1.1 {status}\r\n{}Connection: close\r\n\r\n",
+            length.unwrap_or_default()
+        )
+        .into_bytes()
+    }
+
+    /// A node on slot A whose stick is nowhere: whatever gets past the
+    /// fetch and the checks fails to find it, so a test sees how far an
+    /// upgrade went and that nothing could be written.
+    fn on_a_stick(limits: FetchLimits) -> Arc<Upgrades> {
+        let paths = Paths {
+            sys: PathBuf::from("/nonexistent"),
+            ..Paths::default()
+        };
+        Arc::new(
+            Upgrades::new("1".to_owned(), Some(Slot::A), DEFAULT_DEADLINE, paths)
+                .with_fetch_limits(limits),
+        )
+    }
+
+    const QUICK: FetchLimits = FetchLimits {
+        bytes: 4096,
+        connect: Duration::from_secs(2),
+        read: Duration::from_millis(300),
+        total: Duration::from_secs(20),
+    };
+
+    fn asking(url: &str, body: &[u8]) -> UpgradeRequest {
+        UpgradeRequest {
+            url: url.to_owned(),
+            sha256: hex(&sha2::Sha256::digest(body)),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_image_server_that_stalls_or_drops_fails_the_fetch_once_and_nothing_is_written() {
+        let body = vec![7u8; 1000];
+        for then in [Then::Stall, Then::Close] {
+            let mut start = head("200 OK", Some(1000));
+            start.extend_from_slice(&body[..10]);
+            let (url, taken) = image_server(vec![start], Duration::ZERO, then).await;
+            let began = Instant::now();
+            let e = on_a_stick(QUICK)
+                .upgrade(asking(&url, &body), 0)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, UpgradeError::Fetch(_)), "{then:?}: {e}");
+            assert_eq!(e.status(), 502);
+            assert!(e.to_string().contains("nothing was written"), "{e}");
+            assert!(began.elapsed() < Duration::from_secs(10), "{then:?}");
+            assert_eq!(
+                taken.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{then:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_image_server_that_keeps_sending_is_waited_for() {
+        // Twenty pieces 100 ms apart, each within the 300 ms read time:
+        // the whole image arrives and is checked (it is not a Grove image).
+        let body = vec![9u8; 2000];
+        let mut pieces = vec![head("200 OK", Some(2000))];
+        pieces.extend(body.chunks(100).map(<[u8]>::to_vec));
+        let (url, taken) = image_server(pieces, Duration::from_millis(100), Then::Close).await;
+        let e = on_a_stick(QUICK)
+            .upgrade(asking(&url, &body), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpgradeError::NotAnImage(_)), "{e}");
+        assert_eq!(e.status(), 422);
+        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusing_image_server_is_asked_once() {
+        for status in ["404 Not Found", "403 Forbidden", "503 Service Unavailable"] {
+            let (url, taken) =
+                image_server(vec![head(status, Some(0))], Duration::ZERO, Then::Close).await;
+            let e = on_a_stick(QUICK)
+                .upgrade(asking(&url, b""), 0)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, UpgradeError::Fetch(_)), "{status}: {e}");
+            let code = &status[..3];
+            assert!(e.to_string().contains(code), "{status}: {e}");
+            assert_eq!(
+                taken.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_image_server_that_lies_is_refused_before_anything_is_written() {
+        let limit = QUICK.bytes;
+        // Says more than the limit: refused before the body is read.
+        let (url, _) = image_server(
+            vec![head("200 OK", Some(limit + 1))],
+            Duration::ZERO,
+            Then::Stall,
+        )
+        .await;
+        let e = on_a_stick(QUICK)
+            .upgrade(asking(&url, b""), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpgradeError::TooLarge { .. }), "{e}");
+        assert_eq!(e.status(), 413);
+        // Says no length and sends more than the limit.
+        let mut unbounded = head("200 OK", None);
+        unbounded.extend(std::iter::repeat_n(1u8, limit as usize + 100));
+        let (url, _) = image_server(vec![unbounded], Duration::ZERO, Then::Close).await;
+        let e = on_a_stick(QUICK)
+            .upgrade(asking(&url, b""), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpgradeError::TooLarge { .. }), "{e}");
+        // Sends other bytes than the sum names.
+        let mut other = head("200 OK", Some(5));
+        other.extend_from_slice(b"hello");
+        let (url, _) = image_server(vec![other], Duration::ZERO, Then::Close).await;
+        let e = on_a_stick(QUICK)
+            .upgrade(asking(&url, b"HELLO"), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpgradeError::Checksum { .. }), "{e}");
+        assert_eq!(e.status(), 422);
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn one_upgrade_at_a_time_and_none_on_trial() {
+        // The first upgrade's server never answers: it holds the node's
+        // one upgrade while a second is asked for.
+        let (url, taken) = image_server(Vec::new(), Duration::ZERO, Then::Stall).await;
+        let stick = on_a_stick(QUICK);
+        let first = tokio::spawn({
+            let (stick, url) = (stick.clone(), url.clone());
+            async move { stick.upgrade(asking(&url, b"x"), 0).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while taken.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let e = stick.upgrade(asking(&url, b"x"), 0).await.unwrap_err();
+        assert!(matches!(e, UpgradeError::Busy), "{e}");
+        assert_eq!(e.status(), 409);
+        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The first one gives up once its server has said nothing for the
+        // read time.
+        let e = first.await.unwrap().unwrap_err();
+        assert!(matches!(e, UpgradeError::Fetch(_)), "{e}");
+
+        stick.state().on_trial = true;
+        let e = stick.upgrade(asking(&url, b"x"), 0).await.unwrap_err();
+        assert!(matches!(e, UpgradeError::OnTrial), "{e}");
+        assert_eq!(e.status(), 409);
+        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
