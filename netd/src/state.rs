@@ -60,10 +60,17 @@ pub fn ensure_dir(path: &Path) -> Result<(), FileError> {
 /// that answer: a storaged that never gets ready keeps the mesh and the
 /// tenant networks down no longer than the agent lets it keep provisiond
 /// down. Their state then goes where it can, as it did before the gate.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Gate {
     after: Option<PathBuf>,
-    limit: Option<std::time::Duration>,
+    limit: std::time::Duration,
+}
+
+impl Default for Gate {
+    /// Open at once.
+    fn default() -> Self {
+        Self::new(None)
+    }
 }
 
 impl Gate {
@@ -80,10 +87,7 @@ impl Gate {
 
     /// [`Gate::new`] that gives up waiting after `limit`.
     pub fn with_limit(after: Option<PathBuf>, limit: std::time::Duration) -> Self {
-        Self {
-            after,
-            limit: Some(limit),
-        }
+        Self { after, limit }
     }
 
     /// Waits until the state may be touched: `true`, or `false` when
@@ -92,7 +96,7 @@ impl Gate {
         let Some(socket) = &self.after else {
             return true;
         };
-        let limit = self.limit.unwrap_or(Self::LIMIT);
+        let limit = self.limit;
         let deadline = tokio::time::Instant::now() + limit;
         let client = grove_daemon::client::SocketClient::new(socket.clone())
             .with_timeout(std::time::Duration::from_secs(2));

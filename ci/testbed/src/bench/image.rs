@@ -471,8 +471,8 @@ const MILESTONES: [(&str, &[&str]); 11] = [
 ];
 
 /// Each line of a machine's serial console with the time it appeared,
-/// read by a thread that polls the console's log every 10 ms from
-/// QEMU's start until it is stopped.
+/// read by a thread that reads what the console's log gained every 10 ms
+/// from QEMU's start until it is stopped.
 struct ConsoleClock {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<(Duration, String)>>,
@@ -480,22 +480,32 @@ struct ConsoleClock {
 
 impl ConsoleClock {
     fn start(log: std::path::PathBuf, started: Instant) -> Self {
+        use std::io::Read;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut lines = Vec::new();
-            let mut seen = 0;
+            let mut file = None;
+            // What was read after the last complete line.
+            let mut partial = Vec::new();
             loop {
                 let done = stopped.load(std::sync::atomic::Ordering::Relaxed);
-                let text = std::fs::read(&log).unwrap_or_default();
-                if let Some(end) = text.iter().rposition(|&b| b == b'\n')
-                    && end + 1 > seen
-                {
-                    let now = started.elapsed();
-                    for line in String::from_utf8_lossy(&text[seen..=end]).lines() {
-                        lines.push((now, strip_ansi(line)));
+                if file.is_none() {
+                    file = std::fs::File::open(&log).ok();
+                }
+                if let Some(f) = file.as_mut() {
+                    let before = partial.len();
+                    let _ = f.read_to_end(&mut partial);
+                    if partial.len() > before
+                        && let Some(end) = partial.iter().rposition(|&b| b == b'\n')
+                    {
+                        let now = started.elapsed();
+                        let rest = partial.split_off(end + 1);
+                        for line in String::from_utf8_lossy(&partial).lines() {
+                            lines.push((now, strip_ansi(line)));
+                        }
+                        partial = rest;
                     }
-                    seen = end + 1;
                 }
                 if done {
                     return lines;
