@@ -853,6 +853,8 @@ mod tests {
         assert!(e.to_string().contains("nothing was written"), "{e}");
     }
 
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
     /// What an image server does after the response's first bytes.
     #[derive(Debug, Clone, Copy)]
     enum Then {
@@ -869,18 +871,18 @@ mod tests {
         pieces: Vec<Vec<u8>>,
         pause: Duration,
         then: Then,
-    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    ) -> (String, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!(
             "http://{}/grove-upgrade.tar",
             listener.local_addr().unwrap()
         );
-        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let taken = Arc::new(AtomicUsize::new(0));
         let count = taken.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                count.fetch_add(1, SeqCst);
                 let pieces = pieces.clone();
                 tokio::spawn(async move {
                     let mut request = Vec::new();
@@ -940,6 +942,15 @@ mod tests {
         total: Duration::from_secs(20),
     };
 
+    /// Why a node on a stick refuses the upgrade to the image at `url`,
+    /// `body` being what the farmer's sum was taken of.
+    async fn refused(url: &str, body: &[u8]) -> UpgradeError {
+        on_a_stick(QUICK)
+            .upgrade(asking(url, body), 0)
+            .await
+            .unwrap_err()
+    }
+
     fn asking(url: &str, body: &[u8]) -> UpgradeRequest {
         UpgradeRequest {
             url: url.to_owned(),
@@ -955,19 +966,12 @@ mod tests {
             start.extend_from_slice(&body[..10]);
             let (url, taken) = image_server(vec![start], Duration::ZERO, then).await;
             let began = Instant::now();
-            let e = on_a_stick(QUICK)
-                .upgrade(asking(&url, &body), 0)
-                .await
-                .unwrap_err();
+            let e = refused(&url, &body).await;
             assert!(matches!(e, UpgradeError::Fetch(_)), "{then:?}: {e}");
             assert_eq!(e.status(), 502);
             assert!(e.to_string().contains("nothing was written"), "{e}");
             assert!(began.elapsed() < Duration::from_secs(10), "{then:?}");
-            assert_eq!(
-                taken.load(std::sync::atomic::Ordering::SeqCst),
-                1,
-                "{then:?}"
-            );
+            assert_eq!(taken.load(SeqCst), 1, "{then:?}");
         }
     }
 
@@ -979,13 +983,10 @@ mod tests {
         let mut pieces = vec![head("200 OK", Some(2000))];
         pieces.extend(body.chunks(100).map(<[u8]>::to_vec));
         let (url, taken) = image_server(pieces, Duration::from_millis(100), Then::Close).await;
-        let e = on_a_stick(QUICK)
-            .upgrade(asking(&url, &body), 0)
-            .await
-            .unwrap_err();
+        let e = refused(&url, &body).await;
         assert!(matches!(e, UpgradeError::NotAnImage(_)), "{e}");
         assert_eq!(e.status(), 422);
-        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(taken.load(SeqCst), 1);
     }
 
     #[tokio::test]
@@ -993,18 +994,11 @@ mod tests {
         for status in ["404 Not Found", "403 Forbidden", "503 Service Unavailable"] {
             let (url, taken) =
                 image_server(vec![head(status, Some(0))], Duration::ZERO, Then::Close).await;
-            let e = on_a_stick(QUICK)
-                .upgrade(asking(&url, b""), 0)
-                .await
-                .unwrap_err();
+            let e = refused(&url, b"").await;
             assert!(matches!(e, UpgradeError::Fetch(_)), "{status}: {e}");
             let code = &status[..3];
             assert!(e.to_string().contains(code), "{status}: {e}");
-            assert_eq!(
-                taken.load(std::sync::atomic::Ordering::SeqCst),
-                1,
-                "{status}"
-            );
+            assert_eq!(taken.load(SeqCst), 1, "{status}");
         }
     }
 
@@ -1018,29 +1012,20 @@ mod tests {
             Then::Stall,
         )
         .await;
-        let e = on_a_stick(QUICK)
-            .upgrade(asking(&url, b""), 0)
-            .await
-            .unwrap_err();
+        let e = refused(&url, b"").await;
         assert!(matches!(e, UpgradeError::TooLarge { .. }), "{e}");
         assert_eq!(e.status(), 413);
         // Says no length and sends more than the limit.
         let mut unbounded = head("200 OK", None);
         unbounded.extend(std::iter::repeat_n(1u8, limit as usize + 100));
         let (url, _) = image_server(vec![unbounded], Duration::ZERO, Then::Close).await;
-        let e = on_a_stick(QUICK)
-            .upgrade(asking(&url, b""), 0)
-            .await
-            .unwrap_err();
+        let e = refused(&url, b"").await;
         assert!(matches!(e, UpgradeError::TooLarge { .. }), "{e}");
         // Sends other bytes than the sum names.
         let mut other = head("200 OK", Some(5));
         other.extend_from_slice(b"hello");
         let (url, _) = image_server(vec![other], Duration::ZERO, Then::Close).await;
-        let e = on_a_stick(QUICK)
-            .upgrade(asking(&url, b"HELLO"), 0)
-            .await
-            .unwrap_err();
+        let e = refused(&url, b"HELLO").await;
         assert!(matches!(e, UpgradeError::Checksum { .. }), "{e}");
         assert_eq!(e.status(), 422);
         assert!(e.to_string().contains("nothing was written"), "{e}");
@@ -1057,14 +1042,14 @@ mod tests {
             async move { stick.upgrade(asking(&url, b"x"), 0).await }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        while taken.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        while taken.load(SeqCst) == 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(taken.load(SeqCst), 1);
         let e = stick.upgrade(asking(&url, b"x"), 0).await.unwrap_err();
         assert!(matches!(e, UpgradeError::Busy), "{e}");
         assert_eq!(e.status(), 409);
-        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(taken.load(SeqCst), 1);
         // The first one gives up once its server has said nothing for the
         // read time.
         let e = first.await.unwrap().unwrap_err();
@@ -1074,6 +1059,6 @@ mod tests {
         let e = stick.upgrade(asking(&url, b"x"), 0).await.unwrap_err();
         assert!(matches!(e, UpgradeError::OnTrial), "{e}");
         assert_eq!(e.status(), 409);
-        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(taken.load(SeqCst), 1);
     }
 }
