@@ -369,6 +369,22 @@ fn report(results: &[Run], dir: &Path, testbed: &[(String, u64)]) {
             secs(ready50),
             secs(ready90)
         );
+        if k == 0 {
+            // Each run against its own floor: how far the median above
+            // is from the runs' noise.
+            let mut over: Vec<Duration> = results
+                .iter()
+                .map(|r| r.api[k].saturating_sub(r.floor))
+                .collect();
+            let each: Vec<String> = over.iter().map(|d| format!("{:.2}", secs(*d))).collect();
+            let (over50, _) = summary(&mut over);
+            eprintln!(
+                "  {path}, run by run against its own floor: + {} s; median + {:.2} s: {}",
+                each.join(", + "),
+                secs(over50),
+                verdict(over50 <= OVER_FLOOR_TARGET)
+            );
+        }
     }
     if let Some(last) = results.last() {
         eprintln!(
