@@ -42,6 +42,11 @@ pub enum ImageBenchError {
     Registry(#[from] RegistryError),
     #[error("{what} did not happen within {BOOT_LIMIT:?}\n{logs}")]
     Timeout { what: &'static str, logs: String },
+    #[error("cannot lay out the daemons as one program in {dir}: {source}")]
+    OneProgram {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The paths each run boots the image by, after the floor.
@@ -107,11 +112,33 @@ fn idle_memory(api: &str) -> Option<Idle> {
     Some(Idle { used, daemons })
 }
 
-/// The same processes of a testbed node (namespaces on this host, the
-/// daemons beside this program), [`IDLE_AFTER`] after its agent said
-/// ready: each one's resident set.
+/// The same processes of a testbed node (namespaces on this host),
+/// [`IDLE_AFTER`] after its agent said ready: each one's resident set.
+/// The daemons run as in the image, links to one `grove` (from beside this
+/// program): a resident set counts each page of a shared binary once per
+/// process, so four separate binaries would not compare.
 fn testbed_idle() -> Result<Vec<(String, u64)>, ImageBenchError> {
-    let mut farm = Farm::start(FarmSpec::nodes(1))?;
+    let bins = crate::bin_dir().map_err(crate::TestbedError::from)?;
+    let dir = bins.join("one-program");
+    let lay_out = || -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir(&dir)?;
+        // A copy, not a link: the agent starts the daemons it finds beside
+        // its own executable.
+        std::fs::copy(bins.join("grove"), dir.join("grove"))?;
+        for daemon in ["agent", "netd", "storaged", "provisiond"] {
+            std::os::unix::fs::symlink("grove", dir.join(daemon))?;
+        }
+        Ok(())
+    };
+    lay_out().map_err(|source| ImageBenchError::OneProgram {
+        dir: dir.clone(),
+        source,
+    })?;
+    let mut farm = Farm::start(FarmSpec::nodes(1).bin_dir(&dir))?;
     let node = farm.node(0);
     let socket = node
         .socket(crate::Daemon::Agent)
@@ -429,7 +456,7 @@ fn report(results: &[Run], dir: &Path, testbed: &[(String, u64)]) {
             each(&last.daemons)
         );
         eprintln!(
-            "  the same on a testbed node ({} s after ready, binaries from {}): {:.1} MiB ({} MiB); the image's node {:.2}x",
+            "  the same on a testbed node ({} s after ready, the daemons links to one grove from {}, as in the image): {:.1} MiB ({} MiB); the image's node {:.2}x",
             IDLE_AFTER.as_secs(),
             crate::bins::bin_dir()
                 .map(|d| d.display().to_string())
