@@ -244,74 +244,57 @@ fn ed_keys() -> BTreeMap<u32, [u8; 32]> {
         .collect()
 }
 
+/// A deployment of twin 1 asking `requests`, signed by each of `signers`
+/// with its ed25519 key, as twin 1 verifies it against `keys`.
+fn verdict(
+    requests: &[(u32, bool, u64)],
+    weight_required: u64,
+    signers: &[u32],
+    keys: &BTreeMap<u32, [u8; 32]>,
+) -> Result<u64, SignatureError> {
+    let mut d = multi(requests, weight_required, "");
+    for &twin in signers {
+        sign_ed(&mut d, twin);
+    }
+    d.signature_requirement.verify(1, &d.hash(), keys)
+}
+
 #[test]
 fn multi_signature_weights() {
     let keys = ed_keys();
-    let requests = [(1, false, 1), (2, false, 1), (3, false, 1)];
-
-    let mut only_originator = multi(&requests, 2, "");
-    sign_ed(&mut only_originator, 1);
+    let mut fewer = keys.clone();
+    fewer.remove(&2);
+    let mut swapped = keys.clone();
+    swapped.insert(1, ed_key(2).verifying_key().to_bytes());
+    let optional = [(1, false, 1), (2, false, 1), (3, false, 1)];
     assert_eq!(
-        only_originator
-            .signature_requirement
-            .verify(1, &only_originator.hash(), &keys),
+        verdict(&optional, 2, &[1], &keys),
         Err(SignatureError::Weight {
             got: 1,
             required: 2
         })
     );
-
-    let mut enough = multi(&requests, 2, "");
-    sign_ed(&mut enough, 1);
-    sign_ed(&mut enough, 3);
+    assert_eq!(verdict(&optional, 2, &[1, 3], &keys), Ok(2));
     assert_eq!(
-        enough
-            .signature_requirement
-            .verify(1, &enough.hash(), &keys),
-        Ok(2)
-    );
-
-    let mut without_originator = multi(&requests, 2, "");
-    sign_ed(&mut without_originator, 2);
-    sign_ed(&mut without_originator, 3);
-    assert_eq!(
-        without_originator
-            .signature_requirement
-            .verify(1, &without_originator.hash(), &keys),
+        verdict(&optional, 2, &[2, 3], &keys),
         Err(SignatureError::Missing { twin: 1 }),
         "the originator is required even when its request says not"
     );
-
-    let mut required_missing = multi(&[(1, true, 1), (2, false, 1), (3, true, 1)], 2, "");
-    sign_ed(&mut required_missing, 1);
-    sign_ed(&mut required_missing, 2);
     assert_eq!(
-        required_missing
-            .signature_requirement
-            .verify(1, &required_missing.hash(), &keys),
+        verdict(
+            &[(1, true, 1), (2, false, 1), (3, true, 1)],
+            2,
+            &[1, 2],
+            &keys
+        ),
         Err(SignatureError::Missing { twin: 3 })
     );
-
-    let mut unknown_twin = multi(&requests, 2, "");
-    sign_ed(&mut unknown_twin, 1);
-    sign_ed(&mut unknown_twin, 2);
-    let mut fewer = keys.clone();
-    fewer.remove(&2);
     assert_eq!(
-        unknown_twin
-            .signature_requirement
-            .verify(1, &unknown_twin.hash(), &fewer),
+        verdict(&optional, 2, &[1, 2], &fewer),
         Err(SignatureError::UnknownTwin { twin: 2 })
     );
-
-    let mut wrong_key = multi(&requests, 1, "");
-    sign_ed(&mut wrong_key, 1);
-    let mut swapped = keys.clone();
-    swapped.insert(1, ed_key(2).verifying_key().to_bytes());
     assert!(matches!(
-        wrong_key
-            .signature_requirement
-            .verify(1, &wrong_key.hash(), &swapped),
+        verdict(&optional, 1, &[1], &swapped),
         Err(SignatureError::Invalid { twin: 1, .. })
     ));
 }
