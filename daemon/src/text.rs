@@ -5,9 +5,11 @@
 //! carries it as a string through `#[serde(try_from = "String", into =
 //! "String")]`. [`text_value!`](crate::text_value) writes the two
 //! conversions serde needs, and [`checked_name!`](crate::checked_name) also
-//! the accessors of a checked name held as a `String`, so each type states
-//! only its own rules. Limit: the conversions go through `FromStr` and
-//! `Display`, so a value always serialises exactly as it prints.
+//! the accessors of a checked name held as a `String`, and [`name_flaw`]
+//! checks the rules most names share (not empty, a length, a set of
+//! characters), so each type states only its own rules. Limit: the
+//! conversions go through `FromStr` and `Display`, so a value always
+//! serialises exactly as it prints.
 
 /// `TryFrom<String>` through the type's `FromStr` (its error is the
 /// conversion's), and `From<T> for String` through its `Display`.
@@ -52,6 +54,33 @@ macro_rules! checked_name {
     };
 }
 
+/// The first rule a name breaks of those most checked names share, in the
+/// order they are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameFlaw {
+    /// It is empty.
+    Empty,
+    /// It is longer than its limit, in bytes.
+    TooLong,
+    /// It holds a character its type does not allow.
+    BadChar,
+}
+
+/// What is wrong with `name` as a name of at most `max_len` bytes whose
+/// every character `allowed` accepts; `None` when nothing is. A type's own
+/// rules (reserved names, a first character) come after these.
+pub fn name_flaw(name: &str, max_len: usize, allowed: impl Fn(char) -> bool) -> Option<NameFlaw> {
+    if name.is_empty() {
+        Some(NameFlaw::Empty)
+    } else if name.len() > max_len {
+        Some(NameFlaw::TooLong)
+    } else if !name.chars().all(allowed) {
+        Some(NameFlaw::BadChar)
+    } else {
+        None
+    }
+}
+
 /// `items` joined by ", " for a message, or "none".
 pub fn list_or_none(items: &[String]) -> String {
     if items.is_empty() {
@@ -64,6 +93,23 @@ pub fn list_or_none(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use std::str::FromStr;
+
+    #[test]
+    fn a_name_is_checked_for_emptiness_then_length_then_characters() {
+        use super::{NameFlaw, name_flaw};
+        let lower = |c: char| c.is_ascii_lowercase();
+        for (name, want) in [
+            ("", Some(NameFlaw::Empty)),
+            ("abcd", None),
+            ("abcde", Some(NameFlaw::TooLong)),
+            ("ABCDE", Some(NameFlaw::TooLong)),
+            ("aBc", Some(NameFlaw::BadChar)),
+            ("üü", Some(NameFlaw::BadChar)),
+            ("üüü", Some(NameFlaw::TooLong)),
+        ] {
+            assert_eq!(name_flaw(name, 4, lower), want, "{name:?}");
+        }
+    }
 
     #[test]
     fn a_list_reads_as_words_and_an_empty_one_as_none() {

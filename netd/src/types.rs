@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use grove_daemon::text::{NameFlaw, name_flaw};
 use serde::{Deserialize, Serialize};
 
 /// Why a value is not a valid network identifier.
@@ -41,21 +42,14 @@ impl InterfaceName {
 impl FromStr for InterfaceName {
     type Err = TypeError;
     fn from_str(s: &str) -> Result<Self, TypeError> {
-        if s.is_empty() {
-            return Err(TypeError::EmptyName(s.to_owned()));
+        let allowed = |c: char| !(c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        match name_flaw(s, Self::MAX_LEN, allowed) {
+            Some(NameFlaw::Empty) => Err(TypeError::EmptyName(s.to_owned())),
+            Some(NameFlaw::TooLong) => Err(TypeError::NameTooLong(s.to_owned())),
+            Some(NameFlaw::BadChar) => Err(TypeError::NameBadChar(s.to_owned())),
+            None if s == "." || s == ".." => Err(TypeError::NameReserved(s.to_owned())),
+            None => Ok(Self(s.to_owned())),
         }
-        if s.len() > Self::MAX_LEN {
-            return Err(TypeError::NameTooLong(s.to_owned()));
-        }
-        if s.chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-        {
-            return Err(TypeError::NameBadChar(s.to_owned()));
-        }
-        if s == "." || s == ".." {
-            return Err(TypeError::NameReserved(s.to_owned()));
-        }
-        Ok(Self(s.to_owned()))
     }
 }
 

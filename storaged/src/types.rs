@@ -5,6 +5,7 @@
 
 use std::str::FromStr;
 
+use grove_daemon::text::{NameFlaw, name_flaw};
 use serde::{Deserialize, Serialize};
 
 /// Why a value is not a valid disk serial.
@@ -26,24 +27,23 @@ pub struct DiskSerial(String);
 
 impl DiskSerial {
     pub const MAX_LEN: usize = 128;
+
+    /// Whether a serial may hold `c`: an ASCII letter or digit, or one of
+    /// `. _ - : +`.
+    pub fn allows(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '+')
+    }
 }
 
 impl FromStr for DiskSerial {
     type Err = SerialError;
     fn from_str(s: &str) -> Result<Self, SerialError> {
-        if s.is_empty() {
-            return Err(SerialError::Empty);
+        match name_flaw(s, Self::MAX_LEN, Self::allows) {
+            Some(NameFlaw::Empty) => Err(SerialError::Empty),
+            Some(NameFlaw::TooLong) => Err(SerialError::TooLong(s.to_owned())),
+            Some(NameFlaw::BadChar) => Err(SerialError::BadChar(s.to_owned())),
+            None => Ok(Self(s.to_owned())),
         }
-        if s.len() > Self::MAX_LEN {
-            return Err(SerialError::TooLong(s.to_owned()));
-        }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '+'))
-        {
-            return Err(SerialError::BadChar(s.to_owned()));
-        }
-        Ok(Self(s.to_owned()))
     }
 }
 
@@ -129,22 +129,14 @@ impl ResourceName {
 impl FromStr for ResourceName {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, NameError> {
-        if s.is_empty() {
-            return Err(NameError::Empty);
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
+        match name_flaw(s, Self::MAX_LEN, allowed) {
+            Some(NameFlaw::Empty) => Err(NameError::Empty),
+            Some(NameFlaw::TooLong) => Err(NameError::TooLong(s.to_owned())),
+            Some(NameFlaw::BadChar) => Err(NameError::BadChar(s.to_owned())),
+            None if s.starts_with('-') => Err(NameError::LeadingDash(s.to_owned())),
+            None => Ok(Self(s.to_owned())),
         }
-        if s.len() > Self::MAX_LEN {
-            return Err(NameError::TooLong(s.to_owned()));
-        }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-        {
-            return Err(NameError::BadChar(s.to_owned()));
-        }
-        if s.starts_with('-') {
-            return Err(NameError::LeadingDash(s.to_owned()));
-        }
-        Ok(Self(s.to_owned()))
     }
 }
 

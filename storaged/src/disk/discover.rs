@@ -225,7 +225,7 @@ fn sanitize(raw: &str) -> Option<DiskSerial> {
         .trim()
         .chars()
         .map(|c| if c.is_whitespace() { '_' } else { c })
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '+'))
+        .filter(|&c| DiskSerial::allows(c))
         .take(DiskSerial::MAX_LEN)
         .collect();
     let cleaned = cleaned.trim_matches('_');
