@@ -207,6 +207,14 @@ impl Bed {
         self.block(self.client().ensure_vdisk(name, &on(pool, size)))
     }
 
+    fn delete_volume(&self, name: &str) -> Result<Removed, ClientError> {
+        self.block(self.client().delete_volume(name))
+    }
+
+    fn delete_vdisk(&self, name: &str) -> Result<Removed, ClientError> {
+        self.block(self.client().delete_vdisk(name))
+    }
+
     fn volumes(&self) -> Vec<VolumeView> {
         self.block(self.client().volumes()).expect("volumes")
     }
@@ -543,7 +551,7 @@ fn refusals_name_the_problem_and_change_nothing() {
         ),
         (
             "a delete with a bad name",
-            refusal(bed.block(bed.client().delete_volume("a.b"))),
+            refusal(bed.delete_volume("a.b")),
             400,
             "a.b".to_owned(),
         ),
@@ -604,9 +612,7 @@ fn delete_frees_the_space_and_leaves_no_qgroup_and_is_idempotent() {
     let before = qgroups(&mount);
     assert_eq!(before.len(), 2, "the cache's and the volume's: {before:?}");
 
-    let removed = bed
-        .block(bed.client().delete_volume("gone"))
-        .expect("delete");
+    let removed = bed.delete_volume("gone").expect("delete");
     assert_eq!(
         removed,
         Removed {
@@ -618,18 +624,14 @@ fn delete_frees_the_space_and_leaves_no_qgroup_and_is_idempotent() {
     let after = qgroups(&mount);
     assert_eq!(after.len(), 1, "a qgroup is left: {after:?}");
     assert!(after.iter().all(|(_, _, p)| p == "cache"), "{after:?}");
-    let removed = bed
-        .block(bed.client().delete_vdisk("gone"))
-        .expect("delete");
+    let removed = bed.delete_vdisk("gone").expect("delete");
     assert!(removed.existed);
     assert!(!vdisk.path.exists());
     assert_eq!(bed.pool().free_bytes, free);
     assert!(bed.volumes().is_empty() && bed.vdisks().is_empty());
 
     for _ in 0..2 {
-        let again = bed
-            .block(bed.client().delete_volume("gone"))
-            .expect("delete");
+        let again = bed.delete_volume("gone").expect("delete");
         assert_eq!(
             again,
             Removed {
@@ -637,14 +639,10 @@ fn delete_frees_the_space_and_leaves_no_qgroup_and_is_idempotent() {
                 existed: false
             }
         );
-        let again = bed
-            .block(bed.client().delete_vdisk("gone"))
-            .expect("delete");
+        let again = bed.delete_vdisk("gone").expect("delete");
         assert!(!again.existed);
     }
-    let missing = bed
-        .block(bed.client().delete_vdisk("never"))
-        .expect("delete");
+    let missing = bed.delete_vdisk("never").expect("delete");
     assert!(!missing.existed);
 }
 
@@ -726,7 +724,7 @@ fn a_pool_whose_disk_leaves_shows_its_objects_as_broken_and_refuses_changes() {
     let (status, message) = refusal(bed.ensure_vdisk("new", &label, MIB));
     assert_eq!(status, 409, "{message}");
     assert!(message.contains("broken"), "{message}");
-    let (status, message) = refusal(bed.block(bed.client().delete_vdisk("d")));
+    let (status, message) = refusal(bed.delete_vdisk("d"));
     assert_eq!(status, 409, "{message}");
 }
 
@@ -810,10 +808,8 @@ fn a_kill_during_creation_leaves_nothing_or_the_whole_object() {
             .expect("vdisk after restart");
         assert_eq!(bed.volumes().len(), 1, "round {round}");
         assert_eq!(bed.vdisks().len(), 1, "round {round}");
-        bed.block(bed.client().delete_volume(&volume))
-            .expect("delete");
-        bed.block(bed.client().delete_vdisk(&vdisk))
-            .expect("delete");
+        bed.delete_volume(&volume).expect("delete");
+        bed.delete_vdisk(&vdisk).expect("delete");
     }
     eprintln!("(delay ms, temporary left by the kill, volume made, vdisk made): {outcomes:?}");
     let last = outcomes.last().expect("rounds");
@@ -868,9 +864,7 @@ fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
     }
     std::os::unix::fs::symlink(&keep.path, volume.path.join("d/link")).expect("symlink");
 
-    let removed = bed
-        .block(bed.client().delete_volume("nest"))
-        .expect("delete");
+    let removed = bed.delete_volume("nest").expect("delete");
     assert!(removed.existed);
     assert!(!volume.path.exists());
     let list = run(
@@ -997,8 +991,7 @@ fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself()
     assert_eq!(bed.state(), before, "a refusal changes nothing");
     run("umount", &["-d", other_mount.to_str().expect("utf-8")]);
 
-    bed.block(bed.client().delete_volume("c9-root"))
-        .expect("deleted");
+    bed.delete_volume("c9-root").expect("deleted");
     assert!(!view.path.exists());
     assert_eq!(
         std::fs::read(source.join("bin/app")).expect("read"),
