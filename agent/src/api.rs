@@ -4,7 +4,7 @@
 //! The `GET` routes only read snapshots (supervisor statuses, the parsed
 //! command line, the background snapshot of the daemons' answers and the
 //! host's usage), so reading cannot change the node. The `POST`
-//! routes (`/v1/reboot`, `/v1/upgrade`, `/v1/disks/{serial}/wipe`,
+//! routes (`/v1/reboot`, `/v1/upgrade`, `/v1/upgrade/image`, `/v1/disks/{serial}/wipe`,
 //! `/v1/identity/choice`) change it, and only with the farm owner's signature for this node,
 //! checked by [`crate::auth`] before anything else. A node that waits for
 //! its identity has no account yet: the farmer's choice is then signed for
@@ -163,6 +163,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/", get(dashboard))
         .route("/v1/reboot", axum::routing::post(reboot))
         .route("/v1/upgrade", axum::routing::post(upgrade))
+        .route("/v1/upgrade/image", axum::routing::post(upgrade_image))
         .route("/v1/disks/{serial}/wipe", axum::routing::post(wipe))
         .route(
             crate::identity::choice::PATH,
@@ -399,9 +400,9 @@ async fn authorize(
     method: &'static str,
     path: String,
     headers: &axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body_sha256: String,
 ) -> Result<(), OperatorApiError> {
-    use crate::auth::{AuthError, Presented};
+    use crate::auth::{AuthError, Covered, Presented};
     let node = state.identity.signing_target().ok_or_else(|| {
         AuthError::NoFarmer(match state.identity.waiting() {
             Some(_) => {
@@ -417,11 +418,11 @@ async fn authorize(
         // unsigned request costs no registry read).
         None if state.identity.keys().is_none() => {
             crate::auth::verify(
-                crate::auth::Request {
+                Covered {
                     target: &node,
                     method,
                     path: &path,
-                    body: &body,
+                    body_sha256: body_sha256.clone(),
                 },
                 Presented::from_headers(headers),
                 (crate::clock::unix_ms() / 1000) as i64,
@@ -456,11 +457,11 @@ async fn authorize(
         let [signer, timestamp, nonce, signature] = &presented;
         verifier.verify(
             &farmer,
-            crate::auth::Request {
+            Covered {
                 target: &node,
                 method,
                 path: &path,
-                body: &body,
+                body_sha256,
             },
             Presented {
                 signer: signer.as_deref(),
@@ -496,7 +497,14 @@ async fn reboot(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), OperatorApiError> {
-    authorize(&state, "POST", "/v1/reboot".to_owned(), &headers, body).await?;
+    authorize(
+        &state,
+        "POST",
+        "/v1/reboot".to_owned(),
+        &headers,
+        crate::auth::sha256_hex(&body),
+    )
+    .await?;
     tracing::warn!("reboot requested by the farmer");
     // The servers drain gracefully, so this answer still goes out.
     state.stop.request(crate::stop::StopReason::Reboot);
@@ -519,19 +527,67 @@ async fn upgrade(
         "POST",
         "/v1/upgrade".to_owned(),
         &headers,
-        body.clone(),
+        crate::auth::sha256_hex(&body),
     )
     .await?;
     let request: crate::upgrade::UpgradeRequest = serde_json::from_slice(&body)
         .map_err(|e| OperatorApiError::UpgradeRequest(e.to_string()))?;
     tracing::warn!(sha256 = %request.sha256, "upgrade requested by the farmer");
-    // On a task of its own: a connection closed mid-request (the farmer's
-    // client gone, or the API's idle limit) must not cut an upgrade short
-    // between writing the slot and the reboot that tries it.
-    let (upgrades, stop) = (state.upgrades.clone(), state.stop.clone());
+    let (upgrades, now) = (state.upgrades.clone(), crate::clock::unix_ms() / 1000);
+    install_then_reboot(&state, async move { upgrades.upgrade(request, now).await }).await
+}
+
+/// `POST /v1/upgrade/image`: the same, with the image as the body. The
+/// farmer signs the body's sha256, which `x-grove-body-sha256` carries: the
+/// signature and the node's state are checked before a byte of the body is
+/// read, and the body against the sum once it is.
+async fn upgrade_image(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<crate::upgrade::Installed>), OperatorApiError> {
+    let sha256 = headers
+        .get(crate::auth::HEADER_BODY_SHA256)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            OperatorApiError::UpgradeRequest(format!(
+                "header {} missing: the image's sha256, as signed",
+                crate::auth::HEADER_BODY_SHA256
+            ))
+        })?
+        .to_owned();
+    authorize(
+        &state,
+        "POST",
+        "/v1/upgrade/image".to_owned(),
+        &headers,
+        sha256.clone(),
+    )
+    .await?;
+    let admitted = state.upgrades.admit(&sha256)?;
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    tracing::warn!(sha256 = %sha256, bytes = ?announced, "upgrade sent by the farmer");
+    let image = crate::upgrade::receive(body, announced, state.upgrades.fetch_limits()).await?;
+    let now = crate::clock::unix_ms() / 1000;
+    install_then_reboot(&state, admitted.install(image, now)).await
+}
+
+/// Runs `upgrade` to its end, then reboots into what it wrote. On a task of
+/// its own: a connection closed mid-request (the farmer's client gone, or
+/// the API's idle limit) must not cut an upgrade short between writing the
+/// slot and the reboot that tries it.
+async fn install_then_reboot(
+    state: &ApiState,
+    upgrade: impl std::future::Future<
+        Output = Result<crate::upgrade::Installed, crate::upgrade::UpgradeError>,
+    > + Send
+    + 'static,
+) -> Result<(StatusCode, Json<crate::upgrade::Installed>), OperatorApiError> {
+    let stop = state.stop.clone();
     let upgrading = tokio::spawn(async move {
-        let installed = upgrades
-            .upgrade(request, crate::clock::unix_ms() / 1000)
+        let installed = upgrade
             .await
             .inspect_err(|e| tracing::error!(error = %e, "upgrade refused"))?;
         tracing::warn!(slot = installed.slot.name(), version = %installed.version, "upgrade written; rebooting into it");
@@ -558,7 +614,7 @@ async fn wipe(
         "POST",
         format!("/v1/disks/{escaped}/wipe"),
         &headers,
-        body,
+        crate::auth::sha256_hex(&body),
     )
     .await?;
     tracing::warn!(serial = %serial, "disk wipe requested by the farmer");
@@ -587,7 +643,7 @@ async fn choose_identity(
         "POST",
         crate::identity::choice::PATH.to_owned(),
         &headers,
-        body.clone(),
+        crate::auth::sha256_hex(&body),
     )
     .await?;
     let choice = crate::identity::choice::parse(&body)?;

@@ -27,6 +27,10 @@ pub const HEADER_SIGNER: &str = "x-grove-signer";
 pub const HEADER_TIMESTAMP: &str = "x-grove-timestamp";
 pub const HEADER_NONCE: &str = "x-grove-nonce";
 pub const HEADER_SIGNATURE: &str = "x-grove-signature";
+/// On a request whose body is too large to hold before it is trusted (an
+/// upgrade image): the body's sha256, hex. The signature is checked over
+/// it before the body is read, and the body against it once read.
+pub const HEADER_BODY_SHA256: &str = "x-grove-body-sha256";
 
 /// The target of a write to the embedded registry.
 pub const REGISTRY: &str = "registry";
@@ -83,19 +87,25 @@ impl AuthError {
 }
 
 /// The bytes that are signed.
-pub fn message(request: &Request<'_>, timestamp: i64, nonce: &str) -> Vec<u8> {
-    let Request {
+pub fn message(request: &Covered<'_>, timestamp: i64, nonce: &str) -> Vec<u8> {
+    let Covered {
         target,
         method,
         path,
-        body,
+        body_sha256,
     } = request;
-    let digest: String = Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("grove-request\n{target}\n{method}\n{path}\n{digest}\n{timestamp}\n{nonce}")
+    format!("grove-request\n{target}\n{method}\n{path}\n{body_sha256}\n{timestamp}\n{nonce}")
         .into_bytes()
+}
+
+/// The sha256 of `bytes`, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One request to sign: for whom, and what.
@@ -108,14 +118,35 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// A request as its signature covers it: the body by its sha256.
+#[derive(Debug, Clone)]
+pub struct Covered<'a> {
+    pub target: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Lowercase hex.
+    pub body_sha256: String,
+}
+
+impl<'a> From<Request<'a>> for Covered<'a> {
+    fn from(r: Request<'a>) -> Self {
+        Covered {
+            target: r.target,
+            method: r.method,
+            path: r.path,
+            body_sha256: sha256_hex(r.body),
+        }
+    }
+}
+
 /// The four headers for `request`, signed with `key`.
-pub fn sign(
+pub fn sign<'a>(
     key: &SigningKey,
-    request: Request<'_>,
+    request: impl Into<Covered<'a>>,
     timestamp: i64,
     nonce: &str,
 ) -> Vec<(&'static str, String)> {
-    let signature = key.sign(&message(&request, timestamp, nonce));
+    let signature = key.sign(&message(&request.into(), timestamp, nonce));
     let signer = crate::identity::keys::ss58(
         &key.verifying_key().to_bytes(),
         crate::identity::keys::SS58_PREFIX,
@@ -180,7 +211,11 @@ pub struct Verified {
 
 /// Checks the signature of `request` as presented, at time `now`. Spends
 /// nothing: the caller checks who signed, then [`NonceStore::spend`]s.
-pub fn verify(request: Request<'_>, h: Presented<'_>, now: i64) -> Result<Verified, AuthError> {
+pub fn verify<'a>(
+    request: impl Into<Covered<'a>>,
+    h: Presented<'_>,
+    now: i64,
+) -> Result<Verified, AuthError> {
     let signer = h.signer.ok_or(AuthError::Missing(HEADER_SIGNER))?;
     let timestamp = h.timestamp.ok_or(AuthError::Missing(HEADER_TIMESTAMP))?;
     let nonce = h.nonce.ok_or(AuthError::Missing(HEADER_NONCE))?;
@@ -217,7 +252,7 @@ pub fn verify(request: Request<'_>, h: Presented<'_>, now: i64) -> Result<Verifi
             reason: "an ed25519 signature is 64 bytes".into(),
         })?;
     key.verify(
-        &message(&request, timestamp, nonce),
+        &message(&request.into(), timestamp, nonce),
         &Signature::from_bytes(&raw),
     )
     .map_err(|_mismatch: ed25519_dalek::SignatureError| AuthError::BadSignature)?;
@@ -362,10 +397,10 @@ impl RequestVerifier {
     /// Verifies one request to the node `node` (its account) against the
     /// farm owner's account, at time `now`. Blocking: it writes the nonce
     /// record.
-    pub fn verify(
+    pub fn verify<'a>(
         &self,
         farmer: &str,
-        request: Request<'_>,
+        request: impl Into<Covered<'a>>,
         h: Presented<'_>,
         now: i64,
     ) -> Result<(), AuthError> {

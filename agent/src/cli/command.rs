@@ -51,6 +51,11 @@ enum SignAction {
         path: String,
         #[arg(long, default_value = "")]
         body: String,
+        /// The body is this file (an upgrade image): the headers then
+        /// carry its sha256 too, so the node checks the signature before
+        /// it reads the body.
+        #[arg(long, value_name = "FILE", conflicts_with = "body")]
+        body_file: Option<PathBuf>,
     },
     /// Answer a node that waits for its identity: print the headers and
     /// the body of its signed `POST /v1/identity/choice`, as curl
@@ -226,7 +231,18 @@ fn sign(action: SignAction) -> ExitCode {
             method,
             path,
             body,
-        } => sign::headers(&key, &node, &method, &path, body.as_bytes()).map(|headers| {
+            body_file,
+        } => sign::headers(
+            &key,
+            &node,
+            &method,
+            &path,
+            match &body_file {
+                Some(file) => sign::Body::File(file),
+                None => sign::Body::Bytes(body.as_bytes()),
+            },
+        )
+        .map(|headers| {
             for (name, value) in headers {
                 println!("-H '{name}: {value}'");
             }

@@ -5,7 +5,9 @@
 //! registry. `agent sign request --key FILE --node ACCOUNT --method M
 //! --path P [--body B]` prints the four headers of a request signed for
 //! that one node (its account, as `GET /v1/node` shows it), ready for
-//! `curl`; no other node accepts it, and the node accepts it once.
+//! `curl`; no other node accepts it, and the node accepts it once. With
+//! `--body-file F` instead of `--body`, the body is a file (an upgrade
+//! image for `POST /v1/upgrade/image`), and the headers name its sha256.
 //! `agent sign identity --key FILE --node TARGET (--adopt ACCOUNT |
 //! --fresh)` answers a node that waits for its identity: it prints the
 //! headers and the body of `POST /v1/identity/choice`, signed for the
@@ -36,6 +38,8 @@ pub enum SignError {
     Node(String),
     #[error("{0:?} is not an account to adopt (SS58, or 32 bytes of hex)")]
     Adopt(String),
+    #[error("cannot read the body {path}: {reason}")]
+    Body { path: PathBuf, reason: String },
     #[error("cannot encode the identity choice: {0}")]
     Encode(#[source] serde_json::Error),
 }
@@ -76,6 +80,29 @@ pub fn account(path: &Path) -> Result<String, SignError> {
     Ok(load(path)?.keys().public().account)
 }
 
+/// The body of a request to sign.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    Bytes(&'a [u8]),
+    /// A file too large to hold before the node trusts it (an upgrade
+    /// image): the headers then carry its sha256 too
+    /// ([`crate::auth::HEADER_BODY_SHA256`]).
+    File(&'a Path),
+}
+
+/// The sha256 of the file at `path`, hex, read piece by piece.
+fn file_sha256(path: &Path) -> Result<String, SignError> {
+    use sha2::Digest as _;
+    let unreadable = |e: std::io::Error| SignError::Body {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
+    Ok(crate::auth::hex(&hasher.finalize()))
+}
+
 /// The headers of a request for the node `node` (its account), signed
 /// with the key at `path`, now.
 pub fn headers(
@@ -83,7 +110,7 @@ pub fn headers(
     node: &str,
     method: &str,
     request_path: &str,
-    body: &[u8],
+    body: Body<'_>,
 ) -> Result<Vec<(&'static str, String)>, SignError> {
     if method.is_empty() || !method.chars().all(|c| c.is_ascii_uppercase()) {
         return Err(SignError::Method(method.to_owned()));
@@ -97,20 +124,28 @@ pub fn headers(
     if crate::auth::account_key(node).is_none() && !machine {
         return Err(SignError::Node(node.to_owned()));
     }
+    let (body_sha256, announced) = match body {
+        Body::Bytes(bytes) => (crate::auth::sha256_hex(bytes), false),
+        Body::File(file) => (file_sha256(file)?, true),
+    };
     let seed = load(path)?;
     let nonce = crate::auth::nonce().map_err(SignError::Random)?;
     let now = (crate::clock::unix_ms() / 1000) as i64;
-    Ok(crate::auth::sign(
+    let mut headers = crate::auth::sign(
         seed.keys().signing(),
-        crate::auth::Request {
+        crate::auth::Covered {
             target: node,
             method,
             path: request_path,
-            body,
+            body_sha256: body_sha256.clone(),
         },
         now,
         &nonce,
-    ))
+    );
+    if announced {
+        headers.push((crate::auth::HEADER_BODY_SHA256, body_sha256));
+    }
+    Ok(headers)
 }
 
 /// The headers and body of the farmer's identity choice for the node
@@ -130,7 +165,7 @@ pub fn identity_choice(
         None => Choice::Fresh,
     };
     let body = serde_json::to_string(&ChoiceBody::of(&choice)).map_err(SignError::Encode)?;
-    let headers = headers(path, node, "POST", CHOICE, body.as_bytes())?;
+    let headers = headers(path, node, "POST", CHOICE, Body::Bytes(body.as_bytes()))?;
     Ok((headers, body))
 }
 
@@ -147,7 +182,7 @@ mod tests {
         let node = new_key(&node_key).expect("a node's key");
         assert!(matches!(new_key(&key), Err(SignError::Exists { .. })));
         assert_eq!(super::account(&key).expect("account"), account);
-        let h = headers(&key, &node, "POST", "/v1/reboot", b"").expect("headers");
+        let h = headers(&key, &node, "POST", "/v1/reboot", Body::Bytes(b"")).expect("headers");
         let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
         let v = crate::auth::RequestVerifier::in_memory(i64::MAX);
         let now = (crate::clock::unix_ms() / 1000) as i64;
@@ -182,13 +217,84 @@ mod tests {
             crate::auth::verify(request, presented, now).map(|v| v.signer),
             Ok(account.clone())
         );
-        assert!(headers(&key, &node, "post", "/x", b"").is_err());
-        assert!(headers(&key, &node, "POST", "x", b"").is_err());
+        assert!(headers(&key, &node, "post", "/x", Body::Bytes(b"")).is_err());
+        assert!(headers(&key, &node, "POST", "x", Body::Bytes(b"")).is_err());
         assert!(matches!(
-            headers(&key, "farmer-1", "POST", "/x", b""),
+            headers(&key, "farmer-1", "POST", "/x", Body::Bytes(b"")),
             Err(SignError::Node(_))
         ));
-        assert!(headers(&dir.path().join("missing"), &node, "POST", "/x", b"").is_err());
+        assert!(
+            headers(
+                &dir.path().join("missing"),
+                &node,
+                "POST",
+                "/x",
+                Body::Bytes(b"")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_file_body_is_signed_by_its_sum_which_the_headers_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("farmer.key");
+        let farmer = new_key(&key).unwrap();
+        let node = new_key(&dir.path().join("node.key")).unwrap();
+        let image = dir.path().join("image.tar");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&image, &bytes).unwrap();
+        let path = "/v1/upgrade/image";
+        let h = headers(&key, &node, "POST", path, Body::File(&image)).unwrap();
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        let sum = get(crate::auth::HEADER_BODY_SHA256).expect("the sum is named");
+        assert_eq!(sum, crate::auth::sha256_hex(&bytes));
+        let presented = crate::auth::Presented {
+            signer: get(crate::auth::HEADER_SIGNER),
+            timestamp: get(crate::auth::HEADER_TIMESTAMP),
+            nonce: get(crate::auth::HEADER_NONCE),
+            signature: get(crate::auth::HEADER_SIGNATURE),
+        };
+        let now = (crate::clock::unix_ms() / 1000) as i64;
+        let covered = |body_sha256: &str| crate::auth::Covered {
+            target: &node,
+            method: "POST",
+            path,
+            body_sha256: body_sha256.to_owned(),
+        };
+        // The node checks the signature over the named sum, before it
+        // reads the body; the same holds over the body itself.
+        assert_eq!(
+            crate::auth::verify(covered(sum), presented, now).map(|v| v.signer),
+            Ok(farmer.clone())
+        );
+        let whole = crate::auth::Request {
+            target: &node,
+            method: "POST",
+            path,
+            body: &bytes,
+        };
+        assert_eq!(
+            crate::auth::verify(whole, presented, now).map(|v| v.signer),
+            Ok(farmer)
+        );
+        // Another sum in the header does not verify.
+        assert_eq!(
+            crate::auth::verify(covered(&crate::auth::sha256_hex(b"other")), presented, now),
+            Err(crate::auth::AuthError::BadSignature)
+        );
+        // A small body names no sum.
+        let small = headers(&key, &node, "POST", "/v1/reboot", Body::Bytes(b"")).unwrap();
+        assert!(
+            !small
+                .iter()
+                .any(|(k, _)| *k == crate::auth::HEADER_BODY_SHA256)
+        );
+        let missing = dir.path().join("missing.tar");
+        assert!(matches!(
+            headers(&key, &node, "POST", path, Body::File(&missing)),
+            Err(SignError::Body { .. })
+        ));
     }
 
     #[test]

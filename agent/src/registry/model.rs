@@ -102,7 +102,7 @@ impl TwinKey {
         Self {
             id,
             account: crate::identity::keys::ss58(&key, crate::identity::keys::SS58_PREFIX),
-            account_key: hex(&key),
+            account_key: crate::auth::hex(&key),
         }
     }
 
@@ -111,10 +111,6 @@ impl TwinKey {
         let bytes = unhex(&self.account_key)?;
         bytes.try_into().ok()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -195,7 +191,7 @@ impl std::fmt::Display for DeploymentHash {
             // Hex ASCII, checked just above.
             f.write_str(std::str::from_utf8(&self.0).unwrap_or_default())
         } else {
-            write!(f, "0x{}", hex(&self.0))
+            write!(f, "0x{}", crate::auth::hex(&self.0))
         }
     }
 }

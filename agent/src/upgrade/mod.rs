@@ -160,6 +160,8 @@ pub enum UpgradeError {
     NoMedium(String),
     #[error("cannot fetch the image: {0}; nothing was written")]
     Fetch(String),
+    #[error("the image did not arrive: {0}; nothing was written")]
+    Upload(String),
     #[error("the image is larger than {limit} bytes; nothing was written")]
     TooLarge { limit: u64 },
     #[error("the image's sha256 is {got}, not {expected}; nothing was written")]
@@ -182,7 +184,7 @@ impl UpgradeError {
     /// The HTTP status it is answered with.
     pub fn status(&self) -> u16 {
         match self {
-            UpgradeError::BadRequest(_) => 400,
+            UpgradeError::BadRequest(_) | UpgradeError::Upload(_) => 400,
             UpgradeError::NotFromStick | UpgradeError::Busy | UpgradeError::OnTrial => 409,
             UpgradeError::TooLarge { .. } => 413,
             UpgradeError::Checksum { .. } | UpgradeError::NotAnImage(_) => 422,
@@ -265,7 +267,7 @@ pub struct Upgrades {
     /// Held while the stick is mounted: one write or read at once.
     busy: tokio::sync::Mutex<()>,
     /// Held through a farmer's upgrade, from the fetch to the last write.
-    upgrading: tokio::sync::Mutex<()>,
+    upgrading: Arc<tokio::sync::Mutex<()>>,
     fetch_limits: FetchLimits,
 }
 
@@ -280,7 +282,7 @@ impl Upgrades {
             paths,
             state: Mutex::default(),
             busy: tokio::sync::Mutex::new(()),
-            upgrading: tokio::sync::Mutex::new(()),
+            upgrading: Arc::default(),
             fetch_limits: FetchLimits::IMAGE,
         }
     }
@@ -327,20 +329,47 @@ impl Upgrades {
         .map_err(|e| UpgradeError::Task(e.to_string()))?
     }
 
-    /// The farmer's upgrade: fetch, check, write the other slot. The
-    /// caller reboots on success.
-    pub async fn upgrade(
-        self: &Arc<Self>,
-        request: UpgradeRequest,
-        now: u64,
-    ) -> Result<Installed, UpgradeError> {
+    /// How much and how long an image may take to arrive.
+    pub fn fetch_limits(&self) -> FetchLimits {
+        self.fetch_limits
+    }
+
+    /// Lets in the farmer's upgrade to the image whose sha256 is `sha256`,
+    /// before the image is fetched or read: refused on a system that did
+    /// not boot from a stick, on one on trial, and while another upgrade
+    /// runs (until the [`Admitted`] is dropped).
+    pub fn admit(self: &Arc<Self>, sha256: &str) -> Result<Admitted, UpgradeError> {
         let running = self.slot.ok_or(UpgradeError::NotFromStick)?;
-        let expected = request.sha256.to_ascii_lowercase();
+        let expected = sha256.to_ascii_lowercase();
         if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(UpgradeError::BadRequest(
                 "sha256 must be 64 hex digits".to_owned(),
             ));
         }
+        if self.state().on_trial {
+            return Err(UpgradeError::OnTrial);
+        }
+        let upgrading = self
+            .upgrading
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| UpgradeError::Busy)?;
+        Ok(Admitted {
+            upgrades: self.clone(),
+            running,
+            expected,
+            _upgrading: upgrading,
+        })
+    }
+
+    /// The farmer's upgrade from a URL: fetch, check, write the other
+    /// slot. The caller reboots on success.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        request: UpgradeRequest,
+        now: u64,
+    ) -> Result<Installed, UpgradeError> {
+        self.slot.ok_or(UpgradeError::NotFromStick)?;
         let url = reqwest::Url::parse(&request.url)
             .map_err(|e| UpgradeError::BadRequest(format!("url: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -348,60 +377,9 @@ impl Upgrades {
                 "url must be http:// or https:// with a host".to_owned(),
             ));
         }
-        if self.state().on_trial {
-            return Err(UpgradeError::OnTrial);
-        }
-        let _upgrading = self.upgrading.try_lock().map_err(|_| UpgradeError::Busy)?;
+        let admitted = self.admit(&request.sha256)?;
         let bytes = fetch(url, self.fetch_limits).await?;
-        let sum = expected.clone();
-        let bundle = tokio::task::spawn_blocking(move || {
-            let got = hex(&sha2::Sha256::digest(&bytes));
-            if got != sum {
-                return Err(UpgradeError::Checksum { expected: sum, got });
-            }
-            Ok(Bundle::parse(&bytes)?)
-        })
-        .await
-        .map_err(|e| UpgradeError::Task(e.to_string()))??;
-        let record = Record {
-            from: SlotVersion {
-                slot: running,
-                version: self.version.clone(),
-            },
-            to: SlotVersion {
-                slot: running.other(),
-                version: bundle.version.clone(),
-            },
-            sha256: expected,
-            asked_at: now,
-            outcome: Outcome::Trying,
-            reason: None,
-            settled_at: None,
-        };
-        let (written, mount) = (record.clone(), self.paths.mount.clone());
-        let version = bundle.version.clone();
-        self.on_stick(true, move |esp| {
-            let target = running.other();
-            let needed = (bundle.kernel.len() + bundle.initramfs.len() + bundle.os_release.len())
-                as u64
-                + (1 << 20);
-            let free = free_bytes(&mount) + esp.slot_bytes(target);
-            if free < needed {
-                return Err(UpgradeError::NoRoom { free, needed });
-            }
-            let options = match esp.entries(running)?.first() {
-                Some(entry) => entry.options.clone(),
-                None => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-            };
-            esp.install(target, &bundle, &options, &written)?;
-            Ok(())
-        })
-        .await?;
-        self.state().last = Some(record);
-        Ok(Installed {
-            slot: running.other(),
-            version,
-        })
+        admitted.install(bytes, now).await
     }
 
     /// At boot, before the daemons start (storaged would see the stick
@@ -665,8 +643,122 @@ fn free_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A farmer's upgrade let in by [`Upgrades::admit`]; no other starts
+/// while it lives.
+#[derive(Debug)]
+pub struct Admitted {
+    upgrades: Arc<Upgrades>,
+    running: Slot,
+    expected: String,
+    _upgrading: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Admitted {
+    /// Checks `image` against the signed sum and reads it, then writes it
+    /// into the other slot. The caller reboots on success.
+    pub async fn install(self, image: Vec<u8>, now: u64) -> Result<Installed, UpgradeError> {
+        let Admitted {
+            upgrades,
+            running,
+            expected,
+            _upgrading,
+        } = self;
+        let sum = expected.clone();
+        let bundle = tokio::task::spawn_blocking(move || {
+            let got = crate::auth::hex(&sha2::Sha256::digest(&image));
+            if got != sum {
+                return Err(UpgradeError::Checksum { expected: sum, got });
+            }
+            Ok(Bundle::parse(&image)?)
+        })
+        .await
+        .map_err(|e| UpgradeError::Task(e.to_string()))??;
+        let record = Record {
+            from: SlotVersion {
+                slot: running,
+                version: upgrades.version.clone(),
+            },
+            to: SlotVersion {
+                slot: running.other(),
+                version: bundle.version.clone(),
+            },
+            sha256: expected,
+            asked_at: now,
+            outcome: Outcome::Trying,
+            reason: None,
+            settled_at: None,
+        };
+        let (written, mount) = (record.clone(), upgrades.paths.mount.clone());
+        let version = bundle.version.clone();
+        upgrades
+            .on_stick(true, move |esp| {
+                let target = running.other();
+                let needed =
+                    (bundle.kernel.len() + bundle.initramfs.len() + bundle.os_release.len()) as u64
+                        + (1 << 20);
+                let free = free_bytes(&mount) + esp.slot_bytes(target);
+                if free < needed {
+                    return Err(UpgradeError::NoRoom { free, needed });
+                }
+                let options = match esp.entries(running)?.first() {
+                    Some(entry) => entry.options.clone(),
+                    None => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+                };
+                esp.install(target, &bundle, &options, &written)?;
+                Ok(())
+            })
+            .await?;
+        upgrades.state().last = Some(record);
+        Ok(Installed {
+            slot: running.other(),
+            version,
+        })
+    }
+}
+
+/// Receives an image sent as a request's body (`announced` bytes long,
+/// when the request says) within `limits`: one announced larger than the
+/// limit is refused before a byte of it is read.
+pub async fn receive(
+    mut body: axum::body::Body,
+    announced: Option<u64>,
+    limits: FetchLimits,
+) -> Result<Vec<u8>, UpgradeError> {
+    use http_body_util::BodyExt as _;
+    let limit = limits.bytes;
+    if announced.is_some_and(|n| n > limit) {
+        return Err(UpgradeError::TooLarge { limit });
+    }
+    let deadline = tokio::time::Instant::now() + limits.total;
+    let mut bytes = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = match tokio::time::timeout(limits.read.min(left), body.frame()).await {
+            Ok(None) => return Ok(bytes),
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => return Err(UpgradeError::Upload(e.to_string())),
+            Err(_) if left <= limits.read => {
+                return Err(UpgradeError::Upload(format!(
+                    "{} bytes in {} s, the most an upload may take",
+                    bytes.len(),
+                    limits.total.as_secs()
+                )));
+            }
+            Err(_) => {
+                return Err(UpgradeError::Upload(format!(
+                    "nothing came for {} s after {} bytes",
+                    limits.read.as_secs(),
+                    bytes.len()
+                )));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if (bytes.len() + data.len()) as u64 > limit {
+                return Err(UpgradeError::TooLarge { limit });
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
 }
 
 /// Fetches `url` into memory within `limits`.
@@ -954,7 +1046,7 @@ mod tests {
     fn asking(url: &str, body: &[u8]) -> UpgradeRequest {
         UpgradeRequest {
             url: url.to_owned(),
-            sha256: hex(&sha2::Sha256::digest(body)),
+            sha256: crate::auth::hex(&sha2::Sha256::digest(body)),
         }
     }
 
@@ -1060,5 +1152,106 @@ mod tests {
         assert!(matches!(e, UpgradeError::OnTrial), "{e}");
         assert_eq!(e.status(), 409);
         assert_eq!(taken.load(SeqCst), 1);
+    }
+
+    /// A request body the test feeds piece by piece, and its feeder.
+    fn upload() -> (
+        futures::channel::mpsc::UnboundedSender<std::io::Result<Vec<u8>>>,
+        axum::body::Body,
+    ) {
+        let (feed, pieces) = futures::channel::mpsc::unbounded();
+        (feed, axum::body::Body::from_stream(pieces))
+    }
+
+    #[tokio::test]
+    async fn an_uploaded_image_arrives_whole_within_its_limits_or_is_refused() {
+        // In pieces, each within the read time: the whole image.
+        let (feed, body) = upload();
+        let feeding = tokio::spawn(async move {
+            for piece in [&[1u8; 1000][..], &[2u8; 1000][..], &[3u8; 96][..]] {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                feed.unbounded_send(Ok(piece.to_vec())).unwrap();
+            }
+        });
+        let image = receive(body, Some(2096), QUICK).await.unwrap();
+        feeding.await.unwrap();
+        assert_eq!(image.len(), 2096);
+        assert_eq!(&image[1000..1003], &[2, 2, 2]);
+
+        // Announced larger than the limit: refused before anything comes.
+        let (_feed, body) = upload();
+        let asked = Instant::now();
+        let e = receive(body, Some(QUICK.bytes + 1), QUICK)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpgradeError::TooLarge { limit: 4096 }), "{e}");
+        assert_eq!(e.status(), 413);
+        assert!(asked.elapsed() < QUICK.read, "waited for the body");
+
+        // Larger than announced, or not announced: refused at the limit.
+        for announced in [None, Some(100)] {
+            let (feed, body) = upload();
+            for _ in 0..5 {
+                feed.unbounded_send(Ok(vec![0u8; 1000])).unwrap();
+            }
+            let e = receive(body, announced, QUICK).await.unwrap_err();
+            assert!(matches!(e, UpgradeError::TooLarge { .. }), "{e}");
+        }
+
+        // A sender that stops sending, or whose connection breaks.
+        let (feed, body) = upload();
+        feed.unbounded_send(Ok(vec![0u8; 10])).unwrap();
+        let e = receive(body, Some(1000), QUICK).await.unwrap_err();
+        assert!(e.to_string().contains("nothing came for"), "{e}");
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+        assert_eq!(e.status(), 400);
+        drop(feed);
+        let (feed, body) = upload();
+        feed.unbounded_send(Ok(vec![0u8; 10])).unwrap();
+        feed.unbounded_send(Err(std::io::Error::other("connection reset")))
+            .unwrap();
+        let e = receive(body, Some(1000), QUICK).await.unwrap_err();
+        assert!(matches!(e, UpgradeError::Upload(_)), "{e}");
+
+        // Steady but too slow: cut at the total time.
+        let slow = FetchLimits {
+            total: Duration::from_millis(700),
+            ..QUICK
+        };
+        let (feed, body) = upload();
+        let feeding = tokio::spawn(async move {
+            while feed.unbounded_send(Ok(vec![0u8; 1])).is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let e = receive(body, Some(1000), slow).await.unwrap_err();
+        assert!(e.to_string().contains("the most an upload may take"), "{e}");
+        feeding.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_admitted_upgrade_holds_off_every_other_until_it_ends() {
+        let stick = on_a_stick(QUICK);
+        let sum = "ab".repeat(32);
+        let e = stick.admit("not hex").unwrap_err();
+        assert!(matches!(e, UpgradeError::BadRequest(_)), "{e}");
+        let admitted = stick.admit(&sum).unwrap();
+        assert!(matches!(stick.admit(&sum), Err(UpgradeError::Busy)));
+        let e = stick
+            .upgrade(asking("http://127.0.0.1:9/image", b"x"), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpgradeError::Busy), "{e}");
+        // A wrong image ends it, and writes nothing.
+        let e = admitted.install(b"other".to_vec(), 0).await.unwrap_err();
+        assert!(matches!(e, UpgradeError::Checksum { .. }), "{e}");
+        assert!(stick.admit(&sum).is_ok());
+        let off = Arc::new(Upgrades::new(
+            "1".to_owned(),
+            None,
+            DEFAULT_DEADLINE,
+            Paths::default(),
+        ));
+        assert!(matches!(off.admit(&sum), Err(UpgradeError::NotFromStick)));
     }
 }

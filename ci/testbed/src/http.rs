@@ -84,6 +84,25 @@ pub fn http_get(url: &str) -> Result<(u16, String), HttpError> {
 
 /// GETs `url` with connect, read and write each bounded by `timeout`.
 pub fn http_get_timeout(url: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
+    let (stream, authority, path) = connect(url, timeout)?;
+    exchange(stream, url, &authority, &path)
+}
+
+/// POSTs to `url` only the head of a request, with `headers` and a body of
+/// `length` bytes announced, and none of the body: what a server answers
+/// before it reads a body (a stranger's upload, say).
+pub fn post_head_only(url: &str, headers: &[(&str, String)], length: u64) -> Answer {
+    let (stream, authority, path) = connect(url, DEFAULT_TIMEOUT)?;
+    let mut head = format!("Content-Length: {length}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    send(stream, url, &authority, ("POST", &path), None, &head)
+}
+
+/// A TCP connection to `url`'s server with connect, read and write each
+/// bounded by `timeout`; its authority and path.
+fn connect(url: &str, timeout: Duration) -> Result<(TcpStream, String, String), HttpError> {
     let (authority, path) = split_url(url).ok_or_else(|| HttpError::BadUrl {
         url: url.to_owned(),
     })?;
@@ -108,7 +127,7 @@ pub fn http_get_timeout(url: &str, timeout: Duration) -> Result<(u16, String), H
         })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    exchange(stream, url, &authority, &path)
+    Ok((stream, authority, path))
 }
 
 /// A status code and a body.
@@ -210,7 +229,7 @@ pub(crate) fn unix_request(
     stream
         .set_write_timeout(Some(DEFAULT_TIMEOUT))
         .map_err(io)?;
-    send(stream, &url, "localhost", (method, path), body)
+    send(stream, &url, "localhost", (method, path), body, "")
 }
 
 /// Sends one GET on `stream` and reads the whole response.
@@ -220,17 +239,18 @@ fn exchange(
     host: &str,
     path: &str,
 ) -> Result<(u16, String), HttpError> {
-    send(stream, url, host, ("GET", path), None)
+    send(stream, url, host, ("GET", path), None, "")
 }
 
-/// Sends one request (with a JSON body, if any) on `stream` and reads the
-/// whole response.
+/// Sends one request (with a JSON body, if any, and the header lines
+/// `head`) on `stream` and reads the whole response.
 fn send(
     mut stream: impl Read + Write,
     url: &str,
     host: &str,
     (method, path): (&str, &str),
     body: Option<&[u8]>,
+    head: &str,
 ) -> Result<(u16, String), HttpError> {
     let io = |source| HttpError::Io {
         url: url.to_owned(),
@@ -244,6 +264,7 @@ fn send(
             body.len()
         ));
     }
+    request.push_str(head);
     request.push_str("\r\n");
     let mut request = request.into_bytes();
     request.extend_from_slice(body.unwrap_or_default());

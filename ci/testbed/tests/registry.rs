@@ -485,6 +485,75 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     assert_eq!(code, 401, "a replay was accepted: {body}");
     assert!(body.contains("already used"), "{body}");
 
+    // An upgrade image sent as the body (1 GiB announced, none sent): the
+    // node answers on the signature alone, and reads no byte of a body it
+    // would not take. This node did not boot from a stick: the farmer's
+    // upload is refused for that.
+    let image = dir.path().join("upgrade.tar");
+    std::fs::write(&image, b"an image the node never reads").expect("image");
+    let upload = format!("{api}/v1/upgrade/image");
+    let sign_upload = |key: &Path, for_node: &str| {
+        agent_cli(&[
+            "sign",
+            "request",
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--node",
+            for_node,
+            "--path",
+            "/v1/upgrade/image",
+            "--body-file",
+            image.to_str().expect("utf-8"),
+        ])
+    };
+    let farmer_upload = sign_upload(&farmer_key, &account);
+    let farmer_upload = grove_testbed::http::signed_headers(&farmer_upload);
+    let sum_only: Vec<_> = farmer_upload
+        .iter()
+        .filter(|(name, _)| *name == agent::auth::HEADER_BODY_SHA256)
+        .cloned()
+        .collect();
+    let stranger_upload = sign_upload(&stranger_key, &account);
+    let other_upload = sign_upload(&farmer_key, &account_of(other));
+    for (what, headers, status, says) in [
+        ("an unsigned upload", sum_only, 401, "signed by the farmer"),
+        (
+            "a stranger's upload",
+            grove_testbed::http::signed_headers(&stranger_upload),
+            403,
+            "not the owner",
+        ),
+        (
+            "an upload signed for another node",
+            grove_testbed::http::signed_headers(&other_upload),
+            401,
+            "does not verify",
+        ),
+        (
+            "the farmer's upload to a node not booted from a stick",
+            farmer_upload.clone(),
+            409,
+            "did not boot from a Grove stick",
+        ),
+        (
+            "the farmer's upload, replayed",
+            farmer_upload,
+            401,
+            "already used",
+        ),
+    ] {
+        let asked = Instant::now();
+        let (code, body) = grove_testbed::http::post_head_only(&upload, &headers, 1 << 30)
+            .unwrap_or_else(|e| panic!("{what}: no answer before the body: {e}"));
+        assert_eq!(code, status, "{what}: {body}");
+        assert!(body.contains(says), "{what}: {body}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{what}: answered after {:?}",
+            asked.elapsed()
+        );
+    }
+
     let reboot_text = sign_as(&farmer_key, &account, "/v1/reboot");
     let reboot = grove_testbed::http::signed_headers(&reboot_text);
     let (code, body) = post(&format!("{other_api}/v1/reboot"), &reboot);
