@@ -198,6 +198,11 @@ fn identify(
     {
         return Ok((serial, SerialSource::Hardware));
     }
+    if let Some(raw) = usb_serial(base)?
+        && let Some(serial) = sanitize(&raw)
+    {
+        return Ok((serial, SerialSource::Hardware));
+    }
     if let Some(raw) = read_opt(&base.join("device/wwid"))?
         && let Some(serial) = sanitize(&raw)
     {
@@ -217,6 +222,22 @@ fn identify(
         source,
     })?;
     Ok((serial, source))
+}
+
+/// The serial of the USB device a disk sits on, if it sits on one: the
+/// kernel skips the SCSI pages that carry a serial for USB storage, and the
+/// USB device (the nearest directory above the disk in sysfs with an
+/// `idVendor`) has its own.
+fn usb_serial(base: &Path) -> Result<Option<String>, DiscoverError> {
+    let Ok(mut dir) = std::fs::canonicalize(base) else {
+        return Ok(None);
+    };
+    while dir.pop() {
+        if dir.join("idVendor").exists() {
+            return read_opt(&dir.join("serial"));
+        }
+    }
+    Ok(None)
 }
 
 /// Keeps the characters a serial may hold; `None` if nothing is left.
@@ -448,6 +469,28 @@ mod tests {
             .expect("a disk");
         assert_eq!(sdc.serial.as_str(), "QM0001");
         assert_eq!(sdc.serial_source, SerialSource::Hardware);
+    }
+
+    #[test]
+    fn usb_disks_take_the_serial_of_their_usb_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let usb = "devices/pci0000:00/0000:00:04.0/usb2/2-1";
+        let disk = format!("{usb}/2-1:1.0/host0/target0:0:0/0:0:0:0/block/sdd");
+        write(r, &format!("{usb}/idVendor"), "46f4\n");
+        write(r, &format!("{usb}/serial"), "gq0usb\n");
+        write(r, &format!("{disk}/size"), "2097152\n");
+        write(r, &format!("{disk}/queue/rotational"), "0\n");
+        std::fs::create_dir_all(r.join("block")).unwrap();
+        std::os::unix::fs::symlink(format!("../{disk}"), r.join("block/sdd")).unwrap();
+        let sdd = read(r, Path::new("/dev"), "sdd").unwrap().unwrap();
+        assert_eq!(sdd.serial.as_str(), "gq0usb");
+        assert_eq!(sdd.serial_source, SerialSource::Hardware);
+        assert_eq!(sdd.transport, Transport::Usb);
+        // A USB device without a serial: the substitute, as before.
+        std::fs::remove_file(r.join(usb).join("serial")).unwrap();
+        let sdd = read(r, Path::new("/dev"), "sdd").unwrap().unwrap();
+        assert_eq!(sdd.serial_source, SerialSource::KernelName);
     }
 
     #[test]
