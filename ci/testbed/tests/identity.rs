@@ -1,6 +1,9 @@
 //! The node's identity in a real node: created once, copied to every pool,
 //! recovered when the cache disk dies, and never shown or logged.
 
+mod signing;
+
+use std::path::Path;
 use std::time::Duration;
 
 use agent::api::NodeReport;
@@ -338,18 +341,12 @@ fn sign_identity(key: &str, machine: &str, choice: &[&str]) -> String {
 /// `agent sign request` by the farmer of `key` of the identity choice
 /// `body` for the node of account `node`.
 fn sign_choice(key: &str, node: &str, body: &str) -> String {
-    agent_cli(&[
-        "sign",
-        "request",
-        "--key",
-        key,
-        "--node",
+    signing::request(
+        Path::new(key),
         node,
-        "--path",
         agent::identity::choice::PATH,
-        "--body",
-        body,
-    ])
+        &["--body", body],
+    )
 }
 
 /// POSTs `body` to the node's identity choice with the header lines (`-H

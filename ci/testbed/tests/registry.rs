@@ -2,6 +2,8 @@
 //! registry outage that loses nothing, a farm that does not exist, capacity
 //! that follows the node, and a status that tells the truth.
 
+mod signing;
+
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -325,10 +327,6 @@ fn a_farm_that_does_not_exist_is_named_and_the_node_keeps_running() {
     );
 }
 
-fn agent_cli(args: &[&str]) -> String {
-    grove_testbed::cmd::agent_cli(args).expect("the agent CLI answers")
-}
-
 /// POSTs with extra headers through curl; answers status and body.
 fn post(url: &str, headers: &[(&str, String)]) -> (u16, String) {
     grove_testbed::http::curl_post(url, None, headers).expect("curl answers")
@@ -373,18 +371,8 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     let farmer_key = dir.path().join("farmer.key");
     let stranger_key = dir.path().join("stranger.key");
-    let farmer = agent_cli(&[
-        "sign",
-        "new-key",
-        "--key",
-        farmer_key.to_str().expect("utf-8"),
-    ]);
-    agent_cli(&[
-        "sign",
-        "new-key",
-        "--key",
-        stranger_key.to_str().expect("utf-8"),
-    ]);
+    let farmer = signing::new_key(&farmer_key);
+    signing::new_key(&stranger_key);
     let registry = Registry::start_owned(
         &farm,
         &dir.path().join("registry.json"),
@@ -420,24 +408,12 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     let serial = foreign().device.serial.to_string();
     let path = format!("/v1/disks/{serial}/wipe");
     let url = format!("{api}{path}");
-    let sign_as = |key: &Path, for_node: &str, path: &str| {
-        agent_cli(&[
-            "sign",
-            "request",
-            "--key",
-            key.to_str().expect("utf-8"),
-            "--node",
-            for_node,
-            "--path",
-            path,
-        ])
-    };
 
     let (code, body) = post(&url, &[]);
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("signed by the farmer"), "{body}");
 
-    let stranger = sign_as(&stranger_key, &account, &path);
+    let stranger = signing::request(&stranger_key, &account, &path, &[]);
     let (code, body) = post(&url, &grove_testbed::http::signed_headers(&stranger));
     assert_eq!(code, 403, "{body}");
 
@@ -462,14 +438,14 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     assert!(body.contains("120 s away"), "{body}");
 
     // Signed for the other node: refused here.
-    let for_other = sign_as(&farmer_key, &account_of(other), &path);
+    let for_other = signing::request(&farmer_key, &account_of(other), &path, &[]);
     let (code, body) = post(&url, &grove_testbed::http::signed_headers(&for_other));
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("does not verify"), "{body}");
 
     assert_eq!(foreign().pool, None, "a refused request changed the disk");
 
-    let signed_text = sign_as(&farmer_key, &account, &path);
+    let signed_text = signing::request(&farmer_key, &account, &path, &[]);
     let signed = grove_testbed::http::signed_headers(&signed_text);
     // The same request, replayed to another node of the farm.
     let (code, body) = post(&format!("{other_api}{path}"), &signed);
@@ -493,18 +469,8 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     std::fs::write(&image, b"an image the node never reads").expect("image");
     let upload = format!("{api}/v1/upgrade/image");
     let sign_upload = |key: &Path, for_node: &str| {
-        agent_cli(&[
-            "sign",
-            "request",
-            "--key",
-            key.to_str().expect("utf-8"),
-            "--node",
-            for_node,
-            "--path",
-            "/v1/upgrade/image",
-            "--body-file",
-            image.to_str().expect("utf-8"),
-        ])
+        let body = ["--body-file", image.to_str().expect("utf-8")];
+        signing::request(key, for_node, "/v1/upgrade/image", &body)
     };
     let farmer_upload = sign_upload(&farmer_key, &account);
     let farmer_upload = grove_testbed::http::signed_headers(&farmer_upload);
@@ -554,7 +520,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
         );
     }
 
-    let reboot_text = sign_as(&farmer_key, &account, "/v1/reboot");
+    let reboot_text = signing::request(&farmer_key, &account, "/v1/reboot", &[]);
     let reboot = grove_testbed::http::signed_headers(&reboot_text);
     let (code, body) = post(&format!("{other_api}/v1/reboot"), &reboot);
     assert_eq!(code, 401, "another node took the reboot: {body}");
@@ -629,7 +595,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     );
 
     // A fresh request still works.
-    let fresh_text = sign_as(&farmer_key, &account, "/v1/reboot");
+    let fresh_text = signing::request(&farmer_key, &account, "/v1/reboot", &[]);
     let (code, body) = post(
         &format!("{api}/v1/reboot"),
         &grove_testbed::http::signed_headers(&fresh_text),

@@ -2,6 +2,8 @@
 //! volumes and vdisks, foreign disks left untouched, wipes on request,
 //! restarts and vanished disks.
 
+mod signing;
+
 use std::time::{Duration, Instant};
 
 use grove_daemon::client::SocketClient;
@@ -145,6 +147,15 @@ fn class(d: &Disk) -> Value {
     serde_json::to_value(&d.class).expect("json")["class"].clone()
 }
 
+/// Asserts that `d` is foreign for a reason that names each of `because`.
+fn assert_foreign(d: &Disk, because: &[&str]) {
+    assert_eq!(class(d), "foreign", "{d:?}");
+    let reason = format!("{:?}", d.class);
+    for word in because {
+        assert!(reason.contains(word), "{word:?} not in {reason}");
+    }
+}
+
 /// A pool of this node to put volumes and vdisks on.
 fn own_pool(node: &Node) -> String {
     let ready = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
@@ -189,12 +200,7 @@ fn blank_disks_become_pools_and_a_foreign_disk_is_never_touched() {
     );
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let ext4 = disk_by_path(&disks, foreign.path());
-    assert_eq!(class(ext4), "foreign");
-    assert!(
-        format!("{:?}", ext4.class).contains("ext4"),
-        "{:?}",
-        ext4.class
-    );
+    assert_foreign(ext4, &["ext4"]);
     assert_eq!(ext4.pool, None);
     assert_eq!(
         sha256(foreign.path()),
@@ -239,12 +245,7 @@ fn a_disk_with_only_an_empty_gpt_is_foreign() {
     boot(&farm);
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let gpt = disk_by_path(&disks, node.disks()[1].path());
-    assert_eq!(class(gpt), "foreign", "{gpt:?}");
-    assert!(
-        format!("{:?}", gpt.class).contains("GPT partition table"),
-        "{:?}",
-        gpt.class
-    );
+    assert_foreign(gpt, &["GPT partition table"]);
     assert_eq!(sha256(node.disks()[1].path()), digest);
     let pools: Vec<PoolReport> = get(node, "/v1/pools");
     assert_eq!(pools.len(), 1);
@@ -754,11 +755,7 @@ fn a_wipe_of_a_swapped_out_disk_after_a_rescan_is_404_and_the_newcomer_is_listed
     let disks: Vec<Disk> = get(node, "/v1/disks");
     let newcomer = disk_by_path(&disks, &s_path);
     assert_eq!(newcomer.pool, None);
-    assert!(
-        format!("{:?}", newcomer.class).contains("ext4"),
-        "{:?}",
-        newcomer.class
-    );
+    assert_foreign(newcomer, &["ext4"]);
     let (status, again) = wipe(node, &swapped.serial);
     assert_eq!(status, 404, "{again}");
     assert_eq!(sha256(&node.dir().join("newcomer.img")), swapped.before);
@@ -857,20 +854,8 @@ fn ext4_behind_a_lost_partition_table_and_data_only_in_the_middle_are_foreign() 
     boot(&farm);
 
     let disks: Vec<Disk> = get(node, "/v1/disks");
-    let lost = disk_by_path(&disks, lost_table.path());
-    assert_eq!(class(lost), "foreign", "{lost:?}");
-    let reason = format!("{:?}", lost.class);
-    assert!(
-        reason.contains("ext4") && reason.contains("1 MiB"),
-        "{reason}"
-    );
-    let mid = disk_by_path(&disks, middle.path());
-    assert_eq!(class(mid), "foreign", "{mid:?}");
-    assert!(
-        format!("{:?}", mid.class).contains("unrecognised data"),
-        "{:?}",
-        mid.class
-    );
+    assert_foreign(disk_by_path(&disks, lost_table.path()), &["ext4", "1 MiB"]);
+    assert_foreign(disk_by_path(&disks, middle.path()), &["unrecognised data"]);
     let pools: Vec<PoolReport> = get(node, "/v1/pools");
     assert_eq!(pools.len(), 1, "only the blank SSD is a pool: {pools:?}");
     assert_eq!(
@@ -941,10 +926,6 @@ fn every_kind_of_foreign_disk_is_foreign_and_untouched_through_boot_restart_and_
     check("after unsigned wipe requests");
 }
 
-fn agent_cli(args: &[&str]) -> String {
-    grove_testbed::cmd::agent_cli(args).expect("the agent CLI answers")
-}
-
 /// POSTs to the operator API with the headers `agent sign request` printed.
 fn signed_post(url: &str, cli_output: &str) -> (u16, String) {
     let headers = grove_testbed::http::signed_headers(cli_output);
@@ -957,12 +938,7 @@ fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouche
     let node = farm.node(0);
     let keys = tempfile::tempdir().expect("tempdir");
     let farmer_key = keys.path().join("farmer.key");
-    let farmer = agent_cli(&[
-        "sign",
-        "new-key",
-        "--key",
-        &farmer_key.display().to_string(),
-    ]);
+    let farmer = signing::new_key(&farmer_key);
     let port = 18_700 + (std::process::id() % 1000) as u16;
     let registry = grove_testbed::registry::Registry::start(&farm, port, Some(&farmer))
         .unwrap_or_else(|e| panic!("registry: {}", grove_testbed::report(&e)));
@@ -995,16 +971,7 @@ fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouche
         .expect("a new disk under S's name");
     let before = sha256(newcomer.file());
     let path = format!("/v1/disks/{serial}/wipe");
-    let signed = agent_cli(&[
-        "sign",
-        "request",
-        "--key",
-        &farmer_key.display().to_string(),
-        "--node",
-        &account,
-        "--path",
-        &path,
-    ]);
+    let signed = signing::request(&farmer_key, &account, &path, &[]);
     let (code, body) = signed_post(&format!("{api}{path}"), &signed);
     assert_eq!(code, 409, "{body}\n{}", farm.logs(30));
     assert!(body.contains(&serial) && body.contains("changed"), "{body}");
