@@ -719,17 +719,26 @@ fn bring_up(
         Err(e) => {
             tracing::warn!(serial = %device.serial, error = %e, "disk not brought up");
             let disk = Disk {
-                signatures: Signatures::default(),
-                class: DiskClass::Foreign {
-                    reason: "not probed".to_owned(),
-                },
-                pool: None,
-                boot_medium: false,
                 error: Some(e.to_string()),
-                device,
+                ..unprobed(device)
             };
             (disk, None)
         }
+    }
+}
+
+/// `device` as reported before anything is known of it: foreign, not
+/// probed, in no pool.
+fn unprobed(device: BlockDevice) -> Disk {
+    Disk {
+        signatures: Signatures::default(),
+        class: DiskClass::Foreign {
+            reason: "not probed".to_owned(),
+        },
+        pool: None,
+        boot_medium: false,
+        error: None,
+        device,
     }
 }
 
@@ -740,16 +749,7 @@ fn bring_up_pinned(
     layout: &Layout,
     wipe: bool,
 ) -> (Disk, Option<Pool>) {
-    let mut disk = Disk {
-        signatures: Signatures::default(),
-        class: DiskClass::Foreign {
-            reason: "not probed".to_owned(),
-        },
-        pool: None,
-        boot_medium: false,
-        error: None,
-        device: pinned.device().clone(),
-    };
+    let mut disk = unprobed(pinned.device().clone());
     let result = (|| -> Result<Option<Pool>, StorageError> {
         let (signatures, class) = inspect(&disk.device, table, layout)?;
         disk.boot_medium = is_boot_medium(&disk.device, &signatures, table, layout);
