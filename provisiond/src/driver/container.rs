@@ -472,9 +472,7 @@ impl ContainerDriver {
             .image_ref()
             .map_err(|i| DriverError::Refused(format!("{}: {}", i.field, i.problem)))?;
         let image = self.running.pull(&image_ref).await?;
-        let pool = target
-            .pool
-            .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
+        let pool = target.placed_on()?;
         let rootfs_volume = root_name(target.contract, name);
         let network = netid(target.twin, c.interface.network.as_str());
         let ip = c.interface.ip.0.to_string();

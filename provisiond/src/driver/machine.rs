@@ -708,9 +708,7 @@ impl MachineDriver {
         let image = self.running.pull(&image_ref).await?;
         let rootfs = image.rootfs.clone();
         let layout = super::blocking(move || layout(&rootfs).map_err(DriverError::Refused)).await?;
-        let pool = target
-            .pool
-            .ok_or_else(|| DriverError::Refused(format!("workload '{name}' was given no pool")))?;
+        let pool = target.placed_on()?;
         let root_disk = root_name(target.contract, name);
         let root = self
             .running

@@ -83,6 +83,19 @@ pub struct Target<'a> {
     pub pool: Option<&'a str>,
 }
 
+impl<'a> Target<'a> {
+    /// [`Target::pool`], or the refusal of a workload that needs a disk
+    /// and was placed on no pool.
+    pub fn placed_on(&self) -> Result<&'a str, DriverError> {
+        self.pool.ok_or_else(|| {
+            DriverError::Refused(format!(
+                "workload '{}' was given no pool",
+                self.workload.name
+            ))
+        })
+    }
+}
+
 /// The driver of one workload type.
 pub trait Driver: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> WorkloadType;

@@ -45,12 +45,7 @@ fn size_and_pool(target: &Target<'_>) -> Result<(u64, String), DriverError> {
             )));
         }
     };
-    let pool = target.pool.ok_or_else(|| {
-        DriverError::Refused(format!(
-            "workload '{}' was given no pool",
-            target.workload.name
-        ))
-    })?;
+    let pool = target.placed_on()?;
     Ok((size, pool.to_owned()))
 }
 
