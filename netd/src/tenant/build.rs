@@ -99,12 +99,7 @@ pub(crate) async fn open(env: &Env, network: Network) -> Result<Live, TenantErro
     })
     .await?;
     let file = Arc::new(file);
-    let sysctls = env.sysctls.clone();
-    netns::run_in_async(file.clone(), name.clone(), move || {
-        sysctls.ensure_all(&sysctl::TENANT_INSIDE)
-    })
-    .await??;
-    let links = Netlink::inside(file.clone(), &name).await?;
+    let links = settle_namespace(env, &file, &name, &sysctl::TENANT_INSIDE).await?;
     links.ensure_link("lo", &LinkSettings::up()).await?;
     Ok(Live {
         network,
@@ -114,6 +109,22 @@ pub(crate) async fn open(env: &Env, network: Network) -> Result<Live, TenantErro
         asked: BTreeMap::new(),
         restart: Restart::default(),
     })
+}
+
+/// Holds the sysctl `settings` inside the namespace `ns`, open as `file`,
+/// and opens a netlink connection there.
+async fn settle_namespace(
+    env: &Env,
+    file: &Arc<File>,
+    ns: &str,
+    settings: &'static [(&'static str, &'static str)],
+) -> Result<Netlink, TenantError> {
+    let sysctls = env.sysctls.clone();
+    netns::run_in_async(file.clone(), ns.to_owned(), move || {
+        sysctls.ensure_all(settings)
+    })
+    .await??;
+    Ok(Netlink::inside(file.clone(), ns).await?)
 }
 
 /// Makes the kernel hold `live.network`, changing only what differs.
@@ -386,12 +397,7 @@ async fn ensure_workload_namespace(
         })
         .await?,
     );
-    let sysctls = env.sysctls.clone();
-    netns::run_in_async(file.clone(), ns.clone(), move || {
-        sysctls.ensure_all(&sysctl::WORKLOAD_INSIDE)
-    })
-    .await??;
-    let workload = Netlink::inside(file, &ns).await?;
+    let workload = settle_namespace(env, &file, &ns, &sysctl::WORKLOAD_INSIDE).await?;
     let port = name.port();
     if live.inside.link(&port).await?.is_none() || workload.link(ETH0).await?.is_none() {
         // Half a pair is no pair.
