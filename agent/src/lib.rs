@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod hostinfo;
+pub mod hotplug;
 pub mod identity;
 pub mod mounts;
 pub mod operator;
@@ -128,6 +129,11 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     let watchdog = arm_watchdog().await;
     state.watchdog = watchdog.as_ref().map(|(w, _)| w.report());
     if std::process::id() == 1 {
+        // Drivers for what appears from now on (a USB stick the controller
+        // finds late, hardware plugged in later).
+        if let Err(e) = hotplug::spawn(PathBuf::from("/sys")) {
+            tracing::error!(error = %e, "cannot listen for new devices; hardware that appears later gets no driver");
+        }
         // The power button powers the machine off, cleanly.
         let pressed = stop.clone();
         let watched = tokio::task::spawn_blocking(move || {

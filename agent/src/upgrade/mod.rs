@@ -226,6 +226,9 @@ impl FetchLimits {
 /// How long a tried system has to become ready, unless the command line
 /// says otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a system booted from a stick waits at boot for the stick to
+/// show: a USB controller finds its devices a while after its driver loads.
+const MEDIUM_WAIT: Duration = Duration::from_secs(30);
 /// The stick's ESP's GPT partition name (image/usb names it).
 const ESP_PARTNAME: &str = "grove-esp";
 
@@ -388,6 +391,22 @@ impl Upgrades {
     /// Returns the standing of a system on trial, for [`Upgrades::settle`].
     pub async fn look(self: &Arc<Self>) -> Option<Standing> {
         let running = self.slot?;
+        let (sys, dev) = (self.paths.sys.clone(), self.paths.dev.clone());
+        let waited = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            while find_medium(&sys, &dev).is_err() && began.elapsed() < MEDIUM_WAIT {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            began.elapsed()
+        })
+        .await
+        .unwrap_or_default();
+        if waited >= Duration::from_millis(100) {
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                "waited for the stick to show"
+            );
+        }
         let standing = self
             .on_stick(false, move |esp| Ok(Standing::read(esp, running)?))
             .await;

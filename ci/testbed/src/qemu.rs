@@ -1,7 +1,7 @@
 //! Boot images under QEMU on a farm LAN, as a whole machine with virtio
 //! disks and a NIC on the farm's bridge: the image's own kernel and
-//! initramfs booted directly, or its USB stick (`grove.img`, a virtio
-//! disk) or its ISO (`grove.iso`, a CD-ROM) under OVMF (UEFI) or SeaBIOS
+//! initramfs booted directly, or its USB stick (`grove.img`, USB storage
+//! on an xHCI controller) or its ISO (`grove.iso`, a CD-ROM) under OVMF (UEFI) or SeaBIOS
 //! (legacy BIOS), or from the network (PXE through the NIC's iPXE ROM).
 //!
 //! [`BootImage`] finds the image (`GROVE_IMAGE_DIR`, or `image/build` run
@@ -12,8 +12,7 @@
 //! log; a machine on a tagged port ([`MachineSpec::tagged`]) gets a
 //! [`TrunkPort`] instead of a plain tap. Limits: TCG only (KVM hangs on
 //! the CI machines), so a boot takes seconds of emulated time; one NIC per
-//! machine; the stick is a
-//! virtio-blk disk, not USB storage; the tap and disks go with the farm,
+//! machine; the tap and disks go with the farm,
 //! QEMU itself with the [`QemuNode`] (drop it before the farm).
 
 use std::net::Ipv4Addr;
@@ -224,9 +223,9 @@ pub enum BootPath {
 /// What the machine boots from, first in its boot order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Medium {
-    /// A USB stick image (`grove.img`), as a virtio disk with the serial
-    /// `gq<index>usb`; attached writable, so a test can see that the node
-    /// left it alone.
+    /// A USB stick image (`grove.img`), as USB storage on an xHCI
+    /// controller with the serial `gq<index>usb`; attached writable, so a
+    /// test can see that the node left it alone.
     Stick(PathBuf),
     /// An ISO (`grove.iso`) in an IDE CD-ROM drive, as a BMC's virtual
     /// media shows it.
@@ -578,7 +577,9 @@ fn boot_args(
                 stick.display()
             ),
             "-device".to_owned(),
-            format!("virtio-blk-pci,drive=stick,serial=gq{index}usb,bootindex=0"),
+            "qemu-xhci,id=xhci".to_owned(),
+            "-device".to_owned(),
+            format!("usb-storage,bus=xhci.0,drive=stick,serial=gq{index}usb,bootindex=0"),
         ],
         Medium::Cdrom(iso) => vec![
             "-drive".to_owned(),

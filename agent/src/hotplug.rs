@@ -1,0 +1,171 @@
+//! Drivers for hardware that shows up after `/init` looked, for the agent
+//! as the machine's init: a USB stick that its controller finds a moment
+//! after the controller's driver loads, a disk or a NIC plugged into a
+//! running node. The image has no udev; this is the part of it Grove needs.
+//!
+//! The kernel announces each new device on its uevent netlink socket, with
+//! the device's modalias; `modprobe` loads the drivers that match it. The
+//! socket is opened first, then the devices already present without a
+//! driver are looked up in sysfs, so a device that appeared in between is
+//! not missed. Each alias is asked for once. Messages from anyone but the
+//! kernel are ignored.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{
+    AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recvfrom, socket,
+};
+
+/// The kernel's multicast group of uevents.
+const KERNEL_GROUP: u32 = 1;
+
+/// Starts loading drivers for new devices, on a thread of its own, for as
+/// long as the process lives.
+pub fn spawn(sys: PathBuf) -> std::io::Result<()> {
+    let socket = open()?;
+    std::thread::Builder::new()
+        .name("hotplug".to_owned())
+        .spawn(move || listen(&socket, &sys))?;
+    Ok(())
+}
+
+fn open() -> std::io::Result<OwnedFd> {
+    let socket = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkKObjectUEvent,
+    )?;
+    bind(socket.as_raw_fd(), &NetlinkAddr::new(0, KERNEL_GROUP))?;
+    Ok(socket)
+}
+
+fn listen(socket: &OwnedFd, sys: &Path) {
+    let mut asked = BTreeSet::new();
+    load(&mut asked, unclaimed(sys));
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match recvfrom::<NetlinkAddr>(socket.as_raw_fd(), &mut buf) {
+            Ok((n, from)) => {
+                if from.is_some_and(|a| a.pid() == 0)
+                    && let Some(alias) = added(&buf[..n])
+                {
+                    load(&mut asked, vec![alias]);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            // The socket's queue overflowed: events were lost, sysfs
+            // still tells what is there.
+            Err(nix::errno::Errno::ENOBUFS) => load(&mut asked, unclaimed(sys)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the kernel's device events; new hardware gets no driver");
+                return;
+            }
+        }
+    }
+}
+
+/// The modalias of a device a uevent says was added.
+fn added(message: &[u8]) -> Option<String> {
+    let mut action = None;
+    let mut alias = None;
+    // `ACTION@DEVPATH`, then `KEY=VALUE` fields, each ending in a NUL.
+    for field in message.split(|b| *b == 0).skip(1) {
+        let field = std::str::from_utf8(field).ok()?;
+        if let Some(value) = field.strip_prefix("ACTION=") {
+            action = Some(value);
+        } else if let Some(value) = field.strip_prefix("MODALIAS=") {
+            alias = Some(value);
+        }
+    }
+    (action == Some("add")).then_some(alias?.to_owned())
+}
+
+/// The modaliases of the devices in `sys` that no driver has claimed.
+fn unclaimed(sys: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(buses) = std::fs::read_dir(sys.join("bus")) else {
+        return found;
+    };
+    for bus in buses.flatten() {
+        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
+            continue;
+        };
+        for device in devices.flatten() {
+            let path = device.path();
+            if path.join("driver").exists() {
+                continue;
+            }
+            if let Ok(alias) = std::fs::read_to_string(path.join("modalias"))
+                && !alias.trim().is_empty()
+            {
+                found.push(alias.trim().to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// Asks `modprobe` for the drivers of the aliases not asked for before.
+fn load(asked: &mut BTreeSet<String>, aliases: Vec<String>) {
+    let new: Vec<String> = aliases
+        .into_iter()
+        .filter(|a| asked.insert(a.clone()))
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    tracing::debug!(aliases = ?new, "loading drivers for new devices");
+    // modprobe fails for an alias no module matches: most devices' drivers
+    // are built in, or there is none.
+    let status = std::process::Command::new("/sbin/modprobe")
+        .args(["-q", "-a"])
+        .args(&new)
+        .stdin(std::process::Stdio::null())
+        .status();
+    if let Err(e) = status {
+        tracing::error!(error = %e, "cannot run modprobe for new devices");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_added_device_names_its_alias_and_nothing_else_does() {
+        let add = b"add@/devices/pci0000:00/0000:00:04.0/usb2/2-1/2-1:1.0\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:04.0/usb2/2-1/2-1:1.0\0SUBSYSTEM=usb\0MODALIAS=usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00\0SEQNUM=812\0";
+        assert_eq!(
+            added(add).as_deref(),
+            Some("usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00")
+        );
+        let remove = b"remove@/devices/x\0ACTION=remove\0DEVPATH=/devices/x\0MODALIAS=usb:v1\0";
+        assert_eq!(added(remove), None);
+        let bind = b"bind@/devices/x\0ACTION=bind\0DEVPATH=/devices/x\0MODALIAS=usb:v1\0";
+        assert_eq!(added(bind), None);
+        let no_alias = b"add@/devices/virtual/net/veth0\0ACTION=add\0SUBSYSTEM=net\0";
+        assert_eq!(added(no_alias), None);
+        assert_eq!(added(b""), None);
+        assert_eq!(added(b"add@/x\0ACTION=add\0MODALIAS=\xff\0"), None);
+    }
+
+    #[test]
+    fn devices_without_a_driver_are_the_unclaimed_ones() {
+        let sys = tempfile::tempdir().unwrap();
+        let device = |bus: &str, name: &str, alias: &str, driver: bool| {
+            let dir = sys.path().join("bus").join(bus).join("devices").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("modalias"), format!("{alias}\n")).unwrap();
+            if driver {
+                std::os::unix::fs::symlink(sys.path(), dir.join("driver")).unwrap();
+            }
+        };
+        device("usb", "2-1:1.0", "usb:v46F4p0001ic08", false);
+        device("pci", "0000:00:04.0", "pci:v00001B36d0000000D", true);
+        device("platform", "serial8250", "", false);
+        assert_eq!(unclaimed(sys.path()), vec!["usb:v46F4p0001ic08".to_owned()]);
+        assert!(unclaimed(&sys.path().join("missing")).is_empty());
+    }
+}
