@@ -400,6 +400,18 @@ async fn authorize(
     method: &'static str,
     path: String,
     headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<(), OperatorApiError> {
+    let sum = crate::auth::sha256_hex(body);
+    authorize_covering(state, method, path, headers, sum).await
+}
+
+/// The same for a request whose body is covered by the sum `body_sha256`.
+async fn authorize_covering(
+    state: &ApiState,
+    method: &'static str,
+    path: String,
+    headers: &axum::http::HeaderMap,
     body_sha256: String,
 ) -> Result<(), OperatorApiError> {
     use crate::auth::{AuthError, Covered, Presented};
@@ -497,14 +509,7 @@ async fn reboot(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), OperatorApiError> {
-    authorize(
-        &state,
-        "POST",
-        "/v1/reboot".to_owned(),
-        &headers,
-        crate::auth::sha256_hex(&body),
-    )
-    .await?;
+    authorize(&state, "POST", "/v1/reboot".to_owned(), &headers, &body).await?;
     tracing::warn!("reboot requested by the farmer");
     // The servers drain gracefully, so this answer still goes out.
     state.stop.request(crate::stop::StopReason::Reboot);
@@ -522,14 +527,7 @@ async fn upgrade(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<crate::upgrade::Installed>), OperatorApiError> {
-    authorize(
-        &state,
-        "POST",
-        "/v1/upgrade".to_owned(),
-        &headers,
-        crate::auth::sha256_hex(&body),
-    )
-    .await?;
+    authorize(&state, "POST", "/v1/upgrade".to_owned(), &headers, &body).await?;
     let request: crate::upgrade::UpgradeRequest = serde_json::from_slice(&body)
         .map_err(|e| OperatorApiError::UpgradeRequest(e.to_string()))?;
     tracing::warn!(sha256 = %request.sha256, "upgrade requested by the farmer");
@@ -556,7 +554,7 @@ async fn upgrade_image(
             ))
         })?
         .to_owned();
-    authorize(
+    authorize_covering(
         &state,
         "POST",
         "/v1/upgrade/image".to_owned(),
@@ -614,7 +612,7 @@ async fn wipe(
         "POST",
         format!("/v1/disks/{escaped}/wipe"),
         &headers,
-        crate::auth::sha256_hex(&body),
+        &body,
     )
     .await?;
     tracing::warn!(serial = %serial, "disk wipe requested by the farmer");
@@ -643,7 +641,7 @@ async fn choose_identity(
         "POST",
         crate::identity::choice::PATH.to_owned(),
         &headers,
-        crate::auth::sha256_hex(&body),
+        &body,
     )
     .await?;
     let choice = crate::identity::choice::parse(&body)?;

@@ -446,7 +446,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn presented<'a>(headers: &'a [(&'static str, String)]) -> Presented<'a> {
+    /// The signature headers among `headers`, as a node receives them.
+    pub(crate) fn presented<'a>(headers: &'a [(&'static str, String)]) -> Presented<'a> {
         let get = |name: &str| {
             headers
                 .iter()

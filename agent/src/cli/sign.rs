@@ -183,15 +183,9 @@ mod tests {
         assert!(matches!(new_key(&key), Err(SignError::Exists { .. })));
         assert_eq!(super::account(&key).expect("account"), account);
         let h = headers(&key, &node, "POST", "/v1/reboot", Body::Bytes(b"")).expect("headers");
-        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
         let v = crate::auth::RequestVerifier::in_memory(i64::MAX);
         let now = (crate::clock::unix_ms() / 1000) as i64;
-        let presented = crate::auth::Presented {
-            signer: get(crate::auth::HEADER_SIGNER),
-            timestamp: get(crate::auth::HEADER_TIMESTAMP),
-            nonce: get(crate::auth::HEADER_NONCE),
-            signature: get(crate::auth::HEADER_SIGNATURE),
-        };
+        let presented = crate::auth::tests::presented(&h);
         let request = crate::auth::Request {
             target: &node,
             method: "POST",
@@ -246,15 +240,12 @@ mod tests {
         std::fs::write(&image, &bytes).unwrap();
         let path = "/v1/upgrade/image";
         let h = headers(&key, &node, "POST", path, Body::File(&image)).unwrap();
-        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
-        let sum = get(crate::auth::HEADER_BODY_SHA256).expect("the sum is named");
-        assert_eq!(sum, crate::auth::sha256_hex(&bytes));
-        let presented = crate::auth::Presented {
-            signer: get(crate::auth::HEADER_SIGNER),
-            timestamp: get(crate::auth::HEADER_TIMESTAMP),
-            nonce: get(crate::auth::HEADER_NONCE),
-            signature: get(crate::auth::HEADER_SIGNATURE),
-        };
+        let (_, sum) = h
+            .iter()
+            .find(|(k, _)| *k == crate::auth::HEADER_BODY_SHA256)
+            .expect("the sum is named");
+        assert_eq!(*sum, crate::auth::sha256_hex(&bytes));
+        let presented = crate::auth::tests::presented(&h);
         let now = (crate::clock::unix_ms() / 1000) as i64;
         let covered = |body_sha256: &str| crate::auth::Covered {
             target: &node,
@@ -306,13 +297,7 @@ mod tests {
         let (h, body) =
             identity_choice(&key, "machine:m-1", Some(&adopted)).expect("signed choice");
         assert_eq!(body, format!("{{\"adopt\":\"{adopted}\"}}"));
-        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
-        let presented = crate::auth::Presented {
-            signer: get(crate::auth::HEADER_SIGNER),
-            timestamp: get(crate::auth::HEADER_TIMESTAMP),
-            nonce: get(crate::auth::HEADER_NONCE),
-            signature: get(crate::auth::HEADER_SIGNATURE),
-        };
+        let presented = crate::auth::tests::presented(&h);
         let now = (crate::clock::unix_ms() / 1000) as i64;
         let request = |target| crate::auth::Request {
             target,

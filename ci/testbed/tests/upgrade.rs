@@ -1,9 +1,10 @@
 //! A/B upgrades of a node booted from its stick, under QEMU (TCG): the
 //! farmer's signed `POST /v1/upgrade` names an upgrade image on the farm
-//! LAN and its sha256; a wrong sum is refused before the stick is written;
-//! a good image boots from the other slot and stays; an image whose agent
-//! never gets ready hands back to the old slot by itself, and the old
-//! system says why in `/v1/node`.
+//! LAN and its sha256, or `POST /v1/upgrade/image` carries the image as
+//! its body; a wrong sum or a changed body is refused before the stick is
+//! written; a good image boots from the other slot and stays; an image
+//! whose agent never gets ready hands back to the old slot by itself, and
+//! the old system says why in `/v1/node`.
 //!
 //! The upgrade images are `image/build`'s `grove-upgrade.tar` with one
 //! more cpio archive appended to its initramfs (the kernel unpacks them in
@@ -12,6 +13,7 @@
 //! storaged that never answers.
 
 mod common;
+mod signing;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -214,6 +216,33 @@ fn upgrade_to(lan: &Lan, node: &QemuNode, api: &str, tar: &[u8], version: &str) 
     restarts(node, 1, Duration::from_secs(120));
 }
 
+/// The farmer's signed `POST /v1/upgrade/image` to the node `account` at
+/// `api`, signed for the image file `signed` and carrying `body`: the
+/// status and the answer.
+fn upload(
+    registry: &Registry,
+    api: &str,
+    account: &str,
+    signed: &Path,
+    body: &[u8],
+) -> (u16, String) {
+    let key = registry
+        .farmer_key()
+        .expect("the registry made the farmer key");
+    let headers = signing::request(
+        key,
+        account,
+        "/v1/upgrade/image",
+        &["--body-file", signed.to_str().expect("utf-8")],
+    );
+    grove_testbed::http::curl_post(
+        &format!("{api}/v1/upgrade/image"),
+        Some(body),
+        &grove_testbed::http::signed_headers(&headers),
+    )
+    .expect("curl answers")
+}
+
 /// `/v1/node`'s `system` once `done` holds for it.
 fn system_when(api: &str, node: &QemuNode, done: impl Fn(&Value) -> bool) -> Value {
     let mut report = Value::Null;
@@ -271,6 +300,7 @@ fn boot_stick(
 
 #[test]
 fn under_uefi_a_good_upgrade_boots_the_other_slot_and_stays_and_a_wrong_sum_writes_nothing() {
+    // A URL with a wrong sum first; then the image as the request's body.
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lan = Lan::start();
     let (stick, mut node, api) = boot_stick(&lan, "UEFI stick, slot A", BootPath::Uefi, "");
@@ -317,9 +347,29 @@ fn under_uefi_a_good_upgrade_boots_the_other_slot_and_stays_and_a_wrong_sum_writ
         "the stick was written"
     );
 
-    // The image itself: written into slot B, and the node reboots into it.
+    // The image as the body of the request. Changed on the way, it is
+    // refused and nothing is written.
     drop(server);
-    upgrade_to(&lan, &node, &api, &tar, &version);
+    let signed = lan.farm.dir().join("upgrade-good.tar");
+    std::fs::write(&signed, &tar).expect("the image beside the farmer's key");
+    let mut changed = tar.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    let (code, answer) = upload(&lan.registry, &api, &account, &signed, &changed);
+    assert_eq!(code, 422, "{answer}");
+    assert!(answer.contains("nothing was written"), "{answer}");
+    assert_eq!(
+        cmd::sha256(&stick).expect("sha256"),
+        before,
+        "the stick was written"
+    );
+    // As signed: written into slot B, and the node reboots into it.
+    let (code, answer) = upload(&lan.registry, &api, &account, &signed, &tar);
+    assert_eq!(code, 202, "{answer}");
+    let installed: Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!(installed["slot"], "b", "{answer}");
+    assert_eq!(installed["version"], version.as_str(), "{answer}");
+    restarts(&node, 1, Duration::from_secs(120));
     let up = comes_up(&lan.farm, &lan.registry, &mut node, Instant::now());
     assert_eq!(up.api, api, "the same lease");
     let system = system_when(&api, &node, |s| s["last_upgrade"]["outcome"] == "good");
