@@ -20,14 +20,17 @@ use nix::sys::socket::{
 
 /// The kernel's multicast group of uevents.
 const KERNEL_GROUP: u32 = 1;
+/// What loads a driver by modalias (busybox's, in the image).
+pub const MODPROBE: &str = "/sbin/modprobe";
 
-/// Starts loading drivers for new devices, on a thread of its own, for as
-/// long as the process lives.
-pub fn spawn(sys: PathBuf) -> std::io::Result<()> {
+/// Starts loading drivers, with `modprobe`, for the devices in `sys`
+/// without one and then for each new device, on a thread of its own, for
+/// as long as the process lives.
+pub fn spawn(sys: PathBuf, modprobe: PathBuf) -> std::io::Result<()> {
     let socket = open()?;
     std::thread::Builder::new()
         .name("hotplug".to_owned())
-        .spawn(move || listen(&socket, &sys))?;
+        .spawn(move || listen(&socket, &sys, &modprobe))?;
     Ok(())
 }
 
@@ -42,9 +45,10 @@ fn open() -> std::io::Result<OwnedFd> {
     Ok(socket)
 }
 
-fn listen(socket: &OwnedFd, sys: &Path) {
+fn listen(socket: &OwnedFd, sys: &Path, modprobe: &Path) {
     let mut asked = BTreeSet::new();
-    load(&mut asked, unclaimed(sys));
+    let mut load = |aliases| load(modprobe, &mut asked, aliases);
+    load(unclaimed(sys));
     let mut buf = vec![0u8; 16 << 10];
     loop {
         match recvfrom::<NetlinkAddr>(socket.as_raw_fd(), &mut buf) {
@@ -52,13 +56,13 @@ fn listen(socket: &OwnedFd, sys: &Path) {
                 if from.is_some_and(|a| a.pid() == 0)
                     && let Some(alias) = added(&buf[..n])
                 {
-                    load(&mut asked, vec![alias]);
+                    load(vec![alias]);
                 }
             }
             Err(nix::errno::Errno::EINTR) => {}
             // The socket's queue overflowed: events were lost, sysfs
             // still tells what is there.
-            Err(nix::errno::Errno::ENOBUFS) => load(&mut asked, unclaimed(sys)),
+            Err(nix::errno::Errno::ENOBUFS) => load(unclaimed(sys)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the kernel's device events; new hardware gets no driver");
                 return;
@@ -109,7 +113,7 @@ fn unclaimed(sys: &Path) -> Vec<String> {
 }
 
 /// Asks `modprobe` for the drivers of the aliases not asked for before.
-fn load(asked: &mut BTreeSet<String>, aliases: Vec<String>) {
+fn load(modprobe: &Path, asked: &mut BTreeSet<String>, aliases: Vec<String>) {
     let new: Vec<String> = aliases
         .into_iter()
         .filter(|a| asked.insert(a.clone()))
@@ -120,7 +124,7 @@ fn load(asked: &mut BTreeSet<String>, aliases: Vec<String>) {
     tracing::debug!(aliases = ?new, "loading drivers for new devices");
     // modprobe fails for an alias no module matches: most devices' drivers
     // are built in, or there is none.
-    let status = std::process::Command::new("/sbin/modprobe")
+    let status = std::process::Command::new(modprobe)
         .args(["-q", "-a"])
         .args(&new)
         .stdin(std::process::Stdio::null())
@@ -149,6 +153,89 @@ mod tests {
         assert_eq!(added(no_alias), None);
         assert_eq!(added(b""), None);
         assert_eq!(added(b"add@/x\0ACTION=add\0MODALIAS=\xff\0"), None);
+    }
+
+    /// A `modprobe` that writes the aliases it is asked for to `log`.
+    fn recording_modprobe(dir: &Path, log: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script = dir.join("modprobe");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nshift 2\nfor a; do echo \"$a\" >>'{}'; done\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    /// A device of this machine with a modalias, and that alias.
+    fn a_device_with_an_alias() -> (PathBuf, String) {
+        for bus in std::fs::read_dir("/sys/bus").unwrap().flatten() {
+            let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
+                continue;
+            };
+            for device in devices.flatten() {
+                let path = std::fs::canonicalize(device.path()).unwrap();
+                if let Ok(alias) = std::fs::read_to_string(path.join("modalias"))
+                    && !alias.trim().is_empty()
+                    && path.join("uevent").exists()
+                {
+                    return (path, alias.trim().to_owned());
+                }
+            }
+        }
+        panic!("no device in /sys/bus has a modalias");
+    }
+
+    #[test]
+    fn a_device_the_kernel_announces_gets_its_driver_asked_for_once() {
+        // The real kernel: a synthetic "add" for a device already here
+        // (written to its uevent file, root only) goes out on the uevent
+        // socket as a new device's would, with its modalias.
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("asked");
+        let empty_sys = dir.path().join("sys");
+        std::fs::create_dir(&empty_sys).unwrap();
+        spawn(empty_sys, recording_modprobe(dir.path(), &log)).unwrap();
+        let (device, alias) = a_device_with_an_alias();
+        let asked = || std::fs::read_to_string(&log).unwrap_or_default();
+        for _ in 0..2 {
+            std::fs::write(device.join("uevent"), "add").unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !asked().lines().any(|l| l == alias) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The second announcement is not asked again.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let times = asked().lines().filter(|l| *l == alias).count();
+        assert_eq!(
+            times,
+            1,
+            "{alias} of {} asked {times} times",
+            device.display()
+        );
+    }
+
+    #[test]
+    fn devices_present_without_a_driver_are_asked_for_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("asked");
+        let sys = dir.path().join("sys");
+        let usb = sys.join("bus/usb/devices/2-1:1.0");
+        std::fs::create_dir_all(&usb).unwrap();
+        std::fs::write(usb.join("modalias"), "usb:v46F4p0001ic08\n").unwrap();
+        let modprobe = recording_modprobe(dir.path(), &log);
+        let mut asked = BTreeSet::new();
+        load(&modprobe, &mut asked, unclaimed(&sys));
+        load(&modprobe, &mut asked, unclaimed(&sys));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "usb:v46F4p0001ic08\n"
+        );
     }
 
     #[test]

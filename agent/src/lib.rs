@@ -131,7 +131,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     if std::process::id() == 1 {
         // Drivers for what appears from now on (a USB stick the controller
         // finds late, hardware plugged in later).
-        if let Err(e) = hotplug::spawn(PathBuf::from("/sys")) {
+        if let Err(e) = hotplug::spawn(PathBuf::from("/sys"), PathBuf::from(hotplug::MODPROBE)) {
             tracing::error!(error = %e, "cannot listen for new devices; hardware that appears later gets no driver");
         }
         // The power button powers the machine off, cleanly.
