@@ -205,6 +205,48 @@ fn a_static_address_from_the_boot_parameters_is_applied_on_the_bridge() {
 }
 
 #[test]
+fn a_new_address_is_announced_to_the_lan_at_once() {
+    // Node 1 runs nothing and holds a stale entry for the address node 0
+    // is about to take, with another MAC: a host that asked for the
+    // address before it was there. Node 0 has no gateway and no reason to
+    // ask node 1 anything, so only its announcement, a broadcast, can
+    // correct the entry before node 1's next retry.
+    let spec = || NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![spec(), spec()]).without_agents());
+    let (node, neighbour) = (farm.node(0), farm.node(1));
+    let octets = farm.lan(0).gateway().octets();
+    let ip = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 78).to_string();
+    let nic = neighbour.nics()[0].name().to_string();
+    let in_neighbour = |argv: &[&str]| {
+        let out = neighbour.exec_in_netns(argv).expect("ip runs");
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    in_neighbour(&["ip", "link", "set", &nic, "up"]);
+    let stale = "02:00:00:00:00:01";
+    in_neighbour(&[
+        "ip", "neigh", "replace", &ip, "dev", &nic, "lladdr", stale, "nud", "stale",
+    ]);
+    let entry = || in_neighbour(&["ip", "neigh", "show", &ip, "dev", &nic]);
+    assert!(entry().contains(stale), "{}", entry());
+
+    node.set_cmdline(&format!("grove.farm=1 grove.ip={ip}/24"))
+        .expect("cmdline");
+    node.start_agent().expect("boot");
+    wait_state(&farm, node, UplinkState::Static, Duration::from_secs(20));
+    let mac = node.nics()[0].mac().to_owned();
+    let learnt = wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+        entry().contains(&mac)
+    });
+    assert!(
+        learnt,
+        "the LAN still has {} for {ip}, not the node's {mac}\n{}",
+        entry(),
+        farm.logs(20)
+    );
+}
+
+#[test]
 fn a_netd_restart_keeps_the_uplink_exactly_as_it_was() {
     let farm = start_on_dhcp();
     let node = farm.node(0);

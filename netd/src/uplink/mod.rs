@@ -49,6 +49,9 @@ pub struct UplinkConfig {
     pub manage: bool,
     /// The DHCP client binary.
     pub udhcpc: PathBuf,
+    /// The ARP tool that announces a new address to the LAN (busybox's or
+    /// iputils' `arping`).
+    pub arping: PathBuf,
     /// How long one DHCP probe of a NIC may take.
     pub probe_secs: u64,
     /// Where the DNS servers are written (the image links
@@ -63,6 +66,7 @@ impl Default for UplinkConfig {
         Self {
             manage: true,
             udhcpc: PathBuf::from("udhcpc"),
+            arping: PathBuf::from("arping"),
             probe_secs: 4,
             resolv_conf: PathBuf::from("/run/grove/resolv.conf"),
             sys: PathBuf::from("/sys"),
@@ -583,9 +587,12 @@ impl Uplink {
             addr: lease.address,
             prefix: lease.prefix,
         };
-        (self.links)
+        let changed = (self.links)
             .ensure_only_address(bridge.as_str(), address.addr, address.prefix)
             .await?;
+        if changed {
+            self.announce(bridge, lease.address).await;
+        }
         if let Some(gw) = lease.router {
             let default = Route {
                 dest: Ipv4Prefix::ANY,
@@ -603,6 +610,39 @@ impl Uplink {
             r.lease_secs = lease.lease_secs;
         });
         Ok(())
+    }
+
+    /// Tells the LAN that `address` is on `bridge` now: one unsolicited ARP
+    /// (RFC 5227's announcement). A neighbour that asked for the address
+    /// before it was here (an operator's browser, the DHCP server's host)
+    /// learns it at once instead of at its next ARP retry, up to a second
+    /// later, and switches learn the port. Best effort: the address works
+    /// without it.
+    async fn announce(&self, bridge: &InterfaceName, address: std::net::Ipv4Addr) {
+        let ip = address.to_string();
+        let mut cmd = tokio::process::Command::new(&self.config.arping);
+        cmd.args(["-U", "-c", "1", "-I", bridge.as_str(), "-s", &ip, &ip])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        crate::procs::die_with_parent(&mut cmd);
+        let announced = match cmd.spawn() {
+            Ok(mut child) => tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .map_err(|_elapsed| "it did not finish within 2 s".to_owned())
+                .and_then(|exit| exit.map_err(|e| e.to_string()))
+                .and_then(|status| {
+                    status
+                        .success()
+                        .then_some(())
+                        .ok_or_else(|| format!("it exited with {status}"))
+                }),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = announced {
+            tracing::warn!(arping = %self.config.arping.display(), error = %e, "cannot announce the address to the LAN");
+        }
     }
 
     async fn bring_up_static(&self) -> Result<(), UplinkError> {
