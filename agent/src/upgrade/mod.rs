@@ -394,7 +394,10 @@ impl Upgrades {
         let (sys, dev) = (self.paths.sys.clone(), self.paths.dev.clone());
         let waited = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
-            while find_medium(&sys, &dev).is_err() && began.elapsed() < MEDIUM_WAIT {
+            // Only none is worth waiting for: two sticks stay two.
+            while esp_partitions(&sys, &dev).is_ok_and(|found| found.is_empty())
+                && began.elapsed() < MEDIUM_WAIT
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
             began.elapsed()
@@ -587,8 +590,8 @@ impl Standing {
     }
 }
 
-/// The stick's ESP: the one partition named [`ESP_PARTNAME`].
-fn find_medium(sys: &Path, dev: &Path) -> Result<PathBuf, UpgradeError> {
+/// The partitions named [`ESP_PARTNAME`], sorted.
+fn esp_partitions(sys: &Path, dev: &Path) -> Result<Vec<PathBuf>, UpgradeError> {
     let dir = sys.join("class/block");
     let listing = std::fs::read_dir(&dir)
         .map_err(|e| UpgradeError::NoMedium(format!("{}: {e}", dir.display())))?;
@@ -608,6 +611,12 @@ fn find_medium(sys: &Path, dev: &Path) -> Result<PathBuf, UpgradeError> {
         }
     }
     found.sort();
+    Ok(found)
+}
+
+/// The stick's ESP: the one partition named [`ESP_PARTNAME`].
+fn find_medium(sys: &Path, dev: &Path) -> Result<PathBuf, UpgradeError> {
+    let mut found = esp_partitions(sys, dev)?;
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(UpgradeError::NoMedium(format!(
