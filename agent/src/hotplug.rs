@@ -123,13 +123,21 @@ fn load(modprobe: &Path, asked: &mut BTreeSet<String>, aliases: Vec<String>) {
     }
     tracing::debug!(aliases = ?new, "loading drivers for new devices");
     // modprobe fails for an alias no module matches: most devices' drivers
-    // are built in, or there is none.
-    let status = std::process::Command::new(modprobe)
-        .args(["-q", "-a"])
-        .args(&new)
-        .stdin(std::process::Stdio::null())
-        .status();
-    if let Err(e) = status {
+    // are built in, or there is none. Spawned and waited for through the
+    // reaper, which reaps every child of the process.
+    let mut command = std::process::Command::new(modprobe);
+    command.args(["-q", "-a"]).args(&new);
+    let ran = crate::supervisor::reaper::Reaper::global()
+        .map_err(|e| e.to_string())
+        .and_then(|reaper| reaper.spawn(command).map_err(|e| e.to_string()))
+        .and_then(|spawned| {
+            spawned
+                .exit
+                .blocking_recv()
+                .map(drop)
+                .map_err(|_gone| "its exit was never reported".to_owned())
+        });
+    if let Err(e) = ran {
         tracing::error!(error = %e, "cannot run modprobe for new devices");
     }
 }
