@@ -482,6 +482,12 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     let stranger_upload = sign_upload(&stranger_key, &account);
     let other_upload = sign_upload(&farmer_key, &account_of(other));
     for (what, headers, status, says) in [
+        (
+            "an upload that names no sum",
+            Vec::new(),
+            400,
+            agent::auth::HEADER_BODY_SHA256,
+        ),
         ("an unsigned upload", sum_only, 401, "signed by the farmer"),
         (
             "a stranger's upload",

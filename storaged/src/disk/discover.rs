@@ -149,7 +149,8 @@ pub fn read(sys: &Path, dev: &Path, name: &str) -> Result<Option<BlockDevice>, D
         Transport::Other
     };
     let model = read_opt(&base.join("device/model"))?.unwrap_or_default();
-    let (serial, serial_source) = identify(&base, name, backing.as_deref())?;
+    let usb = transport == Transport::Usb;
+    let (serial, serial_source) = identify(&base, name, backing.as_deref(), usb)?;
     let partitions = children(&base, name, |p| p.join("partition").exists())?;
     Ok(Some(BlockDevice {
         name: name.to_owned(),
@@ -185,6 +186,7 @@ fn identify(
     base: &Path,
     name: &str,
     backing: Option<&str>,
+    usb: bool,
 ) -> Result<(DiskSerial, SerialSource), DiscoverError> {
     for rel in ["device/serial", "serial"] {
         if let Some(raw) = read_opt(&base.join(rel))?
@@ -198,7 +200,8 @@ fn identify(
     {
         return Ok((serial, SerialSource::Hardware));
     }
-    if let Some(raw) = usb_serial(base)?
+    if usb
+        && let Some(raw) = usb_serial(base)?
         && let Some(serial) = sanitize(&raw)
     {
         return Ok((serial, SerialSource::Hardware));
@@ -224,7 +227,7 @@ fn identify(
     Ok((serial, source))
 }
 
-/// The serial of the USB device a disk sits on, if it sits on one: the
+/// The serial of the USB device a USB disk sits on: the
 /// kernel skips the SCSI pages that carry a serial for USB storage, and the
 /// USB device (the nearest directory above the disk in sysfs with an
 /// `idVendor`) has its own.
