@@ -139,6 +139,55 @@ fn the_nic_with_dhcp_becomes_the_uplink_and_the_api_answers_on_its_lease() {
     assert!(bridge.addresses.contains(&address));
 }
 
+/// The NIC's driver is loaded in parallel with netd's start, so netd may
+/// find no NIC at first: a NIC that shows while netd waits to probe again
+/// is probed at once, not at the next retry 2 s (up to 30 s) later.
+#[test]
+fn a_nic_that_appears_after_netd_started_is_probed_at_once() {
+    let node = NodeSpec::default().addressing(Addressing::None);
+    let farm = start(FarmSpec::with_nodes(vec![node]).without_agents());
+    let node = farm.node(0);
+    // eth0 waits outside the node, in a namespace of the farm's run (so
+    // the farm's teardown sweeps it), until netd has found no NIC.
+    let shelf = format!("gtb-{}-shelf", farm.run_id());
+    grove_testbed::netns::add(&shelf).expect("a namespace to hold eth0");
+    let nic = node.nics()[0].name().as_str();
+    let moved = node
+        .exec_in_netns(&["ip", "link", "set", nic, "netns", &shelf])
+        .expect("ip runs");
+    assert!(moved.status.success(), "{moved:?}");
+    node.start_agent().expect("boot");
+    let empty = wait_state(&farm, node, UplinkState::NoLease, Duration::from_secs(30));
+    assert!(empty.probes.is_empty(), "{empty:?}");
+
+    grove_testbed::cmd::run(
+        "ip",
+        &["-n", &shelf, "link", "set", nic, "netns", node.netns()],
+    )
+    .expect("eth0 into the node");
+    let arrived = Instant::now();
+    let mac = node.nics()[0].mac();
+    let leased = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+        farm.lan(0).lease_for(mac).is_some()
+    });
+    let to_lease = arrived.elapsed();
+    assert!(leased, "eth0 never got a lease\n{}", farm.logs(40));
+    let report = wait_state(&farm, node, UplinkState::Bound, Duration::from_secs(30));
+    let to_bound = arrived.elapsed();
+    eprintln!(
+        "eth0 leased {} ms and the uplink bound {} ms after eth0 arrived",
+        to_lease.as_millis(),
+        to_bound.as_millis()
+    );
+    assert_eq!(report.nic.as_deref(), Some("eth0"), "{report:?}");
+    assert!(
+        to_lease <= Duration::from_millis(1500),
+        "eth0 leased {} ms after it arrived\n{}",
+        to_lease.as_millis(),
+        farm.logs(40)
+    );
+}
+
 #[test]
 fn a_pulled_cable_heals_without_a_restart() {
     let farm = start_on_dhcp();

@@ -3,14 +3,16 @@
 //! Every NIC is brought up; those with carrier are probed by DHCP in
 //! parallel; the winner ([`choose`]) is bridged into `br-grove` (with the
 //! NIC's MAC, so the lease follows) and a long-lived `udhcpc` keeps its
-//! lease. A static address, gateway, DNS, a forced NIC and a VLAN tag come
-//! from the boot parameters instead. A carrier that comes back makes udhcpc
-//! renew at once, so a pulled cable or a DHCP server gone for minutes heals
-//! without a restart. IPv6 comes by SLAAC on the bridge when a router
-//! offers it. Netlink goes through [`crate::netlink`], kernel settings
-//! through [`crate::sysctl`], and sysfs reads and file writes run on
-//! blocking tasks. Which links are netd's own (and so never an uplink) is
-//! the caller's to say. Limits: one uplink; no bonding.
+//! lease. Without a lease it probes again with backoff, at once when a NIC
+//! shows that the last round did not probe. A static address, gateway,
+//! DNS, a forced NIC and a VLAN tag come from the boot parameters instead.
+//! A carrier that comes back makes udhcpc renew at once, so a pulled cable
+//! or a DHCP server gone for minutes heals without a restart. IPv6 comes by
+//! SLAAC on the bridge when a router offers it. Netlink goes through
+//! [`crate::netlink`], kernel settings through [`crate::sysctl`], and sysfs
+//! reads and file writes run on blocking tasks. Which links are netd's own
+//! (and so never an uplink) is the caller's to say. Limits: one uplink; no
+//! bonding.
 
 pub mod api;
 pub mod choose;
@@ -266,8 +268,8 @@ impl Uplink {
         }
         let mut delay = Duration::from_secs(2);
         loop {
-            match self.probe_all(&hook).await {
-                Ok(Some((nic, lease))) => {
+            let probed = match self.probe_all(&hook).await {
+                Ok((_, Some((nic, lease)))) => {
                     readiness.set_ready();
                     if let Err(e) = self.keep_lease(&hook, nic, lease, false, &shutdown).await {
                         self.fail(&e.to_string());
@@ -275,22 +277,57 @@ impl Uplink {
                     if shutdown.is_triggered() {
                         return;
                     }
+                    None
                 }
-                Ok(None) => {
+                Ok((probed, None)) => {
                     self.update(|r| r.state = UplinkState::NoLease);
                     readiness.set_ready();
+                    Some(probed)
                 }
                 Err(e) => {
                     self.fail(&e.to_string());
                     self.update(|r| r.state = UplinkState::NoLease);
                     readiness.set_ready();
+                    None
                 }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.wait() => return,
+            };
+            if !self.wait_for_new_nic(probed, delay, &shutdown).await {
+                return;
             }
             delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Waits `delay` before the next round, or less if a NIC shows that
+    /// `probed` (the NICs the last round considered; if unknown, those
+    /// present when the wait began) does not hold: a driver loaded late.
+    /// A NIC that goes away changes nothing. Answers false on shutdown.
+    async fn wait_for_new_nic(
+        &self,
+        mut probed: Option<Vec<InterfaceName>>,
+        delay: Duration,
+        shutdown: &Shutdown,
+    ) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                () = shutdown.wait() => return false,
+                _ = poll.tick() => {
+                    let Ok(now) = self.candidates().await else { continue };
+                    match &probed {
+                        None => probed = Some(now),
+                        Some(before) => {
+                            if let Some(nic) = first_new(before, &now) {
+                                tracing::info!(nic = %nic, "new NIC, probing at once");
+                                return true;
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -344,15 +381,25 @@ impl Uplink {
         self.update(|r| r.error = Some(error.to_owned()));
     }
 
+    /// The NICs a round considers: every candidate, or only the one the
+    /// boot parameters name (none while it is not there).
+    async fn candidates(&self) -> Result<Vec<InterfaceName>, UplinkError> {
+        let (sys, ours) = (self.config.sys.clone(), self.made_by_netd);
+        let mut nics = blocking(move || Ok(nic::candidate_nics(&sys, ours)?)).await?;
+        if let Some(only) = &self.overrides.nic {
+            nics.retain(|n| n == only);
+        }
+        Ok(nics)
+    }
+
     /// The NICs to consider, up, each as itself or as its VLAN link.
     async fn nics(&self) -> Result<Vec<(InterfaceName, InterfaceName)>, UplinkError> {
-        let (sys, ours) = (self.config.sys.clone(), self.made_by_netd);
-        let all = blocking(move || Ok(nic::candidate_nics(&sys, ours)?)).await?;
-        let nics = match &self.overrides.nic {
-            Some(n) if all.contains(n) => vec![n.clone()],
-            Some(n) => return Err(UplinkError::NoSuchNic(n.clone())),
-            None => all,
-        };
+        let nics = self.candidates().await?;
+        if let Some(only) = &self.overrides.nic
+            && nics.is_empty()
+        {
+            return Err(UplinkError::NoSuchNic(only.clone()));
+        }
         let mut out = Vec::new();
         let up = LinkSettings::up();
         for nic in nics {
@@ -373,11 +420,12 @@ impl Uplink {
         Ok(out)
     }
 
-    /// Probes every NIC with carrier in parallel; answers the winner.
+    /// Probes every NIC with carrier in parallel; answers the NICs it
+    /// considered and the winner.
     async fn probe_all(
         &self,
         hook: &std::path::Path,
-    ) -> Result<Option<(InterfaceName, Lease)>, UplinkError> {
+    ) -> Result<(Vec<InterfaceName>, Option<(InterfaceName, Lease)>), UplinkError> {
         self.update(|r| r.state = UplinkState::Probing);
         let nics = self.nics().await?;
         // A NIC just brought up needs a moment to see its carrier.
@@ -422,11 +470,12 @@ impl Uplink {
             .iter()
             .map(|((n, _), l)| (n.clone(), l.clone()))
             .collect();
-        Ok(choose::choose(&names).map(|i| {
+        let winner = choose::choose(&names).map(|i| {
             let ((nic, port), lease) = leases.swap_remove(i);
             tracing::info!(nic = %nic, port = %port, address = %lease.address, "uplink chosen");
             (port, lease)
-        }))
+        });
+        Ok((nics.into_iter().map(|(nic, _)| nic).collect(), winner))
     }
 
     /// Whether each of `nics` has carrier, in order.
@@ -701,6 +750,11 @@ impl Held {
     }
 }
 
+/// The first NIC of `now` that `probed` does not hold, if any.
+fn first_new<'a>(probed: &[InterfaceName], now: &'a [InterfaceName]) -> Option<&'a InterfaceName> {
+    now.iter().find(|n| !probed.contains(n))
+}
+
 /// When `lease` runs out, counted from now, if its length is known.
 fn expiry(lease: &Lease) -> Option<tokio::time::Instant> {
     let secs = lease.lease_secs?;
@@ -729,4 +783,33 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, UplinkError> + Send + 'static,
 ) -> Result<T, UplinkError> {
     crate::actor::blocking(f).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<InterfaceName> {
+        list.iter().map(|n| n.parse().expect("a name")).collect()
+    }
+
+    #[test]
+    fn only_a_nic_not_probed_before_is_new() {
+        let cases: &[(&[&str], &[&str], Option<&str>)] = &[
+            (&[], &[], None),
+            (&[], &["eth0"], Some("eth0")),
+            (&["eth0"], &["eth0"], None),
+            (&["eth0"], &["eth0", "eth1"], Some("eth1")),
+            // A NIC that went away is no reason to probe.
+            (&["eth0", "eth1"], &["eth1"], None),
+            (&["eth0"], &[], None),
+            // One went, another came.
+            (&["eth0"], &["eth1"], Some("eth1")),
+        ];
+        for (probed, now, new) in cases {
+            let (probed, now) = (names(probed), names(now));
+            let got = first_new(&probed, &now).map(InterfaceName::as_str);
+            assert_eq!(got, *new, "{probed:?} then {now:?}");
+        }
+    }
 }
