@@ -49,28 +49,6 @@ impl FromStr for DiskSerial {
 
 grove_daemon::checked_name!(DiskSerial);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials() {
-        let cases: &[(&str, bool)] = &[
-            ("S3Z9NB0K123456", true),
-            ("WD-WCC4N1234567", true),
-            ("loop:7f3a", true),
-            ("", false),
-            ("a/b", false),
-            ("a b", false),
-            ("a,b", false),
-        ];
-        for (s, ok) in cases {
-            assert_eq!(s.parse::<DiskSerial>().is_ok(), *ok, "{s:?}");
-        }
-        assert!("x".repeat(129).parse::<DiskSerial>().is_err());
-    }
-}
-
 /// Why a value is not a valid pool label or resource name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -143,8 +121,25 @@ impl FromStr for ResourceName {
 grove_daemon::checked_name!(ResourceName);
 
 #[cfg(test)]
-mod name_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn serials() {
+        let cases: &[(&str, bool)] = &[
+            ("S3Z9NB0K123456", true),
+            ("WD-WCC4N1234567", true),
+            ("loop:7f3a", true),
+            ("", false),
+            ("a/b", false),
+            ("a b", false),
+            ("a,b", false),
+        ];
+        for (s, ok) in cases {
+            assert_eq!(s.parse::<DiskSerial>().is_ok(), *ok, "{s:?}");
+        }
+        assert!("x".repeat(129).parse::<DiskSerial>().is_err());
+    }
 
     #[test]
     fn pool_labels() {

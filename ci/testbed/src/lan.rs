@@ -63,6 +63,16 @@ pub enum LanError {
     },
 }
 
+/// A tap could not be put on a LAN's bridge.
+#[derive(Debug, thiserror::Error)]
+#[error("could not plug tap {tap} into {bridge}")]
+pub struct PlugError {
+    pub tap: IfName,
+    pub bridge: IfName,
+    #[source]
+    pub source: CmdError,
+}
+
 /// One address dnsmasq has handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -276,6 +286,21 @@ impl Lan {
 
     pub fn bridge(&self) -> &IfName {
         &self.bridge
+    }
+
+    /// Puts `tap`, which is in the LAN's namespace already, on the bridge
+    /// and sets it up.
+    pub fn plug(&self, tap: &IfName) -> Result<(), PlugError> {
+        let (ns, name, bridge) = (self.netns(), tap.as_str(), self.bridge.as_str());
+        let args = ["-n", ns, "link", "set", name, "master", bridge, "up"];
+        match cmd::run("ip", &args) {
+            Ok(_) => Ok(()),
+            Err(source) => Err(PlugError {
+                tap: tap.clone(),
+                bridge: self.bridge.clone(),
+                source,
+            }),
+        }
     }
 
     /// The host's end of the veth onto this LAN (none behind NAT).

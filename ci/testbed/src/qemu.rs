@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::cmd::{self, CmdError};
 use crate::ifname::{IfName, IfNameError};
+use crate::lan::PlugError;
 use crate::trunk::{TrunkCounts, TrunkError, TrunkPort};
 use crate::{Farm, Lan};
 
@@ -69,13 +70,14 @@ pub enum QemuError {
         #[source]
         source: IfNameError,
     },
-    #[error("could not plug tap {tap} into {bridge}")]
+    #[error("could not create tap {tap}")]
     Tap {
         tap: IfName,
-        bridge: IfName,
         #[source]
         source: CmdError,
     },
+    #[error(transparent)]
+    Plug(#[from] PlugError),
     #[error("could not create {path}")]
     File {
         path: PathBuf,
@@ -627,37 +629,21 @@ fn boot_args(
 
 /// Creates tap `tap` in the LAN's namespace, on its bridge, up.
 fn plug_tap(lan: &Lan, tap: &IfName) -> Result<(), QemuError> {
-    let ns = lan.netns();
-    let steps: [&[&str]; 2] = [
-        &[
-            "-n",
-            ns,
-            "tuntap",
-            "add",
-            "dev",
-            tap.as_str(),
-            "mode",
-            "tap",
-        ],
-        &[
-            "-n",
-            ns,
-            "link",
-            "set",
-            tap.as_str(),
-            "master",
-            lan.bridge().as_str(),
-            "up",
-        ],
+    let args = [
+        "-n",
+        lan.netns(),
+        "tuntap",
+        "add",
+        "dev",
+        tap.as_str(),
+        "mode",
+        "tap",
     ];
-    for args in steps {
-        cmd::run("ip", args).map_err(|source| QemuError::Tap {
-            tap: tap.clone(),
-            bridge: lan.bridge().clone(),
-            source,
-        })?;
-    }
-    Ok(())
+    cmd::run("ip", &args).map_err(|source| QemuError::Tap {
+        tap: tap.clone(),
+        source,
+    })?;
+    Ok(lan.plug(tap)?)
 }
 
 /// A locally administered MAC from the run id and the machine's index, so

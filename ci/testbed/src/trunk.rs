@@ -24,9 +24,8 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::cmd::{self, CmdError};
 use crate::ifname::IfName;
-use crate::lan::Lan;
+use crate::lan::{Lan, PlugError};
 use crate::netns::{NetnsError, NetnsHandle};
 
 /// The 802.1Q tag protocol identifier.
@@ -47,13 +46,8 @@ pub enum TrunkError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not plug tap {tap} into {bridge}")]
-    Plug {
-        tap: IfName,
-        bridge: IfName,
-        #[source]
-        source: CmdError,
-    },
+    #[error(transparent)]
+    Plug(#[from] PlugError),
     #[error("could not bind {path}")]
     Socket {
         path: PathBuf,
@@ -108,18 +102,7 @@ impl TrunkPort {
             return Err(TrunkError::Vlan(vlan));
         }
         let file = open_tap_in(lan.netns(), tap)?;
-        let (ns, name, bridge) = (lan.netns(), tap.as_str(), lan.bridge().as_str());
-        let steps: [&[&str]; 2] = [
-            &["-n", ns, "link", "set", name, "master", bridge],
-            &["-n", ns, "link", "set", name, "up"],
-        ];
-        for args in steps {
-            cmd::run("ip", args).map_err(|source| TrunkError::Plug {
-                tap: tap.clone(),
-                bridge: lan.bridge().clone(),
-                source,
-            })?;
-        }
+        lan.plug(tap)?;
         let machine_socket = dir.join("nic.sock");
         let port_socket = dir.join("port.sock");
         let _ = std::fs::remove_file(&port_socket);
