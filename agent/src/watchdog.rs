@@ -197,8 +197,8 @@ mod tests {
     fn fake(root: &Path, timeout: &str) -> (PathBuf, PathBuf) {
         let (sys, dev) = (root.join("sys"), root.join("dev"));
         let class = sys.join("class/watchdog/watchdog0");
-        std::fs::create_dir_all(&class).expect("mkdir");
-        std::fs::create_dir_all(&dev).expect("mkdir");
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(class.join("identity"), "i6300ESB timer\n").expect("identity");
         std::fs::write(class.join("timeout"), timeout).expect("timeout");
         std::fs::write(dev.join("watchdog0"), "").expect("node");
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn the_first_watchdog_is_found_with_its_name_and_timeout() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         assert_eq!(
             find(&root.path().join("sys"), &root.path().join("dev")),
             None
@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn it_is_fed_while_the_heartbeats_come_and_disarmed_on_close() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let (sys, dev) = fake(root.path(), "1\n");
         let device = find(&sys, &dev).expect("a watchdog");
         let watchdog = Watchdog::arm(&device).expect("armed");
@@ -233,7 +233,7 @@ mod tests {
         // No heartbeat for longer than two intervals: nothing is written.
         std::thread::sleep(Duration::from_millis(800));
         watchdog.close();
-        let written = std::fs::read(dev.join("watchdog0")).expect("read");
+        let written = std::fs::read(dev.join("watchdog0")).unwrap();
         assert_eq!(
             written, b"\0\0\0V",
             "three keepalives, then the magic close"

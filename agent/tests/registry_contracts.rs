@@ -122,7 +122,7 @@ fn status(e: &TenantError) -> Option<u16> {
 
 #[tokio::test]
 async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_reports_on() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let served = serve(&dir.path().join("r.json"), any_port()).await;
     let url = served.url();
     let (node_client, node_id) = node(&url, &key(2)).await;
@@ -132,7 +132,7 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
     let tenant = Tenant::connect(&url, tenant_key.clone())
         .await
         .expect("tenant");
-    assert_eq!(tenant.twin_id().await.expect("read"), None);
+    assert_eq!(tenant.twin_id().await.unwrap(), None);
     let twin = tenant.create_twin().await.expect("twin");
     assert_eq!(tenant.ensure_twin().await.expect("again"), twin, "one twin");
     let hash = DeploymentHash::parse(HASH).expect("hash");
@@ -142,7 +142,7 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
         .expect("contract");
 
     // The node reads the contract and its owner's key.
-    let contract = backend.contract(id).await.expect("read").expect("there");
+    let contract = backend.contract(id).await.unwrap().expect("there");
     assert_eq!(
         (contract.node_id, contract.twin_id, contract.state),
         (node_id, twin, ContractState::Created)
@@ -153,13 +153,13 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
         backend.node_contracts(node_id).await.expect("list"),
         vec![contract.clone()]
     );
-    let owner = backend.twin_key(twin).await.expect("read").expect("there");
+    let owner = backend.twin_key(twin).await.unwrap().expect("there");
     assert_eq!(
         owner.key_bytes(),
         Some(tenant_key.verifying_key().to_bytes())
     );
-    assert_eq!(backend.twin_key(999).await.expect("read"), None);
-    assert_eq!(backend.contract(999).await.expect("read"), None);
+    assert_eq!(backend.twin_key(999).await.unwrap(), None);
+    assert_eq!(backend.contract(999).await.unwrap(), None);
 
     // Update, then the node's report arrives and is readable.
     let hash2 = DeploymentHash::parse(HASH2).expect("hash");
@@ -171,7 +171,7 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
         tenant
             .contract(id)
             .await
-            .expect("read")
+            .unwrap()
             .expect("there")
             .deployment_hash,
         hash2
@@ -196,7 +196,7 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
     let report = reader
         .contract_resources(id)
         .await
-        .expect("read")
+        .unwrap()
         .expect("the report arrived");
     assert_eq!((report.node_id, report.used), (node_id, used));
 
@@ -231,27 +231,18 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
     let (other_client, other_node) = node(&url, &key(7)).await;
     let other = Backend::Embedded(Box::new(other_client));
     common::assert_report_refused(&other, other_node, id, "http_403").await;
-    let after = backend.contract(id).await.expect("read").expect("there");
+    let after = backend.contract(id).await.unwrap().expect("there");
     assert_eq!(after.deployment_hash, hash2);
     assert_eq!(after.state, ContractState::Created);
     assert_eq!(
-        reader
-            .contract_resources(id)
-            .await
-            .expect("read")
-            .map(|r| r.used),
+        reader.contract_resources(id).await.unwrap().map(|r| r.used),
         Some(used)
     );
 
     // Cancel: Deleted, off the node's list, never updated again.
     tenant.cancel_contract(id).await.expect("cancel");
     assert_eq!(
-        backend
-            .contract(id)
-            .await
-            .expect("read")
-            .expect("kept")
-            .state,
+        backend.contract(id).await.unwrap().expect("kept").state,
         ContractState::Deleted
     );
     assert!(
@@ -272,7 +263,7 @@ async fn a_tenant_makes_updates_and_cancels_a_contract_the_node_reads_and_report
 
 #[tokio::test]
 async fn down_at_start_gone_and_back_and_restarted_empty() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("r.json");
     let (free, url) = free_port().await;
     let backend = Backend::Embedded(Box::new(EmbeddedClient::new(&url, key(2)).expect("client")));
@@ -292,7 +283,7 @@ async fn down_at_start_gone_and_back_and_restarted_empty() {
         .create_node_contract(node_id, DeploymentHash::parse(HASH).expect("hash").0, 0)
         .await
         .expect("contract");
-    let before = backend.contract(id).await.expect("read").expect("there");
+    let before = backend.contract(id).await.unwrap().expect("there");
 
     // Gone, then back with its state: the same contract.
     served.stop().await;
@@ -308,7 +299,7 @@ async fn down_at_start_gone_and_back_and_restarted_empty() {
 
     // Restarted empty: the contract is not there, the node is unknown.
     let served = serve(&dir.path().join("empty.json"), free).await;
-    assert_eq!(backend.contract(id).await.expect("read"), None);
+    assert_eq!(backend.contract(id).await.unwrap(), None);
     let e = backend.node_contracts(node_id).await.expect_err("no node");
     assert!(
         matches!(&e, BackendError::Permanent { message, .. } if message.contains(&format!("no node with id {node_id}"))),
@@ -439,7 +430,7 @@ async fn a_slow_a_refusing_and_a_lying_registry_are_errors_or_left_out_never_bel
     assert!(matches!(e, BackendError::Unreachable(_)), "{e:?}");
     // A contract for another node reads as what it is: the node's own
     // check (provisiond's admission) sees it is not its node's.
-    let read = backend.contract(7).await.expect("read").expect("there");
+    let read = backend.contract(7).await.unwrap().expect("there");
     assert_eq!(read.node_id, 2);
     liar.stop().await;
 }
@@ -459,7 +450,7 @@ async fn next_change(
 async fn the_node_sees_its_contracts_made_updated_and_cancelled_within_seconds_even_after_an_outage()
  {
     use agent::chain::contracts::{ContractChange, watch};
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("r.json");
     let (free, url) = free_port().await;
     // The registry is down when the watcher starts.

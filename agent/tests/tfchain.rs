@@ -152,7 +152,7 @@ async fn an_unfunded_node_shows_waiting_for_funds_then_gets_its_twin() {
     let (client, farm_id) = farm().await;
     let seed = agent::identity::keys::Seed::generate().expect("seed");
     let account = seed.keys().public().account;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     // No storaged or netd answers: funds and the twin need neither.
     let daemons = Daemons {
         storaged: &dir.path().join("no-storaged.sock"),
@@ -239,7 +239,7 @@ async fn a_node_registers_on_tfchain_and_reports_uptime() {
     let stored = node
         .node(node_id)
         .await
-        .expect("read")
+        .unwrap()
         .expect("the Node is stored");
     let field = |path: &[&str]| -> u128 {
         let mut v = &stored;

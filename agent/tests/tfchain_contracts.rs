@@ -167,9 +167,9 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
     let tenant = Tenant::connect(&url(), tenant_key.clone())
         .await
         .expect("the tenant connects");
-    assert_eq!(tenant.twin_id().await.expect("read"), None);
+    assert_eq!(tenant.twin_id().await.unwrap(), None);
     let tenant_twin = tenant.ensure_twin().await.expect("the tenant's twin");
-    assert_eq!(tenant.twin_id().await.expect("read"), Some(tenant_twin));
+    assert_eq!(tenant.twin_id().await.unwrap(), Some(tenant_twin));
     eprintln!("tenant twin {tenant_twin}");
 
     // The node follows its contracts' events from here on.
@@ -201,13 +201,13 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         *b"0123456789abcdef0123456789abcdef"
     );
     assert_eq!(
-        node.node_contracts(node_id).await.expect("read"),
+        node.node_contracts(node_id).await.unwrap(),
         vec![contract.clone()]
     );
     let owner = node
         .twin_key(tenant_twin)
         .await
-        .expect("read")
+        .unwrap()
         .expect("the owner's twin");
     assert_eq!(
         owner.key_bytes(),
@@ -215,8 +215,8 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         "the twin's account key is the tenant's"
     );
     assert_eq!(owner.account, tenant.account());
-    assert_eq!(node.twin_key(4_000_000).await.expect("read"), None);
-    assert_eq!(node.contract(u64::MAX / 2).await.expect("read"), None);
+    assert_eq!(node.twin_key(4_000_000).await.unwrap(), None);
+    assert_eq!(node.contract(u64::MAX / 2).await.unwrap(), None);
 
     // The owner updates the hash; the node sees the event and the hash.
     let hash2 = DeploymentHash::parse("fedcba9876543210fedcba9876543210").expect("hash");
@@ -243,7 +243,7 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         .await
         .expect("connect");
     assert_eq!(
-        chain.contract_resources(contract_id).await.expect("read"),
+        chain.contract_resources(contract_id).await.unwrap(),
         Some(used)
     );
     // Another node may not report on it: refused for good.
@@ -274,7 +274,7 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         "{e:?}"
     );
     assert_eq!(
-        node.contract(contract_id).await.expect("read"),
+        node.contract(contract_id).await.unwrap(),
         Some(updated.clone()),
         "refused writes changed the contract"
     );
@@ -320,9 +320,9 @@ async fn a_tenant_makes_a_node_contract_the_node_reads_it_reports_on_it_and_sees
         cancelled_at.elapsed()
     );
     stop_watch(&shutdown, watcher, Duration::from_secs(10)).await;
-    assert_eq!(node.contract(contract_id).await.expect("read"), None);
-    assert!(node.node_contracts(node_id).await.expect("read").is_empty());
-    assert_eq!(tenant.contract(contract_id).await.expect("read"), None);
+    assert_eq!(node.contract(contract_id).await.unwrap(), None);
+    assert!(node.node_contracts(node_id).await.unwrap().is_empty());
+    assert_eq!(tenant.contract(contract_id).await.unwrap(), None);
     // Cancelling again: the chain has no such contract any more.
     let cancelled = tenant.cancel_contract(contract_id).await;
     assert_refused(cancelled, "ContractNotExists", "cancelled already");

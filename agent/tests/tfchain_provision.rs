@@ -135,7 +135,7 @@ fn a_node_on_tfchain_provisions_a_tenants_contract_reports_its_resources_and_a_c
 
     // The tenant: a key of its own, funded by Alice; the command line makes
     // its twin and the contract.
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("tenant.key");
     agent::cli::sign::new_key(&key).expect("a key");
     let signing = agent::cli::sign::signing_key(&key).expect("key");
@@ -154,7 +154,7 @@ fn a_node_on_tfchain_provisions_a_tenants_contract_reports_its_resources_and_a_c
         ]})
         .to_string(),
     )
-    .expect("write");
+    .unwrap();
     let started = Instant::now();
     let (ok, out) = tenant_cli(&key, node, &["deploy", &file.display().to_string()]);
     assert!(ok, "{out}\n{}", farm.logs(60));
@@ -175,12 +175,12 @@ fn a_node_on_tfchain_provisions_a_tenants_contract_reports_its_resources_and_a_c
         .expect("connect");
     let contract = rt
         .block_on(reader.contract(contract_id))
-        .expect("read")
+        .unwrap()
         .expect("the contract exists");
     assert_eq!(contract.node_id, node_id, "{contract:?}");
     assert_eq!(
         Some(contract.twin_id),
-        rt.block_on(reader.twin()).expect("read"),
+        rt.block_on(reader.twin()).unwrap(),
         "{contract:?}"
     );
 
@@ -212,7 +212,7 @@ fn a_node_on_tfchain_provisions_a_tenants_contract_reports_its_resources_and_a_c
     let (ok, out) = tenant_cli(&key, node, &["cancel", &contract_id.to_string()]);
     assert!(ok, "{out}");
     assert_eq!(
-        rt.block_on(reader.contract(contract_id)).expect("read"),
+        rt.block_on(reader.contract(contract_id)).unwrap(),
         None,
         "a cancelled contract is gone from the chain"
     );

@@ -102,14 +102,14 @@ mod tests {
 
     #[test]
     fn a_directory_is_made_with_its_parents_and_mode_and_a_file_in_the_way_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let deep = dir.path().join("a/b");
         ensure_dir(&deep, Some(0o700)).expect("made");
         let mode = std::fs::metadata(&deep).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         ensure_dir(&deep, None).expect("already there");
         let file = dir.path().join("file");
-        std::fs::write(&file, b"x").expect("write");
+        std::fs::write(&file, b"x").unwrap();
         let error = ensure_dir(&file.join("sub"), None).expect_err("a file is in the way");
         assert_eq!(error.path, file.join("sub"));
         assert!(error.to_string().starts_with("cannot create "), "{error}");

@@ -20,7 +20,7 @@ async fn wait_for_socket(client: &SocketClient) {
 
 #[tokio::test]
 async fn standard_routes_answer_and_shutdown_removes_socket() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run/grove/test.sock");
     let readiness = Readiness::waiting("disks");
     let app = server::standard_routes(Identity::new("testd", "9.9.9"), readiness.clone()).route(
@@ -71,7 +71,7 @@ async fn standard_routes_answer_and_shutdown_removes_socket() {
 
 #[tokio::test]
 async fn stale_socket_is_replaced() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());

@@ -167,8 +167,8 @@ mod tests {
 
     #[test]
     fn the_cache_wins_when_it_is_mounted_and_a_configured_path_is_alone() {
-        let cache = tempfile::tempdir().expect("tempdir");
-        let run = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
         let found = Location::find(None, cache.path(), run.path(), "x.json");
         assert_eq!(found.write_to, cache.path().join("netd/x.json"));
         assert_eq!(found.read_from[1], run.path().join("netd/x.json"));
@@ -199,7 +199,7 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("storaged.sock");
         rt.block_on(async {
             let stop = grove_daemon::shutdown::Shutdown::new();

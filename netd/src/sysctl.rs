@@ -133,18 +133,18 @@ mod tests {
     use super::*;
 
     fn tree(keys: &[&str]) -> tempfile::TempDir {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         for key in keys {
             let path = root.path().join(key);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, "0\n").expect("write");
+            std::fs::create_dir_all(path.parent().expect("parent")).unwrap();
+            std::fs::write(path, "0\n").unwrap();
         }
         root
     }
 
     fn read(root: &Path, key: &str) -> String {
         std::fs::read_to_string(root.join(key))
-            .expect("read")
+            .unwrap()
             .trim()
             .to_owned()
     }

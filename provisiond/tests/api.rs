@@ -23,7 +23,7 @@ fn status(error: &ClientError) -> u16 {
 
 #[tokio::test]
 async fn the_api_answers_with_the_right_codes_and_never_a_private_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let fake = FakeNode::default();
     let engine = start(&dir.path().join("s.redb"), &fake, 10).await;
     let socket = dir.path().join("provisiond.sock");

@@ -299,7 +299,7 @@ async fn an_unavailable_daemon_is_waited_for_not_failed() {
 
 #[tokio::test]
 async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
     let fake = FakeNode::default();
     let engine = start(&path, &fake, 1000).await;
@@ -359,7 +359,7 @@ async fn a_restart_restores_everything_makes_nothing_twice_and_sweeps_orphans() 
 
 #[tokio::test]
 async fn a_kind_that_cannot_be_listed_neither_blocks_the_sweep_of_others_nor_spins() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let fake = FakeNode::default();
     {
         let mut o = fake.lock();
@@ -491,7 +491,7 @@ async fn the_engines_own_refusals_name_their_rule_and_change_nothing() {
     assert!(fake.names().is_empty());
 
     // Without a node id, nothing is admitted.
-    let other = tempfile::tempdir().expect("tempdir");
+    let other = tempfile::tempdir().unwrap();
     let store = provisiond::store::Store::open(&other.path().join("s.redb")).expect("opens");
     let blind = provisiond::engine::Engine::start(
         provisiond::engine::EngineConfig {

@@ -46,7 +46,7 @@ async fn a_stop_at_any_point_converges() {
     for phase in ["deploy", "update", "remove"] {
         for cut in 0..6 {
             points += 1;
-            let dir = tempfile::tempdir().expect("tempdir");
+            let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s.redb");
             let fake = FakeNode::default();
             let engine = start(&path, &fake, 100).await;

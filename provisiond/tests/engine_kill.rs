@@ -223,7 +223,7 @@ fn a_kill_at_any_moment_converges_to_what_the_store_recorded() {
     let want_v1 = second_objects(TWIN);
     let mut states = BTreeSet::new();
     for round in 0..20usize {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let (reader, writer) = pipe().expect("pipe");
         // SAFETY: this test binary runs this one test, and no runtime or
         // other thread exists yet in the parent: the child holds no lock

@@ -62,7 +62,7 @@ fn write_forever(path: &std::path::Path, first: u64, mut progress: std::fs::File
 
 #[test]
 fn a_kill_mid_write_keeps_every_committed_batch_whole() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provision.redb");
     let mut committed = 0u64;
     for round in 0..6u64 {

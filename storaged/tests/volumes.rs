@@ -346,10 +346,7 @@ fn a_volume_is_a_subvolume_limited_to_its_size_and_writing_past_it_fails_with_ed
     // A subvolume of its own (its root is inode 256), limited to the size.
     let meta = std::fs::metadata(&view.path).expect("volume path");
     assert_eq!(meta.ino(), 256, "not a subvolume root");
-    run(
-        "btrfs",
-        &["subvolume", "show", view.path.to_str().expect("utf-8")],
-    );
+    run("btrfs", &["subvolume", "show", view.path.to_str().unwrap()]);
     assert_eq!(
         limit_of(&mount, "volumes/c7-data").as_deref(),
         Some((16 * MIB).to_string().as_str())
@@ -375,10 +372,7 @@ fn a_volume_is_a_subvolume_limited_to_its_size_and_writing_past_it_fails_with_ed
     );
     assert!(written >= 8 * MIB, "only {written} bytes fit: {failure}");
     drop(file);
-    run(
-        "btrfs",
-        &["filesystem", "sync", mount.to_str().expect("utf-8")],
-    );
+    run("btrfs", &["filesystem", "sync", mount.to_str().unwrap()]);
     let used = wait_for(Duration::from_secs(30), || {
         bed.volumes()
             .iter()
@@ -606,7 +600,7 @@ fn delete_frees_the_space_and_leaves_no_qgroup_and_is_idempotent() {
     let (label, mount) = bed.label_and_mount();
     let free = bed.pool().free_bytes;
     let volume = bed.ensure_volume("gone", &label, 32 * MIB).expect("volume");
-    std::fs::write(volume.path.join("data"), vec![1u8; MIB as usize]).expect("write");
+    std::fs::write(volume.path.join("data"), vec![1u8; MIB as usize]).unwrap();
     let vdisk = bed.ensure_vdisk("gone", &label, 32 * MIB).expect("vdisk");
     assert_eq!(bed.pool().free_bytes, free - 64 * MIB);
     let before = qgroups(&mount);
@@ -651,10 +645,10 @@ fn a_restart_finds_everything_and_removes_only_temporary_leftovers() {
     let mut bed = Bed::new();
     let (label, mount) = bed.label_and_mount();
     let volume = bed.ensure_volume("v1", &label, 16 * MIB).expect("volume");
-    std::fs::write(volume.path.join("kept"), b"kept").expect("write");
+    std::fs::write(volume.path.join("kept"), b"kept").unwrap();
     let vdisk = bed.ensure_vdisk("d1", &label, 16 * MIB).expect("vdisk");
     // What a crash leaves, and what only looks like it.
-    let m = |rel: &str| mount.join(rel).to_str().expect("utf-8").to_owned();
+    let m = |rel: &str| mount.join(rel).to_str().unwrap().to_owned();
     run("btrfs", &["subvolume", "create", &m("volumes/.new-half")]);
     run(
         "btrfs",
@@ -687,10 +681,7 @@ fn a_restart_finds_everything_and_removes_only_temporary_leftovers() {
         ("v1", 16 * MIB)
     );
     assert_eq!(bed.vdisks(), vec![vdisk]);
-    assert_eq!(
-        std::fs::read(volume.path.join("kept")).expect("read"),
-        b"kept"
-    );
+    assert_eq!(std::fs::read(volume.path.join("kept")).unwrap(), b"kept");
 }
 
 #[test]
@@ -825,23 +816,19 @@ fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
     let (label, mount) = bed.label_and_mount();
     let volume = bed.ensure_volume("nest", &label, 64 * MIB).expect("volume");
     let keep = bed.ensure_volume("keep", &label, 16 * MIB).expect("volume");
-    std::fs::write(keep.path.join("data"), b"kept").expect("write");
-    std::fs::write(mount.join("cache/marker"), b"node state").expect("write");
+    std::fs::write(keep.path.join("data"), b"kept").unwrap();
+    std::fs::write(mount.join("cache/marker"), b"node state").unwrap();
     let cache_id = run(
         "btrfs",
         &[
             "inspect-internal",
             "rootid",
-            mount.join("cache").to_str().expect("utf-8"),
+            mount.join("cache").to_str().unwrap(),
         ],
     );
     let keep_id = run(
         "btrfs",
-        &[
-            "inspect-internal",
-            "rootid",
-            keep.path.to_str().expect("utf-8"),
-        ],
+        &["inspect-internal", "rootid", keep.path.to_str().unwrap()],
     );
     // What a tenant may make inside its volume, including a name that reads
     // as another line of `btrfs subvolume list` naming the cache and the
@@ -858,7 +845,7 @@ fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
             &[
                 "subvolume",
                 "create",
-                volume.path.join(rel).to_str().expect("utf-8"),
+                volume.path.join(rel).to_str().unwrap(),
             ],
         );
     }
@@ -867,10 +854,7 @@ fn a_volume_with_subvolumes_made_inside_it_is_deleted_whole_and_nothing_else() {
     let removed = bed.delete_volume("nest").expect("delete");
     assert!(removed.existed);
     assert!(!volume.path.exists());
-    let list = run(
-        "btrfs",
-        &["subvolume", "list", mount.to_str().expect("utf-8")],
-    );
+    let list = run("btrfs", &["subvolume", "list", mount.to_str().unwrap()]);
     let paths: Vec<&str> = list
         .lines()
         .filter_map(|l| l.split(" path ").nth(1))
@@ -896,10 +880,7 @@ fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself()
     // The source: a subvolume on the cache, which lives on the pool (where
     // provisiond keeps unpacked images), crossed into the pool's volumes.
     let source = bed.cache.join("image-rootfs");
-    run(
-        "btrfs",
-        &["subvolume", "create", source.to_str().expect("utf-8")],
-    );
+    run("btrfs", &["subvolume", "create", source.to_str().unwrap()]);
     std::fs::create_dir(source.join("bin")).expect("dir");
     std::fs::write(source.join("bin/app"), b"image bytes").expect("file");
     let snapshot = |name: &str, from: &Path| {
@@ -915,16 +896,16 @@ fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself()
     assert_eq!(view.path, mount.join("volumes/c9-root"));
     assert_eq!(std::fs::metadata(&view.path).expect("meta").ino(), 256);
     assert_eq!(
-        std::fs::read(view.path.join("bin/app")).expect("read"),
+        std::fs::read(view.path.join("bin/app")).unwrap(),
         b"image bytes"
     );
     assert_eq!(
         limit_of(&mount, "volumes/c9-root").as_deref(),
         Some((64 * MIB).to_string().as_str())
     );
-    std::fs::write(view.path.join("bin/app"), b"changed").expect("write");
+    std::fs::write(view.path.join("bin/app"), b"changed").unwrap();
     assert_eq!(
-        std::fs::read(source.join("bin/app")).expect("read"),
+        std::fs::read(source.join("bin/app")).unwrap(),
         b"image bytes",
         "the source is untouched"
     );
@@ -947,7 +928,7 @@ fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself()
     std::fs::File::create(&other_image)
         .and_then(|f| f.set_len(256 * MIB))
         .expect("image");
-    run("mkfs.btrfs", &["-q", other_image.to_str().expect("utf-8")]);
+    run("mkfs.btrfs", &["-q", other_image.to_str().unwrap()]);
     let other_mount = bed.dir.path().join("other");
     std::fs::create_dir(&other_mount).expect("dir");
     run(
@@ -955,15 +936,12 @@ fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself()
         &[
             "-o",
             "loop",
-            other_image.to_str().expect("utf-8"),
-            other_mount.to_str().expect("utf-8"),
+            other_image.to_str().unwrap(),
+            other_mount.to_str().unwrap(),
         ],
     );
     let foreign = other_mount.join("sub");
-    run(
-        "btrfs",
-        &["subvolume", "create", foreign.to_str().expect("utf-8")],
-    );
+    run("btrfs", &["subvolume", "create", foreign.to_str().unwrap()]);
     let before = bed.state();
     for (from, why) in [
         (foreign.clone(), "it is not on pool"),
@@ -989,12 +967,12 @@ fn a_volume_made_as_a_snapshot_holds_its_source_and_keeps_its_writes_to_itself()
         "{message}"
     );
     assert_eq!(bed.state(), before, "a refusal changes nothing");
-    run("umount", &["-d", other_mount.to_str().expect("utf-8")]);
+    run("umount", &["-d", other_mount.to_str().unwrap()]);
 
     bed.delete_volume("c9-root").expect("deleted");
     assert!(!view.path.exists());
     assert_eq!(
-        std::fs::read(source.join("bin/app")).expect("read"),
+        std::fs::read(source.join("bin/app")).unwrap(),
         b"image bytes"
     );
 }

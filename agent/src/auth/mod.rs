@@ -475,7 +475,7 @@ pub(crate) mod tests {
     #[test]
     fn the_farmer_passes_once_and_everything_else_is_refused() {
         let (farmer, stranger) = (key(1), key(2));
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let now = 1_800_000_000;
         let v = RequestVerifier::at(&dir.path().join("nonces.json"), now);
         // No record yet: what was signed before the agent started is refused.
@@ -515,7 +515,7 @@ pub(crate) mod tests {
     #[test]
     fn spent_nonces_survive_a_restart_and_a_lost_record_refuses_old_requests() {
         let farmer = key(1);
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth").join("nonces.json");
         let now = 1_800_000_000;
         let first = RequestVerifier::at(&path, now);

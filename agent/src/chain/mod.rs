@@ -1251,7 +1251,7 @@ mod tests {
     #[tokio::test]
     async fn contract_resources_wait_in_the_queue_the_newest_is_delivered_and_a_refusal_for_good_is_dropped()
      {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let (url, node, contract, task) = registry_with_a_contract(dir.path()).await;
         let chain = Chain::default();
         assert!(
@@ -1308,7 +1308,7 @@ mod tests {
         let stored = reader
             .contract_resources(contract)
             .await
-            .expect("read")
+            .unwrap()
             .expect("delivered");
         assert_eq!((stored.node_id, stored.used.cru), (node, 2));
 
@@ -1333,7 +1333,7 @@ mod tests {
         let stored = reader
             .contract_resources(contract)
             .await
-            .expect("read")
+            .unwrap()
             .expect("kept");
         assert_eq!(stored.used.cru, 2, "the refused report changed nothing");
         task.abort();

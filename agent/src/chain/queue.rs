@@ -186,7 +186,7 @@ mod tests {
 
     /// A new queue holding uptime reports 1 to `n`.
     fn queue_of(n: u64) -> (tempfile::TempDir, Queue) {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).expect("open");
         for _ in 0..n {
             let seq = q.next_seq().expect("seq");
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn reports_lists_everything_and_remove_through_drops_the_older_ones() {
         let (dir, q) = queue_of(4);
-        std::fs::write(dir.path().join("00000000000000000009.json"), b"not json").expect("write");
+        std::fs::write(dir.path().join("00000000000000000009.json"), b"not json").unwrap();
         let all = q.reports().expect("reports");
         assert_eq!(
             all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),

@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn new_keys_are_never_overwritten_and_sign_verifiably() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("farmer.key");
         let node_key = dir.path().join("node.key");
         let account = new_key(&key).expect("new key");
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn an_identity_choice_is_signed_for_the_waiting_machine_with_its_body() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("farmer.key");
         let farmer = new_key(&key).expect("new key");
         let adopted = new_key(&dir.path().join("old-node.key")).expect("a node's key");

@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn the_waiting_report_lists_the_accounts_and_how_to_answer() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let (a, b) = (Seed::from_bytes([1; 32]), Seed::from_bytes([2; 32]));
         let dir = |label: &str, this_machine| store::PoolDir {
             label: label.to_owned(),

@@ -260,7 +260,7 @@ mod tests {
     /// A scratch root, the cache directory in it and `n` pools of this
     /// machine.
     fn machine(n: usize) -> (tempfile::TempDir, PathBuf, Vec<PoolDir>) {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let cache = root.path().join("cache");
         let pools = pools(root.path(), n);
         (root, cache, pools)
@@ -293,7 +293,7 @@ mod tests {
         for path in [cache.join(CACHE_FILE), pools[1].mount_point.join(POOL_FILE)] {
             let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", path.display());
-            assert_eq!(read_seed(&path).expect("read"), Some(seed.clone()));
+            assert_eq!(read_seed(&path).unwrap(), Some(seed.clone()));
         }
         let (again, second) = boot(&cache, &pools);
         assert_eq!(again, seed);
@@ -316,10 +316,7 @@ mod tests {
                 pool: "grove-p1".into()
             }
         );
-        assert_eq!(
-            read_seed(&cache.join(CACHE_FILE)).expect("read"),
-            Some(seed)
-        );
+        assert_eq!(read_seed(&cache.join(CACHE_FILE)).unwrap(), Some(seed));
     }
 
     #[test]
@@ -349,13 +346,13 @@ mod tests {
             );
         }
         for p in &pools[1..] {
-            assert_eq!(seed_on(p).expect("read"), Some(stranger.clone()));
+            assert_eq!(seed_on(p).unwrap(), Some(stranger.clone()));
         }
     }
 
     #[test]
     fn a_node_given_only_another_nodes_pool_waits_for_the_farmer() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let mut pools = pools(root.path(), 2);
         let stranger = Seed::generate().expect("random");
         pools[1].this_machine = false;
@@ -386,7 +383,7 @@ mod tests {
             Settled::Wait { adoptable, .. } => assert!(adoptable.is_none()),
             other => panic!("guessed: {other:?}"),
         }
-        assert_eq!(seed_on(&pools[0]).expect("read"), None, "nothing written");
+        assert_eq!(seed_on(&pools[0]).unwrap(), None, "nothing written");
     }
 
     #[test]
@@ -403,7 +400,7 @@ mod tests {
         let (booted, report) = boot(&cache, &pools);
         assert_eq!(booted, fresh, "the chosen identity was lost in the crash");
         assert_eq!(report.copies, ["grove-p0"]);
-        assert_eq!(seed_on(&pools[1]).expect("read"), Some(stranger), "written");
+        assert_eq!(seed_on(&pools[1]).unwrap(), Some(stranger), "written");
     }
 
     #[test]
@@ -416,7 +413,7 @@ mod tests {
         let (chosen, report) = boot(&cache, &pools);
         assert_eq!(chosen, seed);
         assert_eq!(report.copies, ["grove-p0", "grove-p1"]);
-        assert_eq!(seed_on(&pools[2]).expect("read"), Some(odd));
+        assert_eq!(seed_on(&pools[2]).unwrap(), Some(odd));
     }
 
     #[test]

@@ -315,11 +315,11 @@ mod tests {
 
     #[test]
     fn the_consoles_are_the_first_terminal_and_the_active_serial_ones() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let (sys, dev) = (root.path().join("sys"), root.path().join("dev"));
-        std::fs::create_dir_all(sys.join("class/tty/console")).expect("mkdir");
-        std::fs::create_dir_all(sys.join("class/tty/tty1")).expect("mkdir");
-        std::fs::create_dir_all(&dev).expect("mkdir");
+        std::fs::create_dir_all(sys.join("class/tty/console")).unwrap();
+        std::fs::create_dir_all(sys.join("class/tty/tty1")).unwrap();
+        std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(dev.join("tty1"), "").expect("tty1");
         std::fs::write(sys.join("class/tty/console/active"), "tty0 ttyS0\n").expect("active");
         assert_eq!(
@@ -335,20 +335,17 @@ mod tests {
 
     #[test]
     fn the_screen_is_written_and_a_terminal_is_cleared_first() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let (tty, serial) = (root.path().join("tty1"), root.path().join("ttyS0"));
         std::fs::write(&tty, "").expect("tty1");
         std::fs::write(&serial, "").expect("ttyS0");
-        write(&Output::Terminal(tty.clone()), "screen\n").expect("write");
-        write(&Output::Serial(serial.clone()), "screen\n").expect("write");
+        write(&Output::Terminal(tty.clone()), "screen\n").unwrap();
+        write(&Output::Serial(serial.clone()), "screen\n").unwrap();
         assert_eq!(
-            std::fs::read_to_string(&tty).expect("read"),
+            std::fs::read_to_string(&tty).unwrap(),
             "\x1b[H\x1b[2Jscreen\n"
         );
-        assert_eq!(
-            std::fs::read_to_string(&serial).expect("read"),
-            "\nscreen\n\n"
-        );
+        assert_eq!(std::fs::read_to_string(&serial).unwrap(), "\nscreen\n\n");
         let missing = write(&Output::Serial(root.path().join("ttyS9")), "screen\n");
         assert!(missing.is_err());
     }

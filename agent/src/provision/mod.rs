@@ -693,7 +693,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_report_survives_a_restart_and_an_unreadable_one_is_none() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("provision").join("reported.json");
         assert_eq!(load_reported(&path).await, None);
         let reports = to_resources(vec![
@@ -729,7 +729,7 @@ mod tests {
         );
         save_reported(&path, &reports).await.expect("saved");
         assert_eq!(load_reported(&path).await, Some(reports));
-        std::fs::write(&path, b"{").expect("write");
+        std::fs::write(&path, b"{").unwrap();
         assert_eq!(load_reported(&path).await, None);
     }
 }

@@ -1129,7 +1129,7 @@ mod tests {
     }
 
     fn farmed(farmer: &SigningKey) -> Farmed {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.json");
         let r = Embedded::open(&path, &[account(farmer)]).expect("open");
         let owner = r.ensure_twin(&account(farmer), None).expect("twin");
@@ -1456,9 +1456,9 @@ mod tests {
 
     #[test]
     fn a_state_file_from_before_contracts_still_opens() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.json");
-        std::fs::write(&path, br#"{"twins":{},"farms":{},"nodes":{},"uptime":{}}"#).expect("write");
+        std::fs::write(&path, br#"{"twins":{},"farms":{},"nodes":{},"uptime":{}}"#).unwrap();
         let r = Embedded::open(&path, &[]).expect("open");
         assert!(r.snapshot().contracts.is_empty());
     }
@@ -1630,7 +1630,7 @@ mod tests {
 
     #[test]
     fn a_farmer_is_an_account_never_a_bare_name() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let e = Embedded::open(&dir.path().join("r.json"), &["farmer-1".to_owned()])
             .expect_err("a bare name");
         assert!(matches!(e, RegistryError::NotAnAccount(_)), "{e}");

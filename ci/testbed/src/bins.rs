@@ -82,8 +82,8 @@ mod tests {
 
     #[test]
     fn a_dir_with_agent_is_used_as_is() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("agent"), "").expect("write");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agent"), "").unwrap();
         let got = choose(None, &dir.path().join("sandbox"));
         assert_eq!(got, dir.path());
         assert!(check(dir.path()).is_ok());

@@ -383,11 +383,11 @@ mod tests {
             let mut buf = [0u8; 1024];
             let mut request = Vec::new();
             while find(&request, b"\r\n\r\n").is_none() {
-                let n = conn.read(&mut buf).expect("read");
+                let n = conn.read(&mut buf).unwrap();
                 assert!(n > 0, "client closed early");
                 request.extend_from_slice(&buf[..n]);
             }
-            conn.write_all(response).expect("write");
+            conn.write_all(response).unwrap();
             String::from_utf8(request).expect("utf8 request")
         });
         (format!("http://{addr}/v1/node"), handle)

@@ -243,11 +243,11 @@ mod tests {
 
     #[test]
     fn ownerless_directories_are_dead_unless_newborn() {
-        let base = tempfile::tempdir().expect("tempdir");
+        let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("abcdef");
-        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::create_dir(&dir).unwrap();
         assert!(owner_alive(&dir), "an empty young directory is being born");
-        std::fs::create_dir(dir.join("n0")).expect("mkdir");
+        std::fs::create_dir(dir.join("n0")).unwrap();
         assert!(!owner_alive(&dir), "half torn down");
         std::fs::write(dir.join(OWNER_FILE), format!("{} 0\n", std::process::id())).expect("owner");
         assert!(!owner_alive(&dir), "start time does not match this process");

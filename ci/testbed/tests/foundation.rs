@@ -298,12 +298,12 @@ fn run_with_config(name: &str, config: &Path) -> (Option<i32>, String) {
 
 #[test]
 fn a_bad_config_file_makes_each_daemon_exit_64_naming_the_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "bogus_key = 1\n").expect("write");
+    std::fs::write(&bad, "bogus_key = 1\n").unwrap();
     let missing = dir.path().join("missing.toml");
     let typed = dir.path().join("agent.toml");
-    std::fs::write(&typed, "[api]\nlisten = \"not-an-address\"\n").expect("write");
+    std::fs::write(&typed, "[api]\nlisten = \"not-an-address\"\n").unwrap();
     let mut cases: Vec<(&str, &Path, &str)> = Vec::new();
     for daemon in Daemon::ALL {
         cases.push((daemon.name(), &bad, "bogus_key"));

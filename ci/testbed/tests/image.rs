@@ -18,7 +18,7 @@ use grove_testbed::{Farm, FarmSpec, LanSpec, cmd, wait_until};
 fn the_same_inputs_build_the_same_bytes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let first = image();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let second = BootImage::build(dir.path()).expect("image builds again");
     for (a, b) in [
         (&first.kernel, &second.kernel),
@@ -37,8 +37,8 @@ fn the_same_inputs_build_the_same_bytes() {
 
 #[test]
 fn a_missing_tool_stops_the_build_and_names_its_package() {
-    let tools = tempfile::tempdir().expect("tempdir");
-    let out = tempfile::tempdir().expect("tempdir");
+    let tools = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
     let target = out.path().join("image");
     // A PATH with no tools at all; bash itself is named by its full path.
     let run = std::process::Command::new("/bin/bash")

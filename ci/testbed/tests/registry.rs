@@ -107,7 +107,7 @@ fn port() -> u16 {
 #[test]
 fn nodes_register_report_uptime_and_lose_nothing_in_an_outage() {
     let farm = farm(3, |_| None);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("registry.json");
     let mut registry = Registry::start(&farm, &state, port());
     for node in farm.nodes() {
@@ -287,7 +287,7 @@ fn nodes_register_report_uptime_and_lose_nothing_in_an_outage() {
 #[test]
 fn a_farm_that_does_not_exist_is_named_and_the_node_keeps_running() {
     let farm = farm(1, |_| None);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(&farm, &dir.path().join("registry.json"), port() + 1000);
     let node = farm.node(0);
     node.set_cmdline(&format!("grove.farm=99 grove.chain.url={}", registry.url))
@@ -368,7 +368,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     };
     let farm = Farm::start_for_test(FarmSpec::with_nodes(vec![spec(), spec()]).without_agents());
     let (node, other) = (farm.node(0), farm.node(1));
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let farmer_key = dir.path().join("farmer.key");
     let stranger_key = dir.path().join("stranger.key");
     let farmer = signing::new_key(&farmer_key);
@@ -469,7 +469,7 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
     std::fs::write(&image, b"an image the node never reads").expect("image");
     let upload = format!("{api}/v1/upgrade/image");
     let sign_upload = |key: &Path, for_node: &str| {
-        let body = ["--body-file", image.to_str().expect("utf-8")];
+        let body = ["--body-file", image.to_str().unwrap()];
         signing::request(key, for_node, "/v1/upgrade/image", &body)
     };
     let farmer_upload = sign_upload(&farmer_key, &account);
@@ -652,7 +652,7 @@ fn capacity_follows_the_node_and_status_tells_the_truth_about_the_registry() {
             "[chain]\nuptime_interval_secs = 2\n",
         );
     let farm = Farm::start_for_test(FarmSpec::with_nodes(vec![spec]).without_agents());
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("registry.json");
     let port = port() + 2000;
     let mut registry = Registry::start(&farm, &state, port);

@@ -206,7 +206,7 @@ fn a_stranger_on_the_lan_cannot_speak_for_a_node_or_a_farm() {
     let farm_before: RegistryFarm = get(&url, "/v1/farms/1");
     let twins_before: Value = get(&url, "/v1/twins");
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let attacker = key(&dir.path().join("attacker.key"));
     let (code, body) = post(
         &url,

@@ -261,7 +261,7 @@ fn a_restart_keeps_pools_cache_and_volume_contents() {
     let file = file.to_str().expect("utf-8 path");
     let wrote = node
         .exec(&["sh", "-c", &format!("echo kept > {file} && sync")])
-        .expect("write");
+        .unwrap();
     assert!(wrote.status.success(), "{wrote:?}");
     let vdisk_before: VdiskView = ensure(node, "/v1/vdisks/root", &pool, 32 << 20);
     let cache_before: Capacity = get(node, "/v1/capacity");
@@ -281,7 +281,7 @@ fn a_restart_keeps_pools_cache_and_volume_contents() {
     assert_eq!(ids(&pools_after), ids(&pools_before));
     let cache_after: Capacity = get(node, "/v1/capacity");
     assert_eq!(cache_after.cache, cache_before.cache);
-    let read = node.exec(&["cat", file]).expect("read");
+    let read = node.exec(&["cat", file]).unwrap();
     assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\n");
     let volumes: Vec<VolumeView> = get(node, "/v1/volumes");
     assert_eq!(volumes.len(), 1);
@@ -294,7 +294,7 @@ fn a_restart_keeps_pools_cache_and_volume_contents() {
     let vdisks: Vec<VdiskView> = get(node, "/v1/vdisks");
     assert_eq!(vdisks, vec![vdisk_before]);
     let size = node
-        .exec(&["stat", "-c", "%s", vdisks[0].path.to_str().expect("utf-8")])
+        .exec(&["stat", "-c", "%s", vdisks[0].path.to_str().unwrap()])
         .expect("stat");
     assert_eq!(
         String::from_utf8_lossy(&size.stdout).trim(),
@@ -568,11 +568,7 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
         .exec(&[
             "ls",
             "-A",
-            before.2[0]
-                .mount_point
-                .join("volumes")
-                .to_str()
-                .expect("utf-8"),
+            before.2[0].mount_point.join("volumes").to_str().unwrap(),
         ])
         .expect("ls");
     assert_eq!(
@@ -936,7 +932,7 @@ fn signed_post(url: &str, cli_output: &str) -> (u16, String) {
 fn a_farmer_signed_wipe_after_a_hot_swap_is_refused_and_the_newcomer_is_untouched() {
     let farm = start_without_agent(NodeSpec::default().disks(vec![SSD, HDD]));
     let node = farm.node(0);
-    let keys = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().unwrap();
     let farmer_key = keys.path().join("farmer.key");
     let farmer = signing::new_key(&farmer_key);
     let port = 18_700 + (std::process::id() % 1000) as u16;

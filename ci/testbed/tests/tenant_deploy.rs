@@ -221,7 +221,7 @@ fn a_tenant_deploys_a_network_across_two_nodes_updates_and_cancels_with_the_comm
         agent::cli::sign::signing_key(&key).expect("key"),
     ))
     .expect("registry");
-    let twin = block_on(tenant.twin_id()).expect("read").expect("a twin");
+    let twin = block_on(tenant.twin_id()).unwrap().expect("a twin");
     assert!(!account.is_empty());
 
     for (node, contract) in [a, b].into_iter().zip(&contracts) {
@@ -341,9 +341,7 @@ fn a_tenant_deploys_a_network_across_two_nodes_updates_and_cancels_with_the_comm
         .lines()
         .find_map(|l| l.strip_prefix("contract ")?.split(' ').next()?.parse().ok())
         .expect("the contract");
-    let contract = block_on(tenant.contract(failed))
-        .expect("read")
-        .expect("kept");
+    let contract = block_on(tenant.contract(failed)).unwrap().expect("kept");
     assert_eq!(
         contract.state,
         agent::registry::model::ContractState::Deleted,

@@ -207,7 +207,7 @@ fn dnsmasq_leases_an_address_to_an_unaddressed_node() {
     let node = farm.node(0);
     assert!(node.lan_ip().is_err(), "no address before DHCP");
 
-    let script_dir = tempfile::tempdir().expect("tempdir");
+    let script_dir = tempfile::tempdir().unwrap();
     let script = script(
         &script_dir,
         "bound.sh",
@@ -346,7 +346,7 @@ fn disks_can_hold_ext4_or_an_empty_gpt_and_can_vanish() {
 
     ext4.format_ext4_with_file("data/hello.txt", b"hello grove\n")
         .expect("ext4 with a file");
-    let dev = ext4.path().to_str().expect("utf-8");
+    let dev = ext4.path().to_str().unwrap();
     let kind =
         grove_testbed::cmd::run("blkid", &["-o", "value", "-s", "TYPE", dev]).expect("blkid");
     assert_eq!(kind.trim(), "ext4");
@@ -357,7 +357,7 @@ fn disks_can_hold_ext4_or_an_empty_gpt_and_can_vanish() {
     assert!(ext4.format_ext4_with_file("/abs", b"x").is_err());
 
     gpt.write_empty_gpt().expect("empty gpt");
-    let dev = gpt.path().to_str().expect("utf-8");
+    let dev = gpt.path().to_str().unwrap();
     let table = grove_testbed::cmd::run("sfdisk", &["--dump", dev]).expect("sfdisk --dump");
     assert!(table.contains("label: gpt"), "{table}");
     assert!(!table.contains("start="), "no partitions expected: {table}");
@@ -425,7 +425,7 @@ fn ext4_content_is_written_while_other_threads_spawn_children() {
     for (round, outcome) in outcomes.iter().enumerate() {
         assert!(outcome.is_ok(), "round {round}: {outcome:?}");
     }
-    let dev = disk.path().to_str().expect("utf-8");
+    let dev = disk.path().to_str().unwrap();
     let last = format!("cat /round-{}.txt", ROUNDS - 1);
     let content = grove_testbed::cmd::run("debugfs", &["-R", &last, dev]).expect("debugfs");
     assert_eq!(content, "farmer data");
@@ -443,7 +443,7 @@ const FAKE_AGENT: &str = "#!/bin/sh\n\
 #[test]
 fn stand_in_agent_runs_inside_the_node_and_dies_with_it() {
     let _host = shared();
-    let bin = tempfile::tempdir().expect("tempdir");
+    let bin = tempfile::tempdir().unwrap();
     let agent = bin.path().join("agent");
     std::fs::write(&agent, FAKE_AGENT).expect("write fake agent");
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -551,7 +551,7 @@ fn stand_in_agent_runs_inside_the_node_and_dies_with_it() {
 #[test]
 fn an_agent_that_exits_at_boot_fails_the_farm_naming_its_log() {
     let _host = shared();
-    let bin = tempfile::tempdir().expect("tempdir");
+    let bin = tempfile::tempdir().unwrap();
     script(
         &bin,
         "agent",
@@ -566,7 +566,7 @@ fn an_agent_that_exits_at_boot_fails_the_farm_naming_its_log() {
 #[test]
 fn missing_agent_binary_is_named() {
     let _host = shared();
-    let empty = tempfile::tempdir().expect("tempdir");
+    let empty = tempfile::tempdir().unwrap();
     let err = Farm::start(FarmSpec::default().bin_dir(empty.path())).expect_err("no agent there");
     let message = grove_testbed::report(&err);
     assert!(
@@ -600,7 +600,7 @@ fn stale_farms_are_cleaned() {
     // A mount under the run directory, as a test that mounted a disk and
     // died would leave.
     let scratch = dir.join("scratch");
-    std::fs::create_dir(&scratch).expect("mkdir");
+    std::fs::create_dir(&scratch).unwrap();
     nix::mount::mount(
         Some("tmpfs"),
         &scratch,
@@ -619,15 +619,12 @@ fn stale_farms_are_cleaned() {
     assert_run_gone(&run);
     assert!(!dir.exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(
-        !mounts.contains(scratch.to_str().expect("utf-8")),
-        "{mounts}"
-    );
+    assert!(!mounts.contains(scratch.to_str().unwrap()), "{mounts}");
     let loops = grove_testbed::loopdev::list();
     assert!(
         !loops
             .iter()
-            .any(|(_, b)| b.starts_with(image.to_str().expect("utf-8"))),
+            .any(|(_, b)| b.starts_with(image.to_str().unwrap())),
         "{loops:?}"
     );
 }

@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn round_trips_with_mode_0600() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let file = StateFile::locate(
             Some(dir.path()),
             Path::new("/nonexistent"),
@@ -140,24 +140,24 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let (s, p) = file.load().expect("read").expect("present");
+        let (s, p) = file.load().unwrap().expect("present");
         assert_eq!((s, p), (settings(), peers));
     }
 
     #[test]
     fn prefers_the_cache_when_it_is_mounted() {
-        let cache = tempfile::tempdir().expect("tempdir");
-        let run = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
         let file = StateFile::locate(None, cache.path(), run.path());
         assert_eq!(file.path(), cache.path().join("netd").join(FILE));
         file.save(&settings(), &[]).expect("saved");
-        assert!(file.load().expect("read").is_some());
+        assert!(file.load().unwrap().is_some());
     }
 
     #[test]
     fn a_bad_file_is_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join(FILE), "{}").expect("write");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), "{}").unwrap();
         let file = StateFile::locate(Some(dir.path()), dir.path(), dir.path());
         let err = file.load().expect_err("bad").to_string();
         assert!(err.contains(FILE), "{err}");

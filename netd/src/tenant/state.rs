@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn round_trips_with_mode_0600_and_removes() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let state = StateDir::locate(
             Some(dir.path()),
             Path::new("/nonexistent"),
@@ -215,13 +215,13 @@ mod tests {
 
     #[test]
     fn prefers_the_cache_and_reports_bad_files() {
-        let cache = tempfile::tempdir().expect("tempdir");
-        let run = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
         let gone = cache.path().join("absent");
         let state = StateDir::locate(None, &gone, run.path());
         assert_eq!(state.path(), run.path().join("netd").join(DIR));
         state.save(&network("net1")).expect("saved");
-        std::fs::write(state.path().join("bad.json"), "{}").expect("write");
+        std::fs::write(state.path().join("bad.json"), "{}").unwrap();
         std::fs::copy(
             state.path().join("net1.json"),
             state.path().join("other.json"),

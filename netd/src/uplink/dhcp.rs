@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn the_hook_prints_a_record_from_its_environment() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let hook = write_hook(dir.path()).expect("hook");
         let out = std::process::Command::new(&hook)
             .arg("bound")

@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn only_plain_nics_are_candidates() {
-        let sys = tempfile::tempdir().expect("tempdir");
+        let sys = tempfile::tempdir().unwrap();
         let r = sys.path();
         write(r, "class/net/lo/address", "00:00:00:00:00:00\n");
         write(r, "class/net/eth0/address", "02:00:00:00:00:01\n");

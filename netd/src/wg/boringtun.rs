@@ -348,15 +348,15 @@ mod tests {
 
     fn exe(dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(name);
-        std::fs::write(&path, "#!/bin/sh\n").expect("write");
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         path
     }
 
     #[test]
     fn finds_the_binary_in_path_or_names_every_place_it_looked() {
-        let a = tempfile::tempdir().expect("tempdir");
-        let b = tempfile::tempdir().expect("tempdir");
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
         let found = exe(b.path(), BINARY);
         let path = std::env::join_paths([a.path(), b.path()]).expect("join");
         assert_eq!(locate(None, Some(path)).expect("found"), found);
@@ -374,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_configured_binary_is_the_only_candidate() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let own = exe(dir.path(), "my-boringtun");
         assert_eq!(locate(Some(&own), None).expect("found"), own);
         let missing = dir.path().join("nope");
@@ -382,7 +382,7 @@ mod tests {
             .expect_err("missing")
             .to_string();
         assert!(err.contains(&missing.display().to_string()), "{err}");
-        std::fs::write(dir.path().join("plain"), "").expect("write");
+        std::fs::write(dir.path().join("plain"), "").unwrap();
         assert!(
             locate(Some(&dir.path().join("plain")), None).is_err(),
             "not executable"

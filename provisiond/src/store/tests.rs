@@ -23,7 +23,7 @@ fn result(state: WorkloadState, message: &str) -> WorkloadResult {
 
 /// A new store in a scratch directory.
 fn new_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("provision.redb")).expect("open");
     (dir, store)
 }
@@ -41,7 +41,7 @@ fn put(store: &Store, contract: u64, names: &[&str]) {
 
 #[test]
 fn what_is_committed_is_there_after_reopening() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provision.redb");
     {
         let store = Store::open(&path).expect("open");
@@ -78,7 +78,7 @@ fn what_is_committed_is_there_after_reopening() {
 
 #[test]
 fn an_uncommitted_batch_leaves_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provision.redb");
     {
         let store = Store::open(&path).expect("open");
@@ -158,7 +158,7 @@ fn a_stored_deployment_restores_only_with_its_hash() {
     let record = DeploymentRecord::new(&deployment, text.as_bytes());
     assert_eq!(record.hash, vectors[0]["md5_hex"].as_str().expect("md5"));
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provision.redb");
     {
         let store = Store::open(&path).expect("open");
@@ -184,7 +184,7 @@ fn a_stored_deployment_restores_only_with_its_hash() {
 
 #[test]
 fn a_second_open_of_the_same_file_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provision.redb");
     let _store = Store::open(&path).expect("open");
     let error = Store::open(&path).expect_err("the file is held");
@@ -193,12 +193,12 @@ fn a_second_open_of_the_same_file_is_refused() {
 
 #[test]
 fn a_store_that_is_not_a_store_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provision.redb");
-    std::fs::write(&path, b"not a database, but someone's file").expect("write");
+    std::fs::write(&path, b"not a database, but someone's file").unwrap();
     assert!(Store::open(&path).is_err());
     assert_eq!(
-        std::fs::read(&path).expect("read"),
+        std::fs::read(&path).unwrap(),
         b"not a database, but someone's file",
         "a file that is not a store is not rewritten"
     );

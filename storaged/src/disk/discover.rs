@@ -342,7 +342,7 @@ mod tests {
     }
 
     fn fixture() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         // An SSD with a serial and one partition.
         write(r, "block/sda/size", "1953525168\n");
@@ -414,10 +414,10 @@ mod tests {
     fn substitute_serial_is_stable_and_follows_the_backing_file() {
         let sys = fixture();
         let a = read(sys.path(), Path::new("/dev"), "loop3")
-            .expect("read")
+            .unwrap()
             .expect("present");
         let b = read(sys.path(), Path::new("/dev"), "loop3")
-            .expect("read")
+            .unwrap()
             .expect("present");
         assert_eq!(a.serial, b.serial);
         write(
@@ -426,7 +426,7 @@ mod tests {
             "/var/tmp/other.img\n",
         );
         let c = read(sys.path(), Path::new("/dev"), "loop3")
-            .expect("read")
+            .unwrap()
             .expect("present");
         assert_ne!(a.serial, c.serial);
     }
@@ -436,7 +436,7 @@ mod tests {
         let sys = fixture();
         assert!(
             read(sys.path(), Path::new("/dev"), "sdz")
-                .expect("read")
+                .unwrap()
                 .is_none()
         );
         write(sys.path(), "block/sdb/size", "lots\n");
@@ -457,19 +457,17 @@ mod tests {
         assert_eq!(vpd_serial(b"\x00\x83\x00\x02ab"), None);
         assert_eq!(vpd_serial(b"\x00\x80\x00"), None);
         assert_eq!(vpd_serial(b"\x00\x80\x00\x00"), None);
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         write(r, "block/sdc/size", "2097152\n");
         write(r, "block/sdc/queue/rotational", "0\n");
-        std::fs::create_dir_all(r.join("block/sdc/device")).expect("mkdir");
+        std::fs::create_dir_all(r.join("block/sdc/device")).unwrap();
         std::fs::write(
             r.join("block/sdc/device/vpd_pg80"),
             b"\x00\x80\x00\x06QM0001",
         )
-        .expect("write");
-        let sdc = read(r, Path::new("/dev"), "sdc")
-            .expect("read")
-            .expect("a disk");
+        .unwrap();
+        let sdc = read(r, Path::new("/dev"), "sdc").unwrap().expect("a disk");
         assert_eq!(sdc.serial.as_str(), "QM0001");
         assert_eq!(sdc.serial_source, SerialSource::Hardware);
     }

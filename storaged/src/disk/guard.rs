@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_missing_disk_is_vanished_not_an_error_of_another_kind() {
-        let sys = tempfile::tempdir().expect("tempdir");
+        let sys = tempfile::tempdir().unwrap();
         let expected = BlockDevice {
             name: "sdz".into(),
             path: PathBuf::from("/nonexistent/sdz"),

@@ -249,7 +249,7 @@ mod tests {
 
     /// A sparse file of `size` bytes, all zero, in a directory of its own.
     fn sparse_image(size: u64) -> (tempfile::TempDir, std::path::PathBuf, std::fs::File) {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");
         let f = std::fs::File::create(&path).expect("create");
         f.set_len(size).expect("sparse");
@@ -260,11 +260,11 @@ mod tests {
     fn data_is_found_at_either_end_or_in_the_middle() {
         let size = 64 * EDGE;
         let (_dir, path, f) = sparse_image(size);
-        assert_eq!(find_data(&path, size).expect("read"), None);
+        assert_eq!(find_data(&path, size).unwrap(), None);
         // One byte at a time: at the tail, the head, then the middle.
         for at in [size - 10, 100, size / 2 + 7] {
-            f.write_at(b"x", at).expect("write");
-            assert_eq!(find_data(&path, size).expect("read"), Some(at), "at {at}");
+            f.write_at(b"x", at).unwrap();
+            assert_eq!(find_data(&path, size).unwrap(), Some(at), "at {at}");
             f.write_at(b"\0", at).expect("clear");
         }
         assert!(find_data(Path::new("/nonexistent/disk"), size).is_err());
@@ -274,9 +274,9 @@ mod tests {
     fn a_backup_gpt_header_alone_is_found() {
         let size = 8 * EDGE;
         let (_dir, path, f) = sparse_image(size);
-        assert_eq!(backup_gpt(&path, size).expect("read"), None);
+        assert_eq!(backup_gpt(&path, size).unwrap(), None);
         f.write_at(b"EFI PART", size - 512).expect("backup header");
-        assert_eq!(backup_gpt(&path, size).expect("read"), Some(size - 512));
+        assert_eq!(backup_gpt(&path, size).unwrap(), Some(size - 512));
     }
 
     #[test]

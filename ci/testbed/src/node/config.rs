@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn writes_what_the_spec_says() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let spec = NodeSpec::default()
             .cmdline("grove.farm=7 quiet")
             .config(Daemon::Agent, "[chain]\nurl = \"x\"")
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn rewrites_replace_whole_files() {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().unwrap();
         let dir = ConfigDir::create(root.path().join("etc"), &NodeSpec::default(), Vec::new())
             .expect("written");
         dir.set_cmdline("a").expect("first");
@@ -263,7 +263,7 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 4, "no temporary files left: {names:?}");
         assert_eq!(
-            std::fs::read_to_string(dir.path().join("cmdline")).expect("read"),
+            std::fs::read_to_string(dir.path().join("cmdline")).unwrap(),
             "b"
         );
     }

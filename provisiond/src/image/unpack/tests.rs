@@ -72,7 +72,7 @@ fn apply(root: &Path, layers: &[Vec<u8>]) -> Result<Unpacked, UnpackError> {
 fn tree(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let mut children: Vec<_> = fs::read_dir(dir)
-            .expect("read")
+            .unwrap()
             .map(|c| c.expect("entry").path())
             .collect();
         children.sort();
@@ -99,7 +99,7 @@ fn tree(root: &Path) -> Vec<String> {
 
 #[test]
 fn layers_apply_in_order_with_whiteouts_and_opaque_directories() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let lower = layer(&[
         E::Dir("etc"),
@@ -135,7 +135,7 @@ fn layers_apply_in_order_with_whiteouts_and_opaque_directories() {
         ]
     );
     assert_eq!(
-        fs::read(root.join("etc/passwd")).expect("read"),
+        fs::read(root.join("etc/passwd")).unwrap(),
         b"root:x:0:0:changed"
     );
     use std::os::unix::fs::MetadataExt;
@@ -149,7 +149,7 @@ fn layers_apply_in_order_with_whiteouts_and_opaque_directories() {
 
 #[test]
 fn gzip_layers_unpack_and_unknown_media_types_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let mut u = Unpacker::new(dir.path(), 1 << 20);
     let media = "application/vnd.oci.image.layer.v1.tar+gzip";
     u.apply(
@@ -157,19 +157,19 @@ fn gzip_layers_unpack_and_unknown_media_types_are_refused() {
         Compression::of(media).expect("gzip"),
     )
     .expect("applies");
-    assert_eq!(fs::read(dir.path().join("hello")).expect("read"), b"hi");
+    assert_eq!(fs::read(dir.path().join("hello")).unwrap(), b"hi");
     let err = Compression::of("application/vnd.oci.image.layer.v1.tar+zstd").expect_err("zstd");
     assert!(err.to_string().contains("tar+zstd"), "{err}");
 }
 
 #[test]
 fn nothing_escapes_the_root() {
-    let outer = tempfile::tempdir().expect("tempdir");
+    let outer = tempfile::tempdir().unwrap();
     let root = outer.path().join("root");
     let outside = outer.path().join("outside");
     fs::create_dir(&root).expect("root");
     fs::create_dir(&outside).expect("outside");
-    fs::write(outside.join("secret"), b"keep").expect("write");
+    fs::write(outside.join("secret"), b"keep").unwrap();
     let target = outside.display().to_string();
     let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
         ("absolute", vec![layer(&[E::File("/tmp/evil", b"x")])]),
@@ -213,7 +213,7 @@ fn nothing_escapes_the_root() {
             "{what}"
         );
         assert_eq!(
-            fs::read_dir(&outside).expect("read").count(),
+            fs::read_dir(&outside).unwrap().count(),
             1,
             "{what}: nothing made outside"
         );
@@ -225,11 +225,11 @@ fn nothing_escapes_the_root() {
 
 #[test]
 fn a_link_in_place_of_a_file_is_replaced_not_written_through() {
-    let outer = tempfile::tempdir().expect("tempdir");
+    let outer = tempfile::tempdir().unwrap();
     let root = outer.path().join("root");
     fs::create_dir(&root).expect("root");
     let victim = outer.path().join("victim");
-    fs::write(&victim, b"keep").expect("write");
+    fs::write(&victim, b"keep").unwrap();
     apply(
         &root,
         &[
@@ -238,8 +238,8 @@ fn a_link_in_place_of_a_file_is_replaced_not_written_through() {
         ],
     )
     .expect("applies");
-    assert_eq!(fs::read(&victim).expect("read"), b"keep");
-    assert_eq!(fs::read(root.join("f")).expect("read"), b"new");
+    assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    assert_eq!(fs::read(root.join("f")).unwrap(), b"new");
     assert!(
         !fs::symlink_metadata(root.join("f"))
             .expect("meta")
@@ -250,7 +250,7 @@ fn a_link_in_place_of_a_file_is_replaced_not_written_through() {
 
 #[test]
 fn device_nodes_are_kept_out_and_the_size_is_limited() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let done = apply(
         dir.path(),
         &[layer(&[E::Device("dev/sda"), E::File("ok", b"1")])],
@@ -275,7 +275,7 @@ fn device_nodes_are_kept_out_and_the_size_is_limited() {
 
 #[test]
 fn a_broken_archive_is_an_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().unwrap();
     let mut bytes = layer(&[E::File("a", b"1")]);
     bytes[148] ^= 0xff;
     let err = apply(dir.path(), &[bytes]).expect_err("bad checksum");
