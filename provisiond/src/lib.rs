@@ -61,8 +61,6 @@ pub struct Config {
     pub storaged: PathBuf,
     /// netd's socket.
     pub netd: PathBuf,
-    /// `/proc`, for the node's cores and memory.
-    pub proc: PathBuf,
     /// The image cache; `provisiond/images` in [`grove_daemon::CACHE_DIR`]
     /// (on an SSD pool) when unset.
     pub images: Option<PathBuf>,
@@ -103,7 +101,6 @@ impl Default for Config {
             node_id: None,
             storaged: grove_daemon::socket_path("storaged"),
             netd: grove_daemon::socket_path("netd"),
-            proc: PathBuf::from("/proc"),
             images: None,
             containers: None,
             machines: None,
@@ -135,34 +132,23 @@ pub enum ProvisiondError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Images(#[from] image::ImageError),
-    #[error("cannot read {path}: {source}")]
-    Host {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read the node's cores and memory from the kernel")]
+    Host,
 }
 
 impl Failure for ProvisiondError {}
 
-/// The node's cores (`processor` lines of `cpuinfo`) and memory (`MemTotal`).
-pub fn host(proc: &Path) -> Result<(u64, u64), ProvisiondError> {
-    let read = |name: &str| {
-        let path = proc.join(name);
-        std::fs::read_to_string(&path).map_err(|source| ProvisiondError::Host { path, source })
-    };
-    let cores = read("cpuinfo")?
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    let memory_kib = read("meminfo")?
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Ok((
-        u64::try_from(cores).unwrap_or(u64::MAX),
-        memory_kib.saturating_mul(1024),
-    ))
+/// The node's cores and memory in bytes, as the kernel reports them.
+pub fn host() -> Result<(u64, u64), ProvisiondError> {
+    let mut system = sysinfo::System::new();
+    system.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
+    system.refresh_memory();
+    let cores = u64::try_from(system.cpus().len()).unwrap_or(u64::MAX);
+    let memory = system.total_memory();
+    if cores == 0 || memory == 0 {
+        return Err(ProvisiondError::Host);
+    }
+    Ok((cores, memory))
 }
 
 /// The node's pools as storaged reports them: mounted, of this node.
@@ -259,7 +245,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
     let storaged = storaged::client::StoragedClient::new(&config.storaged)
         .with_timeout(Duration::from_secs(300));
     let netd = netd::client::NetdClient::new(&config.netd).with_timeout(Duration::from_secs(120));
-    let (cores, memory) = host(&config.proc)?;
+    let (cores, memory) = tokio::task::spawn_blocking(host)
+        .await
+        .map_err(EngineError::from)??;
     let node = Node {
         cores,
         memory,
@@ -334,4 +322,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProvisiondErr
     machine_watch.abort();
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The cores are the kernel's online CPUs and the memory its
+    /// `MemTotal`, read here from `/proc` on their own.
+    #[test]
+    fn host_reports_the_kernels_cores_and_memory() {
+        let (cores, memory) = super::host().unwrap();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let processors = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        assert_eq!(cores, processors as u64);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert_eq!(memory, kib * 1024);
+    }
 }

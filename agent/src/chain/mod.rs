@@ -432,7 +432,10 @@ impl Chain {
                 next_uptime = Instant::now();
             }
             if Instant::now() >= next_uptime {
-                let uptime = host_uptime(&sources.proc_root).unwrap_or(booted.elapsed().as_secs());
+                let uptime = match sysinfo::System::uptime() {
+                    0 => booted.elapsed().as_secs(),
+                    secs => secs,
+                };
                 self.enqueue(&queue, uptime).await;
                 next_uptime += interval;
             }
@@ -1100,15 +1103,6 @@ async fn registration(
         virtualized: virtualized(&sources.proc_root),
         secure_boot: secure_boot(),
     })
-}
-
-fn host_uptime(proc_root: &std::path::Path) -> Option<u64> {
-    let text = std::fs::read_to_string(proc_root.join("uptime")).ok()?;
-    text.split_whitespace()
-        .next()?
-        .parse::<f64>()
-        .ok()
-        .map(|s| s as u64)
 }
 
 fn dmi_serial() -> Option<String> {
