@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod bins;
+pub mod browser;
 #[cfg(feature = "tfchain")]
 pub mod chain;
 pub mod cmd;

@@ -6,8 +6,10 @@
 //! peer nobody runs, so the mesh shows one peer that answers and one that
 //! does not. The rendered DOM is checked
 //! for what an operator reads (usage, human durations, mesh peers that
-//! answer); both screenshots are checked for their size, and copied to the
-//! directory `GROVE_DASHBOARD_SHOTS` names, when it is set, to be looked at.
+//! answer). Its layout is measured in the page, through WebDriver, at both
+//! widths: nothing wider than the screen, no label or heading broken inside
+//! a word. Both screenshots are copied to the directory
+//! `GROVE_DASHBOARD_SHOTS` names, when it is set, to be looked at.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use std::net::{Ipv6Addr, SocketAddr};
 
 use agent::supervisor::ServiceStatus;
+use grove_testbed::browser::Browser;
 use grove_testbed::mesh::{self, PeerEntry};
 use grove_testbed::{Daemon, Farm, FarmSpec, Node, http_get, unix_put, wait_until};
 use serde_json::Value;
@@ -55,6 +58,55 @@ fn chromium(dir: &Path, url: &str, width: u32, height: u32, extra: &[&str]) -> S
             grove_testbed::report(&e)
         )
     })
+}
+
+/// What is wrong with the page's layout, as the page measures it: wider
+/// than its window, or a word of a label, heading or header line laid out
+/// on two lines. Long identifiers (`.id`: keys, serials, addresses) may
+/// break, as they must on a phone.
+const LAYOUT_PROBLEMS: &str = r#"
+const problems = [];
+const root = document.documentElement;
+if (root.scrollWidth > window.innerWidth) {
+  problems.push(`the page is ${root.scrollWidth} px wide in a ${window.innerWidth} px window`);
+}
+for (const el of document.querySelectorAll("h1, h2, th, td:first-child, header .sub")) {
+  if (el.closest(".id")) continue;
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (n.parentElement.closest(".id")) continue;
+    for (const m of n.data.matchAll(/\S+/g)) {
+      const range = document.createRange();
+      range.setStart(n, m.index);
+      range.setEnd(n, m.index + m[0].length);
+      const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+      if (lines.size > 1) problems.push(`"${m[0]}" in <${el.tagName.toLowerCase()}> is broken across ${lines.size} lines`);
+    }
+  }
+}
+return problems;
+"#;
+
+/// Opens the dashboard at `width` × `height`, waits for its first refresh
+/// to fill the page, and answers what [`LAYOUT_PROBLEMS`] finds.
+fn layout_problems(dir: &Path, url: &str, width: u32, height: u32) -> Vec<String> {
+    let profile = tempfile::tempdir_in(dir).expect("a browser profile directory");
+    let browser = Browser::start(profile.path(), width, height)
+        .unwrap_or_else(|e| panic!("{}", grove_testbed::report(&e)));
+    browser.open(url).expect("the browser opens the dashboard");
+    let filled = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        browser
+            .eval(
+                "return document.getElementById('error').style.display === 'none' \
+                 && document.querySelectorAll('#mesh tr').length > 1",
+            )
+            .is_ok_and(|v| v == Value::Bool(true))
+    });
+    assert!(filled, "the dashboard did not fill at {width} px");
+    let problems = browser
+        .eval(LAYOUT_PROBLEMS)
+        .expect("the layout is measured");
+    serde_json::from_value(problems).expect("a list of problems")
 }
 
 /// Width and height from a PNG's IHDR chunk.
@@ -186,8 +238,13 @@ fn the_dashboard_shows_usage_durations_and_mesh_peers_at_desktop_and_phone_width
         assert!(number.parse::<u64>().unwrap() < 60, "uptime {uptime:?}");
     }
 
-    // At phone width the page renders as one column; the screenshot is
-    // kept for a person to read.
+    // Laid out as a person reads it, on a phone and on a desktop.
+    for (width, height) in [(390, 844), (1280, 900)] {
+        let problems = layout_problems(farm.dir(), &url, width, height);
+        assert!(problems.is_empty(), "at {width} px: {problems:#?}");
+    }
+
+    // The screenshots are kept for a person to read.
     let shot = farm.dir().join("dashboard-phone.png");
     let shot_arg = format!("--screenshot={}", shot.display());
     chromium(farm.dir(), &url, 390, 2200, &[shot_arg.as_str()]);
