@@ -9,7 +9,9 @@
 //! checked by [`crate::auth`] before anything else. A node that waits for
 //! its identity has no account yet: the farmer's choice is then signed for
 //! its machine (`machine:ID`, as `/v1/node` shows it), and the farm owner
-//! is read from the registry on the spot. On TCP, [`serve_tcp`] holds at most `max_connections`
+//! is read from the registry on the spot. The tenants' routes
+//! (`/v1/deployments`, [`crate::provision::api`]) are merged in; each but
+//! the capacity is signed by a twin. On TCP, [`serve_tcp`] holds at most `max_connections`
 //! connections, closes one whose headers do not arrive in time, and closes
 //! one idle for `idle_timeout_secs`, so held connections cannot pile up fds
 //! and memory.
@@ -46,6 +48,8 @@ pub struct ApiState {
     /// The hardware watchdog the agent holds armed, if any.
     pub watchdog: Option<crate::watchdog::WatchdogReport>,
     pub upgrades: Arc<crate::upgrade::Upgrades>,
+    /// Work a request starts that outlives its connection.
+    pub detached: crate::tasks::Detached,
 }
 
 /// `GET /v1/node`.
@@ -145,7 +149,8 @@ impl IntoResponse for OperatorApiError {
     }
 }
 
-/// The read-only routes.
+/// Every route: the reads, the farm owner's changes and the tenants'
+/// deployments.
 pub fn routes(state: ApiState) -> Router {
     Router::new()
         .route("/v1/node", get(node))
@@ -584,17 +589,19 @@ async fn install_then_reboot(
     + 'static,
 ) -> Result<(StatusCode, Json<crate::upgrade::Installed>), OperatorApiError> {
     let stop = state.stop.clone();
-    let upgrading = tokio::spawn(async move {
+    let upgrading = async move {
         let installed = upgrade
             .await
             .inspect_err(|e| tracing::error!(error = %e, "upgrade refused"))?;
         tracing::warn!(slot = installed.slot.name(), version = %installed.version, "upgrade written; rebooting into it");
         stop.request(crate::stop::StopReason::Reboot);
         Ok::<_, crate::upgrade::UpgradeError>(installed)
-    });
-    let installed = upgrading
+    };
+    let installed = state
+        .detached
+        .run("upgrade", upgrading)
         .await
-        .map_err(|e| crate::upgrade::UpgradeError::Task(e.to_string()))??;
+        .ok_or(crate::upgrade::UpgradeError::Stopping)??;
     Ok((StatusCode::ACCEPTED, Json(installed)))
 }
 

@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::stop::{Stop, StopReason};
 use crate::supervisor::reaper::{Reaper, ReaperError};
 use crate::supervisor::{Policy, Supervisor};
-use crate::tasks::Tasks;
+use crate::tasks::{Detached, Tasks};
 
 /// The agent's name: its socket and its log field.
 pub const NAME: &str = "agent";
@@ -156,6 +156,7 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     // system on trial marks its slot good once ready.
     let standing = state.upgrades.look().await;
     let view = state.clone();
+    let detached = state.detached.clone();
     tasks.spawn_until(
         "upgrade",
         &shutdown,
@@ -180,6 +181,9 @@ pub async fn run(config: Config, options: Options, shutdown: Shutdown) -> Result
     supervisor.stop_leftovers(&options.proc_root).await;
     supervisor.run(reaper, shutdown).await;
     tasks.drain(grove_daemon::shutdown::GRACE).await;
+    // Before the servers: a request waiting for its work then gets its
+    // answer, and its connection closes.
+    detached.drain(grove_daemon::shutdown::GRACE).await;
     let served = servers.drain(grove_daemon::shutdown::GRACE).await;
     if let Err(e) = tokio::fs::remove_file(&config.api.socket).await {
         tracing::debug!(error = %e, "agent socket already gone");
@@ -331,6 +335,7 @@ fn start_tasks(
         started: std::time::Instant::now(),
         identity: node_identity,
         supervisor: supervisor.clone(),
+        detached: Detached::new(),
         upgrades: Arc::new(upgrade::Upgrades::new(
             upgrade::running_version(Path::new("/etc/os-release")),
             cmdline.params.upgrade.slot,

@@ -178,6 +178,8 @@ pub enum UpgradeError {
     Esp(#[from] EspError),
     #[error("the writing task failed: {0}")]
     Task(String),
+    #[error("the agent stopped before the upgrade finished")]
+    Stopping,
 }
 
 impl UpgradeError {
@@ -189,6 +191,7 @@ impl UpgradeError {
             UpgradeError::TooLarge { .. } => 413,
             UpgradeError::Checksum { .. } | UpgradeError::NotAnImage(_) => 422,
             UpgradeError::Fetch(_) => 502,
+            UpgradeError::Stopping => 503,
             UpgradeError::NoRoom { .. } => 507,
             UpgradeError::NoMedium(_)
             | UpgradeError::Mount { .. }
