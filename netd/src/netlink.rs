@@ -309,7 +309,8 @@ impl Netlink {
         Ok(true)
     }
 
-    /// A kernel WireGuard link `name`, unless it exists; true if it did.
+    /// A kernel WireGuard link `name`, unless it exists; true if it was
+    /// created.
     pub async fn ensure_wireguard(&self, name: &str) -> Result<bool, NetlinkError> {
         if self.link(name).await?.is_some() {
             return Ok(false);
