@@ -496,6 +496,8 @@ fn a_dhcp_server_gone_for_minutes_is_waited_out() {
         Duration::from_secs(180),
     );
     assert!(lost.address.is_none(), "{lost:?}");
+    // The server stays away a while after the lease ended: netd keeps
+    // asking, with its backoff, and must still take the server back.
     std::thread::sleep(Duration::from_secs(10));
     let after = switch_dhcp(&mut farm, true, UplinkState::Bound, Duration::from_secs(60));
     assert_eq!(

@@ -41,8 +41,10 @@ const MIB: u64 = 1 << 20;
 /// How long a deployment may take to be made or removed (a machine
 /// boots under TCG).
 const WITHIN: Duration = Duration::from_secs(180);
-const MACHINES: &str = "/var/cache/grove/provisiond/machines";
-const CONTAINERS: &str = "/var/cache/grove/provisiond/containers";
+/// provisiond's directory of `what` (`machines`, `containers`) on a node.
+fn provisiond_dir(what: &str) -> String {
+    format!("{}/provisiond/{what}", grove_daemon::CACHE_DIR)
+}
 
 fn api_error(what: &str, e: impl std::fmt::Display) -> BenchError {
     BenchError::Api {
@@ -168,9 +170,10 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
         )?;
         let id = provisiond::driver::container::container_id(contract, "app");
         let floor_id = format!("f-{run}");
+        let containers = provisiond_dir("containers");
         let script = format!(
             "set -e; b=/tmp/bench-{floor_id}; mkdir -p $b; \
-             sed -e 's#\"/grove/{id}\"#\"/grove/{floor_id}\"#' {CONTAINERS}/{id}/config.json > $b/config.json; \
+             sed -e 's#\"/grove/{id}\"#\"/grove/{floor_id}\"#' {containers}/{id}/config.json > $b/config.json; \
              s=$(date +%s%N); runc run --detach --bundle $b {floor_id} </dev/null >/dev/null 2>&1; \
              e=$(date +%s%N); runc delete --force {floor_id} >/dev/null 2>&1; rm -rf $b; echo $((e-s))"
         );
@@ -208,7 +211,7 @@ pub fn run(runs: usize) -> Result<(), BenchError> {
 
         // The same launch by hand: its own tap, disk copy, pid and address.
         let id = provisiond::driver::machine::machine_id(contract, "vm");
-        let dir = format!("{MACHINES}/{id}");
+        let dir = format!("{}/{id}", provisiond_dir("machines"));
         let launch: serde_json::Value =
             serde_json::from_str(&exec(node, &["cat", &format!("{dir}/launch.json")])?)
                 .map_err(|e| api_error("launch.json", e))?;

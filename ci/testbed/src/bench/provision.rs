@@ -234,12 +234,8 @@ fn restore(rt: &tokio::runtime::Runtime, node: &Node) -> Result<(u64, Duration),
     for i in 0..RESTORED as u64 {
         wait_state(rt, &client, 5000 + i, DeploymentState::Ok, MINUTE)?;
     }
-    let store = node.exec(&[
-        "stat",
-        "-c",
-        "%s",
-        "/var/cache/grove/provisiond/deployments.redb",
-    ])?;
+    let store_path = format!("{}/provisiond/deployments.redb", grove_daemon::CACHE_DIR);
+    let store = node.exec(&["stat", "-c", "%s", &store_path])?;
     let store_bytes = String::from_utf8_lossy(&store.stdout)
         .trim()
         .parse::<u64>()
