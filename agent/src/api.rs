@@ -334,7 +334,7 @@ async fn capacity(
 
 async fn disks(
     State(state): State<ApiState>,
-) -> Result<Json<Vec<storaged::storage::Disk>>, OperatorApiError> {
+) -> Result<Json<Vec<storaged::report::Disk>>, OperatorApiError> {
     let disks = state.storaged.disks().await;
     disks.map(Json).map_err(daemon_error(storaged::NAME))
 }
@@ -610,7 +610,7 @@ async fn wipe(
     Path(serial): Path<String>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<storaged::storage::Disk>, OperatorApiError> {
+) -> Result<Json<storaged::report::Disk>, OperatorApiError> {
     // The serial is sent on escaped, so it names one disk and nothing else
     // of storaged's API; the farmer signs the same escaped path.
     let escaped = escape_path_segment(&serial);

@@ -13,23 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use grove_daemon::server::ApiError;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::disk::guard::GuardError;
-use crate::storage::{
-    Capacity, Disk, IdentityChoice, IdentityState, PoolReport, Storage, StorageError, vdisk_view,
-    volume_view,
-};
+use crate::report::{Capacity, Disk, IdentityChoice, IdentityState, PoolReport, SettleRequest};
+use crate::storage::{Storage, StorageError, vdisk_view, volume_view};
 use crate::types::{DiskSerial, PoolLabel, ResourceName};
 use crate::volume::{Found, Kind, ObjectRequest, VdiskView, VolumeError, VolumeView};
-
-/// `POST /v1/identity`: the node's account as the agent settled it, or
-/// `null` for a node that has none yet (waiting for the farmer).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SettleRequest {
-    pub account: Option<String>,
-}
 
 /// The storage once boot has finished.
 pub type Shared = Arc<OnceLock<Storage>>;

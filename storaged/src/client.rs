@@ -46,7 +46,7 @@ impl StoragedClient {
     }
 
     /// The node's identity as storaged holds it.
-    pub async fn identity(&self) -> Result<crate::storage::IdentityState, ClientError> {
+    pub async fn identity(&self) -> Result<crate::report::IdentityState, ClientError> {
         self.socket.get("/v1/identity").await
     }
 
@@ -54,12 +54,12 @@ impl StoragedClient {
     pub async fn settle(
         &self,
         account: Option<String>,
-    ) -> Result<crate::storage::IdentityState, ClientError> {
+    ) -> Result<crate::report::IdentityState, ClientError> {
         self.socket
             .call(
                 hyper::Method::POST,
                 "/v1/identity",
-                Some(&crate::api::SettleRequest { account }),
+                Some(&crate::report::SettleRequest { account }),
             )
             .await
     }
@@ -67,8 +67,8 @@ impl StoragedClient {
     /// Passes on the farmer's choice for a node waiting for its identity.
     pub async fn choose(
         &self,
-        choice: &crate::storage::IdentityChoice,
-    ) -> Result<crate::storage::IdentityState, ClientError> {
+        choice: &crate::report::IdentityChoice,
+    ) -> Result<crate::report::IdentityState, ClientError> {
         self.socket
             .call(hyper::Method::POST, "/v1/identity/choice", Some(choice))
             .await

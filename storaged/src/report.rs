@@ -1,4 +1,5 @@
-//! What storaged's API answers: disks, pools, capacity.
+//! What storaged's API answers and takes: disks, pools, capacity, the
+//! node's identity.
 //!
 //! Plain data shared by the daemon, its typed client
 //! ([`crate::client::StoragedClient`]) and every caller, kept apart from
@@ -83,4 +84,35 @@ pub struct Capacity {
     pub hdd: KindCapacity,
     pub cache: CacheStatus,
     pub broken_pools: Vec<PoolLabel>,
+}
+
+/// `/v1/identity`: the account storaged holds the node to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityState {
+    pub settled: bool,
+    pub account: Option<String>,
+    /// This machine's id, as recorded on the pools it makes: what the
+    /// farmer's signed choice names while the node has no account.
+    #[serde(default)]
+    pub machine: Option<String>,
+}
+
+/// The farmer's answer to a node waiting for its identity
+/// (`POST /v1/identity/choice`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentityChoice {
+    /// Take the identity another machine's pools hold, and those pools.
+    Adopt(String),
+    /// Start as a new node with this new account, on this machine's blank
+    /// pools only.
+    Fresh(String),
+}
+
+/// `POST /v1/identity`: the node's account as the agent settled it, or
+/// `null` for a node that has none yet (waiting for the farmer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    pub account: Option<String>,
 }

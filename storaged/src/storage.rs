@@ -19,8 +19,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
 use crate::cache::{self, CacheError, CacheStatus};
 use crate::disk::classify::{self, DiskClass, Findings};
 use crate::disk::discover::{self, BlockDevice, DiscoverError};
@@ -29,7 +27,7 @@ use crate::disk::probe::{self, ProbeError, Signatures};
 use crate::mounts::{self, MountEntry};
 use crate::pool::kind::DiskKind;
 use crate::pool::{self, Pool, PoolError, PoolState};
-pub use crate::report::{Capacity, Disk, KindCapacity, PoolReport};
+use crate::report::{Capacity, Disk, IdentityChoice, IdentityState, KindCapacity, PoolReport};
 use crate::types::{DiskSerial, PoolLabel};
 use crate::volume::{self, PoolObjects, VolumeError};
 use grove_daemon::cmd::{self, CmdError};
@@ -149,29 +147,6 @@ impl Inner {
     fn own_pools(&self) -> Vec<Pool> {
         self.pools.iter().filter(|p| self.own(p)).cloned().collect()
     }
-}
-
-/// `/v1/identity`: the account storaged holds the node to be.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdentityState {
-    pub settled: bool,
-    pub account: Option<String>,
-    /// This machine's id, as recorded on the pools it makes: what the
-    /// farmer's signed choice names while the node has no account.
-    #[serde(default)]
-    pub machine: Option<String>,
-}
-
-/// The farmer's answer to a node waiting for its identity
-/// (`POST /v1/identity/choice`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum IdentityChoice {
-    /// Take the identity another machine's pools hold, and those pools.
-    Adopt(String),
-    /// Start as a new node with this new account, on this machine's blank
-    /// pools only.
-    Fresh(String),
 }
 
 /// The cache status before the node's identity is settled.

@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use storaged::client::StoragedClient;
-use storaged::storage::IdentityChoice;
+use storaged::report::IdentityChoice;
 
 use super::keys::{SS58_PREFIX, Seed, ss58};
 use super::store::{self, Source};

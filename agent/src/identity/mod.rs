@@ -110,7 +110,7 @@ impl Identity {
     /// labels, and storaged's report of them.
     async fn look(
         storaged: &StoragedClient,
-    ) -> Result<(Seen, Vec<String>, Vec<storaged::storage::PoolReport>), StepError> {
+    ) -> Result<(Seen, Vec<String>, Vec<storaged::report::PoolReport>), StepError> {
         let pools = storaged.pools().await?;
         let dirs: Vec<PoolDir> = pools
             .iter()
@@ -199,7 +199,7 @@ impl Identity {
     }
 
     /// Notes why the node waits, for `/v1/node` and the status.
-    fn wait(&self, seen: &Seen, state: &storaged::storage::IdentityState, reasons: &[String]) {
+    fn wait(&self, seen: &Seen, state: &storaged::report::IdentityState, reasons: &[String]) {
         let report = choice::waiting_report(seen, state.machine.as_deref(), reasons);
         *self.waiting.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
     }

@@ -7,7 +7,7 @@
 //! memory is counted by provisiond and is zero until it reports.
 
 use serde::{Deserialize, Serialize};
-use storaged::storage::Capacity as StorageCapacity;
+use storaged::report::Capacity as StorageCapacity;
 
 use crate::hostinfo::HostInfo;
 
@@ -75,7 +75,7 @@ pub fn with_deployments(
 pub fn node_capacity(host: &HostInfo, storage: Option<&StorageCapacity>) -> NodeCapacity {
     let memory = host.memory.total_bytes;
     let memory_reserve = (memory / 10).max(MIN_MEMORY_RESERVE);
-    let disk = |k: Option<&storaged::storage::KindCapacity>| match k {
+    let disk = |k: Option<&storaged::report::KindCapacity>| match k {
         Some(k) => Resource::new(k.total_bytes, k.reserved_bytes, k.used_bytes),
         None => Resource::default(),
     };

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use grove_daemon::client::ClientError;
 use netd::uplink::UplinkReport;
-use storaged::storage::Capacity;
+use storaged::report::Capacity;
 
 use crate::hostinfo::{HostInfo, Sampler};
 use crate::supervisor::Supervisor;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use netd::uplink::{UplinkReport, UplinkState};
 use serde::{Deserialize, Serialize};
-use storaged::storage::Capacity;
+use storaged::report::Capacity;
 
 use crate::identity::store::IdentityReport;
 use crate::supervisor::{ServiceState, ServiceStatus};

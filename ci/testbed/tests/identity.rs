@@ -12,7 +12,7 @@ use agent::identity::store::{IdentityReport, Source};
 use grove_testbed::{
     Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, http_get, unix_get, wait_until,
 };
-use storaged::storage::PoolReport;
+use storaged::report::PoolReport;
 
 fn start(spec: NodeSpec) -> Farm {
     Farm::start_for_test(FarmSpec::with_nodes(vec![spec]))
@@ -392,7 +392,7 @@ fn wait_waiting(
 }
 
 /// What storaged holds the node to be.
-fn storaged_identity(node: &Node) -> storaged::storage::IdentityState {
+fn storaged_identity(node: &Node) -> storaged::report::IdentityState {
     let socket = node.socket(Daemon::Storaged).expect("storaged");
     serde_json::from_str(&unix_get(&socket, "/v1/identity").expect("identity").1).expect("json")
 }

@@ -52,7 +52,7 @@ fn a_healthy_node_reports_ready_with_its_capacity_disks_network_and_metrics() {
         capacity.sru.total - capacity.sru.reserved - capacity.sru.used
     );
 
-    let disks: Vec<storaged::storage::Disk> = json(node, "/v1/disks");
+    let disks: Vec<storaged::report::Disk> = json(node, "/v1/disks");
     assert_eq!(disks.len(), 2);
     let network: NetworkReport = json(node, "/v1/network");
     assert!(

@@ -396,8 +396,8 @@ fn only_the_farmer_changes_the_node_once_and_only_the_node_it_signed_for() {
 
     let api = node.api_url().expect("url");
     let other_api = other.api_url().expect("url");
-    let foreign = || -> storaged::storage::Disk {
-        let disks: Vec<storaged::storage::Disk> =
+    let foreign = || -> storaged::report::Disk {
+        let disks: Vec<storaged::report::Disk> =
             serde_json::from_str(&http_get(&format!("{api}/v1/disks")).expect("disks").1)
                 .expect("json");
         disks

@@ -10,7 +10,7 @@ use grove_daemon::client::SocketClient;
 use grove_testbed::{Daemon, DiskSpec, Farm, FarmSpec, Node, NodeSpec, wait_until};
 use hyper::Method;
 use serde_json::{Value, json};
-use storaged::storage::{Capacity, Disk, PoolReport};
+use storaged::report::{Capacity, Disk, PoolReport};
 use storaged::volume::{VdiskView, VolumeView};
 
 const SSD: DiskSpec = DiskSpec {
