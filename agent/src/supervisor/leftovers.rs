@@ -130,11 +130,30 @@ mod tests {
         program
     }
 
+    /// Runs `program 60`. A child another test of this process forked
+    /// while the copy was open for writing holds that descriptor until it
+    /// execs, and the kernel refuses to run a file open for writing
+    /// (ETXTBSY): that moment passes, so it is waited out.
+    fn sleep_60(program: &Path) -> std::process::Child {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Command::new(program).arg("60").spawn() {
+                Err(e)
+                    if e.raw_os_error() == Some(nix::libc::ETXTBSY)
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                spawned => return spawned.unwrap(),
+            }
+        }
+    }
+
     #[test]
     fn finds_and_stops_a_process_running_a_daemon_binary() {
         let dir = tempfile::tempdir().unwrap();
         let program = private_sleep(dir.path());
-        let mut child = Command::new(&program).arg("60").spawn().unwrap();
+        let mut child = sleep_60(&program);
         let proc_root = Path::new("/proc");
         let want = [program.clone()];
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -172,7 +191,7 @@ mod tests {
         let (netd, storaged) = (dir.path().join("netd"), dir.path().join("storaged"));
         std::os::unix::fs::symlink(&binary, &netd).unwrap();
         std::os::unix::fs::symlink(&binary, &storaged).unwrap();
-        let mut child = Command::new(&netd).arg("60").spawn().unwrap();
+        let mut child = sleep_60(&netd);
         let proc_root = Path::new("/proc");
         let both = [storaged.clone(), netd.clone()];
         let deadline = Instant::now() + Duration::from_secs(10);
