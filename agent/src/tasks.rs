@@ -97,12 +97,19 @@ impl Tasks<()> {
 /// the request's connection closes (an upgrade between writing the slot and
 /// the reboot). The agent drains them on shutdown; once it has, a new one is
 /// refused.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Detached(Arc<Mutex<Option<Tasks<()>>>>);
+
+impl Default for Detached {
+    /// Open: it takes tasks until it is drained.
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Some(Tasks::default()))))
+    }
+}
 
 impl Detached {
     pub fn new() -> Self {
-        Self(Arc::new(Mutex::new(Some(Tasks::default()))))
+        Self::default()
     }
 
     /// Runs `task` under `name` on a task of its own and answers what it

@@ -6,7 +6,7 @@
 //! when the [`Browser`] is dropped.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -81,7 +81,6 @@ impl Browser {
         if !ready {
             return Err(BrowserError::NotReady(within));
         }
-        let profile: PathBuf = profile.to_owned();
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
